@@ -1,0 +1,58 @@
+/*
+ * config — a checkpoint's config.json: the decoder (Qwen2) and audio encoder
+ * hyper-parameters, validated.
+ *
+ * Accepts the flat form (Step-Audio-R1: decoder fields at top level plus
+ * `audio_encoder_config`) and the nested form (`text_config` +
+ * `audio_encoder_config`). Missing optional fields take Qwen2 / Step-Audio
+ * defaults (documented in config.c). Validation: sizes positive, heads divide
+ * hidden and each other, head_dim even, dtype known. This module reads no
+ * weights.
+ */
+#ifndef SA_CONFIG_H
+#define SA_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include "tensor.h"
+
+typedef struct {
+  /* decoder */
+  int hidden_size;          /* H */
+  int num_hidden_layers;    /* L */
+  int num_attention_heads;  /* nh */
+  int num_key_value_heads;  /* nkv */
+  int head_dim;             /* hd = H / nh unless given */
+  int intermediate_size;    /* I */
+  int vocab_size;           /* V */
+  int max_position_embeddings;
+  float rms_norm_eps;
+  float rope_theta;
+  bool tie_word_embeddings;
+  sa_dtype_t dtype;         /* torch_dtype */
+  /* audio encoder (present = false when the checkpoint has none) */
+  struct {
+    bool present;
+    int n_mels;             /* 128 */
+    int n_state;            /* S */
+    int n_layer;
+    int n_head;
+    int n_ctx;              /* positional embedding rows */
+    int adapter_hidden;     /* 2048 (linear1 output) */
+    int kernel_size;        /* adaptor conv kernel, 3 */
+    int adapter_stride;     /* 2 */
+  } audio;
+} sa_model_config_t;
+
+/* Parses and validates config.json text (len bytes, need not be
+ * NUL-terminated). Returns 0, or SA_EFORMAT with a message in err naming the
+ * field. */
+int sa_config_parse(const char *json, size_t len, sa_model_config_t *out,
+                    char *err, size_t err_cap);
+/* Reads DIR/config.json and parses it. Returns 0, SA_ENOENT or SA_EFORMAT. */
+int sa_config_load(const char *dir, sa_model_config_t *out, char *err,
+                   size_t err_cap);
+/* Writes the config in the flat R1 form to path (for sa-model init). */
+int sa_config_write(const char *path, const sa_model_config_t *c);
+
+#endif /* SA_CONFIG_H */

@@ -1,0 +1,156 @@
+/*
+ * kernels — the one backend interface for the decoder's and the encoder's math.
+ *
+ * A backend is a table of function pointers (sa_backend_ops_t) plus a context,
+ * filled once (sa_backend_new("cpu") or "cuda[:N]"). Model code calls whole
+ * ops over batches, never scalar ops. The CPU backend always builds and is
+ * the reference; CUDA builds when a toolkit is found and must match it.
+ *
+ * Numbers: weights are bf16 (PyTorch layout: a Linear's weight is [N, K],
+ * row-major, y = x·Wᵀ + b), activations and KV cache are fp32, every sum
+ * accumulates in fp32. Pointers passed to ops are backend memory from
+ * ops->alloc (host memory for CPU, device memory for CUDA), except where a
+ * parameter says "host". Ops are asynchronous on CUDA (one stream per
+ * backend); call ops->sync before reading results on the host.
+ *
+ * Shapes use fixed letters: M rows (tokens in a batch), K inner, N outputs,
+ * H hidden, nh query heads, nkv KV heads, hd head dim.
+ *
+ * Every op returns 0 or a negative SA_E* code (SA_EINVAL for a bad shape).
+ * Ops allocate nothing; scratch comes from `ws` buffers the caller sized with
+ * the *_ws_bytes queries, or from workspace reserved in sa_backend_new.
+ * This header exposes no CUDA types.
+ */
+#ifndef SA_KERNELS_H
+#define SA_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct sa_backend sa_backend_t;
+
+/* Paged KV attention batch. A batch holds n_seqs sequences; sequence s
+ * contributes rows [q_start[s], q_start[s+1]) of q (its new tokens, in
+ * order) and has ctx_len[s] tokens in the cache in total, its new tokens
+ * included (they were written with kv_write before attention). New token i of
+ * sequence s sits at position ctx_len[s] - n_new + i and attends causally to
+ * positions 0..that position. Position p of sequence s lives in block
+ * block_table[s * max_blocks + p / block_size], slot p % block_size.
+ * Index arrays are backend memory (device memory on CUDA). */
+typedef struct {
+  int n_seqs;
+  const int32_t *q_start;     /* [n_seqs + 1], q_start[0] = 0 */
+  const int32_t *ctx_len;     /* [n_seqs] */
+  const int32_t *block_table; /* [n_seqs, max_blocks] */
+  int max_blocks;
+  int block_size;
+  int max_ctx; /* upper bound of ctx_len over the batch (host value) */
+} sa_attn_batch_t;
+
+typedef struct sa_backend_ops {
+  const char *name; /* "cpu", "cuda" */
+
+  /* --- memory --- */
+  /* Backend memory, 64-byte aligned; NULL when out of memory. Never called
+   * on a step path: model code allocates at load/admission time. */
+  void *(*alloc)(sa_backend_t *be, size_t bytes);
+  void (*free)(sa_backend_t *be, void *p);
+  /* Copies between host and backend memory, and within backend memory. */
+  int (*upload)(sa_backend_t *be, void *dst, const void *host_src, size_t n);
+  int (*download)(sa_backend_t *be, void *host_dst, const void *src, size_t n);
+  int (*copy)(sa_backend_t *be, void *dst, const void *src, size_t n);
+  int (*memset0)(sa_backend_t *be, void *dst, size_t n);
+  /* Waits until every op queued so far has finished. */
+  int (*sync)(sa_backend_t *be);
+
+  /* --- dense math --- */
+  /* y[M,N] = x[M,K] · W[N,K]ᵀ (+ bias[N] if bias != NULL) (+ y if accumulate).
+   * W and bias are bf16. M = 1 is the decode GEMV and must run at memory
+   * bandwidth. */
+  int (*matmul_bf16)(sa_backend_t *be, float *y, const float *x,
+                     const uint16_t *w, const uint16_t *bias, int M, int N,
+                     int K, int accumulate);
+  /* y[M,H] = x / sqrt(mean(x²) + eps) * w (w bf16 [H]). y may alias x. */
+  int (*rmsnorm)(sa_backend_t *be, float *y, const float *x, const uint16_t *w,
+                 int M, int H, float eps);
+  /* y[M,H] = (x - mean) / sqrt(var + eps) * w + b (biased variance; w, b
+   * bf16 [H]). y may alias x. */
+  int (*layernorm)(sa_backend_t *be, float *y, const float *x,
+                   const uint16_t *w, const uint16_t *b, int M, int H,
+                   float eps);
+  /* In place on x[M, n_heads * hd]: rotate-half RoPE (HF Qwen2) at positions
+   * pos[M] (backend memory): for i < hd/2, with f = pos * theta^(-2i/hd),
+   * (x_i, x_{i+hd/2}) -> (x_i cos f - x_{i+hd/2} sin f,
+   *                       x_{i+hd/2} cos f + x_i sin f).
+   * row_stride is the distance in floats between rows (>= n_heads * hd), so
+   * q and k can be rotated inside a fused qkv buffer. */
+  int (*rope)(sa_backend_t *be, float *x, const int32_t *pos, int M,
+              int n_heads, int hd, int row_stride, float theta);
+  /* y[M,I] = silu(gu[M, 0:I]) * gu[M, I:2I] where gu is the [M, 2I] output
+   * of a fused gate|up matmul. */
+  int (*silu_mul)(sa_backend_t *be, float *y, const float *gu, int M, int I);
+  /* In place exact GELU: 0.5 x (1 + erf(x / sqrt 2)). n elements. */
+  int (*gelu)(sa_backend_t *be, float *x, size_t n);
+  /* In place ReLU over n elements. */
+  int (*relu)(sa_backend_t *be, float *x, size_t n);
+  /* y[i] += x[i] over n elements (residual add). */
+  int (*add)(sa_backend_t *be, float *y, const float *x, size_t n);
+  /* In place row softmax over x[M,N] (max-subtracted, fp32). */
+  int (*softmax)(sa_backend_t *be, float *x, int M, int N);
+  /* y[M,H] = table[ids[m], :] (table bf16 [V,H], ids backend memory).
+   * Returns SA_ERANGE for an id outside [0, V). */
+  int (*embed)(sa_backend_t *be, float *y, const uint16_t *table,
+               const int32_t *ids, int M, int H, int V);
+
+  /* --- attention --- */
+  /* Writes new keys/values into the paged cache: for row m, slot[m] is
+   * block * block_size + offset; k_cache/v_cache are
+   * [n_blocks, block_size, kv_dim] fp32; k, v rows are read with row_stride
+   * (floats) so they can sit inside a fused qkv buffer. */
+  int (*kv_write)(sa_backend_t *be, float *k_cache, float *v_cache,
+                  const float *k, const float *v, int row_stride,
+                  const int32_t *slot, int M, int kv_dim);
+  /* Causal GQA attention over the paged cache (see sa_attn_batch_t).
+   * q rows are read with q_stride floats; out is [M, nh * hd] contiguous.
+   * Query head h uses KV head h / (nh / nkv). scale = 1/sqrt(hd) usually. */
+  int (*attention)(sa_backend_t *be, float *out, const float *q, int q_stride,
+                   const float *k_cache, const float *v_cache,
+                   const sa_attn_batch_t *batch, int nh, int nkv, int hd,
+                   float scale);
+  /* Dense non-causal multi-head attention for the audio encoder:
+   * q, k, v, out are [T, nh * hd] contiguous; key j is visible iff
+   * j < n_valid (every query row sees the same keys; n_valid >= 1). */
+  int (*attention_dense)(sa_backend_t *be, float *out, const float *q,
+                         const float *k, const float *v, int T, int nh,
+                         int hd, int n_valid, float scale);
+  /* 1-D convolution over time, channels-last: x [Tin, Cin] -> y [Tout, Cout]
+   * with weight bf16 [Cout, Cin, Kw] (PyTorch Conv1d layout), bias bf16
+   * [Cout] or NULL, stride and zero padding pad on both sides:
+   * Tout = (Tin + 2 pad - Kw) / stride + 1. ws holds conv1d_ws_bytes. */
+  int (*conv1d)(sa_backend_t *be, float *y, const float *x, const uint16_t *w,
+                const uint16_t *bias, int Tin, int Cin, int Cout, int Kw,
+                int stride, int pad, void *ws);
+  size_t (*conv1d_ws_bytes)(int Tin, int Cin, int Kw, int stride, int pad);
+
+  /* Releases the backend and everything it reserved. */
+  void (*destroy)(sa_backend_t *be);
+} sa_backend_ops_t;
+
+struct sa_backend {
+  const sa_backend_ops_t *ops;
+  void *impl; /* backend private state */
+  int threads;
+};
+
+/* Creates a backend from a spec: "cpu" or "cuda" / "cuda:N". `threads` is
+ * the CPU thread count (0 = one per core); ignored by CUDA. Returns NULL and
+ * logs why (e.g. no GPU, or CUDA not built). Caller owns the result. */
+sa_backend_t *sa_backend_new(const char *spec, int threads);
+/* Destroys *be (may be NULL) and sets it NULL. */
+void sa_backend_destroy(sa_backend_t **be);
+
+/* The plain reference CPU backend: simple loops, always built, the
+ * definition every optimised backend is tested against. Caller owns it. */
+sa_backend_t *sa_backend_ref_new(void);
+
+#endif /* SA_KERNELS_H */
