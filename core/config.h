@@ -41,18 +41,29 @@ typedef struct {
     int adapter_hidden;     /* 2048 (linear1 output) */
     int kernel_size;        /* adaptor conv kernel, 3 */
     int adapter_stride;     /* 2 */
+    int llm_dim;            /* adaptor output; must equal hidden_size */
   } audio;
 } sa_model_config_t;
 
 /* Parses and validates config.json text (len bytes, need not be
- * NUL-terminated). Returns 0, or SA_EFORMAT with a message in err naming the
- * field. */
+ * NUL-terminated). Each decoder field is looked up in `text_config` first
+ * (nested form) and then at top level (flat form). Returns 0, or SA_EFORMAT
+ * (SA_ENOMEM) with a message in err naming the field; *out is fully written
+ * only on success. Reentrant; caller owns *out. */
 int sa_config_parse(const char *json, size_t len, sa_model_config_t *out,
                     char *err, size_t err_cap);
-/* Reads DIR/config.json and parses it. Returns 0, SA_ENOENT or SA_EFORMAT. */
+/* Reads DIR/config.json (or DIR itself when it names a .json file) and parses
+ * it. Returns 0, SA_ENOENT, SA_EIO or SA_EFORMAT, with the path in err. */
 int sa_config_load(const char *dir, sa_model_config_t *out, char *err,
                    size_t err_cap);
-/* Writes the config in the flat R1 form to path (for sa-model init). */
+/* Checks a filled struct by the same rules as sa_config_parse (head_dim is
+ * taken as given). Returns 0 or SA_EFORMAT with a message naming the field.
+ * For configs built in code (sa-model init presets). */
+int sa_config_validate(const sa_model_config_t *c, char *err, size_t err_cap);
+/* Writes the config in the flat R1 form to path (for sa-model init): decoder
+ * fields at top level (head_dim included), plus audio_encoder_config when
+ * c->audio.present. Validates first. Returns 0, SA_EFORMAT (invalid config,
+ * nothing written) or SA_EIO. Parsing the file gives back *c exactly. */
 int sa_config_write(const char *path, const sa_model_config_t *c);
 
 #endif /* SA_CONFIG_H */
