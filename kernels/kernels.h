@@ -153,4 +153,19 @@ void sa_backend_destroy(sa_backend_t **be);
  * definition every optimised backend is tested against. Caller owns it. */
 sa_backend_t *sa_backend_ref_new(void);
 
+/* --- controls of the optimised "cpu" backend (tests and benchmarks) ---
+ * Call these only while no op is running on `be`. */
+/* Picks the SIMD path: "scalar", "avx2", "avx512", "avx512bf16" or "auto"
+ * (the default; the SA_CPU_ISA environment variable sets the default at
+ * creation). Returns 0, SA_EINVAL for an unknown name or a non-"cpu"
+ * backend, SA_EUNAVAIL when this CPU lacks the instructions. */
+int sa_cpu_set_isa(sa_backend_t *be, const char *isa);
+/* Name of the SIMD path in use (static string); "" for a non-"cpu" backend. */
+const char *sa_cpu_isa(const sa_backend_t *be);
+/* 1 when this CPU can run the named SIMD path, else 0. */
+int sa_cpu_isa_supported(const char *isa);
+/* Sets the smallest M that matmul_bf16 serves with fp32 W tiles + OpenBLAS
+ * sgemm instead of the streaming kernel (m >= 1). Returns 0 or SA_EINVAL. */
+int sa_cpu_set_sgemm_min_m(sa_backend_t *be, int m);
+
 #endif /* SA_KERNELS_H */

@@ -1,0 +1,1011 @@
+/*
+ * cpu — the optimised CPU backend ("cpu").
+ *
+ * What it is: the serving backend for hosts without a GPU. Host memory,
+ * fp32 activations, bf16 weights, fp32 accumulation everywhere. Matmuls with
+ * few rows (decode, M < sgemm_min_m) use a hand-written kernel that streams
+ * each W row once (cpu_avx512.c / cpu_avx2.c / scalar here), so the decode
+ * GEMV runs at memory bandwidth; larger M (prefill) widens tiles of W to fp32
+ * in per-thread scratch and calls OpenBLAS sgemm, which is compute-bound
+ * there. The SIMD path is chosen at run time (__builtin_cpu_supports; the
+ * SA_CPU_ISA environment variable or sa_cpu_set_isa override it) and a
+ * portable scalar path always exists.
+ *
+ * Threads: a small persistent pthread pool of `threads` workers (0 = online
+ * CPUs), the calling thread being worker 0. Workers spin briefly between ops
+ * (decode issues many small ops back to back) and then sleep on a condition
+ * variable. Work is split by output columns (matmul), rows, or (row, head)
+ * pairs (attention). OpenBLAS is set to one thread at creation
+ * (openblas_set_num_threads(1), process-wide) and called from every worker
+ * on its own column range, so the two thread pools never fight.
+ *
+ * What it is not: thread-safe per backend — one thread issues ops on a
+ * backend at a time. Ops allocate nothing; scratch is reserved at creation.
+ */
+#include "backend_impl.h"
+#include "cpu_impl.h"
+#include "kernels.h"
+#include "log.h"
+#include "sa_error.h"
+#include "tensor.h"
+
+#include <cblas.h>
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Per-thread scratch: W tiles for the sgemm path, scores for attention. */
+#define SCRATCH_BYTES ((size_t)2 << 20)
+/* Keys scored per online-softmax chunk in attention. */
+#define ATTN_CHUNK 512
+/* Below this many multiply-adds (or elements) an op runs on the caller. */
+#define PAR_MIN_WORK 32768
+/* Default first M served by sgemm (measured with bench-gemm on Zen 4). */
+#define SGEMM_MIN_M_DEFAULT 32
+
+/* ------------------------------------------------------------------------ */
+/* scalar kernels (portable fallback)                                        */
+
+static float bf(uint16_t h) { return sa_bf16_to_f32(h); }
+
+static void mm_small_scalar(float *y, const float *x, const uint16_t *w,
+                            const uint16_t *bias, int M, int N, int K, int n0,
+                            int n1, int accumulate) {
+  for (int n = n0; n < n1; n++) {
+    const uint16_t *wr = w + (size_t)n * K;
+    for (int m = 0; m < M; m++) {
+      const float *xr = x + (size_t)m * K;
+      float s0 = 0.f, s1 = 0.f, s2 = 0.f, s3 = 0.f;
+      int k = 0;
+      for (; k + 4 <= K; k += 4) {
+        s0 += xr[k] * bf(wr[k]);
+        s1 += xr[k + 1] * bf(wr[k + 1]);
+        s2 += xr[k + 2] * bf(wr[k + 2]);
+        s3 += xr[k + 3] * bf(wr[k + 3]);
+      }
+      for (; k < K; k++)
+        s0 += xr[k] * bf(wr[k]);
+      float s = (s0 + s1) + (s2 + s3);
+      if (bias)
+        s += bf(bias[n]);
+      if (accumulate)
+        s += y[(size_t)m * N + n];
+      y[(size_t)m * N + n] = s;
+    }
+  }
+}
+
+static float dot_scalar(const float *a, const float *b, int n) {
+  float s0 = 0.f, s1 = 0.f;
+  int i = 0;
+  for (; i + 2 <= n; i += 2) {
+    s0 += a[i] * b[i];
+    s1 += a[i + 1] * b[i + 1];
+  }
+  if (i < n)
+    s0 += a[i] * b[i];
+  return s0 + s1;
+}
+
+static void scale_axpy_scalar(float *y, float c, float a, const float *x,
+                              int n) {
+  for (int i = 0; i < n; i++)
+    y[i] = y[i] * c + a * x[i];
+}
+
+static void bf16_to_f32_scalar(float *dst, const uint16_t *src, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    dst[i] = bf(src[i]);
+}
+
+const sa__cpu_kern_t sa__cpu_kern_scalar = {
+    .name = "scalar",
+    .mm_small = mm_small_scalar,
+    .dot = dot_scalar,
+    .scale_axpy = scale_axpy_scalar,
+    .bf16_to_f32 = bf16_to_f32_scalar,
+};
+
+/* ------------------------------------------------------------------------ */
+/* ISA selection                                                             */
+
+static int isa_supported(const sa__cpu_kern_t *k) {
+  __builtin_cpu_init();
+  if (k == &sa__cpu_kern_scalar)
+    return 1;
+  if (k == &sa__cpu_kern_avx2)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  int avx512 = __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("fma");
+  if (k == &sa__cpu_kern_avx512)
+    return avx512;
+  if (k == &sa__cpu_kern_avx512bf16)
+    return avx512 && __builtin_cpu_supports("avx512bf16");
+  return 0;
+}
+
+static const sa__cpu_kern_t *isa_by_name(const char *name) {
+  static const sa__cpu_kern_t *all[] = {&sa__cpu_kern_scalar, &sa__cpu_kern_avx2,
+                                        &sa__cpu_kern_avx512,
+                                        &sa__cpu_kern_avx512bf16};
+  for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+    if (strcmp(all[i]->name, name) == 0)
+      return all[i];
+  return NULL;
+}
+
+/* The fastest exact path: AVX-512F beats the split-x AVX512-BF16 kernel on
+ * the machines measured, so "auto" never picks avx512bf16. */
+static const sa__cpu_kern_t *isa_auto(void) {
+  if (isa_supported(&sa__cpu_kern_avx512))
+    return &sa__cpu_kern_avx512;
+  if (isa_supported(&sa__cpu_kern_avx2))
+    return &sa__cpu_kern_avx2;
+  return &sa__cpu_kern_scalar;
+}
+
+/* ------------------------------------------------------------------------ */
+/* thread pool                                                               */
+
+typedef void (*task_fn)(void *arg, int tid, int nt);
+
+typedef struct cpu cpu_t;
+
+typedef struct {
+  cpu_t *c;
+  int tid;
+} worker_arg_t;
+
+struct cpu {
+  sa_backend_t be;
+  const sa__cpu_kern_t *kern;
+  int nt;
+  int sgemm_min_m;
+  float **scratch; /* [nt] of SCRATCH_BYTES each */
+  size_t scratch_floats;
+  pthread_t *th;
+  worker_arg_t *wargs;
+  int n_started;
+  /* job */
+  task_fn fn;
+  void *arg;
+  atomic_uint gen;
+  atomic_int pending;
+  atomic_int stop;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+};
+
+static inline void cpu_relax(void) { _mm_pause(); }
+
+static void *worker_main(void *p) {
+  worker_arg_t *wa = p;
+  cpu_t *c = wa->c;
+  unsigned seen = 0;
+  for (;;) {
+    unsigned g;
+    int spins = 0;
+    while ((g = atomic_load_explicit(&c->gen, memory_order_acquire)) == seen) {
+      if (++spins < 20000) {
+        cpu_relax();
+        continue;
+      }
+      pthread_mutex_lock(&c->mu);
+      while ((g = atomic_load_explicit(&c->gen, memory_order_acquire)) == seen)
+        pthread_cond_wait(&c->cv, &c->mu);
+      pthread_mutex_unlock(&c->mu);
+      break;
+    }
+    seen = g;
+    if (atomic_load(&c->stop))
+      break;
+    c->fn(c->arg, wa->tid, c->nt);
+    atomic_fetch_sub_explicit(&c->pending, 1, memory_order_release);
+  }
+  return NULL;
+}
+
+/* Runs fn(arg, tid, nt) on every worker, the caller being tid 0, and
+ * returns when all have finished. */
+static void pool_run(cpu_t *c, task_fn fn, void *arg) {
+  if (c->nt == 1) {
+    fn(arg, 0, 1);
+    return;
+  }
+  c->fn = fn;
+  c->arg = arg;
+  atomic_store_explicit(&c->pending, c->nt - 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&c->gen, 1, memory_order_release);
+  pthread_mutex_lock(&c->mu);
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+  fn(arg, 0, c->nt);
+  int spins = 0;
+  while (atomic_load_explicit(&c->pending, memory_order_acquire) > 0) {
+    if (++spins < 20000)
+      cpu_relax();
+    else
+      sched_yield();
+  }
+}
+
+/* Splits [0, total) into nt nearly equal ranges whose bounds are multiples
+ * of `align` (except the end). */
+static void split_range(int total, int tid, int nt, int align, int *lo,
+                        int *hi) {
+  int units = (total + align - 1) / align;
+  int a = (int)((long long)units * tid / nt), b = (int)((long long)units * (tid + 1) / nt);
+  *lo = a * align < total ? a * align : total;
+  *hi = b * align < total ? b * align : total;
+}
+
+/* Runs fn over [0, total) split into per-thread ranges; on the caller only
+ * when work (total * cost) is small. */
+typedef void (*range_fn)(void *arg, int lo, int hi);
+typedef struct {
+  range_fn fn;
+  void *arg;
+  int total, align;
+} range_job_t;
+
+static void range_task(void *p, int tid, int nt) {
+  range_job_t *j = p;
+  int lo, hi;
+  split_range(j->total, tid, nt, j->align, &lo, &hi);
+  if (lo < hi)
+    j->fn(j->arg, lo, hi);
+}
+
+static void run_range(cpu_t *c, int total, double cost, int align, range_fn fn,
+                      void *arg) {
+  if (total <= 0)
+    return;
+  if (c->nt == 1 || (double)total * cost < PAR_MIN_WORK || total == 1) {
+    fn(arg, 0, total);
+    return;
+  }
+  range_job_t j = {fn, arg, total, align};
+  pool_run(c, range_task, &j);
+}
+
+/* ------------------------------------------------------------------------ */
+/* memory                                                                    */
+
+static void *cpu_alloc(sa_backend_t *be, size_t bytes) {
+  (void)be;
+  size_t n = (bytes + 63) & ~(size_t)63;
+  return aligned_alloc(64, n ? n : 64);
+}
+
+static void cpu_free(sa_backend_t *be, void *p) {
+  (void)be;
+  free(p);
+}
+
+static int cpu_copy(sa_backend_t *be, void *dst, const void *src, size_t n) {
+  (void)be;
+  if (n && (!dst || !src))
+    return SA_EINVAL;
+  if (n)
+    memmove(dst, src, n);
+  return 0;
+}
+
+static int cpu_memset0(sa_backend_t *be, void *dst, size_t n) {
+  (void)be;
+  if (n && !dst)
+    return SA_EINVAL;
+  if (n)
+    memset(dst, 0, n);
+  return 0;
+}
+
+static int cpu_sync(sa_backend_t *be) {
+  (void)be;
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* matmul                                                                    */
+
+typedef struct {
+  cpu_t *c;
+  float *y;
+  const float *x;
+  const uint16_t *w, *bias;
+  int M, N, K, accumulate;
+} mm_job_t;
+
+static void mm_small_range(void *p, int lo, int hi) {
+  mm_job_t *j = p;
+  j->c->kern->mm_small(j->y, j->x, j->w, j->bias, j->M, j->N, j->K, lo, hi,
+                       j->accumulate);
+}
+
+/* Columns [lo, hi) via fp32 W tiles in this thread's scratch + sgemm. */
+static void mm_sgemm_cols(mm_job_t *j, float *tile, int lo, int hi) {
+  int K = j->K, N = j->N;
+  int nb = (int)(j->c->scratch_floats / (size_t)K) & ~15;
+  for (int n0 = lo; n0 < hi; n0 += nb) {
+    int n = hi - n0 < nb ? hi - n0 : nb;
+    j->c->kern->bf16_to_f32(tile, j->w + (size_t)n0 * K, (size_t)n * K);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->M, n, K, 1.0f,
+                j->x, K, tile, K, j->accumulate ? 1.0f : 0.0f, j->y + n0, N);
+    if (j->bias)
+      for (int m = 0; m < j->M; m++) {
+        float *yr = j->y + (size_t)m * N + n0;
+        for (int i = 0; i < n; i++)
+          yr[i] += bf(j->bias[n0 + i]);
+      }
+  }
+}
+
+static void mm_sgemm_task(void *p, int tid, int nt) {
+  mm_job_t *j = p;
+  int lo, hi;
+  split_range(j->N, tid, nt, 16, &lo, &hi);
+  if (lo < hi)
+    mm_sgemm_cols(j, j->c->scratch[tid], lo, hi);
+}
+
+static int cpu_matmul_bf16(sa_backend_t *be, float *y, const float *x,
+                           const uint16_t *w, const uint16_t *bias, int M,
+                           int N, int K, int accumulate) {
+  cpu_t *c = be->impl;
+  if (M < 0 || N < 0 || K < 0)
+    return SA_EINVAL;
+  if ((size_t)M * N == 0)
+    return 0;
+  if (!y || (K && (!x || !w)))
+    return SA_EINVAL;
+  mm_job_t j = {c, y, x, w, bias, M, N, K, accumulate};
+  size_t tile_min = (size_t)16 * K;
+  if (M >= c->sgemm_min_m && K > 0 && tile_min <= c->scratch_floats) {
+    if (c->nt == 1 || (double)M * N * K < 4.0 * PAR_MIN_WORK) {
+      mm_sgemm_cols(&j, c->scratch[0], 0, N);
+      return 0;
+    }
+    pool_run(c, mm_sgemm_task, &j);
+    return 0;
+  }
+  run_range(c, N, (double)M * K, 4, mm_small_range, &j);
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* row-wise ops                                                              */
+
+typedef struct {
+  float *y;
+  const float *x;
+  const uint16_t *w, *b;
+  const int32_t *ids;
+  int H, V;
+  float eps;
+  atomic_int err;
+} rows_job_t;
+
+static void rmsnorm_rows(void *p, int lo, int hi) {
+  rows_job_t *j = p;
+  int H = j->H;
+  for (int m = lo; m < hi; m++) {
+    const float *xr = j->x + (size_t)m * H;
+    float *yr = j->y + (size_t)m * H;
+    float ss = 0.f;
+    for (int i = 0; i < H; i++)
+      ss += xr[i] * xr[i];
+    float r = 1.0f / sqrtf(ss / (float)H + j->eps);
+    for (int i = 0; i < H; i++)
+      yr[i] = xr[i] * r * bf(j->w[i]);
+  }
+}
+
+static int cpu_rmsnorm(sa_backend_t *be, float *y, const float *x,
+                       const uint16_t *w, int M, int H, float eps) {
+  if (M < 0 || H <= 0 || (M && (!y || !x || !w)))
+    return SA_EINVAL;
+  rows_job_t j = {.y = y, .x = x, .w = w, .H = H, .eps = eps};
+  run_range(be->impl, M, 3.0 * H, 1, rmsnorm_rows, &j);
+  return 0;
+}
+
+static void layernorm_rows(void *p, int lo, int hi) {
+  rows_job_t *j = p;
+  int H = j->H;
+  for (int m = lo; m < hi; m++) {
+    const float *xr = j->x + (size_t)m * H;
+    float *yr = j->y + (size_t)m * H;
+    float mean = 0.f, var = 0.f;
+    for (int i = 0; i < H; i++)
+      mean += xr[i];
+    mean /= (float)H;
+    for (int i = 0; i < H; i++)
+      var += (xr[i] - mean) * (xr[i] - mean);
+    var /= (float)H;
+    float r = 1.0f / sqrtf(var + j->eps);
+    for (int i = 0; i < H; i++)
+      yr[i] = (xr[i] - mean) * r * bf(j->w[i]) + bf(j->b[i]);
+  }
+}
+
+static int cpu_layernorm(sa_backend_t *be, float *y, const float *x,
+                         const uint16_t *w, const uint16_t *b, int M, int H,
+                         float eps) {
+  if (M < 0 || H <= 0 || (M && (!y || !x || !w || !b)))
+    return SA_EINVAL;
+  rows_job_t j = {.y = y, .x = x, .w = w, .b = b, .H = H, .eps = eps};
+  run_range(be->impl, M, 4.0 * H, 1, layernorm_rows, &j);
+  return 0;
+}
+
+typedef struct {
+  float *x;
+  const int32_t *pos;
+  int n_heads, hd, row_stride;
+  float inv[1024]; /* hd / 2 inverse frequencies */
+} rope_job_t;
+
+static void rope_rows(void *p, int lo, int hi) {
+  rope_job_t *j = p;
+  int half = j->hd / 2;
+  for (int m = lo; m < hi; m++) {
+    float fp = (float)j->pos[m];
+    for (int i = 0; i < half; i++) {
+      float ang = fp * j->inv[i];
+      float c = cosf(ang), s = sinf(ang);
+      for (int h = 0; h < j->n_heads; h++) {
+        float *v = j->x + (size_t)m * j->row_stride + (size_t)h * j->hd;
+        float a = v[i], b = v[i + half];
+        v[i] = a * c - b * s;
+        v[i + half] = b * c + a * s;
+      }
+    }
+  }
+}
+
+static int cpu_rope(sa_backend_t *be, float *x, const int32_t *pos, int M,
+                    int n_heads, int hd, int row_stride, float theta) {
+  if (M < 0 || n_heads <= 0 || hd <= 0 || (hd & 1) || hd > 2048 ||
+      row_stride < n_heads * hd || (M && (!x || !pos)))
+    return SA_EINVAL;
+  rope_job_t j = {.x = x, .pos = pos, .n_heads = n_heads, .hd = hd,
+                  .row_stride = row_stride};
+  /* Same fp32 angle as Hugging Face (see ref.c). */
+  for (int i = 0; i < hd / 2; i++)
+    j.inv[i] = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
+  run_range(be->impl, M, 4.0 * n_heads * hd, 1, rope_rows, &j);
+  return 0;
+}
+
+typedef struct {
+  float *y;
+  const float *x;
+  int nI;
+} ew_job_t;
+
+static void silu_mul_rows(void *p, int lo, int hi) {
+  ew_job_t *j = p;
+  int nI = j->nI;
+  for (int m = lo; m < hi; m++) {
+    const float *g = j->x + (size_t)m * 2 * nI, *u = g + nI;
+    float *yr = j->y + (size_t)m * nI;
+    for (int i = 0; i < nI; i++)
+      yr[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+  }
+}
+
+static int cpu_silu_mul(sa_backend_t *be, float *y, const float *gu, int M,
+                        int nI) {
+  if (M < 0 || nI < 0 || (M && nI && (!y || !gu)))
+    return SA_EINVAL;
+  ew_job_t j = {y, gu, nI};
+  run_range(be->impl, M, 20.0 * nI, 1, silu_mul_rows, &j);
+  return 0;
+}
+
+/* Element-wise ops over n elements, split in chunks of EW_CHUNK. */
+#define EW_CHUNK 4096
+
+typedef struct {
+  float *y;
+  const float *x;
+  size_t n;
+} flat_job_t;
+
+static void gelu_chunks(void *p, int lo, int hi) {
+  flat_job_t *j = p;
+  size_t a = (size_t)lo * EW_CHUNK, b = (size_t)hi * EW_CHUNK;
+  if (b > j->n)
+    b = j->n;
+  for (size_t i = a; i < b; i++) {
+    float v = j->y[i];
+    j->y[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+  }
+}
+
+static void relu_chunks(void *p, int lo, int hi) {
+  flat_job_t *j = p;
+  size_t a = (size_t)lo * EW_CHUNK, b = (size_t)hi * EW_CHUNK;
+  if (b > j->n)
+    b = j->n;
+  for (size_t i = a; i < b; i++)
+    j->y[i] = j->y[i] < 0.0f ? 0.0f : j->y[i];
+}
+
+static void add_chunks(void *p, int lo, int hi) {
+  flat_job_t *j = p;
+  size_t a = (size_t)lo * EW_CHUNK, b = (size_t)hi * EW_CHUNK;
+  if (b > j->n)
+    b = j->n;
+  for (size_t i = a; i < b; i++)
+    j->y[i] += j->x[i];
+}
+
+static int run_flat(sa_backend_t *be, float *y, const float *x, size_t n,
+                    double cost, range_fn fn) {
+  size_t chunks = (n + EW_CHUNK - 1) / EW_CHUNK;
+  if (chunks > (size_t)1 << 30)
+    return SA_EINVAL;
+  flat_job_t j = {y, x, n};
+  run_range(be->impl, (int)chunks, cost * EW_CHUNK, 1, fn, &j);
+  return 0;
+}
+
+static int cpu_gelu(sa_backend_t *be, float *x, size_t n) {
+  if (n && !x)
+    return SA_EINVAL;
+  return run_flat(be, x, NULL, n, 20.0, gelu_chunks);
+}
+
+static int cpu_relu(sa_backend_t *be, float *x, size_t n) {
+  if (n && !x)
+    return SA_EINVAL;
+  return run_flat(be, x, NULL, n, 0.25, relu_chunks);
+}
+
+static int cpu_add(sa_backend_t *be, float *y, const float *x, size_t n) {
+  if (n && (!x || !y))
+    return SA_EINVAL;
+  return run_flat(be, y, x, n, 0.25, add_chunks);
+}
+
+static void softmax_rows(void *p, int lo, int hi) {
+  ew_job_t *j = p;
+  int N = j->nI;
+  for (int m = lo; m < hi; m++) {
+    float *r = j->y + (size_t)m * N;
+    float mx = r[0], s = 0.f;
+    for (int i = 1; i < N; i++)
+      mx = r[i] > mx ? r[i] : mx;
+    for (int i = 0; i < N; i++) {
+      r[i] = expf(r[i] - mx);
+      s += r[i];
+    }
+    float inv = 1.0f / s;
+    for (int i = 0; i < N; i++)
+      r[i] *= inv;
+  }
+}
+
+static int cpu_softmax(sa_backend_t *be, float *x, int M, int N) {
+  if (M < 0 || N <= 0 || (M && !x))
+    return SA_EINVAL;
+  ew_job_t j = {x, NULL, N};
+  run_range(be->impl, M, 20.0 * N, 1, softmax_rows, &j);
+  return 0;
+}
+
+typedef struct {
+  cpu_t *c;
+  float *y;
+  const uint16_t *table;
+  const int32_t *ids;
+  int H;
+} embed_job_t;
+
+static void embed_rows(void *p, int lo, int hi) {
+  embed_job_t *j = p;
+  for (int m = lo; m < hi; m++)
+    j->c->kern->bf16_to_f32(j->y + (size_t)m * j->H,
+                            j->table + (size_t)j->ids[m] * j->H, (size_t)j->H);
+}
+
+static int cpu_embed(sa_backend_t *be, float *y, const uint16_t *table,
+                     const int32_t *ids, int M, int H, int V) {
+  if (M < 0 || H <= 0 || V <= 0 || (M && (!y || !table || !ids)))
+    return SA_EINVAL;
+  for (int m = 0; m < M; m++)
+    if (ids[m] < 0 || ids[m] >= V)
+      return SA_ERANGE;
+  embed_job_t j = {be->impl, y, table, ids, H};
+  run_range(be->impl, M, 1.0 * H, 1, embed_rows, &j);
+  return 0;
+}
+
+static int cpu_kv_write(sa_backend_t *be, float *k_cache, float *v_cache,
+                        const float *k, const float *v, int row_stride,
+                        const int32_t *slot, int M, int kv_dim) {
+  (void)be;
+  if (M < 0 || kv_dim <= 0 || row_stride < kv_dim ||
+      (M && (!k_cache || !v_cache || !k || !v || !slot)))
+    return SA_EINVAL;
+  for (int m = 0; m < M; m++)
+    if (slot[m] < 0)
+      return SA_ERANGE;
+  for (int m = 0; m < M; m++) {
+    memcpy(k_cache + (size_t)slot[m] * kv_dim, k + (size_t)m * row_stride,
+           sizeof(float) * kv_dim);
+    memcpy(v_cache + (size_t)slot[m] * kv_dim, v + (size_t)m * row_stride,
+           sizeof(float) * kv_dim);
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* attention                                                                 */
+
+/* One query row of one head against keys 0..n_keys-1, where key p lives at
+ * base + (table[p / bs] * bs + p % bs) * row + off. Online softmax over
+ * chunks of ATTN_CHUNK keys: scores of a chunk are vector dots into scratch,
+ * then the running output is rescaled once per chunk and the chunk's values
+ * are added with fused scale-axpy. K and V are each read once. */
+static void attend(const sa__cpu_kern_t *kn, float *out, const float *q,
+                   const float *kc, const float *vc, const int32_t *table,
+                   int bs, size_t row, size_t off, int n_keys, int hd,
+                   float scale, float *sc) {
+  float mx = -INFINITY, l = 0.f;
+  int first = 1;
+  for (int p0 = 0; p0 < n_keys; p0 += ATTN_CHUNK) {
+    int n = n_keys - p0 < ATTN_CHUNK ? n_keys - p0 : ATTN_CHUNK;
+    float cmax = -INFINITY;
+    for (int i = 0; i < n; i++) {
+      int p = p0 + i;
+      const float *kp = kc + ((size_t)table[p / bs] * bs + p % bs) * row + off;
+      sc[i] = kn->dot(q, kp, hd) * scale;
+      cmax = sc[i] > cmax ? sc[i] : cmax;
+    }
+    float nm = cmax > mx ? cmax : mx;
+    float corr = first ? 0.f : expf(mx - nm);
+    l *= corr;
+    for (int i = 0; i < n; i++) {
+      int p = p0 + i;
+      const float *vp = vc + ((size_t)table[p / bs] * bs + p % bs) * row + off;
+      float e = expf(sc[i] - nm);
+      l += e;
+      if (first) {
+        for (int d = 0; d < hd; d++)
+          out[d] = e * vp[d];
+        first = 0;
+      } else {
+        kn->scale_axpy(out, i == 0 ? corr : 1.0f, e, vp, hd);
+      }
+    }
+    mx = nm;
+  }
+  float inv = 1.0f / l;
+  for (int d = 0; d < hd; d++)
+    out[d] *= inv;
+}
+
+typedef struct {
+  cpu_t *c;
+  float *out;
+  const float *q, *kc, *vc;
+  const sa_attn_batch_t *b;
+  int q_stride, nh, nkv, hd, M;
+  float scale;
+  /* dense */
+  int dense, n_valid;
+} attn_job_t;
+
+static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
+  int nh = j->nh, hd = j->hd;
+  const sa__cpu_kern_t *kn = j->c->kern;
+  if (j->dense) {
+    static const int32_t zero = 0;
+    size_t D = (size_t)nh * hd;
+    for (int it = lo; it < hi; it++) {
+      int t = it / nh, h = it % nh;
+      attend(kn, j->out + t * D + (size_t)h * hd, j->q + t * D + (size_t)h * hd,
+             j->kc, j->vc, &zero, j->n_valid, D, (size_t)h * hd, j->n_valid,
+             hd, j->scale, sc);
+    }
+    return;
+  }
+  const sa_attn_batch_t *b = j->b;
+  int group = nh / j->nkv;
+  size_t kv_dim = (size_t)j->nkv * hd;
+  int s = 0;
+  for (int it = lo; it < hi; it++) {
+    int row = it / nh, h = it % nh;
+    while (b->q_start[s + 1] <= row)
+      s++;
+    int n_new = b->q_start[s + 1] - b->q_start[s];
+    int pos = b->ctx_len[s] - n_new + (row - b->q_start[s]);
+    attend(kn, j->out + (size_t)row * nh * hd + (size_t)h * hd,
+           j->q + (size_t)row * j->q_stride + (size_t)h * hd, j->kc, j->vc,
+           b->block_table + (size_t)s * b->max_blocks, b->block_size, kv_dim,
+           (size_t)(h / group) * hd, pos + 1, hd, j->scale, sc);
+  }
+}
+
+static void attn_task(void *p, int tid, int nt) {
+  attn_job_t *j = p;
+  int lo, hi;
+  split_range(j->M * j->nh, tid, nt, 1, &lo, &hi);
+  if (lo < hi)
+    attn_run(j, j->c->scratch[tid], lo, hi);
+}
+
+static void attn_dispatch(cpu_t *c, attn_job_t *j, double keys_per_item) {
+  int items = j->M * j->nh;
+  if (c->nt == 1 || (double)items * keys_per_item * j->hd < PAR_MIN_WORK)
+    attn_run(j, c->scratch[0], 0, items);
+  else
+    pool_run(c, attn_task, j);
+}
+
+static int cpu_attention(sa_backend_t *be, float *out, const float *q,
+                         int q_stride, const float *k_cache,
+                         const float *v_cache, const sa_attn_batch_t *batch,
+                         int nh, int nkv, int hd, float scale) {
+  cpu_t *c = be->impl;
+  if (!batch || nh <= 0 || nkv <= 0 || hd <= 0 || nh % nkv ||
+      q_stride < nh * hd || batch->n_seqs < 0 || batch->block_size <= 0 ||
+      batch->max_blocks < 0)
+    return SA_EINVAL;
+  if (batch->n_seqs == 0)
+    return 0;
+  if (!out || !q || !k_cache || !v_cache || !batch->q_start ||
+      !batch->ctx_len || !batch->block_table || batch->q_start[0] != 0)
+    return SA_EINVAL;
+  long long keys = 0;
+  for (int s = 0; s < batch->n_seqs; s++) {
+    int n_new = batch->q_start[s + 1] - batch->q_start[s];
+    int ctx = batch->ctx_len[s];
+    if (n_new < 0 || n_new > ctx || ctx > batch->max_ctx ||
+        ctx > (long long)batch->max_blocks * batch->block_size)
+      return SA_EINVAL;
+    int nblk = (ctx + batch->block_size - 1) / batch->block_size;
+    for (int i = 0; i < nblk; i++)
+      if (batch->block_table[(size_t)s * batch->max_blocks + i] < 0)
+        return SA_ERANGE;
+    keys += (long long)n_new * ctx;
+  }
+  int M = batch->q_start[batch->n_seqs];
+  if (M == 0)
+    return 0;
+  attn_job_t j = {.c = c, .out = out, .q = q, .kc = k_cache, .vc = v_cache,
+                  .b = batch, .q_stride = q_stride, .nh = nh, .nkv = nkv,
+                  .hd = hd, .M = M, .scale = scale};
+  attn_dispatch(c, &j, (double)keys / M);
+  return 0;
+}
+
+static int cpu_attention_dense(sa_backend_t *be, float *out, const float *q,
+                               const float *k, const float *v, int T, int nh,
+                               int hd, int n_valid, float scale) {
+  cpu_t *c = be->impl;
+  if (T < 0 || nh <= 0 || hd <= 0 || (T && (n_valid < 1 || n_valid > T)) ||
+      (T && (!out || !q || !k || !v)))
+    return SA_EINVAL;
+  if (T == 0)
+    return 0;
+  attn_job_t j = {.c = c, .out = out, .q = q, .kc = k, .vc = v, .nh = nh,
+                  .hd = hd, .M = T, .scale = scale, .dense = 1,
+                  .n_valid = n_valid};
+  attn_dispatch(c, &j, n_valid);
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* conv1d: im2col into ws, then the matmul                                   */
+
+static int conv_tout(int Tin, int Kw, int stride, int pad) {
+  int span = Tin + 2 * pad - Kw;
+  return span < 0 ? 0 : span / stride + 1;
+}
+
+static size_t cpu_conv1d_ws_bytes(int Tin, int Cin, int Kw, int stride,
+                                  int pad) {
+  if (Tin < 0 || Cin <= 0 || Kw <= 0 || stride <= 0 || pad < 0)
+    return 0;
+  return (size_t)conv_tout(Tin, Kw, stride, pad) * Cin * Kw * sizeof(float);
+}
+
+typedef struct {
+  float *col;
+  const float *x;
+  int Tin, Cin, Kw, stride, pad;
+} im2col_job_t;
+
+static void im2col_rows(void *p, int lo, int hi) {
+  im2col_job_t *j = p;
+  int Cin = j->Cin, Kw = j->Kw;
+  for (int t = lo; t < hi; t++) {
+    float *cr = j->col + (size_t)t * Cin * Kw;
+    for (int kk = 0; kk < Kw; kk++) {
+      int ti = t * j->stride - j->pad + kk;
+      int in = ti >= 0 && ti < j->Tin;
+      const float *xr = j->x + (size_t)ti * Cin;
+      for (int ci = 0; ci < Cin; ci++)
+        cr[(size_t)ci * Kw + kk] = in ? xr[ci] : 0.0f;
+    }
+  }
+}
+
+static int cpu_conv1d(sa_backend_t *be, float *y, const float *x,
+                      const uint16_t *w, const uint16_t *bias, int Tin,
+                      int Cin, int Cout, int Kw, int stride, int pad,
+                      void *ws) {
+  if (Tin < 0 || Cin <= 0 || Cout <= 0 || Kw <= 0 || stride <= 0 || pad < 0)
+    return SA_EINVAL;
+  int Tout = conv_tout(Tin, Kw, stride, pad);
+  if (Tout == 0)
+    return 0;
+  if (!y || !x || !w || !ws)
+    return SA_EINVAL;
+  if ((long long)Cin * Kw > 0x7fffffff)
+    return SA_EINVAL;
+  im2col_job_t j = {ws, x, Tin, Cin, Kw, stride, pad};
+  run_range(be->impl, Tout, (double)Cin * Kw, 1, im2col_rows, &j);
+  return cpu_matmul_bf16(be, y, ws, w, bias, Tout, Cout, Cin * Kw, 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* lifetime                                                                  */
+
+static void cpu_destroy(sa_backend_t *be) {
+  if (!be)
+    return;
+  cpu_t *c = be->impl;
+  if (c->n_started) {
+    atomic_store(&c->stop, 1);
+    atomic_fetch_add(&c->gen, 1);
+    pthread_mutex_lock(&c->mu);
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    for (int i = 0; i < c->n_started; i++)
+      pthread_join(c->th[i], NULL);
+  }
+  pthread_cond_destroy(&c->cv);
+  pthread_mutex_destroy(&c->mu);
+  if (c->scratch)
+    for (int i = 0; i < c->nt; i++)
+      free(c->scratch[i]);
+  free(c->scratch);
+  free(c->th);
+  free(c->wargs);
+  free(c);
+}
+
+static const sa_backend_ops_t cpu_ops = {
+    .name = "cpu",
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .copy = cpu_copy,
+    .memset0 = cpu_memset0,
+    .sync = cpu_sync,
+    .matmul_bf16 = cpu_matmul_bf16,
+    .rmsnorm = cpu_rmsnorm,
+    .layernorm = cpu_layernorm,
+    .rope = cpu_rope,
+    .silu_mul = cpu_silu_mul,
+    .gelu = cpu_gelu,
+    .relu = cpu_relu,
+    .add = cpu_add,
+    .softmax = cpu_softmax,
+    .embed = cpu_embed,
+    .kv_write = cpu_kv_write,
+    .attention = cpu_attention,
+    .attention_dense = cpu_attention_dense,
+    .conv1d = cpu_conv1d,
+    .conv1d_ws_bytes = cpu_conv1d_ws_bytes,
+    .destroy = cpu_destroy,
+};
+
+sa_backend_t *sa__backend_cpu_new(int threads) {
+  if (threads < 0 || threads > 1024) {
+    SA_LOG_ERROR("cpu backend: bad thread count %d", threads);
+    return NULL;
+  }
+  if (threads == 0) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    threads = n > 0 ? (int)(n > 1024 ? 1024 : n) : 1;
+  }
+  cpu_t *c = calloc(1, sizeof(*c));
+  if (!c) {
+    SA_LOG_ERROR("cpu backend: out of memory");
+    return NULL;
+  }
+  pthread_mutex_init(&c->mu, NULL);
+  pthread_cond_init(&c->cv, NULL);
+  c->be.ops = &cpu_ops;
+  c->be.impl = c;
+  c->be.threads = threads;
+  c->nt = threads;
+  c->sgemm_min_m = SGEMM_MIN_M_DEFAULT;
+  c->kern = isa_auto();
+  const char *env = getenv("SA_CPU_ISA");
+  if (env && *env && strcmp(env, "auto") != 0) {
+    const sa__cpu_kern_t *k = isa_by_name(env);
+    if (k && isa_supported(k))
+      c->kern = k;
+    else
+      SA_LOG_WARN("SA_CPU_ISA=%s is %s here; using %s", env,
+                  k ? "not supported" : "unknown", c->kern->name);
+  }
+  c->scratch_floats = SCRATCH_BYTES / sizeof(float);
+  c->scratch = calloc((size_t)threads, sizeof(*c->scratch));
+  c->th = calloc((size_t)threads, sizeof(*c->th));
+  c->wargs = calloc((size_t)threads, sizeof(*c->wargs));
+  if (!c->scratch || !c->th || !c->wargs)
+    goto fail;
+  for (int i = 0; i < threads; i++)
+    if (!(c->scratch[i] = aligned_alloc(64, SCRATCH_BYTES)))
+      goto fail;
+  /* We parallelise over columns ourselves and call sgemm from every worker;
+   * OpenBLAS' own threads would only fight ours. */
+  openblas_set_num_threads(1);
+  for (int i = 1; i < threads; i++) {
+    c->wargs[i].c = c;
+    c->wargs[i].tid = i;
+    if (pthread_create(&c->th[c->n_started], NULL, worker_main, &c->wargs[i]))
+      goto fail;
+    c->n_started++;
+  }
+  SA_LOG_INFO("cpu backend: %d threads, %s kernels", threads, c->kern->name);
+  return &c->be;
+fail:
+  SA_LOG_ERROR("cpu backend: out of memory or threads (%d threads)", threads);
+  cpu_destroy(&c->be);
+  return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* CPU-only controls (kernels.h)                                             */
+
+int sa_cpu_set_isa(sa_backend_t *be, const char *isa) {
+  if (!be || be->ops != &cpu_ops || !isa)
+    return SA_EINVAL;
+  cpu_t *c = be->impl;
+  if (strcmp(isa, "auto") == 0) {
+    c->kern = isa_auto();
+    return 0;
+  }
+  const sa__cpu_kern_t *k = isa_by_name(isa);
+  if (!k)
+    return SA_EINVAL;
+  if (!isa_supported(k))
+    return SA_EUNAVAIL;
+  c->kern = k;
+  return 0;
+}
+
+const char *sa_cpu_isa(const sa_backend_t *be) {
+  if (!be || be->ops != &cpu_ops)
+    return "";
+  return ((const cpu_t *)be->impl)->kern->name;
+}
+
+int sa_cpu_isa_supported(const char *isa) {
+  const sa__cpu_kern_t *k = isa ? isa_by_name(isa) : NULL;
+  return k && isa_supported(k);
+}
+
+int sa_cpu_set_sgemm_min_m(sa_backend_t *be, int m) {
+  if (!be || be->ops != &cpu_ops || m < 1)
+    return SA_EINVAL;
+  ((cpu_t *)be->impl)->sgemm_min_m = m;
+  return 0;
+}

@@ -1,0 +1,138 @@
+/*
+ * cpu_avx2 — AVX2 + FMA kernels of the CPU backend (compiled with
+ * -mavx2 -mfma; called only when the CPU has them).
+ *
+ * Same scheme as cpu_avx512.c at 8 lanes: bf16 weights are widened to fp32
+ * exactly and multiplied with fp32 FMA. Register block 4 W rows x up to 2 x
+ * rows (8 ymm accumulators + 4 weight vectors fit the 16 registers).
+ */
+#include "cpu_impl.h"
+
+#include <immintrin.h>
+
+static inline __m256 ldw(const uint16_t *p) {
+  __m128i h = _mm_loadu_si128((const __m128i *)p);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+static inline float bf16f(uint16_t h) {
+  union { uint32_t u; float f; } v = {.u = (uint32_t)h << 16};
+  return v.f;
+}
+
+static inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+static inline __attribute__((always_inline)) void
+block(float *y, const float *x, const uint16_t *w, const uint16_t *bias,
+      int N, int K, int m0, int n, int accumulate, const int NB,
+      const int MB) {
+  __m256 acc[2][4];
+#pragma GCC unroll 4
+  for (int i = 0; i < MB; i++)
+#pragma GCC unroll 4
+    for (int j = 0; j < NB; j++)
+      acc[i][j] = _mm256_setzero_ps();
+  const uint16_t *wr[4];
+  const float *xr[2];
+#pragma GCC unroll 4
+  for (int j = 0; j < NB; j++)
+    wr[j] = w + (size_t)(n + j) * K;
+#pragma GCC unroll 4
+  for (int i = 0; i < MB; i++)
+    xr[i] = x + (size_t)(m0 + i) * K;
+  int k = 0;
+  for (; k + 8 <= K; k += 8) {
+    __m256 wv[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < NB; j++)
+      wv[j] = ldw(wr[j] + k);
+#pragma GCC unroll 4
+    for (int i = 0; i < MB; i++) {
+      __m256 xv = _mm256_loadu_ps(xr[i] + k);
+#pragma GCC unroll 4
+      for (int j = 0; j < NB; j++)
+        acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < MB; i++)
+#pragma GCC unroll 4
+    for (int j = 0; j < NB; j++) {
+      float s = hsum(acc[i][j]);
+      for (int kk = k; kk < K; kk++)
+        s += xr[i][kk] * bf16f(wr[j][kk]);
+      float *yo = y + (size_t)(m0 + i) * N + n + j;
+      if (bias)
+        s += bf16f(bias[n + j]);
+      if (accumulate)
+        s += *yo;
+      *yo = s;
+    }
+}
+
+static void mm_small(float *y, const float *x, const uint16_t *w,
+                     const uint16_t *bias, int M, int N, int K, int n0, int n1,
+                     int accumulate) {
+  int n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    int m = 0;
+    for (; m + 2 <= M; m += 2)
+      block(y, x, w, bias, N, K, m, n, accumulate, 4, 2);
+    if (m < M)
+      block(y, x, w, bias, N, K, m, n, accumulate, 4, 1);
+  }
+  for (; n < n1; n++) {
+    int m = 0;
+    for (; m + 2 <= M; m += 2)
+      block(y, x, w, bias, N, K, m, n, accumulate, 1, 2);
+    if (m < M)
+      block(y, x, w, bias, N, K, m, n, accumulate, 1, 1);
+  }
+}
+
+static float dot(const float *a, const float *b, int n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8),
+                         s1);
+  }
+  for (; i + 8 <= n; i += 8)
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  float s = hsum(_mm256_add_ps(s0, s1));
+  for (; i < n; i++)
+    s += a[i] * b[i];
+  return s;
+}
+
+static void scale_axpy(float *y, float c, float a, const float *x, int n) {
+  __m256 vc = _mm256_set1_ps(c), va = _mm256_set1_ps(a);
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i),
+                                            _mm256_mul_ps(vc, _mm256_loadu_ps(y + i))));
+  for (; i < n; i++)
+    y[i] = y[i] * c + a * x[i];
+}
+
+static void bf16_to_f32(float *dst, const uint16_t *src, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, ldw(src + i));
+  for (; i < n; i++)
+    dst[i] = bf16f(src[i]);
+}
+
+const sa__cpu_kern_t sa__cpu_kern_avx2 = {
+    .name = "avx2",
+    .mm_small = mm_small,
+    .dot = dot,
+    .scale_axpy = scale_axpy,
+    .bf16_to_f32 = bf16_to_f32,
+};

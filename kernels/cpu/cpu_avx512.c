@@ -1,0 +1,163 @@
+/*
+ * cpu_avx512 — AVX-512F kernels of the CPU backend (compiled with
+ * -mavx512f/bw/vl -mfma; called only when the CPU has them).
+ *
+ * The matmul widens bf16 weights to fp32 exactly (zero-extend and shift left
+ * 16) and uses fp32 FMA, so results are exact in the inputs and differ from
+ * the reference only by fp32 summation order. The register block is 4 W rows
+ * x up to 4 x rows (16 zmm accumulators): each W row is loaded from memory
+ * once per block of 4 x rows and, for M <= 4, exactly once overall, so the
+ * decode GEMV streams W at memory bandwidth.
+ */
+#include "cpu_impl.h"
+
+#include <immintrin.h>
+
+static inline __m512 ldw(const uint16_t *p) {
+  __m256i h = _mm256_loadu_si256((const __m256i *)p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+static inline __m512 ldw_mask(const uint16_t *p, __mmask16 mk) {
+  __m256i h = _mm256_maskz_loadu_epi16(mk, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+static inline float bf16f(uint16_t h) {
+  union { uint32_t u; float f; } v = {.u = (uint32_t)h << 16};
+  return v.f;
+}
+
+/* NB W rows x MB x rows, full K. NB, MB are compile-time constants at every
+ * call site so the accumulator array lives in registers. */
+static inline __attribute__((always_inline)) void
+block(float *y, const float *x, const uint16_t *w, const uint16_t *bias,
+      int N, int K, int m0, int n, int accumulate, const int NB,
+      const int MB) {
+  __m512 acc[4][4];
+#pragma GCC unroll 4
+  for (int i = 0; i < MB; i++)
+#pragma GCC unroll 4
+    for (int j = 0; j < NB; j++)
+      acc[i][j] = _mm512_setzero_ps();
+  const uint16_t *wr[4];
+  const float *xr[4];
+#pragma GCC unroll 4
+  for (int j = 0; j < NB; j++)
+    wr[j] = w + (size_t)(n + j) * K;
+#pragma GCC unroll 4
+  for (int i = 0; i < MB; i++)
+    xr[i] = x + (size_t)(m0 + i) * K;
+  int k = 0;
+  for (; k + 16 <= K; k += 16) {
+    __m512 wv[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < NB; j++)
+      wv[j] = ldw(wr[j] + k);
+#pragma GCC unroll 4
+    for (int i = 0; i < MB; i++) {
+      __m512 xv = _mm512_loadu_ps(xr[i] + k);
+#pragma GCC unroll 4
+      for (int j = 0; j < NB; j++)
+        acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+    }
+  }
+  if (k < K) {
+    __mmask16 mk = (__mmask16)((1u << (K - k)) - 1u);
+    __m512 wv[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < NB; j++)
+      wv[j] = ldw_mask(wr[j] + k, mk);
+#pragma GCC unroll 4
+    for (int i = 0; i < MB; i++) {
+      __m512 xv = _mm512_maskz_loadu_ps(mk, xr[i] + k);
+#pragma GCC unroll 4
+      for (int j = 0; j < NB; j++)
+        acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < MB; i++)
+#pragma GCC unroll 4
+    for (int j = 0; j < NB; j++) {
+      float s = _mm512_reduce_add_ps(acc[i][j]);
+      float *yo = y + (size_t)(m0 + i) * N + n + j;
+      if (bias)
+        s += bf16f(bias[n + j]);
+      if (accumulate)
+        s += *yo;
+      *yo = s;
+    }
+}
+
+#define MB_SWITCH(NB)                                                          \
+  switch (mb) {                                                                \
+  case 4: block(y, x, w, bias, N, K, m, n, accumulate, NB, 4); break;          \
+  case 3: block(y, x, w, bias, N, K, m, n, accumulate, NB, 3); break;          \
+  case 2: block(y, x, w, bias, N, K, m, n, accumulate, NB, 2); break;          \
+  default: block(y, x, w, bias, N, K, m, n, accumulate, NB, 1); break;         \
+  }
+
+void sa__cpu_mm_small_avx512(float *y, const float *x, const uint16_t *w,
+                             const uint16_t *bias, int M, int N, int K, int n0,
+                             int n1, int accumulate) {
+  int n = n0;
+  for (; n + 4 <= n1; n += 4)
+    for (int m = 0; m < M; m += 4) {
+      int mb = M - m < 4 ? M - m : 4;
+      MB_SWITCH(4)
+    }
+  for (; n < n1; n++)
+    for (int m = 0; m < M; m += 4) {
+      int mb = M - m < 4 ? M - m : 4;
+      MB_SWITCH(1)
+    }
+}
+
+float sa__cpu_dot_avx512(const float *a, const float *b, int n) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+  int i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16),
+                         _mm512_loadu_ps(b + i + 16), s1);
+  }
+  for (; i < n; i += 16) {
+    int r = n - i;
+    __mmask16 mk = r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << r) - 1u);
+    s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a + i),
+                         _mm512_maskz_loadu_ps(mk, b + i), s0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+void sa__cpu_scale_axpy_avx512(float *y, float c, float a, const float *x,
+                               int n) {
+  __m512 vc = _mm512_set1_ps(c), va = _mm512_set1_ps(a);
+  for (int i = 0; i < n; i += 16) {
+    int r = n - i;
+    __mmask16 mk = r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << r) - 1u);
+    __m512 yv = _mm512_maskz_loadu_ps(mk, y + i);
+    __m512 xv = _mm512_maskz_loadu_ps(mk, x + i);
+    _mm512_mask_storeu_ps(y + i, mk,
+                          _mm512_fmadd_ps(va, xv, _mm512_mul_ps(vc, yv)));
+  }
+}
+
+void sa__cpu_bf16_to_f32_avx512(float *dst, const uint16_t *src, size_t n) {
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(dst + i, ldw(src + i));
+  if (i < n) {
+    __mmask16 mk = (__mmask16)((1u << (n - i)) - 1u);
+    _mm512_mask_storeu_ps(dst + i, mk, ldw_mask(src + i, mk));
+  }
+}
+
+const sa__cpu_kern_t sa__cpu_kern_avx512 = {
+    .name = "avx512",
+    .mm_small = sa__cpu_mm_small_avx512,
+    .dot = sa__cpu_dot_avx512,
+    .scale_axpy = sa__cpu_scale_axpy_avx512,
+    .bf16_to_f32 = sa__cpu_bf16_to_f32_avx512,
+};

@@ -1,0 +1,433 @@
+/*
+ * ref — the plain reference CPU backend ("ref").
+ *
+ * Every op of sa_backend_ops_t as the plainest loops that are obviously
+ * right: sums accumulate in double, no blocking, no threads, no SIMD. This is
+ * the definition the optimised CPU backend (cpu.c) and the CUDA backend are
+ * tested against. It is slow on purpose and is not meant for serving.
+ *
+ * Memory is host memory from aligned_alloc(64); upload/download/copy are
+ * memcpy and sync is a no-op.
+ */
+#include "kernels.h"
+#include "log.h"
+#include "sa_error.h"
+#include "tensor.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static float bf(uint16_t h) { return sa_bf16_to_f32(h); }
+
+static void *ref_alloc(sa_backend_t *be, size_t bytes) {
+  (void)be;
+  size_t n = (bytes + 63) & ~(size_t)63;
+  return aligned_alloc(64, n ? n : 64);
+}
+
+static void ref_free(sa_backend_t *be, void *p) {
+  (void)be;
+  free(p);
+}
+
+static int ref_copy(sa_backend_t *be, void *dst, const void *src, size_t n) {
+  (void)be;
+  if (n && (!dst || !src))
+    return SA_EINVAL;
+  if (n)
+    memmove(dst, src, n);
+  return 0;
+}
+
+static int ref_memset0(sa_backend_t *be, void *dst, size_t n) {
+  (void)be;
+  if (n && !dst)
+    return SA_EINVAL;
+  if (n)
+    memset(dst, 0, n);
+  return 0;
+}
+
+static int ref_sync(sa_backend_t *be) {
+  (void)be;
+  return 0;
+}
+
+static int ref_matmul_bf16(sa_backend_t *be, float *y, const float *x,
+                           const uint16_t *w, const uint16_t *bias, int M,
+                           int N, int K, int accumulate) {
+  (void)be;
+  if (M < 0 || N < 0 || K < 0)
+    return SA_EINVAL;
+  if (M && N && (!y || (K && (!x || !w))))
+    return SA_EINVAL;
+  for (int m = 0; m < M; m++)
+    for (int n = 0; n < N; n++) {
+      double s = 0.0;
+      for (int k = 0; k < K; k++)
+        s += (double)x[(size_t)m * K + k] * (double)bf(w[(size_t)n * K + k]);
+      if (bias)
+        s += bf(bias[n]);
+      if (accumulate)
+        s += y[(size_t)m * N + n];
+      y[(size_t)m * N + n] = (float)s;
+    }
+  return 0;
+}
+
+static int ref_rmsnorm(sa_backend_t *be, float *y, const float *x,
+                       const uint16_t *w, int M, int H, float eps) {
+  (void)be;
+  if (M < 0 || H <= 0 || (M && (!y || !x || !w)))
+    return SA_EINVAL;
+  for (int m = 0; m < M; m++) {
+    const float *xr = x + (size_t)m * H;
+    float *yr = y + (size_t)m * H;
+    double ss = 0.0;
+    for (int i = 0; i < H; i++)
+      ss += (double)xr[i] * xr[i];
+    double r = 1.0 / sqrt(ss / H + eps);
+    for (int i = 0; i < H; i++)
+      yr[i] = (float)(xr[i] * r * bf(w[i]));
+  }
+  return 0;
+}
+
+static int ref_layernorm(sa_backend_t *be, float *y, const float *x,
+                         const uint16_t *w, const uint16_t *b, int M, int H,
+                         float eps) {
+  (void)be;
+  if (M < 0 || H <= 0 || (M && (!y || !x || !w || !b)))
+    return SA_EINVAL;
+  for (int m = 0; m < M; m++) {
+    const float *xr = x + (size_t)m * H;
+    float *yr = y + (size_t)m * H;
+    double mean = 0.0, var = 0.0;
+    for (int i = 0; i < H; i++)
+      mean += xr[i];
+    mean /= H;
+    for (int i = 0; i < H; i++)
+      var += (xr[i] - mean) * (xr[i] - mean);
+    var /= H;
+    double r = 1.0 / sqrt(var + eps);
+    for (int i = 0; i < H; i++)
+      yr[i] = (float)((xr[i] - mean) * r * bf(w[i]) + bf(b[i]));
+  }
+  return 0;
+}
+
+/* The angle follows Hugging Face's fp32 computation exactly:
+ * inv_freq = 1 / theta^(2i/hd) in fp32, angle = fp32(pos) * inv_freq rounded
+ * to fp32, then cos/sin of that fp32 angle. Matching the rounding of the
+ * angle matters at large positions (pos * inv_freq ~ 1e4 rad). */
+static int ref_rope(sa_backend_t *be, float *x, const int32_t *pos, int M,
+                    int n_heads, int hd, int row_stride, float theta) {
+  (void)be;
+  if (M < 0 || n_heads <= 0 || hd <= 0 || (hd & 1) ||
+      row_stride < n_heads * hd || (M && (!x || !pos)))
+    return SA_EINVAL;
+  int half = hd / 2;
+  for (int m = 0; m < M; m++)
+    for (int h = 0; h < n_heads; h++) {
+      float *v = x + (size_t)m * row_stride + (size_t)h * hd;
+      for (int i = 0; i < half; i++) {
+        float inv = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
+        float ang = (float)pos[m] * inv;
+        double c = cos((double)ang), s = sin((double)ang);
+        double a = v[i], b = v[i + half];
+        v[i] = (float)(a * c - b * s);
+        v[i + half] = (float)(b * c + a * s);
+      }
+    }
+  return 0;
+}
+
+static int ref_silu_mul(sa_backend_t *be, float *y, const float *gu, int M,
+                        int I) {
+  (void)be;
+  if (M < 0 || I < 0 || (M && I && (!y || !gu)))
+    return SA_EINVAL;
+  for (int m = 0; m < M; m++)
+    for (int i = 0; i < I; i++) {
+      double g = gu[(size_t)m * 2 * I + i];
+      double u = gu[(size_t)m * 2 * I + I + i];
+      y[(size_t)m * I + i] = (float)(g / (1.0 + exp(-g)) * u);
+    }
+  return 0;
+}
+
+static int ref_gelu(sa_backend_t *be, float *x, size_t n) {
+  (void)be;
+  if (n && !x)
+    return SA_EINVAL;
+  for (size_t i = 0; i < n; i++)
+    x[i] = (float)(0.5 * x[i] * (1.0 + erf(x[i] / sqrt(2.0))));
+  return 0;
+}
+
+static int ref_relu(sa_backend_t *be, float *x, size_t n) {
+  (void)be;
+  if (n && !x)
+    return SA_EINVAL;
+  for (size_t i = 0; i < n; i++)
+    if (x[i] < 0.0f)
+      x[i] = 0.0f;
+  return 0;
+}
+
+static int ref_add(sa_backend_t *be, float *y, const float *x, size_t n) {
+  (void)be;
+  if (n && (!x || !y))
+    return SA_EINVAL;
+  for (size_t i = 0; i < n; i++)
+    y[i] += x[i];
+  return 0;
+}
+
+static int ref_softmax(sa_backend_t *be, float *x, int M, int N) {
+  (void)be;
+  if (M < 0 || N <= 0 || (M && !x))
+    return SA_EINVAL;
+  for (int m = 0; m < M; m++) {
+    float *r = x + (size_t)m * N;
+    double mx = r[0], s = 0.0;
+    for (int i = 1; i < N; i++)
+      if (r[i] > mx)
+        mx = r[i];
+    for (int i = 0; i < N; i++)
+      s += exp(r[i] - mx);
+    for (int i = 0; i < N; i++)
+      r[i] = (float)(exp(r[i] - mx) / s);
+  }
+  return 0;
+}
+
+static int ref_embed(sa_backend_t *be, float *y, const uint16_t *table,
+                     const int32_t *ids, int M, int H, int V) {
+  (void)be;
+  if (M < 0 || H <= 0 || V <= 0 || (M && (!y || !table || !ids)))
+    return SA_EINVAL;
+  for (int m = 0; m < M; m++) {
+    if (ids[m] < 0 || ids[m] >= V)
+      return SA_ERANGE;
+    for (int i = 0; i < H; i++)
+      y[(size_t)m * H + i] = bf(table[(size_t)ids[m] * H + i]);
+  }
+  return 0;
+}
+
+static int ref_kv_write(sa_backend_t *be, float *k_cache, float *v_cache,
+                        const float *k, const float *v, int row_stride,
+                        const int32_t *slot, int M, int kv_dim) {
+  (void)be;
+  if (M < 0 || kv_dim <= 0 || row_stride < kv_dim ||
+      (M && (!k_cache || !v_cache || !k || !v || !slot)))
+    return SA_EINVAL;
+  for (int m = 0; m < M; m++) {
+    if (slot[m] < 0)
+      return SA_ERANGE;
+    for (int i = 0; i < kv_dim; i++) {
+      k_cache[(size_t)slot[m] * kv_dim + i] = k[(size_t)m * row_stride + i];
+      v_cache[(size_t)slot[m] * kv_dim + i] = v[(size_t)m * row_stride + i];
+    }
+  }
+  return 0;
+}
+
+/* One query row against keys 0..n_keys-1 given by pointer arrays: softmax of
+ * scale * q·k, weighted sum of v. Dots are recomputed per pass (plain). */
+static void ref_attend(float *out, const float *q, const float *const *kp,
+                       const float *const *vp, int n_keys, int hd,
+                       float scale) {
+  double mx = -INFINITY, sum = 0.0;
+  for (int p = 0; p < n_keys; p++) {
+    double s = 0.0;
+    for (int d = 0; d < hd; d++)
+      s += (double)q[d] * kp[p][d];
+    s *= scale;
+    if (s > mx)
+      mx = s;
+  }
+  for (int p = 0; p < n_keys; p++) {
+    double s = 0.0;
+    for (int d = 0; d < hd; d++)
+      s += (double)q[d] * kp[p][d];
+    sum += exp(s * scale - mx);
+  }
+  for (int d = 0; d < hd; d++) {
+    double o = 0.0;
+    for (int p = 0; p < n_keys; p++) {
+      double s = 0.0;
+      for (int e = 0; e < hd; e++)
+        s += (double)q[e] * kp[p][e];
+      o += exp(s * scale - mx) / sum * vp[p][d];
+    }
+    out[d] = (float)o;
+  }
+}
+
+static int ref_attention(sa_backend_t *be, float *out, const float *q,
+                         int q_stride, const float *k_cache,
+                         const float *v_cache, const sa_attn_batch_t *batch,
+                         int nh, int nkv, int hd, float scale) {
+  (void)be;
+  if (!batch || nh <= 0 || nkv <= 0 || hd <= 0 || nh % nkv ||
+      q_stride < nh * hd || batch->n_seqs < 0 || batch->block_size <= 0 ||
+      batch->max_blocks < 0)
+    return SA_EINVAL;
+  if (batch->n_seqs == 0)
+    return 0;
+  if (!out || !q || !k_cache || !v_cache || !batch->q_start ||
+      !batch->ctx_len || !batch->block_table)
+    return SA_EINVAL;
+  int group = nh / nkv, kv_dim = nkv * hd, bs = batch->block_size;
+  const float **kp = NULL, **vp = NULL;
+  int cap = 0, rc = 0;
+  for (int s = 0; s < batch->n_seqs; s++) {
+    int r0 = batch->q_start[s], r1 = batch->q_start[s + 1];
+    int ctx = batch->ctx_len[s], n_new = r1 - r0;
+    if (n_new < 0 || n_new > ctx || ctx > batch->max_blocks * bs ||
+        ctx > batch->max_ctx) {
+      rc = SA_EINVAL;
+      goto done;
+    }
+    if (ctx > cap) { /* the reference may allocate: it is not a hot path */
+      free(kp);
+      free(vp);
+      cap = ctx;
+      kp = malloc(sizeof(*kp) * cap);
+      vp = malloc(sizeof(*vp) * cap);
+      if (!kp || !vp) {
+        rc = SA_ENOMEM;
+        goto done;
+      }
+    }
+    for (int i = 0; i < n_new; i++) {
+      int pos = ctx - n_new + i, row = r0 + i;
+      for (int h = 0; h < nh; h++) {
+        int kvh = h / group;
+        for (int p = 0; p <= pos; p++) {
+          int blk = batch->block_table[(size_t)s * batch->max_blocks + p / bs];
+          if (blk < 0) {
+            rc = SA_ERANGE;
+            goto done;
+          }
+          size_t off = ((size_t)blk * bs + p % bs) * kv_dim + (size_t)kvh * hd;
+          kp[p] = k_cache + off;
+          vp[p] = v_cache + off;
+        }
+        ref_attend(out + (size_t)row * nh * hd + (size_t)h * hd,
+                   q + (size_t)row * q_stride + (size_t)h * hd, kp, vp,
+                   pos + 1, hd, scale);
+      }
+    }
+  }
+done:
+  free(kp);
+  free(vp);
+  return rc;
+}
+
+static int ref_attention_dense(sa_backend_t *be, float *out, const float *q,
+                               const float *k, const float *v, int T, int nh,
+                               int hd, int n_valid, float scale) {
+  (void)be;
+  if (T < 0 || nh <= 0 || hd <= 0 || (T && (n_valid < 1 || n_valid > T)) ||
+      (T && (!out || !q || !k || !v)))
+    return SA_EINVAL;
+  const float **kp = malloc(sizeof(*kp) * (T ? T : 1));
+  const float **vp = malloc(sizeof(*vp) * (T ? T : 1));
+  if (!kp || !vp) {
+    free(kp);
+    free(vp);
+    return SA_ENOMEM;
+  }
+  int D = nh * hd;
+  for (int h = 0; h < nh; h++) {
+    for (int j = 0; j < n_valid; j++) {
+      kp[j] = k + (size_t)j * D + (size_t)h * hd;
+      vp[j] = v + (size_t)j * D + (size_t)h * hd;
+    }
+    for (int t = 0; t < T; t++)
+      ref_attend(out + (size_t)t * D + (size_t)h * hd,
+                 q + (size_t)t * D + (size_t)h * hd, kp, vp, n_valid, hd,
+                 scale);
+  }
+  free(kp);
+  free(vp);
+  return 0;
+}
+
+static int ref_conv1d(sa_backend_t *be, float *y, const float *x,
+                      const uint16_t *w, const uint16_t *bias, int Tin,
+                      int Cin, int Cout, int Kw, int stride, int pad,
+                      void *ws) {
+  (void)be;
+  (void)ws;
+  if (Tin < 0 || Cin <= 0 || Cout <= 0 || Kw <= 0 || stride <= 0 || pad < 0)
+    return SA_EINVAL;
+  int Tout = Tin + 2 * pad - Kw < 0 ? 0 : (Tin + 2 * pad - Kw) / stride + 1;
+  if (Tout && (!y || !x || !w))
+    return SA_EINVAL;
+  for (int t = 0; t < Tout; t++)
+    for (int co = 0; co < Cout; co++) {
+      double s = bias ? bf(bias[co]) : 0.0;
+      for (int ci = 0; ci < Cin; ci++)
+        for (int kk = 0; kk < Kw; kk++) {
+          int ti = t * stride - pad + kk;
+          if (ti < 0 || ti >= Tin)
+            continue;
+          s += (double)x[(size_t)ti * Cin + ci] *
+               bf(w[((size_t)co * Cin + ci) * Kw + kk]);
+        }
+      y[(size_t)t * Cout + co] = (float)s;
+    }
+  return 0;
+}
+
+static size_t ref_conv1d_ws_bytes(int Tin, int Cin, int Kw, int stride,
+                                  int pad) {
+  (void)Tin, (void)Cin, (void)Kw, (void)stride, (void)pad;
+  return 0;
+}
+
+static void ref_destroy(sa_backend_t *be) { free(be); }
+
+static const sa_backend_ops_t ref_ops = {
+    .name = "ref",
+    .alloc = ref_alloc,
+    .free = ref_free,
+    .upload = ref_copy,
+    .download = ref_copy,
+    .copy = ref_copy,
+    .memset0 = ref_memset0,
+    .sync = ref_sync,
+    .matmul_bf16 = ref_matmul_bf16,
+    .rmsnorm = ref_rmsnorm,
+    .layernorm = ref_layernorm,
+    .rope = ref_rope,
+    .silu_mul = ref_silu_mul,
+    .gelu = ref_gelu,
+    .relu = ref_relu,
+    .add = ref_add,
+    .softmax = ref_softmax,
+    .embed = ref_embed,
+    .kv_write = ref_kv_write,
+    .attention = ref_attention,
+    .attention_dense = ref_attention_dense,
+    .conv1d = ref_conv1d,
+    .conv1d_ws_bytes = ref_conv1d_ws_bytes,
+    .destroy = ref_destroy,
+};
+
+sa_backend_t *sa_backend_ref_new(void) {
+  sa_backend_t *be = calloc(1, sizeof(*be));
+  if (!be) {
+    SA_LOG_ERROR("ref backend: out of memory");
+    return NULL;
+  }
+  be->ops = &ref_ops;
+  be->threads = 1;
+  return be;
+}
