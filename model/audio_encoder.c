@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "mel.h"
 #include "sa_error.h"
 #include "tensor.h"
 
@@ -103,6 +104,8 @@ struct sa_audio_encoder_ws {
   float *y;       /* [t4_max, H] */
   void *conv_ws;
   size_t conv_ws_bytes;
+  sa_mel_t *mel;   /* front end for encode_pcm */
+  float *mel_out;  /* host [n_mels, t_max] */
 };
 
 /* Out-of-line so that a failed upload path reads simply. */
@@ -450,7 +453,9 @@ int sa_audio_encoder_ws_new(const sa_audio_encoder_t *e,
   w->l1 = be_alloc(be, (size_t)(w->t4_max ? w->t4_max : 1) * e->A * f4);
   w->y = be_alloc(be, (size_t)(w->t4_max ? w->t4_max : 1) * e->H * f4);
   w->conv_ws = be_alloc(be, w->conv_ws_bytes);
-  if (!w->host_in || !w->xin || !w->c1 || !w->x || !w->h || !w->q || !w->k ||
+  w->mel = sa_mel_new(SA_AUDIO_CHUNK_SAMPLES);
+  w->mel_out = malloc((size_t)SA_MEL_N_MELS * w->t_max * f4);
+  if (!w->mel || !w->mel_out || !w->host_in || !w->xin || !w->c1 || !w->x || !w->h || !w->q || !w->k ||
       !w->v || !w->o || !w->m || !w->p || !w->a || !w->l1 || !w->y ||
       !w->conv_ws) {
     SA_LOG_ERROR("audio encoder: out of memory for the workspace of a 25 s "
@@ -475,6 +480,8 @@ void sa_audio_encoder_ws_destroy(sa_audio_encoder_ws_t **wsp) {
   if (w->conv_ws)
     be->ops->free(be, w->conv_ws);
   free(w->host_in);
+  sa_mel_destroy(&w->mel);
+  free(w->mel_out);
   free(w);
   *wsp = NULL;
 }
@@ -586,6 +593,61 @@ int sa_audio_encoder_run(const sa_audio_encoder_t *enc,
       return rc;
     chunk_tokens[c] = n_tok;
     rows += n_tok;
+    if (total_rows)
+      *total_rows = rows;
+  }
+  return 0;
+}
+
+int sa_audio_encoder_encode_pcm(const sa_audio_encoder_t *enc,
+                                sa_audio_encoder_ws_t *ws, const float *pcm,
+                                size_t n_samples, float *out,
+                                int64_t out_cap_rows, int *chunk_tokens,
+                                int chunk_cap, int64_t *total_rows,
+                                pthread_mutex_t *backend_lock) {
+  if (!enc || !ws || ws->enc != enc || !pcm || n_samples == 0 ||
+      !chunk_tokens)
+    return SA_EINVAL;
+  if (enc->n_mels != SA_MEL_N_MELS) {
+    SA_LOG_ERROR("audio encoder: the mel front end makes %d bins, the "
+                 "encoder wants %d", SA_MEL_N_MELS, enc->n_mels);
+    return SA_EINVAL;
+  }
+  int n_chunks = 0;
+  int64_t need = 0;
+  sa_audio_count_tokens((int64_t)n_samples, &n_chunks, &need);
+  if (n_chunks > chunk_cap || need > out_cap_rows)
+    return SA_ERANGE;
+  int64_t rows = 0;
+  if (total_rows)
+    *total_rows = 0;
+  for (int c = 0; c < n_chunks; c++) {
+    size_t off = (size_t)c * SA_AUDIO_CHUNK_SAMPLES;
+    size_t n = n_samples - off;
+    if (n > SA_AUDIO_CHUNK_SAMPLES)
+      n = SA_AUDIO_CHUNK_SAMPLES;
+    chunk_tokens[c] = 0;
+    int T = sa_audio_mel_frames((int64_t)n);
+    if (sa_audio_chunk_tokens(T) == 0)
+      continue;
+    size_t frames = 0;
+    int rc = sa_mel_compute(ws->mel, pcm + off, n, ws->mel_out,
+                            (size_t)SA_MEL_N_MELS * ws->t_max, &frames, NULL);
+    if (rc != 0)
+      return rc;
+    SA_ASSERT((int)frames == T, "mel frame count disagrees with the formula");
+    const float *mels[1] = {ws->mel_out};
+    int64_t got = 0;
+    if (backend_lock)
+      pthread_mutex_lock(backend_lock);
+    rc = sa_audio_encoder_run(enc, ws, mels, &T, 1,
+                              out + (size_t)rows * enc->H, out_cap_rows - rows,
+                              &chunk_tokens[c], &got);
+    if (backend_lock)
+      pthread_mutex_unlock(backend_lock);
+    if (rc != 0)
+      return rc;
+    rows += got;
     if (total_rows)
       *total_rows = rows;
   }

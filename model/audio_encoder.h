@@ -8,8 +8,8 @@
  *    to bf16 and uploaded to a backend once, plus the positional embedding in
  *    fp32. It is read-only after sa_audio_encoder_new.
  *  - sa_audio_encoder_ws_t is the scratch of one forward: every activation
- *    buffer, sized at creation for one full 25 s chunk (T = 2502 mel frames).
- *    Encoding allocates nothing.
+ *    buffer and a mel front end with its output, sized at creation for one
+ *    full 25 s chunk (T = 2502 mel frames). Encoding allocates nothing.
  *
  * Each chunk is encoded alone with its own frame count T (a batch of one in
  * the Python reference), so a tail chunk's result does not depend on what it
@@ -22,6 +22,7 @@
 #ifndef SA_AUDIO_ENCODER_H
 #define SA_AUDIO_ENCODER_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -98,5 +99,21 @@ int sa_audio_encoder_run(const sa_audio_encoder_t *enc,
                          const int *T, int n_chunks, float *out,
                          int64_t out_cap_rows, int *chunk_tokens,
                          int64_t *total_rows);
+
+/* Encodes 16 kHz mono PCM (host, borrowed) end to end: cuts it into 25 s
+ * chunks, computes each chunk's log-mel (model/mel) into the workspace and
+ * encodes it, writing the rows of every chunk in order into host `out`
+ * (float [rows, hidden], out_cap_rows rows) and the per-chunk token counts
+ * into chunk_tokens (chunk_cap entries; sa_audio_count_tokens says how many
+ * are needed). If backend_lock is not NULL it is held around each chunk's
+ * backend work only, so several workspaces can compute mels in parallel
+ * while one backend encodes. Returns 0, SA_EINVAL (n_samples 0), SA_ERANGE
+ * (out or chunk_tokens too small) or a backend error. Allocates nothing. */
+int sa_audio_encoder_encode_pcm(const sa_audio_encoder_t *enc,
+                                sa_audio_encoder_ws_t *ws, const float *pcm,
+                                size_t n_samples, float *out,
+                                int64_t out_cap_rows, int *chunk_tokens,
+                                int chunk_cap, int64_t *total_rows,
+                                pthread_mutex_t *backend_lock);
 
 #endif /* SA_AUDIO_ENCODER_H */

@@ -1,0 +1,254 @@
+/*
+ * registrar — Register + Heartbeat against the coordinator (see registrar.h).
+ */
+#include "registrar.h"
+
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <uv.h>
+
+#include "log.h"
+#include "sa.pb-c.h"
+#include "sa_error.h"
+
+#define RPC_TIMEOUT_MS 3000
+#define RETRY_CAP_MS 5000
+
+struct sa_registrar {
+  uv_loop_t *loop;
+  sa_encoder_service_t *svc;
+  sa_rpc_channel_t *ch;
+  uv_timer_t timer;
+  char *coordinator, *node_id, *address, *model_id, *backend;
+  int hidden_size, max_audio_s;
+  int64_t retry_first_ms, retry_ms, heartbeat_ms, epoch;
+  bool registered, in_flight, stopping;
+  int failures;
+  uint64_t call_id;
+};
+
+static void schedule(sa_registrar_t *r, int64_t ms);
+
+static void note_failure(sa_registrar_t *r, const char *what,
+                         const sa_rpc_result_t *res) {
+  r->failures++;
+  /* Log the first failure and then every tenth, so a missing coordinator
+   * does not flood the log. */
+  if (r->failures == 1 || r->failures % 10 == 0)
+    SA_LOG_WARN("coordinator %s: %s failed: %s%s%s (attempt %d; serving "
+                "anyway, retrying)", r->coordinator, what,
+                sa_status_name(res->status), res->status_msg[0] ? ": " : "",
+                res->status_msg, r->failures);
+  r->retry_ms = r->retry_ms ? r->retry_ms * 2 : r->retry_first_ms;
+  if (r->retry_ms > RETRY_CAP_MS)
+    r->retry_ms = RETRY_CAP_MS;
+}
+
+static void register_cb(sa_rpc_channel_t *ch, const sa_rpc_result_t *res,
+                        void *user) {
+  (void)ch;
+  sa_registrar_t *r = user;
+  r->in_flight = false;
+  if (r->stopping)
+    return;
+  if (res->status != SA_STATUS_OK) {
+    note_failure(r, "Register", res);
+    schedule(r, r->retry_ms);
+    return;
+  }
+  Sa__RegisterResponse *rr = sa__register_response__unpack(
+      NULL, res->body_len, (const uint8_t *)res->body);
+  if (!rr) {
+    SA_LOG_WARN("coordinator %s: malformed RegisterResponse; retrying",
+                r->coordinator);
+    r->retry_ms = RETRY_CAP_MS;
+    schedule(r, r->retry_ms);
+    return;
+  }
+  r->registered = true;
+  r->failures = 0;
+  r->retry_ms = 0;
+  r->epoch = rr->epoch;
+  r->heartbeat_ms = rr->heartbeat_interval_ms > 0 ? rr->heartbeat_interval_ms
+                                                  : 1000;
+  SA_LOG_INFO("registered with coordinator %s as %s (heartbeat every %lld ms)",
+              r->coordinator, rr->node_id[0] ? rr->node_id : r->node_id,
+              (long long)r->heartbeat_ms);
+  sa__register_response__free_unpacked(rr, NULL);
+  schedule(r, r->heartbeat_ms);
+}
+
+static void heartbeat_cb(sa_rpc_channel_t *ch, const sa_rpc_result_t *res,
+                         void *user) {
+  (void)ch;
+  sa_registrar_t *r = user;
+  r->in_flight = false;
+  if (r->stopping)
+    return;
+  if (res->status != SA_STATUS_OK) {
+    note_failure(r, "Heartbeat", res);
+    schedule(r, r->heartbeat_ms < r->retry_ms ? r->heartbeat_ms : r->retry_ms);
+    return;
+  }
+  r->failures = 0;
+  r->retry_ms = 0;
+  Sa__HeartbeatResponse *hr = sa__heartbeat_response__unpack(
+      NULL, res->body_len, (const uint8_t *)res->body);
+  if (hr && !hr->known) {
+    SA_LOG_INFO("coordinator %s forgot this encoder; registering again",
+                r->coordinator);
+    r->registered = false;
+  } else if (hr) {
+    r->epoch = hr->epoch;
+  }
+  if (hr)
+    sa__heartbeat_response__free_unpacked(hr, NULL);
+  schedule(r, r->registered ? r->heartbeat_ms : 0);
+}
+
+static void send_register(sa_registrar_t *r) {
+  Sa__RegisterRequest rq = SA__REGISTER_REQUEST__INIT;
+  rq.role = SA__ROLE__ROLE_ENCODER;
+  rq.node_id = r->node_id;
+  rq.address = r->address;
+  rq.model_id = r->model_id;
+  rq.backend = r->backend;
+  rq.hidden_size = r->hidden_size;
+  rq.max_audio_s = r->max_audio_s;
+  size_t n = sa__register_request__get_packed_size(&rq);
+  uint8_t *buf = malloc(n + 1);
+  if (!buf) {
+    schedule(r, RETRY_CAP_MS);
+    return;
+  }
+  sa__register_request__pack(&rq, buf);
+  sa_rpc_call_opts_t co = {.timeout_ms = RPC_TIMEOUT_MS};
+  int rc = sa_rpc_channel_call(r->ch, "Coordinator/Register", buf, n, NULL, 0,
+                               &co, register_cb, r, &r->call_id);
+  free(buf);
+  if (rc != 0) {
+    sa_rpc_result_t fake = {.status = sa_err_to_status(rc), .status_msg = ""};
+    note_failure(r, "Register", &fake);
+    schedule(r, r->retry_ms);
+    return;
+  }
+  r->in_flight = true;
+}
+
+static void send_heartbeat(sa_registrar_t *r) {
+  Sa__HeartbeatRequest rq = SA__HEARTBEAT_REQUEST__INIT;
+  rq.node_id = r->node_id;
+  rq.epoch = r->epoch;
+  if (r->svc) {
+    rq.load = sa_encoder_service_load(r->svc);
+    rq.queue_depth = sa_encoder_service_depth(r->svc);
+  }
+  size_t n = sa__heartbeat_request__get_packed_size(&rq);
+  uint8_t *buf = malloc(n + 1);
+  if (!buf) {
+    schedule(r, RETRY_CAP_MS);
+    return;
+  }
+  sa__heartbeat_request__pack(&rq, buf);
+  sa_rpc_call_opts_t co = {.timeout_ms = RPC_TIMEOUT_MS};
+  int rc = sa_rpc_channel_call(r->ch, "Coordinator/Heartbeat", buf, n, NULL, 0,
+                               &co, heartbeat_cb, r, &r->call_id);
+  free(buf);
+  if (rc != 0) {
+    sa_rpc_result_t fake = {.status = sa_err_to_status(rc), .status_msg = ""};
+    note_failure(r, "Heartbeat", &fake);
+    schedule(r, r->retry_ms);
+    return;
+  }
+  r->in_flight = true;
+}
+
+static void timer_cb(uv_timer_t *t) {
+  sa_registrar_t *r = t->data;
+  if (r->stopping || r->in_flight)
+    return;
+  if (r->registered)
+    send_heartbeat(r);
+  else
+    send_register(r);
+}
+
+static void schedule(sa_registrar_t *r, int64_t ms) {
+  if (r->stopping)
+    return;
+  uv_timer_start(&r->timer, timer_cb, (uint64_t)(ms > 0 ? ms : 0), 0);
+}
+
+int sa_registrar_start(struct uv_loop_s *loop, const sa_registrar_opts_t *o,
+                       sa_encoder_service_t *svc, sa_registrar_t **out) {
+  if (!loop || !o || !o->coordinator || !o->node_id || !o->address || !out)
+    return SA_EINVAL;
+  *out = NULL;
+  sa_registrar_t *r = calloc(1, sizeof *r);
+  if (!r)
+    return SA_ENOMEM;
+  r->loop = loop;
+  r->svc = svc;
+  r->coordinator = strdup(o->coordinator);
+  r->node_id = strdup(o->node_id);
+  r->address = strdup(o->address);
+  r->model_id = strdup(o->model_id ? o->model_id : "");
+  r->backend = strdup(o->backend ? o->backend : "cpu");
+  r->hidden_size = o->hidden_size;
+  r->max_audio_s = o->max_audio_s;
+  r->retry_first_ms = o->retry_ms > 0 ? o->retry_ms : 500;
+  r->heartbeat_ms = 1000;
+  int rc = SA_ENOMEM;
+  if (!r->coordinator || !r->node_id || !r->address || !r->model_id ||
+      !r->backend)
+    goto fail;
+  sa_rpc_opts_t ro;
+  sa_rpc_opts_default(&ro);
+  if ((rc = sa_rpc_channel_new(loop, r->coordinator, &ro, &r->ch)) != 0) {
+    SA_LOG_ERROR("coordinator %s: cannot create channel: %s", r->coordinator,
+                 sa_strerror(rc));
+    goto fail;
+  }
+  uv_timer_init(loop, &r->timer);
+  r->timer.data = r;
+  schedule(r, 0);
+  *out = r;
+  return 0;
+fail:
+  free(r->coordinator);
+  free(r->node_id);
+  free(r->address);
+  free(r->model_id);
+  free(r->backend);
+  free(r);
+  return rc;
+}
+
+int sa_registrar_registered(const sa_registrar_t *r) {
+  return r && r->registered;
+}
+
+static void timer_close_cb(uv_handle_t *h) {
+  sa_registrar_t *r = h->data;
+  free(r->coordinator);
+  free(r->node_id);
+  free(r->address);
+  free(r->model_id);
+  free(r->backend);
+  free(r);
+}
+
+void sa_registrar_stop(sa_registrar_t **rp) {
+  if (!rp || !*rp)
+    return;
+  sa_registrar_t *r = *rp;
+  *rp = NULL;
+  r->stopping = true;
+  uv_timer_stop(&r->timer);
+  /* Calls in flight complete with CANCELLED inside destroy; their callbacks
+   * see `stopping` and do nothing. */
+  sa_rpc_channel_destroy(&r->ch);
+  uv_close((uv_handle_t *)&r->timer, timer_close_cb);
+}
