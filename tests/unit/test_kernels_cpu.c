@@ -1,0 +1,459 @@
+/* Unit tests of the optimised CPU backend against the reference backend,
+ * over odd shapes, on every SIMD path this machine supports (scalar always;
+ * avx2, avx512, avx512bf16 when present) and with 1 and 3 threads (3 so the
+ * column/row splits are uneven). Both matmul paths are forced: the streaming
+ * small-M kernel and the fp32-tile + OpenBLAS sgemm path.
+ *
+ * Tolerances, per op (fp32 activations, fp32 accumulation vs the reference's
+ * double accumulation):
+ *   matmul, conv1d: |y - ref| <= 1e-5 * S + 1e-6, S = sum_k |x_k w_k| + |b| + |y0|
+ *     (fp32 summation error grows like sqrt(K) eps S; a dropped term of a
+ *     K = 1000 sum would be ~1e-3 S);
+ *   norms, rope, activations, softmax: 1e-5 absolute + 1e-5 relative;
+ *   attention: 2e-5 absolute + 1e-4 relative; embed, kv_write: exact. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "sa_error.h"
+#include "tensor.h"
+
+static const char *ISAS[] = {"scalar", "avx2", "avx512", "avx512bf16"};
+#define N_ISAS 4
+
+static sa_backend_t *ref, *cpu1, *cpu3;
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+static float frand(void) { /* uniform in [-1, 1) */
+  rng ^= rng << 13;
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  return (float)((rng >> 40) * (1.0 / (1ull << 23)) - 1.0);
+}
+static void fill(float *p, size_t n, float scale) {
+  for (size_t i = 0; i < n; i++)
+    p[i] = frand() * scale;
+}
+static void fill_bf16(uint16_t *p, size_t n, float scale) {
+  for (size_t i = 0; i < n; i++)
+    p[i] = sa_f32_to_bf16(frand() * scale);
+}
+
+static int setup(void **state) {
+  (void)state;
+  ref = sa_backend_ref_new();
+  cpu1 = sa_backend_new("cpu", 1);
+  cpu3 = sa_backend_new("cpu", 3);
+  return ref && cpu1 && cpu3 ? 0 : -1;
+}
+
+static int teardown(void **state) {
+  (void)state;
+  sa_backend_destroy(&ref);
+  sa_backend_destroy(&cpu1);
+  sa_backend_destroy(&cpu3);
+  return 0;
+}
+
+/* Calls body for each (supported ISA, thread count) configuration. */
+#define FOR_EACH_CONFIG(be, isa_name)                                          \
+  for (int ci_ = 0; ci_ < N_ISAS * 2; ci_++)                                   \
+    for (sa_backend_t *be = (ci_ & 1) ? cpu3 : cpu1; be; be = NULL)            \
+      for (const char *isa_name = ISAS[ci_ / 2];                               \
+           isa_name && sa_cpu_isa_supported(isa_name) &&                       \
+           sa_cpu_set_isa(be, isa_name) == 0;                                  \
+           isa_name = NULL)
+
+static void check_close(const char *what, const float *got, const float *want,
+                        const double *bound, size_t n, double atol,
+                        double rtol, const char *isa, int threads) {
+  for (size_t i = 0; i < n; i++) {
+    double tol = bound ? bound[i] : atol + rtol * fabs(want[i]);
+    double d = fabs((double)got[i] - want[i]);
+    if (!(d <= tol)) {
+      fprintf(stderr, "%s [%s, %d threads]: element %zu got %.9g want %.9g "
+              "(|d| %.3g > tol %.3g)\n", what, isa, threads, i, got[i],
+              want[i], d, tol);
+      fail();
+    }
+  }
+}
+
+/* --- matmul --------------------------------------------------------------- */
+
+static void matmul_case(int M, int N, int K, int use_bias, int accumulate) {
+  float *x = malloc(sizeof(float) * M * K + 4);
+  uint16_t *w = malloc(sizeof(uint16_t) * N * K + 4);
+  uint16_t *bias = malloc(sizeof(uint16_t) * N);
+  float *y0 = malloc(sizeof(float) * M * N), *yr = malloc(sizeof(float) * M * N);
+  float *y = malloc(sizeof(float) * M * N);
+  double *bound = malloc(sizeof(double) * M * N);
+  fill(x, (size_t)M * K, 2.0f);
+  fill_bf16(w, (size_t)N * K, 0.5f);
+  fill_bf16(bias, N, 1.0f);
+  fill(y0, (size_t)M * N, 1.0f);
+  const uint16_t *b = use_bias ? bias : NULL;
+  memcpy(yr, y0, sizeof(float) * M * N);
+  assert_int_equal(ref->ops->matmul_bf16(ref, yr, x, w, b, M, N, K, accumulate), 0);
+  for (int m = 0; m < M; m++)
+    for (int n = 0; n < N; n++) {
+      double s = 0;
+      for (int k = 0; k < K; k++)
+        s += fabs(x[(size_t)m * K + k] * sa_bf16_to_f32(w[(size_t)n * K + k]));
+      if (b)
+        s += fabs(sa_bf16_to_f32(b[n]));
+      if (accumulate)
+        s += fabs(y0[(size_t)m * N + n]);
+      bound[(size_t)m * N + n] = 1e-5 * s + 1e-6;
+    }
+  char what[96];
+  for (int path = 0; path < 2; path++) {
+    FOR_EACH_CONFIG(be, isa) {
+      /* path 0: streaming kernel for every M; path 1: sgemm for every M */
+      assert_int_equal(sa_cpu_set_sgemm_min_m(be, path ? 1 : 1 << 30), 0);
+      memcpy(y, y0, sizeof(float) * M * N);
+      assert_int_equal(be->ops->matmul_bf16(be, y, x, w, b, M, N, K, accumulate), 0);
+      snprintf(what, sizeof(what), "matmul %s M%d N%d K%d bias%d acc%d",
+               path ? "sgemm" : "stream", M, N, K, use_bias, accumulate);
+      check_close(what, y, yr, bound, (size_t)M * N, 0, 0, isa, be->threads);
+      if (path) /* sgemm does not depend on the SIMD path beyond W widening */
+        break;
+    }
+  }
+  sa_cpu_set_sgemm_min_m(cpu1, 32);
+  sa_cpu_set_sgemm_min_m(cpu3, 32);
+  free(x), free(w), free(bias), free(y0), free(yr), free(y), free(bound);
+}
+
+static void test_matmul(void **state) {
+  (void)state;
+  static const int Ms[] = {1, 2, 3, 7, 17, 33};
+  static const int Ns[] = {1, 15, 33, 257};
+  static const int Ks[] = {1, 15, 33, 257, 1000};
+  int i = 0;
+  for (size_t a = 0; a < 6; a++)
+    for (size_t bn = 0; bn < 4; bn++)
+      for (size_t c = 0; c < 5; c++, i++)
+        matmul_case(Ms[a], Ns[bn], Ks[c], i & 1, (i >> 1) & 1);
+  /* wide enough to split across threads with uneven ranges */
+  matmul_case(1, 1000, 896, 1, 0);
+  matmul_case(5, 1001, 129, 0, 1);
+  matmul_case(64, 300, 200, 1, 1);
+  /* K = 0: y = bias (+ y) */
+  float y[3] = {1, 2, 3};
+  uint16_t bias[3] = {sa_f32_to_bf16(0.5f), 0, sa_f32_to_bf16(-1.f)};
+  assert_int_equal(cpu3->ops->matmul_bf16(cpu3, y, NULL, NULL, bias, 1, 3, 0, 1), 0);
+  assert_true(y[0] == 1.5f && y[1] == 2.f && y[2] == 2.f);
+  assert_int_equal(cpu1->ops->matmul_bf16(cpu1, y, y, bias, NULL, 1, -3, 1, 0),
+                   SA_EINVAL);
+}
+
+/* --- row ops -------------------------------------------------------------- */
+
+static void test_rows(void **state) {
+  (void)state;
+  static const int shapes[][2] = {{1, 1}, {3, 15}, {7, 33}, {2, 1000}, {70, 896}};
+  for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+    int M = shapes[s][0], H = shapes[s][1];
+    size_t n = (size_t)M * H;
+    float *x = malloc(sizeof(float) * n * 2), *yr = malloc(sizeof(float) * n * 2);
+    float *y = malloc(sizeof(float) * n * 2);
+    uint16_t *w = malloc(2 * H), *b = malloc(2 * H);
+    int32_t *ids = malloc(sizeof(int32_t) * M);
+    fill(x, n * 2, 3.0f);
+    fill_bf16(w, H, 2.0f);
+    fill_bf16(b, H, 1.0f);
+    for (int m = 0; m < M; m++)
+      ids[m] = (m * 7 + 3) % H;
+    FOR_EACH_CONFIG(be, isa) {
+      int t = be->threads;
+      assert_int_equal(ref->ops->rmsnorm(ref, yr, x, w, M, H, 1e-6f), 0);
+      assert_int_equal(be->ops->rmsnorm(be, y, x, w, M, H, 1e-6f), 0);
+      check_close("rmsnorm", y, yr, NULL, n, 1e-5, 1e-5, isa, t);
+      assert_int_equal(ref->ops->layernorm(ref, yr, x, w, b, M, H, 1e-5f), 0);
+      assert_int_equal(be->ops->layernorm(be, y, x, w, b, M, H, 1e-5f), 0);
+      check_close("layernorm", y, yr, NULL, n, 1e-5, 1e-5, isa, t);
+      assert_int_equal(ref->ops->silu_mul(ref, yr, x, M, H), 0);
+      assert_int_equal(be->ops->silu_mul(be, y, x, M, H), 0);
+      check_close("silu_mul", y, yr, NULL, n, 1e-5, 1e-5, isa, t);
+      memcpy(yr, x, sizeof(float) * n);
+      memcpy(y, x, sizeof(float) * n);
+      assert_int_equal(ref->ops->softmax(ref, yr, M, H), 0);
+      assert_int_equal(be->ops->softmax(be, y, M, H), 0);
+      check_close("softmax", y, yr, NULL, n, 1e-6, 1e-5, isa, t);
+      /* table [V = H rows, H] from w repeated: ids index rows */
+      uint16_t *table = malloc(2 * (size_t)H * H);
+      fill_bf16(table, (size_t)H * H, 1.0f);
+      assert_int_equal(ref->ops->embed(ref, yr, table, ids, M, H, H), 0);
+      assert_int_equal(be->ops->embed(be, y, table, ids, M, H, H), 0);
+      assert_memory_equal(y, yr, sizeof(float) * n);
+      ids[M - 1] = H;
+      assert_int_equal(be->ops->embed(be, y, table, ids, M, H, H), SA_ERANGE);
+      ids[M - 1] = ((M - 1) * 7 + 3) % H;
+      free(table);
+      /* element-wise on n2 = 2n elements (crosses the chunking) */
+      size_t n2 = n * 2;
+      float *a = malloc(sizeof(float) * n2), *ar = malloc(sizeof(float) * n2);
+      memcpy(a, x, sizeof(float) * n2);
+      memcpy(ar, x, sizeof(float) * n2);
+      assert_int_equal(ref->ops->gelu(ref, ar, n2), 0);
+      assert_int_equal(be->ops->gelu(be, a, n2), 0);
+      check_close("gelu", a, ar, NULL, n2, 1e-6, 1e-5, isa, t);
+      assert_int_equal(ref->ops->relu(ref, ar, n2), 0);
+      assert_int_equal(be->ops->relu(be, a, n2), 0);
+      check_close("relu", a, ar, NULL, n2, 1e-6, 1e-5, isa, t);
+      assert_int_equal(ref->ops->add(ref, ar, x, n2), 0);
+      assert_int_equal(be->ops->add(be, a, x, n2), 0);
+      check_close("add", a, ar, NULL, n2, 1e-6, 1e-5, isa, t);
+      free(a), free(ar);
+    }
+    free(x), free(yr), free(y), free(w), free(b), free(ids);
+  }
+}
+
+static void test_big_elementwise(void **state) {
+  (void)state;
+  /* big enough to run on the pool */
+  size_t n = 300001;
+  float *a = malloc(sizeof(float) * n), *ar = malloc(sizeof(float) * n);
+  float *x = malloc(sizeof(float) * n);
+  fill(x, n, 4.0f);
+  memcpy(a, x, sizeof(float) * n);
+  memcpy(ar, x, sizeof(float) * n);
+  assert_int_equal(ref->ops->gelu(ref, ar, n), 0);
+  assert_int_equal(cpu3->ops->gelu(cpu3, a, n), 0);
+  check_close("gelu big", a, ar, NULL, n, 1e-6, 1e-5, sa_cpu_isa(cpu3), 3);
+  assert_int_equal(ref->ops->add(ref, ar, x, n), 0);
+  assert_int_equal(cpu3->ops->add(cpu3, a, x, n), 0);
+  check_close("add big", a, ar, NULL, n, 1e-6, 1e-5, sa_cpu_isa(cpu3), 3);
+  free(a), free(ar), free(x);
+}
+
+static void test_rope(void **state) {
+  (void)state;
+  static const int cfg[][4] = {/* M, heads, hd, extra stride */
+                               {1, 1, 2, 0}, {3, 2, 16, 5}, {17, 7, 64, 0},
+                               {5, 14, 64, 128}};
+  for (size_t c = 0; c < 4; c++) {
+    int M = cfg[c][0], nh = cfg[c][1], hd = cfg[c][2];
+    int stride = nh * hd + cfg[c][3];
+    size_t n = (size_t)M * stride;
+    float *x = malloc(sizeof(float) * n), *xr = malloc(sizeof(float) * n);
+    float *x0 = malloc(sizeof(float) * n);
+    int32_t *pos = malloc(sizeof(int32_t) * M);
+    fill(x0, n, 1.0f);
+    for (int m = 0; m < M; m++)
+      pos[m] = m == 0 ? 0 : (m * 977) % 40000; /* large positions too */
+    FOR_EACH_CONFIG(be, isa) {
+      memcpy(x, x0, sizeof(float) * n);
+      memcpy(xr, x0, sizeof(float) * n);
+      assert_int_equal(ref->ops->rope(ref, xr, pos, M, nh, hd, stride, 1e6f), 0);
+      assert_int_equal(be->ops->rope(be, x, pos, M, nh, hd, stride, 1e6f), 0);
+      check_close("rope", x, xr, NULL, n, 1e-5, 1e-5, isa, be->threads);
+    }
+    free(x), free(xr), free(x0), free(pos);
+  }
+}
+
+/* --- attention -------------------------------------------------------------- */
+
+typedef struct {
+  int n_new, ctx;
+} seq_t;
+
+/* Builds a paged batch, writes every cached token with kv_write on both
+ * backends (checking the caches match exactly), and compares attention. */
+static void attention_case(const seq_t *seqs, int n_seqs, int nh, int nkv,
+                           int hd, int bs) {
+  int kv_dim = nkv * hd, max_ctx = 0, M = 0, total = 0;
+  for (int s = 0; s < n_seqs; s++) {
+    max_ctx = seqs[s].ctx > max_ctx ? seqs[s].ctx : max_ctx;
+    M += seqs[s].n_new;
+    total += seqs[s].ctx;
+  }
+  int max_blocks = (max_ctx + bs - 1) / bs + 1;
+  int n_blocks = n_seqs * max_blocks + 3;
+  size_t cache_n = (size_t)n_blocks * bs * kv_dim;
+  float *kc = calloc(cache_n, sizeof(float)), *vc = calloc(cache_n, sizeof(float));
+  float *kc2 = calloc(cache_n, sizeof(float)), *vc2 = calloc(cache_n, sizeof(float));
+  int32_t *table = malloc(sizeof(int32_t) * n_seqs * max_blocks);
+  int32_t q_start[64], ctx[64];
+  /* blocks handed out in a scrambled order */
+  int next = 0;
+  for (int s = 0; s < n_seqs; s++)
+    for (int i = 0; i < max_blocks; i++)
+      table[s * max_blocks + i] = (int32_t)(((next++) * 7 + 2) % n_blocks);
+  /* tokens: row stride of a fused qkv buffer (q | k | v) */
+  int stride = nh * hd + 2 * kv_dim;
+  float *qkv = malloc(sizeof(float) * (size_t)total * stride);
+  int32_t *slot = malloc(sizeof(int32_t) * total);
+  fill(qkv, (size_t)total * stride, 1.5f);
+  int r = 0;
+  for (int s = 0; s < n_seqs; s++)
+    for (int p = 0; p < seqs[s].ctx; p++, r++)
+      slot[r] = table[s * max_blocks + p / bs] * bs + p % bs;
+  assert_int_equal(ref->ops->kv_write(ref, kc, vc, qkv + nh * hd,
+                                      qkv + nh * hd + kv_dim, stride, slot,
+                                      total, kv_dim), 0);
+  assert_int_equal(cpu3->ops->kv_write(cpu3, kc2, vc2, qkv + nh * hd,
+                                       qkv + nh * hd + kv_dim, stride, slot,
+                                       total, kv_dim), 0);
+  assert_memory_equal(kc, kc2, sizeof(float) * cache_n);
+  assert_memory_equal(vc, vc2, sizeof(float) * cache_n);
+  /* queries: the last n_new tokens of each sequence, packed */
+  float *q = malloc(sizeof(float) * ((size_t)M + 1) * stride);
+  int row = 0;
+  r = 0;
+  q_start[0] = 0;
+  for (int s = 0; s < n_seqs; s++) {
+    for (int p = 0; p < seqs[s].ctx; p++, r++)
+      if (p >= seqs[s].ctx - seqs[s].n_new)
+        memcpy(q + (size_t)row++ * stride, qkv + (size_t)r * stride,
+               sizeof(float) * stride);
+    q_start[s + 1] = row;
+    ctx[s] = seqs[s].ctx;
+  }
+  sa_attn_batch_t b = {n_seqs, q_start, ctx, table, max_blocks, bs, max_ctx};
+  size_t on = (size_t)M * nh * hd;
+  float *out = malloc(sizeof(float) * on + 4), *outr = malloc(sizeof(float) * on + 4);
+  float scale = 1.0f / sqrtf((float)hd);
+  assert_int_equal(ref->ops->attention(ref, outr, q, stride, kc, vc, &b, nh, nkv,
+                                       hd, scale), 0);
+  FOR_EACH_CONFIG(be, isa) {
+    memset(out, 0xff, sizeof(float) * on);
+    assert_int_equal(be->ops->attention(be, out, q, stride, kc, vc, &b, nh, nkv,
+                                        hd, scale), 0);
+    char what[64];
+    snprintf(what, sizeof(what), "attention nh%d nkv%d hd%d bs%d", nh, nkv, hd, bs);
+    check_close(what, out, outr, NULL, on, 2e-5, 1e-4, isa, be->threads);
+  }
+  free(kc), free(vc), free(kc2), free(vc2), free(table), free(qkv), free(slot);
+  free(q), free(out), free(outr);
+}
+
+static void test_attention(void **state) {
+  (void)state;
+  /* decode, prefill, chunked prefill and an idle sequence in one batch */
+  const seq_t mix[] = {{1, 1}, {37, 37}, {1, 50}, {5, 33}, {0, 17}, {1, 16}};
+  static const int heads[][3] = {{2, 2, 16}, {4, 2, 24}, {7, 1, 64}, {14, 2, 64}};
+  for (size_t h = 0; h < 4; h++) {
+    attention_case(mix, 6, heads[h][0], heads[h][1], heads[h][2], 16);
+    attention_case(mix, 6, heads[h][0], heads[h][1], heads[h][2], 5);
+  }
+  /* longer than one online-softmax chunk, decode and prefill tail */
+  const seq_t longs[] = {{1, 1100}, {3, 700}};
+  attention_case(longs, 2, 4, 2, 32, 16);
+}
+
+static void test_attention_dense(void **state) {
+  (void)state;
+  static const int cfg[][4] = {/* T, nh, hd, n_valid */
+                               {1, 1, 8, 1}, {7, 3, 16, 4}, {33, 2, 64, 33},
+                               {600, 2, 32, 555}};
+  for (size_t c = 0; c < 4; c++) {
+    int T = cfg[c][0], nh = cfg[c][1], hd = cfg[c][2], nv = cfg[c][3];
+    size_t n = (size_t)T * nh * hd;
+    float *q = malloc(sizeof(float) * n), *k = malloc(sizeof(float) * n);
+    float *v = malloc(sizeof(float) * n), *o = malloc(sizeof(float) * n);
+    float *orf = malloc(sizeof(float) * n);
+    fill(q, n, 2.0f), fill(k, n, 2.0f), fill(v, n, 1.0f);
+    float scale = 1.0f / sqrtf((float)hd);
+    assert_int_equal(ref->ops->attention_dense(ref, orf, q, k, v, T, nh, hd, nv,
+                                               scale), 0);
+    FOR_EACH_CONFIG(be, isa) {
+      assert_int_equal(be->ops->attention_dense(be, o, q, k, v, T, nh, hd, nv,
+                                                scale), 0);
+      check_close("attention_dense", o, orf, NULL, n, 2e-5, 1e-4, isa,
+                  be->threads);
+    }
+    free(q), free(k), free(v), free(o), free(orf);
+  }
+}
+
+/* --- conv1d ---------------------------------------------------------------- */
+
+static void test_conv1d(void **state) {
+  (void)state;
+  static const int cfg[][6] = {/* Tin, Cin, Cout, Kw, stride, pad */
+                               {1, 3, 5, 3, 1, 1},   {7, 17, 33, 3, 2, 1},
+                               {20, 3, 5, 3, 1, 1},  {81, 16, 40, 3, 2, 1},
+                               {70, 5, 9, 1, 1, 0},  {9, 4, 6, 5, 3, 2}};
+  for (size_t c = 0; c < 6; c++) {
+    int Tin = cfg[c][0], Cin = cfg[c][1], Cout = cfg[c][2], Kw = cfg[c][3];
+    int st = cfg[c][4], pad = cfg[c][5];
+    int Tout = (Tin + 2 * pad - Kw) / st + 1;
+    float *x = malloc(sizeof(float) * Tin * Cin);
+    uint16_t *w = malloc(2 * (size_t)Cout * Cin * Kw), *b = malloc(2 * Cout);
+    float *y = malloc(sizeof(float) * Tout * Cout), *yr = malloc(sizeof(float) * Tout * Cout);
+    double *bound = malloc(sizeof(double) * Tout * Cout);
+    fill(x, (size_t)Tin * Cin, 2.0f);
+    fill_bf16(w, (size_t)Cout * Cin * Kw, 0.5f);
+    fill_bf16(b, Cout, 1.0f);
+    assert_int_equal(ref->ops->conv1d(ref, yr, x, w, b, Tin, Cin, Cout, Kw, st,
+                                      pad, NULL), 0);
+    for (int t = 0; t < Tout; t++)
+      for (int co = 0; co < Cout; co++) {
+        double s = fabs(sa_bf16_to_f32(b[co]));
+        for (int ci = 0; ci < Cin; ci++)
+          for (int kk = 0; kk < Kw; kk++) {
+            int ti = t * st - pad + kk;
+            if (ti >= 0 && ti < Tin)
+              s += fabs(x[ti * Cin + ci] *
+                        sa_bf16_to_f32(w[((size_t)co * Cin + ci) * Kw + kk]));
+          }
+        bound[t * Cout + co] = 1e-5 * s + 1e-6;
+      }
+    size_t wsb = cpu1->ops->conv1d_ws_bytes(Tin, Cin, Kw, st, pad);
+    void *ws = malloc(wsb + 64);
+    FOR_EACH_CONFIG(be, isa) {
+      assert_int_equal(be->ops->conv1d(be, y, x, w, b, Tin, Cin, Cout, Kw, st,
+                                       pad, ws), 0);
+      check_close("conv1d", y, yr, bound, (size_t)Tout * Cout, 0, 0, isa,
+                  be->threads);
+    }
+    free(x), free(w), free(b), free(y), free(yr), free(bound), free(ws);
+  }
+}
+
+static void test_controls(void **state) {
+  (void)state;
+  assert_int_equal(sa_cpu_set_isa(cpu1, "scalar"), 0);
+  assert_string_equal(sa_cpu_isa(cpu1), "scalar");
+  assert_int_equal(sa_cpu_set_isa(cpu1, "sse9"), SA_EINVAL);
+  assert_int_equal(sa_cpu_set_isa(ref, "scalar"), SA_EINVAL);
+  assert_string_equal(sa_cpu_isa(ref), "");
+  assert_int_equal(sa_cpu_set_isa(cpu1, "auto"), 0);
+  assert_true(sa_cpu_isa_supported("scalar"));
+  assert_false(sa_cpu_isa_supported("nope"));
+  for (int i = 1; i < N_ISAS; i++)
+    if (!sa_cpu_isa_supported(ISAS[i]))
+      assert_int_equal(sa_cpu_set_isa(cpu1, ISAS[i]), SA_EUNAVAIL);
+  fprintf(stderr, "cpu kernels: auto picks %s; tested paths:", sa_cpu_isa(cpu1));
+  for (int i = 0; i < N_ISAS; i++)
+    if (sa_cpu_isa_supported(ISAS[i]))
+      fprintf(stderr, " %s", ISAS[i]);
+  fprintf(stderr, "\n");
+  sa_backend_t *be0 = sa_backend_new("cpu", 0);
+  assert_non_null(be0);
+  assert_true(be0->threads >= 1);
+  sa_backend_destroy(&be0);
+  assert_null(be0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_controls),   cmocka_unit_test(test_matmul),
+      cmocka_unit_test(test_rows),       cmocka_unit_test(test_big_elementwise),
+      cmocka_unit_test(test_rope),       cmocka_unit_test(test_attention),
+      cmocka_unit_test(test_attention_dense), cmocka_unit_test(test_conv1d),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
