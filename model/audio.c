@@ -22,6 +22,7 @@
 
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
+#include <libavutil/avstring.h>
 #include <libavutil/channel_layout.h>
 #include <libavutil/opt.h>
 #include <libswresample/swresample.h>
@@ -331,6 +332,35 @@ static int is_exact_length_codec(enum AVCodecID id) {
          id == AV_CODEC_ID_TTA;
 }
 
+static uint32_t rd32le(const uint8_t *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+         (uint32_t)p[3] << 24;
+}
+
+/* FFmpeg's WAV demuxer silently clamps the data chunk to the bytes present,
+ * so a cut-off upload would decode as a short clip. Walk the RIFF chunks and
+ * compare the data chunk's declared size with what is there. Returns the
+ * missing fraction's bytes (0 if complete, not a WAV, or size unknown). */
+static size_t wav_missing_bytes(const uint8_t *d, size_t len, size_t *declared) {
+  if (len < 12 || memcmp(d, "RIFF", 4) != 0 || memcmp(d + 8, "WAVE", 4) != 0)
+    return 0;
+  size_t off = 12;
+  for (int guard = 0; guard < 64 && off + 8 <= len; guard++) {
+    uint32_t sz = rd32le(d + off + 4);
+    if (memcmp(d + off, "data", 4) == 0) {
+      if (sz == 0 || sz == 0xffffffffu) /* streamed: size unknown */
+        return 0;
+      size_t have = len - (off + 8);
+      *declared = sz;
+      return sz > have ? sz - have : 0;
+    }
+    if (sz > len - (off + 8))
+      return 0;
+    off += 8 + (size_t)sz + (sz & 1);
+  }
+  return 0;
+}
+
 int sa_audio_decode(const void *data, size_t len, const sa_audio_limits_t *lim,
                     float **pcm, size_t *n_samples, char *err, size_t cap) {
   int rc = 0, ffrc;
@@ -392,12 +422,29 @@ int sa_audio_decode(const void *data, size_t len, const sa_audio_limits_t *lim,
   fmt->pb = avio;
   fmt->flags |= AVFMT_FLAG_CUSTOM_IO;
   fmt->io_open = deny_io_open;
+
+  /* Probe the content ourselves, to name what was found when it is not audio. */
+  const AVInputFormat *ifmt = NULL;
+  ffrc = av_probe_input_buffer2(avio, &ifmt, "", NULL, 0, 1 << 20);
+  if (ffrc < 0 || !ifmt) {
+    seterr(err, cap, "not a recognised audio file (too short, damaged or "
+                     "not audio: %s)",
+           fferr(ffrc < 0 ? ffrc : AVERROR_INVALIDDATA, fb, sizeof fb));
+    rc = SA_EINVAL;
+    goto fail;
+  }
+  if (av_match_list(ifmt->name, k_format_whitelist, ',') <= 0) {
+    seterr(err, cap, "not an audio file (the content looks like '%s')",
+           ifmt->name);
+    rc = SA_EINVAL;
+    goto fail;
+  }
   av_dict_set(&opts, "probesize", "2000000", 0);
   av_dict_set(&opts, "formatprobesize", "1048576", 0);
   av_dict_set(&opts, "analyzeduration", "10000000", 0); /* 10 s in us */
   av_dict_set(&opts, "format_whitelist", k_format_whitelist, 0);
   av_dict_set(&opts, "protocol_whitelist", "none", 0);
-  ffrc = avformat_open_input(&fmt, "", NULL, &opts); /* frees fmt on error */
+  ffrc = avformat_open_input(&fmt, "", ifmt, &opts); /* frees fmt on error */
   av_dict_free(&opts);
   if (ffrc < 0) {
     seterr(err, cap, "not a recognised audio file (%s)",
@@ -503,6 +550,15 @@ int sa_audio_decode(const void *data, size_t len, const sa_audio_limits_t *lim,
     goto fail;
   }
   double decoded = (double)s.n_out / SA_AUDIO_SAMPLE_RATE;
+  size_t wav_declared = 0;
+  size_t missing = wav_missing_bytes(data, len, &wav_declared);
+  if (missing > 64 + wav_declared / 100) {
+    seterr(err, cap,
+           "truncated WAV: the data chunk declares %zu bytes, %zu are missing",
+           wav_declared, missing);
+    rc = SA_EINVAL;
+    goto fail;
+  }
   if (declared > 0) {
     /* Lossy codecs count encoder delay and padding in the declared length. */
     int sr = st->codecpar->sample_rate > 0 ? st->codecpar->sample_rate : 8000;
