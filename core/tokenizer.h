@@ -98,8 +98,8 @@ bool sa_tokenizer_is_special(const sa_tokenizer_t *tok, int32_t id);
  * English/code/multilingual text, then the added tokens <|endoftext|>,
  * <|BOT|>, <|EOT|>, <audio_start>, <audio_end>, <audio_patch> (special) and
  * <think>, </think> (non-special, as in Qwen) with the ids that follow.
- * DIR must exist. n_merges in [0, 2000]; SA_ERANGE if the built-in text has
- * fewer distinct pairs left to merge. Returns 0 or a negative SA_E* code with
+ * DIR must exist. n_merges in [0, 2000] (else SA_EINVAL); SA_ERANGE if the
+ * built-in text runs out of pairs to merge (it allows 1290 merges). Returns 0 or a negative SA_E* code with
  * a reason in err. Same n_merges, same bytes, on every machine. */
 int sa_tokenizer_write_synthetic(const char *dir, int n_merges, char *err,
                                  size_t cap);
