@@ -34,7 +34,7 @@ extern "C" {
 #define SA_CUDA_XS_BYTES (128u << 20)
 #define SA_CUDA_GOUT_BYTES (32u << 20)
 #define SA_CUDA_IDS_CAP (1u << 20)
-#define SA_CUDA_ROPE_CAP 4096 /* max hd / 2 */
+#define SA_CUDA_ROPE_CAP 4096 /* max hd / 2, = sa_cuda_t.h_inv_freq */
 
 #define CK(call)                                                               \
   do {                                                                         \
@@ -275,7 +275,7 @@ static int cu_rope(sa_backend_t *be, float *x, const int32_t *pos, int M,
     /* The inverse frequencies are computed on the host exactly as the
      * reference does (libm powf), so angles round identically. The copy
      * from pageable memory is staged before cudaMemcpyAsync returns. */
-    static float inv[SA_CUDA_ROPE_CAP];
+    float *inv = cx->h_inv_freq;
     for (int i = 0; i < hd / 2; i++)
       inv[i] = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
     CK(cudaMemcpyAsync(cx->inv_freq, inv, sizeof(float) * (hd / 2),

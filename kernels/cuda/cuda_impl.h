@@ -46,6 +46,7 @@ typedef struct sa_cuda {
   int32_t *h_ids;   /* pinned host copy of embed ids */
   size_t h_ids_cap; /* in ids */
   float *inv_freq;  /* device RoPE inverse frequencies for (rope_theta, rope_hd) */
+  float h_inv_freq[4096]; /* host staging of inv_freq (hd / 2 <= 4096) */
   float rope_theta;
   int rope_hd;
   int split_x; /* 1: x = hi + lo in bf16 (near fp32); 0: x rounded to bf16 */
