@@ -1,0 +1,576 @@
+/*
+ * sa-client — the command line client of sa-cluster.
+ *
+ *   sa-client submit clip.wav [options]   stream the reasoning and the answer
+ *   sa-client status [--json]             encoders, replicas, stages, load, KV
+ *
+ * Talks to sa-coordinator over the RPC layer (core/rpc.h). Exits 0 on
+ * success, 1 when the cluster answered with an error, 2 for bad usage.
+ */
+#include "log.h"
+#include "rpc.h"
+#include "sa.pb-c.h"
+#include "sa_error.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define DEFAULT_COORDINATOR "tcp://127.0.0.1:7700"
+#define MAX_AUDIO_BYTES (64u << 20)
+
+static const char *coordinator_addr(const char *given) {
+  if (given)
+    return given;
+  const char *env = getenv("SA_COORDINATOR");
+  return env && *env ? env : DEFAULT_COORDINATOR;
+}
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: sa-client submit AUDIO [options]\n"
+          "       sa-client status [--json] [--coordinator ADDR]\n"
+          "\n"
+          "submit options:\n"
+          "  --prompt TEXT          text after the audio (default: none)\n"
+          "  --system TEXT          system prompt (default: the coordinator's)\n"
+          "  --max-tokens N         tokens per chain, reasoning + answer (default 256)\n"
+          "  --temperature T        0 = greedy (default 0)\n"
+          "  --top-p P, --top-k K, --min-p P, --repetition-penalty R\n"
+          "  --seed S               RNG seed (default 0)\n"
+          "  -n N                   parallel reasoning chains, voted on (default 1)\n"
+          "  --vote RULE            majority | window:K | none (default majority)\n"
+          "  --think-budget N       reasoning tokens per chain before </think> is forced\n"
+          "  --no-audio             send only --prompt (AUDIO is omitted)\n"
+          "  --json                 one JSON object per event on stdout\n"
+          "  --quiet-reasoning      do not print the reasoning, only the answer\n"
+          "  --timeout S            give up after S seconds (default 600)\n"
+          "common:\n"
+          "  --coordinator ADDR     default $SA_COORDINATOR or " DEFAULT_COORDINATOR "\n"
+          "  -h, --help\n");
+}
+
+/* ------------------------------------------------------------------ submit */
+
+typedef struct {
+  uv_loop_t *loop;
+  sa_rpc_channel_t *ch;
+  uint64_t call_id;
+  bool json, quiet_reasoning, tty;
+  int n_chains;
+  int last_kind[64];      /* per chain: -1 none yet, else DeltaKind printed last */
+  int64_t tokens[64];
+  int exit_code;
+  bool done;
+  uv_signal_t sigint;
+  uv_timer_t progress;
+  double t0;
+  bool got_first;
+  char label[256];
+} submit_t;
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void print_json_event(const Sa__SubmitEvent *ev) {
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddStringToObject(o, "request_id", ev->request_id);
+  if (ev->payload_case == SA__SUBMIT_EVENT__PAYLOAD_DELTA) {
+    cJSON_AddStringToObject(o, "type", "delta");
+    cJSON_AddNumberToObject(o, "chain", ev->delta->chain);
+    cJSON_AddStringToObject(o, "kind",
+                            ev->delta->kind == SA__DELTA_KIND__DELTA_ANSWER ? "answer" : "reasoning");
+    cJSON_AddStringToObject(o, "text", ev->delta->text);
+  } else if (ev->payload_case == SA__SUBMIT_EVENT__PAYLOAD_PROGRESS) {
+    const Sa__Progress *p = ev->progress;
+    cJSON_AddStringToObject(o, "type", "progress");
+    cJSON_AddStringToObject(o, "stage", p->stage);
+    cJSON_AddNumberToObject(o, "prompt_tokens", (double)p->prompt_tokens);
+    cJSON_AddNumberToObject(o, "audio_tokens", (double)p->audio_tokens);
+    cJSON_AddNumberToObject(o, "chains_running", p->chains_running);
+    cJSON_AddNumberToObject(o, "chains_finished", p->chains_finished);
+    cJSON_AddNumberToObject(o, "tokens_generated", (double)p->tokens_generated);
+  } else if (ev->payload_case == SA__SUBMIT_EVENT__PAYLOAD_FINAL) {
+    const Sa__FinalResult *f = ev->final;
+    cJSON_AddStringToObject(o, "type", "final");
+    cJSON_AddStringToObject(o, "answer", f->answer);
+    cJSON_AddNumberToObject(o, "votes", f->votes);
+    cJSON_AddNumberToObject(o, "prompt_tokens", (double)f->prompt_tokens);
+    cJSON_AddNumberToObject(o, "audio_tokens", (double)f->audio_tokens);
+    cJSON_AddNumberToObject(o, "tokens_generated", (double)f->tokens_generated);
+    cJSON_AddNumberToObject(o, "tokens_saved", (double)f->tokens_saved);
+    cJSON_AddNumberToObject(o, "elapsed_s", f->elapsed_s);
+    cJSON_AddNumberToObject(o, "time_to_first_token_s", f->time_to_first_token_s);
+    cJSON *chains = cJSON_AddArrayToObject(o, "chains");
+    static const char *const reasons[] = {"running", "eot", "length", "cancelled", "error",
+                                          "client_cancelled"};
+    for (size_t i = 0; i < f->n_chains; i++) {
+      const Sa__ChainResult *c = f->chains[i];
+      cJSON *co = cJSON_CreateObject();
+      cJSON_AddNumberToObject(co, "chain", c->chain);
+      cJSON_AddStringToObject(co, "answer", c->answer);
+      cJSON_AddStringToObject(co, "normalized_answer", c->normalized_answer);
+      cJSON_AddStringToObject(co, "finish_reason",
+                              c->finish_reason < 6 ? reasons[c->finish_reason] : "?");
+      cJSON_AddNumberToObject(co, "reasoning_tokens", c->reasoning_tokens);
+      cJSON_AddNumberToObject(co, "answer_tokens", c->answer_tokens);
+      cJSON *toks = cJSON_AddArrayToObject(co, "tokens");
+      for (size_t k = 0; k < c->n_tokens; k++)
+        cJSON_AddItemToArray(toks, cJSON_CreateNumber(c->tokens[k]));
+      cJSON_AddItemToArray(chains, co);
+    }
+  }
+  char *s = cJSON_PrintUnformatted(o);
+  if (s) {
+    puts(s);
+    fflush(stdout);
+    free(s);
+  }
+  cJSON_Delete(o);
+}
+
+static void on_msg(sa_rpc_channel_t *ch, const sa_rpc_result_t *msg, void *user) {
+  submit_t *s = user;
+  (void)ch;
+  Sa__SubmitEvent *ev = sa__submit_event__unpack(NULL, msg->body_len, msg->body);
+  if (!ev) {
+    fprintf(stderr, "sa-client: malformed event from the coordinator (ignored)\n");
+    return;
+  }
+  if (s->json) {
+    print_json_event(ev);
+    sa__submit_event__free_unpacked(ev, NULL);
+    return;
+  }
+  const char *dim = s->tty ? "\033[2m" : "", *bold = s->tty ? "\033[1m" : "",
+             *reset = s->tty ? "\033[0m" : "";
+  switch (ev->payload_case) {
+  case SA__SUBMIT_EVENT__PAYLOAD_PROGRESS:
+    if (!strcmp(ev->progress->stage, "encoded"))
+      fprintf(stderr, "sa-client: audio encoded: %lld audio tokens, prompt %lld tokens; prefilling...\n",
+              (long long)ev->progress->audio_tokens, (long long)ev->progress->prompt_tokens);
+    break;
+  case SA__SUBMIT_EVENT__PAYLOAD_DELTA: {
+    const Sa__SubmitEvent__Delta *d = ev->delta;
+    int c = d->chain >= 0 && d->chain < 64 ? d->chain : 0;
+    if (!s->got_first) {
+      s->got_first = true;
+      fprintf(stderr, "sa-client: first token after %.2f s\n", now_s() - s->t0);
+    }
+    s->tokens[c] += d->token_count;
+    if (s->n_chains > 1) {
+      /* several chains: the answer of each is shown in the final summary;
+       * keep one progress line */
+      int64_t total = 0;
+      for (int i = 0; i < 64; i++)
+        total += s->tokens[i];
+      if (s->tty)
+        fprintf(stderr, "\rsa-client: %d chains, %lld tokens generated", s->n_chains,
+                (long long)total);
+      break;
+    }
+    if (d->kind == SA__DELTA_KIND__DELTA_REASONING && s->quiet_reasoning)
+      break;
+    if (s->last_kind[c] != (int)d->kind) {
+      printf("%s%s%s\n", s->last_kind[c] >= 0 ? "\n" : "",
+             d->kind == SA__DELTA_KIND__DELTA_ANSWER ? "── answer ──" : "── reasoning ──",
+             "");
+      s->last_kind[c] = (int)d->kind;
+    }
+    printf("%s%s%s", d->kind == SA__DELTA_KIND__DELTA_ANSWER ? bold : dim, d->text, reset);
+    fflush(stdout);
+    break;
+  }
+  case SA__SUBMIT_EVENT__PAYLOAD_FINAL: {
+    const Sa__FinalResult *f = ev->final;
+    if (s->n_chains > 1) {
+      if (s->tty)
+        fprintf(stderr, "\n");
+      static const char *const reasons[] = {"running", "eot", "length", "cancelled", "error",
+                                            "client cancelled"};
+      for (size_t i = 0; i < f->n_chains; i++) {
+        const Sa__ChainResult *c = f->chains[i];
+        printf("chain %2d  %-10s %5d tokens  answer: %s\n", c->chain,
+               c->finish_reason < 6 ? reasons[c->finish_reason] : "?",
+               c->reasoning_tokens + c->answer_tokens,
+               c->normalized_answer[0] ? c->normalized_answer : "(none)");
+      }
+      printf("%svote: %s%s (%d of %zu chains)\n", bold, f->answer[0] ? f->answer : "(no answer)",
+             reset, f->votes, f->n_chains);
+    } else {
+      printf("\n");
+    }
+    fprintf(stderr,
+            "sa-client: done: %lld tokens generated (%lld saved by early stop), prompt %lld "
+            "tokens (%lld audio), %.2f s, first token %.2f s\n",
+            (long long)f->tokens_generated, (long long)f->tokens_saved, (long long)f->prompt_tokens,
+            (long long)f->audio_tokens, f->elapsed_s, f->time_to_first_token_s);
+    break;
+  }
+  default:
+    break;
+  }
+  sa__submit_event__free_unpacked(ev, NULL);
+}
+
+static void finish(submit_t *s) {
+  s->done = true;
+  uv_close((uv_handle_t *)&s->sigint, NULL);
+  uv_close((uv_handle_t *)&s->progress, NULL);
+  sa_rpc_channel_destroy(&s->ch);
+}
+
+static void on_end(sa_rpc_channel_t *ch, const sa_rpc_result_t *end, void *user) {
+  submit_t *s = user;
+  (void)ch;
+  if (end->status != SA_STATUS_OK) {
+    if (end->status == SA_STATUS_UNAVAILABLE && !strcmp(end->status_msg, ""))
+      fprintf(stderr, "\nsa-client: the coordinator at %s is unavailable (is the cluster up? "
+                      "sa-cluster up)\n", s->label);
+    else
+      fprintf(stderr, "\nsa-client: error: %s: %s\n", sa_status_name(end->status),
+              end->status_msg[0] ? end->status_msg : "(no message)");
+    s->exit_code = 1;
+  }
+  finish(s);
+}
+
+static void on_sigint(uv_signal_t *h, int sig) {
+  submit_t *s = h->data;
+  (void)sig;
+  fprintf(stderr, "\nsa-client: cancelling\n");
+  sa_rpc_channel_cancel(s->ch, s->call_id);
+  s->exit_code = 130;
+}
+
+static void on_progress(uv_timer_t *t) {
+  submit_t *s = t->data;
+  if (!s->got_first && !s->json)
+    fprintf(stderr, "sa-client: waiting... %.0f s\n", now_s() - s->t0);
+}
+
+static int read_all(const char *path, uint8_t **out, size_t *len) {
+  struct stat st;
+  if (stat(path, &st) != 0) {
+    fprintf(stderr, "sa-client: %s: %s\n", path, strerror(errno));
+    return -1;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    fprintf(stderr, "sa-client: %s is not a regular file\n", path);
+    return -1;
+  }
+  if (st.st_size == 0) {
+    fprintf(stderr, "sa-client: %s is empty; nothing to send\n", path);
+    return -1;
+  }
+  if ((uint64_t)st.st_size > MAX_AUDIO_BYTES) {
+    fprintf(stderr, "sa-client: %s is %lld bytes; the limit is %u\n", path,
+            (long long)st.st_size, MAX_AUDIO_BYTES);
+    return -1;
+  }
+  FILE *f = fopen(path, "rb");
+  if (!f) {
+    fprintf(stderr, "sa-client: %s: %s\n", path, strerror(errno));
+    return -1;
+  }
+  uint8_t *buf = malloc((size_t)st.st_size);
+  if (!buf || fread(buf, 1, (size_t)st.st_size, f) != (size_t)st.st_size) {
+    fprintf(stderr, "sa-client: cannot read %s\n", path);
+    free(buf);
+    fclose(f);
+    return -1;
+  }
+  fclose(f);
+  *out = buf;
+  *len = (size_t)st.st_size;
+  return 0;
+}
+
+static float parse_float(const char *s, const char *name) {
+  char *end;
+  errno = 0;
+  float v = strtof(s, &end);
+  if (*end || errno) {
+    fprintf(stderr, "sa-client: %s must be a number\n", name);
+    exit(2);
+  }
+  return v;
+}
+
+static long parse_int(const char *s, const char *name) {
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (*end || errno || end == s) {
+    fprintf(stderr, "sa-client: %s must be an integer\n", name);
+    exit(2);
+  }
+  return v;
+}
+
+static int cmd_submit(int argc, char **argv) {
+  static const struct option longopts[] = {
+      {"prompt", required_argument, 0, 'p'},
+      {"system", required_argument, 0, 's'},
+      {"max-tokens", required_argument, 0, 'M'},
+      {"temperature", required_argument, 0, 't'},
+      {"top-p", required_argument, 0, 'P'},
+      {"top-k", required_argument, 0, 'K'},
+      {"min-p", required_argument, 0, 'm'},
+      {"repetition-penalty", required_argument, 0, 'r'},
+      {"seed", required_argument, 0, 'S'},
+      {"vote", required_argument, 0, 'v'},
+      {"think-budget", required_argument, 0, 'b'},
+      {"no-audio", no_argument, 0, 'A'},
+      {"json", no_argument, 0, 'j'},
+      {"quiet-reasoning", no_argument, 0, 'q'},
+      {"timeout", required_argument, 0, 'T'},
+      {"coordinator", required_argument, 0, 'c'},
+      {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
+  Sa__SubmitRequest rq = SA__SUBMIT_REQUEST__INIT;
+  Sa__SamplingParams sp = SA__SAMPLING_PARAMS__INIT;
+  rq.sampling = &sp;
+  rq.max_tokens = 256;
+  rq.n = 1;
+  const char *coord = NULL;
+  bool json = false, quiet = false, no_audio = false;
+  double timeout_s = 600;
+  int opt;
+  optind = 1;
+  while ((opt = getopt_long(argc, argv, "n:h", longopts, NULL)) != -1) {
+    switch (opt) {
+    case 'p': rq.prompt = optarg; break;
+    case 's': rq.system = optarg; break;
+    case 'M': rq.max_tokens = (int)parse_int(optarg, "--max-tokens"); break;
+    case 't': sp.temperature = parse_float(optarg, "--temperature"); break;
+    case 'P': sp.top_p = parse_float(optarg, "--top-p"); break;
+    case 'K': sp.top_k = (int)parse_int(optarg, "--top-k"); break;
+    case 'm': sp.min_p = parse_float(optarg, "--min-p"); break;
+    case 'r': sp.repetition_penalty = parse_float(optarg, "--repetition-penalty"); break;
+    case 'S': sp.seed = (uint64_t)strtoull(optarg, NULL, 10); break;
+    case 'n': rq.n = (int)parse_int(optarg, "-n"); break;
+    case 'v':
+      if (!strcmp(optarg, "majority"))
+        rq.vote_rule = SA__VOTE_RULE__VOTE_MAJORITY;
+      else if (!strcmp(optarg, "none"))
+        rq.vote_rule = SA__VOTE_RULE__VOTE_NONE;
+      else if (!strncmp(optarg, "window:", 7)) {
+        rq.vote_rule = SA__VOTE_RULE__VOTE_FIRST_K_AGREE;
+        rq.vote_k = (int)parse_int(optarg + 7, "--vote window:K");
+      } else {
+        fprintf(stderr, "sa-client: --vote must be majority, window:K or none\n");
+        return 2;
+      }
+      break;
+    case 'b': rq.think_budget = (int)parse_int(optarg, "--think-budget"); break;
+    case 'A': no_audio = true; break;
+    case 'j': json = true; break;
+    case 'q': quiet = true; break;
+    case 'T': timeout_s = parse_float(optarg, "--timeout"); break;
+    case 'c': coord = optarg; break;
+    case 'h': usage(stdout); return 0;
+    default: usage(stderr); return 2;
+    }
+  }
+  if (rq.max_tokens < 1) {
+    fprintf(stderr, "sa-client: --max-tokens must be at least 1\n");
+    return 2;
+  }
+  if (rq.n < 1) {
+    fprintf(stderr, "sa-client: -n must be at least 1\n");
+    return 2;
+  }
+  uint8_t *audio = NULL;
+  size_t audio_len = 0;
+  const char *path = optind < argc ? argv[optind] : NULL;
+  if (!no_audio) {
+    if (!path) {
+      fprintf(stderr, "sa-client: submit needs an audio file (or --no-audio --prompt TEXT)\n");
+      return 2;
+    }
+    if (read_all(path, &audio, &audio_len))
+      return 1;
+  } else if (!rq.prompt || !rq.prompt[0]) {
+    fprintf(stderr, "sa-client: --no-audio needs --prompt TEXT\n");
+    return 2;
+  }
+  rq.audio.data = audio;
+  rq.audio.len = audio_len;
+  size_t len = sa__submit_request__get_packed_size(&rq);
+  uint8_t *buf = malloc(len);
+  if (!buf) {
+    free(audio);
+    return 1;
+  }
+  sa__submit_request__pack(&rq, buf);
+  free(audio);
+
+  static submit_t s;
+  memset(&s, 0, sizeof s);
+  s.loop = uv_default_loop();
+  s.json = json;
+  s.quiet_reasoning = quiet;
+  s.tty = isatty(STDOUT_FILENO);
+  s.n_chains = rq.n;
+  s.t0 = now_s();
+  for (int i = 0; i < 64; i++)
+    s.last_kind[i] = -1;
+  const char *addr = coordinator_addr(coord);
+  snprintf(s.label, sizeof s.label, "%s", addr);
+  sa_rpc_opts_t o;
+  sa_rpc_opts_default(&o);
+  o.max_msg_bytes = MAX_AUDIO_BYTES + (1u << 20);
+  int rc = sa_rpc_channel_new(s.loop, addr, &o, &s.ch);
+  if (rc) {
+    fprintf(stderr, "sa-client: cannot connect to %s: %s\n", addr, sa_strerror(rc));
+    free(buf);
+    return 1;
+  }
+  sa_rpc_call_opts_t co = {.timeout_ms = (int64_t)(timeout_s * 1000), .wait_for_ready = true};
+  if (!json)
+    fprintf(stderr, "sa-client: sending %s (%zu KiB) to %s\n", path ? path : "prompt",
+            audio_len / 1024, addr);
+  rc = sa_rpc_channel_stream(s.ch, "Coordinator/Submit", buf, len, NULL, 0, &co, on_msg, on_end,
+                             &s, &s.call_id);
+  free(buf);
+  if (rc) {
+    fprintf(stderr, "sa-client: cannot submit: %s\n", sa_strerror(rc));
+    sa_rpc_channel_destroy(&s.ch);
+    uv_run(s.loop, UV_RUN_DEFAULT);
+    return 1;
+  }
+  uv_signal_init(s.loop, &s.sigint);
+  s.sigint.data = &s;
+  uv_signal_start(&s.sigint, on_sigint, SIGINT);
+  uv_timer_init(s.loop, &s.progress);
+  s.progress.data = &s;
+  uv_timer_start(&s.progress, on_progress, 5000, 5000);
+  uv_run(s.loop, UV_RUN_DEFAULT);
+  uv_loop_close(s.loop);
+  return s.exit_code;
+}
+
+/* ------------------------------------------------------------------ status */
+
+static int cmd_status(int argc, char **argv) {
+  static const struct option longopts[] = {{"json", no_argument, 0, 'j'},
+                                           {"coordinator", required_argument, 0, 'c'},
+                                           {"help", no_argument, 0, 'h'},
+                                           {0, 0, 0, 0}};
+  const char *coord = NULL;
+  bool json = false;
+  int opt;
+  optind = 1;
+  while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    switch (opt) {
+    case 'j': json = true; break;
+    case 'c': coord = optarg; break;
+    case 'h': usage(stdout); return 0;
+    default: usage(stderr); return 2;
+    }
+  }
+  const char *addr = coordinator_addr(coord);
+  Sa__StatusRequest rq = SA__STATUS_REQUEST__INIT;
+  uint8_t buf[16];
+  size_t len = sa__status_request__pack(&rq, buf);
+  sa_rpc_reply_t *rep = NULL;
+  int rc = sa_rpc_call_sync(addr, "Coordinator/Status", buf, len, NULL, 0, 3000, &rep);
+  if (rc) {
+    fprintf(stderr, "sa-client: cannot reach %s: %s\n", addr, sa_strerror(rc));
+    return 1;
+  }
+  if (rep->status != SA_STATUS_OK) {
+    fprintf(stderr, "sa-client: %s: %s%s\n", addr, sa_status_name(rep->status),
+            rep->status == SA_STATUS_DEADLINE_EXCEEDED || rep->status == SA_STATUS_UNAVAILABLE
+                ? " (is the cluster up? sa-cluster up)"
+                : rep->status_msg);
+    sa_rpc_reply_free(&rep);
+    return 1;
+  }
+  Sa__StatusResponse *st = sa__status_response__unpack(NULL, rep->body_len, rep->body);
+  sa_rpc_reply_free(&rep);
+  if (!st) {
+    fprintf(stderr, "sa-client: malformed StatusResponse\n");
+    return 1;
+  }
+  if (json) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "model", st->model_id);
+    cJSON_AddNumberToObject(o, "replicas_ready", st->replicas_ready);
+    cJSON_AddNumberToObject(o, "requests_running", st->requests_running);
+    cJSON_AddNumberToObject(o, "requests_queued", st->requests_queued);
+    cJSON *ws = cJSON_AddArrayToObject(o, "workers");
+    for (size_t i = 0; i < st->n_workers; i++) {
+      const Sa__WorkerInfo *w = st->workers[i];
+      cJSON *wo = cJSON_CreateObject();
+      cJSON_AddStringToObject(wo, "node_id", w->node_id);
+      cJSON_AddStringToObject(wo, "role", w->role == SA__ROLE__ROLE_ENCODER ? "encoder" : "stage");
+      cJSON_AddStringToObject(wo, "address", w->address);
+      cJSON_AddStringToObject(wo, "replica", w->replica_name);
+      cJSON_AddNumberToObject(wo, "first_layer", w->first_layer);
+      cJSON_AddNumberToObject(wo, "last_layer", w->last_layer);
+      cJSON_AddBoolToObject(wo, "healthy", w->healthy);
+      cJSON_AddNumberToObject(wo, "load", w->load);
+      cJSON_AddNumberToObject(wo, "kv_blocks_used", (double)w->kv_blocks_used);
+      cJSON_AddNumberToObject(wo, "kv_blocks_free", (double)w->kv_blocks_free);
+      cJSON_AddItemToArray(ws, wo);
+    }
+    char *s = cJSON_PrintUnformatted(o);
+    puts(s ? s : "{}");
+    free(s);
+    cJSON_Delete(o);
+  } else {
+    printf("coordinator %s  model %s\n", addr, st->model_id);
+    printf("replicas ready: %d   requests running: %d   queued: %d\n", st->replicas_ready,
+           st->requests_running, st->requests_queued);
+    printf("%-8s %-24s %-28s %-8s %-9s %-7s %-6s %s\n", "ROLE", "NODE", "ADDRESS", "REPLICA",
+           "LAYERS", "HEALTH", "LOAD", "KV USED/TOTAL");
+    for (size_t i = 0; i < st->n_workers; i++) {
+      const Sa__WorkerInfo *w = st->workers[i];
+      char layers[32] = "-", kv[48] = "-";
+      if (w->role == SA__ROLE__ROLE_STAGE) {
+        snprintf(layers, sizeof layers, "%d:%d", w->first_layer, w->last_layer);
+        snprintf(kv, sizeof kv, "%lld/%lld", (long long)w->kv_blocks_used,
+                 (long long)(w->kv_blocks_used + w->kv_blocks_free));
+      }
+      printf("%-8s %-24s %-28s %-8s %-9s %-7s %-6.2f %s\n",
+             w->role == SA__ROLE__ROLE_ENCODER ? "encoder" : "stage", w->node_id, w->address,
+             w->role == SA__ROLE__ROLE_STAGE ? w->replica_name : "-", layers,
+             w->healthy ? "up" : "DOWN", w->load, kv);
+    }
+  }
+  sa__status_response__free_unpacked(st, NULL);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  sa_log_init("sa-client");
+  sa_log_set_level(SA_LOG_LEVEL_ERROR);
+  if (argc < 2) {
+    usage(stderr);
+    return 2;
+  }
+  if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+    usage(stdout);
+    return 0;
+  }
+  if (!strcmp(argv[1], "submit"))
+    return cmd_submit(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "status"))
+    return cmd_status(argc - 1, argv + 1);
+  fprintf(stderr, "sa-client: unknown command '%s'\n", argv[1]);
+  usage(stderr);
+  return 2;
+}

@@ -1,0 +1,569 @@
+/*
+ * sa-cluster — starts a whole sa-cluster on this machine from a topology file
+ * (deploy/local/*.yaml; the embedded default is deploy/local/default.yaml):
+ * the coordinator, the encoders and every replica's stage workers.
+ *
+ *   sa-cluster up [FILE.yaml]     start, wait until healthy, print where to
+ *                                 connect; a background supervisor restarts
+ *                                 a child that dies
+ *   sa-cluster down [FILE.yaml]   stop the supervisor and its children
+ *   sa-cluster status [FILE.yaml] print the supervisor's children and state
+ *
+ * Binaries are found beside this executable (the build's bin folder). This
+ * tool is a launcher for one machine; deploy/k8s holds the real deployment.
+ */
+#include "config.h"
+#include "health.h"
+#include "log.h"
+#include "sa_error.h"
+#include "topology.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_CHILDREN (1 + SA_TOPO_MAX + SA_TOPO_MAX * 4)
+#define MAX_ARGS 32
+#define RESTART_WINDOW_S 60
+#define RESTART_MAX 5
+
+typedef struct {
+  char name[96];
+  char *argv[MAX_ARGS];
+  char argbuf[MAX_ARGS][512];
+  pid_t pid;
+  int restarts;          /* in the current window */
+  double window_start;
+  double next_start;     /* backoff: don't restart before this time */
+  bool failed;           /* gave up restarting */
+} child_t;
+
+static child_t g_children[MAX_CHILDREN];
+static int g_n_children;
+static volatile sig_atomic_t g_stop;
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: sa-cluster up [FILE.yaml] [--timeout SECONDS]\n"
+          "       sa-cluster down [FILE.yaml]\n"
+          "       sa-cluster status [FILE.yaml]\n"
+          "\n"
+          "Starts a local sa-cluster (coordinator, encoders, stage workers) from a\n"
+          "topology file; without FILE the embedded default deploy/local/default.yaml\n"
+          "is used (the tiny model, 1 encoder, 1 replica x 2 stages).\n"
+          "\n"
+          "  up       start everything, wait until every encoder and stage has\n"
+          "           registered with the coordinator, print where to connect;\n"
+          "           a background supervisor restarts a child that dies\n"
+          "           (at most %d times a minute) and keeps logs in run_dir\n"
+          "  down     stop the supervisor and every child it started\n"
+          "  status   show the supervisor's pid and the coordinator's view\n"
+          "  --timeout SECONDS   how long `up` waits for health (default 120)\n",
+          RESTART_MAX);
+}
+
+/* The embedded default topology, kept identical to deploy/local/default.yaml
+ * (a test checks they parse to the same thing). */
+static const char k_default_yaml[] =
+    "model: models/tiny\n"
+    "run_dir: build/cluster\n"
+    "threads: 1\n"
+    "coordinator:\n"
+    "  listen: tcp://127.0.0.1:7700\n"
+    "encoders:\n"
+    "  - listen: tcp://127.0.0.1:7710\n"
+    "replicas:\n"
+    "  - name: r0\n"
+    "    kv_mem: 64MiB\n"
+    "    stages:\n"
+    "      - layers: auto\n"
+    "        listen: tcp://127.0.0.1:7720\n"
+    "      - layers: auto\n"
+    "        listen: tcp://127.0.0.1:7721\n";
+
+static char *read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  if (n < 0 || n > (1 << 20)) {
+    fclose(f);
+    return NULL;
+  }
+  rewind(f);
+  char *buf = malloc((size_t)n + 1);
+  if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+    free(buf);
+    buf = NULL;
+  }
+  fclose(f);
+  if (buf) {
+    buf[n] = '\0';
+    *len = (size_t)n;
+  }
+  return buf;
+}
+
+static int load_topology(const char *file, sa_topo_t *t) {
+  char err[512];
+  int rc;
+  if (file) {
+    size_t len;
+    char *text = read_file(file, &len);
+    if (!text) {
+      fprintf(stderr, "sa-cluster: cannot read %s: %s\n", file, strerror(errno));
+      return SA_ENOENT;
+    }
+    rc = sa_topo_parse(text, len, t, err, sizeof err);
+    free(text);
+  } else {
+    rc = sa_topo_parse(k_default_yaml, sizeof k_default_yaml - 1, t, err, sizeof err);
+  }
+  if (rc) {
+    fprintf(stderr, "sa-cluster: %s: %s\n", file ? file : "(default)", err);
+    return rc;
+  }
+  return 0;
+}
+
+static void bin_dir(char *out, size_t cap) {
+  char self[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) {
+    snprintf(out, cap, ".");
+    return;
+  }
+  self[n] = '\0';
+  char *slash = strrchr(self, '/');
+  if (slash)
+    *slash = '\0';
+  snprintf(out, cap, "%s", self);
+}
+
+static int mkdirs(const char *path) {
+  char tmp[PATH_MAX];
+  snprintf(tmp, sizeof tmp, "%s", path);
+  for (char *p = tmp + 1; *p; p++) {
+    if (*p == '/') {
+      *p = '\0';
+      if (mkdir(tmp, 0755) && errno != EEXIST)
+        return -1;
+      *p = '/';
+    }
+  }
+  if (mkdir(tmp, 0755) && errno != EEXIST)
+    return -1;
+  return 0;
+}
+
+static child_t *add_child(const char *name) {
+  child_t *c = &g_children[g_n_children++];
+  memset(c, 0, sizeof *c);
+  snprintf(c->name, sizeof c->name, "%s", name);
+  return c;
+}
+
+static void child_arg(child_t *c, const char *fmt, const char *val) {
+  int i = 0;
+  while (c->argv[i])
+    i++;
+  SA_ASSERT(i < MAX_ARGS - 1, "too many arguments for a child");
+  snprintf(c->argbuf[i], sizeof c->argbuf[i], fmt, val);
+  c->argv[i] = c->argbuf[i];
+}
+
+static void plan_children(const sa_topo_t *t, const char *bins) {
+  char threads[16], path[PATH_MAX];
+  snprintf(threads, sizeof threads, "%d", t->threads);
+  g_n_children = 0;
+
+  child_t *co = add_child("coordinator");
+  snprintf(path, sizeof path, "%s/sa-coordinator", bins);
+  child_arg(co, "%s", path);
+  child_arg(co, "%s", "--model");
+  child_arg(co, "%s", t->model);
+  child_arg(co, "%s", "--listen");
+  child_arg(co, "%s", t->coordinator);
+  if (t->coordinator_http[0]) {
+    child_arg(co, "%s", "--http");
+    child_arg(co, "%s", t->coordinator_http);
+  }
+
+  for (int e = 0; e < t->n_encoders; e++) {
+    char name[32];
+    snprintf(name, sizeof name, "encoder%d", e);
+    child_t *c = add_child(name);
+    snprintf(path, sizeof path, "%s/sa-encoder", bins);
+    child_arg(c, "%s", path);
+    child_arg(c, "%s", "--model");
+    child_arg(c, "%s", t->model);
+    child_arg(c, "%s", "--listen");
+    child_arg(c, "%s", t->encoders[e]);
+    child_arg(c, "%s", "--coordinator");
+    child_arg(c, "%s", t->coordinator);
+    child_arg(c, "%s", "--threads");
+    child_arg(c, "%s", threads);
+  }
+  for (int r = 0; r < t->n_replicas; r++) {
+    const sa_topo_replica_t *rp = &t->replicas[r];
+    for (int s = 0; s < rp->n_stages; s++) {
+      char name[96], layers[32];
+      snprintf(name, sizeof name, "%s-stage%d", rp->name, s);
+      snprintf(layers, sizeof layers, "%d:%d", rp->stages[s].first,
+               rp->stages[s].last);
+      child_t *c = add_child(name);
+      snprintf(path, sizeof path, "%s/sa-worker", bins);
+      child_arg(c, "%s", path);
+      child_arg(c, "%s", "--model");
+      child_arg(c, "%s", t->model);
+      child_arg(c, "%s", "--layers");
+      child_arg(c, "%s", layers);
+      child_arg(c, "%s", "--listen");
+      child_arg(c, "%s", rp->stages[s].listen);
+      child_arg(c, "%s", "--coordinator");
+      child_arg(c, "%s", t->coordinator);
+      child_arg(c, "%s", "--replica");
+      child_arg(c, "%s", rp->name);
+      child_arg(c, "%s", "--kv-mem");
+      child_arg(c, "%s", rp->kv_mem);
+      child_arg(c, "%s", "--threads");
+      child_arg(c, "%s", threads);
+    }
+  }
+}
+
+static pid_t spawn(child_t *c, const char *run_dir) {
+  char log_path[PATH_MAX];
+  snprintf(log_path, sizeof log_path, "%s/%s.log", run_dir, c->name);
+  pid_t pid = fork();
+  if (pid < 0)
+    return -1;
+  if (pid == 0) {
+    int fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+      dup2(fd, STDOUT_FILENO);
+      dup2(fd, STDERR_FILENO);
+      close(fd);
+    }
+    int nul = open("/dev/null", O_RDONLY);
+    if (nul >= 0) {
+      dup2(nul, STDIN_FILENO);
+      close(nul);
+    }
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    setenv("OPENBLAS_NUM_THREADS", "1", 0);
+    execv(c->argv[0], c->argv);
+    fprintf(stderr, "sa-cluster: exec %s: %s\n", c->argv[0], strerror(errno));
+    _exit(127);
+  }
+  return pid;
+}
+
+static void on_stop(int sig) {
+  (void)sig;
+  g_stop = 1;
+}
+
+static void pid_path(const sa_topo_t *t, char *out, size_t cap) {
+  snprintf(out, cap, "%s/sa-cluster.pid", t->run_dir);
+}
+
+/* The supervisor: starts every child, restarts the ones that die, stops all
+ * on SIGTERM/SIGINT. Runs in its own session; never returns. */
+static void supervise(const sa_topo_t *t) {
+  signal(SIGTERM, on_stop);
+  signal(SIGINT, on_stop);
+  signal(SIGHUP, SIG_IGN);
+  double now = now_s();
+  for (int i = 0; i < g_n_children; i++) {
+    g_children[i].window_start = now;
+    g_children[i].pid = spawn(&g_children[i], t->run_dir);
+    SA_LOG_INFO("started %s (pid %d)", g_children[i].name, (int)g_children[i].pid);
+    if (i == 0)
+      usleep(200 * 1000); /* let the coordinator bind first */
+  }
+  while (!g_stop) {
+    int st;
+    pid_t pid;
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+      for (int i = 0; i < g_n_children; i++) {
+        child_t *c = &g_children[i];
+        if (c->pid != pid)
+          continue;
+        c->pid = 0;
+        if (WIFEXITED(st))
+          SA_LOG_WARN("%s exited with status %d", c->name, WEXITSTATUS(st));
+        else
+          SA_LOG_WARN("%s killed by signal %d", c->name, WTERMSIG(st));
+        now = now_s();
+        if (now - c->window_start > RESTART_WINDOW_S) {
+          c->window_start = now;
+          c->restarts = 0;
+        }
+        if (++c->restarts > RESTART_MAX) {
+          c->failed = true;
+          SA_LOG_ERROR("%s died %d times within %d s; not restarting it (see "
+                       "%s/%s.log)",
+                       c->name, RESTART_MAX, RESTART_WINDOW_S, t->run_dir, c->name);
+        } else {
+          c->next_start = now + 0.5 * c->restarts;
+        }
+      }
+    }
+    now = now_s();
+    for (int i = 0; i < g_n_children; i++) {
+      child_t *c = &g_children[i];
+      if (c->pid == 0 && !c->failed && now >= c->next_start) {
+        c->pid = spawn(c, t->run_dir);
+        SA_LOG_INFO("restarted %s (pid %d)", c->name, (int)c->pid);
+      }
+    }
+    usleep(100 * 1000);
+  }
+  SA_LOG_INFO("stopping %d children", g_n_children);
+  for (int i = g_n_children - 1; i >= 0; i--)
+    if (g_children[i].pid > 0)
+      kill(g_children[i].pid, SIGTERM);
+  double deadline = now_s() + 5.0;
+  int alive;
+  do {
+    alive = 0;
+    for (int i = 0; i < g_n_children; i++) {
+      if (g_children[i].pid <= 0)
+        continue;
+      if (waitpid(g_children[i].pid, NULL, WNOHANG) == g_children[i].pid)
+        g_children[i].pid = 0;
+      else
+        alive++;
+    }
+    if (alive)
+      usleep(50 * 1000);
+  } while (alive && now_s() < deadline);
+  for (int i = 0; i < g_n_children; i++)
+    if (g_children[i].pid > 0) {
+      kill(g_children[i].pid, SIGKILL);
+      waitpid(g_children[i].pid, NULL, 0);
+    }
+  char pp[PATH_MAX];
+  pid_path(t, pp, sizeof pp);
+  unlink(pp);
+  _exit(0);
+}
+
+static pid_t read_pid(const sa_topo_t *t) {
+  char pp[PATH_MAX];
+  pid_path(t, pp, sizeof pp);
+  FILE *f = fopen(pp, "r");
+  if (!f)
+    return 0;
+  long pid = 0;
+  if (fscanf(f, "%ld", &pid) != 1)
+    pid = 0;
+  fclose(f);
+  if (pid > 0 && kill((pid_t)pid, 0) == 0)
+    return (pid_t)pid;
+  return 0;
+}
+
+static void tail_logs(const sa_topo_t *t) {
+  for (int i = 0; i < g_n_children; i++) {
+    char cmd[PATH_MAX + 64];
+    fprintf(stderr, "--- %s/%s.log (last lines) ---\n", t->run_dir,
+            g_children[i].name);
+    snprintf(cmd, sizeof cmd, "tail -n 5 '%s/%s.log' 1>&2", t->run_dir,
+             g_children[i].name);
+    if (system(cmd) != 0)
+      fprintf(stderr, "(no log)\n");
+  }
+}
+
+static int cmd_up(const sa_topo_t *t, double timeout_s) {
+  char bins[PATH_MAX];
+  bin_dir(bins, sizeof bins);
+  pid_t old = read_pid(t);
+  if (old) {
+    fprintf(stderr,
+            "sa-cluster: a cluster is already running from %s (supervisor pid "
+            "%d); run `sa-cluster down` first\n",
+            t->run_dir, (int)old);
+    return 1;
+  }
+  if (mkdirs(t->run_dir)) {
+    fprintf(stderr, "sa-cluster: cannot create %s: %s\n", t->run_dir, strerror(errno));
+    return 1;
+  }
+  plan_children(t, bins);
+  for (int i = 0; i < g_n_children; i++)
+    if (access(g_children[i].argv[0], X_OK) != 0) {
+      fprintf(stderr, "sa-cluster: %s not found (build first: make build)\n",
+              g_children[i].argv[0]);
+      return 1;
+    }
+  char sup_log[PATH_MAX];
+  snprintf(sup_log, sizeof sup_log, "%s/sa-cluster.log", t->run_dir);
+  fflush(NULL);
+  pid_t sup = fork();
+  if (sup < 0) {
+    perror("sa-cluster: fork");
+    return 1;
+  }
+  if (sup == 0) {
+    setsid();
+    int fd = open(sup_log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+      dup2(fd, STDOUT_FILENO);
+      dup2(fd, STDERR_FILENO);
+      close(fd);
+    }
+    char pp[PATH_MAX];
+    pid_path(t, pp, sizeof pp);
+    FILE *f = fopen(pp, "w");
+    if (f) {
+      fprintf(f, "%d\n", (int)getpid());
+      fclose(f);
+    }
+    supervise(t);
+  }
+  printf("sa-cluster: starting %d processes (logs in %s/)\n", g_n_children,
+         t->run_dir);
+  fflush(stdout);
+  double deadline = now_s() + timeout_s;
+  char why[512] = "";
+  int last_shown = -1;
+  while (now_s() < deadline) {
+    if (waitpid(sup, NULL, WNOHANG) == sup) {
+      fprintf(stderr, "sa-cluster: the supervisor exited; see %s\n", sup_log);
+      tail_logs(t);
+      return 1;
+    }
+    sa_cluster_health_t h;
+    int rc = sa_cluster_health(t, &h, why, sizeof why);
+    if (rc == 0 && h.ready) {
+      printf("sa-cluster: healthy: %d/%d encoders, %d/%d replicas ready\n",
+             h.encoders, t->n_encoders, h.replicas, t->n_replicas);
+      printf("sa-cluster: coordinator at %s\n", t->coordinator);
+      printf("  submit:  sa-client submit clip.wav --coordinator %s\n", t->coordinator);
+      printf("  status:  sa-client status --coordinator %s\n", t->coordinator);
+      printf("  stop:    sa-cluster down\n");
+      return 0;
+    }
+    int shown = rc == 0 ? h.encoders * 1000 + h.stages : -2;
+    if (shown != last_shown && rc == 0) {
+      printf("sa-cluster: waiting: %d/%d encoders, %d stages registered\n",
+             h.encoders, t->n_encoders, h.stages);
+      fflush(stdout);
+      last_shown = shown;
+    }
+    usleep(300 * 1000);
+  }
+  fprintf(stderr, "sa-cluster: not healthy after %.0f s (%s); stopping\n",
+          timeout_s, why[0] ? why : "no answer");
+  tail_logs(t);
+  kill(sup, SIGTERM);
+  waitpid(sup, NULL, 0);
+  return 1;
+}
+
+static int cmd_down(const sa_topo_t *t) {
+  pid_t pid = read_pid(t);
+  if (!pid) {
+    printf("sa-cluster: no cluster running from %s\n", t->run_dir);
+    return 0;
+  }
+  kill(pid, SIGTERM);
+  double deadline = now_s() + 10.0;
+  while (kill(pid, 0) == 0 && now_s() < deadline)
+    usleep(100 * 1000);
+  if (kill(pid, 0) == 0) {
+    fprintf(stderr, "sa-cluster: supervisor %d did not stop; killing it\n", (int)pid);
+    kill(pid, SIGKILL);
+  }
+  printf("sa-cluster: stopped\n");
+  return 0;
+}
+
+static int cmd_status(const sa_topo_t *t) {
+  pid_t pid = read_pid(t);
+  if (!pid) {
+    printf("sa-cluster: not running (run_dir %s)\n", t->run_dir);
+    return 1;
+  }
+  printf("sa-cluster: supervisor pid %d, logs in %s/\n", (int)pid, t->run_dir);
+  sa_cluster_health_t h;
+  char why[512] = "";
+  if (sa_cluster_health(t, &h, why, sizeof why) == 0)
+    printf("  %d/%d encoders, %d stages registered, %d/%d replicas ready\n",
+           h.encoders, t->n_encoders, h.stages, h.replicas, t->n_replicas);
+  else
+    printf("  coordinator did not answer: %s\n", why);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  sa_log_init("sa-cluster");
+  if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+    usage(argc < 2 ? stderr : stdout);
+    return argc < 2 ? 2 : 0;
+  }
+  const char *cmd = argv[1];
+  const char *file = NULL;
+  double timeout_s = 120;
+  for (int i = 2; i < argc; i++) {
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      usage(stdout);
+      return 0;
+    } else if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
+      timeout_s = atof(argv[++i]);
+    } else if (argv[i][0] == '-') {
+      fprintf(stderr, "sa-cluster: unknown option %s\n", argv[i]);
+      usage(stderr);
+      return 2;
+    } else {
+      file = argv[i];
+    }
+  }
+  static sa_topo_t topo;
+  if (load_topology(file, &topo))
+    return 1;
+  if (!strcmp(cmd, "up")) {
+    sa_model_config_t cfg;
+    char err[512];
+    if (sa_config_load(topo.model, &cfg, err, sizeof err)) {
+      fprintf(stderr,
+              "sa-cluster: model %s: %s\n  (create a test model with: sa-model "
+              "init --preset tiny --out %s)\n",
+              topo.model, err, topo.model);
+      return 1;
+    }
+    if (sa_topo_resolve_layers(&topo, cfg.num_hidden_layers, err, sizeof err)) {
+      fprintf(stderr, "sa-cluster: %s\n", err);
+      return 1;
+    }
+    return cmd_up(&topo, timeout_s);
+  }
+  if (!strcmp(cmd, "down"))
+    return cmd_down(&topo);
+  if (!strcmp(cmd, "status"))
+    return cmd_status(&topo);
+  fprintf(stderr, "sa-cluster: unknown command '%s'\n", cmd);
+  usage(stderr);
+  return 2;
+}

@@ -1,0 +1,608 @@
+/*
+ * sa-worker — serves one contiguous layer range [A, B) of the decoder
+ * (DESIGN §1): Stage/Step, Stage/Fork, Stage/Free over the RPC layer. Stage 0
+ * embeds tokens and splices audio rows; each stage forwards its activations
+ * to the next stage of the route directly; the last stage samples and its
+ * StepResult travels back along the chain of calls. Registers with the
+ * coordinator and heartbeats.
+ */
+#include "log.h"
+#include "rpc.h"
+#include "sa.pb-c.h"
+#include "sa_error.h"
+#include "stage.h"
+
+#include <ctype.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+#include <uv.h>
+
+#define MAX_NEXT 8
+
+typedef struct {
+  uv_loop_t *loop;
+  stage_t st;
+  sa_rpc_server_t *srv;
+  char listen[256];
+  char advertise[256];
+  char coordinator[256];
+  char replica[64];
+  char node_id[128];
+  char model_dir[512];
+  sa_rpc_channel_t *coord_ch;
+  bool registered, registering;
+  uv_timer_t hb;
+  uv_signal_t sigterm, sigint;
+  struct {
+    char addr[256];
+    sa_rpc_channel_t *ch;
+  } next[MAX_NEXT];
+  int64_t kv_total;
+  int block_tokens;
+  double last_busy_ms;
+  uint64_t last_hb_ms;
+  int max_queue;
+} worker_t;
+
+static worker_t W;
+
+static uint64_t now_ms(void) { return uv_now(W.loop); }
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: sa-worker --model DIR --layers A:B [options]\n"
+          "\n"
+          "Serves decoder layers [A, B) as one pipeline stage.\n"
+          "\n"
+          "  --model DIR          checkpoint folder\n"
+          "  --layers A:B         layer range (B may be omitted for 'to the end')\n"
+          "  --listen ADDR        ZeroMQ endpoint to bind (default tcp://127.0.0.1:*)\n"
+          "  --advertise ADDR     address others use to reach this worker (default:\n"
+          "                       the bound endpoint)\n"
+          "  --coordinator ADDR   register and heartbeat there (default: none)\n"
+          "  --replica NAME       pipeline replica this stage belongs to (default r0)\n"
+          "  --kv-mem SIZE        KV cache budget, e.g. 512MiB, 2GiB (default 256MiB)\n"
+          "  --device DEV         cpu | ref | cuda[:N] (default cpu)\n"
+          "  --threads N          CPU threads (default 0 = one per core)\n"
+          "  --max-batch N        sequences per step (default 64)\n"
+          "  --max-tokens N       tokens per step (default 512)\n"
+          "  --node-id ID         stable id (default host:pid)\n"
+          "  -h, --help\n");
+}
+
+static int parse_size(const char *s, size_t *out) {
+  char *end;
+  double v = strtod(s, &end);
+  if (end == s || v <= 0)
+    return -1;
+  while (isspace((unsigned char)*end))
+    end++;
+  double mul = 1;
+  if (!strcasecmp(end, "") || !strcasecmp(end, "b")) mul = 1;
+  else if (!strcasecmp(end, "k") || !strcasecmp(end, "kib") || !strcasecmp(end, "kb")) mul = 1024.0;
+  else if (!strcasecmp(end, "m") || !strcasecmp(end, "mib") || !strcasecmp(end, "mb")) mul = 1024.0 * 1024;
+  else if (!strcasecmp(end, "g") || !strcasecmp(end, "gib") || !strcasecmp(end, "gb")) mul = 1024.0 * 1024 * 1024;
+  else return -1;
+  *out = (size_t)(v * mul);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- replies */
+
+static void reply_msg(sa_rpc_call_t *call, const ProtobufCMessage *m) {
+  size_t len = protobuf_c_message_get_packed_size(m);
+  uint8_t *buf = malloc(len ? len : 1);
+  if (!buf) {
+    sa_rpc_call_reply(call, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL, 0, NULL, 0);
+    return;
+  }
+  protobuf_c_message_pack(m, buf);
+  sa_rpc_call_reply(call, SA_STATUS_OK, NULL, buf, len, NULL, 0);
+  free(buf);
+}
+
+static sa_rpc_channel_t *next_channel(const char *addr) {
+  int free_slot = -1;
+  for (int i = 0; i < MAX_NEXT; i++) {
+    if (W.next[i].ch && !strcmp(W.next[i].addr, addr))
+      return W.next[i].ch;
+    if (!W.next[i].ch && free_slot < 0)
+      free_slot = i;
+  }
+  if (free_slot < 0) { /* evict the first */
+    sa_rpc_channel_destroy(&W.next[0].ch);
+    free_slot = 0;
+  }
+  sa_rpc_opts_t o;
+  sa_rpc_opts_default(&o);
+  if (sa_rpc_channel_new(W.loop, addr, &o, &W.next[free_slot].ch))
+    return NULL;
+  snprintf(W.next[free_slot].addr, sizeof W.next[free_slot].addr, "%s", addr);
+  return W.next[free_slot].ch;
+}
+
+typedef struct {
+  sa_rpc_call_t *up; /* the upstream call to answer */
+  job_t *job;
+} fwd_t;
+
+static void on_downstream(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void *user) {
+  fwd_t *f = user;
+  (void)ch;
+  if (f->up) {
+    if (res->status == SA_STATUS_OK)
+      sa_rpc_call_reply(f->up, SA_STATUS_OK, NULL, res->body, res->body_len, NULL, 0);
+    else {
+      char msg[512];
+      snprintf(msg, sizeof msg, "next stage: %s", res->status_msg);
+      sa_rpc_call_reply(f->up, res->status, msg, NULL, 0, NULL, 0);
+    }
+  }
+  free(f);
+}
+
+/* A compute job finished (loop thread). */
+static void on_job_done(job_t *job, void *user) {
+  (void)user;
+  stage_t *st = &W.st;
+  if (job->rc) {
+    if (job->call)
+      sa_rpc_call_reply(job->call, sa_err_to_status(job->rc), job->err, NULL, 0, NULL, 0);
+    stage_job_free(st, job);
+    return;
+  }
+  switch (job->kind) {
+  case JOB_STEP:
+    if (st->is_last) {
+      if (job->call)
+        reply_msg(job->call, &job->result->base);
+    } else {
+      /* forward activations to route[hop + 1] */
+      Sa__StepBatch *b = job->batch;
+      int next = b->hop + 1;
+      sa_rpc_channel_t *ch = next < (int)b->n_route ? next_channel(b->route[next]) : NULL;
+      if (!ch) {
+        stage_out_release(job->act_out, st);
+        if (job->call)
+          sa_rpc_call_reply(job->call, SA_STATUS_UNAVAILABLE, "no route to the next stage", NULL,
+                            0, NULL, 0);
+        break;
+      }
+      b->hop = next;
+      size_t len = sa__step_batch__get_packed_size(b);
+      uint8_t *buf = malloc(len);
+      fwd_t *f = malloc(sizeof *f);
+      if (!buf || !f) {
+        free(buf);
+        free(f);
+        stage_out_release(job->act_out, st);
+        if (job->call)
+          sa_rpc_call_reply(job->call, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL, 0,
+                            NULL, 0);
+        break;
+      }
+      sa__step_batch__pack(b, buf);
+      sa_rpc_frame_t fr = {0};
+      fr.desc.dtype = SA_DTYPE_F32;
+      fr.desc.ndim = 2;
+      fr.desc.shape[0] = b->total_tokens;
+      fr.desc.shape[1] = st->hidden;
+      fr.data = job->act_out;
+      fr.nbytes = sizeof(float) * (size_t)b->total_tokens * (size_t)st->hidden;
+      fr.free_fn = stage_out_release; /* zero-copy: back to the pool when sent */
+      fr.hint = st;
+      f->up = job->call;
+      f->job = NULL;
+      int64_t left = job->call ? sa_rpc_call_remaining_ms(job->call) : 30000;
+      sa_rpc_call_opts_t o = {.timeout_ms = left > 0 ? left : 30000};
+      int rc = sa_rpc_channel_call(ch, "Stage/Step", buf, len, &fr, 1, &o, on_downstream, f, NULL);
+      free(buf);
+      if (rc) {
+        free(f);
+        if (job->call)
+          sa_rpc_call_reply(job->call, sa_err_to_status(rc), "cannot reach the next stage", NULL,
+                            0, NULL, 0);
+      }
+      job->call = NULL; /* answered by on_downstream */
+    }
+    break;
+  case JOB_FORK: {
+    Sa__ForkResult r = SA__FORK_RESULT__INIT;
+    sa_kv_stats_t ks;
+    sa_kv_stats(st->kv, &ks);
+    r.forked = job->forked;
+    r.kv_blocks_used = ks.blocks_used;
+    r.kv_blocks_free = ks.blocks_free;
+    if (job->call)
+      reply_msg(job->call, &r.base);
+    break;
+  }
+  case JOB_FREE: {
+    Sa__FreeResult r = SA__FREE_RESULT__INIT;
+    sa_kv_stats_t ks;
+    sa_kv_stats(st->kv, &ks);
+    r.freed = job->freed;
+    r.kv_blocks_used = ks.blocks_used;
+    r.kv_blocks_free = ks.blocks_free;
+    if (job->call)
+      reply_msg(job->call, &r.base);
+    break;
+  }
+  default:
+    break;
+  }
+  stage_job_free(st, job);
+}
+
+/* ------------------------------------------------------------- handlers */
+
+static bool queue_full(sa_rpc_call_t *call) {
+  if (W.st.queued >= W.max_queue) {
+    sa_rpc_call_reply(call, SA_STATUS_RESOURCE_EXHAUSTED, "stage queue full", NULL, 0, NULL, 0);
+    return true;
+  }
+  return false;
+}
+
+static void bad(sa_rpc_call_t *call, Sa__StepBatch *b, const char *msg) {
+  SA_LOG_WARN("refused a step: %s", msg);
+  sa_rpc_call_reply(call, SA_STATUS_INVALID_ARGUMENT, msg, NULL, 0, NULL, 0);
+  if (b)
+    sa__step_batch__free_unpacked(b, NULL);
+}
+
+static void step_handler(sa_rpc_call_t *call, void *user) {
+  (void)user;
+  stage_t *st = &W.st;
+  if (queue_full(call))
+    return;
+  size_t len;
+  const void *body = sa_rpc_call_request(call, &len);
+  Sa__StepBatch *b = sa__step_batch__unpack(NULL, len, body);
+  char msg[256];
+  if (!b)
+    return bad(call, NULL, "malformed StepBatch");
+  if (b->n_seqs == 0 || (int)b->n_seqs > st->max_seqs)
+    return bad(call, b, "StepBatch has no sequences or more than this stage's max batch");
+  int64_t M = 0;
+  for (size_t i = 0; i < b->n_seqs; i++) {
+    const Sa__SeqStep *s = b->seqs[i];
+    if (s->n_tokens < 1 || s->n_tokens > st->max_tokens || s->position < 0)
+      return bad(call, b, "a sequence has a bad token count or position");
+    if (st->is_first && (int)s->n_token_ids != s->n_tokens)
+      return bad(call, b, "token_ids must hold n_tokens ids at the first stage");
+    if (st->is_first)
+      for (size_t k = 0; k < s->n_token_ids; k++)
+        if (s->token_ids[k] < 0 || s->token_ids[k] >= st->vocab)
+          return bad(call, b, "a token id is outside the vocabulary");
+    M += s->n_tokens;
+  }
+  if (M > st->max_tokens || M != b->total_tokens) {
+    snprintf(msg, sizeof msg, "total_tokens %lld disagrees with the sequences (%lld) or is over %d",
+             (long long)b->total_tokens, (long long)M, st->max_tokens);
+    return bad(call, b, msg);
+  }
+  if ((int)b->n_route < 1 || b->hop < 0 || b->hop >= (int)b->n_route)
+    return bad(call, b, "bad route or hop");
+  job_t *job = calloc(1, sizeof *job);
+  if (!job) {
+    sa_rpc_call_reply(call, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL, 0, NULL, 0);
+    sa__step_batch__free_unpacked(b, NULL);
+    return;
+  }
+  job->kind = JOB_STEP;
+  job->call = call;
+  job->batch = b;
+  int nt = sa_rpc_call_n_tensors(call);
+  if (st->is_first) {
+    int64_t need_rows = 0;
+    for (size_t i = 0; i < b->n_seqs; i++)
+      for (size_t e = 0; e < b->seqs[i]->n_embed_spans; e++) {
+        const Sa__EmbedSpan *sp = b->seqs[i]->embed_spans[e];
+        if (sp->frame != 0 || sp->first_row < 0 || sp->n_rows < 0 || sp->at_token < 0 ||
+            sp->at_token + sp->n_rows > b->seqs[i]->n_tokens) {
+          free(job);
+          return bad(call, b, "an embed span is out of range");
+        }
+        if (sp->first_row + sp->n_rows > need_rows)
+          need_rows = sp->first_row + sp->n_rows;
+      }
+    if (need_rows > 0) {
+      const sa_rpc_tensor_t *t = nt >= 1 ? sa_rpc_call_tensor(call, 0) : NULL;
+      if (!t || t->desc.dtype != SA_DTYPE_F32 || t->desc.ndim != 2 ||
+          t->desc.shape[1] != st->hidden || t->desc.shape[0] < need_rows) {
+        free(job);
+        return bad(call, b, "embedding frame missing or not f32 [rows, hidden]");
+      }
+      job->emb_in = t->data;
+      job->emb_rows = t->desc.shape[0];
+    }
+  } else {
+    const sa_rpc_tensor_t *t = nt >= 1 ? sa_rpc_call_tensor(call, 0) : NULL;
+    if (!t || t->desc.dtype != SA_DTYPE_F32 || t->desc.ndim != 2 || t->desc.shape[0] != M ||
+        t->desc.shape[1] != st->hidden) {
+      free(job);
+      return bad(call, b, "activation frame missing or not f32 [total_tokens, hidden]");
+    }
+    job->act_in = t->data;
+  }
+  stage_submit(st, job);
+}
+
+static void fork_handler(sa_rpc_call_t *call, void *user) {
+  (void)user;
+  if (queue_full(call))
+    return;
+  size_t len;
+  const void *body = sa_rpc_call_request(call, &len);
+  Sa__ForkRequest *f = sa__fork_request__unpack(NULL, len, body);
+  if (!f || f->n_child_seqs == 0 || f->n_child_seqs > 256) {
+    sa_rpc_call_reply(call, SA_STATUS_INVALID_ARGUMENT, "malformed ForkRequest", NULL, 0, NULL, 0);
+    if (f)
+      sa__fork_request__free_unpacked(f, NULL);
+    return;
+  }
+  job_t *job = calloc(1, sizeof *job);
+  if (!job) {
+    sa__fork_request__free_unpacked(f, NULL);
+    sa_rpc_call_reply(call, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL, 0, NULL, 0);
+    return;
+  }
+  job->kind = JOB_FORK;
+  job->call = call;
+  job->fork = f;
+  stage_submit(&W.st, job);
+}
+
+static void free_handler(sa_rpc_call_t *call, void *user) {
+  (void)user;
+  size_t len;
+  const void *body = sa_rpc_call_request(call, &len);
+  Sa__FreeRequest *f = sa__free_request__unpack(NULL, len, body);
+  if (!f) {
+    sa_rpc_call_reply(call, SA_STATUS_INVALID_ARGUMENT, "malformed FreeRequest", NULL, 0, NULL, 0);
+    return;
+  }
+  job_t *job = calloc(1, sizeof *job);
+  if (!job) {
+    sa__free_request__free_unpacked(f, NULL);
+    sa_rpc_call_reply(call, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL, 0, NULL, 0);
+    return;
+  }
+  job->kind = JOB_FREE;
+  job->call = call;
+  job->free_rq = f;
+  stage_submit(&W.st, job); /* never refused: freeing must always work */
+}
+
+/* ---------------------------------------------------- registration, beats */
+
+static void do_register(void);
+
+static void on_registered(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void *user) {
+  (void)ch;
+  (void)user;
+  W.registering = false;
+  if (res->status != SA_STATUS_OK) {
+    SA_LOG_WARN("registration with %s failed: %s %s; retrying", W.coordinator,
+                sa_status_name(res->status), res->status_msg);
+    return;
+  }
+  W.registered = true;
+  SA_LOG_INFO("registered with %s as %s (replica %s, layers %d:%d)", W.coordinator, W.node_id,
+              W.replica, W.st.first, W.st.last);
+}
+
+static void do_register(void) {
+  if (!W.coord_ch || W.registering)
+    return;
+  Sa__RegisterRequest rq = SA__REGISTER_REQUEST__INIT;
+  rq.role = SA__ROLE__ROLE_STAGE;
+  rq.node_id = W.node_id;
+  rq.address = W.advertise;
+  rq.model_id = W.model_dir;
+  rq.first_layer = W.st.first;
+  rq.last_layer = W.st.last;
+  rq.num_layers = W.st.n_layers;
+  rq.has_embed = W.st.is_first;
+  rq.has_lm_head = W.st.is_last;
+  rq.kv_blocks_total = W.kv_total;
+  rq.kv_block_tokens = W.block_tokens;
+  rq.max_batch = W.st.max_seqs;
+  rq.max_tokens_per_step = W.st.max_tokens;
+  rq.backend = (char *)W.st.be->ops->name;
+  rq.hidden_size = W.st.hidden;
+  rq.replica_name = W.replica;
+  size_t len = sa__register_request__get_packed_size(&rq);
+  uint8_t *buf = malloc(len);
+  if (!buf)
+    return;
+  sa__register_request__pack(&rq, buf);
+  sa_rpc_call_opts_t o = {.timeout_ms = 2000};
+  if (sa_rpc_channel_call(W.coord_ch, "Coordinator/Register", buf, len, NULL, 0, &o,
+                          on_registered, NULL, NULL) == 0)
+    W.registering = true;
+  free(buf);
+}
+
+static void on_heartbeat(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void *user) {
+  (void)ch;
+  (void)user;
+  if (res->status != SA_STATUS_OK) {
+    if (W.registered)
+      SA_LOG_WARN("heartbeat to %s failed: %s", W.coordinator, sa_status_name(res->status));
+    W.registered = false;
+    return;
+  }
+  Sa__HeartbeatResponse *hr = sa__heartbeat_response__unpack(NULL, res->body_len, res->body);
+  if (hr && !hr->known)
+    W.registered = false;
+  if (hr)
+    sa__heartbeat_response__free_unpacked(hr, NULL);
+}
+
+static void on_hb_timer(uv_timer_t *t) {
+  (void)t;
+  if (!W.coord_ch)
+    return;
+  if (!W.registered) {
+    do_register();
+    return;
+  }
+  Sa__HeartbeatRequest hb = SA__HEARTBEAT_REQUEST__INIT;
+  sa_kv_stats_t ks;
+  sa_kv_stats(W.st.kv, &ks); /* read without the compute thread's lock: approximate */
+  uint64_t now = now_ms();
+  double busy = W.st.busy_ms;
+  double dt = (double)(now - W.last_hb_ms);
+  hb.node_id = W.node_id;
+  hb.load = dt > 0 ? (float)((busy - W.last_busy_ms) / dt) : 0;
+  if (hb.load > 1)
+    hb.load = 1;
+  W.last_busy_ms = busy;
+  W.last_hb_ms = now;
+  hb.kv_blocks_used = ks.blocks_used;
+  hb.kv_blocks_free = ks.blocks_free;
+  hb.sequences = ks.n_seqs;
+  hb.queue_depth = W.st.queued;
+  uint8_t buf[256];
+  size_t len = sa__heartbeat_request__pack(&hb, buf);
+  sa_rpc_call_opts_t o = {.timeout_ms = 2000};
+  sa_rpc_channel_call(W.coord_ch, "Coordinator/Heartbeat", buf, len, NULL, 0, &o, on_heartbeat,
+                      NULL, NULL);
+}
+
+static void on_signal(uv_signal_t *s, int sig) {
+  (void)s;
+  SA_LOG_INFO("signal %d: stopping", sig);
+  uv_timer_stop(&W.hb);
+  uv_close((uv_handle_t *)&W.hb, NULL);
+  uv_close((uv_handle_t *)&W.sigterm, NULL);
+  uv_close((uv_handle_t *)&W.sigint, NULL);
+  sa_rpc_server_destroy(&W.srv);
+  sa_rpc_channel_destroy(&W.coord_ch);
+  for (int i = 0; i < MAX_NEXT; i++)
+    sa_rpc_channel_destroy(&W.next[i].ch);
+  stage_stop(&W.st);
+}
+
+int main(int argc, char **argv) {
+  sa_log_init("sa-worker");
+  const char *layers = NULL, *device = "cpu";
+  size_t kv_bytes = 256u << 20;
+  int threads = 0, max_batch = 64, max_tokens = 512;
+  snprintf(W.listen, sizeof W.listen, "tcp://127.0.0.1:*");
+  snprintf(W.replica, sizeof W.replica, "r0");
+  static const struct option longopts[] = {
+      {"model", required_argument, 0, 'm'},     {"layers", required_argument, 0, 'L'},
+      {"listen", required_argument, 0, 'l'},    {"advertise", required_argument, 0, 'a'},
+      {"coordinator", required_argument, 0, 'c'}, {"replica", required_argument, 0, 'r'},
+      {"kv-mem", required_argument, 0, 'k'},    {"device", required_argument, 0, 'd'},
+      {"threads", required_argument, 0, 't'},   {"max-batch", required_argument, 0, 'B'},
+      {"max-tokens", required_argument, 0, 'T'}, {"node-id", required_argument, 0, 'n'},
+      {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
+  int opt;
+  while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    switch (opt) {
+    case 'm': snprintf(W.model_dir, sizeof W.model_dir, "%s", optarg); break;
+    case 'L': layers = optarg; break;
+    case 'l': snprintf(W.listen, sizeof W.listen, "%s", optarg); break;
+    case 'a': snprintf(W.advertise, sizeof W.advertise, "%s", optarg); break;
+    case 'c': snprintf(W.coordinator, sizeof W.coordinator, "%s", optarg); break;
+    case 'r': snprintf(W.replica, sizeof W.replica, "%s", optarg); break;
+    case 'k':
+      if (parse_size(optarg, &kv_bytes)) {
+        fprintf(stderr, "sa-worker: bad --kv-mem '%s' (e.g. 512MiB)\n", optarg);
+        return 2;
+      }
+      break;
+    case 'd': device = optarg; break;
+    case 't': threads = atoi(optarg); break;
+    case 'B': max_batch = atoi(optarg); break;
+    case 'T': max_tokens = atoi(optarg); break;
+    case 'n': snprintf(W.node_id, sizeof W.node_id, "%s", optarg); break;
+    case 'h': usage(stdout); return 0;
+    default: usage(stderr); return 2;
+    }
+  }
+  if (!W.model_dir[0] || !layers) {
+    fprintf(stderr, "sa-worker: --model and --layers are required\n");
+    usage(stderr);
+    return 2;
+  }
+  int first = -1, last = -1;
+  char *end;
+  first = (int)strtol(layers, &end, 10);
+  if (end == layers || *end != ':' || first < 0) {
+    fprintf(stderr, "sa-worker: --layers must be A:B (got '%s')\n", layers);
+    return 2;
+  }
+  if (end[1]) {
+    char *e2;
+    last = (int)strtol(end + 1, &e2, 10);
+    if (*e2 || last <= first) {
+      fprintf(stderr, "sa-worker: --layers must be A:B with A < B (got '%s')\n", layers);
+      return 2;
+    }
+  }
+  if (max_batch < 1 || max_batch > 256 || max_tokens < 1 || threads < 0) {
+    fprintf(stderr, "sa-worker: --max-batch 1..256, --max-tokens >= 1, --threads >= 0\n");
+    return 2;
+  }
+  if (!W.node_id[0]) {
+    char host[64] = "host";
+    gethostname(host, sizeof host - 1);
+    snprintf(W.node_id, sizeof W.node_id, "stage-%s-%d", host, (int)getpid());
+  }
+  W.loop = uv_default_loop();
+  W.max_queue = 64;
+  char err[512];
+  int rc = stage_start(&W.st, W.loop, W.model_dir, first, last, device, threads, kv_bytes,
+                       max_tokens, max_batch, on_job_done, NULL, err, sizeof err);
+  if (rc) {
+    fprintf(stderr, "sa-worker: %s\n", err);
+    return 1;
+  }
+  sa_kv_stats_t ks;
+  sa_kv_stats(W.st.kv, &ks);
+  W.kv_total = ks.blocks_total;
+  W.block_tokens = sa_kv_block_size(W.st.kv);
+  sa_rpc_opts_t ro;
+  sa_rpc_opts_default(&ro);
+  rc = sa_rpc_server_new(W.loop, &ro, &W.srv);
+  if (rc == 0)
+    rc = sa_rpc_server_bind(W.srv, W.listen);
+  if (rc) {
+    fprintf(stderr, "sa-worker: cannot listen on %s: %s\n", W.listen, sa_strerror(rc));
+    return 1;
+  }
+  if (!W.advertise[0])
+    snprintf(W.advertise, sizeof W.advertise, "%s", sa_rpc_server_endpoint(W.srv));
+  sa_rpc_server_register(W.srv, "Stage/Step", SA_RPC_UNARY, step_handler, NULL);
+  sa_rpc_server_register(W.srv, "Stage/Fork", SA_RPC_UNARY, fork_handler, NULL);
+  sa_rpc_server_register(W.srv, "Stage/Free", SA_RPC_UNARY, free_handler, NULL);
+  SA_LOG_INFO("serving layers %d:%d of %d on %s (%s, %lld KV blocks of %d tokens)", W.st.first,
+              W.st.last, W.st.n_layers, W.advertise, device, (long long)W.kv_total,
+              W.block_tokens);
+  uv_timer_init(W.loop, &W.hb);
+  if (W.coordinator[0]) {
+    sa_rpc_opts_t co;
+    sa_rpc_opts_default(&co);
+    if (sa_rpc_channel_new(W.loop, W.coordinator, &co, &W.coord_ch)) {
+      fprintf(stderr, "sa-worker: bad coordinator address %s\n", W.coordinator);
+      return 1;
+    }
+    W.last_hb_ms = now_ms();
+    uv_timer_start(&W.hb, on_hb_timer, 0, 1000);
+  }
+  uv_signal_init(W.loop, &W.sigterm);
+  uv_signal_init(W.loop, &W.sigint);
+  uv_signal_start(&W.sigterm, on_signal, SIGTERM);
+  uv_signal_start(&W.sigint, on_signal, SIGINT);
+  uv_run(W.loop, UV_RUN_DEFAULT);
+  return 0;
+}
