@@ -1,0 +1,188 @@
+/*
+ * sa-coordinator — the cluster's single point of control (DESIGN §1): the
+ * registry of encoders and stages, Submit for clients, scheduling of every
+ * sequence's steps over the pipeline replicas, voting and streaming. One
+ * libuv loop; holds no weights.
+ */
+#include "coord.h"
+
+#include "log.h"
+#include "sa_error.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+uint64_t coord_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: sa-coordinator --model DIR [--listen ADDR] [options]\n"
+          "\n"
+          "Runs the sa-cluster coordinator: workers and encoders register with it,\n"
+          "clients Submit audio to it (sa-client submit clip.wav).\n"
+          "\n"
+          "  --model DIR            checkpoint folder (config.json, tokenizer.json);\n"
+          "                         the coordinator reads no weights\n"
+          "  --listen ADDR          ZeroMQ endpoint (default tcp://127.0.0.1:7700)\n"
+          "  --max-tokens-limit N   largest max_tokens a request may ask (default 8192)\n"
+          "  --max-chains N         largest n (parallel chains) a request may ask (default 16)\n"
+          "  --max-audio-bytes N    largest audio upload (default 64 MiB)\n"
+          "  --max-audio-s N        longest audio in seconds (default 1200)\n"
+          "  --max-requests N       requests running + queued before RESOURCE_EXHAUSTED\n"
+          "                         (default 256)\n"
+          "  --prefill-chunk N      prompt tokens per prefill step (default 128)\n"
+          "  --step-timeout-ms N    deadline of one pipeline step (default 60000)\n"
+          "  --heartbeat-timeout-ms N  mark a worker down after this silence (default 5000)\n"
+          "  --system TEXT          default system prompt (default: none)\n"
+          "  --log-level L          error|warn|info|debug (default info; env SA_LOG_LEVEL)\n"
+          "  -h, --help             this help\n");
+}
+
+static void on_tick(uv_timer_t *t) {
+  coord_t *co = t->data;
+  coord_registry_check(co);
+  coord_schedule(co);
+}
+
+static void on_signal(uv_signal_t *s, int sig) {
+  coord_t *co = s->data;
+  SA_LOG_INFO("signal %d: shutting down", sig);
+  co->stopping = true;
+  for (request_t *r = co->requests, *next; r; r = next) {
+    next = r->next;
+    coord_request_fail(r, SA_STATUS_UNAVAILABLE, "the coordinator is shutting down");
+  }
+  sa_rpc_server_destroy(&co->srv);
+  for (int i = 0; i < COORD_MAX_WORKERS; i++)
+    sa_rpc_channel_destroy(&co->workers[i].ch);
+  uv_timer_stop(&co->tick);
+  uv_close((uv_handle_t *)&co->tick, NULL);
+  uv_close((uv_handle_t *)&co->sigterm, NULL);
+  uv_close((uv_handle_t *)&co->sigint, NULL);
+}
+
+static long parse_long(const char *s, const char *name, long lo, long hi) {
+  char *end;
+  long v = strtol(s, &end, 10);
+  if (*end || v < lo || v > hi) {
+    fprintf(stderr, "sa-coordinator: %s must be an integer in [%ld, %ld]\n", name, lo, hi);
+    exit(2);
+  }
+  return v;
+}
+
+int main(int argc, char **argv) {
+  sa_log_init("sa-coordinator");
+  static coord_t co;
+  coord_opts_t *o = &co.opts;
+  snprintf(o->listen, sizeof o->listen, "tcp://127.0.0.1:7700");
+  o->max_tokens_limit = 8192;
+  o->max_chains = 16;
+  o->max_audio_bytes = 64u << 20;
+  o->max_audio_s = 1200;
+  o->max_prompt_bytes = 64 * 1024;
+  o->max_requests = 256;
+  o->prefill_chunk = 128;
+  o->step_timeout_ms = 60000;
+  o->heartbeat_timeout_ms = 5000;
+  o->encode_timeout_ms = 120000;
+  static const struct option longopts[] = {
+      {"model", required_argument, 0, 'm'},
+      {"listen", required_argument, 0, 'l'},
+      {"max-tokens-limit", required_argument, 0, 1},
+      {"max-chains", required_argument, 0, 2},
+      {"max-audio-bytes", required_argument, 0, 3},
+      {"max-audio-s", required_argument, 0, 4},
+      {"max-requests", required_argument, 0, 5},
+      {"prefill-chunk", required_argument, 0, 6},
+      {"step-timeout-ms", required_argument, 0, 7},
+      {"heartbeat-timeout-ms", required_argument, 0, 8},
+      {"system", required_argument, 0, 9},
+      {"log-level", required_argument, 0, 10},
+      {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
+  int opt;
+  while ((opt = getopt_long(argc, argv, "m:l:h", longopts, NULL)) != -1) {
+    switch (opt) {
+    case 'm': snprintf(o->model_dir, sizeof o->model_dir, "%s", optarg); break;
+    case 'l': snprintf(o->listen, sizeof o->listen, "%s", optarg); break;
+    case 1: o->max_tokens_limit = (int)parse_long(optarg, "--max-tokens-limit", 1, 1 << 20); break;
+    case 2: o->max_chains = (int)parse_long(optarg, "--max-chains", 1, COORD_MAX_CHAINS); break;
+    case 3: o->max_audio_bytes = (size_t)parse_long(optarg, "--max-audio-bytes", 1, 1L << 32); break;
+    case 4: o->max_audio_s = (int)parse_long(optarg, "--max-audio-s", 1, 86400); break;
+    case 5: o->max_requests = (int)parse_long(optarg, "--max-requests", 1, 1 << 20); break;
+    case 6: o->prefill_chunk = (int)parse_long(optarg, "--prefill-chunk", 1, 1 << 16); break;
+    case 7: o->step_timeout_ms = (int)parse_long(optarg, "--step-timeout-ms", 10, 3600000); break;
+    case 8: o->heartbeat_timeout_ms = (int)parse_long(optarg, "--heartbeat-timeout-ms", 100, 3600000); break;
+    case 9: snprintf(o->default_system, sizeof o->default_system, "%s", optarg); break;
+    case 10: {
+      sa_log_level_t lv;
+      if (sa_log_parse_level(optarg, &lv)) {
+        fprintf(stderr, "sa-coordinator: bad --log-level %s\n", optarg);
+        return 2;
+      }
+      sa_log_set_level(lv);
+      break;
+    }
+    case 'h': usage(stdout); return 0;
+    default: usage(stderr); return 2;
+    }
+  }
+  if (!o->model_dir[0]) {
+    fprintf(stderr, "sa-coordinator: --model DIR is required\n");
+    usage(stderr);
+    return 2;
+  }
+  char err[512];
+  if (sa_config_load(o->model_dir, &co.cfg, err, sizeof err)) {
+    fprintf(stderr, "sa-coordinator: %s\n", err);
+    return 1;
+  }
+  co.tok = sa_tokenizer_load(o->model_dir, err, sizeof err);
+  if (!co.tok) {
+    fprintf(stderr, "sa-coordinator: tokenizer: %s\n", err);
+    return 1;
+  }
+  co.tok_eot = sa_tokenizer_token_id(co.tok, "<|EOT|>");
+  co.tok_think_end = sa_tokenizer_token_id(co.tok, "</think>");
+  co.tok_audio_patch = sa_tokenizer_token_id(co.tok, "<audio_patch>");
+  if (co.tok_eot < 0 || co.tok_audio_patch < 0) {
+    fprintf(stderr, "sa-coordinator: the tokenizer lacks <|EOT|> or <audio_patch>\n");
+    return 1;
+  }
+  co.loop = uv_default_loop();
+  sa_rpc_opts_t ro;
+  sa_rpc_opts_default(&ro);
+  ro.max_msg_bytes = o->max_audio_bytes + (1u << 20);
+  int rc = sa_rpc_server_new(co.loop, &ro, &co.srv);
+  if (rc == 0)
+    rc = sa_rpc_server_bind(co.srv, o->listen);
+  if (rc) {
+    fprintf(stderr, "sa-coordinator: cannot listen on %s: %s\n", o->listen, sa_strerror(rc));
+    return 1;
+  }
+  coord_registry_register(&co);
+  sa_rpc_server_register(co.srv, "Coordinator/Submit", SA_RPC_STREAM, coord_submit_handler, &co);
+  sa_rpc_server_register(co.srv, "Coordinator/Cancel", SA_RPC_UNARY, coord_cancel_handler, &co);
+  uv_timer_init(co.loop, &co.tick);
+  co.tick.data = &co;
+  uv_timer_start(&co.tick, on_tick, 500, 500);
+  uv_signal_init(co.loop, &co.sigterm);
+  uv_signal_init(co.loop, &co.sigint);
+  co.sigterm.data = co.sigint.data = &co;
+  uv_signal_start(&co.sigterm, on_signal, SIGTERM);
+  uv_signal_start(&co.sigint, on_signal, SIGINT);
+  SA_LOG_INFO("listening on %s; model %s (%d layers, hidden %d)", sa_rpc_server_endpoint(co.srv),
+              o->model_dir, co.cfg.num_hidden_layers, co.cfg.hidden_size);
+  uv_run(co.loop, UV_RUN_DEFAULT);
+  sa_tokenizer_destroy(&co.tok);
+  uv_loop_close(co.loop);
+  return 0;
+}
