@@ -1,6 +1,6 @@
 /*
  * sa-cluster — starts a whole sa-cluster on this machine from a topology file
- * (deploy/local/*.yaml; the embedded default is deploy/local/default.yaml):
+ * (deploy/local/NAME.yaml; the embedded default is deploy/local/default.yaml):
  * the coordinator, the encoders and every replica's stage workers.
  *
  *   sa-cluster up [FILE.yaml]     start, wait until healthy, print where to

@@ -1,5 +1,5 @@
 /*
- * topology — a local cluster's shape, read from a deploy/local/*.yaml file:
+ * topology — a local cluster's shape, read from a deploy/local/NAME.yaml file:
  * the model folder, the coordinator, the encoders and the pipeline replicas
  * with their stages' layer ranges. Parsing only; starting processes is
  * main.c's job.
