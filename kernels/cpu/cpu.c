@@ -45,8 +45,11 @@
 #define ATTN_CHUNK 512
 /* Below this many multiply-adds (or elements) an op runs on the caller. */
 #define PAR_MIN_WORK 32768
-/* Default first M served by sgemm (measured with bench-gemm on Zen 4). */
-#define SGEMM_MIN_M_DEFAULT 32
+/* Default first M served by sgemm: on the Zen 4 VM measured with bench-gemm
+ * the streaming kernel matched or beat fp32 tiles + sgemm up to M = 512
+ * (the W widening costs as much as sgemm gains); keep in sync with the
+ * "default" column of bench/gemm. */
+#define SGEMM_MIN_M_DEFAULT 512
 
 /* ------------------------------------------------------------------------ */
 /* scalar kernels (portable fallback)                                        */
@@ -155,7 +158,13 @@ static const sa__cpu_kern_t *isa_auto(void) {
 /* ------------------------------------------------------------------------ */
 /* thread pool                                                               */
 
-typedef void (*task_fn)(void *arg, int tid, int nt);
+/* A job is a range [0, total) cut into n_chunks chunks whose bounds are
+ * multiples of `align`. Every worker (the caller included) grabs chunks with
+ * a CAS on `ticket` = generation << 32 | next chunk, so a worker the OS
+ * leaves unscheduled delays nothing: the others take its chunks, and the
+ * caller only waits for chunks actually started. A late worker whose
+ * generation has passed finds its ticket stale and goes back to sleep. */
+typedef void (*range_fn)(void *arg, int lo, int hi, int tid);
 
 typedef struct cpu cpu_t;
 
@@ -174,17 +183,45 @@ struct cpu {
   pthread_t *th;
   worker_arg_t *wargs;
   int n_started;
-  /* job */
-  task_fn fn;
+  /* the current job (written by the caller before the ticket is published) */
+  range_fn fn;
   void *arg;
+  int total, align, n_chunks;
+  atomic_uint_fast64_t ticket;
+  atomic_int done;
   atomic_uint gen;
-  atomic_int pending;
   atomic_int stop;
   pthread_mutex_t mu;
   pthread_cond_t cv;
 };
 
 static inline void cpu_relax(void) { _mm_pause(); }
+
+/* Grabs and runs chunks of generation g until none is left. */
+static void run_chunks(cpu_t *c, uint64_t g, int tid) {
+  for (;;) {
+    uint64_t t = atomic_load_explicit(&c->ticket, memory_order_acquire);
+    if ((t >> 32) != g)
+      return;
+    int i = (int)(t & 0xffffffffu);
+    if (i >= c->n_chunks)
+      return;
+    if (!atomic_compare_exchange_weak_explicit(&c->ticket, &t, t + 1,
+                                               memory_order_acq_rel,
+                                               memory_order_relaxed))
+      continue;
+    /* the job of generation g stays live until our chunk is counted done */
+    int units = (c->total + c->align - 1) / c->align;
+    int a = (int)((long long)units * i / c->n_chunks);
+    int b = (int)((long long)units * (i + 1) / c->n_chunks);
+    int lo = a * c->align, hi = b * c->align;
+    if (hi > c->total)
+      hi = c->total;
+    if (lo < hi)
+      c->fn(c->arg, lo, hi, tid);
+    atomic_fetch_add_explicit(&c->done, 1, memory_order_release);
+  }
+}
 
 static void *worker_main(void *p) {
   worker_arg_t *wa = p;
@@ -207,73 +244,43 @@ static void *worker_main(void *p) {
     seen = g;
     if (atomic_load(&c->stop))
       break;
-    c->fn(c->arg, wa->tid, c->nt);
-    atomic_fetch_sub_explicit(&c->pending, 1, memory_order_release);
+    run_chunks(c, g, wa->tid);
   }
   return NULL;
 }
 
-/* Runs fn(arg, tid, nt) on every worker, the caller being tid 0, and
- * returns when all have finished. */
-static void pool_run(cpu_t *c, task_fn fn, void *arg) {
-  if (c->nt == 1) {
-    fn(arg, 0, 1);
-    return;
-  }
-  c->fn = fn;
-  c->arg = arg;
-  atomic_store_explicit(&c->pending, c->nt - 1, memory_order_relaxed);
-  atomic_fetch_add_explicit(&c->gen, 1, memory_order_release);
-  pthread_mutex_lock(&c->mu);
-  pthread_cond_broadcast(&c->cv);
-  pthread_mutex_unlock(&c->mu);
-  fn(arg, 0, c->nt);
-  int spins = 0;
-  while (atomic_load_explicit(&c->pending, memory_order_acquire) > 0) {
-    if (++spins < 20000)
-      cpu_relax();
-    else
-      sched_yield();
-  }
-}
-
-/* Splits [0, total) into nt nearly equal ranges whose bounds are multiples
- * of `align` (except the end). */
-static void split_range(int total, int tid, int nt, int align, int *lo,
-                        int *hi) {
-  int units = (total + align - 1) / align;
-  int a = (int)((long long)units * tid / nt), b = (int)((long long)units * (tid + 1) / nt);
-  *lo = a * align < total ? a * align : total;
-  *hi = b * align < total ? b * align : total;
-}
-
-/* Runs fn over [0, total) split into per-thread ranges; on the caller only
- * when work (total * cost) is small. */
-typedef void (*range_fn)(void *arg, int lo, int hi);
-typedef struct {
-  range_fn fn;
-  void *arg;
-  int total, align;
-} range_job_t;
-
-static void range_task(void *p, int tid, int nt) {
-  range_job_t *j = p;
-  int lo, hi;
-  split_range(j->total, tid, nt, j->align, &lo, &hi);
-  if (lo < hi)
-    j->fn(j->arg, lo, hi);
-}
-
+/* Runs fn over [0, total) in chunks on the pool, the caller being worker 0;
+ * on the caller alone when total * cost (multiply-adds or elements) is
+ * small. Returns when every chunk has finished. */
 static void run_range(cpu_t *c, int total, double cost, int align, range_fn fn,
                       void *arg) {
   if (total <= 0)
     return;
-  if (c->nt == 1 || (double)total * cost < PAR_MIN_WORK || total == 1) {
-    fn(arg, 0, total);
+  int units = (total + align - 1) / align;
+  if (c->nt == 1 || (double)total * cost < PAR_MIN_WORK || units == 1) {
+    fn(arg, 0, total, 0);
     return;
   }
-  range_job_t j = {fn, arg, total, align};
-  pool_run(c, range_task, &j);
+  c->fn = fn;
+  c->arg = arg;
+  c->total = total;
+  c->align = align;
+  c->n_chunks = units < 4 * c->nt ? units : 4 * c->nt;
+  atomic_store_explicit(&c->done, 0, memory_order_relaxed);
+  unsigned g = atomic_load_explicit(&c->gen, memory_order_relaxed) + 1;
+  atomic_store_explicit(&c->ticket, (uint64_t)g << 32, memory_order_release);
+  atomic_store_explicit(&c->gen, g, memory_order_release);
+  pthread_mutex_lock(&c->mu);
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+  run_chunks(c, g, 0);
+  int spins = 0;
+  while (atomic_load_explicit(&c->done, memory_order_acquire) < c->n_chunks) {
+    if (++spins < 2000)
+      cpu_relax();
+    else
+      sched_yield();
+  }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -324,7 +331,8 @@ typedef struct {
   int M, N, K, accumulate;
 } mm_job_t;
 
-static void mm_small_range(void *p, int lo, int hi) {
+static void mm_small_range(void *p, int lo, int hi, int tid) {
+  (void)tid;
   mm_job_t *j = p;
   j->c->kern->mm_small(j->y, j->x, j->w, j->bias, j->M, j->N, j->K, lo, hi,
                        j->accumulate);
@@ -348,12 +356,9 @@ static void mm_sgemm_cols(mm_job_t *j, float *tile, int lo, int hi) {
   }
 }
 
-static void mm_sgemm_task(void *p, int tid, int nt) {
+static void mm_sgemm_range(void *p, int lo, int hi, int tid) {
   mm_job_t *j = p;
-  int lo, hi;
-  split_range(j->N, tid, nt, 16, &lo, &hi);
-  if (lo < hi)
-    mm_sgemm_cols(j, j->c->scratch[tid], lo, hi);
+  mm_sgemm_cols(j, j->c->scratch[tid], lo, hi);
 }
 
 static int cpu_matmul_bf16(sa_backend_t *be, float *y, const float *x,
@@ -369,11 +374,7 @@ static int cpu_matmul_bf16(sa_backend_t *be, float *y, const float *x,
   mm_job_t j = {c, y, x, w, bias, M, N, K, accumulate};
   size_t tile_min = (size_t)16 * K;
   if (M >= c->sgemm_min_m && K > 0 && tile_min <= c->scratch_floats) {
-    if (c->nt == 1 || (double)M * N * K < 4.0 * PAR_MIN_WORK) {
-      mm_sgemm_cols(&j, c->scratch[0], 0, N);
-      return 0;
-    }
-    pool_run(c, mm_sgemm_task, &j);
+    run_range(c, N, (double)M * K, 16, mm_sgemm_range, &j);
     return 0;
   }
   run_range(c, N, (double)M * K, 4, mm_small_range, &j);
@@ -393,7 +394,8 @@ typedef struct {
   atomic_int err;
 } rows_job_t;
 
-static void rmsnorm_rows(void *p, int lo, int hi) {
+static void rmsnorm_rows(void *p, int lo, int hi, int tid) {
+  (void)tid;
   rows_job_t *j = p;
   int H = j->H;
   for (int m = lo; m < hi; m++) {
@@ -417,7 +419,8 @@ static int cpu_rmsnorm(sa_backend_t *be, float *y, const float *x,
   return 0;
 }
 
-static void layernorm_rows(void *p, int lo, int hi) {
+static void layernorm_rows(void *p, int lo, int hi, int tid) {
+  (void)tid;
   rows_job_t *j = p;
   int H = j->H;
   for (int m = lo; m < hi; m++) {
@@ -453,7 +456,8 @@ typedef struct {
   float inv[1024]; /* hd / 2 inverse frequencies */
 } rope_job_t;
 
-static void rope_rows(void *p, int lo, int hi) {
+static void rope_rows(void *p, int lo, int hi, int tid) {
+  (void)tid;
   rope_job_t *j = p;
   int half = j->hd / 2;
   for (int m = lo; m < hi; m++) {
@@ -491,7 +495,8 @@ typedef struct {
   int nI;
 } ew_job_t;
 
-static void silu_mul_rows(void *p, int lo, int hi) {
+static void silu_mul_rows(void *p, int lo, int hi, int tid) {
+  (void)tid;
   ew_job_t *j = p;
   int nI = j->nI;
   for (int m = lo; m < hi; m++) {
@@ -520,7 +525,8 @@ typedef struct {
   size_t n;
 } flat_job_t;
 
-static void gelu_chunks(void *p, int lo, int hi) {
+static void gelu_chunks(void *p, int lo, int hi, int tid) {
+  (void)tid;
   flat_job_t *j = p;
   size_t a = (size_t)lo * EW_CHUNK, b = (size_t)hi * EW_CHUNK;
   if (b > j->n)
@@ -531,7 +537,8 @@ static void gelu_chunks(void *p, int lo, int hi) {
   }
 }
 
-static void relu_chunks(void *p, int lo, int hi) {
+static void relu_chunks(void *p, int lo, int hi, int tid) {
+  (void)tid;
   flat_job_t *j = p;
   size_t a = (size_t)lo * EW_CHUNK, b = (size_t)hi * EW_CHUNK;
   if (b > j->n)
@@ -540,7 +547,8 @@ static void relu_chunks(void *p, int lo, int hi) {
     j->y[i] = j->y[i] < 0.0f ? 0.0f : j->y[i];
 }
 
-static void add_chunks(void *p, int lo, int hi) {
+static void add_chunks(void *p, int lo, int hi, int tid) {
+  (void)tid;
   flat_job_t *j = p;
   size_t a = (size_t)lo * EW_CHUNK, b = (size_t)hi * EW_CHUNK;
   if (b > j->n)
@@ -577,7 +585,8 @@ static int cpu_add(sa_backend_t *be, float *y, const float *x, size_t n) {
   return run_flat(be, y, x, n, 0.25, add_chunks);
 }
 
-static void softmax_rows(void *p, int lo, int hi) {
+static void softmax_rows(void *p, int lo, int hi, int tid) {
+  (void)tid;
   ew_job_t *j = p;
   int N = j->nI;
   for (int m = lo; m < hi; m++) {
@@ -611,7 +620,8 @@ typedef struct {
   int H;
 } embed_job_t;
 
-static void embed_rows(void *p, int lo, int hi) {
+static void embed_rows(void *p, int lo, int hi, int tid) {
+  (void)tid;
   embed_job_t *j = p;
   for (int m = lo; m < hi; m++)
     j->c->kern->bf16_to_f32(j->y + (size_t)m * j->H,
@@ -737,20 +747,13 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
   }
 }
 
-static void attn_task(void *p, int tid, int nt) {
+static void attn_range(void *p, int lo, int hi, int tid) {
   attn_job_t *j = p;
-  int lo, hi;
-  split_range(j->M * j->nh, tid, nt, 1, &lo, &hi);
-  if (lo < hi)
-    attn_run(j, j->c->scratch[tid], lo, hi);
+  attn_run(j, j->c->scratch[tid], lo, hi);
 }
 
 static void attn_dispatch(cpu_t *c, attn_job_t *j, double keys_per_item) {
-  int items = j->M * j->nh;
-  if (c->nt == 1 || (double)items * keys_per_item * j->hd < PAR_MIN_WORK)
-    attn_run(j, c->scratch[0], 0, items);
-  else
-    pool_run(c, attn_task, j);
+  run_range(c, j->M * j->nh, keys_per_item * j->hd, 1, attn_range, j);
 }
 
 static int cpu_attention(sa_backend_t *be, float *out, const float *q,
@@ -827,7 +830,8 @@ typedef struct {
   int Tin, Cin, Kw, stride, pad;
 } im2col_job_t;
 
-static void im2col_rows(void *p, int lo, int hi) {
+static void im2col_rows(void *p, int lo, int hi, int tid) {
+  (void)tid;
   im2col_job_t *j = p;
   int Cin = j->Cin, Kw = j->Kw;
   for (int t = lo; t < hi; t++) {

@@ -128,8 +128,8 @@ static void matmul_case(int M, int N, int K, int use_bias, int accumulate) {
         break;
     }
   }
-  sa_cpu_set_sgemm_min_m(cpu1, 32);
-  sa_cpu_set_sgemm_min_m(cpu3, 32);
+  sa_cpu_set_sgemm_min_m(cpu1, 512);
+  sa_cpu_set_sgemm_min_m(cpu3, 512);
   free(x), free(w), free(bias), free(y0), free(yr), free(y), free(bound);
 }
 

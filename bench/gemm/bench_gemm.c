@@ -1,0 +1,159 @@
+/*
+ * bench-gemm — bf16-weight GEMV/GEMM of the CPU backend against the
+ * machine's own limits: measured memory bandwidth for the decode GEMV (M = 1,
+ * which must stream W at a large fraction of it) and OpenBLAS sgemm peak for
+ * the prefill GEMM. Prints medians.
+ *
+ * GEMV weights rotate through enough copies (>= the bandwidth buffer) that W
+ * is read from DRAM as in real decode, where a layer's weights are long gone
+ * from the cache by the time the next step reaches it.
+ */
+#include "kernels.h"
+#include "sa_bench.h"
+#include "tensor.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: bench-gemm [--threads N] [--reps N] [--isa NAME] [--quick]\n"
+          "  Prints measured memory bandwidth, OpenBLAS sgemm peak, the CPU\n"
+          "  backend's bf16 GEMV GB/s at M=1 for 896x896, 4864x896 and\n"
+          "  151936x896 (fraction of read bandwidth) and GEMM GFLOP/s at\n"
+          "  M=16,32,128,512 on 4864x896 (fraction of sgemm peak), both for the\n"
+          "  streaming kernel and the sgemm path. Medians of --reps runs.\n"
+          "  --threads N  worker threads (default 0 = online CPUs)\n"
+          "  --reps N     samples per figure (default 21)\n"
+          "  --isa NAME   scalar|avx2|avx512|avx512bf16|auto (default auto)\n"
+          "  --quick      smaller bandwidth buffer and fewer sgemm sizes\n");
+}
+
+static double gemv_gbs(sa_backend_t *be, int N, int K, size_t rot_bytes,
+                       int reps, const float *x, float *y) {
+  size_t wb = (size_t)N * K * 2;
+  int copies = (int)((rot_bytes + wb - 1) / wb);
+  if (copies < 1)
+    copies = 1;
+  if (copies > 512)
+    copies = 512;
+  uint16_t *w = be->ops->alloc(be, wb * copies);
+  if (!w)
+    return -1;
+  for (size_t i = 0; i < (size_t)N * K * copies; i++)
+    w[i] = sa_f32_to_bf16((float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f);
+  double *t = malloc(sizeof(double) * reps);
+  int c = 0;
+  for (int r = -copies; r < reps; r++) { /* first pass warms the pool */
+    const uint16_t *wc = w + (size_t)N * K * c;
+    c = (c + 1) % copies;
+    double t0 = sa_bench_now();
+    be->ops->matmul_bf16(be, y, x, wc, NULL, 1, N, K, 0);
+    double dt = sa_bench_now() - t0;
+    if (r >= 0)
+      t[r] = dt;
+  }
+  double med = sa_bench_median(t, reps);
+  free(t);
+  be->ops->free(be, w);
+  return (double)wb / med / 1e9;
+}
+
+static double gemm_gflops(sa_backend_t *be, int M, int N, int K, int reps,
+                          const float *x, float *y, const uint16_t *w) {
+  double *t = malloc(sizeof(double) * reps);
+  be->ops->matmul_bf16(be, y, x, w, NULL, M, N, K, 0);
+  for (int r = 0; r < reps; r++) {
+    double t0 = sa_bench_now();
+    be->ops->matmul_bf16(be, y, x, w, NULL, M, N, K, 0);
+    t[r] = sa_bench_now() - t0;
+  }
+  double med = sa_bench_median(t, reps);
+  free(t);
+  return 2.0 * M * N * (double)K / med / 1e9;
+}
+
+int main(int argc, char **argv) {
+  int threads = 0, reps = 21, quick = 0;
+  const char *isa = "auto";
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      usage(stdout);
+      return 0;
+    } else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
+      threads = atoi(argv[++i]);
+    } else if (!strcmp(argv[i], "--reps") && i + 1 < argc) {
+      reps = atoi(argv[++i]);
+    } else if (!strcmp(argv[i], "--isa") && i + 1 < argc) {
+      isa = argv[++i];
+    } else if (!strcmp(argv[i], "--quick")) {
+      quick = 1;
+    } else {
+      usage(stderr);
+      return 2;
+    }
+  }
+  if (threads <= 0)
+    threads = sa_bench_cpus();
+  if (reps < 1)
+    reps = 1;
+
+  sa_bench_bw_t bw;
+  if (sa_bench_mem_bandwidth(threads, quick ? (size_t)128 << 20 : 0, 0, &bw)) {
+    fprintf(stderr, "bench-gemm: out of memory measuring bandwidth\n");
+    return 1;
+  }
+  double peak = sa_bench_sgemm_peak(threads);
+  printf("machine: %d threads, LLC %zu MiB\n", threads, sa_bench_llc_bytes() >> 20);
+  printf("memory bandwidth (%zu MiB buffer, %d threads): read %.1f GB/s, "
+         "copy %.1f GB/s\n", bw.bytes >> 20, bw.threads, bw.read_gbs,
+         bw.copy_gbs);
+  printf("OpenBLAS sgemm peak (%d threads): %.1f GFLOP/s\n", threads, peak);
+
+  sa_backend_t *be = sa_backend_new("cpu", threads); /* sets OpenBLAS to 1 */
+  if (!be || sa_cpu_set_isa(be, isa)) {
+    fprintf(stderr, "bench-gemm: cannot create cpu backend with isa %s\n", isa);
+    sa_backend_destroy(&be);
+    return 1;
+  }
+  printf("backend: cpu, %d threads, %s kernels\n\n", be->threads, sa_cpu_isa(be));
+
+  const int K = 896;
+  float *x = be->ops->alloc(be, sizeof(float) * 512 * 4864);
+  float *y = be->ops->alloc(be, sizeof(float) * 512 * 151936);
+  for (int i = 0; i < 512 * 4864; i++)
+    x[i] = (float)(i % 97) * 0.01f - 0.5f;
+
+  printf("GEMV M=1 (bf16 W, fp32 x/y; W streamed from DRAM)\n");
+  printf("  %-14s %10s %10s %10s\n", "N x K", "us", "GB/s", "of read bw");
+  static const int gemv_n[] = {896, 4864, 151936};
+  for (int i = 0; i < 3; i++) {
+    double gbs = gemv_gbs(be, gemv_n[i], K, bw.bytes, reps, x, y);
+    printf("  %6d x %-5d %10.1f %10.1f %9.0f %%\n", gemv_n[i], K,
+           (double)gemv_n[i] * K * 2 / gbs / 1e3, gbs, 100.0 * gbs / bw.read_gbs);
+  }
+
+  const int N = 4864;
+  uint16_t *w = be->ops->alloc(be, (size_t)N * K * 2);
+  for (size_t i = 0; i < (size_t)N * K; i++)
+    w[i] = sa_f32_to_bf16((float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f);
+  printf("\nGEMM N=%d K=%d (GFLOP/s; fraction of sgemm peak)\n", N, K);
+  printf("  %-5s %16s %16s   %s\n", "M", "stream kernel", "sgemm path", "default");
+  static const int gemm_m[] = {1, 4, 8, 16, 32, 64, 128, 512};
+  for (int i = 0; i < 8; i++) {
+    int M = gemm_m[i];
+    int r = M >= 128 ? (reps + 3) / 4 : reps;
+    sa_cpu_set_sgemm_min_m(be, 1 << 30);
+    double gs = gemm_gflops(be, M, N, K, r, x, y, w);
+    sa_cpu_set_sgemm_min_m(be, 1);
+    double gb = gemm_gflops(be, M, N, K, r, x, y, w);
+    printf("  %-5d %8.1f (%3.0f%%) %8.1f (%3.0f%%)   %s\n", M, gs,
+           100 * gs / peak, gb, 100 * gb / peak, M >= 512 ? "sgemm" : "stream");
+  }
+  be->ops->free(be, w);
+  be->ops->free(be, x);
+  be->ops->free(be, y);
+  sa_backend_destroy(&be);
+  return 0;
+}
