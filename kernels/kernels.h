@@ -165,7 +165,10 @@ const char *sa_cpu_isa(const sa_backend_t *be);
 /* 1 when this CPU can run the named SIMD path, else 0. */
 int sa_cpu_isa_supported(const char *isa);
 /* Sets the smallest M that matmul_bf16 serves with fp32 W tiles + OpenBLAS
- * sgemm instead of the streaming kernel (m >= 1). Returns 0 or SA_EINVAL. */
+ * sgemm instead of the streaming kernel (m >= 1; 0 = the measured default
+ * of the SIMD path in use). Returns 0 or SA_EINVAL. */
 int sa_cpu_set_sgemm_min_m(sa_backend_t *be, int m);
+/* The smallest M served by sgemm now, or SA_EINVAL for a non-"cpu" backend. */
+int sa_cpu_sgemm_min_m(const sa_backend_t *be);
 
 #endif /* SA_KERNELS_H */

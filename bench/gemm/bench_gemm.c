@@ -140,6 +140,7 @@ int main(int argc, char **argv) {
     w[i] = sa_f32_to_bf16((float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f);
   printf("\nGEMM N=%d K=%d (GFLOP/s; fraction of sgemm peak)\n", N, K);
   printf("  %-5s %16s %16s   %s\n", "M", "stream kernel", "sgemm path", "default");
+  int def_min_m = sa_cpu_sgemm_min_m(be);
   static const int gemm_m[] = {1, 4, 8, 16, 32, 64, 128, 512};
   for (int i = 0; i < 8; i++) {
     int M = gemm_m[i];
@@ -149,8 +150,9 @@ int main(int argc, char **argv) {
     sa_cpu_set_sgemm_min_m(be, 1);
     double gb = gemm_gflops(be, M, N, K, r, x, y, w);
     printf("  %-5d %8.1f (%3.0f%%) %8.1f (%3.0f%%)   %s\n", M, gs,
-           100 * gs / peak, gb, 100 * gb / peak, M >= 512 ? "sgemm" : "stream");
+           100 * gs / peak, gb, 100 * gb / peak, M >= def_min_m ? "sgemm" : "stream");
   }
+  sa_cpu_set_sgemm_min_m(be, 0);
   be->ops->free(be, w);
   be->ops->free(be, x);
   be->ops->free(be, y);

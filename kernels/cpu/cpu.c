@@ -46,10 +46,12 @@
 /* Below this many multiply-adds (or elements) an op runs on the caller. */
 #define PAR_MIN_WORK 32768
 /* Default first M served by sgemm: on the Zen 4 VM measured with bench-gemm
- * the streaming kernel matched or beat fp32 tiles + sgemm up to M = 512
- * (the W widening costs as much as sgemm gains); keep in sync with the
- * "default" column of bench/gemm. */
-#define SGEMM_MIN_M_DEFAULT 512
+ * the streaming AVX-512 kernel matched or beat fp32 tiles + sgemm up to
+ * M = 512 (widening W costs about what sgemm gains). */
+#define SGEMM_MIN_M_AVX512 512
+/* Without AVX-512 the streaming kernel loses to sgemm much earlier. */
+#define SGEMM_MIN_M_AVX2 32
+#define SGEMM_MIN_M_SCALAR 8
 
 /* ------------------------------------------------------------------------ */
 /* scalar kernels (portable fallback)                                        */
@@ -177,7 +179,7 @@ struct cpu {
   sa_backend_t be;
   const sa__cpu_kern_t *kern;
   int nt;
-  int sgemm_min_m;
+  int sgemm_min_m; /* 0: per ISA (sgemm_min_m_of) */
   float **scratch; /* [nt] of SCRATCH_BYTES each */
   size_t scratch_floats;
   pthread_t *th;
@@ -331,6 +333,16 @@ typedef struct {
   int M, N, K, accumulate;
 } mm_job_t;
 
+static int sgemm_min_m_of(const cpu_t *c) {
+  if (c->sgemm_min_m > 0)
+    return c->sgemm_min_m;
+  if (c->kern == &sa__cpu_kern_scalar)
+    return SGEMM_MIN_M_SCALAR;
+  if (c->kern == &sa__cpu_kern_avx2)
+    return SGEMM_MIN_M_AVX2;
+  return SGEMM_MIN_M_AVX512;
+}
+
 static void mm_small_range(void *p, int lo, int hi, int tid) {
   (void)tid;
   mm_job_t *j = p;
@@ -373,7 +385,7 @@ static int cpu_matmul_bf16(sa_backend_t *be, float *y, const float *x,
     return SA_EINVAL;
   mm_job_t j = {c, y, x, w, bias, M, N, K, accumulate};
   size_t tile_min = (size_t)16 * K;
-  if (M >= c->sgemm_min_m && K > 0 && tile_min <= c->scratch_floats) {
+  if (M >= sgemm_min_m_of(c) && K > 0 && tile_min <= c->scratch_floats) {
     run_range(c, N, (double)M * K, 16, mm_sgemm_range, &j);
     return 0;
   }
@@ -938,7 +950,6 @@ sa_backend_t *sa__backend_cpu_new(int threads) {
   c->be.impl = c;
   c->be.threads = threads;
   c->nt = threads;
-  c->sgemm_min_m = SGEMM_MIN_M_DEFAULT;
   c->kern = isa_auto();
   const char *env = getenv("SA_CPU_ISA");
   if (env && *env && strcmp(env, "auto") != 0) {
@@ -1008,8 +1019,14 @@ int sa_cpu_isa_supported(const char *isa) {
 }
 
 int sa_cpu_set_sgemm_min_m(sa_backend_t *be, int m) {
-  if (!be || be->ops != &cpu_ops || m < 1)
+  if (!be || be->ops != &cpu_ops || m < 0)
     return SA_EINVAL;
   ((cpu_t *)be->impl)->sgemm_min_m = m;
   return 0;
+}
+
+int sa_cpu_sgemm_min_m(const sa_backend_t *be) {
+  if (!be || be->ops != &cpu_ops)
+    return SA_EINVAL;
+  return sgemm_min_m_of(be->impl);
 }

@@ -128,8 +128,8 @@ static void matmul_case(int M, int N, int K, int use_bias, int accumulate) {
         break;
     }
   }
-  sa_cpu_set_sgemm_min_m(cpu1, 512);
-  sa_cpu_set_sgemm_min_m(cpu3, 512);
+  sa_cpu_set_sgemm_min_m(cpu1, 0);
+  sa_cpu_set_sgemm_min_m(cpu3, 0);
   free(x), free(w), free(bias), free(y0), free(yr), free(y), free(bound);
 }
 
@@ -430,6 +430,14 @@ static void test_controls(void **state) {
   assert_int_equal(sa_cpu_set_isa(cpu1, "sse9"), SA_EINVAL);
   assert_int_equal(sa_cpu_set_isa(ref, "scalar"), SA_EINVAL);
   assert_string_equal(sa_cpu_isa(ref), "");
+  assert_int_equal(sa_cpu_set_isa(cpu1, "auto"), 0);
+  assert_int_equal(sa_cpu_set_isa(cpu1, "scalar"), 0);
+  assert_int_equal(sa_cpu_sgemm_min_m(cpu1), 8);
+  assert_int_equal(sa_cpu_set_sgemm_min_m(cpu1, 3), 0);
+  assert_int_equal(sa_cpu_sgemm_min_m(cpu1), 3);
+  assert_int_equal(sa_cpu_set_sgemm_min_m(cpu1, 0), 0);
+  assert_int_equal(sa_cpu_set_sgemm_min_m(cpu1, -1), SA_EINVAL);
+  assert_int_equal(sa_cpu_sgemm_min_m(ref), SA_EINVAL);
   assert_int_equal(sa_cpu_set_isa(cpu1, "auto"), 0);
   assert_true(sa_cpu_isa_supported("scalar"));
   assert_false(sa_cpu_isa_supported("nope"));
