@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "testmodel.h"
+
 #define ETU_SEED 1234
 
 static inline void etu_skip_without_fixtures(void) {
@@ -119,33 +121,27 @@ static inline int etu_run(char *const argv[]) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-#define ETU_SA_MODEL SA_BINARY_DIR "/tools/sa-model/sa-model"
 #define ETU_SA_ENCODER SA_BINARY_DIR "/encoder-node/sa-encoder"
 
 /* Makes the tiny checkpoint in a fresh temp folder (written into dir, cap
- * bytes) with `sa-model init --preset tiny --seed ETU_SEED`; the same code
- * tests/oracle/encoder_oracle.py's golden data came from (SA_TEST_TINY_MODEL
- * names an existing folder instead, for debugging). Exits 77 (skip)
- * when sa-model is not built; returns 0 or -1. */
+ * bytes) with core/testmodel, the code behind `sa-model init --preset tiny
+ * --seed ETU_SEED` that tests/oracle/encoder_oracle.py's golden data came
+ * from. SA_TEST_TINY_MODEL names an existing folder instead (debugging).
+ * Returns 0 or -1. */
 static inline int etu_make_tiny(char *dir, size_t cap) {
-  const char *given = getenv("SA_TEST_TINY_MODEL"); /* debugging override */
+  const char *given = getenv("SA_TEST_TINY_MODEL");
   if (given && *given) {
     snprintf(dir, cap, "%s", given);
     return 0;
   }
-  if (access(ETU_SA_MODEL, X_OK) != 0) {
-    printf("SKIPPED: %s not built\n", ETU_SA_MODEL);
-    fflush(stdout);
-    exit(77);
-  }
   snprintf(dir, cap, "/tmp/sa-enc-test-XXXXXX");
   if (!mkdtemp(dir))
     return -1;
-  char seed[16];
-  snprintf(seed, sizeof seed, "%d", ETU_SEED);
-  char *argv[] = {(char *)ETU_SA_MODEL, "init", "--preset", "tiny", "--seed",
-                  seed, "--out", dir, NULL};
-  return etu_run(argv) == 0 ? 0 : -1;
+  char err[256];
+  int rc = sa_testmodel_write("tiny", ETU_SEED, dir, err, sizeof err);
+  if (rc != 0)
+    fprintf(stderr, "sa_testmodel_write: %s\n", err);
+  return rc == 0 ? 0 : -1;
 }
 
 static inline void etu_rm_tree(const char *dir) {
