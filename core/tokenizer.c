@@ -40,6 +40,10 @@ static const char k_gpt2_pattern[] =
     "\\s+(?!\\S)|\\s+";
 
 enum { TOK_HOLE = 0, TOK_BPE = 1, TOK_RAW = 2, TOK_ADDED = 3 };
+enum {
+  FLAG_SPECIAL = 1, /* added token marked "special" */
+  FLAG_WHOLE = 2,   /* BPE of this token's own bytes gives this token */
+};
 
 typedef struct {
   const char *content; /* points into the arena */
@@ -48,12 +52,20 @@ typedef struct {
   uint8_t special, normalized, lstrip, rstrip, single_word;
 } added_tok_t;
 
+/* One merge: (left id << 32 | right id) -> rank and merged id; 16 bytes, so
+ * a lookup touches one cache line. */
+typedef struct {
+  uint64_t key;
+  uint32_t rank;
+  int32_t new_id;
+} merge_slot_t;
+
 struct sa_tokenizer {
   size_t n_ids;
   uint32_t *tok_off; /* [n_ids] offset of the decoded bytes in arena */
   uint32_t *tok_len; /* [n_ids] */
   uint8_t *tok_kind; /* [n_ids] TOK_* */
-  uint8_t *tok_special; /* [n_ids] 1 for added tokens marked special */
+  uint8_t *tok_flags; /* [n_ids] FLAG_* */
   char *arena;
   size_t arena_len, arena_cap;
   size_t max_token_bytes;
@@ -63,9 +75,7 @@ struct sa_tokenizer {
   size_t vmask;
 
   /* merges: key = left << 32 | right; value rank and merged id */
-  uint64_t *mkeys; /* UINT64_MAX = empty */
-  uint32_t *mrank;
-  int32_t *mnew;
+  merge_slot_t *merges; /* open addressing; key UINT64_MAX = empty */
   size_t mmask;
 
   int32_t byte_id[256];
@@ -312,12 +322,12 @@ static inline int merge_find(const sa_tokenizer_t *t, int32_t a, int32_t b,
   uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
   size_t i = hash_u64(key) & t->mmask;
   for (;;) {
-    uint64_t k = t->mkeys[i];
-    if (k == UINT64_MAX)
+    const merge_slot_t *m = &t->merges[i];
+    if (m->key == UINT64_MAX)
       return 0;
-    if (k == key) {
-      *rank = t->mrank[i];
-      *nid = t->mnew[i];
+    if (m->key == key) {
+      *rank = m->rank;
+      *nid = m->new_id;
       return 1;
     }
     i = (i + 1) & t->mmask;
@@ -628,18 +638,17 @@ static int load_merges(sa_tokenizer_t *t, const cJSON *merges, char *err,
                        size_t cap) {
   size_t n = (size_t)cJSON_GetArraySize(merges);
   t->mmask = pow2_at_least(n * 2 + 1) - 1;
-  t->mkeys = malloc((t->mmask + 1) * sizeof *t->mkeys);
-  t->mrank = malloc((t->mmask + 1) * sizeof *t->mrank);
-  t->mnew = malloc((t->mmask + 1) * sizeof *t->mnew);
+  t->merges = malloc((t->mmask + 1) * sizeof *t->merges);
   uint8_t *scratch = malloc(t->arena_len + 64);
   char *pair = NULL;
   size_t pair_cap = 0;
   int rc = 0;
-  if (!t->mkeys || !t->mrank || !t->mnew || !scratch) {
+  if (!t->merges || !scratch) {
     rc = SA_ENOMEM;
     goto out;
   }
-  memset(t->mkeys, 0xFF, (t->mmask + 1) * sizeof *t->mkeys);
+  for (size_t i = 0; i <= t->mmask; i++)
+    t->merges[i].key = UINT64_MAX;
   size_t rank = 0;
   const cJSON *m;
   cJSON_ArrayForEach(m, merges) {
@@ -698,12 +707,11 @@ static int load_merges(sa_tokenizer_t *t, const cJSON *merges, char *err,
     }
     uint64_t key = ((uint64_t)(uint32_t)ia << 32) | (uint32_t)ib;
     size_t i = hash_u64(key) & t->mmask;
-    while (t->mkeys[i] != UINT64_MAX && t->mkeys[i] != key)
+    while (t->merges[i].key != UINT64_MAX && t->merges[i].key != key)
       i = (i + 1) & t->mmask;
-    if (t->mkeys[i] == UINT64_MAX) { /* a repeated merge keeps its first rank */
-      t->mkeys[i] = key;
-      t->mrank[i] = (uint32_t)rank;
-      t->mnew[i] = in;
+    if (t->merges[i].key == UINT64_MAX) { /* a repeated merge keeps its rank */
+      t->merges[i] = (merge_slot_t){.key = key, .rank = (uint32_t)rank,
+                                    .new_id = in};
     }
     rank++;
   }
@@ -728,7 +736,7 @@ static int finish_added(sa_tokenizer_t *t, char *err, size_t cap) {
     t->tok_off[a->id] = off;
     t->tok_len[a->id] = a->len;
     t->tok_kind[a->id] = TOK_ADDED;
-    t->tok_special[a->id] = a->special;
+    t->tok_flags[a->id] = a->special ? FLAG_SPECIAL : 0;
     count[(uint8_t)a->content[0]]++;
     if (a->normalized)
       t->any_normalized_added = 1;
@@ -757,6 +765,8 @@ static int finish_added(sa_tokenizer_t *t, char *err, size_t cap) {
   free(keys);
   return 0;
 }
+
+static int mark_whole_tokens(sa_tokenizer_t *t);
 
 static int load_json(sa_tokenizer_t *t, const cJSON *root, char *err,
                      size_t cap) {
@@ -844,10 +854,10 @@ static int load_json(sa_tokenizer_t *t, const cJSON *root, char *err,
   t->tok_off = calloc(t->n_ids + 1, sizeof *t->tok_off);
   t->tok_len = calloc(t->n_ids + 1, sizeof *t->tok_len);
   t->tok_kind = calloc(t->n_ids + 1, 1);
-  t->tok_special = calloc(t->n_ids + 1, 1);
+  t->tok_flags = calloc(t->n_ids + 1, 1);
   t->vmask = pow2_at_least(n_vocab * 2 + 1) - 1;
   t->vslots = calloc(t->vmask + 1, sizeof *t->vslots);
-  if (!t->tok_off || !t->tok_len || !t->tok_kind || !t->tok_special ||
+  if (!t->tok_off || !t->tok_len || !t->tok_kind || !t->tok_flags ||
       !t->vslots)
     return SA_ENOMEM;
 
@@ -869,7 +879,7 @@ static int load_json(sa_tokenizer_t *t, const cJSON *root, char *err,
   for (size_t i = 0; i < t->n_ids; i++)
     if (t->tok_len[i] > t->max_token_bytes)
       t->max_token_bytes = t->tok_len[i];
-  return 0;
+  return mark_whole_tokens(t);
 }
 
 sa_tokenizer_t *sa_tokenizer_load(const char *path_or_dir, char *err,
@@ -933,12 +943,10 @@ void sa_tokenizer_destroy(sa_tokenizer_t **tok) {
   free(t->tok_off);
   free(t->tok_len);
   free(t->tok_kind);
-  free(t->tok_special);
+  free(t->tok_flags);
   free(t->arena);
   free(t->vslots);
-  free(t->mkeys);
-  free(t->mrank);
-  free(t->mnew);
+  free(t->merges);
   free(t->added);
   free(t->first_idx);
   if (t->re)
@@ -969,6 +977,7 @@ typedef struct {
   uint64_t *heap; /* rank << 32 | pos */
   size_t cap;
   pcre2_match_data *md;
+  int no_fast_path; /* set while load checks FLAG_WHOLE */
 } scratch_t;
 
 static int out_push(out_t *o, int32_t id) {
@@ -1053,9 +1062,11 @@ static int bpe_word(const sa_tokenizer_t *t, scratch_t *s, const uint8_t *w,
                     size_t n, out_t *o) {
   if (n == 1)
     return out_push(o, t->byte_id[w[0]]);
-  if (t->ignore_merges) {
+  if (!s->no_fast_path) {
+    /* a word that is itself a token whose own BPE gives that token (checked
+     * at load) needs no merging; with ignore_merges any vocab hit counts */
     int32_t id = vocab_find(t, w, n);
-    if (id >= 0)
+    if (id >= 0 && (t->ignore_merges || (t->tok_flags[id] & FLAG_WHOLE)))
       return out_push(o, id);
   }
   int rc = scratch_reserve(s, n);
@@ -1103,6 +1114,30 @@ static int bpe_word(const sa_tokenizer_t *t, scratch_t *s, const uint8_t *w,
     if ((rc = out_push(o, sym[i])))
       return rc;
   return 0;
+}
+
+/* Sets FLAG_WHOLE on every BPE token that its own bytes encode to, so
+ * encode can skip the merges for words that are whole tokens (most words). */
+static int mark_whole_tokens(sa_tokenizer_t *t) {
+  scratch_t s = {.no_fast_path = 1};
+  out_t o = {0};
+  int rc = 0;
+  for (size_t id = 0; id < t->n_ids; id++) {
+    if (t->tok_kind[id] != TOK_BPE)
+      continue;
+    o.n = 0;
+    if ((rc = bpe_word(t, &s, (const uint8_t *)t->arena + t->tok_off[id],
+                       t->tok_len[id], &o)))
+      break;
+    if (o.n == 1 && o.ids[0] == (int32_t)id)
+      t->tok_flags[id] |= FLAG_WHOLE;
+  }
+  free(o.ids);
+  free(s.sym);
+  free(s.prev);
+  free(s.next);
+  free(s.heap);
+  return rc;
 }
 
 /* Pre-tokenizes p[0..n) (valid UTF-8) and runs BPE on every word. */
@@ -1446,7 +1481,7 @@ int sa_tokenizer_id_to_token(const sa_tokenizer_t *tok, int32_t id, char *buf,
 bool sa_tokenizer_is_special(const sa_tokenizer_t *tok, int32_t id) {
   if (id < 0 || (size_t)id >= tok->n_ids)
     return false;
-  return tok->tok_special[id] != 0;
+  return (tok->tok_flags[id] & FLAG_SPECIAL) != 0;
 }
 
 /* ------------------------------------------------------------------------ */
