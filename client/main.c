@@ -125,6 +125,9 @@ static void print_json_event(const Sa__SubmitEvent *ev) {
                               c->finish_reason < 6 ? reasons[c->finish_reason] : "?");
       cJSON_AddNumberToObject(co, "reasoning_tokens", c->reasoning_tokens);
       cJSON_AddNumberToObject(co, "answer_tokens", c->answer_tokens);
+      char seed[24];
+      snprintf(seed, sizeof seed, "%llu", (unsigned long long)c->seed);
+      cJSON_AddStringToObject(co, "seed", seed); /* a string: 64 bits */
       cJSON *toks = cJSON_AddArrayToObject(co, "tokens");
       for (size_t k = 0; k < c->n_tokens; k++)
         cJSON_AddItemToArray(toks, cJSON_CreateNumber(c->tokens[k]));
@@ -511,6 +514,9 @@ static int cmd_status(int argc, char **argv) {
     cJSON_AddNumberToObject(o, "replicas_ready", st->replicas_ready);
     cJSON_AddNumberToObject(o, "requests_running", st->requests_running);
     cJSON_AddNumberToObject(o, "requests_queued", st->requests_queued);
+    cJSON_AddNumberToObject(o, "chains_running", st->chains_running);
+    cJSON_AddNumberToObject(o, "forks_total", (double)st->forks_total);
+    cJSON_AddNumberToObject(o, "requests_total", (double)st->requests_total);
     cJSON *ws = cJSON_AddArrayToObject(o, "workers");
     for (size_t i = 0; i < st->n_workers; i++) {
       const Sa__WorkerInfo *w = st->workers[i];
@@ -525,6 +531,8 @@ static int cmd_status(int argc, char **argv) {
       cJSON_AddNumberToObject(wo, "load", w->load);
       cJSON_AddNumberToObject(wo, "kv_blocks_used", (double)w->kv_blocks_used);
       cJSON_AddNumberToObject(wo, "kv_blocks_free", (double)w->kv_blocks_free);
+      cJSON_AddNumberToObject(wo, "kv_blocks_shared", (double)w->kv_blocks_shared);
+      cJSON_AddNumberToObject(wo, "sequences", w->sequences);
       cJSON_AddItemToArray(ws, wo);
     }
     char *s = cJSON_PrintUnformatted(o);
@@ -533,10 +541,12 @@ static int cmd_status(int argc, char **argv) {
     cJSON_Delete(o);
   } else {
     printf("coordinator %s  model %s\n", addr, st->model_id);
-    printf("replicas ready: %d   requests running: %d   queued: %d\n", st->replicas_ready,
-           st->requests_running, st->requests_queued);
-    printf("%-8s %-24s %-28s %-8s %-9s %-7s %-6s %s\n", "ROLE", "NODE", "ADDRESS", "REPLICA",
-           "LAYERS", "HEALTH", "LOAD", "KV USED/TOTAL");
+    printf("replicas ready: %d   requests running: %d   queued: %d   chains running: %d   "
+           "forks: %lld\n",
+           st->replicas_ready, st->requests_running, st->requests_queued, st->chains_running,
+           (long long)st->forks_total);
+    printf("%-8s %-24s %-28s %-8s %-9s %-7s %-6s %-14s %s\n", "ROLE", "NODE", "ADDRESS",
+           "REPLICA", "LAYERS", "HEALTH", "LOAD", "KV USED/TOTAL", "KV SHARED");
     for (size_t i = 0; i < st->n_workers; i++) {
       const Sa__WorkerInfo *w = st->workers[i];
       char layers[32] = "-", kv[48] = "-";
@@ -545,10 +555,13 @@ static int cmd_status(int argc, char **argv) {
         snprintf(kv, sizeof kv, "%lld/%lld", (long long)w->kv_blocks_used,
                  (long long)(w->kv_blocks_used + w->kv_blocks_free));
       }
-      printf("%-8s %-24s %-28s %-8s %-9s %-7s %-6.2f %s\n",
+      char shared[24] = "-";
+      if (w->role == SA__ROLE__ROLE_STAGE)
+        snprintf(shared, sizeof shared, "%lld", (long long)w->kv_blocks_shared);
+      printf("%-8s %-24s %-28s %-8s %-9s %-7s %-6.2f %-14s %s\n",
              w->role == SA__ROLE__ROLE_ENCODER ? "encoder" : "stage", w->node_id, w->address,
              w->role == SA__ROLE__ROLE_STAGE ? w->replica_name : "-", layers,
-             w->healthy ? "up" : "DOWN", w->load, kv);
+             w->healthy ? "up" : "DOWN", w->load, kv, shared);
     }
   }
   sa__status_response__free_unpacked(st, NULL);

@@ -35,7 +35,8 @@ typedef struct {
   char replica_name[64];
   int first, last, num_layers;
   bool has_embed, has_lm_head;
-  int64_t kv_total, kv_used, kv_free;
+  int64_t kv_total, kv_used, kv_free, kv_shared;
+  int sequences;
   int kv_block_tokens;
   int max_batch, max_tokens_per_step;
   int hidden_size;
@@ -169,6 +170,7 @@ struct coord {
   uint64_t next_seq_id;
   uint64_t next_batch_id;
   int64_t epoch;
+  int64_t forks_total, requests_total;
   uv_timer_t tick;
   uv_signal_t sigterm, sigint;
   bool stopping;

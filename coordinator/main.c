@@ -41,6 +41,8 @@ static void usage(FILE *f) {
           "  --step-timeout-ms N    deadline of one pipeline step (default 60000)\n"
           "  --heartbeat-timeout-ms N  mark a worker down after this silence (default 5000)\n"
           "  --system TEXT          default system prompt (default: none)\n"
+          "  --endpoint-file PATH   write the bound endpoint there once listening\n"
+          "                         (with --listen tcp://127.0.0.1:* for a free port)\n"
           "  --log-level L          error|warn|info|debug (default info; env SA_LOG_LEVEL)\n"
           "  -h, --help             this help\n");
 }
@@ -106,8 +108,10 @@ int main(int argc, char **argv) {
       {"heartbeat-timeout-ms", required_argument, 0, 8},
       {"system", required_argument, 0, 9},
       {"log-level", required_argument, 0, 10},
+      {"endpoint-file", required_argument, 0, 11},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
+  const char *endpoint_file = NULL;
   int opt;
   while ((opt = getopt_long(argc, argv, "m:l:h", longopts, NULL)) != -1) {
     switch (opt) {
@@ -131,6 +135,7 @@ int main(int argc, char **argv) {
       sa_log_set_level(lv);
       break;
     }
+    case 11: endpoint_file = optarg; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }
@@ -167,6 +172,16 @@ int main(int argc, char **argv) {
   if (rc) {
     fprintf(stderr, "sa-coordinator: cannot listen on %s: %s\n", o->listen, sa_strerror(rc));
     return 1;
+  }
+  if (endpoint_file) {
+    char tmp[1024];
+    snprintf(tmp, sizeof tmp, "%s.tmp", endpoint_file);
+    FILE *f = fopen(tmp, "w");
+    if (!f || fprintf(f, "%s\n", sa_rpc_server_endpoint(co.srv)) < 0 || fclose(f) ||
+        rename(tmp, endpoint_file)) {
+      fprintf(stderr, "sa-coordinator: cannot write %s\n", endpoint_file);
+      return 1;
+    }
   }
   coord_registry_register(&co);
   sa_rpc_server_register(co.srv, "Coordinator/Submit", SA_RPC_STREAM, coord_submit_handler, &co);

@@ -225,6 +225,8 @@ static void heartbeat_handler(sa_rpc_call_t *call, void *user) {
     w->load = hb->load;
     w->kv_used = hb->kv_blocks_used;
     w->kv_free = hb->kv_blocks_free;
+    w->kv_shared = hb->kv_blocks_shared;
+    w->sequences = hb->sequences;
     w->healthy = true;
     if (!was)
       assemble_replicas(co);
@@ -316,6 +318,8 @@ void coord_status_handler(sa_rpc_call_t *call, void *user) {
     wi->kv_blocks_free = w->kv_free;
     wi->last_heartbeat_ms_ago = (int64_t)(now - w->last_seen_ms);
     wi->replica_name = w->replica_name;
+    wi->kv_blocks_shared = w->kv_shared;
+    wi->sequences = w->sequences;
     ptrs[n] = wi;
     n++;
   }
@@ -326,13 +330,15 @@ void coord_status_handler(sa_rpc_call_t *call, void *user) {
     if (co->replicas[i].used && co->replicas[i].ready)
       ready++;
   resp.replicas_ready = ready;
-  int running = 0, queued = 0;
+  int running = 0, queued = 0, chains_running = 0;
   Sa__Progress prog = SA__PROGRESS__INIT;
   for (request_t *r = co->requests; r; r = r->next) {
     if (r->state == REQ_QUEUED || r->state == REQ_ENCODING)
       queued++;
     else
       running++;
+    if (r->state != REQ_DONE)
+      chains_running += r->n_chains - r->chains_done;
     if (rq->request_id[0] && strcmp(rq->request_id, r->request_id) == 0) {
       resp.request_found = true;
       int run = 0;
@@ -350,6 +356,9 @@ void coord_status_handler(sa_rpc_call_t *call, void *user) {
   }
   resp.requests_running = running;
   resp.requests_queued = queued;
+  resp.chains_running = chains_running;
+  resp.forks_total = co->forks_total;
+  resp.requests_total = co->requests_total;
   resp.model_id = co->opts.model_dir;
   sa__status_request__free_unpacked(rq, NULL);
   reply_msg(call, &resp.base);

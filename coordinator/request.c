@@ -8,6 +8,7 @@
 #include "chat.h"
 #include "log.h"
 #include "sa_error.h"
+#include "sampler.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -465,6 +466,7 @@ void coord_submit_handler(sa_rpc_call_t *call, void *user) {
   }
   r->co = co;
   r->id = ++co->next_request_id;
+  co->requests_total++;
   if (rq->request_id[0])
     snprintf(r->request_id, sizeof r->request_id, "%s", rq->request_id);
   else
@@ -620,6 +622,7 @@ void coord_request_try_finish(request_t *r) {
     crs[i].reasoning = c->reasoning ? c->reasoning : "";
     crs[i].tokens = c->tokens;
     crs[i].n_tokens = (size_t)c->n_tokens;
+    crs[i].seed = sa_rng_chain_seed(r->sampling.seed, (uint32_t)i);
     cp[i] = &crs[i];
     gen += c->n_tokens;
   }

@@ -19,6 +19,7 @@
 
 #include "log.h"
 #include "sa_error.h"
+#include "sampler.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,6 +145,7 @@ static void start_fork(request_t *r) {
   }
   m->r = r;
   r->state = REQ_FORKING;
+  co->forks_total += r->n_chains - 1;
   for (int s = 0; s < rp->n_stages; s++) {
     worker_t *w = &co->workers[rp->stage[s]];
     sa_rpc_call_opts_t o = {.timeout_ms = co->opts.step_timeout_ms};
@@ -286,7 +288,7 @@ static void on_step_done(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void 
     coord_request_try_finish(r);
     coord_request_progress(r);
   }
-  for (size_t k = 0; k < rp->n_stages && k < 1; k++) {
+  if (rp->n_stages > 0) { /* the last stage's KV use, fresher than heartbeats */
     worker_t *w = &co->workers[rp->stage[rp->n_stages - 1]];
     w->kv_used = sr->kv_blocks_used;
     w->kv_free = sr->kv_blocks_free;
@@ -353,7 +355,7 @@ static int send_batch(coord_t *co, int ri, int share) {
       s->token_ids = &m->one_token[i];
       s->n_token_ids = 1;
       s->sampling = &m->sampling[i];
-      s->rng_seed = r->sampling.seed;
+      s->rng_seed = sa_rng_chain_seed(r->sampling.seed, (uint32_t)c->idx);
       s->rng_position = s->position + 1;
       s->flags = SA__STEP_FLAGS__STEP_DECODE;
       s->want_sample = true;

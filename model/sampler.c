@@ -39,6 +39,15 @@ void sa_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2],
   out[3] = c3;
 }
 
+uint64_t sa_rng_chain_seed(uint64_t seed, uint32_t chain) {
+  if (chain == 0)
+    return seed;
+  uint64_t z = seed + (uint64_t)chain * 0x9e3779b97f4a7c15ull; /* splitmix64 */
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
 double sa_rng_uniform(uint64_t seed, uint32_t chain, uint64_t position,
                       uint32_t draw) {
   uint32_t ctr[4] = {(uint32_t)position, (uint32_t)(position >> 32), chain,

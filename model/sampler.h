@@ -32,6 +32,13 @@ void sa_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2],
 double sa_rng_uniform(uint64_t seed, uint32_t chain, uint64_t position,
                       uint32_t draw);
 
+/* The seed of chain `chain` of an n-way request with seed `seed`: chain 0
+ * keeps the request seed, chain i > 0 gets the i-th output of a splitmix64 stream
+ * started at seed. A chain
+ * samples with the key (sa_rng_chain_seed(seed, i), 0, position), so an n = 1
+ * request with that seed reproduces it token for token. Pure function. */
+uint64_t sa_rng_chain_seed(uint64_t seed, uint32_t chain);
+
 /* --- sampling parameters ------------------------------------------------- */
 typedef struct {
   bool greedy;              /* argmax (after repetition penalty) */

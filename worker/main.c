@@ -467,6 +467,7 @@ static void on_hb_timer(uv_timer_t *t) {
   W.last_hb_ms = now;
   hb.kv_blocks_used = ks.blocks_used;
   hb.kv_blocks_free = ks.blocks_free;
+  hb.kv_blocks_shared = ks.blocks_shared;
   hb.sequences = ks.n_seqs;
   hb.queue_depth = W.st.queued;
   uint8_t buf[256];
