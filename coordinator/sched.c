@@ -204,8 +204,7 @@ static void chain_token(request_t *r, chain_t *c, int32_t tok) {
   if (tok == co->tok_think_end && !c->in_answer) {
     coord_chain_flush(r, c);
     sa_detok_init(&c->detok, co->tok);
-    c->in_answer = true;
-    c->reasoning_tokens++;
+    c->in_answer = true; /* </think> itself counts as neither */
   } else {
     if (c->in_answer)
       c->answer_tokens++;
