@@ -5,9 +5,9 @@
  * fp32 activations, bf16 weights, fp32 accumulation everywhere. Matmuls with
  * few rows (decode, M < sgemm_min_m) use a hand-written kernel that streams
  * each W row once (cpu_avx512.c / cpu_avx2.c / scalar here), so the decode
- * GEMV runs at memory bandwidth; larger M (prefill) widens tiles of W to fp32
- * in per-thread scratch and calls OpenBLAS sgemm, which is compute-bound
- * there. The SIMD path is chosen at run time (__builtin_cpu_supports; the
+ * GEMV runs at memory bandwidth. Optionally (sgemm_min_m, off by default to
+ * keep results batch-invariant) larger M widens tiles of W to fp32 in
+ * per-thread scratch and calls OpenBLAS sgemm. The SIMD path is chosen at run time (__builtin_cpu_supports; the
  * SA_CPU_ISA environment variable or sa_cpu_set_isa override it) and a
  * portable scalar path always exists.
  *
@@ -31,6 +31,7 @@
 
 #include <cblas.h>
 #include <immintrin.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
@@ -333,14 +334,17 @@ typedef struct {
   int M, N, K, accumulate;
 } mm_job_t;
 
+/* The sgemm route is opt-in (sa_cpu_set_sgemm_min_m, or the environment
+ * variable SA_CPU_SGEMM_MIN_M at creation; the SGEMM_MIN_M_* values above are
+ * the measured break-even points to use). By default every matmul takes the
+ * streaming kernel, whose per-element summation order does not depend on M:
+ * results are batch-invariant, which the cluster relies on (a sequence's
+ * tokens must not depend on which other sequences share its step, nor on how
+ * its prompt was chunked — DESIGN §7). */
 static int sgemm_min_m_of(const cpu_t *c) {
   if (c->sgemm_min_m > 0)
     return c->sgemm_min_m;
-  if (c->kern == &sa__cpu_kern_scalar)
-    return SGEMM_MIN_M_SCALAR;
-  if (c->kern == &sa__cpu_kern_avx2)
-    return SGEMM_MIN_M_AVX2;
-  return SGEMM_MIN_M_AVX512;
+  return INT_MAX;
 }
 
 static void mm_small_range(void *p, int lo, int hi, int tid) {
@@ -959,6 +963,12 @@ sa_backend_t *sa__backend_cpu_new(int threads) {
     else
       SA_LOG_WARN("SA_CPU_ISA=%s is %s here; using %s", env,
                   k ? "not supported" : "unknown", c->kern->name);
+  }
+  const char *sg = getenv("SA_CPU_SGEMM_MIN_M");
+  if (sg && *sg) {
+    long m = strtol(sg, NULL, 10);
+    if (m > 0 && m < INT_MAX)
+      c->sgemm_min_m = (int)m;
   }
   c->scratch_floats = SCRATCH_BYTES / sizeof(float);
   c->scratch = calloc((size_t)threads, sizeof(*c->scratch));

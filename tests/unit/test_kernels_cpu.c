@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -432,7 +433,7 @@ static void test_controls(void **state) {
   assert_string_equal(sa_cpu_isa(ref), "");
   assert_int_equal(sa_cpu_set_isa(cpu1, "auto"), 0);
   assert_int_equal(sa_cpu_set_isa(cpu1, "scalar"), 0);
-  assert_int_equal(sa_cpu_sgemm_min_m(cpu1), 8);
+  assert_int_equal(sa_cpu_sgemm_min_m(cpu1), INT_MAX); /* sgemm is opt-in */
   assert_int_equal(sa_cpu_set_sgemm_min_m(cpu1, 3), 0);
   assert_int_equal(sa_cpu_sgemm_min_m(cpu1), 3);
   assert_int_equal(sa_cpu_set_sgemm_min_m(cpu1, 0), 0);
