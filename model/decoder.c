@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct {
   uint16_t *ln1, *wqkv, *bqkv, *wo, *ln2, *wgu, *wdown; /* backend, bf16 */
@@ -31,6 +32,8 @@ struct sa_decoder {
   float *x, *h, *qkv, *att, *gu, *act; /* [Mmax, ...] */
   float *lrow, *logit;                 /* [Rmax, H], [Rmax, V] */
   int32_t *d_ids, *d_pos, *d_slot, *d_qstart, *d_ctx, *d_btab;
+  int prof_on;
+  sa_decoder_prof_t prof;
   /* host scratch */
   int32_t *ids, *pos, *slot, *qstart, *ctx, *btab, *old_len;
 };
@@ -427,6 +430,23 @@ void sa_decoder_destroy(sa_decoder_t **dp) {
       goto fail;                                                               \
   } while (0)
 
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Runs an op; with profiling on, waits for it and charges its time. */
+#define OP(cls, expr)                                                          \
+  do {                                                                         \
+    double t0_ = d->prof_on ? now_s() : 0.0;                                   \
+    CK(expr);                                                                  \
+    if (d->prof_on) {                                                          \
+      CK(op->sync(be));                                                        \
+      d->prof.seconds[cls] += now_s() - t0_;                                   \
+    }                                                                          \
+  } while (0)
+
 int sa_decoder_step(sa_decoder_t *d, sa_kv_t *kv,
                     const sa_decoder_batch_t *b) {
   if (!d || !kv || !b || b->n_seqs <= 0 || b->n_seqs > d->o.max_seqs ||
@@ -526,11 +546,11 @@ int sa_decoder_step(sa_decoder_t *d, sa_kv_t *kv,
     for (int j = nb; j < max_nb; j++)
       d->btab[(size_t)s * max_nb + j] = 0;
   }
-  CK(op->upload(be, d->d_pos, d->pos, (size_t)M * 4));
-  CK(op->upload(be, d->d_slot, d->slot, (size_t)M * 4));
-  CK(op->upload(be, d->d_qstart, d->qstart, (size_t)(S + 1) * 4));
-  CK(op->upload(be, d->d_ctx, d->ctx, (size_t)S * 4));
-  CK(op->upload(be, d->d_btab, d->btab, (size_t)S * max_nb * 4));
+  OP(SA_DEC_PROF_INPUT, op->upload(be, d->d_pos, d->pos, (size_t)M * 4));
+  OP(SA_DEC_PROF_INPUT, op->upload(be, d->d_slot, d->slot, (size_t)M * 4));
+  OP(SA_DEC_PROF_INPUT, op->upload(be, d->d_qstart, d->qstart, (size_t)(S + 1) * 4));
+  OP(SA_DEC_PROF_INPUT, op->upload(be, d->d_ctx, d->ctx, (size_t)S * 4));
+  OP(SA_DEC_PROF_INPUT, op->upload(be, d->d_btab, d->btab, (size_t)S * max_nb * 4));
   sa_attn_batch_t ab = {.n_seqs = S, .q_start = d->d_qstart,
                         .ctx_len = d->d_ctx, .block_table = d->d_btab,
                         .max_blocks = max_nb, .block_size = d->o.block_size,
@@ -538,18 +558,18 @@ int sa_decoder_step(sa_decoder_t *d, sa_kv_t *kv,
 
   /* input rows */
   if (d->first_stage) {
-    CK(op->upload(be, d->d_ids, d->ids, (size_t)M * 4));
-    CK(op->embed(be, d->x, d->embed, d->d_ids, M, H, d->V));
+    OP(SA_DEC_PROF_INPUT, op->upload(be, d->d_ids, d->ids, (size_t)M * 4));
+    OP(SA_DEC_PROF_INPUT, op->embed(be, d->x, d->embed, d->d_ids, M, H, d->V));
     for (int i = 0; i < b->n_embed; i++) /* runs of rows go in one copy */ {
       int j = i;
       while (j + 1 < b->n_embed && b->embed_rows[j + 1] == b->embed_rows[j] + 1)
         j++;
-      CK(op->upload(be, d->x + (size_t)b->embed_rows[i] * H,
+      OP(SA_DEC_PROF_INPUT, op->upload(be, d->x + (size_t)b->embed_rows[i] * H,
                     b->embeds + (size_t)i * H, (size_t)(j - i + 1) * H * 4));
       i = j;
     }
   } else {
-    CK(op->upload(be, d->x, b->hidden_in, (size_t)M * H * 4));
+    OP(SA_DEC_PROF_INPUT, op->upload(be, d->x, b->hidden_in, (size_t)M * H * 4));
   }
 
   const float eps = d->cfg.rms_norm_eps, theta = d->cfg.rope_theta;
@@ -558,37 +578,39 @@ int sa_decoder_step(sa_decoder_t *d, sa_kv_t *kv,
     const dec_layer_t *w = &d->layers[li];
     float *kc, *vc;
     CK(sa_kv_layer(kv, d->o.first_layer + li, &kc, &vc));
-    CK(op->rmsnorm(be, d->h, d->x, w->ln1, M, H, eps));
-    CK(op->matmul_bf16(be, d->qkv, d->h, w->wqkv, w->bqkv, M, d->qkvdim, H, 0));
-    CK(op->rope(be, d->qkv, d->d_pos, M, d->nh, d->hd, d->qkvdim, theta));
-    CK(op->rope(be, d->qkv + d->qdim, d->d_pos, M, d->nkv, d->hd, d->qkvdim,
+    OP(SA_DEC_PROF_NORM, op->rmsnorm(be, d->h, d->x, w->ln1, M, H, eps));
+    OP(SA_DEC_PROF_QKV, op->matmul_bf16(be, d->qkv, d->h, w->wqkv, w->bqkv, M, d->qkvdim, H, 0));
+    OP(SA_DEC_PROF_ROPE, op->rope(be, d->qkv, d->d_pos, M, d->nh, d->hd, d->qkvdim, theta));
+    OP(SA_DEC_PROF_ROPE, op->rope(be, d->qkv + d->qdim, d->d_pos, M, d->nkv, d->hd, d->qkvdim,
                 theta));
-    CK(op->kv_write(be, kc, vc, d->qkv + d->qdim, d->qkv + d->qdim + d->kvdim,
+    OP(SA_DEC_PROF_KV_WRITE, op->kv_write(be, kc, vc, d->qkv + d->qdim, d->qkv + d->qdim + d->kvdim,
                     d->qkvdim, d->d_slot, M, d->kvdim));
-    CK(op->attention(be, d->att, d->qkv, d->qkvdim, kc, vc, &ab, d->nh, d->nkv,
+    OP(SA_DEC_PROF_ATTENTION, op->attention(be, d->att, d->qkv, d->qkvdim, kc, vc, &ab, d->nh, d->nkv,
                      d->hd, scale));
-    CK(op->matmul_bf16(be, d->x, d->att, w->wo, NULL, M, H, d->qdim, 1));
-    CK(op->rmsnorm(be, d->h, d->x, w->ln2, M, H, eps));
-    CK(op->matmul_bf16(be, d->gu, d->h, w->wgu, NULL, M, 2 * d->I, H, 0));
-    CK(op->silu_mul(be, d->act, d->gu, M, d->I));
-    CK(op->matmul_bf16(be, d->x, d->act, w->wdown, NULL, M, H, d->I, 1));
+    OP(SA_DEC_PROF_O_PROJ, op->matmul_bf16(be, d->x, d->att, w->wo, NULL, M, H, d->qdim, 1));
+    OP(SA_DEC_PROF_NORM, op->rmsnorm(be, d->h, d->x, w->ln2, M, H, eps));
+    OP(SA_DEC_PROF_GATE_UP, op->matmul_bf16(be, d->gu, d->h, w->wgu, NULL, M, 2 * d->I, H, 0));
+    OP(SA_DEC_PROF_SILU_MUL, op->silu_mul(be, d->act, d->gu, M, d->I));
+    OP(SA_DEC_PROF_DOWN, op->matmul_bf16(be, d->x, d->act, w->wdown, NULL, M, H, d->I, 1));
   }
 
   if (d->last_stage) {
     int R = b->n_logits;
     if (R > 0) {
       for (int r = 0; r < R; r++)
-        CK(op->copy(be, d->lrow + (size_t)r * H,
+        OP(SA_DEC_PROF_LM_HEAD, op->copy(be, d->lrow + (size_t)r * H,
                     d->x + (size_t)b->logit_rows[r] * H, (size_t)H * 4));
-      CK(op->rmsnorm(be, d->lrow, d->lrow, d->norm, R, H, eps));
-      CK(op->matmul_bf16(be, d->logit, d->lrow, d->lm_head, NULL, R, d->V, H,
+      OP(SA_DEC_PROF_LM_HEAD, op->rmsnorm(be, d->lrow, d->lrow, d->norm, R, H, eps));
+      OP(SA_DEC_PROF_LM_HEAD, op->matmul_bf16(be, d->logit, d->lrow, d->lm_head, NULL, R, d->V, H,
                          0));
-      CK(op->download(be, b->logits, d->logit, (size_t)R * d->V * 4));
+      OP(SA_DEC_PROF_OUTPUT, op->download(be, b->logits, d->logit, (size_t)R * d->V * 4));
     }
   } else {
-    CK(op->download(be, b->hidden_out, d->x, (size_t)M * H * 4));
+    OP(SA_DEC_PROF_OUTPUT, op->download(be, b->hidden_out, d->x, (size_t)M * H * 4));
   }
-  CK(op->sync(be));
+  OP(SA_DEC_PROF_OUTPUT, op->sync(be));
+  if (d->prof_on)
+    d->prof.steps++;
   return 0;
 fail:
   for (int s = 0; s < appended; s++)
@@ -621,4 +643,20 @@ const sa_decoder_opts_t *sa_decoder_opts(const sa_decoder_t *d) {
 
 void sa_decoder_info(const sa_decoder_t *d, sa_decoder_info_t *out) {
   *out = d->info;
+}
+
+void sa_decoder_profile(sa_decoder_t *d, int enable) {
+  d->prof_on = enable != 0;
+  memset(&d->prof, 0, sizeof d->prof);
+}
+
+void sa_decoder_profile_read(const sa_decoder_t *d, sa_decoder_prof_t *out) {
+  *out = d->prof;
+}
+
+const char *sa_decoder_prof_name(int op) {
+  static const char *const names[SA_DEC_PROF_COUNT_] = {
+      "input", "rmsnorm", "qkv", "rope", "kv_write", "attention",
+      "o_proj", "gate_up", "silu_mul", "down", "lm_head", "output"};
+  return op >= 0 && op < SA_DEC_PROF_COUNT_ ? names[op] : "?";
 }

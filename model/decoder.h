@@ -104,6 +104,36 @@ void sa_decoder_destroy(sa_decoder_t **dec);
 int sa_decoder_step(sa_decoder_t *dec, sa_kv_t *kv,
                     const sa_decoder_batch_t *b);
 
+/* Per-op time of the steps run while profiling is on (seconds, summed over
+ * steps and layers). Profiling syncs the backend after every op, so it
+ * slows steps down a little; it is for benchmarks and diagnostics. */
+typedef enum {
+  SA_DEC_PROF_INPUT,     /* uploads of indices, embed / hidden rows in */
+  SA_DEC_PROF_NORM,      /* RMSNorms */
+  SA_DEC_PROF_QKV,       /* fused q|k|v matmul */
+  SA_DEC_PROF_ROPE,
+  SA_DEC_PROF_KV_WRITE,
+  SA_DEC_PROF_ATTENTION,
+  SA_DEC_PROF_O_PROJ,
+  SA_DEC_PROF_GATE_UP,   /* fused gate|up matmul */
+  SA_DEC_PROF_SILU_MUL,
+  SA_DEC_PROF_DOWN,
+  SA_DEC_PROF_LM_HEAD,   /* row gather + final norm + LM head matmul */
+  SA_DEC_PROF_OUTPUT,    /* download of logits / hidden rows, final sync */
+  SA_DEC_PROF_COUNT_
+} sa_decoder_prof_op_t;
+
+typedef struct {
+  double seconds[SA_DEC_PROF_COUNT_];
+  int steps;
+} sa_decoder_prof_t;
+
+/* Turns per-op profiling on (clearing the counters) or off. */
+void sa_decoder_profile(sa_decoder_t *dec, int enable);
+/* Copies the counters. sa_decoder_prof_name names each op. */
+void sa_decoder_profile_read(const sa_decoder_t *dec, sa_decoder_prof_t *out);
+const char *sa_decoder_prof_name(int op);
+
 /* Options that make a kv pool for this decoder's layers, holding
  * budget_bytes (or n_blocks if > 0) and max_seqs sequences. */
 void sa_decoder_kv_opts(const sa_decoder_t *dec, size_t budget_bytes,

@@ -284,14 +284,44 @@ int main(int argc, char **argv) {
     double avg_ctx = ctx + 2 + steps / 2.0;
     double kvbytes = (double)B * avg_ctx * kvd * 4.0 * 2.0 * L;
     double bytes = (double)wbytes + kvbytes;
-    double roof = bytes / (bw.read_gbs * 1e9);
-    double gf = 2.0 * mparams * B / med / 1e9;
-    printf("batch %2d: step %.2f ms, %.1f tokens/s; reads %.1f MB/step "
-           "(weights %.1f + KV %.1f) -> %.2f GB/s = %.0f%% of the bandwidth "
-           "roofline (%.2f ms); matmul %.1f GFLOP/s = %.0f%% of sgemm peak\n",
-           B, med * 1e3, B / med, bytes / 1e6, wbytes / 1e6, kvbytes / 1e6,
-           bytes / med / 1e9, 100.0 * roof / med, roof * 1e3, gf,
-           100.0 * gf / peak);
+    double roof_bw = bytes / (bw.read_gbs * 1e9);
+    double flops = 2.0 * mparams * B;
+    double roof_fl = flops / (peak * 1e9);
+    double roof = roof_bw > roof_fl ? roof_bw : roof_fl;
+    double gf = flops / med / 1e9;
+    printf("batch %2d: step %.2f ms, %.1f tokens/s, %.1f MB of weights read "
+           "per token\n"
+           "  reads %.1f MB/step (weights %.1f + KV %.1f): %.2f GB/s = %.0f%% "
+           "of measured read bandwidth (bandwidth roofline %.2f ms)\n"
+           "  matmul %.1f GFLOP/s = %.0f%% of sgemm peak (compute roofline "
+           "%.2f ms)\n"
+           "  achieved %.0f%% of the roofline max(bandwidth, compute) = %.2f "
+           "ms\n",
+           B, med * 1e3, B / med, wbytes / 1e6 / B, bytes / 1e6, wbytes / 1e6, kvbytes / 1e6,
+           bytes / med / 1e9, 100.0 * roof_bw / med, roof_bw * 1e3, gf,
+           100.0 * gf / peak, roof_fl * 1e3, 100.0 * roof / med, roof * 1e3);
+    /* where the time goes: a few more steps with per-op timing */
+    sa_decoder_profile(dec, 1);
+    for (int r = 0; r < 4; r++) {
+      sa_decoder_batch_t b = {.n_seqs = B, .seq_ids = ids, .n_new = nn,
+                              .tokens = tok + 1, .n_logits = B,
+                              .logit_rows = rows, .logits = logits};
+      if (sa_decoder_step(dec, kv, &b))
+        return 1;
+    }
+    sa_decoder_prof_t pr;
+    sa_decoder_profile_read(dec, &pr);
+    sa_decoder_profile(dec, 0);
+    double tot = 0;
+    for (int i = 0; i < SA_DEC_PROF_COUNT_; i++)
+      tot += pr.seconds[i];
+    printf("  per step by op (profiled, synced after each op; %.2f ms):",
+           tot / pr.steps * 1e3);
+    for (int i = 0; i < SA_DEC_PROF_COUNT_; i++)
+      if (pr.seconds[i] / tot >= 0.005)
+        printf(" %s %.2f ms (%.0f%%)", sa_decoder_prof_name(i),
+               pr.seconds[i] / pr.steps * 1e3, 100.0 * pr.seconds[i] / tot);
+    printf("\n");
     for (int s = 0; s < B; s++)
       sa_kv_free(kv, ids[s]);
   }

@@ -168,12 +168,31 @@ static void test_case1_cpu(void **s) { (void)s; run_case("cpu", 1); }
 static void test_case2_ref(void **s) { (void)s; run_case("ref", 2); }
 static void test_case2_cpu(void **s) { (void)s; run_case("cpu", 2); }
 
+/* The CUDA backend on the same golden data, when built and a GPU is there. */
+static void test_cuda(void **s) {
+  (void)s;
+#ifdef SA_HAVE_CUDA
+  sa_backend_t *be = sa_backend_new("cuda", 0);
+  if (!be) {
+    printf("SKIPPED: no CUDA device\n");
+    skip();
+  }
+  sa_backend_destroy(&be);
+  run_case("cuda", 1);
+  run_case("cuda", 2);
+#else
+  printf("SKIPPED: built without CUDA\n");
+  skip();
+#endif
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_case1_ref),
       cmocka_unit_test(test_case1_cpu),
       cmocka_unit_test(test_case2_ref),
       cmocka_unit_test(test_case2_cpu),
+      cmocka_unit_test(test_cuda),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -153,7 +153,7 @@ int sa_model_cmd_generate(int argc, char **argv) {
     printf("prompt_ids:");
     for (size_t i = 0; i < T0; i++)
       printf(" %d", seq[i]);
-    printf("\n");
+    printf("\ntext: ");
   }
   sa_detok_t dt;
   sa_detok_init(&dt, tok);
@@ -195,26 +195,16 @@ int sa_model_cmd_generate(int argc, char **argv) {
     n_gen++;
     if (t == eot)
       break;
-    if (!print_ids) { /* stream; with --ids the text comes at the end */
-      size_t ol = 0;
-      if (sa_detok_push(&dt, t, txt, cap, &ol) == 0)
-        fwrite(txt, 1, ol, stdout);
-      fflush(stdout);
-    }
+    size_t ol = 0; /* ids the tokenizer lacks (vocab padding) print nothing */
+    if (sa_detok_push(&dt, t, txt, cap, &ol) == 0)
+      fwrite(txt, 1, ol, stdout);
+    fflush(stdout);
   }
   size_t ol = 0;
-  if (sa_detok_flush(&dt, txt, cap, &ol) == 0 && !print_ids)
+  if (sa_detok_flush(&dt, txt, cap, &ol) == 0)
     fwrite(txt, 1, ol, stdout);
   free(txt);
   if (print_ids) {
-    char *s = NULL;
-    size_t sl = 0;
-    size_t nt = n - T0 - (n > T0 && seq[n - 1] == eot ? 1 : 0);
-    if (sa_tokenizer_decode(tok, seq + T0, nt, &s, &sl) == 0) {
-      printf("text: ");
-      fwrite(s, 1, sl, stdout);
-      free(s);
-    }
     printf("\nids:");
     for (size_t i = T0; i < n; i++)
       printf(" %d", seq[i]);
