@@ -342,13 +342,24 @@ static void test_unreachable_coordinator(void **state) {
   void *wav = etu_read_file(CLIP, &len);
   assert_non_null(wav);
   etu_server_t s;
-  /* port 9 (discard) on loopback: nothing listens there */
-  char *extra[] = {"--coordinator", "tcp://127.0.0.1:9", NULL};
+  /* port 9 (discard) on loopback: nothing listens there. Two workers, three
+   * requests at once: all served. */
+  char *extra[] = {"--coordinator", "tcp://127.0.0.1:9", "--threads", "2",
+                   NULL};
   assert_int_equal(etu_server_start(&s, g_model, extra), 0);
-  sa_rpc_reply_t *r = call_encode(s.endpoint, wav, len, SA__DTYPE__DTYPE_F32,
-                                  0, 0);
-  assert_int_equal(r->status, SA_STATUS_OK);
-  sa_rpc_reply_free(&r);
+  pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+  pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+  qcall_t q[3];
+  pthread_t t[3];
+  for (int i = 0; i < 3; i++) {
+    q[i] = (qcall_t){.ep = s.endpoint, .audio = wav, .len = len, .mu = &mu,
+                     .cv = &cv};
+    assert_int_equal(pthread_create(&t[i], NULL, qcall_main, &q[i]), 0);
+  }
+  for (int i = 0; i < 3; i++) {
+    pthread_join(t[i], NULL);
+    assert_int_equal(q[i].status, SA_STATUS_OK);
+  }
   assert_int_equal(etu_server_stop(&s), 0);
   free(wav);
 }
