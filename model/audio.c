@@ -447,7 +447,7 @@ int sa_audio_decode(const void *data, size_t len, const sa_audio_limits_t *lim,
   ffrc = avformat_open_input(&fmt, "", ifmt, &opts); /* frees fmt on error */
   av_dict_free(&opts);
   if (ffrc < 0) {
-    seterr(err, cap, "not a recognised audio file (%s)",
+    seterr(err, cap, "damaged or truncated %s file (%s)", ifmt->name,
            fferr(ffrc, fb, sizeof fb));
     rc = SA_EINVAL;
     goto fail;
