@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,6 +210,73 @@ static void test_errors(void **state) {
   }
 }
 
+/* The real Qwen vocabulary with Step-Audio's tokens appended (as R1's
+ * tokenizer has them): the template still equals the whole-string encoding. */
+static void test_qwen_vocab(void **state) {
+  (void)state;
+  const char *qwen = SA_FIXTURES_DIR "/tokenizer/qwen-bpe/tokenizer.json";
+  FILE *f = fopen(qwen, "rb");
+  if (!f) {
+    printf("note: Qwen fixture absent, real-vocabulary case not run\n");
+    return;
+  }
+  fseek(f, 0, SEEK_END);
+  long sz = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *buf = malloc((size_t)sz);
+  assert_int_equal(fread(buf, 1, (size_t)sz, f), (size_t)sz);
+  fclose(f);
+  cJSON *d = cJSON_ParseWithLength(buf, (size_t)sz);
+  free(buf);
+  assert_non_null(d);
+  cJSON *arr = cJSON_GetObjectItem(d, "added_tokens");
+  const char *names[] = {"<|BOT|>", "<|EOT|>", "<audio_start>", "<audio_end>",
+                         "<audio_patch>"};
+  for (int i = 0; i < 5; i++) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "id", 151669 + i);
+    cJSON_AddStringToObject(o, "content", names[i]);
+    cJSON_AddBoolToObject(o, "normalized", 0);
+    cJSON_AddBoolToObject(o, "special", 1);
+    cJSON_AddItemToArray(arr, o);
+  }
+  char path[300];
+  snprintf(path, sizeof path, "%s/qwen_step.json", g_dir);
+  char *js = cJSON_PrintUnformatted(d);
+  cJSON_Delete(d);
+  f = fopen(path, "wb");
+  fputs(js, f);
+  fclose(f);
+  free(js);
+  char err[256];
+  sa_tokenizer_t *q = sa_tokenizer_load(path, err, sizeof err);
+  if (!q)
+    fail_msg("load: %s", err);
+  const int32_t chunks[] = {2};
+  const sa_chat_part_t parts[] = {
+      {.kind = SA_CHAT_PART_TEXT, .text = "Caf\xc3\xa9 noise?\n\n", .text_len = 14},
+      {.kind = SA_CHAT_PART_AUDIO, .chunk_tokens = chunks, .n_chunks = 1},
+      {.kind = SA_CHAT_PART_TEXT, .text = "  \xe4\xbd\xa0\xe5\xa5\xbd 123", .text_len = 12},
+  };
+  sa_chat_prompt_t p;
+  assert_int_equal(sa_chat_build(q, "Be brief.", parts, 3, 0, &p, err, sizeof err), 0);
+  const char *r = "<|BOT|>system\nBe brief.<|EOT|><|BOT|>human\nCaf\xc3\xa9 noise?\n\n"
+                  "<audio_start><audio_patch><audio_patch><audio_end>  \xe4\xbd\xa0\xe5\xa5\xbd"
+                  " 123<|EOT|><|BOT|>assistant\n<think>\n";
+  int32_t *want;
+  size_t n;
+  assert_int_equal(sa_tokenizer_encode(q, r, strlen(r), 0, &want, &n, NULL, 0), 0);
+  assert_int_equal(n, p.n_ids);
+  assert_memory_equal(want, p.ids, n * sizeof *want);
+  assert_int_equal(p.ids[0], 151669);
+  assert_int_equal(p.ids[p.n_ids - 2], 151667); /* <think> */
+  assert_int_equal(p.n_spans, 1);
+  assert_int_equal(p.ids[p.spans[0].first], 151673);
+  free(want);
+  sa_chat_prompt_free(&p);
+  sa_tokenizer_destroy(&q);
+}
+
 int main(void) {
   snprintf(g_dir, sizeof g_dir, "/tmp/sa_test_chat_XXXXXX");
   if (!mkdtemp(g_dir))
@@ -230,6 +298,7 @@ int main(void) {
       cmocka_unit_test(test_no_system_audio_first),
       cmocka_unit_test(test_injection),
       cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_qwen_vocab),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   sa_tokenizer_destroy(&g_tok);

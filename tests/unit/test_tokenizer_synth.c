@@ -308,6 +308,79 @@ static void test_args(void **state) {
   assert_true(rc == 0 || (rc == SA_ERANGE && strstr(err, "allows only")));
 }
 
+/* Added-token flags on a copy of the synthetic file: "normalized": true
+ * matches in the NFC text, lstrip/rstrip swallow neighbouring whitespace,
+ * single_word refuses matches inside words. */
+static void add_tok(cJSON *arr, int id, const char *content, int norm, int l, int r,
+                    int sw) {
+  cJSON *o = cJSON_CreateObject();
+  cJSON_AddNumberToObject(o, "id", id);
+  cJSON_AddStringToObject(o, "content", content);
+  cJSON_AddBoolToObject(o, "single_word", sw);
+  cJSON_AddBoolToObject(o, "lstrip", l);
+  cJSON_AddBoolToObject(o, "rstrip", r);
+  cJSON_AddBoolToObject(o, "normalized", norm);
+  cJSON_AddBoolToObject(o, "special", 1);
+  cJSON_AddItemToArray(arr, o);
+}
+
+static void test_added_flags(void **state) {
+  (void)state;
+  cJSON *d = cJSON_Duplicate(g_doc, 1);
+  cJSON *arr = cJSON_GetObjectItem(d, "added_tokens");
+  int base = (int)sa_tokenizer_vocab_size(g_tok);
+  add_tok(arr, base, "\xc3\xa9X", 1, 0, 0, 0); /* "éX", NFC form */
+  add_tok(arr, base + 1, "<L>", 0, 1, 0, 0);
+  add_tok(arr, base + 2, "<R>", 0, 0, 1, 0);
+  add_tok(arr, base + 3, "cat", 0, 0, 0, 1);
+  char path[300];
+  snprintf(path, sizeof path, "%s/tokenizer.json", g_dir2);
+  char *js = cJSON_Print(d);
+  FILE *f = fopen(path, "wb");
+  fputs(js, f);
+  fclose(f);
+  free(js);
+  cJSON_Delete(d);
+  char err[256];
+  sa_tokenizer_t *t = sa_tokenizer_load(path, err, sizeof err);
+  if (!t)
+    fail_msg("load: %s", err);
+  struct {
+    const char *text;
+    int32_t want_added; /* the added id that must appear, -1: none */
+    const char *decoded;
+  } cases[] = {
+      {"e\xcc\x81X", base, "\xc3\xa9X"},        /* matched after NFC */
+      {"a   <L>b", base + 1, "a<L>b"},          /* lstrip eats the spaces */
+      {"a<R>  \n b", base + 2, "a<R>b"},        /* rstrip eats them */
+      {"the cat sat", base + 3, "the cat sat"}, /* a word of its own */
+      {"concatenate", -1, "concatenate"},       /* inside a word: no match */
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    int32_t *ids;
+    size_t n;
+    assert_int_equal(sa_tokenizer_encode(t, cases[i].text, strlen(cases[i].text), 0,
+                                         &ids, &n, err, sizeof err),
+                     0);
+    int found = 0, hit = 0;
+    for (size_t k = 0; k < n; k++) {
+      found |= ids[k] >= base;
+      hit |= ids[k] == cases[i].want_added;
+    }
+    if (cases[i].want_added >= 0 && !hit)
+      fail_msg("\"%s\": added token %d not matched", cases[i].text, cases[i].want_added);
+    if (cases[i].want_added < 0)
+      assert_false(found);
+    char *out;
+    size_t ol;
+    assert_int_equal(sa_tokenizer_decode(t, ids, n, &out, &ol), 0);
+    assert_string_equal(out, cases[i].decoded);
+    free(out);
+    free(ids);
+  }
+  sa_tokenizer_destroy(&t);
+}
+
 int main(void) {
   snprintf(g_dir, sizeof g_dir, "/tmp/sa_test_synth_XXXXXX");
   snprintf(g_dir2, sizeof g_dir2, "/tmp/sa_test_synth2_XXXXXX");
@@ -334,7 +407,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_structure), cmocka_unit_test(test_deterministic),
       cmocka_unit_test(test_roundtrip), cmocka_unit_test(test_reference_bpe),
-      cmocka_unit_test(test_args),
+      cmocka_unit_test(test_args),      cmocka_unit_test(test_added_flags),
   };
   int rc = cmocka_run_group_tests(tests, NULL, NULL);
   cJSON_Delete(g_doc);
