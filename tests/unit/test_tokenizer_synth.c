@@ -147,7 +147,7 @@ static void test_roundtrip(void **state) {
       "",
       "The answer is B.",
       "Completely unseen words: xylophone quartz zephyr",
-      "e\xcc\x81" "cole cafe\xcc\x81 \xef\xac\x81",   /* combining marks, ligature */
+      ("e\xcc\x81" "cole cafe\xcc\x81 \xef\xac\x81"), /* combining marks, ligature */
       "你好，世界！ こんにちは 안녕하세요 Привет",
       "👨‍👩‍👧‍👦 🏳️‍🌈 👍🏽\r\n\r\n\t\t  trailing  ",
       "int main(void) { return 0; }\n",
