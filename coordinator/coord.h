@@ -104,6 +104,7 @@ struct request {
   sa_rpc_call_t *call;     /* the client's Submit stream; NULL once ended */
   req_state_t state;
   bool cancelled;          /* client went away or cancelled */
+  bool client_lost;        /* a send to the client failed */
   bool failed;
   int pending_ops;         /* encode / fork / free calls outstanding */
   /* parameters */
@@ -195,6 +196,7 @@ void coord_fail_replica_requests(coord_t *co, int replica, const char *why);
 void coord_schedule(coord_t *co);
 void coord_chain_free(request_t *r, chain_t *c);
 void coord_request_try_finish(request_t *r);
+bool coord_request_check_client(request_t *r);
 
 /* vote.c */
 void coord_normalize_answer(const char *in, char *out, size_t cap);

@@ -74,6 +74,8 @@ static int send_event(request_t *r, Sa__SubmitEvent *ev) {
     free(buf);
   if (rc == SA_EFULL)
     SA_LOG_WARN("request %s: client is not reading; an event was dropped", r->request_id);
+  else if (rc == SA_EUNAVAIL || rc == SA_ECANCELED || rc == SA_ETIMEDOUT)
+    r->client_lost = true; /* acted on by the caller's next check */
   return rc;
 }
 
@@ -86,8 +88,12 @@ static void end_stream(request_t *r, sa_status_t st, const char *msg) {
 }
 
 void coord_request_fail(request_t *r, sa_status_t st, const char *msg) {
-  if (r->state == REQ_DONE)
+  if (r->state == REQ_DONE) { /* a chain that was in flight came back */
+    for (int c = 0; c < r->n_chains; c++)
+      coord_chain_free(r, &r->chains[c]);
+    request_maybe_reap(r);
     return;
+  }
   SA_LOG_INFO("request %s failed: %s: %s", r->request_id, sa_status_name(st), msg);
   r->failed = true;
   for (int c = 0; c < r->n_chains; c++) {
@@ -585,6 +591,15 @@ void coord_emit_text(request_t *r, chain_t *c, int32_t tok) {
   if (r->t_first_token_ms == 0)
     r->t_first_token_ms = coord_now_ms();
   send_event(r, &ev);
+}
+
+/* The client's stream failed (it went away or its deadline passed): cancel
+ * the request as if the RPC layer had reported it. Returns true if so. */
+bool coord_request_check_client(request_t *r) {
+  if (!r->client_lost || r->state == REQ_DONE)
+    return false;
+  on_client_gone(r->call, r);
+  return true;
 }
 
 /* Trims and flushes a chain's held-back bytes at its end. */

@@ -230,15 +230,16 @@ static void on_step_done(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void 
     snprintf(why, sizeof why, "pipeline step failed: %s%s%s",
              sa_status_name(res->status), res->status_msg[0] ? ": " : "", res->status_msg);
     SA_LOG_WARN("replica %s batch %llu: %s", rp->name, (unsigned long long)b->batch_id, why);
+    /* one entry at a time: a request is reaped only once none of its
+     * chains is in flight, i.e. after its last entry in this batch */
     for (int i = 0; i < b->n; i++) {
       chain_t *c = b->chains[i];
+      request_t *r = c->req;
       c->inflight = false;
       if (b->prefill_tokens[i])
-        c->req->prefill_inflight = 0;
+        r->prefill_inflight = 0;
+      coord_request_fail(r, res->status == SA_STATUS_OK ? SA_STATUS_INTERNAL : res->status, why);
     }
-    for (int i = 0; i < b->n; i++)
-      coord_request_fail(b->chains[i]->req, res->status == SA_STATUS_OK ? SA_STATUS_INTERNAL
-                                                                        : res->status, why);
     free(b);
     coord_schedule(co);
     return;
@@ -284,6 +285,8 @@ static void on_step_done(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void 
       continue;
     }
     chain_token(r, c, res_i->token);
+    if (coord_request_check_client(r))
+      continue;
     coord_request_try_finish(r);
     coord_request_progress(r);
   }
@@ -471,17 +474,14 @@ static int send_batch(coord_t *co, int ri, int share) {
   if (rc) {
     SA_LOG_WARN("replica %s: could not send a step: %s", rp->name, sa_strerror(rc));
     for (int i = 0; i < b->n; i++) {
+      request_t *r = b->chains[i]->req;
       b->chains[i]->inflight = false;
       if (b->prefill_tokens[i])
-        b->chains[i]->req->prefill_inflight = 0;
+        r->prefill_inflight = 0;
+      if (rc != SA_EFULL) /* EFULL: the sequences simply wait for the next round */
+        coord_request_fail(r, sa_err_to_status(rc), "could not reach the first stage of the replica");
     }
-    int sent = b->n;
-    if (rc != SA_EFULL)
-      for (int i = 0; i < b->n; i++)
-        coord_request_fail(b->chains[i]->req, sa_err_to_status(rc),
-                           "could not reach the first stage of the replica");
     free(b);
-    (void)sent;
     return 0;
   }
   rp->inflight++;
