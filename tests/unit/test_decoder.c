@@ -466,6 +466,81 @@ static void test_mixed_batch_fork_embeds_pipeline(void **state) {
   sa_backend_destroy(&be);
 }
 
+/* The cluster's output is compared exactly with single-process generation:
+ * a sequence's logits must not depend on what else is in the batch or on
+ * how its prompt was chunked. Bit-for-bit on the optimised CPU backend. */
+static void test_batch_invariance(void **state) {
+  (void)state;
+  sa_backend_t *be = backend(1);
+  sa_decoder_t *d = load(be, 0, 0, L, 64, 8);
+  sa_kv_opts_t ko;
+  sa_decoder_kv_opts(d, 0, 64, 8, &ko);
+  sa_kv_t *kv = NULL;
+  assert_int_equal(sa_kv_new(be, &ko, &kv), 0);
+  enum { T = 20 };
+  int32_t tok[T + 1];
+  for (int i = 0; i <= T; i++)
+    tok[i] = (i * 13 + 2) % V;
+  float *alone = malloc(sizeof(float) * V * 2);
+  float *mixed = malloc(sizeof(float) * V * 8);
+  /* alone: one chunk of T, then one decode step */
+  uint64_t a = 1;
+  assert_int_equal(sa_kv_seq_add(kv, a), 0);
+  int32_t n = T, row = T - 1;
+  sa_decoder_batch_t b = {.n_seqs = 1, .seq_ids = &a, .n_new = &n,
+                          .tokens = tok, .n_logits = 1, .logit_rows = &row,
+                          .logits = alone};
+  assert_int_equal(sa_decoder_step(d, kv, &b), 0);
+  n = 1;
+  row = 0;
+  b.tokens = tok + T;
+  b.logits = alone + V;
+  assert_int_equal(sa_decoder_step(d, kv, &b), 0);
+  /* mixed: chunks 7 + 13 beside other sequences, then decode in a batch */
+  uint64_t ids[3] = {2, 3, 4};
+  for (int i = 0; i < 3; i++)
+    assert_int_equal(sa_kv_seq_add(kv, ids[i]), 0);
+  int32_t other[16];
+  for (int i = 0; i < 16; i++)
+    other[i] = (i * 3 + 1) % V;
+  {
+    int32_t nn[3] = {5, 7, 1}, toks[13], rows[3] = {4, 11, 12};
+    memcpy(toks, other, 5 * 4);
+    memcpy(toks + 5, tok, 7 * 4);
+    toks[12] = other[9];
+    sa_decoder_batch_t m = {.n_seqs = 3, .seq_ids = ids, .n_new = nn,
+                            .tokens = toks, .n_logits = 3, .logit_rows = rows,
+                            .logits = mixed};
+    assert_int_equal(sa_decoder_step(d, kv, &m), 0);
+  }
+  {
+    uint64_t mid[2] = {3, 2};
+    int32_t nn[2] = {13, 1}, toks[14], rows[2] = {12, 13};
+    memcpy(toks, tok + 7, 13 * 4);
+    toks[13] = other[5];
+    sa_decoder_batch_t m = {.n_seqs = 2, .seq_ids = mid, .n_new = nn,
+                            .tokens = toks, .n_logits = 2, .logit_rows = rows,
+                            .logits = mixed};
+    assert_int_equal(sa_decoder_step(d, kv, &m), 0);
+    assert_memory_equal(mixed, alone, sizeof(float) * V);
+  }
+  {
+    uint64_t mid[3] = {4, 3, 2};
+    int32_t nn[3] = {1, 1, 1}, toks[3] = {other[1], tok[T], other[6]};
+    int32_t rows[3] = {0, 1, 2};
+    sa_decoder_batch_t m = {.n_seqs = 3, .seq_ids = mid, .n_new = nn,
+                            .tokens = toks, .n_logits = 3, .logit_rows = rows,
+                            .logits = mixed};
+    assert_int_equal(sa_decoder_step(d, kv, &m), 0);
+    assert_memory_equal(mixed + V, alone + V, sizeof(float) * V);
+  }
+  free(alone);
+  free(mixed);
+  sa_kv_destroy(&kv);
+  sa_decoder_destroy(&d);
+  sa_backend_destroy(&be);
+}
+
 static void test_errors(void **state) {
   (void)state;
   sa_backend_t *be = backend(0);
@@ -536,6 +611,7 @@ int main(void) {
       cmocka_unit_test(test_prefill_decode_cpu),
       cmocka_unit_test(test_tied_head),
       cmocka_unit_test(test_mixed_batch_fork_embeds_pipeline),
+      cmocka_unit_test(test_batch_invariance),
       cmocka_unit_test(test_errors),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
