@@ -39,7 +39,7 @@ static const char k_format_whitelist[] =
     "wav,w64,rf64,mp3,flac,ogg,matroska,webm,mov,mp4,m4a,aac,ac3,eac3,aiff,"
     "caf,au,amr,amrnb,amrwb,wv,ape,tta,asf,avi,flv,mpeg,mpegts,voc,dts,"
     "dtshd,truehd,mlp,mpc,mpc8,xwma,rm,shn,tak,dsf,gsm,sox,mp2,loas,latm,"
-    "spdif,iff,dfa,qcp,sln,wsaud,smjpeg,nut,mxf,3gp";
+    "spdif,iff,qcp,sln,wsaud,nut,mxf,3gp";
 
 void sa_audio_limits_default(sa_audio_limits_t *lim) {
   lim->max_bytes = SA_AUDIO_DEFAULT_MAX_BYTES;

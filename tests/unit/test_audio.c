@@ -215,6 +215,39 @@ static void test_multichannel_average(void **state) {
   free(pcm);
 }
 
+static void test_rate_change_midstream(void **state) {
+  (void)state;
+  if (!g_have_ffmpeg)
+    skip();
+  /* Two MP3s (44.1 kHz then 22.05 kHz, 1 s each, no Xing header) back to
+   * back: the frames change rate mid-stream; the resampler is rebuilt and
+   * both seconds come out, with the tone at 440 Hz in each. */
+  const int rates[] = {44100, 22050};
+  char path[2][512], cat[512];
+  for (int i = 0; i < 2; i++) {
+    snprintf(path[i], sizeof path[i], "%s/part%d.mp3", g_tmp, i);
+    sh("ffmpeg -nostdin -hide_banner -loglevel error -y -f lavfi -i "
+       "'sine=frequency=440:sample_rate=%d:duration=1' -c:a libmp3lame "
+       "-write_xing 0 -id3v2_version 0 '%s'", rates[i], path[i]);
+  }
+  snprintf(cat, sizeof cat, "%s/chain.mp3", g_tmp);
+  sh("cat '%s' '%s' > '%s'", path[0], path[1], cat);
+  float *pcm = NULL;
+  size_t n = 0;
+  char err[256];
+  assert_int_equal(decode_file(cat, NULL, &pcm, &n, err, sizeof err), 0);
+  /* 2 s plus untrimmed encoder delay/padding of each part (< 0.1 s each) */
+  printf("chained 44.1k + 22.05k MP3: %zu samples (%.3f s)\n", n, n / 16000.0);
+  assert_true(n >= 32000 && n <= 32000 + 3200);
+  const size_t starts[] = {4000, 20000};
+  for (int h = 0; h < 2; h++) {
+    double a = tone_amp(pcm + starts[h], 8000, 440.0);
+    assert_true(a > 0.1 && a < 0.14);
+    assert_true(tone_amp(pcm + starts[h], 8000, 400.0) < 0.1 * a);
+  }
+  free(pcm);
+}
+
 static void test_mp3_named_wav(void **state) {
   (void)state;
   if (!g_have_ffmpeg)
@@ -563,6 +596,7 @@ int main(void) {
       cmocka_unit_test(test_formats_rates_layouts),
       cmocka_unit_test(test_multichannel_average),
       cmocka_unit_test(test_mp3_named_wav),
+      cmocka_unit_test(test_rate_change_midstream),
       cmocka_unit_test(test_truncated_and_non_audio_files),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
