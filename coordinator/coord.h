@@ -132,6 +132,9 @@ struct request {
   /* chains */
   chain_t chains[COORD_MAX_CHAINS];
   int chains_done;
+  int vote_order[COORD_MAX_CHAINS]; /* chains that finished by themselves, in
+                                       finishing order (vote.c) */
+  int n_vote_order;
   int64_t tokens_saved;
   /* timing */
   uint64_t t_start_ms, t_first_token_ms;
@@ -198,9 +201,18 @@ void coord_chain_free(request_t *r, chain_t *c);
 void coord_request_try_finish(request_t *r);
 bool coord_request_check_client(request_t *r);
 
-/* vote.c */
+/* vote.c — see the rules at the top of vote.c */
 void coord_normalize_answer(const char *in, char *out, size_t cap);
+/* The pure vote over answers[n] (normalized, "" = no answer) in finishing
+ * order with `running` chains still running. Returns the position in
+ * answers of the winning answer's first occurrence, or -1 when there is no
+ * winner (yet, or at all). *votes gets its votes, *decided whether the
+ * outcome can no longer change (time to cancel the running chains). */
+int coord_vote_decide(const char *const *answers, int n, int running, Sa__VoteRule rule, int k,
+                      int *votes, bool *decided);
 void coord_chain_done(request_t *r, chain_t *c);
+/* The current leader of r (borrowed, valid until r changes; "" if none). */
+const char *coord_vote_leader(request_t *r, int *votes);
 void coord_vote(request_t *r, Sa__FinalResult *fr);
 
 #endif

@@ -1,16 +1,44 @@
 /*
  * vote — answer normalisation and the vote over a request's chains, with
- * early consensus (DESIGN §6).
+ * early consensus (DESIGN §6). Not the scheduler: cancelling a chain here
+ * marks it done and asks sched.c (coord_chain_free) to free its blocks.
  *
- * Normalisation rules (documented for users in README):
- *  1. the answer is the text after </think> up to <|EOT|>; a chain that ends
- *     without </think> or with only whitespace after it has no answer;
- *  2. Unicode case folding and NFKC (utf8proc), then trimming;
- *  3. a leading option letter — "A", "A.", "A)", "(A)", "A:" or "Option A"
- *     followed by a separator or the end — normalises to that letter alone;
- *  4. otherwise: punctuation is dropped except inside numbers, whitespace
- *     runs become one space, and a number loses thousands separators and
- *     trailing fractional zeros ("1,000.50" -> "1000.5", "3.0" -> "3").
+ * Answers. A chain's answer is the text after </think> up to <|EOT|> (or
+ * max_tokens). A chain that ends without </think>, or with nothing left after
+ * normalisation, has no answer: it never wins a vote and it breaks a window
+ * streak. Chains cancelled by the vote or by the client have no answer.
+ *
+ * Normalisation (what the vote compares), in order:
+ *  1. Unicode NFKC and case folding (utf8proc); text that is not UTF-8 is
+ *     compared byte for byte after ASCII lower-casing;
+ *  2. trimming; a wrapper \boxed{X} keeps X; a leading "final answer",
+ *     "the answer is" or "answer", with an optional ':', is dropped;
+ *  3. an option letter a-j — "A", "A.", "A)", "A:", "(A)", "[A]", "*A*",
+ *     "Option A", "Choice (A)" — standing alone or followed by whitespace
+ *     ("A. Paris" -> "a"; "a cat", "e.g. x" stay text) becomes that letter;
+ *  4. otherwise punctuation (ASCII and Unicode P*) is dropped, whitespace
+ *     runs become one space, and numbers are rewritten: a '-' sign directly
+ *     before a number is kept, "," between groups of three digits is a
+ *     thousands separator ("1,000" -> "1000"; "1,2" stays two numbers "1 2"),
+ *     trailing fractional zeros and leading integer zeros go ("1,000.50" ->
+ *     "1000.5", "3.0" -> "3", "007" -> "7", ".5" -> "0.5", "-0" -> "0"), and
+ *     '/' or ':' between digits is kept ("1/2", "3:45"). Output is cut at
+ *     the caller's capacity (on a code point boundary).
+ *
+ * Rules (SubmitRequest.vote_rule):
+ *  - majority: the answer with the most votes wins; a tie goes to the answer
+ *    that was given first (in finishing order). Decided — the running chains
+ *    are cancelled — as soon as no other answer, old or new, can overtake the
+ *    leader even if every running chain gave it; so the early result always
+ *    equals the result of running every chain to its end.
+ *  - window:k (VOTE_FIRST_K_AGREE): decided once k chains that finished one
+ *    after the other (in finishing order) gave the same answer; that answer
+ *    wins. k <= 0 means 2. If no such run forms, the result is the majority
+ *    result over the chains that finished.
+ *  - none: never stops early and reports no voted answer (every chain's
+ *    answer is in the result).
+ *
+ * All functions run on the coordinator's loop thread.
  */
 #include "coord.h"
 
@@ -21,11 +49,165 @@
 #include <string.h>
 #include <utf8proc.h>
 
-static int is_sep(unsigned char c) {
-  return c == 0 || isspace(c) || c == '.' || c == ')' || c == ':' || c == ',' || c == ']';
+/* ---------------------------------------------------------- normalisation */
+
+static const char *skip_ws(const char *s) {
+  while (*s && isspace((unsigned char)*s))
+    s++;
+  return s;
+}
+
+/* If s starts with word (case already folded) followed by a non-letter,
+ * returns the text after it, else NULL. */
+static const char *after_word(const char *s, const char *word) {
+  size_t n = strlen(word);
+  if (strncmp(s, word, n) != 0 || isalnum((unsigned char)s[n]))
+    return NULL;
+  return s + n;
+}
+
+static const char *strip_prefixes(const char *s) {
+  static const char *const prefixes[] = {"final answer", "the answer is", "the answer", "answer"};
+  for (size_t i = 0; i < sizeof prefixes / sizeof prefixes[0]; i++) {
+    const char *p = after_word(s, prefixes[i]);
+    if (!p)
+      continue;
+    p = skip_ws(p);
+    if (!strncmp(p, "is", 2) && !isalnum((unsigned char)p[2]))
+      p = skip_ws(p + 2);
+    if (*p == ':')
+      p = skip_ws(p + 1);
+    return p;
+  }
+  return s;
+}
+
+/* Rule 3: the option letter at s, or 0. */
+static char option_letter(const char *s) {
+  const char *p = s, *q;
+  if ((q = after_word(p, "option")) || (q = after_word(p, "choice")))
+    p = skip_ws(q);
+  size_t open = strspn(p, "([*'\"`");
+  if (open > 2)
+    return 0;
+  char c = p[open];
+  if (c < 'a' || c > 'j')
+    return 0;
+  const char *e = p + open + 1;
+  size_t close = strspn(e, ")]*'\"`.:");
+  if (close > 3)
+    return 0;
+  e += close;
+  if (*e && !isspace((unsigned char)*e))
+    return 0; /* "e.g.", "a-b", "ab" */
+  if (close == 0 && open == 0 && *skip_ws(e) && p == s)
+    return 0; /* "a cat": a bare letter followed by text is a word */
+  return c;
+}
+
+static bool is_unicode_punct(utf8proc_int32_t cp) {
+  switch (utf8proc_category(cp)) {
+  case UTF8PROC_CATEGORY_PC: case UTF8PROC_CATEGORY_PD: case UTF8PROC_CATEGORY_PS:
+  case UTF8PROC_CATEGORY_PE: case UTF8PROC_CATEGORY_PI: case UTF8PROC_CATEGORY_PF:
+  case UTF8PROC_CATEGORY_PO:
+    return true;
+  default:
+    return false;
+  }
+}
+
+typedef struct {
+  char *out;
+  size_t o, cap;
+  bool space; /* a space is pending before the next output */
+  bool full;  /* something did not fit: the rest is dropped */
+} outbuf_t;
+
+/* Appends n bytes (one code point or one number) if they fit whole. */
+static void put(outbuf_t *b, const char *s, size_t n) {
+  size_t need = n + (b->space && b->o > 0);
+  if (b->full || b->o + need + 1 > b->cap) {
+    b->full = true;
+    return;
+  }
+  if (b->space && b->o > 0)
+    b->out[b->o++] = ' ';
+  b->space = false;
+  memcpy(b->out + b->o, s, n);
+  b->o += n;
+}
+
+/* Reads a number at *ps (a digit, or '-'/'.' before one) and writes it in
+ * canonical form. Advances *ps past it. */
+static void put_number(outbuf_t *b, const char **ps) {
+  const char *q = *ps;
+  char num[80];
+  size_t k = 0;
+  bool neg = false;
+  if (*q == '-') {
+    neg = true;
+    q++;
+  }
+  for (int part = 0; part < 4 && k + 8 < sizeof num; part++) {
+    /* integer digits, with thousands separators */
+    size_t start = k;
+    while (k + 2 < sizeof num) {
+      if (isdigit((unsigned char)*q)) {
+        num[k++] = *q++;
+      } else if (*q == ',' && k > start && isdigit((unsigned char)q[1]) &&
+                 isdigit((unsigned char)q[2]) && isdigit((unsigned char)q[3]) &&
+                 !isdigit((unsigned char)q[4])) {
+        q++;
+      } else {
+        break;
+      }
+    }
+    /* leading zeros of the integer part */
+    size_t lead = 0;
+    while (start + lead + 1 < k && num[start + lead] == '0')
+      lead++;
+    if (lead) {
+      memmove(num + start, num + start + lead, k - start - lead);
+      k -= lead;
+    }
+    if (k == start)
+      num[k++] = '0'; /* ".5" */
+    if (*q == '.' && isdigit((unsigned char)q[1])) {
+      size_t dot = k;
+      num[k++] = '.';
+      q++;
+      while (isdigit((unsigned char)*q) && k + 2 < sizeof num)
+        num[k++] = *q++;
+      while (isdigit((unsigned char)*q)) /* too long: drop the tail */
+        q++;
+      while (k > dot + 1 && num[k - 1] == '0')
+        k--;
+      if (k == dot + 1)
+        k = dot;
+    }
+    if ((*q == '/' || *q == ':') && isdigit((unsigned char)q[1]) && k + 8 < sizeof num) {
+      num[k++] = *q++;
+      continue;
+    }
+    break;
+  }
+  while (isdigit((unsigned char)*q)) /* a number longer than num: drop the tail */
+    q++;
+  *ps = q;
+  bool zero = k == 1 && num[0] == '0';
+  if (b->o > 0 && isdigit((unsigned char)b->out[b->o - 1]))
+    b->space = true; /* "1,2" -> "1 2", not "12" */
+  char tmp[82];
+  size_t n = 0;
+  if (neg && !zero)
+    tmp[n++] = '-';
+  memcpy(tmp + n, num, k);
+  put(b, tmp, n + k);
 }
 
 void coord_normalize_answer(const char *in, char *out, size_t cap) {
+  if (!out || cap == 0)
+    return;
   out[0] = '\0';
   if (!in || cap < 2)
     return;
@@ -33,113 +215,173 @@ void coord_normalize_answer(const char *in, char *out, size_t cap) {
   utf8proc_ssize_t n = utf8proc_map((const utf8proc_uint8_t *)in, 0, &folded,
                                     UTF8PROC_NULLTERM | UTF8PROC_STABLE | UTF8PROC_COMPAT |
                                         UTF8PROC_COMPOSE | UTF8PROC_CASEFOLD);
-  if (n < 0) /* not UTF-8: compare raw */
+  bool utf8 = n >= 0;
+  if (!utf8) { /* not UTF-8: ASCII lower-case, compare the rest raw */
     folded = (utf8proc_uint8_t *)strdup(in);
-  if (!folded)
-    return;
-  const char *s = (const char *)folded;
-  while (*s && isspace((unsigned char)*s))
-    s++;
-  /* option letter */
-  const char *p = s;
-  if (!strncmp(p, "option ", 7))
-    p += 7;
-  if (*p == '(' && p[1] >= 'a' && p[1] <= 'j' && p[2] == ')') {
-    out[0] = p[1];
+    if (!folded)
+      return;
+    for (utf8proc_uint8_t *p = folded; *p; p++)
+      *p = (utf8proc_uint8_t)tolower(*p);
+  }
+  const char *s = skip_ws((const char *)folded);
+  /* \boxed{X} -> X (the first one, as reasoning models write it) */
+  char *boxed = strstr(s, "\\boxed{");
+  if (boxed) {
+    char *x = boxed + 7, *e = x;
+    int depth = 1;
+    for (; *e; e++) {
+      if (*e == '{')
+        depth++;
+      else if (*e == '}' && --depth == 0)
+        break;
+    }
+    if (*e == '}') {
+      *e = '\0';
+      s = skip_ws(x);
+    }
+  }
+  s = strip_prefixes(s);
+  char letter = option_letter(s);
+  if (letter) {
+    out[0] = letter;
     out[1] = '\0';
     free(folded);
     return;
   }
-  if (*p >= 'a' && *p <= 'j' &&
-      (p[1] == 0 || p[1] == '.' || p[1] == ')' || p[1] == ':' ||
-       (p != s && is_sep((unsigned char)p[1])))) {
-    /* "a", "a.", "a)", "a:", "option a ..." — but not a word like "a cat" */
-    out[0] = *p;
-    out[1] = '\0';
-    free(folded);
-    return;
-  }
-  size_t o = 0;
-  bool space = false;
-  for (const char *q = s; *q && o + 2 < cap; q++) {
+  outbuf_t b = {.out = out, .o = 0, .cap = cap};
+  const char *q = s;
+  while (*q && !b.full) {
     unsigned char c = (unsigned char)*q;
-    if (isdigit(c)) {
-      /* a number: digits with ',' thousands and one '.' */
-      char num[64];
-      size_t k = 0;
-      bool dot = false;
-      while (*q && k + 1 < sizeof num) {
-        if (isdigit((unsigned char)*q))
-          num[k++] = *q;
-        else if (*q == ',' && isdigit((unsigned char)q[1]))
-          ; /* thousands separator */
-        else if (*q == '.' && !dot && isdigit((unsigned char)q[1])) {
-          dot = true;
-          num[k++] = '.';
-        } else
-          break;
-        q++;
-      }
-      num[k] = '\0';
-      if (dot) {
-        while (k > 0 && num[k - 1] == '0')
-          num[--k] = '\0';
-        if (k > 0 && num[k - 1] == '.')
-          num[--k] = '\0';
-      }
-      if (space && o > 0)
-        out[o++] = ' ';
-      space = false;
-      for (size_t t = 0; t < k && o + 2 < cap; t++)
-        out[o++] = num[t];
-      q--;
+    bool prev_alnum = q > s && isalnum((unsigned char)q[-1]);
+    if (isdigit(c) || (c == '-' && isdigit((unsigned char)q[1]) && !prev_alnum) ||
+        (c == '.' && isdigit((unsigned char)q[1]) && !prev_alnum)) {
+      put_number(&b, &q);
       continue;
     }
-    if (isspace(c)) {
-      space = true;
+    if (c < 0x80 || !utf8) {
+      q++;
+      if (isspace(c))
+        b.space = true;
+      else if (!(c < 0x80 && ispunct(c)))
+        put(&b, (const char *)&c, 1);
       continue;
     }
-    if (c < 0x80 && ispunct(c))
+    utf8proc_int32_t cp;
+    utf8proc_ssize_t len = utf8proc_iterate((const utf8proc_uint8_t *)q, -1, &cp);
+    if (len <= 0) { /* cannot happen after utf8proc_map; be safe */
+      q++;
       continue;
-    if (space && o > 0)
-      out[o++] = ' ';
-    space = false;
-    out[o++] = (char)c;
+    }
+    if (utf8proc_category(cp) == UTF8PROC_CATEGORY_ZS)
+      b.space = true;
+    else if (!is_unicode_punct(cp))
+      put(&b, q, (size_t)len);
+    q += len;
   }
-  out[o] = '\0';
+  out[b.o] = '\0';
   free(folded);
 }
+
+/* ------------------------------------------------------------------ vote */
 
 typedef struct {
   const char *norm;
   int votes;
-  int first_chain;
+  int first; /* position in finishing order of its first vote */
 } tally_t;
 
-static int tally(request_t *r, tally_t *t, int *n_t) {
-  int n = 0;
-  for (int i = 0; i < r->n_chains; i++) {
-    chain_t *c = &r->chains[i];
-    if (c->state != CHAIN_DONE || !c->normalized[0])
+/* Plurality over answers[n]: fills t, returns the leader's index in t (most
+ * votes, then earliest first vote) or -1 when nobody answered. */
+static int tally(const char *const *answers, int n, tally_t *t, int *n_t) {
+  int m = 0;
+  for (int i = 0; i < n; i++) {
+    if (!answers[i] || !answers[i][0])
       continue;
     int k;
-    for (k = 0; k < n; k++)
-      if (!strcmp(t[k].norm, c->normalized))
+    for (k = 0; k < m; k++)
+      if (!strcmp(t[k].norm, answers[i]))
         break;
-    if (k == n) {
-      t[n].norm = c->normalized;
-      t[n].votes = 0;
-      t[n].first_chain = i;
-      n++;
+    if (k == m) {
+      t[m].norm = answers[i];
+      t[m].votes = 0;
+      t[m].first = i;
+      m++;
     }
     t[k].votes++;
   }
-  *n_t = n;
+  *n_t = m;
   int best = -1;
-  for (int k = 0; k < n; k++)
+  for (int k = 0; k < m; k++) /* t is in order of first vote: '>' keeps the earliest */
     if (best < 0 || t[k].votes > t[best].votes)
       best = k;
   return best;
+}
+
+int coord_vote_decide(const char *const *answers, int n, int running, Sa__VoteRule rule, int k,
+                      int *votes, bool *decided) {
+  *votes = 0;
+  *decided = false;
+  if (rule == SA__VOTE_RULE__VOTE_NONE || n < 0 || n > COORD_MAX_CHAINS)
+    return -1;
+  if (running < 0)
+    running = 0;
+  if (rule == SA__VOTE_RULE__VOTE_FIRST_K_AGREE) {
+    if (k <= 0)
+      k = 2;
+    int streak = 0;
+    for (int i = 0; i < n; i++) {
+      if (!answers[i] || !answers[i][0]) {
+        streak = 0;
+        continue;
+      }
+      streak = streak > 0 && !strcmp(answers[i - 1], answers[i]) ? streak + 1 : 1;
+      if (streak >= k) {
+        int first = i, v = 0;
+        for (int j = 0; j < n; j++)
+          if (answers[j] && !strcmp(answers[j], answers[i])) {
+            if (j < first)
+              first = j;
+            v++;
+          }
+        *votes = v;
+        *decided = true;
+        return first;
+      }
+    }
+    /* no run of k: the majority result, decided only when all are done */
+  }
+  tally_t t[COORD_MAX_CHAINS];
+  int n_t;
+  int best = tally(answers, n, t, &n_t);
+  if (running == 0) {
+    *decided = true;
+  } else if (best >= 0 && rule == SA__VOTE_RULE__VOTE_MAJORITY) {
+    /* can anyone overtake the leader if all the running chains vote for it?
+     * A new answer would lose a tie (its first vote comes later). */
+    bool safe = running <= t[best].votes;
+    for (int j = 0; j < n_t && safe; j++) {
+      if (j == best)
+        continue;
+      int v = t[j].votes + running;
+      if (v > t[best].votes || (v == t[best].votes && t[j].first < t[best].first))
+        safe = false;
+    }
+    *decided = safe;
+  }
+  if (best < 0)
+    return -1;
+  *votes = t[best].votes;
+  return t[best].first;
+}
+
+/* The normalized answers of r's chains in finishing order. */
+static int finished_answers(request_t *r, const char **answers) {
+  int n = 0;
+  for (int i = 0; i < r->n_vote_order && n < COORD_MAX_CHAINS; i++) {
+    int c = r->vote_order[i];
+    answers[n++] = c >= 0 && c < r->n_chains ? r->chains[c].normalized : "";
+  }
+  return n;
 }
 
 static void cancel_rest(request_t *r) {
@@ -149,50 +391,59 @@ static void cancel_rest(request_t *r) {
       continue;
     c->state = CHAIN_DONE;
     c->finish = SA__FINISH_REASON__FINISH_CANCELLED;
+    c->normalized[0] = '\0';
     r->chains_done++;
-    r->tokens_saved += r->max_tokens - c->n_tokens;
+    if (r->max_tokens > c->n_tokens)
+      r->tokens_saved += r->max_tokens - c->n_tokens;
     coord_chain_free(r, c);
   }
 }
 
-/* A chain just finished: normalise its answer and apply early consensus. */
+/* A chain just finished by itself (EOT or max_tokens; sched.c has marked it
+ * CHAIN_DONE and counted it): normalise its answer, record the finishing
+ * order and cancel the running chains once the vote is decided. */
 void coord_chain_done(request_t *r, chain_t *c) {
+  c->normalized[0] = '\0';
   if (c->in_answer && c->answer)
     coord_normalize_answer(c->answer, c->normalized, sizeof c->normalized);
-  if (r->n_chains < 2 || r->vote_rule == SA__VOTE_RULE__VOTE_NONE)
+  if (r->n_vote_order < COORD_MAX_CHAINS)
+    r->vote_order[r->n_vote_order++] = c->idx;
+  if (r->n_chains < 2)
     return;
-  tally_t t[COORD_MAX_CHAINS];
-  int n_t;
-  int best = tally(r, t, &n_t);
-  if (best < 0)
-    return;
+  const char *answers[COORD_MAX_CHAINS];
+  int n = finished_answers(r, answers);
+  int votes;
+  bool decided;
   int running = r->n_chains - r->chains_done;
-  if (r->vote_rule == SA__VOTE_RULE__VOTE_MAJORITY) {
-    /* decided once no other answer can catch up, even if every running chain
-     * agreed with it */
-    int second = 0;
-    for (int k = 0; k < n_t; k++)
-      if (k != best && t[k].votes > second)
-        second = t[k].votes;
-    if (running > 0 && t[best].votes > second + running)
-      cancel_rest(r);
-  } else if (r->vote_rule == SA__VOTE_RULE__VOTE_FIRST_K_AGREE) {
-    int k = r->vote_k > 0 ? r->vote_k : 2;
-    if (t[best].votes >= k && running > 0)
-      cancel_rest(r);
+  coord_vote_decide(answers, n, running, r->vote_rule, r->vote_k, &votes, &decided);
+  if (decided && running > 0) {
+    SA_LOG_DEBUG("request %s: vote decided after %d chain(s); cancelling %d", r->request_id,
+                 n, running);
+    cancel_rest(r);
   }
 }
 
+const char *coord_vote_leader(request_t *r, int *votes) {
+  const char *answers[COORD_MAX_CHAINS];
+  int n = finished_answers(r, answers);
+  bool decided;
+  int pos = coord_vote_decide(answers, n, r->n_chains - r->chains_done, r->vote_rule,
+                              r->vote_k, votes, &decided);
+  return pos >= 0 ? answers[pos] : "";
+}
+
 void coord_vote(request_t *r, Sa__FinalResult *fr) {
-  tally_t t[COORD_MAX_CHAINS];
-  int n_t;
-  int best = tally(r, t, &n_t);
-  if (best < 0) {
-    fr->answer = "";
-    fr->votes = 0;
+  const char *answers[COORD_MAX_CHAINS];
+  int n = finished_answers(r, answers);
+  int votes;
+  bool decided;
+  int pos = coord_vote_decide(answers, n, r->n_chains - r->chains_done, r->vote_rule,
+                              r->vote_k, &votes, &decided);
+  fr->answer = "";
+  fr->votes = 0;
+  if (pos < 0)
     return;
-  }
-  chain_t *c = &r->chains[t[best].first_chain];
+  chain_t *c = &r->chains[r->vote_order[pos]];
   fr->answer = c->answer ? c->answer : "";
-  fr->votes = t[best].votes;
+  fr->votes = votes;
 }
