@@ -121,7 +121,7 @@ static inline int etu_run(char *const argv[]) {
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-#define ETU_SA_ENCODER SA_BINARY_DIR "/encoder-node/sa-encoder"
+#define ETU_SA_ENCODER SA_BINARY_DIR "/bin/sa-encoder"
 
 /* Makes the tiny checkpoint in a fresh temp folder (written into dir, cap
  * bytes) with core/testmodel, the code behind `sa-model init --preset tiny
