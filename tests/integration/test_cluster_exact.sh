@@ -36,7 +36,7 @@ run_case() { # name, sampling args...
       --prompt "What do you hear in clip $i?" --max-tokens 24 --seed $((100 + i)) "$@" \
       --ids --threads 1 2>/dev/null | grep -a '^ids:' | sed 's/^ids: *//')
     [[ -n $want ]] || fail "$name: sa-model generate gave no ids for clip $i"
-    [[ "$got" == "$want" ]] || fail "$name clip $i: cluster [$got] != generate [$want]"
+    echo "clip $i: $got" ; [[ "$got" == "$want" ]] || fail "$name clip $i: cluster [$got] != generate [$want]"
   done
   pass "$name: 8 concurrent requests over $STAGES stages equal sa-model generate"
 }
