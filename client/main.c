@@ -214,6 +214,7 @@ static void on_msg(sa_rpc_channel_t *ch, const sa_rpc_result_t *msg, void *user)
     } else {
       printf("\n");
     }
+    fflush(stdout);
     fprintf(stderr,
             "sa-client: done: %lld tokens generated (%lld saved by early stop), prompt %lld "
             "tokens (%lld audio), %.2f s, first token %.2f s\n",
