@@ -213,7 +213,7 @@ static void on_job_done(job_t *job, void *user) {
   case JOB_FORK: {
     Sa__ForkResult r = SA__FORK_RESULT__INIT;
     sa_kv_stats_t ks;
-    sa_kv_stats(st->kv, &ks);
+    stage_kv_stats(st, &ks);
     r.forked = job->forked;
     r.kv_blocks_used = ks.blocks_used;
     r.kv_blocks_free = ks.blocks_free;
@@ -224,7 +224,7 @@ static void on_job_done(job_t *job, void *user) {
   case JOB_FREE: {
     Sa__FreeResult r = SA__FREE_RESULT__INIT;
     sa_kv_stats_t ks;
-    sa_kv_stats(st->kv, &ks);
+    stage_kv_stats(st, &ks);
     r.freed = job->freed;
     r.kv_blocks_used = ks.blocks_used;
     r.kv_blocks_free = ks.blocks_free;
@@ -241,7 +241,7 @@ static void on_job_done(job_t *job, void *user) {
 /* ------------------------------------------------------------- handlers */
 
 static bool queue_full(sa_rpc_call_t *call) {
-  if (W.st.queued >= W.max_queue) {
+  if (stage_queued(&W.st) >= W.max_queue) {
     sa_rpc_call_reply(call, SA_STATUS_RESOURCE_EXHAUSTED, "stage queue full", NULL, 0, NULL, 0);
     return true;
   }
@@ -455,7 +455,7 @@ static void on_hb_timer(uv_timer_t *t) {
   }
   Sa__HeartbeatRequest hb = SA__HEARTBEAT_REQUEST__INIT;
   sa_kv_stats_t ks;
-  sa_kv_stats(W.st.kv, &ks); /* read without the compute thread's lock: approximate */
+  stage_kv_stats(&W.st, &ks);
   uint64_t now = now_ms();
   double busy = W.st.busy_ms;
   double dt = (double)(now - W.last_hb_ms);
@@ -469,7 +469,7 @@ static void on_hb_timer(uv_timer_t *t) {
   hb.kv_blocks_free = ks.blocks_free;
   hb.kv_blocks_shared = ks.blocks_shared;
   hb.sequences = ks.n_seqs;
-  hb.queue_depth = W.st.queued;
+  hb.queue_depth = stage_queued(&W.st);
   uint8_t buf[256];
   size_t len = sa__heartbeat_request__pack(&hb, buf);
   sa_rpc_call_opts_t o = {.timeout_ms = 2000};
@@ -569,7 +569,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   sa_kv_stats_t ks;
-  sa_kv_stats(W.st.kv, &ks);
+  stage_kv_stats(&W.st, &ks);
   W.kv_total = ks.blocks_total;
   W.block_tokens = sa_kv_block_size(W.st.kv);
   sa_rpc_opts_t ro;

@@ -316,7 +316,10 @@ static void *compute_main(void *arg) {
     case JOB_FREE: run_free(st, job); break;
     case JOB_RESET: break;
     }
+    sa_kv_stats_t ks;
+    sa_kv_stats(st->kv, &ks);
     pthread_mutex_lock(&st->mu);
+    st->kv_snap = ks;
     if (st->done_tail)
       st->done_tail->next = job;
     else
@@ -339,6 +342,19 @@ static void on_async(uv_async_t *a) {
     st->on_done(list, st->user);
     list = next;
   }
+}
+
+void stage_kv_stats(stage_t *st, sa_kv_stats_t *out) {
+  pthread_mutex_lock(&st->mu);
+  *out = st->kv_snap;
+  pthread_mutex_unlock(&st->mu);
+}
+
+int stage_queued(stage_t *st) {
+  pthread_mutex_lock(&st->mu);
+  int n = st->queued;
+  pthread_mutex_unlock(&st->mu);
+  return n;
 }
 
 void stage_submit(stage_t *st, job_t *job) {
@@ -437,6 +453,7 @@ int stage_start(stage_t *st, uv_loop_t *loop, const char *model_dir, int first, 
   st->user = user;
   uv_async_init(loop, &st->async, on_async);
   st->async.data = st;
+  sa_kv_stats(st->kv, &st->kv_snap);
   if (pthread_create(&st->thread, NULL, compute_main, st)) {
     snprintf(err, cap, "cannot start the compute thread");
     return SA_EIO;

@@ -79,6 +79,8 @@ typedef struct {
   uv_async_t async;
   void (*on_done)(job_t *job, void *user);
   void *user;
+  /* KV statistics after the last job, for the loop thread (under mu) */
+  sa_kv_stats_t kv_snap;
   /* stats (written by the compute thread, read approximately by the loop) */
   double busy_ms;
   int64_t steps, tokens_total;
@@ -96,6 +98,10 @@ void stage_stop(stage_t *st);
 void stage_submit(stage_t *st, job_t *job);
 /* Frees a job and what it holds (not the call). */
 void stage_job_free(stage_t *st, job_t *job);
+/* The KV statistics as of the last finished job (loop thread). */
+void stage_kv_stats(stage_t *st, sa_kv_stats_t *out);
+/* Jobs waiting for the compute thread (loop thread). */
+int stage_queued(stage_t *st);
 /* Zero-copy free callback for act_out buffers (any thread). */
 void stage_out_release(void *data, void *hint);
 
