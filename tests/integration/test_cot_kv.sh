@@ -39,7 +39,8 @@ CLIENT=$!
 
 forked=0
 for _ in $(seq 1000); do
-  u=$(status_json | grep -o '"kv_blocks_used":[0-9]*' | tail -n 1 | cut -d: -f2)
+  u=$(status_json | grep -o '"node_id":"stage1"[^}]*' | grep -o '"kv_blocks_used":[0-9]*' |
+    cut -d: -f2)
   if [[ ${u:-0} -gt $PREFILL_BLOCKS ]]; then forked=1; break; fi
   kill -0 "$CLIENT" 2>/dev/null || break
   sleep 0.01
@@ -77,14 +78,16 @@ PY
 }
 
 # phase 1: freeze the last stage; stage 0 goes idle and heartbeats its state
+# (every 1 s). Each freeze is kept well under the RPC layer's 5 s silence
+# limit (core/rpc.h), both together too.
 kill -STOP "$STAGE1_PID"
-sleep 2.5
+sleep 1.8
 status_json >"$T/status-stage0.json"
 cp "$T/stream.json" "$T/stream-stage0.json"
 # phase 2: let it go, freeze stage 0 instead and read the last stage
 kill -CONT "$STAGE1_PID"
 kill -STOP "$STAGE0_PID"
-sleep 2.5
+sleep 1.8
 status_json >"$T/status-stage1.json"
 cp "$T/stream.json" "$T/stream-stage1.json"
 kill -CONT "$STAGE0_PID"
