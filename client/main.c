@@ -46,8 +46,11 @@ static void usage(FILE *f) {
           "  --temperature T        0 = greedy (default 0)\n"
           "  --top-p P, --top-k K, --min-p P, --repetition-penalty R\n"
           "  --seed S               RNG seed (default 0)\n"
-          "  -n N                   parallel reasoning chains, voted on (default 1)\n"
-          "  --vote RULE            majority | window:K | none (default majority)\n"
+          "  -n N                   parallel reasoning chains, voted on (default 1); shows a\n"
+          "                         line per chain (redrawn in place on a terminal)\n"
+          "  --vote RULE            majority: stop once the leader cannot be overtaken;\n"
+          "                         window:K: stop once K chains in a row agree;\n"
+          "                         none: run every chain, no vote (default majority)\n"
           "  --think-budget N       reasoning tokens per chain before </think> is forced\n"
           "  --no-audio             send only --prompt (AUDIO is omitted)\n"
           "  --json                 one JSON object per event on stdout\n"
@@ -68,6 +71,17 @@ typedef struct {
   int n_chains;
   int last_kind[64];      /* per chain: -1 none yet, else DeltaKind printed last */
   int64_t tokens[64];
+  /* -n > 1: one progress line per chain */
+  bool live;              /* redraw the chain lines in place (stdout is a TTY) */
+  int drawn;              /* lines of the live block on screen */
+  bool dirty;
+  bool answering[64];
+  int finish[64];         /* Sa__FinishReason, 0 = running */
+  bool printed[64];       /* non-TTY: its line was printed */
+  char answer[64][96];
+  char leader[96];
+  int leader_votes;
+  uv_timer_t redraw;
   int exit_code;
   bool done;
   uv_signal_t sigint;
@@ -81,6 +95,80 @@ static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static const char *finish_name(int reason) {
+  static const char *const reasons[] = {"running", "eot", "length", "cancelled", "error",
+                                        "client_cancelled"};
+  return reason >= 0 && reason < 6 ? reasons[reason] : "?";
+}
+
+/* ------------------------------------------- -n > 1: chain lines and vote */
+
+/* Copies src for one display line: cut on a UTF-8 boundary with "..." when
+ * longer than cap, control characters (newlines, ESC) shown as spaces. */
+static void copy_trunc(char *dst, size_t cap, const char *src) {
+  size_t n = strlen(src);
+  if (n >= cap) {
+    n = cap - 4;
+    while (n > 0 && ((unsigned char)src[n] & 0xc0) == 0x80)
+      n--;
+    memcpy(dst, src, n);
+    memcpy(dst + n, "...", 4);
+  } else {
+    memcpy(dst, src, n + 1);
+  }
+  for (char *p = dst; *p; p++)
+    if ((unsigned char)*p < 0x20 || *p == 0x7f)
+      *p = ' ';
+}
+
+static void chain_line(const submit_t *s, int c, char *buf, size_t cap) {
+  const char *state = s->finish[c] ? finish_name(s->finish[c])
+                                   : s->answering[c] ? "answering" : "thinking";
+  int n = snprintf(buf, cap, "chain %2d  %-16s %6lld tokens", c, state, (long long)s->tokens[c]);
+  if (s->finish[c] && n > 0 && (size_t)n < cap)
+    snprintf(buf + n, cap - (size_t)n, "  answer: %s", s->answer[c][0] ? s->answer[c] : "(none)");
+}
+
+/* TTY: redraws the block of chain lines (and a vote line) in place. */
+static void draw_live(submit_t *s) {
+  if (!s->live)
+    return;
+  if (s->drawn > 0)
+    printf("\033[%dA", s->drawn);
+  char line[256];
+  int running = 0;
+  for (int c = 0; c < s->n_chains && c < 64; c++) {
+    chain_line(s, c, line, sizeof line);
+    printf("\r\033[2K%s\n", line);
+    running += s->finish[c] == 0;
+  }
+  if (s->leader_votes > 0)
+    printf("\r\033[2K%d running, leading: %s (%d vote%s)\n", running, s->leader,
+           s->leader_votes, s->leader_votes == 1 ? "" : "s");
+  else
+    printf("\r\033[2K%d running, no answer yet\n", running);
+  s->drawn = (s->n_chains < 64 ? s->n_chains : 64) + 1;
+  s->dirty = false;
+  fflush(stdout);
+}
+
+static void on_redraw(uv_timer_t *t) {
+  submit_t *s = t->data;
+  if (s->dirty)
+    draw_live(s);
+}
+
+/* Non-TTY: one line per chain as it finishes. */
+static void print_chain_line(submit_t *s, int c) {
+  if (s->live || c < 0 || c >= 64 || s->printed[c])
+    return;
+  char line[256];
+  chain_line(s, c, line, sizeof line);
+  printf("%s\n", line);
+  fflush(stdout);
+  s->printed[c] = true;
 }
 
 static void print_json_event(const Sa__SubmitEvent *ev) {
@@ -101,6 +189,14 @@ static void print_json_event(const Sa__SubmitEvent *ev) {
     cJSON_AddNumberToObject(o, "chains_running", p->chains_running);
     cJSON_AddNumberToObject(o, "chains_finished", p->chains_finished);
     cJSON_AddNumberToObject(o, "tokens_generated", (double)p->tokens_generated);
+    if (!strcmp(p->stage, "chain_done")) {
+      cJSON_AddNumberToObject(o, "chain", p->chain);
+      cJSON_AddStringToObject(o, "finish_reason", finish_name(p->finish_reason));
+      cJSON_AddStringToObject(o, "chain_answer", p->chain_answer);
+      cJSON_AddNumberToObject(o, "chain_tokens", p->chain_tokens);
+      cJSON_AddStringToObject(o, "leading_answer", p->leading_answer);
+      cJSON_AddNumberToObject(o, "leading_votes", p->leading_votes);
+    }
   } else if (ev->payload_case == SA__SUBMIT_EVENT__PAYLOAD_FINAL) {
     const Sa__FinalResult *f = ev->final;
     cJSON_AddStringToObject(o, "type", "final");
@@ -113,16 +209,13 @@ static void print_json_event(const Sa__SubmitEvent *ev) {
     cJSON_AddNumberToObject(o, "elapsed_s", f->elapsed_s);
     cJSON_AddNumberToObject(o, "time_to_first_token_s", f->time_to_first_token_s);
     cJSON *chains = cJSON_AddArrayToObject(o, "chains");
-    static const char *const reasons[] = {"running", "eot", "length", "cancelled", "error",
-                                          "client_cancelled"};
     for (size_t i = 0; i < f->n_chains; i++) {
       const Sa__ChainResult *c = f->chains[i];
       cJSON *co = cJSON_CreateObject();
       cJSON_AddNumberToObject(co, "chain", c->chain);
       cJSON_AddStringToObject(co, "answer", c->answer);
       cJSON_AddStringToObject(co, "normalized_answer", c->normalized_answer);
-      cJSON_AddStringToObject(co, "finish_reason",
-                              c->finish_reason < 6 ? reasons[c->finish_reason] : "?");
+      cJSON_AddStringToObject(co, "finish_reason", finish_name(c->finish_reason));
       cJSON_AddNumberToObject(co, "reasoning_tokens", c->reasoning_tokens);
       cJSON_AddNumberToObject(co, "answer_tokens", c->answer_tokens);
       char seed[24];
@@ -160,7 +253,21 @@ static void on_msg(sa_rpc_channel_t *ch, const sa_rpc_result_t *msg, void *user)
              *reset = s->tty ? "\033[0m" : "";
   switch (ev->payload_case) {
   case SA__SUBMIT_EVENT__PAYLOAD_PROGRESS:
-    if (!strcmp(ev->progress->stage, "encoded"))
+    if (!strcmp(ev->progress->stage, "chain_done") && s->n_chains > 1) {
+      const Sa__Progress *p = ev->progress;
+      int c = p->chain;
+      if (c >= 0 && c < 64) {
+        s->finish[c] = p->finish_reason ? (int)p->finish_reason : 1;
+        s->tokens[c] = p->chain_tokens;
+        copy_trunc(s->answer[c], sizeof s->answer[c], p->chain_answer);
+      }
+      copy_trunc(s->leader, sizeof s->leader, p->leading_answer);
+      s->leader_votes = p->leading_votes;
+      if (s->live)
+        draw_live(s);
+      else
+        print_chain_line(s, c);
+    } else if (!strcmp(ev->progress->stage, "encoded"))
       fprintf(stderr, "sa-client: audio encoded: %lld audio tokens, prompt %lld tokens; prefilling...\n",
               (long long)ev->progress->audio_tokens, (long long)ev->progress->prompt_tokens);
     break;
@@ -173,14 +280,10 @@ static void on_msg(sa_rpc_channel_t *ch, const sa_rpc_result_t *msg, void *user)
     }
     s->tokens[c] += d->token_count;
     if (s->n_chains > 1) {
-      /* several chains: the answer of each is shown in the final summary;
-       * keep one progress line */
-      int64_t total = 0;
-      for (int i = 0; i < 64; i++)
-        total += s->tokens[i];
-      if (s->tty)
-        fprintf(stderr, "\rsa-client: %d chains, %lld tokens generated", s->n_chains,
-                (long long)total);
+      /* several chains: a line per chain (the reasoning is not printed) */
+      if (d->kind == SA__DELTA_KIND__DELTA_ANSWER)
+        s->answering[c] = true;
+      s->dirty = true;
       break;
     }
     if (d->kind == SA__DELTA_KIND__DELTA_REASONING && s->quiet_reasoning)
@@ -198,19 +301,31 @@ static void on_msg(sa_rpc_channel_t *ch, const sa_rpc_result_t *msg, void *user)
   case SA__SUBMIT_EVENT__PAYLOAD_FINAL: {
     const Sa__FinalResult *f = ev->final;
     if (s->n_chains > 1) {
-      if (s->tty)
-        fprintf(stderr, "\n");
-      static const char *const reasons[] = {"running", "eot", "length", "cancelled", "error",
-                                            "client cancelled"};
       for (size_t i = 0; i < f->n_chains; i++) {
         const Sa__ChainResult *c = f->chains[i];
-        printf("chain %2d  %-10s %5d tokens  answer: %s\n", c->chain,
-               c->finish_reason < 6 ? reasons[c->finish_reason] : "?",
-               c->reasoning_tokens + c->answer_tokens,
-               c->normalized_answer[0] ? c->normalized_answer : "(none)");
+        if (c->chain < 0 || c->chain >= 64)
+          continue;
+        s->finish[c->chain] = c->finish_reason ? (int)c->finish_reason : 1;
+        s->tokens[c->chain] = (int64_t)c->n_tokens;
+        copy_trunc(s->answer[c->chain], sizeof s->answer[c->chain], c->normalized_answer);
       }
-      printf("%svote: %s%s (%d of %zu chains)\n", bold, f->answer[0] ? f->answer : "(no answer)",
-             reset, f->votes, f->n_chains);
+      if (s->live) { /* the final state of the block, then the vote below it */
+        s->leader[0] = '\0';
+        s->leader_votes = 0;
+        draw_live(s);
+        printf("\033[1A\r\033[2K");
+      } else {
+        for (size_t i = 0; i < f->n_chains; i++) /* the chains not printed yet */
+          print_chain_line(s, f->chains[i]->chain);
+      }
+      char shown[256];
+      copy_trunc(shown, sizeof shown, f->answer);
+      if (f->votes > 0)
+        printf("%svote: %s%s (%d of %zu chains agree)\n", bold, shown, reset, f->votes,
+               f->n_chains);
+      else
+        printf("%svote: %s%s\n", bold,
+               f->answer[0] ? f->answer : "(no vote: --vote none, or no chain answered)", reset);
     } else {
       printf("\n");
     }
@@ -232,6 +347,7 @@ static void finish(submit_t *s) {
   s->done = true;
   uv_close((uv_handle_t *)&s->sigint, NULL);
   uv_close((uv_handle_t *)&s->progress, NULL);
+  uv_close((uv_handle_t *)&s->redraw, NULL);
   sa_rpc_channel_destroy(&s->ch);
 }
 
@@ -373,6 +489,10 @@ static int cmd_submit(int argc, char **argv) {
       else if (!strncmp(optarg, "window:", 7)) {
         rq.vote_rule = SA__VOTE_RULE__VOTE_FIRST_K_AGREE;
         rq.vote_k = (int)parse_int(optarg + 7, "--vote window:K");
+        if (rq.vote_k < 1) {
+          fprintf(stderr, "sa-client: --vote window:K needs K >= 1\n");
+          return 2;
+        }
       } else {
         fprintf(stderr, "sa-client: --vote must be majority, window:K or none\n");
         return 2;
@@ -428,6 +548,7 @@ static int cmd_submit(int argc, char **argv) {
   s.quiet_reasoning = quiet;
   s.tty = isatty(STDOUT_FILENO);
   s.n_chains = rq.n;
+  s.live = !json && rq.n > 1 && s.tty && getenv("TERM") && strcmp(getenv("TERM"), "dumb") != 0;
   s.t0 = now_s();
   for (int i = 0; i < 64; i++)
     s.last_kind[i] = -1;
@@ -461,6 +582,12 @@ static int cmd_submit(int argc, char **argv) {
   uv_timer_init(s.loop, &s.progress);
   s.progress.data = &s;
   uv_timer_start(&s.progress, on_progress, 5000, 5000);
+  uv_timer_init(s.loop, &s.redraw);
+  s.redraw.data = &s;
+  if (s.live) {
+    draw_live(&s);
+    uv_timer_start(&s.redraw, on_redraw, 100, 100);
+  }
   uv_run(s.loop, UV_RUN_DEFAULT);
   uv_loop_close(s.loop);
   return s.exit_code;

@@ -662,6 +662,29 @@ void coord_request_try_finish(request_t *r) {
   request_maybe_reap(r);
 }
 
+/* Tells the client that chain c finished by itself (sched.c calls it after
+ * the vote saw the chain): its finish reason, normalized answer, tokens and
+ * the vote's current leader. */
+void coord_request_chain_event(request_t *r, chain_t *c) {
+  Sa__SubmitEvent ev = SA__SUBMIT_EVENT__INIT;
+  Sa__Progress pr = SA__PROGRESS__INIT;
+  ev.payload_case = SA__SUBMIT_EVENT__PAYLOAD_PROGRESS;
+  ev.progress = &pr;
+  pr.stage = "chain_done";
+  pr.chain = c->idx;
+  pr.finish_reason = c->finish;
+  pr.chain_answer = c->normalized;
+  pr.chain_tokens = c->n_tokens;
+  pr.chains_finished = r->chains_done;
+  pr.chains_running = r->n_chains - r->chains_done;
+  int votes = 0;
+  pr.leading_answer = (char *)coord_vote_leader(r, &votes);
+  pr.leading_votes = votes;
+  pr.prompt_tokens = r->prompt_len;
+  pr.audio_tokens = r->n_audio_rows;
+  send_event(r, &ev);
+}
+
 /* Called by sched.c whenever a chain or a pending op of r completes. */
 void coord_request_progress(request_t *r) { request_maybe_reap(r); }
 

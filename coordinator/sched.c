@@ -28,6 +28,7 @@
 void coord_emit_text(request_t *r, chain_t *c, int32_t tok);
 void coord_chain_flush(request_t *r, chain_t *c);
 void coord_request_progress(request_t *r);
+void coord_request_chain_event(request_t *r, chain_t *c);
 void coord_admit(coord_t *co);
 
 #define MAX_SEQS_PER_BATCH 256
@@ -175,6 +176,7 @@ static void chain_finish(request_t *r, chain_t *c, Sa__FinishReason why) {
   r->chains_done++;
   coord_chain_flush(r, c);
   coord_chain_done(r, c);
+  coord_request_chain_event(r, c);
   coord_chain_free(r, c);
 }
 
