@@ -872,6 +872,8 @@ int sa_rpc_call_reply(sa_rpc_call_t *c, sa_status_t status, const char *msg,
     rc = call_emit(c, SA__RPC_RESPONSE, status, msg, body, len, tensors,
                    n_tensors);
   }
+  if (rc == SA_EFULL)
+    return rc; /* nothing sent; the call stays open for a retry */
   call_release(c);
   return rc;
 }
@@ -892,6 +894,8 @@ int sa_rpc_call_finish(sa_rpc_call_t *c, sa_status_t status, const char *msg) {
   int rc = call_emit(c, c->kind == SA_RPC_STREAM ? SA__RPC_STREAM_END
                                                  : SA__RPC_RESPONSE,
                      status, msg, NULL, 0, NULL, 0);
+  if (rc == SA_EFULL)
+    return rc; /* nothing sent; the call stays open for a retry */
   call_release(c);
   return rc;
 }

@@ -126,9 +126,10 @@ typedef enum {
  * its deadline passed. */
 typedef void (*sa_rpc_handler_cb)(sa_rpc_call_t *call, void *user);
 
-/* Called once when the caller cancels the call, its deadline passes, the
- * connection goes away, or the server is destroyed. The call remains valid
- * until the handler ends it. */
+/* Called once when the caller cancels the call, its deadline passes, or the
+ * server is destroyed. (A caller that vanished is seen when sending: send,
+ * reply and finish return SA_EUNAVAIL.) The call remains valid until the
+ * handler ends it. */
 typedef void (*sa_rpc_cancel_cb)(sa_rpc_call_t *call, void *user);
 
 /* Creates a server on loop. opts may be NULL (defaults; copied). Caller owns
@@ -188,10 +189,14 @@ void sa_rpc_call_set_cancel_cb(sa_rpc_call_t *call, sa_rpc_cancel_cb cb,
 
 /* Ends a unary call with status (message msg, may be NULL; copied), body
  * (copied; may be NULL/0) and tensor frames (see sa_rpc_frame_t for
- * ownership). The call pointer is invalid afterwards, whatever the result.
- * Returns 0; SA_ETIMEDOUT / SA_ECANCELED when the reply was dropped because
- * the deadline passed or the call was cancelled; SA_EUNAVAIL if the peer is
- * gone; SA_EFULL if its queue is full; SA_EINVAL for bad arguments. */
+ * ownership: consumed on every path). Returns 0; SA_ETIMEDOUT /
+ * SA_ECANCELED when the reply was dropped because the deadline passed or the
+ * call was cancelled; SA_EUNAVAIL if the peer is gone; SA_EINVAL for bad
+ * arguments (the peer then gets INTERNAL). After any of these the call
+ * pointer is invalid. The one exception is SA_EFULL — the peer's queue is at
+ * its high-water mark and nothing was sent: the call stays open and the
+ * handler must reply again later (e.g. from a timer), passing its tensor
+ * frames again. */
 int sa_rpc_call_reply(sa_rpc_call_t *call, sa_status_t status, const char *msg,
                       const void *body, size_t len,
                       const sa_rpc_frame_t *tensors, int n_tensors);
@@ -204,8 +209,9 @@ int sa_rpc_call_reply(sa_rpc_call_t *call, sa_status_t status, const char *msg,
 int sa_rpc_call_send(sa_rpc_call_t *call, const void *body, size_t len,
                      const sa_rpc_frame_t *tensors, int n_tensors);
 
-/* Ends a streaming call with status (msg may be NULL). The call pointer is
- * invalid afterwards. Returns as sa_rpc_call_reply. */
+/* Ends a streaming call with status (msg may be NULL). Returns as
+ * sa_rpc_call_reply: the call pointer is invalid afterwards, except after
+ * SA_EFULL (nothing sent; finish again later). */
 int sa_rpc_call_finish(sa_rpc_call_t *call, sa_status_t status,
                        const char *msg);
 
