@@ -6,9 +6,11 @@
  * For each n in --chains (default 1,2,4,8,16):
  *   chains       one request with n chains (one prefill, forked KV);
  *   independent  n concurrent requests of one chain each (n prefills).
- * Printed per run: the prompt tokens prefilled, tokens generated, time to
- * first token, aggregate decode tokens/s ((generated - n) / (elapsed - time
- * to first token)) and per chain, end-to-end tokens/s, and the peak KV
+ * Printed per run: the prompt tokens prefilled, tokens generated, elapsed
+ * time, aggregate decode tokens/s and per chain for the chains runs —
+ * (generated - n) / (elapsed - t1), where t1 is the elapsed time of a
+ * max_tokens = 1 request of the same prompt (prefill + first step), measured
+ * once before — end-to-end tokens/s (generated / elapsed), and the peak KV
  * blocks in use per stage from Coordinator/Status polled every 20 ms (the
  * last stage's figure is fresh from every step; others come with 1 s
  * heartbeats). A last pair of runs uses a long prompt and short chains to
@@ -211,6 +213,7 @@ typedef struct {
   const char *bin, *coord;
   const char *prompt;
   int max_tokens;
+  double t1; /* elapsed of a max_tokens = 1 request of this prompt; 0 = unknown */
 } ctx_t;
 
 /* Runs `clients` concurrent sa-client submits of n chains each and polls
@@ -297,9 +300,10 @@ static int run_case(const ctx_t *cx, int clients, int n, run_t *r) {
       r->elapsed = el;
     cJSON_Delete(o);
   }
-  int64_t first_tokens = (int64_t)clients * n;
-  double dt = r->elapsed - r->ttft;
-  r->decode_tps = dt > 0 ? (double)(r->generated - first_tokens) / dt : 0;
+  /* decode rate: one request only (n independent ones interleave their
+   * prefills with decode steps) */
+  double dt = r->elapsed - cx->t1;
+  r->decode_tps = clients == 1 && cx->t1 > 0 && dt > 0 ? (double)(r->generated - n) / dt : 0;
   r->e2e_tps = r->elapsed > 0 ? (double)r->generated / r->elapsed : 0;
   r->ok = true;
   wait_idle(cx->coord);
@@ -308,10 +312,14 @@ static int run_case(const ctx_t *cx, int clients, int n, run_t *r) {
 
 static void print_run(const char *what, const run_t *r) {
   int chains = r->n * r->clients;
-  printf("  %-12s n=%-3d prefill %6lld tok  gen %5lld  ttft %6.2f s  total %6.2f s  "
-         "decode %7.2f tok/s (%6.2f per chain)  e2e %7.2f tok/s  peak KV",
-         what, chains, (long long)r->prompt_tokens, (long long)r->generated, r->ttft, r->elapsed,
-         r->decode_tps, chains ? r->decode_tps / chains : 0, r->e2e_tps);
+  char dec[64] = "decode       -                    ";
+  if (r->decode_tps > 0)
+    snprintf(dec, sizeof dec, "decode %7.2f tok/s (%6.2f/chain)", r->decode_tps,
+             r->decode_tps / chains);
+  printf("  %-12s n=%-3d prefill %5lld tok  gen %4lld  total %6.2f s  %s  e2e %6.2f tok/s  "
+         "peak KV",
+         what, chains, (long long)r->prompt_tokens, (long long)r->generated, r->elapsed, dec,
+         r->e2e_tps);
   for (int k = 0; k < r->n_stages; k++)
     printf(" s%d %lld/%lld", k, (long long)r->peak_used[k], (long long)r->peak_shared[k]);
   printf(" (used/shared)\n");
@@ -532,15 +540,19 @@ int main(int argc, char **argv) {
     stop_services();
     return 1;
   }
-  ctx_t cx = {.bin = bin, .coord = coord, .prompt = prompt, .max_tokens = 4};
-  run_t warm;
-  if (run_case(&cx, 1, 1, &warm) != 0) {
+  /* warm-up, then t1: prefill + first step of this prompt */
+  ctx_t cx = {.bin = bin, .coord = coord, .prompt = prompt, .max_tokens = 1};
+  run_t warm, first;
+  if (run_case(&cx, 1, 1, &warm) != 0 || run_case(&cx, 1, 1, &first) != 0) {
     stop_services();
     return 1;
   }
+  cx.t1 = first.elapsed;
   cx.max_tokens = max_tokens;
-  printf("\nthroughput: prompt %lld tokens, %d tokens per chain, vote none, temperature 0.8\n",
-         (long long)warm.prompt_tokens, max_tokens);
+  printf("\nthroughput: prompt %lld tokens (prefill + first token %.2f s = %.0f prompt tok/s), "
+         "%d tokens per chain, vote none, temperature 0.8\n",
+         (long long)first.prompt_tokens, first.elapsed,
+         first.elapsed > 0 ? (double)first.prompt_tokens / first.elapsed : 0, max_tokens);
   double tps1 = 0, tps8 = 0;
   int rc = 0;
   for (int i = 0; i < n_chains; i++) {
@@ -578,6 +590,7 @@ int main(int argc, char **argv) {
     if (long_prompt) {
       cx.prompt = long_prompt;
       cx.max_tokens = kv_max_tokens;
+      cx.t1 = 0; /* not measured for this prompt: no decode rate */
       run_t k1, k8;
       printf("\nKV: long prompt, %d tokens per chain\n", kv_max_tokens);
       if (run_case(&cx, 1, 1, &k1) == 0 && run_case(&cx, 1, 8, &k8) == 0) {
