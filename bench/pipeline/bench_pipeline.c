@@ -398,6 +398,7 @@ int main(int argc, char **argv) {
   }
   res_t piped[MAX_LIST][MAX_LIST];
   double comp[MAX_LIST][MAX_LIST][BP_MAX_STAGES]; /* stage compute per step, s */
+  double samp[MAX_LIST][MAX_LIST];                  /* last stage's sampling, s */
   double busy[MAX_LIST][MAX_LIST][BP_MAX_STAGES];   /* busy fraction in the window */
   int n_busy[MAX_LIST][MAX_LIST];
   static bp_load_t loads[4096];
@@ -496,20 +497,23 @@ int main(int argc, char **argv) {
     printf("  each stage alone in this process (%d thread(s), micro-batch rows = B/%d):\n",
            co.threads_per_stage, P);
     bp_inproc_opts_t so = io;
+    double sst[5];
     so.warmup = 1;
-    so.steps = 3;
+    so.steps = 5;
     for (int bi = 0; bi < n_batches; bi++) {
       int m = (batches[bi] + P - 1) / P;
       printf("    batch %2d (micro-batch %2d):", batches[bi], m);
       for (int s = 0; s < P; s++) {
-        double st[3], tp;
+        double st[5], tp;
+        so.sample_s = s == P - 1 ? sst : NULL;
         if (bp_inproc_decode(&so, co.first[s], co.last[s] == L ? -1 : co.last[s],
                              co.threads_per_stage, m, 1, st, &tp))
           return 1;
-        comp[pi][bi][s] = dmedian(st, 3);
+        comp[pi][bi][s] = dmedian(st, 5);
         printf(" stage %d %.1f ms", s, comp[pi][bi][s] * 1e3);
       }
-      printf("\n");
+      samp[pi][bi] = dmedian(sst, 5);
+      printf(" (of which greedy sampling of %d rows %.1f ms)\n", m, samp[pi][bi] * 1e3);
       fflush(stdout);
     }
   }
@@ -572,7 +576,9 @@ int main(int argc, char **argv) {
         continue;
       }
       printf("    stage busy (worker heartbeats, %d samples): ", n_busy[pi][bi]);
+      double fsum = 0;
       for (int s = 0; s < P; s++) {
+        fsum += busy[pi][bi][s] / n_busy[pi][bi];
         double f = busy[pi][bi][s] / n_busy[pi][bi];
         double alone = k * comp[pi][bi][s];
         printf("%sstage %d %.0f%% = %.1f ms/token computing (%.1f alone, x%.2f), %.1f idle",
@@ -580,6 +586,14 @@ int main(int argc, char **argv) {
                (1 - f) * itl * 1e3);
       }
       printf("\n");
+      if (k == 1) /* one micro-batch: a stage computes or the batch is between stages */
+        printf("    no stage computing: %.1f ms per token = %.2f ms per message (%d sends + %d "
+               "replies + the coordinator), of which the last stage's sampling %.1f ms\n",
+               (1 - fsum) * itl * 1e3, (1 - fsum) * itl / (2 * P) * 1e3, P, P,
+               samp[pi][bi] * 1e3);
+      else
+        printf("    per cycle of %d micro-batches the last stage also samples %d rows: %.1f ms "
+               "(counted idle above)\n", k, B, k * samp[pi][bi] * 1e3);
     }
   for (int bi = 0; bi < n_batches; bi++)
     for (int pi = 0; pi < n_stages; pi++)

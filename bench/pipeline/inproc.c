@@ -107,6 +107,7 @@ int bp_inproc_decode(const bp_inproc_opts_t *o, int first, int last, int threads
         fprintf(stderr, "bench-pipeline: decode: %s\n", sa_strerror(rc));
         goto out;
       }
+      double ts = sa_bench_now();
       for (int s = 0; is_last && s < B; s++) { /* as the last stage does */
         int32_t *h = hist + (size_t)s * seq_len;
         int32_t t = -1;
@@ -120,6 +121,8 @@ int bp_inproc_decode(const bp_inproc_opts_t *o, int first, int last, int threads
       double dt = sa_bench_now() - t0;
       len++;
       if (k >= 0) {
+        if (o->sample_s)
+          o->sample_s[rep * o->steps + k] = is_last ? sa_bench_now() - ts : 0;
         step_s[rep * o->steps + k] = dt;
         t_dec += dt;
       }

@@ -27,6 +27,8 @@ typedef struct {
   int prompt_len;
   int warmup;  /* decode steps run before timing */
   int steps;   /* decode steps timed */
+  double *sample_s; /* if set: steps * reps sampling times of the last stage
+                       (part of step_s), or zeros for other stages */
 } bp_inproc_opts_t;
 
 /* Decode steps of batch B over layers [first, last) (last -1 = all) with a
