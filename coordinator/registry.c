@@ -93,17 +93,6 @@ static void assemble_replicas(coord_t *co) {
   }
 }
 
-static void reply_msg(sa_rpc_call_t *call, const ProtobufCMessage *m) {
-  size_t len = protobuf_c_message_get_packed_size(m);
-  uint8_t *buf = malloc(len ? len : 1);
-  if (!buf) {
-    sa_rpc_call_reply(call, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL, 0, NULL, 0);
-    return;
-  }
-  protobuf_c_message_pack(m, buf);
-  sa_rpc_call_reply(call, SA_STATUS_OK, NULL, buf, len, NULL, 0);
-  free(buf);
-}
 
 static void register_handler(sa_rpc_call_t *call, void *user) {
   coord_t *co = user;
@@ -203,7 +192,7 @@ static void register_handler(sa_rpc_call_t *call, void *user) {
   sa__register_request__free_unpacked(rq, NULL);
   assemble_replicas(co);
   resp.epoch = co->epoch;
-  reply_msg(call, &resp.base);
+  sa_rpc_call_reply_pb(call, &resp.base);
   coord_schedule(co);
 }
 
@@ -233,7 +222,7 @@ static void heartbeat_handler(sa_rpc_call_t *call, void *user) {
   }
   resp.epoch = co->epoch;
   sa__heartbeat_request__free_unpacked(hb, NULL);
-  reply_msg(call, &resp.base);
+  sa_rpc_call_reply_pb(call, &resp.base);
 }
 
 void coord_registry_check(coord_t *co) {
@@ -361,7 +350,7 @@ void coord_status_handler(sa_rpc_call_t *call, void *user) {
   resp.requests_total = co->requests_total;
   resp.model_id = co->opts.model_dir;
   sa__status_request__free_unpacked(rq, NULL);
-  reply_msg(call, &resp.base);
+  sa_rpc_call_reply_pb(call, &resp.base);
 }
 
 void coord_registry_register(coord_t *co) {

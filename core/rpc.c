@@ -15,6 +15,7 @@
 #include "rpc.h"
 
 #include <errno.h>
+#include <protobuf-c/protobuf-c.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1510,4 +1511,19 @@ void sa_rpc_reply_free(sa_rpc_reply_t **pr) {
   free(r->body);
   free(r->status_msg);
   free(r);
+}
+
+int sa_rpc_call_reply_pb(sa_rpc_call_t *call, const void *msg) {
+  const ProtobufCMessage *m = msg;
+  size_t len = protobuf_c_message_get_packed_size(m);
+  uint8_t stackbuf[1024];
+  uint8_t *buf = len <= sizeof stackbuf ? stackbuf : malloc(len);
+  if (!buf)
+    return sa_rpc_call_reply(call, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL, 0,
+                             NULL, 0);
+  protobuf_c_message_pack(m, buf);
+  int rc = sa_rpc_call_reply(call, SA_STATUS_OK, NULL, buf, len, NULL, 0);
+  if (buf != stackbuf)
+    free(buf);
+  return rc;
 }

@@ -201,6 +201,13 @@ int sa_rpc_call_reply(sa_rpc_call_t *call, sa_status_t status, const char *msg,
                       const void *body, size_t len,
                       const sa_rpc_frame_t *tensors, int n_tensors);
 
+/* Ends a unary call with OK and a protobuf-c message as the body: `msg` is a
+ * `const ProtobufCMessage *` (any generated message's `&m.base`; typed void
+ * here so this header names no protobuf-c type). Packs it into a buffer of
+ * its own and calls sa_rpc_call_reply; replies RESOURCE_EXHAUSTED when the
+ * buffer cannot be had. Returns as sa_rpc_call_reply. */
+int sa_rpc_call_reply_pb(sa_rpc_call_t *call, const void *msg);
+
 /* Sends one message of a streaming call (body copied; frames as above).
  * Returns 0; SA_EFULL when the peer's queue is at its high-water mark (the
  * message was not sent: retry later, e.g. from a timer); SA_ECANCELED /

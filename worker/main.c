@@ -93,17 +93,6 @@ static int parse_size(const char *s, size_t *out) {
 
 /* ---------------------------------------------------------------- replies */
 
-static void reply_msg(sa_rpc_call_t *call, const ProtobufCMessage *m) {
-  size_t len = protobuf_c_message_get_packed_size(m);
-  uint8_t *buf = malloc(len ? len : 1);
-  if (!buf) {
-    sa_rpc_call_reply(call, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL, 0, NULL, 0);
-    return;
-  }
-  protobuf_c_message_pack(m, buf);
-  sa_rpc_call_reply(call, SA_STATUS_OK, NULL, buf, len, NULL, 0);
-  free(buf);
-}
 
 static sa_rpc_channel_t *next_channel(const char *addr) {
   int free_slot = -1;
@@ -159,7 +148,7 @@ static void on_job_done(job_t *job, void *user) {
   case JOB_STEP:
     if (st->is_last) {
       if (job->call)
-        reply_msg(job->call, &job->result->base);
+        sa_rpc_call_reply_pb(job->call, &job->result->base);
     } else {
       /* forward activations to route[hop + 1] */
       Sa__StepBatch *b = job->batch;
@@ -218,7 +207,7 @@ static void on_job_done(job_t *job, void *user) {
     r.kv_blocks_used = ks.blocks_used;
     r.kv_blocks_free = ks.blocks_free;
     if (job->call)
-      reply_msg(job->call, &r.base);
+      sa_rpc_call_reply_pb(job->call, &r.base);
     break;
   }
   case JOB_FREE: {
@@ -229,7 +218,7 @@ static void on_job_done(job_t *job, void *user) {
     r.kv_blocks_used = ks.blocks_used;
     r.kv_blocks_free = ks.blocks_free;
     if (job->call)
-      reply_msg(job->call, &r.base);
+      sa_rpc_call_reply_pb(job->call, &r.base);
     break;
   }
   default:
