@@ -199,6 +199,8 @@ static void chain_token(request_t *r, chain_t *c, int32_t tok) {
     tok = co->tok_think_end;
   c->tokens[c->n_tokens++] = tok;
   c->next_input = tok;
+  if (r->t_first_token_ms == 0) /* a token, even one that makes no text yet */
+    r->t_first_token_ms = coord_now_ms();
   if (tok == co->tok_eot) {
     chain_finish(r, c, SA__FINISH_REASON__FINISH_EOT);
     return;

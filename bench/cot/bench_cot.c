@@ -481,6 +481,10 @@ int main(int argc, char **argv) {
              "at most %.1f steps/s, i.e. %.1f tok/s for n = 1 and n tok/s x that for n "
              "chains while weight-bound\n",
              weight_bytes / 1e6, bw * 1e9 / weight_bytes, bw * 1e9 / weight_bytes);
+    if (peak > 0 && weight_bytes > 0) /* 2 flops per weight per token (bf16: 2 bytes) */
+      printf("        compute: %.2f GFLOP per token -> at most %.1f tok/s over all chains at "
+             "sgemm peak (the ceiling of aggregate decode for large n)\n",
+             weight_bytes / 1e9, peak * 1e9 / weight_bytes);
   }
 
   /* the cluster */
@@ -625,6 +629,5 @@ int main(int argc, char **argv) {
     if (system(cmd) != 0)
       fprintf(stderr, "bench-cot: could not remove %s\n", g_tmp);
   }
-  (void)peak;
   return rc;
 }
