@@ -71,26 +71,34 @@ int bp_inproc_decode(const bp_inproc_opts_t *o, int first, int last, int threads
   sp.greedy = true;
   sp.temperature = 0;
   for (int rep = 0; rep < reps; rep++) {
-    /* prefill the prompt but its last token in B fresh sequences (one
-     * batch, no logits); the last prompt token is the first decode input,
-     * as the coordinator schedules it (sched.c) */
+    /* prefill the prompt but its last token once and fork it to the other
+     * sequences (KV of full blocks shared, the partial block copied; the
+     * attention reads as much as with B separate prefills, which would
+     * cost B times the prefill compute); the last prompt token is the first
+     * decode input, as the coordinator schedules it (sched.c) */
     int P1 = P - 1 > 0 ? P - 1 : 1;
     for (int s = 0; s < B; s++) {
       ids[s] = (uint64_t)(rep * 1000 + s + 1);
-      if ((rc = sa_kv_seq_add(kv, ids[s])))
-        goto out;
-      nn[s] = P1;
-      pos[s] = 0;
-      memcpy(tok + (size_t)s * P1, o->prompt, sizeof(int32_t) * (size_t)P1);
       memcpy(hist + (size_t)s * seq_len, o->prompt, sizeof(int32_t) * (size_t)P);
     }
-    sa_decoder_batch_t b = {.n_seqs = B, .seq_ids = ids, .n_new = nn, .pos0 = pos,
+    if ((rc = sa_kv_seq_add(kv, ids[0])))
+      goto out;
+    nn[0] = P1;
+    pos[0] = 0;
+    memcpy(tok, o->prompt, sizeof(int32_t) * (size_t)P1);
+    sa_decoder_batch_t b = {.n_seqs = 1, .seq_ids = ids, .n_new = nn, .pos0 = pos,
                             .tokens = tok, .hidden_in = hid_in, .hidden_out = hid_out,
                             .n_logits = 0, .logit_rows = rows, .logits = logits};
     if ((rc = sa_decoder_step(dec, kv, &b))) {
       fprintf(stderr, "bench-pipeline: prefill: %s\n", sa_strerror(rc));
       goto out;
     }
+    for (int s = 1; s < B; s++)
+      if ((rc = sa_kv_fork(kv, ids[0], ids[s]))) {
+        fprintf(stderr, "bench-pipeline: fork: %s\n", sa_strerror(rc));
+        goto out;
+      }
+    b.n_seqs = B;
     int len = P1; /* tokens in the cache */
     for (int s = 0; s < B; s++) {
       nn[s] = 1;
