@@ -597,11 +597,13 @@ int main(int argc, char **argv) {
                (1 - f) * itl * 1e3);
       }
       printf("\n");
-      if (k == 1) /* one micro-batch: a stage computes or the batch is between stages */
-        printf("    no stage computing: %.1f ms per token = %.2f ms per message (%d sends + %d "
-               "replies + the coordinator), of which the last stage's sampling %.1f ms\n",
-               (1 - fsum) * itl * 1e3, (1 - fsum) * itl / (2 * P) * 1e3, P, P,
-               samp[pi][bi] * 1e3);
+      if (k == 1) { /* one micro-batch: a stage computes or the batch is between stages */
+        double gap = (1 - fsum) * itl, msg = (gap - samp[pi][bi]) / (2 * P);
+        printf("    no stage computing: %.1f ms per token = the last stage's sampling %.1f ms "
+               "(outside the busy time) + %.2f ms per message (%d sends + %d replies, the "
+               "coordinator included; heartbeat busy fractions are +-~2%%)\n",
+               gap * 1e3, samp[pi][bi] * 1e3, msg * 1e3, P, P);
+      }
       else
         printf("    per cycle of %d micro-batches the last stage also samples %d rows: %.1f ms "
                "(counted idle above)\n", k, B, k * samp[pi][bi] * 1e3);
