@@ -418,7 +418,7 @@ int main(int argc, char **argv) {
     printf("; plus the coordinator and this client:\n");
     print_load("  before starting");
     fflush(stdout);
-    bp_cluster_t cl;
+    static bp_cluster_t cl; /* static: the atexit handler may stop it after main returns */
     double t0 = sa_bench_now();
     if (bp_cluster_start(&co, 180, &cl))
       return 1;
