@@ -152,6 +152,7 @@ typedef struct {
   int max_prompt_bytes;
   int max_requests;         /* running + queued */
   int prefill_chunk;        /* prompt tokens per prefill step */
+  int extra_microbatches;   /* in flight per replica beyond one per stage */
   int step_timeout_ms;
   int heartbeat_timeout_ms;
   int encode_timeout_ms;

@@ -39,6 +39,8 @@ static void usage(FILE *f) {
           "                         (default 256)\n"
           "  --prefill-chunk N      prompt tokens per prefill step (default 128)\n"
           "  --step-timeout-ms N    deadline of one pipeline step (default 60000)\n"
+          "  --extra-microbatches N micro-batches in flight per replica beyond one\n"
+          "                         per stage (default 1: hides the return trip)\n"
           "  --heartbeat-timeout-ms N  mark a worker down after this silence (default 5000)\n"
           "  --system TEXT          default system prompt (default: none)\n"
           "  --endpoint-file PATH   write the bound endpoint there once listening\n"
@@ -92,6 +94,9 @@ int main(int argc, char **argv) {
   o->max_prompt_bytes = 64 * 1024;
   o->max_requests = 256;
   o->prefill_chunk = 128;
+  o->extra_microbatches = 0;
+  if (getenv("SA_COORD_EXTRA_MICROBATCHES"))
+    o->extra_microbatches = atoi(getenv("SA_COORD_EXTRA_MICROBATCHES"));
   o->step_timeout_ms = 60000;
   o->heartbeat_timeout_ms = 5000;
   o->encode_timeout_ms = 120000;
@@ -109,6 +114,7 @@ int main(int argc, char **argv) {
       {"system", required_argument, 0, 9},
       {"log-level", required_argument, 0, 10},
       {"endpoint-file", required_argument, 0, 11},
+      {"extra-microbatches", required_argument, 0, 12},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   const char *endpoint_file = NULL;
@@ -136,6 +142,7 @@ int main(int argc, char **argv) {
       break;
     }
     case 11: endpoint_file = optarg; break;
+    case 12: o->extra_microbatches = (int)parse_long(optarg, "--extra-microbatches", 0, 64); break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }

@@ -517,7 +517,7 @@ void coord_schedule(coord_t *co) {
       continue;
     /* keep at least P micro-batches in flight: split the ready sequences
      * over the free pipeline slots */
-    int slots = rp->n_stages;
+    int slots = rp->n_stages + co->opts.extra_microbatches;
     while (rp->inflight < slots) {
       int ready = ready_sequences(co, ri);
       if (ready == 0)

@@ -203,10 +203,13 @@ int sa_sampler_sample(sa_sampler_t *s, const sa_sampler_params_t *p,
   }
   if (!(rmax > -INFINITY) || !isfinite(rmax))
     return SA_EINVAL;
-  double rsum = 0.0;
-  for (int i = 0; i < V; i++)
-    rsum += exp((double)w[i] - rmax);
-  double rlse = rmax + log(rsum);
+  double rlse = 0.0; /* a pass over V: only when the caller wants it */
+  if (logprob) {
+    double rsum = 0.0;
+    for (int i = 0; i < V; i++)
+      rsum += exp((double)w[i] - rmax);
+    rlse = rmax + log(rsum);
+  }
 
   /* Repetition penalty, once per distinct token (HF gathers then scatters). */
   if (p->repetition_penalty != 1.0f && n_history) {

@@ -73,8 +73,9 @@ void sa_sampler_destroy(sa_sampler_t **s);
 /* Samples one token from logits[V] (host, read only) with params p.
  * history[n_history] are the tokens already in the sequence (prompt and
  * generated; ids outside [0,V) are ignored) for the repetition penalty; may be
- * NULL when n_history is 0. *token gets the id; *logprob (may be NULL) gets
- * log softmax(logits)[token] of the raw, unmodified logits.
+ * NULL when n_history is 0. *token gets the id; *logprob (may be NULL: then
+ * the normaliser's pass over V is skipped) gets log softmax(logits)[token] of
+ * the raw, unmodified logits.
  * Returns 0, SA_EINVAL (bad params, V larger than the sampler's, non-finite
  * logits everywhere). Allocates nothing; one thread per sampler. */
 int sa_sampler_sample(sa_sampler_t *s, const sa_sampler_params_t *p,

@@ -236,8 +236,9 @@ static void run_step(stage_t *st, job_t *job) {
     sa_sample_key_t key = {.seed = s->rng_seed, .chain = 0, .position = (uint64_t)s->rng_position};
     int32_t tok = -1;
     float lp = 0;
+    bool want_lp = s->sampling && s->sampling->logprobs;
     int src = sa_sampler_sample(st->sampler, &p, st->logits + (size_t)li * st->vocab, st->vocab,
-                                h->tok, (size_t)h->n, key, &tok, &lp);
+                                h->tok, (size_t)h->n, key, &tok, want_lp ? &lp : NULL);
     li++;
     if (src) {
       sr->status = SA__STATUS_CODE__INVALID_ARGUMENT;
@@ -252,6 +253,9 @@ static void run_step(stage_t *st, job_t *job) {
   sa_kv_stats(st->kv, &ks);
   res->kv_blocks_used = ks.blocks_used;
   res->kv_blocks_free = ks.blocks_free;
+  double sampling_ms = now_ms() - t0 - job->compute_ms; /* sampling is compute too */
+  job->compute_ms += sampling_ms;
+  st->busy_ms += sampling_ms;
   res->compute_ms = job->compute_ms;
   return;
 undo:

@@ -29,7 +29,8 @@
 #include "sa.pb-c.h"
 #include "safetensors.h"
 
-#define CLIP SA_FIXTURES_DIR "/audio/mmau_test.wav"
+/* the clip bundled with the repository (deploy/clips, from the fixtures) */
+#define CLIP SA_SOURCE_DIR "/deploy/clips/mmau_test.wav"
 #define CALL_TIMEOUT_MS 120000
 
 static char g_model[256];
@@ -377,7 +378,6 @@ static int teardown(void **state) {
 
 int main(void) {
   sa_log_init("test_sa_encoder");
-  etu_skip_without_fixtures();
   if (access(ETU_SA_ENCODER, X_OK) != 0) {
     printf("SKIPPED: %s not built\n", ETU_SA_ENCODER);
     return 77;
