@@ -40,7 +40,8 @@ static void usage(FILE *f) {
           "  --prefill-chunk N      prompt tokens per prefill step (default 128)\n"
           "  --step-timeout-ms N    deadline of one pipeline step (default 60000)\n"
           "  --extra-microbatches N micro-batches in flight per replica beyond one\n"
-          "                         per stage (default 1: hides the return trip)\n"
+          "                         per stage (default 0; more hides the return trip\n"
+          "                         but shrinks each micro-batch)\n"
           "  --heartbeat-timeout-ms N  mark a worker down after this silence (default 5000)\n"
           "  --system TEXT          default system prompt (default: none)\n"
           "  --endpoint-file PATH   write the bound endpoint there once listening\n"
@@ -95,8 +96,6 @@ int main(int argc, char **argv) {
   o->max_requests = 256;
   o->prefill_chunk = 128;
   o->extra_microbatches = 0;
-  if (getenv("SA_COORD_EXTRA_MICROBATCHES"))
-    o->extra_microbatches = atoi(getenv("SA_COORD_EXTRA_MICROBATCHES"));
   o->step_timeout_ms = 60000;
   o->heartbeat_timeout_ms = 5000;
   o->encode_timeout_ms = 120000;

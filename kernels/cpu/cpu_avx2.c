@@ -75,18 +75,27 @@ block(float *y, const float *x, const uint16_t *w, const uint16_t *bias,
     }
 }
 
+/* W rows in tiles of NT when there is more than one block of x rows (see
+ * cpu_avx512.c): x rows stay in L1 while they sweep a tile held in L2. The
+ * per-element arithmetic does not depend on M or the tiling. */
+#define NT 64
+
 static void mm_small(float *y, const float *x, const uint16_t *w,
                      const uint16_t *bias, int M, int N, int K, int n0, int n1,
                      int accumulate) {
-  int n = n0;
-  for (; n + 4 <= n1; n += 4) {
+  int n4 = n0 + ((n1 - n0) & ~3);
+  int nt = M > 2 ? NT : 4;
+  for (int t = n0; t < n4; t += nt) {
+    int t_end = t + nt < n4 ? t + nt : n4;
     int m = 0;
     for (; m + 2 <= M; m += 2)
-      block(y, x, w, bias, N, K, m, n, accumulate, 4, 2);
+      for (int n = t; n < t_end; n += 4)
+        block(y, x, w, bias, N, K, m, n, accumulate, 4, 2);
     if (m < M)
-      block(y, x, w, bias, N, K, m, n, accumulate, 4, 1);
+      for (int n = t; n < t_end; n += 4)
+        block(y, x, w, bias, N, K, m, n, accumulate, 4, 1);
   }
-  for (; n < n1; n++) {
+  for (int n = n4; n < n1; n++) {
     int m = 0;
     for (; m + 2 <= M; m += 2)
       block(y, x, w, bias, N, K, m, n, accumulate, 1, 2);

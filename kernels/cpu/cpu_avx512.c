@@ -98,16 +98,29 @@ block(float *y, const float *x, const uint16_t *w, const uint16_t *bias,
   default: block(y, x, w, bias, N, K, m, n, accumulate, NB, 1); break;         \
   }
 
+/* With more than one block of x rows, W rows go in tiles of NT: each block
+ * of 4 x rows (14 KiB at K = 896, in L1) sweeps the tile (NT * K * 2 bytes,
+ * 112 KiB at K = 896, in L2), so every block runs like the decode case
+ * instead of re-widening W rows against x rows evicted from L1 (measured on
+ * Zen 4, 1 thread, N 4864 K 896: M 8-64 went from 50-68 to 88-96 GFLOP/s).
+ * The blocks and their arithmetic do not change with M or the tiling, so
+ * results stay bit-identical for any M (batch invariance). */
+#define NT 64
+
 void sa__cpu_mm_small_avx512(float *y, const float *x, const uint16_t *w,
                              const uint16_t *bias, int M, int N, int K, int n0,
                              int n1, int accumulate) {
-  int n = n0;
-  for (; n + 4 <= n1; n += 4)
+  int n4 = n0 + ((n1 - n0) & ~3); /* end of the whole groups of 4 W rows */
+  int nt = M > 4 ? NT : 4;
+  for (int t = n0; t < n4; t += nt) {
+    int t_end = t + nt < n4 ? t + nt : n4;
     for (int m = 0; m < M; m += 4) {
       int mb = M - m < 4 ? M - m : 4;
-      MB_SWITCH(4)
+      for (int n = t; n < t_end; n += 4)
+        MB_SWITCH(4)
     }
-  for (; n < n1; n++)
+  }
+  for (int n = n4; n < n1; n++)
     for (int m = 0; m < M; m += 4) {
       int mb = M - m < 4 ? M - m : 4;
       MB_SWITCH(1)
