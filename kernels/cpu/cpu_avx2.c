@@ -45,8 +45,11 @@ block(float *y, const float *x, const uint16_t *w, const uint16_t *bias,
 #pragma GCC unroll 4
   for (int i = 0; i < MB; i++)
     xr[i] = x + (size_t)(m0 + i) * K;
+  /* prefetch the next NB W rows, one line per step (see cpu_avx512.c) */
+  const char *pf = (const char *)(w + (size_t)(n + NB) * K);
   int k = 0;
   for (; k + 8 <= K; k += 8) {
+    _mm_prefetch(pf + (size_t)k * 2 * NB, _MM_HINT_T0);
     __m256 wv[4];
 #pragma GCC unroll 4
     for (int j = 0; j < NB; j++)
