@@ -192,6 +192,25 @@ int sa_sampler_sample(sa_sampler_t *s, const sa_sampler_params_t *p,
     return rc;
   float *w = s->w;
 
+  /* Greedy with nothing that changes the logits and no logprob wanted: one
+   * pass, no copy (the last stage does this for every greedy row of a step).
+   * Same result as the general path below: NaN never wins, the first maximum
+   * does, and a row whose maximum is not finite is refused. */
+  if ((p->greedy || !(p->temperature > 0.0f)) && !logprob &&
+      (p->repetition_penalty == 1.0f || n_history == 0)) {
+    float best = -INFINITY;
+    int32_t pick = -1;
+    for (int i = 0; i < V; i++)
+      if (logits[i] > best) { /* false for NaN */
+        best = logits[i];
+        pick = i;
+      }
+    if (pick < 0 || !isfinite(best))
+      return SA_EINVAL;
+    *token = pick;
+    return 0;
+  }
+
   /* Raw log-softmax normaliser (for the reported logprob). NaN counts as
    * -inf everywhere. */
   float rmax = -INFINITY;

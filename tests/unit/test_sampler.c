@@ -78,6 +78,18 @@ static void test_greedy_logprob(void **state) {
   p = greedy();
   assert_int_equal(sa_sampler_sample(s, &p, tie, 4, NULL, 0, k, &t, NULL), 0);
   assert_int_equal(t, 1);
+  /* the one-pass greedy path (no logprob) agrees with the general one: NaN
+   * never wins, and a row with no finite maximum is refused either way */
+  float withnan[4] = {NAN, 2.f, NAN, 1.f};
+  assert_int_equal(sa_sampler_sample(s, &p, withnan, 4, NULL, 0, k, &t, NULL), 0);
+  assert_int_equal(t, 1);
+  assert_int_equal(sa_sampler_sample(s, &p, withnan, 4, NULL, 0, k, &t, &lp), 0);
+  assert_int_equal(t, 1);
+  float allnan[2] = {NAN, NAN}, inf[2] = {1.f, INFINITY};
+  assert_int_equal(sa_sampler_sample(s, &p, allnan, 2, NULL, 0, k, &t, NULL), SA_EINVAL);
+  assert_int_equal(sa_sampler_sample(s, &p, allnan, 2, NULL, 0, k, &t, &lp), SA_EINVAL);
+  assert_int_equal(sa_sampler_sample(s, &p, inf, 2, NULL, 0, k, &t, NULL), SA_EINVAL);
+  assert_int_equal(sa_sampler_sample(s, &p, inf, 2, NULL, 0, k, &t, &lp), SA_EINVAL);
   sa_sampler_destroy(&s);
   assert_null(s);
 }
