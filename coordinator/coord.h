@@ -59,6 +59,8 @@ typedef struct {
   int block_tokens;
   int max_batch, max_tokens_per_step;
   int inflight;         /* micro-batches in flight */
+  uint64_t suspect_until_ms; /* a step failed here: admit nothing before this
+                                (its heartbeats decide by then) */
   uint64_t steps, tokens;
 } replica_t;
 
@@ -73,6 +75,7 @@ typedef struct {
   int idx;
   uint64_t seq_id;
   chain_state_t state;
+  int replayed;        /* after a failover: tokens of its stream re-prefilled */
   bool inflight;
   bool freed;          /* Free sent to the stages */
   int32_t *tokens;     /* generated tokens (the token log) */
@@ -93,6 +96,7 @@ typedef enum {
   REQ_PREFILL,
   REQ_FORKING,
   REQ_DECODING,
+  REQ_REPLAY,    /* after a failover: every chain re-prefills its own stream */
   REQ_DONE,
 } req_state_t;
 
@@ -126,6 +130,9 @@ struct request {
   int n_audio_rows, hidden;
   int prefilled;           /* prompt tokens sent through prefill */
   int prefill_inflight;
+  int epoch;               /* bumped at each failover: older results are stale */
+  int replays;             /* failovers so far */
+  bool replay;             /* admitted again after a failover */
   /* placement */
   int replica;
   int64_t kv_reserved;
@@ -194,7 +201,16 @@ void coord_status_handler(sa_rpc_call_t *call, void *user);
 void coord_submit_handler(sa_rpc_call_t *call, void *user);
 void coord_cancel_handler(sa_rpc_call_t *call, void *user);
 void coord_request_fail(request_t *r, sa_status_t st, const char *msg);
+/* The replica under r failed: move r to another replica and re-prefill each
+ * chain's prompt + tokens so far (DESIGN §7), or fail it after 3 tries. */
+void coord_request_requeue(request_t *r, sa_status_t st, const char *why);
+/* Sends Stage/Free(seq_id) to every stage of replica ri (best effort; r, if
+ * not NULL, stays alive until the answers are in). */
+void coord_free_seq(coord_t *co, int ri, uint64_t seq_id, request_t *r);
 void coord_fail_replica_requests(coord_t *co, int replica, const char *why);
+
+/* request.c */
+void coord_admit(coord_t *co);
 
 /* sched.c */
 void coord_schedule(coord_t *co);

@@ -262,7 +262,7 @@ int coord_pick_replica(coord_t *co, int64_t blocks_needed) {
   double best_load = 2.0;
   for (int i = 0; i < COORD_MAX_REPLICAS; i++) {
     replica_t *r = &co->replicas[i];
-    if (!r->used || !r->ready)
+    if (!r->used || !r->ready || coord_now_ms() < r->suspect_until_ms)
       continue;
     if (r->kv_reserved + blocks_needed > r->kv_capacity)
       continue;

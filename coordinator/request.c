@@ -114,8 +114,52 @@ void coord_fail_replica_requests(coord_t *co, int replica, const char *why) {
   for (request_t *r = co->requests, *next; r; r = next) {
     next = r->next;
     if (r->replica == replica && r->state != REQ_DONE)
-      coord_request_fail(r, SA_STATUS_UNAVAILABLE, why);
+      coord_request_requeue(r, SA_STATUS_UNAVAILABLE, why);
   }
+}
+
+#define MAX_REPLAYS 3
+
+void coord_request_requeue(request_t *r, sa_status_t st, const char *why) {
+  coord_t *co = r->co;
+  if (r->state == REQ_DONE) {
+    coord_request_fail(r, st, why); /* frees what is left, reaps */
+    return;
+  }
+  if (r->replays >= MAX_REPLAYS || r->replica < 0) {
+    char msg[400];
+    snprintf(msg, sizeof msg, "%s (after %d failovers)", why, r->replays);
+    coord_request_fail(r, st, msg);
+    return;
+  }
+  int old = r->replica;
+  r->replays++;
+  r->epoch++; /* results of batches already sent are stale now */
+  int64_t replay_tokens = 0;
+  for (int c = 0; c < r->n_chains; c++) {
+    chain_t *ch = &r->chains[c];
+    if (!ch->freed && !ch->inflight) /* in-flight ones are freed when they come back */
+      coord_free_seq(co, old, ch->seq_id, r);
+    ch->freed = false;
+    if (ch->state == CHAIN_DONE) {
+      ch->freed = true; /* nothing of it on the new replica */
+      continue;
+    }
+    ch->seq_id = ++co->next_seq_id;
+    ch->state = CHAIN_WAIT;
+    ch->replayed = 0;
+    replay_tokens += r->prompt_len - 1 + ch->n_tokens;
+  }
+  co->replicas[old].kv_reserved -= r->kv_reserved;
+  co->replicas[old].suspect_until_ms = coord_now_ms() + (uint64_t)co->opts.heartbeat_timeout_ms + 500;
+  r->kv_reserved = 0;
+  r->replica = -1;
+  r->replay = true;
+  r->state = REQ_QUEUED;
+  SA_LOG_WARN("request %s: %s; failing over (try %d): %lld tokens to re-prefill on another "
+              "replica",
+              r->request_id, why, r->replays, (long long)replay_tokens);
+  coord_admit(co);
 }
 
 static void on_client_gone(sa_rpc_call_t *call, void *user) {
@@ -193,6 +237,8 @@ static int64_t blocks_needed(const request_t *r, int block_tokens) {
   int64_t bt = block_tokens > 0 ? block_tokens : 16;
   int64_t shared = (r->prompt_len + bt - 1) / bt;
   int64_t per_chain = (r->max_tokens + bt - 1) / bt + 1;
+  if (r->replay) /* after a failover every chain holds its own prompt */
+    return (int64_t)r->n_chains * (shared + per_chain);
   return shared + (int64_t)r->n_chains * per_chain;
 }
 
@@ -233,7 +279,7 @@ void coord_admit(coord_t *co) {
     r->replica = rep;
     r->kv_reserved = need;
     co->replicas[rep].kv_reserved += need;
-    r->state = REQ_PREFILL;
+    r->state = r->replay ? REQ_REPLAY : REQ_PREFILL;
     SA_LOG_DEBUG("request %s admitted on replica %s (%lld blocks)", r->request_id,
                  co->replicas[rep].name, (long long)need);
   }

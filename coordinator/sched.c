@@ -32,6 +32,7 @@ void coord_request_chain_event(request_t *r, chain_t *c);
 void coord_admit(coord_t *co);
 
 #define MAX_SEQS_PER_BATCH 256
+#define REPLAY_CHUNK_MAX 1024 /* tokens of one replay chunk */
 
 typedef struct {
   coord_t *co;
@@ -40,7 +41,9 @@ typedef struct {
   int n;
   chain_t *chains[MAX_SEQS_PER_BATCH];
   uint64_t seq_ids[MAX_SEQS_PER_BATCH];
+  int epochs[MAX_SEQS_PER_BATCH];         /* the request's epoch when sent */
   int prefill_tokens[MAX_SEQS_PER_BATCH]; /* > 0: a prefill chunk of chain 0 */
+  int replay_tokens[MAX_SEQS_PER_BATCH];  /* > 0: a replay chunk of the chain */
   uint64_t t_sent_ms;
 } batch_t;
 
@@ -70,13 +73,16 @@ static void on_free_done(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void 
 /* Sends Free(seq) to every stage of the replica (fire and forget, but the
  * request stays alive until the answers are in). */
 void coord_chain_free(request_t *r, chain_t *c) {
-  coord_t *co = r->co;
   if (c->freed || c->inflight || r->replica < 0)
     return;
   c->freed = true;
-  replica_t *rp = &co->replicas[r->replica];
+  coord_free_seq(r->co, r->replica, c->seq_id, r);
+}
+
+void coord_free_seq(coord_t *co, int ri, uint64_t seq_id, request_t *r) {
+  replica_t *rp = &co->replicas[ri];
   Sa__FreeRequest fq = SA__FREE_REQUEST__INIT;
-  uint64_t id = c->seq_id;
+  uint64_t id = seq_id;
   fq.seq_ids = &id;
   fq.n_seq_ids = 1;
   uint8_t buf[32];
@@ -97,7 +103,8 @@ void coord_chain_free(request_t *r, chain_t *c) {
     free(m);
     return;
   }
-  r->pending_ops++;
+  if (r)
+    r->pending_ops++;
 }
 
 static void on_fork_done(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void *user) {
@@ -114,7 +121,7 @@ static void on_fork_done(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void 
   r->pending_ops--;
   if (r->state == REQ_FORKING) {
     if (m->failed) {
-      coord_request_fail(r, SA_STATUS_INTERNAL, m->why);
+      coord_request_requeue(r, SA_STATUS_UNAVAILABLE, m->why);
     } else {
       r->state = REQ_DECODING;
       for (int c = 0; c < r->n_chains; c++)
@@ -220,6 +227,35 @@ static void chain_token(request_t *r, chain_t *c, int32_t tok) {
     chain_finish(r, c, SA__FINISH_REASON__FINISH_LENGTH);
 }
 
+/* The stream chain c re-prefills after a failover: the prompt, then its
+ * tokens, all but the last (which is fed by the first decode step). */
+static int replay_len(const request_t *r, const chain_t *c) {
+  return r->prompt_len - 1 + c->n_tokens;
+}
+
+static int32_t replay_token(const request_t *r, const chain_t *c, int p) {
+  return p < r->prompt_len ? r->prompt[p] : c->tokens[p - r->prompt_len];
+}
+
+/* True for a step failure another replica may not have. */
+static bool retryable(sa_status_t st) {
+  return st == SA_STATUS_UNAVAILABLE || st == SA_STATUS_DEADLINE_EXCEEDED ||
+         st == SA_STATUS_FAILED_PRECONDITION || st == SA_STATUS_ABORTED;
+}
+
+/* An entry of a batch sent before its request failed over: the sequence is
+ * gone with the old replica's KV; free it there and drop the result. */
+static void stale_entry(batch_t *b, int i) {
+  chain_t *c = b->chains[i];
+  request_t *r = c->req;
+  if (b->prefill_tokens[i])
+    r->prefill_inflight = 0; /* prefill entries never mark the chain */
+  else
+    c->inflight = false;
+  coord_free_seq(b->co, b->replica, b->seq_ids[i], r);
+  coord_request_progress(r);
+}
+
 static void on_step_done(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void *user) {
   batch_t *b = user;
   coord_t *co = b->co;
@@ -231,18 +267,26 @@ static void on_step_done(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void 
     sr = sa__step_result__unpack(NULL, res->body_len, res->body);
   if (!sr) {
     char why[300];
-    snprintf(why, sizeof why, "pipeline step failed: %s%s%s",
-             sa_status_name(res->status), res->status_msg[0] ? ": " : "", res->status_msg);
+    sa_status_t st = res->status == SA_STATUS_OK ? SA_STATUS_INTERNAL : res->status;
+    snprintf(why, sizeof why, "pipeline step failed: %s%s%s", sa_status_name(res->status),
+             res->status_msg[0] ? ": " : "", res->status_msg);
     SA_LOG_WARN("replica %s batch %llu: %s", rp->name, (unsigned long long)b->batch_id, why);
     /* one entry at a time: a request is reaped only once none of its
      * chains is in flight, i.e. after its last entry in this batch */
     for (int i = 0; i < b->n; i++) {
       chain_t *c = b->chains[i];
       request_t *r = c->req;
+      if (b->epochs[i] != r->epoch) {
+        stale_entry(b, i);
+        continue;
+      }
       c->inflight = false;
       if (b->prefill_tokens[i])
         r->prefill_inflight = 0;
-      coord_request_fail(r, res->status == SA_STATUS_OK ? SA_STATUS_INTERNAL : res->status, why);
+      if (retryable(st))
+        coord_request_requeue(r, st, why);
+      else
+        coord_request_fail(r, st, why);
     }
     free(b);
     coord_schedule(co);
@@ -252,6 +296,10 @@ static void on_step_done(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void 
   for (int i = 0; i < b->n; i++) {
     chain_t *c = b->chains[i];
     request_t *r = c->req;
+    if (b->epochs[i] != r->epoch) {
+      stale_entry(b, i);
+      continue;
+    }
     c->inflight = false;
     const Sa__SeqResult *res_i = NULL;
     for (size_t k = 0; k < sr->n_results; k++)
@@ -274,6 +322,28 @@ static void on_step_done(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void 
             r->chains[0].state = CHAIN_DECODE;
           }
         }
+      }
+      coord_request_progress(r);
+      continue;
+    }
+    if (b->replay_tokens[i]) {
+      rp->tokens += (uint64_t)b->replay_tokens[i];
+      if (r->state == REQ_REPLAY && c->state == CHAIN_WAIT) {
+        c->replayed += b->replay_tokens[i];
+        if (c->replayed >= replay_len(r, c)) {
+          c->next_input = c->n_tokens ? c->tokens[c->n_tokens - 1] : r->prompt[r->prompt_len - 1];
+          c->state = CHAIN_DECODE;
+          bool all = true;
+          for (int k = 0; k < r->n_chains; k++)
+            all = all && r->chains[k].state != CHAIN_WAIT;
+          if (all) {
+            r->state = REQ_DECODING;
+            SA_LOG_INFO("request %s: re-prefilled on replica %s; decoding resumes",
+                        r->request_id, rp->name);
+          }
+        }
+      } else {
+        coord_chain_free(r, c);
       }
       coord_request_progress(r);
       continue;
@@ -314,6 +384,7 @@ typedef struct {
   Sa__EmbedSpan span;
   Sa__EmbedSpan *span_ptr;
   int32_t one_token[MAX_SEQS_PER_BATCH];
+  int32_t replay_ids[REPLAY_CHUNK_MAX];
   char *route[COORD_MAX_STAGES];
 } batch_msg_t;
 
@@ -368,6 +439,7 @@ static int send_batch(coord_t *co, int ri, int share) {
       m->step_ptrs[i] = s;
       b->chains[i] = c;
       b->seq_ids[i] = c->seq_id;
+      b->epochs[i] = r->epoch;
       c->inflight = true;
       budget--;
       total++;
@@ -425,12 +497,84 @@ static int send_batch(coord_t *co, int ri, int share) {
     m->step_ptrs[i] = s;
     b->chains[i] = c;
     b->seq_ids[i] = c->seq_id;
+    b->epochs[i] = r->epoch;
     b->prefill_tokens[i] = n;
     r->prefill_inflight = 1;
     total += n;
     budget -= n;
     flags |= SA__STEP_FLAGS__STEP_PREFILL;
     break; /* one audio frame per batch: at most one prefill chunk */
+  }
+  /* after a failover: one chain's replay chunk (prompt + its tokens), if no
+   * prefill chunk took the batch's audio frame */
+  bool have_prefill = flags & SA__STEP_FLAGS__STEP_PREFILL;
+  for (request_t *r = co->requests; r && !have_prefill && b->n < max_seqs && budget > 0;
+       r = r->next) {
+    if (r->replica != ri || r->state != REQ_REPLAY || r->prefill_inflight)
+      continue;
+    chain_t *c = NULL;
+    for (int k = 0; k < r->n_chains && !c; k++)
+      if (r->chains[k].state == CHAIN_WAIT && !r->chains[k].inflight &&
+          r->chains[k].replayed < replay_len(r, &r->chains[k]))
+        c = &r->chains[k];
+    if (!c)
+      continue;
+    int at = c->replayed;
+    int n = replay_len(r, c) - at;
+    if (n > co->opts.prefill_chunk)
+      n = co->opts.prefill_chunk;
+    if (n > budget)
+      n = budget;
+    if (n > REPLAY_CHUNK_MAX)
+      n = REPLAY_CHUNK_MAX;
+    for (int k = 0; k < n; k++)
+      m->replay_ids[k] = replay_token(r, c, at + k);
+    int i = b->n++;
+    Sa__SeqStep *s = &m->steps[i];
+    sa__seq_step__init(s);
+    m->sampling[i] = r->sampling;
+    s->seq_id = c->seq_id;
+    s->request_id = r->id;
+    s->chain = c->idx;
+    s->position = at;
+    s->n_tokens = n;
+    s->token_ids = m->replay_ids;
+    s->n_token_ids = (size_t)n;
+    s->sampling = &m->sampling[i];
+    s->rng_seed = sa_rng_chain_seed(r->sampling.seed, (uint32_t)c->idx);
+    s->flags = SA__STEP_FLAGS__STEP_PREFILL;
+    s->want_sample = false;
+    int a0 = -1, an = 0;
+    for (int k = 0; k < r->n_audio_rows; k++) {
+      int p = r->audio_pos[k];
+      if (p >= at && p < at + n) {
+        if (a0 < 0)
+          a0 = k;
+        an++;
+      }
+    }
+    if (an > 0) {
+      sa__embed_span__init(&m->span);
+      m->span.frame = 0;
+      m->span.first_row = 0;
+      m->span.n_rows = an;
+      m->span.at_token = r->audio_pos[a0] - at;
+      m->span_ptr = &m->span;
+      s->embed_spans = &m->span_ptr;
+      s->n_embed_spans = 1;
+      emb_rows = r->audio_rows + (size_t)a0 * (size_t)r->hidden;
+      emb_n = an;
+    }
+    m->step_ptrs[i] = s;
+    b->chains[i] = c;
+    b->seq_ids[i] = c->seq_id;
+    b->epochs[i] = r->epoch;
+    b->replay_tokens[i] = n;
+    c->inflight = true;
+    total += n;
+    budget -= n;
+    flags |= SA__STEP_FLAGS__STEP_PREFILL;
+    break;
   }
   (void)emb_first;
   if (b->n == 0) {
@@ -479,9 +623,10 @@ static int send_batch(coord_t *co, int ri, int share) {
     SA_LOG_WARN("replica %s: could not send a step: %s", rp->name, sa_strerror(rc));
     for (int i = 0; i < b->n; i++) {
       request_t *r = b->chains[i]->req;
-      b->chains[i]->inflight = false;
       if (b->prefill_tokens[i])
         r->prefill_inflight = 0;
+      else
+        b->chains[i]->inflight = false;
       if (rc != SA_EFULL) /* EFULL: the sequences simply wait for the next round */
         coord_request_fail(r, sa_err_to_status(rc), "could not reach the first stage of the replica");
     }
@@ -503,6 +648,10 @@ static int ready_sequences(coord_t *co, int ri) {
         n += r->chains[k].state == CHAIN_DECODE && !r->chains[k].inflight;
     else if (r->state == REQ_PREFILL && !r->prefill_inflight)
       n++;
+    else if (r->state == REQ_REPLAY && !r->prefill_inflight)
+      for (int k = 0; k < r->n_chains; k++)
+        n += r->chains[k].state == CHAIN_WAIT && !r->chains[k].inflight &&
+             r->chains[k].replayed < replay_len(r, &r->chains[k]);
   }
   return n;
 }
