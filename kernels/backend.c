@@ -2,6 +2,8 @@
 #include "backend_impl.h"
 #include "log.h"
 
+#include "sa_error.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,4 +43,38 @@ void sa_backend_destroy(sa_backend_t **be) {
     return;
   (*be)->ops->destroy(*be);
   *be = NULL;
+}
+
+void *sa__host_alloc(sa_backend_t *be, size_t bytes) {
+  (void)be;
+  size_t n = (bytes + 63) & ~(size_t)63;
+  return aligned_alloc(64, n ? n : 64);
+}
+
+void sa__host_free(sa_backend_t *be, void *p) {
+  (void)be;
+  free(p);
+}
+
+int sa__host_copy(sa_backend_t *be, void *dst, const void *src, size_t n) {
+  (void)be;
+  if (n && (!dst || !src))
+    return SA_EINVAL;
+  if (n)
+    memmove(dst, src, n);
+  return 0;
+}
+
+int sa__host_memset0(sa_backend_t *be, void *dst, size_t n) {
+  (void)be;
+  if (n && !dst)
+    return SA_EINVAL;
+  if (n)
+    memset(dst, 0, n);
+  return 0;
+}
+
+int sa__host_sync(sa_backend_t *be) {
+  (void)be;
+  return 0;
 }

@@ -287,43 +287,6 @@ static void run_range(cpu_t *c, int total, double cost, int align, range_fn fn,
 }
 
 /* ------------------------------------------------------------------------ */
-/* memory                                                                    */
-
-static void *cpu_alloc(sa_backend_t *be, size_t bytes) {
-  (void)be;
-  size_t n = (bytes + 63) & ~(size_t)63;
-  return aligned_alloc(64, n ? n : 64);
-}
-
-static void cpu_free(sa_backend_t *be, void *p) {
-  (void)be;
-  free(p);
-}
-
-static int cpu_copy(sa_backend_t *be, void *dst, const void *src, size_t n) {
-  (void)be;
-  if (n && (!dst || !src))
-    return SA_EINVAL;
-  if (n)
-    memmove(dst, src, n);
-  return 0;
-}
-
-static int cpu_memset0(sa_backend_t *be, void *dst, size_t n) {
-  (void)be;
-  if (n && !dst)
-    return SA_EINVAL;
-  if (n)
-    memset(dst, 0, n);
-  return 0;
-}
-
-static int cpu_sync(sa_backend_t *be) {
-  (void)be;
-  return 0;
-}
-
-/* ------------------------------------------------------------------------ */
 /* matmul                                                                    */
 
 typedef struct {
@@ -909,13 +872,13 @@ static void cpu_destroy(sa_backend_t *be) {
 
 static const sa_backend_ops_t cpu_ops = {
     .name = "cpu",
-    .alloc = cpu_alloc,
-    .free = cpu_free,
-    .upload = cpu_copy,
-    .download = cpu_copy,
-    .copy = cpu_copy,
-    .memset0 = cpu_memset0,
-    .sync = cpu_sync,
+    .alloc = sa__host_alloc,
+    .free = sa__host_free,
+    .upload = sa__host_copy,
+    .download = sa__host_copy,
+    .copy = sa__host_copy,
+    .memset0 = sa__host_memset0,
+    .sync = sa__host_sync,
     .matmul_bf16 = cpu_matmul_bf16,
     .rmsnorm = cpu_rmsnorm,
     .layernorm = cpu_layernorm,

@@ -9,6 +9,7 @@
  * Memory is host memory from aligned_alloc(64); upload/download/copy are
  * memcpy and sync is a no-op.
  */
+#include "backend_impl.h"
 #include "kernels.h"
 #include "log.h"
 #include "sa_error.h"
@@ -19,40 +20,6 @@
 #include <string.h>
 
 static float bf(uint16_t h) { return sa_bf16_to_f32(h); }
-
-static void *ref_alloc(sa_backend_t *be, size_t bytes) {
-  (void)be;
-  size_t n = (bytes + 63) & ~(size_t)63;
-  return aligned_alloc(64, n ? n : 64);
-}
-
-static void ref_free(sa_backend_t *be, void *p) {
-  (void)be;
-  free(p);
-}
-
-static int ref_copy(sa_backend_t *be, void *dst, const void *src, size_t n) {
-  (void)be;
-  if (n && (!dst || !src))
-    return SA_EINVAL;
-  if (n)
-    memmove(dst, src, n);
-  return 0;
-}
-
-static int ref_memset0(sa_backend_t *be, void *dst, size_t n) {
-  (void)be;
-  if (n && !dst)
-    return SA_EINVAL;
-  if (n)
-    memset(dst, 0, n);
-  return 0;
-}
-
-static int ref_sync(sa_backend_t *be) {
-  (void)be;
-  return 0;
-}
 
 static int ref_matmul_bf16(sa_backend_t *be, float *y, const float *x,
                            const uint16_t *w, const uint16_t *bias, int M,
@@ -396,13 +363,13 @@ static void ref_destroy(sa_backend_t *be) { free(be); }
 
 static const sa_backend_ops_t ref_ops = {
     .name = "ref",
-    .alloc = ref_alloc,
-    .free = ref_free,
-    .upload = ref_copy,
-    .download = ref_copy,
-    .copy = ref_copy,
-    .memset0 = ref_memset0,
-    .sync = ref_sync,
+    .alloc = sa__host_alloc,
+    .free = sa__host_free,
+    .upload = sa__host_copy,
+    .download = sa__host_copy,
+    .copy = sa__host_copy,
+    .memset0 = sa__host_memset0,
+    .sync = sa__host_sync,
     .matmul_bf16 = ref_matmul_bf16,
     .rmsnorm = ref_rmsnorm,
     .layernorm = ref_layernorm,

@@ -42,9 +42,8 @@ static void *read_all(const char *cmd, const char *path, size_t *len) {
   return buf;
 }
 
-/* Decodes an audio file to 16 kHz mono; caller frees *pcm. */
-static int decode_file(const char *cmd, const char *path, double max_s,
-                       float **pcm, size_t *n) {
+int sa_model_decode_audio_file(const char *cmd, const char *path, double max_s,
+                               float **pcm, size_t *n) {
   size_t len = 0;
   void *bytes = read_all(cmd, path, &len);
   if (!bytes)
@@ -111,7 +110,7 @@ int sa_model_cmd_pcm(int argc, char **argv) {
   }
   float *pcm = NULL;
   size_t n = 0;
-  if (decode_file("pcm", audio, max_s, &pcm, &n) != 0)
+  if (sa_model_decode_audio_file("pcm", audio, max_s, &pcm, &n) != 0)
     return 1;
   int64_t shape[1] = {(int64_t)n};
   int rc = sa_npy_write_f32(out, pcm, 1, shape);
@@ -172,7 +171,7 @@ int sa_model_cmd_mel(int argc, char **argv) {
   }
   float *pcm = NULL;
   size_t n = 0;
-  if (decode_file("mel", audio, max_s, &pcm, &n) != 0)
+  if (sa_model_decode_audio_file("mel", audio, max_s, &pcm, &n) != 0)
     return 1;
   int status = 1;
   sa_mel_t *mel = NULL;
@@ -284,7 +283,7 @@ int sa_model_cmd_encode(int argc, char **argv) {
     fprintf(stderr, "encode: %s\n", sa_strerror(rc));
     goto out;
   }
-  if (decode_file("encode", audio, max_s, &pcm, &n) != 0)
+  if (sa_model_decode_audio_file("encode", audio, max_s, &pcm, &n) != 0)
     goto out;
   int n_chunks = 0;
   int64_t total = 0, got = 0;

@@ -11,7 +11,6 @@
  * patch slots of the prompt, audio first, then the text. */
 #include "sa_model.h"
 
-#include "audio.h"
 #include "audio_encoder.h"
 #include "chat.h"
 #include "decoder.h"
@@ -48,32 +47,16 @@ static int generate_audio_rows(sa_backend_t *be, const char *model, const char *
                                float **rows, int64_t *n_rows, int *chunk_tokens,
                                int *n_chunks, char *err, size_t cap) {
   int rc = SA_EIO;
-  void *data = NULL;
   float *pcm = NULL;
-  size_t n_pcm = 0, len = 0;
+  size_t n_pcm = 0;
   sa_st_t *st = NULL;
   sa_audio_encoder_t *enc = NULL;
   sa_audio_encoder_ws_t *ws = NULL;
   sa_model_config_t cfg;
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    snprintf(err, cap, "cannot open %s", path);
-    return SA_ENOENT;
+  if (sa_model_decode_audio_file("generate", path, 0, &pcm, &n_pcm)) {
+    snprintf(err, cap, "cannot use the audio of %s", path);
+    return SA_EINVAL;
   }
-  fseek(f, 0, SEEK_END);
-  long fl = ftell(f);
-  rewind(f);
-  if (fl > 0 && (data = malloc((size_t)fl)) && fread(data, 1, (size_t)fl, f) == (size_t)fl)
-    len = (size_t)fl;
-  fclose(f);
-  if (!len) {
-    snprintf(err, cap, "cannot read %s", path);
-    goto out;
-  }
-  sa_audio_limits_t lim;
-  sa_audio_limits_default(&lim);
-  if ((rc = sa_audio_decode(data, len, &lim, &pcm, &n_pcm, err, cap)))
-    goto out;
   if ((rc = sa_config_load(model, &cfg, err, cap)))
     goto out;
   sa_st_layer_range_t want = {.audio = true};
@@ -105,7 +88,6 @@ out:
   sa_audio_encoder_destroy(&enc);
   sa_st_close(&st);
   free(pcm);
-  free(data);
   return rc;
 }
 

@@ -33,4 +33,10 @@ int sa_model_parse_ids(const char *s, int32_t **ids, size_t *n);
 /* Creates the backend named by dev ("cpu", "ref", "cuda[:N]"). */
 sa_backend_t *sa_model_backend(const char *dev, int threads);
 
+/* Reads and decodes an audio file to 16 kHz mono float (model/audio, the
+ * default limits, max_s > 0 overrides the duration limit). Caller frees
+ * *pcm. Returns 0, or 1 after printing "cmd: path: reason" to stderr. */
+int sa_model_decode_audio_file(const char *cmd, const char *path, double max_s,
+                               float **pcm, size_t *n);
+
 #endif
