@@ -10,7 +10,7 @@ source "$(dirname "$0")/lib.sh"
 M=$T/model
 make_model "$M" 15
 make_clips "$T/clips" 2
-start_coordinator "$M" --heartbeat-timeout-ms 2000
+start_coordinator "$M" --heartbeat-timeout-ms 3000
 start_encoder "$M" encoder0
 declare -A PID_OF
 for r in r0 r1; do
@@ -22,6 +22,18 @@ wait_ready 2 1
 want_tokens() { # clip seed max
   "$BIN/sa-model" generate --model "$M" --audio "$1" --max-tokens "$3" --seed "$2" \
     --temperature 0 --ids --threads 1 2>/dev/null | grep -a '^ids:' | sed 's/^ids: *//'
+}
+# waits until no healthy stage reports KV in use (stale figures of the last
+# request would point at the wrong stage)
+kv_idle() {
+  for _ in $(seq 100); do
+    n=$("$BIN/sa-client" status --json --coordinator "$COORD" |
+      grep -o '{[^{}]*"role":"stage"[^{}]*}' | grep '"healthy":true' |
+      grep -o '"kv_blocks_used":[0-9]*' | cut -d: -f2 | awk '{s+=$1} END{print s+0}')
+    [[ $n -eq 0 ]] && return 0
+    sleep 0.1
+  done
+  fail "KV still in use between requests"
 }
 # the stage of the busy replica's last layers: the one whose KV is in use
 busy_last_stage() {
@@ -46,6 +58,8 @@ want=$(want_tokens "$T/clips/clip0.wav" 21 3000)
 grep -q "failing over" "$T/coordinator.log" || fail "the coordinator did not fail over"
 pass "stage $victim died mid-request; re-prefilled on the other replica; $(wc -w <<<"$got") tokens equal sa-model generate"
 
+kv_idle
+
 # --- 2: one replica left, it loses a stage; a replacement arrives later ----
 "$BIN/sa-client" submit "$T/clips/clip1.wav" --max-tokens 3000 --seed 22 --temperature 0 --json --coordinator "$COORD" >"$T/b.out" 2>"$T/b.err" &
 cpid=$!
@@ -68,6 +82,7 @@ start_worker "$M" 0:2 r2 r2-a; PID_OF[r2-a]=$LAST_PID
 start_worker "$M" 2: r2 r2-b; PID_OF[r2-b]=$LAST_PID
 PID_OF[$rep-b2]=$(pgrep -f -- "--node-id $rep-b2\$" | head -n 1)
 wait_ready 2 1
+kv_idle
 "$BIN/sa-client" submit "$T/clips/clip0.wav" -n 4 --vote none --max-tokens 2500 --seed 23 \
   --temperature 0.7 --top-k 3 --json --coordinator "$COORD" >"$T/c.out" 2>"$T/c.err" &
 cpid=$!
