@@ -67,8 +67,12 @@ static void usage(FILE *f) {
           "  --warmup N       decode tokens per request before timing (default 2)\n"
           "  --repeats N      runs of each configuration; medians quoted (default 3)\n"
           "  --prompt TEXT    user text of every request (default \"Hi\")\n"
-          "  --split S        balanced (layer ranges balanced with the LM head counted\n"
-          "                   as layers of equal bytes; default) or even\n"
+          "  --split S        measured (layer ranges balanced by the compute time of a\n"
+          "                   layer and of the LM head + sampling, timed in this\n"
+          "                   process at the micro-batch size; default), weights\n"
+          "                   (the LM head counted as layers of equal bytes) or even\n"
+          "  --extra-microbatches N  micro-batches in flight beyond one per stage\n"
+          "                   (sa-coordinator's option; default 0)\n"
           "  --hop-reps N     ZeroMQ round trips per payload size (default 300)\n"
           "  --quick          --decode 8 --repeats 1 --stages 2 --hop-reps 100\n"
           "  --keep-logs      keep the processes' logs (printed path)\n"
@@ -170,6 +174,40 @@ static int steady_window(const bp_req_t *r, int B, int warm, window_t *w) {
   return 0;
 }
 
+/* Rows of a micro-batch when B sequences decode over P stages with `extra`
+ * micro-batches beyond one per stage (as sa-coordinator splits them). */
+static int mb_rows(int B, int P, int extra) { return (B + P + extra - 1) / (P + extra); }
+
+/* The LM head (+ greedy sampling) of the last stage in units of one layer's
+ * decode compute, timed in this process: layers [0, L/2) and then the last
+ * layer with the head, `rows` sequences, `threads` threads, medians of a few
+ * steps. By weights alone the head looks heavier than it runs: a layer also
+ * pays attention, norms and activations. */
+static int measure_head(const bp_inproc_opts_t *io, int L, int rows, int threads,
+                        double *head) {
+  enum { STEPS = 5 };
+  bp_inproc_opts_t o = *io;
+  o.warmup = 1;
+  o.steps = STEPS;
+  o.sample_s = NULL;
+  double st[STEPS], tps;
+  int half = L / 2 > 0 ? L / 2 : 1;
+  if (half >= L) { /* one layer: nothing to split */
+    *head = 0;
+    return 0;
+  }
+  if (bp_inproc_decode(&o, 0, half, threads, rows, 1, st, &tps))
+    return 1;
+  double layer = sa_bench_median(st, STEPS) / half;
+  if (bp_inproc_decode(&o, L - 1, L, threads, rows, 1, st, &tps))
+    return 1;
+  double last = sa_bench_median(st, STEPS);
+  *head = last / layer - 1 > 0 ? last / layer - 1 : 0;
+  printf("measured split cost (%d rows, %d thread(s)): a layer %.2f ms, LM head + sampling "
+         "%.2f ms = %.2f layers\n", rows, threads, layer * 1e3, (last - layer) * 1e3, *head);
+  return 0;
+}
+
 static double dmedian(const double *v, int n) {
   double *c = malloc(sizeof(double) * (size_t)(n ? n : 1));
   if (!c)
@@ -196,9 +234,10 @@ typedef struct {
 int main(int argc, char **argv) {
   setenv("SA_LOG_LEVEL", "warn", 0); /* no per-backend info lines */
   sa_log_init("bench-pipeline");
-  const char *model = NULL, *prompt = "Hi", *split = "balanced";
+  const char *model = NULL, *prompt = "Hi", *split = "measured";
   int threads = 2, decode = 24, warm = 2, reps = 3, hop_reps = 300, quick = 0, keep = 0;
   int batches[MAX_LIST] = {1, 32}, n_batches = 2, stages[MAX_LIST] = {2, 4}, n_stages = 2;
+  int extra_mb = 0;
   int stages_set = 0, decode_set = 0, reps_set = 0, hop_set = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -223,6 +262,8 @@ int main(int argc, char **argv) {
       warm = atoi(v), i++;
     } else if (v && !strcmp(a, "--repeats")) {
       reps = atoi(v), reps_set = 1, i++;
+    } else if (v && !strcmp(a, "--extra-microbatches")) {
+      extra_mb = atoi(v), i++;
     } else if (v && !strcmp(a, "--hop-reps")) {
       hop_reps = atoi(v), hop_set = 1, i++;
     } else if (v && !strcmp(a, "--batches")) {
@@ -249,7 +290,7 @@ int main(int argc, char **argv) {
       hop_reps = 100;
   }
   if (threads < 1 || decode < 2 || warm < 0 || reps < 1 || hop_reps < 1 ||
-      (strcmp(split, "balanced") && strcmp(split, "even")))
+      (strcmp(split, "measured") && strcmp(split, "weights") && strcmp(split, "even")))
     goto bad;
   for (int i = 0; i < n_stages; i++)
     if (stages[i] > BP_MAX_STAGES)
@@ -327,7 +368,7 @@ int main(int argc, char **argv) {
   int rows_set[2 * MAX_LIST * MAX_LIST + 1], n_rows = 0;
   for (int bi = 0; bi < n_batches; bi++)
     for (int pi = -1; pi < n_stages; pi++) {
-      int m = pi < 0 ? batches[bi] : (batches[bi] + stages[pi] - 1) / stages[pi];
+      int m = pi < 0 ? batches[bi] : mb_rows(batches[bi], stages[pi], extra_mb);
       int dup = 0;
       for (int k = 0; k < n_rows; k++)
         dup |= rows_set[k] == m;
@@ -383,6 +424,7 @@ int main(int argc, char **argv) {
   snprintf(co.coord_model, sizeof co.coord_model, "%s/coord-model", tdir);
   snprintf(co.log_dir, sizeof co.log_dir, "%s", tdir);
   co.kv_mem = "128MiB";
+  co.extra_microbatches = extra_mb;
   if (bp_coord_model_write(model, co.coord_model, V)) {
     fprintf(stderr, "bench-pipeline: cannot write the coordinator's tokenizer\n");
     return 1;
@@ -408,7 +450,13 @@ int main(int argc, char **argv) {
     co.n_stages = P;
     co.threads_per_stage = threads / P > 0 ? threads / P : 1;
     tpstage[pi] = co.threads_per_stage;
-    split_layers(L, P, head_layers, !strcmp(split, "balanced"), co.first, co.last);
+    double head = head_layers;
+    if (!strcmp(split, "measured") && P > 1) {
+      int rows = mb_rows(max_batch, P, extra_mb);
+      if (measure_head(&io, L, rows, co.threads_per_stage, &head))
+        return 1;
+    }
+    split_layers(L, P, head, strcmp(split, "even") != 0, co.first, co.last);
     printf("%d stages (%s split:", P, split);
     for (int s = 0; s < P; s++)
       printf(" %d:%d", co.first[s], co.last[s]);
@@ -495,13 +543,13 @@ int main(int argc, char **argv) {
     bp_cluster_stop(&cl);
     /* each stage's compute alone, at the coordinator's micro-batch size */
     printf("  each stage alone in this process (%d thread(s), micro-batch rows = B/%d):\n",
-           co.threads_per_stage, P);
+           co.threads_per_stage, P + extra_mb);
     bp_inproc_opts_t so = io;
     double sst[5];
     so.warmup = 1;
     so.steps = 5;
     for (int bi = 0; bi < n_batches; bi++) {
-      int m = (batches[bi] + P - 1) / P;
+      int m = mb_rows(batches[bi], P, extra_mb);
       printf("    batch %2d (micro-batch %2d):", batches[bi], m);
       for (int s = 0; s < P; s++) {
         double st[5], tp;
@@ -560,7 +608,7 @@ int main(int argc, char **argv) {
     for (int bi = 0; bi < n_batches; bi++) {
       if (!piped[pi][bi].ok)
         continue;
-      int P = stages[pi], B = batches[bi], m = (B + P - 1) / P;
+      int P = stages[pi], B = batches[bi], m = mb_rows(B, P, extra_mb);
       int k = (B + m - 1) / m; /* micro-batches in flight */
       double sum = 0, mx = 0;
       for (int s = 0; s < P; s++) {

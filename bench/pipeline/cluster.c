@@ -133,8 +133,10 @@ int bp_cluster_start(const bp_cluster_opts_t *o, double timeout_s, bp_cluster_t 
   unlink(epf);
   snprintf(bin, sizeof bin, "%s/sa-coordinator", o->bin_dir);
   snprintf(log, sizeof log, "%s/coordinator.log", o->log_dir);
+  char extra[16];
+  snprintf(extra, sizeof extra, "%d", o->extra_microbatches);
   char *cargv[] = {bin, "--model", (char *)o->coord_model, "--listen", "tcp://127.0.0.1:*",
-                   "--endpoint-file", epf, NULL};
+                   "--endpoint-file", epf, "--extra-microbatches", extra, NULL};
   if ((c->pids[c->n_pids] = spawn(cargv, log, 1)) < 0)
     goto fail;
   c->n_pids++;

@@ -52,6 +52,7 @@ typedef struct {
   int first[BP_MAX_STAGES], last[BP_MAX_STAGES]; /* layer ranges */
   int threads_per_stage;
   const char *kv_mem; /* per worker, e.g. "128MiB" */
+  int extra_microbatches; /* sa-coordinator --extra-microbatches */
 } bp_cluster_opts_t;
 
 typedef struct {
