@@ -5,6 +5,9 @@
 #include "sa_error.h"
 
 #include <math.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -180,6 +183,33 @@ static void select_top_k(cand_t *c, const float *w, int V, int k) {
   qsort(c, (size_t)k, sizeof(cand_t), cand_cmp);
 }
 
+/* The largest non-NaN value of x[0..n) (-inf if none): independent lanes of
+ * `x > m ? x : m` (false for NaN; maxps computes exactly that with x first),
+ * then the lanes and the tail. Exact: a max does not round. */
+static float row_max(const float *x, int n) {
+  float m = -INFINITY;
+  int i = 0;
+#ifdef __SSE2__
+  __m128 l0 = _mm_set1_ps(-INFINITY), l1 = l0, l2 = l0, l3 = l0;
+  for (; i + 16 <= n; i += 16) {
+    l0 = _mm_max_ps(_mm_loadu_ps(x + i), l0);
+    l1 = _mm_max_ps(_mm_loadu_ps(x + i + 4), l1);
+    l2 = _mm_max_ps(_mm_loadu_ps(x + i + 8), l2);
+    l3 = _mm_max_ps(_mm_loadu_ps(x + i + 12), l3);
+  }
+  float lane[16];
+  _mm_storeu_ps(lane, l0);
+  _mm_storeu_ps(lane + 4, l1);
+  _mm_storeu_ps(lane + 8, l2);
+  _mm_storeu_ps(lane + 12, l3);
+  for (int j = 0; j < 16; j++)
+    m = lane[j] > m ? lane[j] : m;
+#endif
+  for (; i < n; i++)
+    m = x[i] > m ? x[i] : m;
+  return m;
+}
+
 int sa_sampler_sample(sa_sampler_t *s, const sa_sampler_params_t *p,
                       const float *logits, int V, const int32_t *history,
                       size_t n_history, sa_sample_key_t key, int32_t *token,
@@ -198,15 +228,12 @@ int sa_sampler_sample(sa_sampler_t *s, const sa_sampler_params_t *p,
    * does, and a row whose maximum is not finite is refused. */
   if ((p->greedy || !(p->temperature > 0.0f)) && !logprob &&
       (p->repetition_penalty == 1.0f || n_history == 0)) {
-    float best = -INFINITY;
-    int32_t pick = -1;
-    for (int i = 0; i < V; i++)
-      if (logits[i] > best) { /* false for NaN */
-        best = logits[i];
-        pick = i;
-      }
-    if (pick < 0 || !isfinite(best))
+    float best = row_max(logits, V);
+    if (!isfinite(best))
       return SA_EINVAL;
+    int32_t pick = 0;
+    while (!(logits[pick] == best)) /* the first maximum; NaN never equals */
+      pick++;
     *token = pick;
     return 0;
   }

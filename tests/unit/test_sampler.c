@@ -1,5 +1,6 @@
 /* test_sampler — Philox known answers and sampler cases computed by hand. */
 #include <math.h>
+#include <stdlib.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -92,6 +93,34 @@ static void test_greedy_logprob(void **state) {
   assert_int_equal(sa_sampler_sample(s, &p, inf, 2, NULL, 0, k, &t, &lp), SA_EINVAL);
   sa_sampler_destroy(&s);
   assert_null(s);
+
+  /* rows long enough for the vectorised max (lanes + tail): NaN in every
+   * lane, the maximum tied in two lanes and again in the tail, -inf rows */
+  enum { NV = 1003 };
+  s = sa_sampler_new(NV);
+  assert_non_null(s);
+  float *row = malloc(sizeof(float) * NV);
+  assert_non_null(row);
+  int32_t where[] = {0, 5, 17, 500, 991, 1002};
+  for (size_t w = 0; w < sizeof where / sizeof *where; w++) {
+    for (int i = 0; i < NV; i++)
+      row[i] = i % 7 == 3 ? NAN : (float)((i * 37) % 101) * 0.01f - 2.0f;
+    row[where[w]] = 3.0f;
+    if (where[w] + 33 < NV)
+      row[where[w] + 33] = 3.0f; /* a later tie loses */
+    int32_t t1 = -1, t2 = -1;
+    assert_int_equal(sa_sampler_sample(s, &p, row, NV, NULL, 0, k, &t1, NULL), 0);
+    assert_int_equal(sa_sampler_sample(s, &p, row, NV, NULL, 0, k, &t2, &lp), 0);
+    assert_int_equal(t1, where[w]);
+    assert_int_equal(t2, where[w]);
+  }
+  for (int i = 0; i < NV; i++)
+    row[i] = i % 2 ? NAN : -INFINITY;
+  assert_int_equal(sa_sampler_sample(s, &p, row, NV, NULL, 0, k, &t, NULL), SA_EINVAL);
+  row[700] = INFINITY;
+  assert_int_equal(sa_sampler_sample(s, &p, row, NV, NULL, 0, k, &t, NULL), SA_EINVAL);
+  free(row);
+  sa_sampler_destroy(&s);
 }
 
 static void test_repetition_penalty(void **state) {
