@@ -79,24 +79,35 @@ block(float *y, const float *x, const uint16_t *w, const uint16_t *bias,
 }
 
 /* W rows in tiles of NT when there is more than one block of x rows (see
- * cpu_avx512.c): x rows stay in L1 while they sweep a tile held in L2. The
- * per-element arithmetic does not depend on M or the tiling. */
+ * cpu_avx512.c): x rows stay in L1 while they sweep a tile held in L2, and
+ * the next tile is prefetched into L2 meanwhile. The per-element arithmetic
+ * does not depend on M, the tiling or the prefetching. */
 #define NT 64
+#define TILE_BYTES (192 * 1024)
 
 static void mm_small(float *y, const float *x, const uint16_t *w,
                      const uint16_t *bias, int M, int N, int K, int n0, int n1,
                      int accumulate) {
   int n4 = n0 + ((n1 - n0) & ~3);
-  int nt = M > 2 ? NT : 4;
+  int nt = (int)(TILE_BYTES / ((size_t)K * 2)) & ~3;
+  nt = M <= 2 ? 4 : nt > NT ? NT : nt < 8 ? 8 : nt;
   for (int t = n0; t < n4; t += nt) {
     int t_end = t + nt < n4 ? t + nt : n4;
+    int nx_end = t_end + nt < n4 ? t_end + nt : n4;
+    sa__tile_pf_t pf;
+    sa__tile_pf_init(&pf, w, K, t_end, M <= 2 ? t_end : nx_end,
+                     (size_t)((M + 1) / 2) * (size_t)((t_end - t) / 4));
     int m = 0;
     for (; m + 2 <= M; m += 2)
-      for (int n = t; n < t_end; n += 4)
+      for (int n = t; n < t_end; n += 4) {
         block(y, x, w, bias, N, K, m, n, accumulate, 4, 2);
+        sa__tile_pf_step(&pf);
+      }
     if (m < M)
-      for (int n = t; n < t_end; n += 4)
+      for (int n = t; n < t_end; n += 4) {
         block(y, x, w, bias, N, K, m, n, accumulate, 4, 1);
+        sa__tile_pf_step(&pf);
+      }
   }
   for (int n = n4; n < n1; n++) {
     int m = 0;

@@ -139,11 +139,9 @@ void sa__cpu_mm_small_avx512(float *y, const float *x, const uint16_t *w,
     for (int t = n0; t < n4; t += nt) {
       int t_end = t + nt < n4 ? t + nt : n4;
       int nx_end = t_end + nt < n4 ? t_end + nt : n4;
-      /* the next tile, in slices of whole cache lines, one per block */
-      const char *pf = (const char *)(w + (size_t)t_end * K);
-      const char *pf_end = (const char *)(w + (size_t)nx_end * K);
-      size_t blocks = (size_t)((M + 3) / 4) * (size_t)((t_end - t) / 4);
-      size_t slice = (((size_t)(pf_end - pf) + blocks - 1) / blocks + 63) & ~(size_t)63;
+      sa__tile_pf_t pf;
+      sa__tile_pf_init(&pf, w, K, t_end, nx_end,
+                       (size_t)((M + 3) / 4) * (size_t)((t_end - t) / 4));
       for (int m = 0; m < M; m += 4) {
         int mb = M - m < 4 ? M - m : 4;
         for (int n = t; n < t_end; n += 4) {
@@ -151,8 +149,7 @@ void sa__cpu_mm_small_avx512(float *y, const float *x, const uint16_t *w,
             MB_SWITCH(4, 1)
           else
             MB_SWITCH(4, 0)
-          for (size_t b = 0; b < slice && pf < pf_end; b += 64, pf += 64)
-            _mm_prefetch(pf, _MM_HINT_T1);
+          sa__tile_pf_step(&pf);
         }
       }
     }

@@ -40,4 +40,25 @@ void sa__cpu_scale_axpy_avx512(float *y, float c, float a, const float *x,
                                int n);
 void sa__cpu_bf16_to_f32_avx512(float *dst, const uint16_t *src, size_t n);
 
+/* Prefetch of the next W tile (rows [r0, r1), contiguous) into L2 while the
+ * current tile is swept: a slice of whole cache lines after each of the
+ * sweep's `blocks` register blocks (see cpu_avx512.c). A hint: never faults. */
+typedef struct {
+  const char *p, *end;
+  size_t slice;
+} sa__tile_pf_t;
+
+static inline void sa__tile_pf_init(sa__tile_pf_t *pf, const uint16_t *w, int K, int r0,
+                                    int r1, size_t blocks) {
+  pf->p = (const char *)(w + (size_t)r0 * K);
+  pf->end = (const char *)(w + (size_t)r1 * K);
+  size_t bytes = (size_t)(pf->end - pf->p);
+  pf->slice = ((bytes + (blocks ? blocks : 1) - 1) / (blocks ? blocks : 1) + 63) & ~(size_t)63;
+}
+
+static inline void sa__tile_pf_step(sa__tile_pf_t *pf) {
+  for (size_t b = 0; b < pf->slice && pf->p < pf->end; b += 64, pf->p += 64)
+    __builtin_prefetch(pf->p, 0, 2);
+}
+
 #endif
