@@ -471,7 +471,7 @@ int sa_decoder_step(sa_decoder_t *d, sa_kv_t *kv,
     if (!b->tokens || b->n_embed < 0 || b->n_embed > M ||
         (b->n_embed && (!b->embed_rows || !b->embeds)))
       return SA_EINVAL;
-  } else if (!b->hidden_in) {
+  } else if (!b->hidden_in && !b->hidden_device) {
     return SA_EINVAL;
   }
   if (d->last_stage) {
@@ -481,7 +481,7 @@ int sa_decoder_step(sa_decoder_t *d, sa_kv_t *kv,
     for (int i = 0; i < b->n_logits; i++)
       if (b->logit_rows[i] < 0 || b->logit_rows[i] >= M)
         return SA_EINVAL;
-  } else if (!b->hidden_out) {
+  } else if (!b->hidden_out && !b->hidden_device) {
     return SA_EINVAL;
   }
   if (d->first_stage) {
@@ -568,7 +568,7 @@ int sa_decoder_step(sa_decoder_t *d, sa_kv_t *kv,
                     b->embeds + (size_t)i * H, (size_t)(j - i + 1) * H * 4));
       i = j;
     }
-  } else {
+  } else if (!b->hidden_device) {
     OP(SA_DEC_PROF_INPUT, op->upload(be, d->x, b->hidden_in, (size_t)M * H * 4));
   }
 
@@ -605,7 +605,7 @@ int sa_decoder_step(sa_decoder_t *d, sa_kv_t *kv,
                          0));
       OP(SA_DEC_PROF_OUTPUT, op->download(be, b->logits, d->logit, (size_t)R * d->V * 4));
     }
-  } else {
+  } else if (!b->hidden_device) {
     OP(SA_DEC_PROF_OUTPUT, op->download(be, b->hidden_out, d->x, (size_t)M * H * 4));
   }
   OP(SA_DEC_PROF_OUTPUT, op->sync(be));
@@ -632,6 +632,8 @@ void sa_decoder_kv_opts(const sa_decoder_t *d, size_t budget_bytes,
   out->max_seqs = max_seqs;
   out->max_seq_len = d->o.max_seq_len;
 }
+
+void *sa_decoder_hidden_dev(sa_decoder_t *dec) { return dec ? dec->x : NULL; }
 
 const sa_model_config_t *sa_decoder_config(const sa_decoder_t *d) {
   return &d->cfg;

@@ -32,6 +32,7 @@
 #define SA_DECODER_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "config.h"
@@ -66,6 +67,13 @@ typedef struct {
   const float *hidden_in; /* [M, H] */
   /* outputs */
   float *hidden_out;         /* [M, H] (stages other than the last) */
+  /* Activations in backend memory instead of hidden_in / hidden_out: a later
+   * stage finds its M input rows already in sa_decoder_hidden_dev (the
+   * caller put them there, e.g. an NCCL receive on the backend's stream), and
+   * a stage other than the last leaves its M output rows there (the caller
+   * copies or sends them before the next step). hidden_in / hidden_out are
+   * then unused and may be NULL. */
+  bool hidden_device;
   int n_logits;              /* last stage: rows to run the LM head on */
   const int32_t *logit_rows; /* [n_logits] row indices in [0, M) */
   float *logits;             /* [n_logits, V] */
@@ -138,6 +146,11 @@ const char *sa_decoder_prof_name(int op);
  * budget_bytes (or n_blocks if > 0) and max_seqs sequences. */
 void sa_decoder_kv_opts(const sa_decoder_t *dec, size_t budget_bytes,
                         int n_blocks, int max_seqs, sa_kv_opts_t *out);
+
+/* The decoder's activation rows in backend memory ([max_tokens, H] f32;
+ * device memory on CUDA): see sa_decoder_batch_t.hidden_device. Borrowed,
+ * valid while dec lives; its contents change with every step. */
+void *sa_decoder_hidden_dev(sa_decoder_t *dec);
 
 /* Borrowed views, valid while dec lives. */
 const sa_model_config_t *sa_decoder_config(const sa_decoder_t *dec);

@@ -469,6 +469,77 @@ static void test_mixed_batch_fork_embeds_pipeline(void **state) {
 /* The cluster's output is compared exactly with single-process generation:
  * a sequence's logits must not depend on what else is in the batch or on
  * how its prompt was chunked. Bit-for-bit on the optimised CPU backend. */
+/* Activations handed between stages in backend memory (hidden_device, the
+ * path an NCCL link takes) give the logits of the single process, bit for
+ * bit, over a prefill and decode steps; without it, a missing hidden_in or
+ * hidden_out is refused. */
+static void test_pipeline_device_io(void **state) {
+  (void)state;
+  sa_backend_t *be = backend(1);
+  sa_decoder_t *full = load(be, 0, 0, L, 64, 8);
+  sa_decoder_t *s0 = load(be, 0, 0, 2, 64, 8);
+  sa_decoder_t *s1 = load(be, 0, 2, L, 64, 8);
+  assert_non_null(sa_decoder_hidden_dev(s0));
+  assert_true(sa_decoder_hidden_dev(s0) != sa_decoder_hidden_dev(s1));
+  sa_kv_opts_t ko;
+  sa_kv_t *kv = NULL, *kv0 = NULL, *kv1 = NULL;
+  sa_decoder_kv_opts(full, 0, 64, 8, &ko);
+  assert_int_equal(sa_kv_new(be, &ko, &kv), 0);
+  sa_decoder_kv_opts(s0, 0, 64, 8, &ko);
+  assert_int_equal(sa_kv_new(be, &ko, &kv0), 0);
+  sa_decoder_kv_opts(s1, 0, 64, 8, &ko);
+  assert_int_equal(sa_kv_new(be, &ko, &kv1), 0);
+  uint64_t ids[2] = {5, 6};
+  sa_kv_t *kvs[3] = {kv, kv0, kv1};
+  for (int k = 0; k < 3; k++)
+    for (int i = 0; i < 2; i++)
+      assert_int_equal(sa_kv_seq_add(kvs[k], ids[i]), 0);
+  float *lg = malloc(sizeof(float) * 2 * V), *lg2 = malloc(sizeof(float) * 2 * V);
+  int32_t toks[24];
+  for (int i = 0; i < 24; i++)
+    toks[i] = (i * 7 + 3) % V;
+  int32_t nn[2] = {11, 13}, pos[2] = {0, 0}, lrows[2] = {10, 23};
+  for (int step = 0; step < 4; step++) {
+    int M = nn[0] + nn[1];
+    sa_decoder_batch_t b = {.n_seqs = 2, .seq_ids = ids, .n_new = nn, .pos0 = pos,
+                            .tokens = toks, .n_logits = 2, .logit_rows = lrows,
+                            .logits = lg};
+    assert_int_equal(sa_decoder_step(full, kv, &b), 0);
+    b.n_logits = 0;
+    assert_int_equal(sa_decoder_step(s0, kv0, &b), SA_EINVAL); /* no hidden_out */
+    b.hidden_device = true;
+    assert_int_equal(sa_decoder_step(s0, kv0, &b), 0);
+    /* the hand-over: what an NCCL send/receive pair does between GPUs */
+    assert_int_equal(be->ops->copy(be, sa_decoder_hidden_dev(s1), sa_decoder_hidden_dev(s0),
+                                   sizeof(float) * (size_t)M * H), 0);
+    b.tokens = NULL;
+    b.n_logits = 2;
+    b.logits = lg2;
+    b.hidden_device = false;
+    assert_int_equal(sa_decoder_step(s1, kv1, &b), SA_EINVAL); /* no hidden_in */
+    b.hidden_device = true;
+    assert_int_equal(sa_decoder_step(s1, kv1, &b), 0);
+    assert_memory_equal(lg, lg2, sizeof(float) * 2 * V);
+    /* next: one decode token each */
+    for (int i = 0; i < 2; i++) {
+      pos[i] += nn[i];
+      nn[i] = 1;
+      toks[i] = (int32_t)((step * 13 + i * 29 + 1) % V);
+    }
+    lrows[0] = 0;
+    lrows[1] = 1;
+  }
+  free(lg);
+  free(lg2);
+  sa_kv_destroy(&kv);
+  sa_kv_destroy(&kv0);
+  sa_kv_destroy(&kv1);
+  sa_decoder_destroy(&full);
+  sa_decoder_destroy(&s0);
+  sa_decoder_destroy(&s1);
+  sa_backend_destroy(&be);
+}
+
 static void test_batch_invariance(void **state) {
   (void)state;
   sa_backend_t *be = backend(1);
@@ -611,6 +682,7 @@ int main(void) {
       cmocka_unit_test(test_prefill_decode_cpu),
       cmocka_unit_test(test_tied_head),
       cmocka_unit_test(test_mixed_batch_fork_embeds_pipeline),
+      cmocka_unit_test(test_pipeline_device_io),
       cmocka_unit_test(test_batch_invariance),
       cmocka_unit_test(test_errors),
   };
