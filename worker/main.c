@@ -4,7 +4,9 @@
  * embeds tokens and splices audio rows; each stage forwards its activations
  * to the next stage of the route directly; the last stage samples and its
  * StepResult travels back along the chain of calls. Registers with the
- * coordinator and heartbeats.
+ * coordinator and heartbeats. A CUDA stage built with NCCL offers the next
+ * stage of a route an NCCL link (Stage/Link); once both joined, activations
+ * go GPU to GPU and the StepBatch travels alone (act_via_nccl).
  */
 #include "log.h"
 #include "rpc.h"
@@ -46,6 +48,13 @@ typedef struct {
   double last_busy_ms;
   uint64_t last_hb_ms;
   int max_queue;
+  char host[256];  /* gethostname: NCCL links only between stages of one host */
+  bool no_nccl;    /* --no-nccl */
+  /* NCCL link offers to next stages (loop thread): none, offered, up, refused */
+  struct {
+    char addr[256];
+    enum { LINK_NONE, LINK_OFFERED, LINK_UP, LINK_REFUSED } state;
+  } offers[MAX_NEXT];
 } worker_t;
 
 static worker_t W;
@@ -60,7 +69,9 @@ static void usage(FILE *f) {
           "\n"
           "  --model DIR          checkpoint folder\n"
           "  --layers A:B         layer range (B may be omitted for 'to the end')\n"
-          "  --listen ADDR        ZeroMQ endpoint to bind (default tcp://127.0.0.1:*)\n"
+          "  --listen ADDR        ZeroMQ endpoint to bind (default tcp://127.0.0.1:*);\n"
+          "                       the bound endpoint is printed on stdout as\n"
+          "                       'listening ENDPOINT'\n"
           "  --advertise ADDR     address others use to reach this worker (default:\n"
           "                       the bound endpoint)\n"
           "  --coordinator ADDR   register and heartbeat there (default: none)\n"
@@ -71,6 +82,9 @@ static void usage(FILE *f) {
           "  --max-batch N        sequences per step (default 64)\n"
           "  --max-tokens N       tokens per step (default 512)\n"
           "  --node-id ID         stable id (default host:pid)\n"
+          "  --no-nccl            keep activations on ZeroMQ even between CUDA stages\n"
+          "                       of one host (default: offer the next stage an NCCL\n"
+          "                       link when this stage runs on CUDA)\n"
           "  -h, --help\n");
 }
 
@@ -117,11 +131,17 @@ static sa_rpc_channel_t *next_channel(const char *addr) {
 typedef struct {
   sa_rpc_call_t *up; /* the upstream call to answer */
   job_t *job;
+  bool nccl;         /* its activations went over the NCCL link to addr */
+  char addr[256];
 } fwd_t;
+
+static void drop_out_link(const char *addr);
 
 static void on_downstream(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void *user) {
   fwd_t *f = user;
   (void)ch;
+  if (f->nccl && res->status != SA_STATUS_OK && res->status != SA_STATUS_CANCELLED)
+    drop_out_link(f->addr); /* the peer may never post its receive */
   if (f->up) {
     if (res->status == SA_STATUS_OK)
       sa_rpc_call_reply(f->up, SA_STATUS_OK, NULL, res->body, res->body_len, NULL, 0);
@@ -134,10 +154,188 @@ static void on_downstream(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void
   free(f);
 }
 
+/* ------------------------------------------------------------ NCCL links */
+
+static int offer_slot(const char *addr, bool create) {
+  for (int i = 0; i < MAX_NEXT; i++)
+    if (W.offers[i].addr[0] && !strcmp(W.offers[i].addr, addr))
+      return i;
+  if (!create)
+    return -1;
+  for (int i = 0; i < MAX_NEXT; i++)
+    if (!W.offers[i].addr[0]) {
+      snprintf(W.offers[i].addr, sizeof W.offers[i].addr, "%s", addr);
+      W.offers[i].state = LINK_NONE;
+      return i;
+    }
+  return -1;
+}
+
+typedef struct {
+  int slot;
+  uint8_t id[SA_NCCL_ID_BYTES];
+} offer_t;
+
+static void on_link_reply(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void *user) {
+  (void)ch;
+  offer_t *o = user;
+  int i = o->slot;
+  Sa__LinkResponse *r =
+      res->status == SA_STATUS_OK ? sa__link_response__unpack(NULL, res->body_len, res->body) : NULL;
+  if (!r || !r->accepted) {
+    SA_LOG_INFO("next stage %s keeps activations on ZeroMQ: %s", W.offers[i].addr,
+                r ? r->reason : res->status_msg);
+    W.offers[i].state = LINK_REFUSED;
+  } else {
+    job_t *job = calloc(1, sizeof *job);
+    if (!job) {
+      W.offers[i].state = LINK_REFUSED;
+    } else { /* join as rank 0 on the compute thread; the peer joins as rank 1 */
+      job->kind = JOB_LINK;
+      job->link_rank = 0;
+      memcpy(job->link_id, o->id, SA_NCCL_ID_BYTES);
+      snprintf(job->link_addr, sizeof job->link_addr, "%s", W.offers[i].addr);
+      stage_submit(&W.st, job);
+    }
+  }
+  if (r)
+    sa__link_response__free_unpacked(r, NULL);
+  free(o);
+}
+
+/* The link to addr failed: the compute thread drops it (in order with the
+ * steps) and activations to addr go over ZeroMQ from now on. */
+static void drop_out_link(const char *addr) {
+  int i = offer_slot(addr, false);
+  if (i < 0 || W.offers[i].state != LINK_UP)
+    return;
+  W.offers[i].state = LINK_REFUSED;
+  job_t *job = calloc(1, sizeof *job);
+  if (!job)
+    return;
+  job->kind = JOB_LINK;
+  job->link_rank = 0;
+  job->link_drop = true;
+  snprintf(job->link_addr, sizeof job->link_addr, "%s", addr);
+  stage_submit(&W.st, job);
+  SA_LOG_WARN("NCCL link to %s dropped after a failed step", addr);
+}
+
+/* Offers the next stage at addr an NCCL link, once (loop thread). */
+static void maybe_offer_link(sa_rpc_channel_t *ch, const char *addr) {
+  if (W.no_nccl || !W.st.is_cuda || !sa_nccl_available())
+    return;
+  int i = offer_slot(addr, true);
+  if (i < 0 || W.offers[i].state != LINK_NONE)
+    return;
+  W.offers[i].state = LINK_REFUSED; /* unless all below works */
+  offer_t *o = calloc(1, sizeof *o);
+  if (!o)
+    return;
+  o->slot = i;
+  int rc = sa_nccl_get_unique_id(o->id);
+  if (rc) {
+    SA_LOG_WARN("no NCCL id (%s): activations to %s go over ZeroMQ", sa_strerror(rc), addr);
+    free(o);
+    return;
+  }
+  Sa__LinkRequest rq = SA__LINK_REQUEST__INIT;
+  rq.nccl_id.data = o->id;
+  rq.nccl_id.len = SA_NCCL_ID_BYTES;
+  rq.from_address = W.advertise;
+  rq.host = W.host;
+  rq.hidden_size = W.st.hidden;
+  rq.max_tokens = W.st.max_tokens;
+  size_t len = sa__link_request__get_packed_size(&rq);
+  uint8_t *buf = malloc(len);
+  if (!buf) {
+    free(o);
+    return;
+  }
+  sa__link_request__pack(&rq, buf);
+  sa_rpc_call_opts_t co = {.timeout_ms = 10000};
+  rc = sa_rpc_channel_call(ch, "Stage/Link", buf, len, NULL, 0, &co, on_link_reply, o, NULL);
+  free(buf);
+  if (rc) {
+    free(o);
+    return;
+  }
+  W.offers[i].state = LINK_OFFERED;
+}
+
+/* Stage/Link: the previous stage offers an NCCL link. Accepted only between
+ * CUDA stages with NCCL on one host with matching shapes. */
+static void link_handler(sa_rpc_call_t *call, void *user) {
+  (void)user;
+  stage_t *st = &W.st;
+  size_t len;
+  const void *body = sa_rpc_call_request(call, &len);
+  Sa__LinkRequest *rq = sa__link_request__unpack(NULL, len, body);
+  if (!rq) {
+    sa_rpc_call_reply(call, SA_STATUS_INVALID_ARGUMENT, "malformed LinkRequest", NULL, 0, NULL,
+                      0);
+    return;
+  }
+  const char *why = NULL;
+  if (rq->nccl_id.len != SA_NCCL_ID_BYTES || !rq->from_address[0] ||
+      strlen(rq->from_address) >= sizeof ((job_t *)0)->link_addr)
+    why = "malformed offer (NCCL id of 128 bytes and the sender's address needed)";
+  else if (W.no_nccl)
+    why = "this stage runs with --no-nccl";
+  else if (!st->is_cuda)
+    why = "this stage does not run on CUDA";
+  else if (!sa_nccl_available())
+    why = "this build has no NCCL";
+  else if (st->is_first)
+    why = "the first stage takes no activations";
+  else if (strcmp(rq->host, W.host))
+    why = "the stages are on different hosts";
+  else if (rq->hidden_size != st->hidden || rq->max_tokens < 1 || rq->max_tokens > st->max_tokens)
+    why = "hidden size or tokens per step disagree";
+  Sa__LinkResponse r = SA__LINK_RESPONSE__INIT;
+  r.accepted = why == NULL;
+  r.reason = (char *)(why ? why : "");
+  job_t *job = NULL;
+  if (!why && !(job = calloc(1, sizeof *job))) {
+    r.accepted = false;
+    r.reason = "out of memory";
+  }
+  sa_rpc_call_reply_pb(call, &r.base);
+  if (job) { /* join as rank 1 on the compute thread, before any later step */
+    job->kind = JOB_LINK;
+    job->link_rank = 1;
+    memcpy(job->link_id, rq->nccl_id.data, SA_NCCL_ID_BYTES);
+    snprintf(job->link_addr, sizeof job->link_addr, "%s", rq->from_address);
+    stage_submit(st, job);
+    SA_LOG_INFO("joining an NCCL link from %s", rq->from_address);
+  }
+  sa__link_request__free_unpacked(rq, NULL);
+}
+
 /* A compute job finished (loop thread). */
 static void on_job_done(job_t *job, void *user) {
   (void)user;
   stage_t *st = &W.st;
+  if (job->kind == JOB_LINK && job->link_drop) {
+    stage_job_free(st, job);
+    return;
+  }
+  if (job->kind == JOB_LINK) {
+    int i = job->link_rank == 0 ? offer_slot(job->link_addr, false) : -1;
+    if (job->rc)
+      SA_LOG_WARN("%s", job->err);
+    else
+      SA_LOG_INFO("NCCL link %s %s is up", job->link_rank == 0 ? "to" : "from", job->link_addr);
+    if (i >= 0)
+      W.offers[i].state = job->rc ? LINK_REFUSED : LINK_UP;
+    stage_job_free(st, job);
+    return;
+  }
+  if (job->link_broken && job->batch && job->batch->hop + 1 < (int)job->batch->n_route) {
+    int i = offer_slot(job->batch->route[job->batch->hop + 1], false);
+    if (i >= 0)
+      W.offers[i].state = LINK_REFUSED; /* ZeroMQ from now on */
+  }
   if (job->rc) {
     if (job->call)
       sa_rpc_call_reply(job->call, sa_err_to_status(job->rc), job->err, NULL, 0, NULL, 0);
@@ -155,20 +353,24 @@ static void on_job_done(job_t *job, void *user) {
       int next = b->hop + 1;
       sa_rpc_channel_t *ch = next < (int)b->n_route ? next_channel(b->route[next]) : NULL;
       if (!ch) {
-        stage_out_release(job->act_out, st);
+        if (job->act_out)
+          stage_out_release(job->act_out, st);
         if (job->call)
           sa_rpc_call_reply(job->call, SA_STATUS_UNAVAILABLE, "no route to the next stage", NULL,
                             0, NULL, 0);
         break;
       }
       b->hop = next;
+      b->act_via_nccl = job->out_nccl; /* (it said where our input came from) */
+      b->nccl_seq = job->nccl_seq;
       size_t len = sa__step_batch__get_packed_size(b);
       uint8_t *buf = malloc(len);
       fwd_t *f = malloc(sizeof *f);
       if (!buf || !f) {
         free(buf);
         free(f);
-        stage_out_release(job->act_out, st);
+        if (job->act_out)
+          stage_out_release(job->act_out, st);
         if (job->call)
           sa_rpc_call_reply(job->call, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL, 0,
                             NULL, 0);
@@ -186,12 +388,19 @@ static void on_job_done(job_t *job, void *user) {
       fr.hint = st;
       f->up = job->call;
       f->job = NULL;
+      f->nccl = job->out_nccl;
+      snprintf(f->addr, sizeof f->addr, "%s", b->route[next]);
       int64_t left = job->call ? sa_rpc_call_remaining_ms(job->call) : 30000;
       sa_rpc_call_opts_t o = {.timeout_ms = left > 0 ? left : 30000};
-      int rc = sa_rpc_channel_call(ch, "Stage/Step", buf, len, &fr, 1, &o, on_downstream, f, NULL);
+      int rc = sa_rpc_channel_call(ch, "Stage/Step", buf, len, job->out_nccl ? NULL : &fr,
+                                   job->out_nccl ? 0 : 1, &o, on_downstream, f, NULL);
       free(buf);
+      if (!rc)
+        maybe_offer_link(ch, b->route[next]);
       if (rc) {
         free(f);
+        if (job->out_nccl)
+          drop_out_link(b->route[next]);
         if (job->call)
           sa_rpc_call_reply(job->call, sa_err_to_status(rc), "cannot reach the next stage", NULL,
                             0, NULL, 0);
@@ -247,14 +456,21 @@ static void bad(sa_rpc_call_t *call, Sa__StepBatch *b, const char *msg) {
 static void step_handler(sa_rpc_call_t *call, void *user) {
   (void)user;
   stage_t *st = &W.st;
-  if (queue_full(call))
-    return;
   size_t len;
   const void *body = sa_rpc_call_request(call, &len);
   Sa__StepBatch *b = sa__step_batch__unpack(NULL, len, body);
   char msg[256];
   if (!b)
-    return bad(call, NULL, "malformed StepBatch");
+    return queue_full(call) ? (void)0 : bad(call, NULL, "malformed StepBatch");
+  /* a step whose rows come over NCCL is never refused for a full queue:
+   * its sender is already waiting for the matching receive (the sender's
+   * outbox bounds how many there are) */
+  if (!b->act_via_nccl && queue_full(call)) {
+    sa__step_batch__free_unpacked(b, NULL);
+    return;
+  }
+  if (b->act_via_nccl && (st->is_first || b->hop < 1 || b->hop >= (int)b->n_route))
+    return bad(call, b, "act_via_nccl on a first stage or without a previous hop");
   if (b->n_seqs == 0 || (int)b->n_seqs > st->max_seqs)
     return bad(call, b, "StepBatch has no sequences or more than this stage's max batch");
   int64_t M = 0;
@@ -262,8 +478,8 @@ static void step_handler(sa_rpc_call_t *call, void *user) {
     const Sa__SeqStep *s = b->seqs[i];
     if (s->n_tokens < 1 || s->n_tokens > st->max_tokens || s->position < 0)
       return bad(call, b, "a sequence has a bad token count or position");
-    if (st->is_first && (int)s->n_token_ids != s->n_tokens)
-      return bad(call, b, "token_ids must hold n_tokens ids at the first stage");
+    if ((int)s->n_token_ids != s->n_tokens) /* stage 0 embeds them, the last keeps them */
+      return bad(call, b, "token_ids must hold n_tokens ids");
     if (st->is_first)
       for (size_t k = 0; k < s->n_token_ids; k++)
         if (s->token_ids[k] < 0 || s->token_ids[k] >= st->vocab)
@@ -310,7 +526,7 @@ static void step_handler(sa_rpc_call_t *call, void *user) {
       job->emb_in = t->data;
       job->emb_rows = t->desc.shape[0];
     }
-  } else {
+  } else if (!b->act_via_nccl) {
     const sa_rpc_tensor_t *t = nt >= 1 ? sa_rpc_call_tensor(call, 0) : NULL;
     if (!t || t->desc.dtype != SA_DTYPE_F32 || t->desc.ndim != 2 || t->desc.shape[0] != M ||
         t->desc.shape[1] != st->hidden) {
@@ -494,7 +710,8 @@ int main(int argc, char **argv) {
       {"kv-mem", required_argument, 0, 'k'},    {"device", required_argument, 0, 'd'},
       {"threads", required_argument, 0, 't'},   {"max-batch", required_argument, 0, 'B'},
       {"max-tokens", required_argument, 0, 'T'}, {"node-id", required_argument, 0, 'n'},
-      {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
+      {"no-nccl", no_argument, 0, 'N'},         {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
   int opt;
   while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
     switch (opt) {
@@ -515,6 +732,7 @@ int main(int argc, char **argv) {
     case 'B': max_batch = atoi(optarg); break;
     case 'T': max_tokens = atoi(optarg); break;
     case 'n': snprintf(W.node_id, sizeof W.node_id, "%s", optarg); break;
+    case 'N': W.no_nccl = true; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }
@@ -543,11 +761,10 @@ int main(int argc, char **argv) {
     fprintf(stderr, "sa-worker: --max-batch 1..256, --max-tokens >= 1, --threads >= 0\n");
     return 2;
   }
-  if (!W.node_id[0]) {
-    char host[64] = "host";
-    gethostname(host, sizeof host - 1);
-    snprintf(W.node_id, sizeof W.node_id, "stage-%s-%d", host, (int)getpid());
-  }
+  snprintf(W.host, sizeof W.host, "host");
+  gethostname(W.host, sizeof W.host - 1);
+  if (!W.node_id[0])
+    snprintf(W.node_id, sizeof W.node_id, "stage-%.64s-%d", W.host, (int)getpid());
   W.loop = uv_default_loop();
   W.max_queue = 64;
   char err[512];
@@ -575,6 +792,9 @@ int main(int argc, char **argv) {
   sa_rpc_server_register(W.srv, "Stage/Step", SA_RPC_UNARY, step_handler, NULL);
   sa_rpc_server_register(W.srv, "Stage/Fork", SA_RPC_UNARY, fork_handler, NULL);
   sa_rpc_server_register(W.srv, "Stage/Free", SA_RPC_UNARY, free_handler, NULL);
+  sa_rpc_server_register(W.srv, "Stage/Link", SA_RPC_UNARY, link_handler, NULL);
+  printf("listening %s\n", sa_rpc_server_endpoint(W.srv));
+  fflush(stdout);
   SA_LOG_INFO("serving layers %d:%d of %d on %s (%s, %lld KV blocks of %d tokens)", W.st.first,
               W.st.last, W.st.n_layers, W.advertise, device, (long long)W.kv_total,
               W.block_tokens);

@@ -115,12 +115,127 @@ static void to_sampler_params(const Sa__SamplingParams *in, sa_sampler_params_t 
   }
 }
 
+/* ----------------------------------------------------------- NCCL links */
+
+static struct stage_link *link_find(struct stage_link *tab, const char *addr) {
+  for (int i = 0; addr && i < STAGE_MAX_LINKS; i++)
+    if (tab[i].comm && !strcmp(tab[i].addr, addr))
+      return &tab[i];
+  return NULL;
+}
+
+/* Drops a link; abort: the peer may be gone, abandon what is pending. */
+static void link_drop(stage_t *st, struct stage_link *l, int abort) {
+  for (int i = 0; i < STAGE_OUTBOX; i++)
+    if (st->outbox_comm[i] == l->comm) {
+      st->outbox_busy[i] = false;
+      st->outbox_comm[i] = NULL;
+    }
+  sa_nccl_comm_destroy(&l->comm, abort);
+  l->addr[0] = 0;
+}
+
+static void run_link(stage_t *st, job_t *job) {
+  struct stage_link *tab = job->link_rank == 0 ? st->links_out : st->links_in;
+  struct stage_link *l = link_find(tab, job->link_addr);
+  if (l) /* a new offer replaces the old link (the peer restarted) */
+    link_drop(st, l, 1);
+  if (job->link_drop)
+    return;
+  for (int i = 0; !l && i < STAGE_MAX_LINKS; i++)
+    if (!tab[i].comm)
+      l = &tab[i];
+  if (!l) { /* full: evict the first */
+    l = &tab[0];
+    link_drop(st, l, 1);
+  }
+  if (job->link_rank == 0)
+    for (int i = 0; i < STAGE_OUTBOX; i++)
+      if (!st->outbox[i] &&
+          !(st->outbox[i] = st->be->ops->alloc(st->be, sizeof(float) * (size_t)st->max_tokens *
+                                                           (size_t)st->hidden))) {
+        job->rc = SA_ENOMEM;
+        snprintf(job->err, sizeof job->err, "no device memory for the NCCL outbox");
+        return;
+      }
+  /* the peer joins when its compute thread reaches its own JOB_LINK */
+  int rc = sa_nccl_comm_new(&l->comm, job->link_id, 2, job->link_rank, st->be,
+                            6 * st->link_timeout_ms);
+  if (rc) {
+    job->rc = rc;
+    snprintf(job->err, sizeof job->err, "joining the NCCL link %s %s failed: %s",
+             job->link_rank == 0 ? "to" : "from", job->link_addr, sa_strerror(rc));
+    return;
+  }
+  snprintf(l->addr, sizeof l->addr, "%s", job->link_addr);
+  l->seq = 0;
+}
+
+/* After a successful step of a non-last stage whose output rows are in the
+ * decoder's device buffer: send them over the link (job->out_nccl), or, if
+ * the link fails, bring them to a host buffer for ZeroMQ. 0 or an error. */
+static int send_or_download(stage_t *st, job_t *job, struct stage_link *out, int M) {
+  size_t bytes = sizeof(float) * (size_t)M * (size_t)st->hidden;
+  void *dev = sa_decoder_hidden_dev(st->dec);
+  if (out) {
+    int k = st->outbox_next, rc = 0;
+    if (st->outbox_busy[k])
+      rc = sa_nccl_send_wait(st->outbox_comm[k], st->outbox_ticket[k], st->link_timeout_ms);
+    uint64_t ticket = 0;
+    if (!rc)
+      rc = st->be->ops->copy(st->be, st->outbox[k], dev, bytes);
+    if (!rc)
+      rc = sa_nccl_send(out->comm, st->outbox[k], bytes, 1, &ticket);
+    if (!rc) {
+      st->outbox_busy[k] = true;
+      st->outbox_comm[k] = out->comm;
+      st->outbox_ticket[k] = ticket;
+      st->outbox_next = (k + 1) % STAGE_OUTBOX;
+      job->out_nccl = true;
+      job->nccl_seq = out->seq++;
+      return 0;
+    }
+    SA_LOG_WARN("NCCL link to %s failed (%s): activations go over ZeroMQ from now on",
+                out->addr, sa_strerror(rc));
+    link_drop(st, out, 1);
+    job->link_broken = true;
+  }
+  job->act_out = out_acquire(st);
+  int rc = st->be->ops->download(st->be, job->act_out, dev, bytes);
+  if (!rc)
+    rc = st->be->ops->sync(st->be);
+  return rc;
+}
+
 static void run_step(stage_t *st, job_t *job) {
   const Sa__StepBatch *b = job->batch;
   int n = (int)b->n_seqs;
   int M = 0, n_emb = 0, n_logits = 0;
   uint64_t added[256];
   int n_added = 0;
+  if (b->act_via_nccl) {
+    /* first of all, whatever becomes of this step: the sender's NCCL stream
+     * waits for this receive */
+    struct stage_link *in = b->hop >= 1 ? link_find(st->links_in, b->route[b->hop - 1]) : NULL;
+    const char *why = !in ? "no NCCL link from that stage"
+                      : b->nccl_seq != in->seq ? "a step before this one never arrived"
+                                               : NULL;
+    int rc = why ? SA_EUNAVAIL
+                 : sa_nccl_recv(in->comm, sa_decoder_hidden_dev(st->dec),
+                                sizeof(float) * (size_t)b->total_tokens * (size_t)st->hidden, 0);
+    if (in && !rc)
+      in->seq++;
+    if (rc) {
+      /* out of step with the sender: drop the link (the sender times out
+       * and goes back to ZeroMQ) rather than pair receives with wrong sends */
+      if (in)
+        link_drop(st, in, 1);
+      job->rc = SA_EUNAVAIL;
+      snprintf(job->err, sizeof job->err, "activations over NCCL from %s: %s",
+               b->hop >= 1 ? b->route[b->hop - 1] : "?", why ? why : sa_strerror(rc));
+      return;
+    }
+  }
   for (int i = 0; i < n; i++) {
     const Sa__SeqStep *s = b->seqs[i];
     st->seq_ids[i] = s->seq_id;
@@ -163,7 +278,23 @@ static void run_step(stage_t *st, job_t *job) {
       st->logit_rows[n_logits++] = M + s->n_tokens - 1;
     M += s->n_tokens;
   }
+  /* NCCL: rows from the previous stage arrive in the decoder's device
+   * buffer; rows for the next stage leave from it */
+  struct stage_link *out =
+      !st->is_last && b->hop + 1 < (int)b->n_route ? link_find(st->links_out, b->route[b->hop + 1])
+                                                    : NULL;
+  bool dev_io = b->act_via_nccl || out;
+  if (!st->is_first && !b->act_via_nccl && dev_io) {
+    int rc = st->be->ops->upload(st->be, sa_decoder_hidden_dev(st->dec), job->act_in,
+                                 sizeof(float) * (size_t)M * (size_t)st->hidden);
+    if (rc) {
+      job->rc = rc;
+      snprintf(job->err, sizeof job->err, "upload of the activations failed: %s", sa_strerror(rc));
+      goto undo;
+    }
+  }
   sa_decoder_batch_t db = {0};
+  db.hidden_device = dev_io;
   db.n_seqs = n;
   db.seq_ids = st->seq_ids;
   db.n_new = st->n_new;
@@ -180,12 +311,14 @@ static void run_step(stage_t *st, job_t *job) {
     db.n_logits = n_logits;
     db.logit_rows = st->logit_rows;
     db.logits = st->logits;
-  } else {
+  } else if (!dev_io) {
     job->act_out = out_acquire(st);
     db.hidden_out = job->act_out;
   }
   double t0 = now_ms();
   int rc = sa_decoder_step(st->dec, st->kv, &db);
+  if (!rc && !st->is_last && dev_io)
+    rc = send_or_download(st, job, out, M);
   job->compute_ms = now_ms() - t0;
   if (rc) {
     job->rc = rc;
@@ -319,6 +452,7 @@ static void *compute_main(void *arg) {
     case JOB_FORK: run_fork(st, job); break;
     case JOB_FREE: run_free(st, job); break;
     case JOB_RESET: break;
+    case JOB_LINK: run_link(st, job); break;
     }
     sa_kv_stats_t ks;
     sa_kv_stats(st->kv, &ks);
@@ -415,6 +549,8 @@ int stage_start(stage_t *st, uv_loop_t *loop, const char *model_dir, int first, 
   st->is_last = st->last == cfg->num_hidden_layers;
   st->max_tokens = max_tokens;
   st->max_seqs = max_seqs;
+  st->is_cuda = !strncmp(device, "cuda", 4);
+  st->link_timeout_ms = 10000;
   sa_kv_opts_t ko;
   sa_decoder_kv_opts(st->dec, kv_bytes, 0, max_seqs * 8, &ko);
   rc = sa_kv_new(st->be, &ko, &st->kv);
@@ -472,6 +608,15 @@ void stage_stop(stage_t *st) {
   pthread_mutex_unlock(&st->mu);
   pthread_join(st->thread, NULL);
   uv_close((uv_handle_t *)&st->async, NULL);
+  for (int i = 0; i < STAGE_MAX_LINKS; i++) {
+    if (st->links_out[i].comm)
+      link_drop(st, &st->links_out[i], 1);
+    if (st->links_in[i].comm)
+      link_drop(st, &st->links_in[i], 1);
+  }
+  for (int i = 0; i < STAGE_OUTBOX; i++)
+    if (st->outbox[i])
+      st->be->ops->free(st->be, st->outbox[i]);
   for (int i = 0; i < st->n_hist; i++)
     free(st->hist[i].tok);
   free(st->hist);

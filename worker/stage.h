@@ -19,9 +19,13 @@
 #include "kv.h"
 #include "rpc.h"
 #include "sa.pb-c.h"
+#include "sa_nccl.h"
 #include "sampler.h"
 
-typedef enum { JOB_STEP, JOB_FORK, JOB_FREE, JOB_RESET } job_kind_t;
+#define STAGE_MAX_LINKS 4 /* NCCL links per direction */
+#define STAGE_OUTBOX 4    /* device buffers of activations being sent */
+
+typedef enum { JOB_STEP, JOB_FORK, JOB_FREE, JOB_RESET, JOB_LINK } job_kind_t;
 
 typedef struct job job_t;
 struct job {
@@ -35,8 +39,18 @@ struct job {
   const float *act_in;      /* [M, H] hop > 0 (borrowed from the call) */
   const float *emb_in;      /* [rows, H] stage 0 audio rows (borrowed) */
   int64_t emb_rows;
+  /* JOB_LINK: join an NCCL link as rank 0 (to the next stage link_addr) or
+   * rank 1 (from the previous stage link_addr) */
+  uint8_t link_id[SA_NCCL_ID_BYTES];
+  int link_rank;
+  char link_addr[256];
+  bool link_drop;           /* JOB_LINK: drop that link instead (it failed) */
   /* results */
   int rc;
+  bool out_nccl;            /* JOB_STEP: the activations went over NCCL */
+  uint64_t nccl_seq;        /* ... as the link's send number nccl_seq */
+  bool link_broken;         /* JOB_STEP: the NCCL link to the next stage failed
+                               (this step went over ZeroMQ) */
   char err[256];
   float *act_out;           /* [M, H] from the output pool (non-last) */
   Sa__StepResult *result;   /* last stage */
@@ -68,6 +82,20 @@ typedef struct {
   int *out_free;
   pthread_mutex_t out_mu;
   pthread_cond_t out_cv;
+  /* NCCL links between co-located CUDA stages, keyed by the peer's address;
+   * the compute thread alone touches them (JOB_LINK, JOB_STEP) */
+  bool is_cuda;
+  int link_timeout_ms;
+  struct stage_link {
+    char addr[256];
+    sa_nccl_comm_t *comm;
+    uint64_t seq; /* next send number (out) / expected one (in) */
+  } links_out[STAGE_MAX_LINKS], links_in[STAGE_MAX_LINKS];
+  void *outbox[STAGE_OUTBOX]; /* backend memory, [max_tokens, H] f32 each */
+  uint64_t outbox_ticket[STAGE_OUTBOX];
+  bool outbox_busy[STAGE_OUTBOX];
+  sa_nccl_comm_t *outbox_comm[STAGE_OUTBOX];
+  int outbox_next;
   /* job queue */
   pthread_mutex_t mu;
   pthread_cond_t cv;

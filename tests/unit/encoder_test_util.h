@@ -156,25 +156,13 @@ typedef struct {
   char endpoint[256];
 } etu_server_t;
 
-/* Starts sa-encoder with the given extra arguments (NULL-terminated list
- * after --model/--listen) and waits up to 60 s for its "listening" line. */
-static inline int etu_server_start(etu_server_t *s, const char *model,
-                                   char *const extra[]) {
+/* Starts a service (argv NULL-terminated, argv[0] its path) that prints
+ * "listening ENDPOINT" on stdout once bound (sa-encoder, sa-worker) and waits
+ * up to 60 s for that line. */
+static inline int etu_spawn_listening(etu_server_t *s, char *const argv[]) {
   int fds[2];
   if (pipe(fds) != 0)
     return -1;
-  char *argv[40];
-  int n = 0;
-  argv[n++] = (char *)ETU_SA_ENCODER;
-  argv[n++] = "--model";
-  argv[n++] = (char *)model;
-  argv[n++] = "--listen";
-  argv[n++] = "tcp://127.0.0.1:*";
-  argv[n++] = "--backend-threads";
-  argv[n++] = "1";
-  for (int i = 0; extra && extra[i] && n < 38; i++)
-    argv[n++] = extra[i];
-  argv[n] = NULL;
   pid_t pid = fork();
   if (pid < 0)
     return -1;
@@ -210,6 +198,25 @@ static inline int etu_server_start(etu_server_t *s, const char *model,
   }
   snprintf(s->endpoint, sizeof s->endpoint, "%s", line + 10);
   return 0;
+}
+
+/* Starts sa-encoder with the given extra arguments (NULL-terminated list
+ * after --model/--listen) and waits up to 60 s for its "listening" line. */
+static inline int etu_server_start(etu_server_t *s, const char *model,
+                                   char *const extra[]) {
+  char *argv[40];
+  int n = 0;
+  argv[n++] = (char *)ETU_SA_ENCODER;
+  argv[n++] = "--model";
+  argv[n++] = (char *)model;
+  argv[n++] = "--listen";
+  argv[n++] = "tcp://127.0.0.1:*";
+  argv[n++] = "--backend-threads";
+  argv[n++] = "1";
+  for (int i = 0; extra && extra[i] && n < 38; i++)
+    argv[n++] = extra[i];
+  argv[n] = NULL;
+  return etu_spawn_listening(s, argv);
 }
 
 /* SIGTERM, then wait up to 30 s; returns the exit status (or -1 if it had
