@@ -2,8 +2,9 @@
 # run-on-gpu.sh — one prepared, quick check of the CUDA backend for a session
 # that has a GPU (budget: a few minutes of device time). Prints nvidia-smi,
 # makes sure the build deps are there, configures with -DSA_CUDA=ON for sm_90,
-# builds only the CUDA test and bench targets, runs test_cuda_kernels and
-# bench-cuda, and tees everything to ${OUT:-.}/cuda-log.txt.
+# builds only the CUDA test and bench targets, runs test_cuda_kernels,
+# test_cuda_model, test_cuda_nccl (skips below 2 GPUs) and bench-cuda, and
+# tees everything to ${OUT:-.}/cuda-log.txt.
 #
 # The device machines cannot reach a package registry. If the Debian -dev
 # packages are missing there, carry them: here, in the repo root,
@@ -49,8 +50,9 @@ step "configure ($BUILD, sm_90)"
 timeout 180 cmake -S . -B "$BUILD" -DSA_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSA_WERROR=ON
 
-step "build test_cuda_kernels test_cuda_model bench-cuda"
-timeout 420 cmake --build "$BUILD" -j16 --target test_cuda_kernels test_cuda_model bench-cuda
+step "build test_cuda_kernels test_cuda_model test_cuda_nccl bench-cuda"
+timeout 420 cmake --build "$BUILD" -j16 --target test_cuda_kernels test_cuda_model test_cuda_nccl \
+  bench-cuda
 
 rc=0
 step "test_cuda_kernels"
@@ -63,6 +65,12 @@ OPENBLAS_NUM_THREADS=1 SA_LOG_LEVEL=warn timeout 240 \
   "$BUILD/tests/cuda/test_cuda_model" || mrc=$?
 echo "test_cuda_model exit $mrc"
 [[ $rc -ne 0 ]] || rc=$mrc
+step "test_cuda_nccl (two GPUs: NCCL hand-over between stages; 77 = skipped)"
+nrc=0
+OPENBLAS_NUM_THREADS=1 SA_LOG_LEVEL=warn timeout 120 \
+  "$BUILD/tests/cuda/test_cuda_nccl" || nrc=$?
+echo "test_cuda_nccl exit $nrc"
+[[ $rc -ne 0 || $nrc -eq 77 ]] || rc=$nrc
 
 step "bench-cuda"
 brc=0
