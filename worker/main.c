@@ -12,6 +12,7 @@
 #include "rpc.h"
 #include "sa.pb-c.h"
 #include "sa_error.h"
+#include "check.h"
 #include "stage.h"
 
 #include <ctype.h>
@@ -154,6 +155,20 @@ static void on_downstream(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void
   free(f);
 }
 
+/* This stage, as the message checks (check.h) see it. */
+static void limits(worker_limits_t *l) {
+  const stage_t *st = &W.st;
+  *l = (worker_limits_t){.is_first = st->is_first,
+                         .is_cuda = st->is_cuda,
+                         .nccl_built = sa_nccl_available() != 0,
+                         .no_nccl = W.no_nccl,
+                         .max_seqs = st->max_seqs,
+                         .max_tokens = st->max_tokens,
+                         .vocab = st->vocab,
+                         .hidden = st->hidden,
+                         .host = W.host};
+}
+
 /* ------------------------------------------------------------ NCCL links */
 
 static int offer_slot(const char *addr, bool create) {
@@ -276,22 +291,9 @@ static void link_handler(sa_rpc_call_t *call, void *user) {
                       0);
     return;
   }
-  const char *why = NULL;
-  if (rq->nccl_id.len != SA_NCCL_ID_BYTES || !rq->from_address[0] ||
-      strlen(rq->from_address) >= sizeof ((job_t *)0)->link_addr)
-    why = "malformed offer (NCCL id of 128 bytes and the sender's address needed)";
-  else if (W.no_nccl)
-    why = "this stage runs with --no-nccl";
-  else if (!st->is_cuda)
-    why = "this stage does not run on CUDA";
-  else if (!sa_nccl_available())
-    why = "this build has no NCCL";
-  else if (st->is_first)
-    why = "the first stage takes no activations";
-  else if (strcmp(rq->host, W.host))
-    why = "the stages are on different hosts";
-  else if (rq->hidden_size != st->hidden || rq->max_tokens < 1 || rq->max_tokens > st->max_tokens)
-    why = "hidden size or tokens per step disagree";
+  worker_limits_t lim;
+  limits(&lim);
+  const char *why = worker_check_link(&lim, rq, sizeof ((job_t *)0)->link_addr);
   Sa__LinkResponse r = SA__LINK_RESPONSE__INIT;
   r.accepted = why == NULL;
   r.reason = (char *)(why ? why : "");
@@ -469,30 +471,12 @@ static void step_handler(sa_rpc_call_t *call, void *user) {
     sa__step_batch__free_unpacked(b, NULL);
     return;
   }
-  if (b->act_via_nccl && (st->is_first || b->hop < 1 || b->hop >= (int)b->n_route))
-    return bad(call, b, "act_via_nccl on a first stage or without a previous hop");
-  if (b->n_seqs == 0 || (int)b->n_seqs > st->max_seqs)
-    return bad(call, b, "StepBatch has no sequences or more than this stage's max batch");
-  int64_t M = 0;
-  for (size_t i = 0; i < b->n_seqs; i++) {
-    const Sa__SeqStep *s = b->seqs[i];
-    if (s->n_tokens < 1 || s->n_tokens > st->max_tokens || s->position < 0)
-      return bad(call, b, "a sequence has a bad token count or position");
-    if ((int)s->n_token_ids != s->n_tokens) /* stage 0 embeds them, the last keeps them */
-      return bad(call, b, "token_ids must hold n_tokens ids");
-    if (st->is_first)
-      for (size_t k = 0; k < s->n_token_ids; k++)
-        if (s->token_ids[k] < 0 || s->token_ids[k] >= st->vocab)
-          return bad(call, b, "a token id is outside the vocabulary");
-    M += s->n_tokens;
-  }
-  if (M > st->max_tokens || M != b->total_tokens) {
-    snprintf(msg, sizeof msg, "total_tokens %lld disagrees with the sequences (%lld) or is over %d",
-             (long long)b->total_tokens, (long long)M, st->max_tokens);
-    return bad(call, b, msg);
-  }
-  if ((int)b->n_route < 1 || b->hop < 0 || b->hop >= (int)b->n_route)
-    return bad(call, b, "bad route or hop");
+  worker_limits_t lim;
+  limits(&lim);
+  int64_t M = 0, need_rows = 0;
+  const char *why = worker_check_step(&lim, b, &M, &need_rows, msg, sizeof msg);
+  if (why)
+    return bad(call, b, why);
   job_t *job = calloc(1, sizeof *job);
   if (!job) {
     sa_rpc_call_reply(call, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL, 0, NULL, 0);
@@ -504,18 +488,6 @@ static void step_handler(sa_rpc_call_t *call, void *user) {
   job->batch = b;
   int nt = sa_rpc_call_n_tensors(call);
   if (st->is_first) {
-    int64_t need_rows = 0;
-    for (size_t i = 0; i < b->n_seqs; i++)
-      for (size_t e = 0; e < b->seqs[i]->n_embed_spans; e++) {
-        const Sa__EmbedSpan *sp = b->seqs[i]->embed_spans[e];
-        if (sp->frame != 0 || sp->first_row < 0 || sp->n_rows < 0 || sp->at_token < 0 ||
-            sp->at_token + sp->n_rows > b->seqs[i]->n_tokens) {
-          free(job);
-          return bad(call, b, "an embed span is out of range");
-        }
-        if (sp->first_row + sp->n_rows > need_rows)
-          need_rows = sp->first_row + sp->n_rows;
-      }
     if (need_rows > 0) {
       const sa_rpc_tensor_t *t = nt >= 1 ? sa_rpc_call_tensor(call, 0) : NULL;
       if (!t || t->desc.dtype != SA_DTYPE_F32 || t->desc.ndim != 2 ||
