@@ -3,8 +3,8 @@
 # that has a GPU (budget: a few minutes of device time). Prints nvidia-smi,
 # makes sure the build deps are there, configures with -DSA_CUDA=ON for sm_90,
 # builds only the CUDA test and bench targets, runs test_cuda_kernels,
-# test_cuda_model, test_cuda_nccl (skips below 2 GPUs) and bench-cuda, and
-# tees everything to ${OUT:-.}/cuda-log.txt.
+# test_cuda_model, test_cuda_nccl and (with 2 GPUs) cluster_nccl.sh, and
+# bench-cuda, and tees everything to ${OUT:-.}/cuda-log.txt.
 #
 # The device machines cannot reach a package registry. If the Debian -dev
 # packages are missing there, carry them: here, in the repo root,
@@ -71,6 +71,15 @@ OPENBLAS_NUM_THREADS=1 SA_LOG_LEVEL=warn timeout 120 \
   "$BUILD/tests/cuda/test_cuda_nccl" || nrc=$?
 echo "test_cuda_nccl exit $nrc"
 [[ $rc -ne 0 || $nrc -eq 77 ]] || rc=$nrc
+if [[ $(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true) -ge 2 ]]; then
+  step "cluster_nccl.sh (2 CUDA stages: NCCL link vs ZeroMQ, same tokens)"
+  timeout 300 cmake --build "$BUILD" -j16 --target sa-coordinator sa-worker sa-encoder sa-client \
+    sa-model
+  crc=0
+  BIN="$BUILD/bin" timeout 240 tests/cuda/cluster_nccl.sh "$BUILD/bin" || crc=$?
+  echo "cluster_nccl.sh exit $crc"
+  [[ $rc -ne 0 || $crc -eq 77 ]] || rc=$crc
+fi
 
 step "bench-cuda"
 brc=0
