@@ -463,7 +463,7 @@ static void step_handler(sa_rpc_call_t *call, void *user) {
   Sa__StepBatch *b = sa__step_batch__unpack(NULL, len, body);
   char msg[256];
   if (!b)
-    return queue_full(call) ? (void)0 : bad(call, NULL, "malformed StepBatch");
+    return bad(call, NULL, "malformed StepBatch");
   /* a step whose rows come over NCCL is never refused for a full queue:
    * its sender is already waiting for the matching receive (the sender's
    * outbox bounds how many there are) */

@@ -160,7 +160,7 @@ static void run_link(stage_t *st, job_t *job) {
       }
   /* the peer joins when its compute thread reaches its own JOB_LINK */
   int rc = sa_nccl_comm_new(&l->comm, job->link_id, 2, job->link_rank, st->be,
-                            6 * st->link_timeout_ms);
+                            2 * st->link_timeout_ms);
   if (rc) {
     job->rc = rc;
     snprintf(job->err, sizeof job->err, "joining the NCCL link %s %s failed: %s",
