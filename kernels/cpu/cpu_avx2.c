@@ -9,6 +9,7 @@
 #include "cpu_impl.h"
 
 #include <immintrin.h>
+#include <string.h>
 
 static inline __m256 ldw(const uint16_t *p) {
   __m128i h = _mm_loadu_si128((const __m128i *)p);
@@ -152,10 +153,51 @@ static void bf16_to_f32(float *dst, const uint16_t *src, size_t n) {
     dst[i] = bf16f(src[i]);
 }
 
+/* exp(v) for v <= 0: the polynomial of cpu_avx512.c; 2^n built in the
+ * exponent bits (n >= -126 after the clamp, so no denormals). */
+static inline __m256 exp_le0(__m256 v) {
+  v = _mm256_max_ps(v, _mm256_set1_ps(-87.0f));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(v, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), v);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static float exp_sum(float *x, int n, float mx) {
+  __m256 vm = _mm256_set1_ps(mx), s = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 e = exp_le0(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+    _mm256_storeu_ps(x + i, e);
+    s = _mm256_add_ps(s, e);
+  }
+  float t = hsum(s);
+  if (i < n) { /* the tail through the same polynomial, via a padded copy */
+    float tmp[8] = {0};
+    memcpy(tmp, x + i, sizeof(float) * (size_t)(n - i));
+    _mm256_storeu_ps(tmp, exp_le0(_mm256_sub_ps(_mm256_loadu_ps(tmp), vm)));
+    for (int k = 0; k < n - i; k++) {
+      x[i + k] = tmp[k];
+      t += tmp[k];
+    }
+  }
+  return t;
+}
+
 const sa__cpu_kern_t sa__cpu_kern_avx2 = {
     .name = "avx2",
     .mm_small = mm_small,
     .dot = dot,
     .scale_axpy = scale_axpy,
     .bf16_to_f32 = bf16_to_f32,
+    .exp_sum = exp_sum,
 };

@@ -201,10 +201,41 @@ void sa__cpu_bf16_to_f32_avx512(float *dst, const uint16_t *src, size_t n) {
   }
 }
 
+/* exp(v) for v <= 0 (Cephes expf: range reduction by ln 2 in two parts,
+ * degree-6 polynomial; scalef applies 2^n and underflows to 0 gracefully). */
+static inline __m512 exp_le0(__m512 v) {
+  v = _mm512_max_ps(v, _mm512_set1_ps(-103.0f));
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+float sa__cpu_exp_sum_avx512(float *x, int n, float mx) {
+  __m512 vm = _mm512_set1_ps(mx), s = _mm512_setzero_ps();
+  for (int i = 0; i < n; i += 16) {
+    int r = n - i;
+    __mmask16 mk = r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << r) - 1u);
+    __m512 e = exp_le0(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + i), vm));
+    _mm512_mask_storeu_ps(x + i, mk, e);
+    s = _mm512_add_ps(s, _mm512_maskz_mov_ps(mk, e));
+  }
+  return _mm512_reduce_add_ps(s);
+}
+
 const sa__cpu_kern_t sa__cpu_kern_avx512 = {
     .name = "avx512",
     .mm_small = sa__cpu_mm_small_avx512,
     .dot = sa__cpu_dot_avx512,
     .scale_axpy = sa__cpu_scale_axpy_avx512,
     .bf16_to_f32 = sa__cpu_bf16_to_f32_avx512,
+    .exp_sum = sa__cpu_exp_sum_avx512,
 };

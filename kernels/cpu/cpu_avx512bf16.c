@@ -116,4 +116,5 @@ const sa__cpu_kern_t sa__cpu_kern_avx512bf16 = {
     .dot = sa__cpu_dot_avx512,
     .scale_axpy = sa__cpu_scale_axpy_avx512,
     .bf16_to_f32 = sa__cpu_bf16_to_f32_avx512,
+    .exp_sum = sa__cpu_exp_sum_avx512,
 };

@@ -24,6 +24,10 @@ typedef struct {
   void (*scale_axpy)(float *y, float c, float a, const float *x, int n);
   /* dst[i] = bf16 src[i] widened to fp32 (exact). */
   void (*bf16_to_f32)(float *dst, const uint16_t *src, size_t n);
+  /* x[i] = exp(x[i] - mx) over n floats (x[i] <= mx), returns their sum.
+   * SIMD versions use a degree-6 polynomial after range reduction (Cephes
+   * expf: ~1 ulp), the scalar one libm's expf. */
+  float (*exp_sum)(float *x, int n, float mx);
 } sa__cpu_kern_t;
 
 extern const sa__cpu_kern_t sa__cpu_kern_scalar;
@@ -39,6 +43,7 @@ float sa__cpu_dot_avx512(const float *a, const float *b, int n);
 void sa__cpu_scale_axpy_avx512(float *y, float c, float a, const float *x,
                                int n);
 void sa__cpu_bf16_to_f32_avx512(float *dst, const uint16_t *src, size_t n);
+float sa__cpu_exp_sum_avx512(float *x, int n, float mx);
 
 /* Prefetch of the next W tile (rows [r0, r1), contiguous) into L2 while the
  * current tile is swept: a slice of whole cache lines after each of the

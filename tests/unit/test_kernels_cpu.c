@@ -356,16 +356,18 @@ static void test_attention(void **state) {
 
 static void test_attention_dense(void **state) {
   (void)state;
-  static const int cfg[][4] = {/* T, nh, hd, n_valid */
-                               {1, 1, 8, 1}, {7, 3, 16, 4}, {33, 2, 64, 33},
-                               {600, 2, 32, 555}};
-  for (size_t c = 0; c < 4; c++) {
+  /* the last two: scores spread over ~+-60 and ~+-200 (softmax exponents
+   * down to where exp underflows), odd key counts (SIMD tails) */
+  static const int cfg[][5] = {/* T, nh, hd, n_valid, q/k amplitude */
+                               {1, 1, 8, 1, 2},      {7, 3, 16, 4, 2}, {33, 2, 64, 33, 2},
+                               {600, 2, 32, 555, 2}, {45, 2, 64, 43, 6}, {29, 1, 64, 27, 12}};
+  for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
     int T = cfg[c][0], nh = cfg[c][1], hd = cfg[c][2], nv = cfg[c][3];
     size_t n = (size_t)T * nh * hd;
     float *q = malloc(sizeof(float) * n), *k = malloc(sizeof(float) * n);
     float *v = malloc(sizeof(float) * n), *o = malloc(sizeof(float) * n);
     float *orf = malloc(sizeof(float) * n);
-    fill(q, n, 2.0f), fill(k, n, 2.0f), fill(v, n, 1.0f);
+    fill(q, n, (float)cfg[c][4]), fill(k, n, (float)cfg[c][4]), fill(v, n, 1.0f);
     float scale = 1.0f / sqrtf((float)hd);
     assert_int_equal(ref->ops->attention_dense(ref, orf, q, k, v, T, nh, hd, nv,
                                                scale), 0);
