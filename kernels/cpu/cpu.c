@@ -119,12 +119,24 @@ static float exp_sum_scalar(float *x, int n, float mx) {
   return s;
 }
 
+static void silu_mul_scalar(float *y, const float *g, const float *u, int n) {
+  for (int i = 0; i < n; i++)
+    y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static void gelu_scalar(float *x, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+}
+
 const sa__cpu_kern_t sa__cpu_kern_scalar = {
     .name = "scalar",
     .mm_small = mm_small_scalar,
     .dot = dot_scalar,
     .scale_axpy = scale_axpy_scalar,
     .exp_sum = exp_sum_scalar,
+    .silu_mul = silu_mul_scalar,
+    .gelu = gelu_scalar,
     .bf16_to_f32 = bf16_to_f32_scalar,
 };
 
@@ -483,6 +495,7 @@ typedef struct {
   float *y;
   const float *x;
   int nI;
+  const sa__cpu_kern_t *kern;
 } ew_job_t;
 
 static void silu_mul_rows(void *p, int lo, int hi, int tid) {
@@ -491,9 +504,7 @@ static void silu_mul_rows(void *p, int lo, int hi, int tid) {
   int nI = j->nI;
   for (int m = lo; m < hi; m++) {
     const float *g = j->x + (size_t)m * 2 * nI, *u = g + nI;
-    float *yr = j->y + (size_t)m * nI;
-    for (int i = 0; i < nI; i++)
-      yr[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    j->kern->silu_mul(j->y + (size_t)m * nI, g, u, nI);
   }
 }
 
@@ -501,7 +512,7 @@ static int cpu_silu_mul(sa_backend_t *be, float *y, const float *gu, int M,
                         int nI) {
   if (M < 0 || nI < 0 || (M && nI && (!y || !gu)))
     return SA_EINVAL;
-  ew_job_t j = {y, gu, nI};
+  ew_job_t j = {y, gu, nI, ((cpu_t *)be->impl)->kern};
   run_range(be->impl, M, 20.0 * nI, 1, silu_mul_rows, &j);
   return 0;
 }
@@ -513,6 +524,7 @@ typedef struct {
   float *y;
   const float *x;
   size_t n;
+  const sa__cpu_kern_t *kern;
 } flat_job_t;
 
 static void gelu_chunks(void *p, int lo, int hi, int tid) {
@@ -521,10 +533,7 @@ static void gelu_chunks(void *p, int lo, int hi, int tid) {
   size_t a = (size_t)lo * EW_CHUNK, b = (size_t)hi * EW_CHUNK;
   if (b > j->n)
     b = j->n;
-  for (size_t i = a; i < b; i++) {
-    float v = j->y[i];
-    j->y[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
-  }
+  j->kern->gelu(j->y + a, b - a);
 }
 
 static void relu_chunks(void *p, int lo, int hi, int tid) {
@@ -552,7 +561,7 @@ static int run_flat(sa_backend_t *be, float *y, const float *x, size_t n,
   size_t chunks = (n + EW_CHUNK - 1) / EW_CHUNK;
   if (chunks > (size_t)1 << 30)
     return SA_EINVAL;
-  flat_job_t j = {y, x, n};
+  flat_job_t j = {y, x, n, ((cpu_t *)be->impl)->kern};
   run_range(be->impl, (int)chunks, cost * EW_CHUNK, 1, fn, &j);
   return 0;
 }
@@ -597,7 +606,7 @@ static void softmax_rows(void *p, int lo, int hi, int tid) {
 static int cpu_softmax(sa_backend_t *be, float *x, int M, int N) {
   if (M < 0 || N <= 0 || (M && !x))
     return SA_EINVAL;
-  ew_job_t j = {x, NULL, N};
+  ew_job_t j = {x, NULL, N, ((cpu_t *)be->impl)->kern};
   run_range(be->impl, M, 20.0 * N, 1, softmax_rows, &j);
   return 0;
 }

@@ -193,6 +193,59 @@ static float exp_sum(float *x, int n, float mx) {
   return t;
 }
 
+static inline __m256 silu(__m256 g) { /* as in cpu_avx512.c */
+  __m256 z = _mm256_setzero_ps();
+  __m256 a = _mm256_max_ps(g, _mm256_sub_ps(z, g));
+  __m256 e = exp_le0(_mm256_sub_ps(z, a));
+  __m256 d = _mm256_add_ps(e, _mm256_set1_ps(1.0f));
+  __m256 num = _mm256_blendv_ps(_mm256_set1_ps(1.0f), e, _mm256_cmp_ps(g, z, _CMP_LT_OQ));
+  return _mm256_mul_ps(g, _mm256_div_ps(num, d));
+}
+
+static inline __m256 gelu(__m256 v) { /* as in cpu_avx512.c */
+  __m256 z = _mm256_setzero_ps();
+  __m256 x = _mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f));
+  __m256 a = _mm256_max_ps(x, _mm256_sub_ps(z, x));
+  __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f),
+                           _mm256_fmadd_ps(a, _mm256_set1_ps(0.3275911f), _mm256_set1_ps(1.0f)));
+  __m256 p = _mm256_set1_ps(1.061405429f);
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.453152027f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.421413741f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.284496736f));
+  p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.254829592f));
+  p = _mm256_mul_ps(p, t);
+  __m256 e = exp_le0(_mm256_sub_ps(z, _mm256_mul_ps(a, a)));
+  __m256 erfa = _mm256_fnmadd_ps(p, e, _mm256_set1_ps(1.0f));
+  __m256 erfx = _mm256_blendv_ps(erfa, _mm256_sub_ps(z, erfa), _mm256_cmp_ps(x, z, _CMP_LT_OQ));
+  return _mm256_mul_ps(_mm256_mul_ps(v, _mm256_set1_ps(0.5f)),
+                       _mm256_add_ps(erfx, _mm256_set1_ps(1.0f)));
+}
+
+static void silu_mul(float *y, const float *g, const float *u, int n) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_mul_ps(silu(_mm256_loadu_ps(g + i)), _mm256_loadu_ps(u + i)));
+  if (i < n) { /* the tail through the same code, via padded copies */
+    float tg[8] = {0}, tu[8] = {0};
+    memcpy(tg, g + i, sizeof(float) * (size_t)(n - i));
+    memcpy(tu, u + i, sizeof(float) * (size_t)(n - i));
+    _mm256_storeu_ps(tg, _mm256_mul_ps(silu(_mm256_loadu_ps(tg)), _mm256_loadu_ps(tu)));
+    memcpy(y + i, tg, sizeof(float) * (size_t)(n - i));
+  }
+}
+
+static void gelu_n(float *x, size_t n) {
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(x + i, gelu(_mm256_loadu_ps(x + i)));
+  if (i < n) {
+    float t[8] = {0};
+    memcpy(t, x + i, sizeof(float) * (n - i));
+    _mm256_storeu_ps(t, gelu(_mm256_loadu_ps(t)));
+    memcpy(x + i, t, sizeof(float) * (n - i));
+  }
+}
+
 const sa__cpu_kern_t sa__cpu_kern_avx2 = {
     .name = "avx2",
     .mm_small = mm_small,
@@ -200,4 +253,6 @@ const sa__cpu_kern_t sa__cpu_kern_avx2 = {
     .scale_axpy = scale_axpy,
     .bf16_to_f32 = bf16_to_f32,
     .exp_sum = exp_sum,
+    .silu_mul = silu_mul,
+    .gelu = gelu_n,
 };

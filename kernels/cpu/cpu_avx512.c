@@ -231,6 +231,55 @@ float sa__cpu_exp_sum_avx512(float *x, int n, float mx) {
   return _mm512_reduce_add_ps(s);
 }
 
+/* silu(g) = g * sigmoid(g), sigmoid from e = exp(-|g|) <= 1:
+ * 1 / (1 + e) for g >= 0, e / (1 + e) below. */
+static inline __m512 silu(__m512 g) {
+  __m512 e = exp_le0(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(g)));
+  __m512 d = _mm512_add_ps(e, _mm512_set1_ps(1.0f));
+  __mmask16 neg = _mm512_cmp_ps_mask(g, _mm512_setzero_ps(), _CMP_LT_OQ);
+  __m512 num = _mm512_mask_blend_ps(neg, _mm512_set1_ps(1.0f), e);
+  return _mm512_mul_ps(g, _mm512_div_ps(num, d));
+}
+
+void sa__cpu_silu_mul_avx512(float *y, const float *g, const float *u, int n) {
+  for (int i = 0; i < n; i += 16) {
+    int r = n - i;
+    __mmask16 mk = r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << r) - 1u);
+    __m512 s = silu(_mm512_maskz_loadu_ps(mk, g + i));
+    _mm512_mask_storeu_ps(y + i, mk, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(mk, u + i)));
+  }
+}
+
+/* gelu(v) = v/2 (1 + erf(v / sqrt 2)); erf(a) for a >= 0 is
+ * 1 - t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) exp(-a^2), t = 1 / (1 + p a),
+ * odd in a. */
+static inline __m512 gelu(__m512 v) {
+  __m512 x = _mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752f));
+  __m512 a = _mm512_abs_ps(x);
+  __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f),
+                           _mm512_fmadd_ps(a, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f)));
+  __m512 p = _mm512_set1_ps(1.061405429f);
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
+  p = _mm512_mul_ps(p, t);
+  __m512 e = exp_le0(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(a, a)));
+  __m512 erfa = _mm512_fnmadd_ps(p, e, _mm512_set1_ps(1.0f));
+  __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+  __m512 erfx = _mm512_mask_sub_ps(erfa, neg, _mm512_setzero_ps(), erfa);
+  return _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(0.5f)),
+                       _mm512_add_ps(erfx, _mm512_set1_ps(1.0f)));
+}
+
+void sa__cpu_gelu_avx512(float *x, size_t n) {
+  for (size_t i = 0; i < n; i += 16) {
+    size_t r = n - i;
+    __mmask16 mk = r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << r) - 1u);
+    _mm512_mask_storeu_ps(x + i, mk, gelu(_mm512_maskz_loadu_ps(mk, x + i)));
+  }
+}
+
 const sa__cpu_kern_t sa__cpu_kern_avx512 = {
     .name = "avx512",
     .mm_small = sa__cpu_mm_small_avx512,
@@ -238,4 +287,6 @@ const sa__cpu_kern_t sa__cpu_kern_avx512 = {
     .scale_axpy = sa__cpu_scale_axpy_avx512,
     .bf16_to_f32 = sa__cpu_bf16_to_f32_avx512,
     .exp_sum = sa__cpu_exp_sum_avx512,
+    .silu_mul = sa__cpu_silu_mul_avx512,
+    .gelu = sa__cpu_gelu_avx512,
 };

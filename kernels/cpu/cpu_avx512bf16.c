@@ -117,4 +117,6 @@ const sa__cpu_kern_t sa__cpu_kern_avx512bf16 = {
     .scale_axpy = sa__cpu_scale_axpy_avx512,
     .bf16_to_f32 = sa__cpu_bf16_to_f32_avx512,
     .exp_sum = sa__cpu_exp_sum_avx512,
+    .silu_mul = sa__cpu_silu_mul_avx512,
+    .gelu = sa__cpu_gelu_avx512,
 };

@@ -28,6 +28,12 @@ typedef struct {
    * SIMD versions use a degree-6 polynomial after range reduction (Cephes
    * expf: ~1 ulp), the scalar one libm's expf. */
   float (*exp_sum)(float *x, int n, float mx);
+  /* y[i] = silu(g[i]) * u[i] over n floats (same exp as exp_sum). */
+  void (*silu_mul)(float *y, const float *g, const float *u, int n);
+  /* x[i] = gelu(x[i]) = x/2 (1 + erf(x / sqrt 2)) in place; SIMD versions
+   * take erf from Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7), the scalar
+   * one libm's erff. */
+  void (*gelu)(float *x, size_t n);
 } sa__cpu_kern_t;
 
 extern const sa__cpu_kern_t sa__cpu_kern_scalar;
@@ -44,6 +50,8 @@ void sa__cpu_scale_axpy_avx512(float *y, float c, float a, const float *x,
                                int n);
 void sa__cpu_bf16_to_f32_avx512(float *dst, const uint16_t *src, size_t n);
 float sa__cpu_exp_sum_avx512(float *x, int n, float mx);
+void sa__cpu_silu_mul_avx512(float *y, const float *g, const float *u, int n);
+void sa__cpu_gelu_avx512(float *x, size_t n);
 
 /* Prefetch of the next W tile (rows [r0, r1), contiguous) into L2 while the
  * current tile is swept: a slice of whole cache lines after each of the
