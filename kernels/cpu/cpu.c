@@ -664,8 +664,9 @@ static int cpu_kv_write(sa_backend_t *be, float *k_cache, float *v_cache,
 /* One query row of one head against keys 0..n_keys-1, where key p lives at
  * base + (table[p / bs] * bs + p % bs) * row + off. Online softmax over
  * chunks of ATTN_CHUNK keys: scores of a chunk are vector dots into scratch,
- * then the running output is rescaled once per chunk and the chunk's values
- * are added with fused scale-axpy. K and V are each read once. */
+ * turned into exponentials in one SIMD pass (exp_sum), then the running
+ * output is rescaled once per chunk and the chunk's values are added with
+ * fused scale-axpy. K and V are each read once. */
 static void attend(const sa__cpu_kern_t *kn, float *out, const float *q,
                    const float *kc, const float *vc, const int32_t *table,
                    int bs, size_t row, size_t off, int n_keys, int hd,
@@ -683,12 +684,11 @@ static void attend(const sa__cpu_kern_t *kn, float *out, const float *q,
     }
     float nm = cmax > mx ? cmax : mx;
     float corr = first ? 0.f : expf(mx - nm);
-    l *= corr;
+    l = l * corr + kn->exp_sum(sc, n, nm); /* sc[i] = exp(sc[i] - nm) */
     for (int i = 0; i < n; i++) {
       int p = p0 + i;
       const float *vp = vc + ((size_t)table[p / bs] * bs + p % bs) * row + off;
-      float e = expf(sc[i] - nm);
-      l += e;
+      float e = sc[i];
       if (first) {
         for (int d = 0; d < hd; d++)
           out[d] = e * vp[d];
