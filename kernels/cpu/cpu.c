@@ -45,6 +45,7 @@
 /* Keys scored per online-softmax chunk in attention. */
 #define ATTN_CHUNK 512
 #define DENSE_QB 32 /* query rows per dense-attention block */
+#define ATTN_MAX_GROUP 16 /* query heads attended together per KV head */
 /* Below this many multiply-adds (or elements) an op runs on the caller. */
 #define PAR_MIN_WORK 32768
 /* Default first M served by sgemm: on the Zen 4 VM measured with bench-gemm
@@ -661,47 +662,63 @@ static int cpu_kv_write(sa_backend_t *be, float *k_cache, float *v_cache,
 /* ------------------------------------------------------------------------ */
 /* attention                                                                 */
 
-/* One query row of one head against keys 0..n_keys-1, where key p lives at
- * base + (table[p / bs] * bs + p % bs) * row + off. Online softmax over
- * chunks of ATTN_CHUNK keys: scores of a chunk are vector dots into scratch,
- * turned into exponentials in one SIMD pass (exp_sum), then the running
- * output is rescaled once per chunk and the chunk's values are added with
- * fused scale-axpy. K and V are each read once. */
-static void attend(const sa__cpu_kern_t *kn, float *out, const float *q,
+/* One query row of the G query heads that share one KV head (GQA group;
+ * q and out hold G consecutive head vectors of hd) against keys
+ * 0..n_keys-1, where key p lives at base + (table[p / bs] * bs + p % bs) *
+ * row + off. Each key and value row is loaded once for the whole group (it
+ * stays in L1 for the G heads): with 7 query heads per KV head this cut the
+ * KV traffic sevenfold. Per head: online softmax over chunks of ATTN_CHUNK
+ * keys, scores as vector dots into scratch (sc: G * ATTN_CHUNK floats),
+ * turned into exponentials in one SIMD pass (exp_sum), the running output
+ * rescaled once per chunk and the chunk's values added with fused
+ * scale-axpy. Each head's arithmetic does not depend on G or on the other
+ * rows of the batch. */
+static void attend(const sa__cpu_kern_t *kn, float *out, const float *q, int G,
                    const float *kc, const float *vc, const int32_t *table,
                    int bs, size_t row, size_t off, int n_keys, int hd,
                    float scale, float *sc) {
-  float mx = -INFINITY, l = 0.f;
-  int first = 1;
+  float mx[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP], corr[ATTN_MAX_GROUP];
+  for (int g = 0; g < G; g++)
+    mx[g] = -INFINITY, l[g] = 0.f;
   for (int p0 = 0; p0 < n_keys; p0 += ATTN_CHUNK) {
     int n = n_keys - p0 < ATTN_CHUNK ? n_keys - p0 : ATTN_CHUNK;
-    float cmax = -INFINITY;
+    float cmax[ATTN_MAX_GROUP];
+    for (int g = 0; g < G; g++)
+      cmax[g] = -INFINITY;
     for (int i = 0; i < n; i++) {
       int p = p0 + i;
       const float *kp = kc + ((size_t)table[p / bs] * bs + p % bs) * row + off;
-      sc[i] = kn->dot(q, kp, hd) * scale;
-      cmax = sc[i] > cmax ? sc[i] : cmax;
+      for (int g = 0; g < G; g++) {
+        float v = kn->dot(q + (size_t)g * hd, kp, hd) * scale;
+        sc[g * ATTN_CHUNK + i] = v;
+        cmax[g] = v > cmax[g] ? v : cmax[g];
+      }
     }
-    float nm = cmax > mx ? cmax : mx;
-    float corr = first ? 0.f : expf(mx - nm);
-    l = l * corr + kn->exp_sum(sc, n, nm); /* sc[i] = exp(sc[i] - nm) */
+    for (int g = 0; g < G; g++) {
+      float nm = cmax[g] > mx[g] ? cmax[g] : mx[g];
+      corr[g] = p0 == 0 ? 0.f : expf(mx[g] - nm);
+      /* sc = exp(sc - nm) */
+      l[g] = l[g] * corr[g] + kn->exp_sum(sc + g * ATTN_CHUNK, n, nm);
+      mx[g] = nm;
+    }
     for (int i = 0; i < n; i++) {
       int p = p0 + i;
       const float *vp = vc + ((size_t)table[p / bs] * bs + p % bs) * row + off;
-      float e = sc[i];
-      if (first) {
-        for (int d = 0; d < hd; d++)
-          out[d] = e * vp[d];
-        first = 0;
-      } else {
-        kn->scale_axpy(out, i == 0 ? corr : 1.0f, e, vp, hd);
+      for (int g = 0; g < G; g++) {
+        float e = sc[g * ATTN_CHUNK + i], *o = out + (size_t)g * hd;
+        if (p == 0)
+          for (int d = 0; d < hd; d++)
+            o[d] = e * vp[d];
+        else
+          kn->scale_axpy(o, i == 0 ? corr[g] : 1.0f, e, vp, hd);
       }
     }
-    mx = nm;
   }
-  float inv = 1.0f / l;
-  for (int d = 0; d < hd; d++)
-    out[d] *= inv;
+  for (int g = 0; g < G; g++) {
+    float inv = 1.0f / l[g], *o = out + (size_t)g * hd;
+    for (int d = 0; d < hd; d++)
+      o[d] *= inv;
+  }
 }
 
 typedef struct {
@@ -760,19 +777,23 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
     return;
   }
   const sa_attn_batch_t *b = j->b;
-  int group = nh / j->nkv;
-  size_t kv_dim = (size_t)j->nkv * hd;
+  int nkv = j->nkv, group = nh / nkv;
+  size_t kv_dim = (size_t)nkv * hd;
   int s = 0;
-  for (int it = lo; it < hi; it++) {
-    int row = it / nh, h = it % nh;
+  for (int it = lo; it < hi; it++) { /* items: (row, KV head) */
+    int row = it / nkv, kh = it % nkv;
     while (b->q_start[s + 1] <= row)
       s++;
     int n_new = b->q_start[s + 1] - b->q_start[s];
     int pos = b->ctx_len[s] - n_new + (row - b->q_start[s]);
-    attend(kn, j->out + (size_t)row * nh * hd + (size_t)h * hd,
-           j->q + (size_t)row * j->q_stride + (size_t)h * hd, j->kc, j->vc,
-           b->block_table + (size_t)s * b->max_blocks, b->block_size, kv_dim,
-           (size_t)(h / group) * hd, pos + 1, hd, j->scale, sc);
+    for (int g0 = 0; g0 < group; g0 += ATTN_MAX_GROUP) {
+      int h = kh * group + g0;
+      attend(kn, j->out + (size_t)row * nh * hd + (size_t)h * hd,
+             j->q + (size_t)row * j->q_stride + (size_t)h * hd,
+             group - g0 < ATTN_MAX_GROUP ? group - g0 : ATTN_MAX_GROUP, j->kc, j->vc,
+             b->block_table + (size_t)s * b->max_blocks, b->block_size, kv_dim,
+             (size_t)kh * hd, pos + 1, hd, j->scale, sc);
+    }
   }
 }
 
@@ -781,8 +802,8 @@ static void attn_range(void *p, int lo, int hi, int tid) {
   attn_run(j, j->c->scratch[tid], lo, hi);
 }
 
-static void attn_dispatch(cpu_t *c, attn_job_t *j, double keys_per_item) {
-  run_range(c, j->M * j->nh, keys_per_item * j->hd, 1, attn_range, j);
+static void attn_dispatch(cpu_t *c, attn_job_t *j, double keys_per_row) {
+  run_range(c, j->M * j->nkv, keys_per_row * j->hd * (j->nh / j->nkv), 1, attn_range, j);
 }
 
 static int cpu_attention(sa_backend_t *be, float *out, const float *q,

@@ -344,14 +344,17 @@ static void test_attention(void **state) {
   (void)state;
   /* decode, prefill, chunked prefill and an idle sequence in one batch */
   const seq_t mix[] = {{1, 1}, {37, 37}, {1, 50}, {5, 33}, {0, 17}, {1, 16}};
-  static const int heads[][3] = {{2, 2, 16}, {4, 2, 24}, {7, 1, 64}, {14, 2, 64}};
-  for (size_t h = 0; h < 4; h++) {
+  /* nh, nkv, hd; 40/2: groups of 20 query heads, more than the kernel
+   * attends at once (16) */
+  static const int heads[][3] = {{2, 2, 16}, {4, 2, 24}, {7, 1, 64}, {14, 2, 64}, {40, 2, 8}};
+  for (size_t h = 0; h < sizeof heads / sizeof heads[0]; h++) {
     attention_case(mix, 6, heads[h][0], heads[h][1], heads[h][2], 16);
     attention_case(mix, 6, heads[h][0], heads[h][1], heads[h][2], 5);
   }
   /* longer than one online-softmax chunk, decode and prefill tail */
   const seq_t longs[] = {{1, 1100}, {3, 700}};
   attention_case(longs, 2, 4, 2, 32, 16);
+  attention_case(longs, 2, 14, 2, 64, 16);
 }
 
 static void test_attention_dense(void **state) {
