@@ -74,9 +74,23 @@ wait_ready() {
   fail "cluster not ready: want $1 replicas and $2 encoders"
 }
 
-# tokens_of JSON_FINAL_LINE -> space-separated token ids of chain 0
+# tokens_of JSON_FINAL_LINE -> space-separated token ids of chain 0 (empty,
+# never a failed pipeline, when there are none: callers compare and say why)
 tokens_of() {
-  grep -o '"tokens":\[[0-9,]*\]' <<<"$1" | head -n 1 | sed 's/"tokens":\[//; s/\]//; s/,/ /g'
+  chain_tokens "$1" 0
+}
+
+# chain_tokens JSON_FINAL_LINE I -> space-separated token ids of chain I; the
+# line is cut at each chain object, so text fields (which may hold any
+# character) cannot hide the match
+chain_tokens() {
+  sed 's/{"chain":/\n{"chain":/g' <<<"$1" | grep -a "^{\"chain\":$2," |
+    grep -o '"tokens":\[[0-9,]*\]' | sed 's/"tokens":\[//; s/\]//; s/,/ /g' || true
+}
+
+# final_of FILE -> the client's final event line (sa-client --json output)
+final_of() {
+  grep -a '"type":"final"' "$1" | tail -n 1 || true
 }
 
 # make_clips DIR N -> N short wav clips of different sounds and lengths
