@@ -289,7 +289,8 @@ int main(int argc, char **argv) {
     if (!hop_set)
       hop_reps = 100;
   }
-  if (threads < 1 || decode < 2 || warm < 0 || reps < 1 || hop_reps < 1 ||
+  if (threads < 1 || decode < 2 || warm < 0 || reps < 1 || hop_reps < 1 || extra_mb < 0 ||
+      extra_mb > 64 ||
       (strcmp(split, "measured") && strcmp(split, "weights") && strcmp(split, "even")))
     goto bad;
   for (int i = 0; i < n_stages; i++)
