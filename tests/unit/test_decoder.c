@@ -338,28 +338,56 @@ static void test_prefill_decode_ref(void **s) { (void)s; run_prefill_decode(0, 0
 static void test_prefill_decode_cpu(void **s) { (void)s; run_prefill_decode(1, 0); }
 static void test_tied_head(void **s) { (void)s; run_prefill_decode(1, 1); }
 
+/* The whole model and a two-stage split after layer `split` on one CPU
+ * backend, each with its own KV pool. */
+typedef struct {
+  sa_backend_t *be;
+  sa_decoder_t *full, *s0, *s1;
+  sa_kv_t *kv, *kv0, *kv1;
+} pipe_t;
+
+static sa_kv_t *kv_of(sa_backend_t *be, const sa_decoder_t *d) {
+  sa_kv_opts_t ko;
+  sa_kv_t *kv = NULL;
+  sa_decoder_kv_opts(d, 0, 64, 8, &ko);
+  assert_int_equal(sa_kv_new(be, &ko, &kv), 0);
+  return kv;
+}
+
+static void pipe_open(pipe_t *p, int split) {
+  p->be = backend(1);
+  p->full = load(p->be, 0, 0, L, 64, 8);
+  p->s0 = load(p->be, 0, 0, split, 64, 8);
+  p->s1 = load(p->be, 0, split, L, 64, 8);
+  p->kv = kv_of(p->be, p->full);
+  p->kv0 = kv_of(p->be, p->s0);
+  p->kv1 = kv_of(p->be, p->s1);
+}
+
+static void pipe_close(pipe_t *p) {
+  sa_kv_destroy(&p->kv);
+  sa_kv_destroy(&p->kv0);
+  sa_kv_destroy(&p->kv1);
+  sa_decoder_destroy(&p->full);
+  sa_decoder_destroy(&p->s0);
+  sa_decoder_destroy(&p->s1);
+  sa_backend_destroy(&p->be);
+}
+
 /* One batch mixing a prefill chunk, decodes of forked children and a fresh
  * sequence with embedding rows; then a two-stage pipeline gives the same. */
 static void test_mixed_batch_fork_embeds_pipeline(void **state) {
   (void)state;
-  sa_backend_t *be = backend(1);
-  sa_decoder_t *full = load(be, 0, 0, L, 64, 8);
-  sa_decoder_t *s0 = load(be, 0, 0, 1, 64, 8);
-  sa_decoder_t *s1 = load(be, 0, 1, L, 64, 8);
+  pipe_t pp;
+  pipe_open(&pp, 1);
+  sa_decoder_t *full = pp.full, *s0 = pp.s0, *s1 = pp.s1;
+  sa_kv_t *kv = pp.kv, *kv0 = pp.kv0, *kv1 = pp.kv1;
   sa_decoder_info_t i0, i1;
   sa_decoder_info(s0, &i0);
   sa_decoder_info(s1, &i1);
   assert_true(i0.embed_bytes > 0 && i0.lm_head_bytes == 0);
   assert_true(i1.embed_bytes == 0 && i1.lm_head_bytes > 0);
   assert_int_equal(i1.layer_bytes, 2 * i0.layer_bytes);
-  sa_kv_opts_t ko;
-  sa_kv_t *kv = NULL, *kv0 = NULL, *kv1 = NULL;
-  sa_decoder_kv_opts(full, 0, 64, 8, &ko);
-  assert_int_equal(sa_kv_new(be, &ko, &kv), 0);
-  sa_decoder_kv_opts(s0, 0, 64, 8, &ko);
-  assert_int_equal(sa_kv_new(be, &ko, &kv0), 0);
-  sa_decoder_kv_opts(s1, 0, 64, 8, &ko);
-  assert_int_equal(sa_kv_new(be, &ko, &kv1), 0);
 
   /* parent: 21-token prompt */
   enum { TP = 21 };
@@ -457,38 +485,22 @@ static void test_mixed_batch_fork_embeds_pipeline(void **state) {
   free(lg);
   free(lg2);
   free(hid);
-  sa_kv_destroy(&kv);
-  sa_kv_destroy(&kv0);
-  sa_kv_destroy(&kv1);
-  sa_decoder_destroy(&full);
-  sa_decoder_destroy(&s0);
-  sa_decoder_destroy(&s1);
-  sa_backend_destroy(&be);
+  pipe_close(&pp);
 }
 
-/* The cluster's output is compared exactly with single-process generation:
- * a sequence's logits must not depend on what else is in the batch or on
- * how its prompt was chunked. Bit-for-bit on the optimised CPU backend. */
 /* Activations handed between stages in backend memory (hidden_device, the
  * path an NCCL link takes) give the logits of the single process, bit for
  * bit, over a prefill and decode steps; without it, a missing hidden_in or
  * hidden_out is refused. */
 static void test_pipeline_device_io(void **state) {
   (void)state;
-  sa_backend_t *be = backend(1);
-  sa_decoder_t *full = load(be, 0, 0, L, 64, 8);
-  sa_decoder_t *s0 = load(be, 0, 0, 2, 64, 8);
-  sa_decoder_t *s1 = load(be, 0, 2, L, 64, 8);
+  pipe_t pp;
+  pipe_open(&pp, 2);
+  sa_backend_t *be = pp.be;
+  sa_decoder_t *full = pp.full, *s0 = pp.s0, *s1 = pp.s1;
+  sa_kv_t *kv = pp.kv, *kv0 = pp.kv0, *kv1 = pp.kv1;
   assert_non_null(sa_decoder_hidden_dev(s0));
   assert_true(sa_decoder_hidden_dev(s0) != sa_decoder_hidden_dev(s1));
-  sa_kv_opts_t ko;
-  sa_kv_t *kv = NULL, *kv0 = NULL, *kv1 = NULL;
-  sa_decoder_kv_opts(full, 0, 64, 8, &ko);
-  assert_int_equal(sa_kv_new(be, &ko, &kv), 0);
-  sa_decoder_kv_opts(s0, 0, 64, 8, &ko);
-  assert_int_equal(sa_kv_new(be, &ko, &kv0), 0);
-  sa_decoder_kv_opts(s1, 0, 64, 8, &ko);
-  assert_int_equal(sa_kv_new(be, &ko, &kv1), 0);
   uint64_t ids[2] = {5, 6};
   sa_kv_t *kvs[3] = {kv, kv0, kv1};
   for (int k = 0; k < 3; k++)
@@ -531,15 +543,12 @@ static void test_pipeline_device_io(void **state) {
   }
   free(lg);
   free(lg2);
-  sa_kv_destroy(&kv);
-  sa_kv_destroy(&kv0);
-  sa_kv_destroy(&kv1);
-  sa_decoder_destroy(&full);
-  sa_decoder_destroy(&s0);
-  sa_decoder_destroy(&s1);
-  sa_backend_destroy(&be);
+  pipe_close(&pp);
 }
 
+/* The cluster's output is compared exactly with single-process generation:
+ * a sequence's logits must not depend on what else is in the batch or on
+ * how its prompt was chunked. Bit-for-bit on the optimised CPU backend. */
 static void test_batch_invariance(void **state) {
   (void)state;
   sa_backend_t *be = backend(1);
