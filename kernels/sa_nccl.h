@@ -60,10 +60,14 @@ int sa_nccl_send(sa_nccl_comm_t *c, const void *buf, size_t n, int peer,
  * SA_ECUDA or SA_EUNIMPL. */
 int sa_nccl_send_wait(sa_nccl_comm_t *c, uint64_t ticket, int timeout_ms);
 
-/* Enqueues receiving n bytes from rank peer into device memory buf on the
- * backend's stream: the data is there for the backend's later ops.
- * Returns 0, SA_EINVAL, SA_ECUDA or SA_EUNIMPL. */
-int sa_nccl_recv(sa_nccl_comm_t *c, void *buf, size_t n, int peer);
+/* Receives n bytes from rank peer into device memory buf on the backend's
+ * stream and waits until they have arrived, at most timeout_ms (< 0: no
+ * limit): the data is there for the backend's later ops. A peer that died
+ * between its send and ours would otherwise leave the backend's stream (and
+ * the stage) blocked for good. Returns 0, SA_ETIMEDOUT (nothing came: the
+ * communicator must be aborted, which also ends the pending receive),
+ * SA_EINVAL, SA_ECUDA (NCCL reported an error) or SA_EUNIMPL. */
+int sa_nccl_recv(sa_nccl_comm_t *c, void *buf, size_t n, int peer, int timeout_ms);
 
 /* Destroys *c (may be NULL) and sets it NULL. With abort set, pending
  * operations are abandoned (ncclCommAbort: a peer that went away). */

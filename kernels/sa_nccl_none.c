@@ -33,8 +33,8 @@ int sa_nccl_send_wait(sa_nccl_comm_t *c, uint64_t ticket, int timeout_ms) {
   return SA_EUNIMPL;
 }
 
-int sa_nccl_recv(sa_nccl_comm_t *c, void *buf, size_t n, int peer) {
-  (void)c, (void)buf, (void)n, (void)peer;
+int sa_nccl_recv(sa_nccl_comm_t *c, void *buf, size_t n, int peer, int timeout_ms) {
+  (void)c, (void)buf, (void)n, (void)peer, (void)timeout_ms;
   return SA_EUNIMPL;
 }
 

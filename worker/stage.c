@@ -222,7 +222,8 @@ static void run_step(stage_t *st, job_t *job) {
                                                : NULL;
     int rc = why ? SA_EUNAVAIL
                  : sa_nccl_recv(in->comm, sa_decoder_hidden_dev(st->dec),
-                                sizeof(float) * (size_t)b->total_tokens * (size_t)st->hidden, 0);
+                                sizeof(float) * (size_t)b->total_tokens * (size_t)st->hidden, 0,
+                                st->link_timeout_ms);
     if (in && !rc)
       in->seq++;
     if (rc) {

@@ -27,8 +27,10 @@ struct sa_nccl_comm {
   cudaStream_t be_stream;   /* the backend's (borrowed) */
   cudaStream_t send_stream; /* ours */
   cudaEvent_t ready;        /* backend's ops before a send */
+  cudaEvent_t recvd;        /* the last receive has landed */
   cudaEvent_t sent[SEND_RING];
   uint64_t next_ticket, done_ticket; /* tickets < done_ticket are finished */
+  uint64_t n_recv;                   /* receives posted (for the log) */
   int device;
   int nranks, rank;
 };
@@ -68,6 +70,8 @@ static void release(sa_nccl_comm_t *c) {
       cudaEventDestroy(c->sent[i]);
   if (c->ready)
     cudaEventDestroy(c->ready);
+  if (c->recvd)
+    cudaEventDestroy(c->recvd);
   if (c->send_stream)
     cudaStreamDestroy(c->send_stream);
   free(c);
@@ -118,6 +122,8 @@ int sa_nccl_comm_new(sa_nccl_comm_t **out, const uint8_t id[SA_NCCL_ID_BYTES], i
     e = cudaStreamCreateWithFlags(&c->send_stream, cudaStreamNonBlocking);
   if (e == cudaSuccess)
     e = cudaEventCreateWithFlags(&c->ready, cudaEventDisableTiming);
+  if (e == cudaSuccess)
+    e = cudaEventCreateWithFlags(&c->recvd, cudaEventDisableTiming);
   for (int i = 0; i < SEND_RING && e == cudaSuccess; i++)
     e = cudaEventCreateWithFlags(&c->sent[i], cudaEventDisableTiming);
   if (e != cudaSuccess) {
@@ -151,27 +157,43 @@ static int check_xfer(sa_nccl_comm_t *c, const void *buf, size_t n, int peer) {
   return 0;
 }
 
+/* Polls ev until it has happened, at most timeout_ms (< 0: no limit); an
+ * asynchronous NCCL error (a peer that went away, a network error) ends the
+ * wait early. `what` names the operation in the log. */
+static int wait_event(sa_nccl_comm_t *c, cudaEvent_t ev, int timeout_ms, const char *what,
+                      unsigned long long seq) {
+  double t0 = now_ms();
+  for (;;) {
+    cudaError_t e = cudaEventQuery(ev);
+    if (e == cudaSuccess)
+      return 0;
+    if (e != cudaErrorNotReady) {
+      SA_LOG_ERROR("nccl: %s %llu: %s", what, seq, cudaGetErrorString(e));
+      return SA_ECUDA;
+    }
+    ncclResult_t ar = ncclSuccess;
+    if (ncclCommGetAsyncError(c->comm, &ar) != ncclSuccess ||
+        (ar != ncclSuccess && ar != ncclInProgress)) {
+      SA_LOG_ERROR("nccl: %s %llu: %s", what, seq, ncclGetErrorString(ar));
+      return SA_ECUDA;
+    }
+    if (timeout_ms >= 0 && now_ms() - t0 > timeout_ms)
+      return SA_ETIMEDOUT;
+    struct timespec nap = {0, 20000}; /* 20 us: transfers take microseconds */
+    nanosleep(&nap, NULL);
+  }
+}
+
 int sa_nccl_send_wait(sa_nccl_comm_t *c, uint64_t ticket, int timeout_ms) {
   if (!c || ticket >= c->next_ticket)
     return SA_EINVAL;
   if (ticket < c->done_ticket)
     return 0;
   CK(cudaSetDevice(c->device));
-  cudaEvent_t ev = c->sent[ticket % SEND_RING];
-  double t0 = now_ms();
-  for (;;) {
-    cudaError_t e = cudaEventQuery(ev);
-    if (e == cudaSuccess)
-      break;
-    if (e != cudaErrorNotReady) {
-      SA_LOG_ERROR("nccl: send %llu: %s", (unsigned long long)ticket, cudaGetErrorString(e));
-      return SA_ECUDA;
-    }
-    if (timeout_ms >= 0 && now_ms() - t0 > timeout_ms)
-      return SA_ETIMEDOUT;
-    struct timespec nap = {0, 20000}; /* 20 us: sends finish in microseconds */
-    nanosleep(&nap, NULL);
-  }
+  int rc = wait_event(c, c->sent[ticket % SEND_RING], timeout_ms, "send",
+                      (unsigned long long)ticket);
+  if (rc)
+    return rc;
   c->done_ticket = ticket + 1; /* sends complete in order on one stream */
   return 0;
 }
@@ -192,12 +214,20 @@ int sa_nccl_send(sa_nccl_comm_t *c, const void *buf, size_t n, int peer, uint64_
   return 0;
 }
 
-int sa_nccl_recv(sa_nccl_comm_t *c, void *buf, size_t n, int peer) {
+int sa_nccl_recv(sa_nccl_comm_t *c, void *buf, size_t n, int peer, int timeout_ms) {
   int rc = check_xfer(c, buf, n, peer);
   if (rc || n == 0)
     return rc;
-  NCK(settle(c->comm, ncclRecv(buf, n, ncclUint8, peer, c->comm, c->be_stream), -1));
-  return 0;
+  ncclResult_t r = settle(c->comm, ncclRecv(buf, n, ncclUint8, peer, c->comm, c->be_stream),
+                          timeout_ms);
+  if (r == ncclInProgress)
+    return SA_ETIMEDOUT;
+  if (r != ncclSuccess) {
+    SA_LOG_ERROR("nccl: ncclRecv: %s", ncclGetErrorString(r));
+    return SA_ECUDA;
+  }
+  CK(cudaEventRecord(c->recvd, c->be_stream));
+  return wait_event(c, c->recvd, timeout_ms, "receive", (unsigned long long)c->n_recv++);
 }
 
 void sa_nccl_comm_destroy(sa_nccl_comm_t **c, int abort) {

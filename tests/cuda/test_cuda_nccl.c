@@ -6,7 +6,9 @@
  *  - the tiny model split after layer 1 (cuda:0 -> cuda:1) with the rows
  *    handed over by NCCL from the decoder's device buffer
  *    (sa_decoder_batch_t.hidden_device) gives the logits of the whole model
- *    on cuda:0, bit for bit.
+ *    on cuda:0, bit for bit;
+ *  - a receive with no send times out, and after the abort the receiving
+ *    backend works again.
  * Needs two GPUs: prints "skipped: no GPU" / "skipped: needs 2 GPUs" and
  * exits 77 otherwise; "skipped: no NCCL" in a build without it. */
 #include "decoder.h"
@@ -75,7 +77,7 @@ static void test_buffers(sa_backend_t *b0, sa_backend_t *b1) {
     CHECK(sa_nccl_send(c0, src[k], BYTES, 1, &ticket[k]) == 0); /* before any receive */
   }
   for (int k = 0; k < N; k++)
-    CHECK(sa_nccl_recv(c1, dst[k], BYTES, 0) == 0);
+    CHECK(sa_nccl_recv(c1, dst[k], BYTES, 0, 10000) == 0);
   CHECK(b1->ops->sync(b1) == 0);
   CHECK(sa_nccl_send_wait(c0, ticket[N - 1], 10000) == 0);
   for (int k = 0; k < N; k++) {
@@ -90,6 +92,27 @@ static void test_buffers(sa_backend_t *b0, sa_backend_t *b1) {
   free(back);
   sa_nccl_comm_destroy(&c0, 0);
   sa_nccl_comm_destroy(&c1, 0);
+}
+
+/* A receive whose sender never sends (a peer that died between its
+ * StepBatch and its ncclSend) gives up after its time limit instead of
+ * blocking the stage for good; aborting the communicator ends the pending
+ * receive and the backend's stream serves again. */
+static void test_recv_timeout(sa_backend_t *b0, sa_backend_t *b1) {
+  sa_nccl_comm_t *c0, *c1;
+  join_both(b0, b1, &c0, &c1);
+  void *dst = b1->ops->alloc(b1, 4096);
+  CHECK(dst);
+  CHECK(sa_nccl_recv(c1, dst, 4096, 0, 300) == SA_ETIMEDOUT);
+  sa_nccl_comm_destroy(&c1, 1);
+  sa_nccl_comm_destroy(&c0, 1);
+  CHECK(b1->ops->sync(b1) == 0);
+  uint8_t host[64] = {1, 2, 3}, back[64] = {0};
+  CHECK(b1->ops->upload(b1, dst, host, sizeof host) == 0);
+  CHECK(b1->ops->download(b1, back, dst, sizeof back) == 0 && b1->ops->sync(b1) == 0);
+  CHECK(!memcmp(host, back, sizeof host));
+  b1->ops->free(b1, dst);
+  printf("receive without a send: timed out, aborted, the stream serves again\n");
 }
 
 static sa_decoder_t *load(sa_backend_t *be, const char *dir, int first, int last) {
@@ -134,7 +157,7 @@ static void test_split_model(sa_backend_t *b0, sa_backend_t *b1, const char *dir
     uint64_t t;
     size_t bytes = sizeof(float) * (size_t)n * (size_t)H;
     CHECK(sa_nccl_send(c0, sa_decoder_hidden_dev(s0), bytes, 1, &t) == 0);
-    CHECK(sa_nccl_recv(c1, sa_decoder_hidden_dev(s1), bytes, 0) == 0);
+    CHECK(sa_nccl_recv(c1, sa_decoder_hidden_dev(s1), bytes, 0, 10000) == 0);
     b.tokens = NULL;
     b.n_logits = 1;
     b.logits = lb;
@@ -180,6 +203,7 @@ int main(void) {
   sa_backend_t *b0 = sa_backend_new("cuda:0", 1), *b1 = sa_backend_new("cuda:1", 1);
   CHECK(b0 && b1);
   test_buffers(b0, b1);
+  test_recv_timeout(b0, b1);
   char dir[] = "/tmp/sa-cuda-nccl.XXXXXX";
   CHECK(mkdtemp(dir));
   char err[512];
