@@ -56,7 +56,8 @@ void sa_backend_destroy(sa_backend_t **be) {
 
 void *sa__host_alloc(sa_backend_t *be, size_t bytes) {
   (void)be;
-  if (bytes >= HUGE_FROM && !getenv("SA_NO_THP")) {
+  const char *off = getenv("SA_NO_THP");
+  if (bytes >= HUGE_FROM && !(off && *off && strcmp(off, "0") != 0)) {
     size_t n = (bytes + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
     void *p = aligned_alloc(HUGE_PAGE, n);
     if (p)

@@ -462,12 +462,34 @@ static void test_controls(void **state) {
   assert_null(be0);
 }
 
+/* Backend buffers: 64-byte aligned; from 1 MiB on on 2 MiB boundaries (for
+ * huge pages) and usable to their last byte, with or without SA_NO_THP. */
+static void test_alloc(void **state) {
+  (void)state;
+  const size_t sizes[] = {1, 100, (1u << 20) - 1, 1u << 20, (3u << 20) + 5};
+  for (int pass = 0; pass < 2; pass++) {
+    if (pass)
+      setenv("SA_NO_THP", "1", 1);
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+      uint8_t *p = cpu1->ops->alloc(cpu1, sizes[i]);
+      assert_non_null(p);
+      size_t align = sizes[i] >= (1u << 20) && !pass ? (2u << 20) : 64;
+      assert_int_equal((uintptr_t)p % align, 0);
+      memset(p, 0xA5, sizes[i]);
+      assert_int_equal(p[sizes[i] - 1], 0xA5);
+      cpu1->ops->free(cpu1, p);
+    }
+    unsetenv("SA_NO_THP");
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_controls),   cmocka_unit_test(test_matmul),
       cmocka_unit_test(test_rows),       cmocka_unit_test(test_big_elementwise),
       cmocka_unit_test(test_rope),       cmocka_unit_test(test_attention),
       cmocka_unit_test(test_attention_dense), cmocka_unit_test(test_conv1d),
+      cmocka_unit_test(test_alloc),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
