@@ -1,7 +1,7 @@
 /*
  * bench-tokenize — how fast core/tokenizer loads and encodes.
  *
- * Text: the "text" fields of ../shared/fixtures/tokenizer/cases.jsonl joined
+ * Text: the "text" fields of tests/fixtures/tokenizer/cases.jsonl joined
  * by newlines and repeated to --mb MiB (English, code, CJK, Arabic, emoji,
  * whitespace runs...), or, without fixtures, a built-in mixed paragraph
  * repeated. Tokenizer: --tokenizer PATH, else the Qwen fixture, else a

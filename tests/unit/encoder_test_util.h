@@ -24,12 +24,11 @@
 
 #define ETU_SEED 1234
 
-static inline void etu_skip_without_fixtures(void) {
+static inline void etu_require_fixtures(void) {
   struct stat sb;
   if (stat(SA_FIXTURES_DIR "/audio", &sb) != 0) {
-    printf("SKIPPED: fixtures not found at %s\n", SA_FIXTURES_DIR "/audio");
-    fflush(stdout);
-    exit(77);
+    fprintf(stderr, "fixtures not found at %s (re-run cmake)\n", SA_FIXTURES_DIR "/audio");
+    exit(1);
   }
 }
 

@@ -155,7 +155,7 @@ static int teardown(void **state) {
 
 int main(void) {
   sa_log_init("test_encoder_golden");
-  etu_skip_without_fixtures();
+  etu_require_fixtures();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_golden_ref),
       cmocka_unit_test(test_golden_cpu),

@@ -1,9 +1,9 @@
 /* Unit tests for core/tokenizer against the real Qwen2.5 byte-level BPE in
- * ../shared/fixtures/tokenizer: every line of cases.jsonl (reference ids
+^ * tests/fixtures/tokenizer: every line of cases.jsonl (reference ids
  * produced by Hugging Face tokenizers) must be reproduced exactly, decode
  * must give back the NFC text, streaming decode must emit only complete
  * UTF-8, concurrent encodes must agree, and bad input / bad files must fail
- * cleanly. Exits 77 when the fixtures are absent. */
+ * cleanly. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -481,8 +481,8 @@ static void test_bad_files(void **state) {
 int main(void) {
   struct stat st;
   if (stat(TOK_DIR "/tokenizer.json", &st) != 0 || stat(CASES, &st) != 0) {
-    printf("SKIPPED: fixtures not found at %s\n", SA_FIXTURES_DIR "/tokenizer");
-    return 77;
+    fprintf(stderr, "fixtures not found at %s (re-run cmake)\n", SA_FIXTURES_DIR "/tokenizer");
+    return 1;
   }
   char err[512];
   g_tok = sa_tokenizer_load(TOK_DIR, err, sizeof err);
