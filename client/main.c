@@ -8,6 +8,7 @@
  * success, 1 when the cluster answered with an error, 2 for bad usage.
  */
 #include "log.h"
+#include "sa_time.h"
 #include "rpc.h"
 #include "sa.pb-c.h"
 #include "sa_error.h"
@@ -90,12 +91,6 @@ typedef struct {
   bool got_first;
   char label[256];
 } submit_t;
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static const char *finish_name(int reason) {
   static const char *const reasons[] = {"running", "eot", "length", "cancelled", "error",
@@ -276,7 +271,7 @@ static void on_msg(sa_rpc_channel_t *ch, const sa_rpc_result_t *msg, void *user)
     int c = d->chain >= 0 && d->chain < 64 ? d->chain : 0;
     if (!s->got_first) {
       s->got_first = true;
-      fprintf(stderr, "sa-client: first token after %.2f s\n", now_s() - s->t0);
+      fprintf(stderr, "sa-client: first token after %.2f s\n", sa_now_s() - s->t0);
     }
     s->tokens[c] += d->token_count;
     if (s->n_chains > 1) {
@@ -377,7 +372,7 @@ static void on_sigint(uv_signal_t *h, int sig) {
 static void on_progress(uv_timer_t *t) {
   submit_t *s = t->data;
   if (!s->got_first && !s->json)
-    fprintf(stderr, "sa-client: waiting... %.0f s\n", now_s() - s->t0);
+    fprintf(stderr, "sa-client: waiting... %.0f s\n", sa_now_s() - s->t0);
 }
 
 static int read_all(const char *path, uint8_t **out, size_t *len) {
@@ -549,7 +544,7 @@ static int cmd_submit(int argc, char **argv) {
   s.tty = isatty(STDOUT_FILENO);
   s.n_chains = rq.n;
   s.live = !json && rq.n > 1 && s.tty && getenv("TERM") && strcmp(getenv("TERM"), "dumb") != 0;
-  s.t0 = now_s();
+  s.t0 = sa_now_s();
   for (int i = 0; i < 64; i++)
     s.last_kind[i] = -1;
   const char *addr = coordinator_addr(coord);

@@ -8,16 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void set_err(char *err, size_t cap, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t cap, const char *fmt, ...) {
-  if (!err || cap == 0)
-    return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, cap, fmt, ap);
-  va_end(ap);
-}
 
 typedef struct {
   int32_t *ids;
@@ -82,7 +72,7 @@ static int lookup(const sa_tokenizer_t *tok, const char *s, int32_t *id,
                   char *err, size_t cap) {
   *id = sa_tokenizer_token_id(tok, s);
   if (*id < 0) {
-    set_err(err, cap, "tokenizer has no %s token (not a Step-Audio tokenizer?)",
+    sa_set_err(err, cap, "tokenizer has no %s token (not a Step-Audio tokenizer?)",
             s);
     return SA_ENOENT;
   }
@@ -99,7 +89,7 @@ int sa_chat_build(const sa_tokenizer_t *tok, const char *system,
   if (out)
     memset(out, 0, sizeof *out);
   if (!tok || !out || (n_parts && !parts)) {
-    set_err(err, cap, "no tokenizer, output or parts");
+    sa_set_err(err, cap, "no tokenizer, output or parts");
     return SA_EINVAL;
   }
   unsigned tflags = (flags & SA_CHAT_TEXT_SPECIAL) ? 0 : SA_TOKENIZER_NO_SPECIAL;
@@ -117,22 +107,22 @@ int sa_chat_build(const sa_tokenizer_t *tok, const char *system,
     const sa_chat_part_t *p = &parts[i];
     if (p->kind == SA_CHAT_PART_TEXT) {
       if (!p->text && p->text_len) {
-        set_err(err, cap, "part %zu: text is NULL", i);
+        sa_set_err(err, cap, "part %zu: text is NULL", i);
         return SA_EINVAL;
       }
     } else if (p->kind == SA_CHAT_PART_AUDIO) {
       if (!p->chunk_tokens && p->n_chunks) {
-        set_err(err, cap, "part %zu: chunk_tokens is NULL", i);
+        sa_set_err(err, cap, "part %zu: chunk_tokens is NULL", i);
         return SA_EINVAL;
       }
       for (size_t c = 0; c < p->n_chunks; c++)
         if (p->chunk_tokens[c] < 0) {
-          set_err(err, cap, "part %zu chunk %zu: negative token count %d", i, c,
+          sa_set_err(err, cap, "part %zu chunk %zu: negative token count %d", i, c,
                   (int)p->chunk_tokens[c]);
           return SA_EINVAL;
         }
     } else {
-      set_err(err, cap, "part %zu: unknown kind %d", i, (int)p->kind);
+      sa_set_err(err, cap, "part %zu: unknown kind %d", i, (int)p->kind);
       return SA_EINVAL;
     }
   }
@@ -193,7 +183,7 @@ int sa_chat_build(const sa_tokenizer_t *tok, const char *system,
   return 0;
 fail:
   if (err && cap && !err[0])
-    set_err(err, cap, "%s", sa_strerror(rc));
+    sa_set_err(err, cap, "%s", sa_strerror(rc));
   free(b.ids);
   free(b.spans);
   free(b.text);

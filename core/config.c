@@ -42,17 +42,6 @@
 #define CFG_MAX_FILE ((size_t)16 << 20) /* a config.json is a few KB */
 #define CFG_ADAPTER_HIDDEN 2048
 
-static void cfg_err(char *err, size_t cap, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void cfg_err(char *err, size_t cap, const char *fmt, ...) {
-  if (!err || cap == 0)
-    return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, cap, fmt, ap);
-  va_end(ap);
-}
-
 /* Where fields are looked up: `first` (text_config or audio_encoder_config),
  * then `second` (top level, or NULL). Labels name the field as found. */
 typedef struct {
@@ -89,7 +78,7 @@ static int cfg_int(const cfg_scope_t *s, const char *name, bool required,
     *found = j != NULL;
   if (!j) {
     if (required) {
-      cfg_err(s->err, s->cap, "config: missing required field '%s'", label);
+      sa_set_err(s->err, s->cap, "config: missing required field '%s'", label);
       return SA_EFORMAT;
     }
     *out = def;
@@ -97,7 +86,7 @@ static int cfg_int(const cfg_scope_t *s, const char *name, bool required,
   }
   double d = cJSON_IsNumber(j) ? j->valuedouble : NAN;
   if (!isfinite(d) || d != floor(d) || d < INT_MIN || d > INT_MAX) {
-    cfg_err(s->err, s->cap, "config: field '%s' must be an integer", label);
+    sa_set_err(s->err, s->cap, "config: field '%s' must be an integer", label);
     return SA_EFORMAT;
   }
   *out = (int)d;
@@ -114,7 +103,7 @@ static int cfg_float(const cfg_scope_t *s, const char *name, float def,
   }
   if (!cJSON_IsNumber(j) || !isfinite(j->valuedouble) ||
       !isfinite((float)j->valuedouble)) {
-    cfg_err(s->err, s->cap, "config: field '%s' must be a finite number",
+    sa_set_err(s->err, s->cap, "config: field '%s' must be a finite number",
             label);
     return SA_EFORMAT;
   }
@@ -131,7 +120,7 @@ static int cfg_bool(const cfg_scope_t *s, const char *name, bool def,
     return 0;
   }
   if (!cJSON_IsBool(j)) {
-    cfg_err(s->err, s->cap, "config: field '%s' must be true or false",
+    sa_set_err(s->err, s->cap, "config: field '%s' must be true or false",
             label);
     return SA_EFORMAT;
   }
@@ -156,7 +145,7 @@ static int cfg_dtype(const cfg_scope_t *s, sa_dtype_t *out) {
   else if (v && strcmp(v, "float32") == 0)
     *out = SA_DTYPE_F32;
   else {
-    cfg_err(s->err, s->cap, "config: field '%s' must be \"bfloat16\", "
+    sa_set_err(s->err, s->cap, "config: field '%s' must be \"bfloat16\", "
                             "\"float16\" or \"float32\" (got %s%.32s%s)",
             label, v ? "\"" : "", v ? v : "a non-string", v ? "\"" : "");
     return SA_EFORMAT;
@@ -176,7 +165,7 @@ static const char *cfg_dtype_name(sa_dtype_t dt) {
 #define CFG_POSITIVE(field, label)                                             \
   do {                                                                         \
     if ((field) <= 0) {                                                        \
-      cfg_err(err, err_cap, "config: field '%s' must be positive (got %d)",    \
+      sa_set_err(err, err_cap, "config: field '%s' must be positive (got %d)",    \
               (label), (field));                                               \
       return SA_EFORMAT;                                                       \
     }                                                                          \
@@ -192,34 +181,34 @@ int sa_config_validate(const sa_model_config_t *c, char *err, size_t err_cap) {
   CFG_POSITIVE(c->vocab_size, "vocab_size");
   CFG_POSITIVE(c->max_position_embeddings, "max_position_embeddings");
   if (c->num_attention_heads % c->num_key_value_heads != 0) {
-    cfg_err(err, err_cap, "config: field 'num_key_value_heads' (%d) must "
+    sa_set_err(err, err_cap, "config: field 'num_key_value_heads' (%d) must "
                           "divide num_attention_heads (%d)",
             c->num_key_value_heads, c->num_attention_heads);
     return SA_EFORMAT;
   }
   if (c->head_dim % 2 != 0) {
-    cfg_err(err, err_cap, "config: field 'head_dim' (%d) must be even for "
+    sa_set_err(err, err_cap, "config: field 'head_dim' (%d) must be even for "
                           "rotary embeddings", c->head_dim);
     return SA_EFORMAT;
   }
   if ((long long)c->head_dim * c->num_attention_heads > INT_MAX) {
-    cfg_err(err, err_cap, "config: field 'head_dim' (%d) x "
+    sa_set_err(err, err_cap, "config: field 'head_dim' (%d) x "
                           "num_attention_heads (%d) is too large",
             c->head_dim, c->num_attention_heads);
     return SA_EFORMAT;
   }
   if (!(c->rms_norm_eps > 0) || !isfinite(c->rms_norm_eps)) {
-    cfg_err(err, err_cap, "config: field 'rms_norm_eps' must be a positive "
+    sa_set_err(err, err_cap, "config: field 'rms_norm_eps' must be a positive "
                           "number (got %g)", (double)c->rms_norm_eps);
     return SA_EFORMAT;
   }
   if (!(c->rope_theta > 0) || !isfinite(c->rope_theta)) {
-    cfg_err(err, err_cap, "config: field 'rope_theta' must be a positive "
+    sa_set_err(err, err_cap, "config: field 'rope_theta' must be a positive "
                           "number (got %g)", (double)c->rope_theta);
     return SA_EFORMAT;
   }
   if (!cfg_dtype_name(c->dtype)) {
-    cfg_err(err, err_cap, "config: field 'torch_dtype' must be bfloat16, "
+    sa_set_err(err, err_cap, "config: field 'torch_dtype' must be bfloat16, "
                           "float16 or float32 (got %s)",
             sa_dtype_name(c->dtype));
     return SA_EFORMAT;
@@ -244,13 +233,13 @@ int sa_config_validate(const sa_model_config_t *c, char *err, size_t err_cap) {
   CFG_A_POSITIVE(llm_dim, "llm_dim");
 #undef CFG_A_POSITIVE
   if (c->audio.n_state % c->audio.n_head != 0) {
-    cfg_err(err, err_cap, "config: field '%sn_audio_head' (%d) must divide "
+    sa_set_err(err, err_cap, "config: field '%sn_audio_head' (%d) must divide "
                           "n_audio_state (%d)", p, c->audio.n_head,
             c->audio.n_state);
     return SA_EFORMAT;
   }
   if (c->audio.llm_dim != c->hidden_size) {
-    cfg_err(err, err_cap, "config: field '%sllm_dim' (%d) must equal "
+    sa_set_err(err, err_cap, "config: field '%sllm_dim' (%d) must equal "
                           "hidden_size (%d)", p, c->audio.llm_dim,
             c->hidden_size);
     return SA_EFORMAT;
@@ -267,27 +256,27 @@ int sa_config_parse(const char *json, size_t len, sa_model_config_t *out,
   memset(&c, 0, sizeof c);
 
   if (!json || !out) {
-    cfg_err(err, err_cap, "config: invalid arguments");
+    sa_set_err(err, err_cap, "config: invalid arguments");
     return SA_EINVAL;
   }
   /* cJSON gets a NUL-terminated private copy: no read past `len`. */
   text = malloc(len + 1);
   if (!text) {
-    cfg_err(err, err_cap, "config: out of memory");
+    sa_set_err(err, err_cap, "config: out of memory");
     return SA_ENOMEM;
   }
   memcpy(text, json, len);
   text[len] = '\0';
   root = cJSON_ParseWithLength(text, len + 1);
   if (!root || !cJSON_IsObject(root)) {
-    cfg_err(err, err_cap, "config: not a JSON object");
+    sa_set_err(err, err_cap, "config: not a JSON object");
     goto fail;
   }
   const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "text_config");
   if (tc && cJSON_IsNull(tc))
     tc = NULL;
   if (tc && !cJSON_IsObject(tc)) {
-    cfg_err(err, err_cap, "config: field 'text_config' must be an object");
+    sa_set_err(err, err_cap, "config: field 'text_config' must be an object");
     goto fail;
   }
   cfg_scope_t s = {.first = tc ? tc : root, .second = tc ? root : NULL,
@@ -323,7 +312,7 @@ int sa_config_parse(const char *json, size_t len, sa_model_config_t *out,
     if (c.hidden_size <= 0 || c.num_attention_heads <= 0) {
       /* validation below names the field */
     } else if (c.hidden_size % c.num_attention_heads != 0) {
-      cfg_err(err, err_cap, "config: field 'num_attention_heads' (%d) must "
+      sa_set_err(err, err_cap, "config: field 'num_attention_heads' (%d) must "
                             "divide hidden_size (%d) when head_dim is not "
                             "given", c.num_attention_heads, c.hidden_size);
       goto fail;
@@ -336,7 +325,7 @@ int sa_config_parse(const char *json, size_t len, sa_model_config_t *out,
                                                      "audio_encoder_config");
   if (ac && !cJSON_IsNull(ac)) {
     if (!cJSON_IsObject(ac)) {
-      cfg_err(err, err_cap, "config: field 'audio_encoder_config' must be "
+      sa_set_err(err, err_cap, "config: field 'audio_encoder_config' must be "
                             "an object");
       goto fail;
     }
@@ -391,7 +380,7 @@ int sa_config_load(const char *dir, sa_model_config_t *out, char *err,
   FILE *f = fopen(path, "rb");
   if (!f) {
     int e = errno;
-    cfg_err(err, err_cap, "%s: cannot open: %s", path, strerror(e));
+    sa_set_err(err, err_cap, "%s: cannot open: %s", path, strerror(e));
     rc = e == ENOENT || e == ENOTDIR ? SA_ENOENT : SA_EIO;
     goto fail;
   }
@@ -399,12 +388,12 @@ int sa_config_load(const char *dir, sa_model_config_t *out, char *err,
   long sz;
   if (fseek(f, 0, SEEK_END) != 0 || (sz = ftell(f)) < 0 ||
       fseek(f, 0, SEEK_SET) != 0) {
-    cfg_err(err, err_cap, "%s: cannot read", path);
+    sa_set_err(err, err_cap, "%s: cannot read", path);
     goto fail;
   }
   if ((size_t)sz > CFG_MAX_FILE) {
     rc = SA_EFORMAT;
-    cfg_err(err, err_cap, "%s: %ld bytes, too large for a config.json", path,
+    sa_set_err(err, err_cap, "%s: %ld bytes, too large for a config.json", path,
             sz);
     goto fail;
   }
@@ -414,13 +403,13 @@ int sa_config_load(const char *dir, sa_model_config_t *out, char *err,
     goto fail;
   }
   if (fread(buf, 1, (size_t)sz, f) != (size_t)sz) {
-    cfg_err(err, err_cap, "%s: read failed", path);
+    sa_set_err(err, err_cap, "%s: read failed", path);
     goto fail;
   }
   char msg[256] = "";
   rc = sa_config_parse(buf, (size_t)sz, out, msg, sizeof msg);
   if (rc != 0)
-    cfg_err(err, err_cap, "%s: %s", path, msg);
+    sa_set_err(err, err_cap, "%s: %s", path, msg);
 fail:
   if (f)
     fclose(f);

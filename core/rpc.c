@@ -13,6 +13,7 @@
  * allocates nothing but the ZeroMQ messages themselves.
  */
 #include "rpc.h"
+#include "sa_time.h"
 
 #include <errno.h>
 #include <protobuf-c/protobuf-c.h>
@@ -150,7 +151,6 @@ static int sock_fd(void *s, int *fd) {
   return zmq_getsockopt(s, ZMQ_FD, fd, &sz) == 0 ? 0 : SA_EIO;
 }
 
-static uint64_t now_ms(void) { return uv_hrtime() / 1000000u; }
 
 /* Receives one multipart message into rx[0..cap). Frames beyond cap are
  * received and dropped; *overflow counts them. Returns the number of frames
@@ -548,7 +548,7 @@ static void server_on_message(sa_rpc_server_t *srv, int n, int overflow) {
   }
   c->deadline_ms = 0;
   if (env->deadline_ms) {
-    c->deadline_ms = now_ms() + env->deadline_ms;
+    c->deadline_ms = sa_now_ms() + env->deadline_ms;
     uv_timer_start(&c->timer, call_deadline_cb, env->deadline_ms, 0);
   }
   m->handler(c, m->user);
@@ -780,7 +780,7 @@ int sa_rpc_call_forward_tensor(sa_rpc_call_t *c, int i, sa_rpc_frame_t *out) {
 int64_t sa_rpc_call_remaining_ms(const sa_rpc_call_t *c) {
   if (!c->deadline_ms)
     return -1;
-  uint64_t now = now_ms();
+  uint64_t now = sa_now_ms();
   return now >= c->deadline_ms ? 0 : (int64_t)(c->deadline_ms - now);
 }
 
@@ -801,7 +801,7 @@ void sa_rpc_call_set_cancel_cb(sa_rpc_call_t *c, sa_rpc_cancel_cb cb, void *user
 static int call_gone(sa_rpc_call_t *c) {
   if (c->srv->closing)
     return SA_EUNAVAIL;
-  if (!c->cancelled && c->deadline_ms && now_ms() >= c->deadline_ms) {
+  if (!c->cancelled && c->deadline_ms && sa_now_ms() >= c->deadline_ms) {
     c->cancelled = true; /* no callback from inside the handler's own send */
     c->cancel_status = SA_STATUS_DEADLINE_EXCEEDED;
   }

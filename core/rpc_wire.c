@@ -3,6 +3,7 @@
  * no I/O, no heap; protobuf-c unpacks into a bounded arena on the stack, so a
  * hostile envelope can at worst fail to decode.
  */
+#include "sa_error.h"
 #include "rpc_internal.h"
 
 #include <stdarg.h>
@@ -35,16 +36,6 @@ static void arena_free(void *ad, void *p) {
   (void)p;
 }
 
-static void set_err(char *err, size_t cap, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t cap, const char *fmt, ...) {
-  if (!err || cap == 0)
-    return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, cap, fmt, ap);
-  va_end(ap);
-}
 
 /* Copies a NUL-terminated protobuf string into dst (cap incl. NUL). Returns
  * false if it does not fit. */
@@ -75,7 +66,7 @@ int sa__rpc_decode_frames(const sa__rpc_span_t *frames, int n_frames,
     err[0] = '\0';
 
   if (n_frames < 1 || !frames) {
-    set_err(err, errcap, "empty message");
+    sa_set_err(err, errcap, "empty message");
     return SA_EPROTO;
   }
   size_t total = 0;
@@ -87,7 +78,7 @@ int sa__rpc_decode_frames(const sa__rpc_span_t *frames, int n_frames,
     total += frames[i].len;
   }
   if (frames[0].len > SA__RPC_MAX_ENVELOPE) {
-    set_err(err, errcap, "envelope of %zu bytes exceeds %d", frames[0].len,
+    sa_set_err(err, errcap, "envelope of %zu bytes exceeds %d", frames[0].len,
             SA__RPC_MAX_ENVELOPE);
     return SA_EPROTO;
   }
@@ -98,7 +89,7 @@ int sa__rpc_decode_frames(const sa__rpc_span_t *frames, int n_frames,
   Sa__Envelope *env = sa__envelope__unpack(&alloc, frames[0].len,
                                            (const uint8_t *)frames[0].data);
   if (!env) {
-    set_err(err, errcap, "malformed envelope (%zu bytes, not a valid sa.Envelope)",
+    sa_set_err(err, errcap, "malformed envelope (%zu bytes, not a valid sa.Envelope)",
             frames[0].len);
     return SA_EPROTO;
   }
@@ -106,35 +97,35 @@ int sa__rpc_decode_frames(const sa__rpc_span_t *frames, int n_frames,
   out->have_call_id = env->call_id != 0;
 
   if (total > lim->max_msg_bytes) {
-    set_err(err, errcap, "message of %zu bytes exceeds the limit of %zu bytes",
+    sa_set_err(err, errcap, "message of %zu bytes exceeds the limit of %zu bytes",
             total, lim->max_msg_bytes);
     return SA_EFULL;
   }
   if (env->call_id == 0) {
-    set_err(err, errcap, "envelope without call_id");
+    sa_set_err(err, errcap, "envelope without call_id");
     return SA_EPROTO;
   }
   if ((int)env->kind < SA__RPC_REQUEST || (int)env->kind > SA__RPC_CANCEL) {
-    set_err(err, errcap, "unknown envelope kind %d", (int)env->kind);
+    sa_set_err(err, errcap, "unknown envelope kind %d", (int)env->kind);
     return SA_EPROTO;
   }
   out->kind = (sa__rpc_kind_t)env->kind;
   if ((int)env->status < 0 || (int)env->status > SA_STATUS_UNAUTHENTICATED) {
-    set_err(err, errcap, "unknown status code %d", (int)env->status);
+    sa_set_err(err, errcap, "unknown status code %d", (int)env->status);
     return SA_EPROTO;
   }
   out->status = (sa_status_t)env->status;
   if (!copy_str(out->method, sizeof out->method, env->method)) {
-    set_err(err, errcap, "method name longer than %d bytes",
+    sa_set_err(err, errcap, "method name longer than %d bytes",
             SA__RPC_MAX_METHOD - 1);
     return SA_EPROTO;
   }
   if (out->kind == SA__RPC_REQUEST && out->method[0] == '\0') {
-    set_err(err, errcap, "request without a method");
+    sa_set_err(err, errcap, "request without a method");
     return SA_EPROTO;
   }
   if (!copy_str(out->trace_id, sizeof out->trace_id, env->trace_id)) {
-    set_err(err, errcap, "trace_id longer than %d bytes", SA__RPC_MAX_TRACE - 1);
+    sa_set_err(err, errcap, "trace_id longer than %d bytes", SA__RPC_MAX_TRACE - 1);
     return SA_EPROTO;
   }
   if (env->status_message) { /* truncated, not refused */
@@ -146,12 +137,12 @@ int sa__rpc_decode_frames(const sa__rpc_span_t *frames, int n_frames,
   if (max_t > SA__RPC_MAX_TENSORS)
     max_t = SA__RPC_MAX_TENSORS;
   if (env->n_tensors > (size_t)max_t) {
-    set_err(err, errcap, "%zu tensor descriptors exceed the limit of %d",
+    sa_set_err(err, errcap, "%zu tensor descriptors exceed the limit of %d",
             env->n_tensors, max_t);
     return SA_EPROTO;
   }
   if ((size_t)n_frames != 2 + env->n_tensors) {
-    set_err(err, errcap,
+    sa_set_err(err, errcap,
             "wrong frame count: %d frames for %zu tensor descriptors (want %zu)",
             n_frames, env->n_tensors, 2 + env->n_tensors);
     return SA_EPROTO;
@@ -163,16 +154,16 @@ int sa__rpc_decode_frames(const sa__rpc_span_t *frames, int n_frames,
     const Sa__TensorDesc *td = env->tensors[i];
     sa_rpc_tensor_t *t = &out->tensors[i];
     if (!td) {
-      set_err(err, errcap, "tensor %zu: missing descriptor", i);
+      sa_set_err(err, errcap, "tensor %zu: missing descriptor", i);
       return SA_EPROTO;
     }
     if (td->n_shape > SA_TENSOR_MAX_DIMS) {
-      set_err(err, errcap, "tensor %zu: %zu dims exceed %d", i, td->n_shape,
+      sa_set_err(err, errcap, "tensor %zu: %zu dims exceed %d", i, td->n_shape,
               SA_TENSOR_MAX_DIMS);
       return SA_EPROTO;
     }
     if ((int)td->dtype < 0 || (int)td->dtype >= SA_DTYPE_COUNT_) {
-      set_err(err, errcap, "tensor %zu: unknown dtype %d", i, (int)td->dtype);
+      sa_set_err(err, errcap, "tensor %zu: unknown dtype %d", i, (int)td->dtype);
       return SA_EPROTO;
     }
     memset(&t->desc, 0, sizeof t->desc);
@@ -182,18 +173,18 @@ int sa__rpc_decode_frames(const sa__rpc_span_t *frames, int n_frames,
       t->desc.shape[d] = td->shape[d];
     size_t nb = 0;
     if (sa_tensor_desc_nbytes(&t->desc, &nb) != 0) {
-      set_err(err, errcap, "tensor %zu: invalid shape", i);
+      sa_set_err(err, errcap, "tensor %zu: invalid shape", i);
       return SA_EPROTO;
     }
     if ((uint64_t)nb != td->nbytes) {
-      set_err(err, errcap,
+      sa_set_err(err, errcap,
               "tensor %zu: descriptor says %llu bytes but its shape needs %zu",
               i, (unsigned long long)td->nbytes, nb);
       return SA_EPROTO;
     }
     const sa__rpc_span_t *f = &frames[2 + i];
     if (f->len != nb) {
-      set_err(err, errcap,
+      sa_set_err(err, errcap,
               "tensor %zu: descriptor claims %zu bytes, frame has %zu", i, nb,
               f->len);
       return SA_EPROTO;

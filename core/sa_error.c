@@ -1,6 +1,17 @@
 /* sa_error — strings and wire mapping for the SA_E* codes (see sa_error.h). */
 #include "sa_error.h"
 
+#include <stdarg.h>
+
+void sa_set_err(char *err, size_t cap, const char *fmt, ...) {
+  if (!err || cap == 0)
+    return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(err, cap, fmt, ap);
+  va_end(ap);
+}
+
 const char *sa_strerror(int err) {
   switch (err) {
   case SA_OK:

@@ -9,6 +9,7 @@
 #ifndef SA_ERROR_H
 #define SA_ERROR_H
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -79,6 +80,11 @@ int sa_status_to_err(sa_status_t status);
 
 /* Returns gRPC's name of a status code, e.g. "DEADLINE_EXCEEDED". Never NULL. */
 const char *sa_status_name(sa_status_t status);
+
+/* Writes a printf-style message into err[cap] for the caller (the
+ * "char *err, size_t cap" convention of every loader and parser here):
+ * truncated to fit, always NUL-terminated; err NULL or cap 0 is a no-op. */
+void sa_set_err(char *err, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Invariant check that names the file, the line and why; aborts. For
  * conditions that are bugs in our code, never for bad input. */

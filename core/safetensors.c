@@ -58,17 +58,6 @@ typedef struct {
   bool wanted, found;
 } st_entry_t;
 
-static void st_err(char *err, size_t cap, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void st_err(char *err, size_t cap, const char *fmt, ...) {
-  if (!err || cap == 0)
-    return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, cap, fmt, ap);
-  va_end(ap);
-}
-
 /* safetensors spells dtypes in upper case; only these are accepted in files
  * (BOOL, F8_*, U16, I16, U32, U64 have no sa_dtype_t and are "unknown"). */
 static int st_dtype_from_name(const char *s, sa_dtype_t *out) {
@@ -220,7 +209,7 @@ static int st_parse_file(sa_st_t *st, const uint8_t *buf, size_t len,
   size_t first_new = st->n;
 
   if (len < 8) {
-    st_err(err, cap, "%s: truncated: %zu bytes, need at least 8 for the "
+    sa_set_err(err, cap, "%s: truncated: %zu bytes, need at least 8 for the "
                      "header length", file, len);
     goto fail;
   }
@@ -228,19 +217,19 @@ static int st_parse_file(sa_st_t *st, const uint8_t *buf, size_t len,
   for (int i = 7; i >= 0; i--)
     hlen = (hlen << 8) | buf[i];
   if (hlen > SA_ST_MAX_HEADER) {
-    st_err(err, cap, "%s: header length %llu is larger than the %zu-byte "
+    sa_set_err(err, cap, "%s: header length %llu is larger than the %zu-byte "
                      "limit (not a safetensors file?)",
            file, (unsigned long long)hlen, SA_ST_MAX_HEADER);
     goto fail;
   }
   if (hlen > len - 8) {
-    st_err(err, cap, "%s: header length %llu runs past the end of the file "
+    sa_set_err(err, cap, "%s: header length %llu runs past the end of the file "
                      "(%zu bytes; truncated?)",
            file, (unsigned long long)hlen, len);
     goto fail;
   }
   if (hlen < 2) {
-    st_err(err, cap, "%s: header of %llu bytes is not a JSON object", file,
+    sa_set_err(err, cap, "%s: header of %llu bytes is not a JSON object", file,
            (unsigned long long)hlen);
     goto fail;
   }
@@ -248,7 +237,7 @@ static int st_parse_file(sa_st_t *st, const uint8_t *buf, size_t len,
   hdr = malloc((size_t)hlen + 1);
   if (!hdr) {
     rc = SA_ENOMEM;
-    st_err(err, cap, "%s: out of memory for a %llu-byte header", file,
+    sa_set_err(err, cap, "%s: out of memory for a %llu-byte header", file,
            (unsigned long long)hlen);
     goto fail;
   }
@@ -263,14 +252,14 @@ static int st_parse_file(sa_st_t *st, const uint8_t *buf, size_t len,
       if (ep && ep >= hdr && ep <= hdr + hlen)
         at = (size_t)(ep - hdr);
     }
-    st_err(err, cap, "%s: header is not a JSON object (parse stopped at "
+    sa_set_err(err, cap, "%s: header is not a JSON object (parse stopped at "
                      "byte %zu of %llu)", file, at, (unsigned long long)hlen);
     goto fail;
   }
   /* Only whitespace may follow the object (HF pads with spaces). */
   for (const char *p = end; p && p < hdr + hlen; p++) {
     if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-      st_err(err, cap, "%s: garbage after the header JSON at byte %zu", file,
+      sa_set_err(err, cap, "%s: garbage after the header JSON at byte %zu", file,
              (size_t)(p - hdr));
       goto fail;
     }
@@ -284,7 +273,7 @@ static int st_parse_file(sa_st_t *st, const uint8_t *buf, size_t len,
   spans = malloc((nent ? nent : 1) * sizeof *spans);
   if (!spans) {
     rc = SA_ENOMEM;
-    st_err(err, cap, "%s: out of memory", file);
+    sa_set_err(err, cap, "%s: out of memory", file);
     goto fail;
   }
   size_t nspans = 0;
@@ -293,17 +282,17 @@ static int st_parse_file(sa_st_t *st, const uint8_t *buf, size_t len,
     const char *name = e->string ? e->string : "";
     if (strcmp(name, "__metadata__") == 0) {
       if (!cJSON_IsObject(e)) {
-        st_err(err, cap, "%s: __metadata__ is not an object", file);
+        sa_set_err(err, cap, "%s: __metadata__ is not an object", file);
         goto fail;
       }
       continue;
     }
     if (name[0] == '\0') {
-      st_err(err, cap, "%s: a tensor has an empty name", file);
+      sa_set_err(err, cap, "%s: a tensor has an empty name", file);
       goto fail;
     }
     if (!cJSON_IsObject(e)) {
-      st_err(err, cap, "%s: tensor '%s': entry is not an object", file, name);
+      sa_set_err(err, cap, "%s: tensor '%s': entry is not an object", file, name);
       goto fail;
     }
     const cJSON *jd = cJSON_GetObjectItemCaseSensitive(e, "dtype");
@@ -311,23 +300,23 @@ static int st_parse_file(sa_st_t *st, const uint8_t *buf, size_t len,
     const cJSON *jo = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
     sa_tensor_desc_t d = {0};
     if (!cJSON_IsString(jd)) {
-      st_err(err, cap, "%s: tensor '%s': missing or non-string \"dtype\"",
+      sa_set_err(err, cap, "%s: tensor '%s': missing or non-string \"dtype\"",
              file, name);
       goto fail;
     }
     if (st_dtype_from_name(jd->valuestring, &d.dtype) != 0) {
-      st_err(err, cap, "%s: tensor '%s': unknown dtype \"%.32s\"", file, name,
+      sa_set_err(err, cap, "%s: tensor '%s': unknown dtype \"%.32s\"", file, name,
              jd->valuestring);
       goto fail;
     }
     if (!cJSON_IsArray(js)) {
-      st_err(err, cap, "%s: tensor '%s': missing or non-array \"shape\"",
+      sa_set_err(err, cap, "%s: tensor '%s': missing or non-array \"shape\"",
              file, name);
       goto fail;
     }
     int nd = cJSON_GetArraySize(js);
     if (nd > SA_TENSOR_MAX_DIMS) {
-      st_err(err, cap, "%s: tensor '%s': %d dimensions, at most %d supported",
+      sa_set_err(err, cap, "%s: tensor '%s': %d dimensions, at most %d supported",
              file, name, nd, SA_TENSOR_MAX_DIMS);
       goto fail;
     }
@@ -336,7 +325,7 @@ static int st_parse_file(sa_st_t *st, const uint8_t *buf, size_t len,
     for (const cJSON *x = js->child; x; x = x->next, k++) {
       uint64_t v;
       if (!st_json_uint(x, &v) || v > (uint64_t)INT64_MAX) {
-        st_err(err, cap, "%s: tensor '%s': shape[%d] is not a non-negative "
+        sa_set_err(err, cap, "%s: tensor '%s': shape[%d] is not a non-negative "
                          "integer", file, name, k);
         goto fail;
       }
@@ -344,24 +333,24 @@ static int st_parse_file(sa_st_t *st, const uint8_t *buf, size_t len,
     }
     size_t nbytes;
     if (sa_tensor_desc_nbytes(&d, &nbytes) != 0) {
-      st_err(err, cap, "%s: tensor '%s': shape overflows the address space",
+      sa_set_err(err, cap, "%s: tensor '%s': shape overflows the address space",
              file, name);
       goto fail;
     }
     uint64_t b, en;
     if (!cJSON_IsArray(jo) || cJSON_GetArraySize(jo) != 2 ||
         !st_json_uint(jo->child, &b) || !st_json_uint(jo->child->next, &en)) {
-      st_err(err, cap, "%s: tensor '%s': \"data_offsets\" must be [begin, "
+      sa_set_err(err, cap, "%s: tensor '%s': \"data_offsets\" must be [begin, "
                        "end] with non-negative integers", file, name);
       goto fail;
     }
     if (en < b) {
-      st_err(err, cap, "%s: tensor '%s': data_offsets end %llu < begin %llu",
+      sa_set_err(err, cap, "%s: tensor '%s': data_offsets end %llu < begin %llu",
              file, name, (unsigned long long)en, (unsigned long long)b);
       goto fail;
     }
     if (en > data_len) {
-      st_err(err, cap, "%s: tensor '%s': data_offsets [%llu, %llu] out of "
+      sa_set_err(err, cap, "%s: tensor '%s': data_offsets [%llu, %llu] out of "
                        "range: the data section has %zu bytes (truncated?)",
              file, name, (unsigned long long)b, (unsigned long long)en,
              data_len);
@@ -369,7 +358,7 @@ static int st_parse_file(sa_st_t *st, const uint8_t *buf, size_t len,
     }
     if (en - b != nbytes) {
       char ds[96];
-      st_err(err, cap, "%s: tensor '%s': %llu data bytes but %s needs %zu",
+      sa_set_err(err, cap, "%s: tensor '%s': %llu data bytes but %s needs %zu",
              file, name, (unsigned long long)(en - b),
              sa_tensor_desc_str(&d, ds, sizeof ds), nbytes);
       goto fail;
@@ -380,7 +369,7 @@ static int st_parse_file(sa_st_t *st, const uint8_t *buf, size_t len,
     char *nm = strdup(name);
     if (!nm) {
       rc = SA_ENOMEM;
-      st_err(err, cap, "%s: out of memory", file);
+      sa_set_err(err, cap, "%s: out of memory", file);
       goto fail;
     }
     sa_st_tensor_t t = {.name = nm, .desc = d, .data = data + b,
@@ -388,7 +377,7 @@ static int st_parse_file(sa_st_t *st, const uint8_t *buf, size_t len,
     if (st_push_tensor(st, &t) != 0) {
       free(nm);
       rc = SA_ENOMEM;
-      st_err(err, cap, "%s: out of memory", file);
+      sa_set_err(err, cap, "%s: out of memory", file);
       goto fail;
     }
   }
@@ -401,7 +390,7 @@ static int st_parse_file(sa_st_t *st, const uint8_t *buf, size_t len,
     if (q->end == q->begin)
       continue;
     if (p && q->begin < p->end) {
-      st_err(err, cap, "%s: tensor '%s': data_offsets [%llu, %llu] overlap "
+      sa_set_err(err, cap, "%s: tensor '%s': data_offsets [%llu, %llu] overlap "
                        "tensor '%s' [%llu, %llu]",
              file, q->name, (unsigned long long)q->begin,
              (unsigned long long)q->end, p->name, (unsigned long long)p->begin,
@@ -434,10 +423,10 @@ static int st_finish(sa_st_t *st, char *err, size_t cap) {
     if (strcmp(st->tensors[i - 1].name, st->tensors[i].name) == 0) {
       const sa_st_tensor_t *a = &st->tensors[i - 1], *b = &st->tensors[i];
       if (a->file == b->file)
-        st_err(err, cap, "%s: tensor '%s': listed twice in the header",
+        sa_set_err(err, cap, "%s: tensor '%s': listed twice in the header",
                a->file, a->name);
       else
-        st_err(err, cap, "tensor '%s': present in both %s and %s", a->name,
+        sa_set_err(err, cap, "tensor '%s': present in both %s and %s", a->name,
                a->file, b->file);
       return SA_EFORMAT;
     }
@@ -481,19 +470,19 @@ static int st_map(const char *path, void **map, size_t *len, char *err,
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     int e = errno;
-    st_err(err, cap, "%s: cannot open: %s", path, strerror(e));
+    sa_set_err(err, cap, "%s: cannot open: %s", path, strerror(e));
     return e == ENOENT || e == ENOTDIR ? SA_ENOENT : SA_EIO;
   }
   struct stat sb;
   if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-    st_err(err, cap, "%s: not a regular file", path);
+    sa_set_err(err, cap, "%s: not a regular file", path);
     close(fd);
     return SA_EIO;
   }
   if (sb.st_size > 0) {
     void *p = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) {
-      st_err(err, cap, "%s: mmap of %lld bytes failed: %s", path,
+      sa_set_err(err, cap, "%s: mmap of %lld bytes failed: %s", path,
              (long long)sb.st_size, strerror(errno));
       close(fd);
       return SA_EIO;
@@ -517,7 +506,7 @@ static int st_add_file(sa_st_t *st, const char *path, const st_want_t *want,
   if (rc != 0) {
     if (map)
       munmap(map, len);
-    st_err(err, cap, "%s: out of memory", path);
+    sa_set_err(err, cap, "%s: out of memory", path);
     return rc;
   }
   static const uint8_t empty[1];
@@ -533,7 +522,7 @@ static int st_slurp(const char *path, size_t max, char **out, size_t *outlen,
   FILE *f = fopen(path, "rb");
   if (!f) {
     int e = errno;
-    st_err(err, cap, "%s: cannot open: %s", path, strerror(e));
+    sa_set_err(err, cap, "%s: cannot open: %s", path, strerror(e));
     return e == ENOENT ? SA_ENOENT : SA_EIO;
   }
   int rc = SA_EIO;
@@ -545,7 +534,7 @@ static int st_slurp(const char *path, size_t max, char **out, size_t *outlen,
     goto fail;
   if ((size_t)sz > max) {
     rc = SA_EFORMAT;
-    st_err(err, cap, "%s: %ld bytes, larger than the %zu-byte limit", path,
+    sa_set_err(err, cap, "%s: %ld bytes, larger than the %zu-byte limit", path,
            sz, max);
     goto fail_msg;
   }
@@ -562,7 +551,7 @@ static int st_slurp(const char *path, size_t max, char **out, size_t *outlen,
   *outlen = (size_t)sz;
   return 0;
 fail:
-  st_err(err, cap, "%s: read failed", path);
+  sa_set_err(err, cap, "%s: read failed", path);
 fail_msg:
   free(buf);
   fclose(f);
@@ -595,12 +584,12 @@ static int st_open_index(sa_st_t *st, const char *index_path, const char *dir,
   rc = SA_EFORMAT;
   root = cJSON_ParseWithLength(text, text_len + 1);
   if (!root || !cJSON_IsObject(root)) {
-    st_err(err, cap, "%s: not a JSON object", index_path);
+    sa_set_err(err, cap, "%s: not a JSON object", index_path);
     goto fail;
   }
   const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
   if (!cJSON_IsObject(wm)) {
-    st_err(err, cap, "%s: missing \"weight_map\" object", index_path);
+    sa_set_err(err, cap, "%s: missing \"weight_map\" object", index_path);
     goto fail;
   }
   size_t cnt = 0;
@@ -611,13 +600,13 @@ static int st_open_index(sa_st_t *st, const char *index_path, const char *dir,
   needed = calloc(cnt ? cnt : 1, sizeof *needed);
   if (!entries || !shards || !needed) {
     rc = SA_ENOMEM;
-    st_err(err, cap, "%s: out of memory", index_path);
+    sa_set_err(err, cap, "%s: out of memory", index_path);
     goto fail;
   }
   for (const cJSON *e = wm->child; e; e = e->next) {
     const char *name = e->string ? e->string : "";
     if (!cJSON_IsString(e) || !st_shard_name_ok(e->valuestring)) {
-      st_err(err, cap, "%s: tensor '%s': weight_map value must be a file "
+      sa_set_err(err, cap, "%s: tensor '%s': weight_map value must be a file "
                        "name in the same folder", index_path, name);
       goto fail;
     }
@@ -636,7 +625,7 @@ static int st_open_index(sa_st_t *st, const char *index_path, const char *dir,
   qsort(entries, nentries, sizeof *entries, st_entry_cmp);
   for (size_t i = 1; i < nentries; i++) {
     if (strcmp(entries[i - 1].name, entries[i].name) == 0) {
-      st_err(err, cap, "%s: tensor '%s': listed twice in weight_map",
+      sa_set_err(err, cap, "%s: tensor '%s': listed twice in weight_map",
              index_path, entries[i].name);
       goto fail;
     }
@@ -664,7 +653,7 @@ static int st_open_index(sa_st_t *st, const char *index_path, const char *dir,
             who = entries[i].name;
             break;
           }
-        st_err(err, cap, "%s: shard '%s' (holding tensor '%s') is missing: "
+        sa_set_err(err, cap, "%s: shard '%s' (holding tensor '%s') is missing: "
                          "%s", index_path, shards[s], who, path);
       }
       goto fail;
@@ -673,7 +662,7 @@ static int st_open_index(sa_st_t *st, const char *index_path, const char *dir,
   for (size_t i = 0; i < nentries; i++) {
     if (entries[i].wanted && !entries[i].found) {
       rc = SA_EFORMAT;
-      st_err(err, cap, "%s: tensor '%s': the index places it in %s, whose "
+      sa_set_err(err, cap, "%s: tensor '%s': the index places it in %s, whose "
                        "header does not list it", index_path, entries[i].name,
              shards[entries[i].shard]);
       goto fail;
@@ -718,7 +707,7 @@ int sa_st_open(const char *path, sa_st_filter_fn filter, void *filter_arg,
   struct stat sb;
   if (stat(path, &sb) != 0) {
     int e = errno;
-    st_err(err, err_cap, "%s: cannot open: %s", path, strerror(e));
+    sa_set_err(err, err_cap, "%s: cannot open: %s", path, strerror(e));
     rc = e == ENOENT || e == ENOTDIR ? SA_ENOENT : SA_EIO;
     goto fail;
   }
@@ -735,7 +724,7 @@ int sa_st_open(const char *path, sa_st_filter_fn filter, void *filter_arg,
     } else {
       snprintf(buf, plen, "%s/%s", path, ST_SINGLE_NAME);
       if (!st_is_file(buf)) {
-        st_err(err, err_cap, "%s: no %s or %s in this folder", path,
+        sa_set_err(err, err_cap, "%s: no %s or %s in this folder", path,
                ST_INDEX_NAME, ST_SINGLE_NAME);
         rc = SA_ENOENT;
         goto fail;
@@ -800,7 +789,7 @@ int sa_st_get(const sa_st_t *st, const char *name, sa_dtype_t dtype, int ndim,
     *out = NULL;
   const sa_st_tensor_t *t = sa_st_find(st, name);
   if (!t) {
-    st_err(err, err_cap, "tensor '%s' not found in %s", name ? name : "(null)",
+    sa_set_err(err, err_cap, "tensor '%s' not found in %s", name ? name : "(null)",
            st && st->origin ? st->origin : "the checkpoint");
     return SA_ENOENT;
   }
@@ -824,7 +813,7 @@ int sa_st_get(const sa_st_t *st, const char *name, sa_dtype_t dtype, int ndim,
       for (int i = 0; shape && i < want.ndim; i++)
         want.shape[i] = shape[i];
     }
-    st_err(err, err_cap, "%s: tensor '%s': expected %s, found %s", t->file,
+    sa_set_err(err, err_cap, "%s: tensor '%s': expected %s, found %s", t->file,
            t->name, sa_tensor_desc_str(&want, ws, sizeof ws),
            sa_tensor_desc_str(&t->desc, fs, sizeof fs));
     return SA_EFORMAT;
@@ -960,36 +949,36 @@ int sa_st_write(const char *path, const sa_st_tensor_t *tensors, size_t n,
   FILE *f = NULL;
 
   if (!path || (n && !tensors)) {
-    st_err(err, err_cap, "sa_st_write: invalid arguments");
+    sa_set_err(err, err_cap, "sa_st_write: invalid arguments");
     return SA_EINVAL;
   }
   order = malloc((n ? n : 1) * sizeof *order);
   sizes = malloc((n ? n : 1) * sizeof *sizes);
   if (!order || !sizes) {
     rc = SA_ENOMEM;
-    st_err(err, err_cap, "%s: out of memory", path);
+    sa_set_err(err, err_cap, "%s: out of memory", path);
     goto fail;
   }
   for (size_t i = 0; i < n; i++) {
     const sa_st_tensor_t *t = &tensors[i];
     if (!t->name || !t->name[0] || strcmp(t->name, "__metadata__") == 0) {
-      st_err(err, err_cap, "%s: tensor %zu has an invalid name", path, i);
+      sa_set_err(err, err_cap, "%s: tensor %zu has an invalid name", path, i);
       goto fail;
     }
     if (!st_dtype_to_name(t->desc.dtype) ||
         sa_tensor_desc_nbytes(&t->desc, &sizes[i]) != 0) {
-      st_err(err, err_cap, "%s: tensor '%s': invalid dtype or shape", path,
+      sa_set_err(err, err_cap, "%s: tensor '%s': invalid dtype or shape", path,
              t->name);
       goto fail;
     }
     if (t->nbytes != 0 && t->nbytes != sizes[i]) {
-      st_err(err, err_cap, "%s: tensor '%s': nbytes %zu disagrees with the "
+      sa_set_err(err, err_cap, "%s: tensor '%s': nbytes %zu disagrees with the "
                            "descriptor (%zu)", path, t->name, t->nbytes,
              sizes[i]);
       goto fail;
     }
     if (sizes[i] && !t->data) {
-      st_err(err, err_cap, "%s: tensor '%s': no data", path, t->name);
+      sa_set_err(err, err_cap, "%s: tensor '%s': no data", path, t->name);
       goto fail;
     }
     order[i] = t;
@@ -998,7 +987,7 @@ int sa_st_write(const char *path, const sa_st_tensor_t *tensors, size_t n,
     qsort(order, n, sizeof *order, st_ptr_name_cmp);
   for (size_t i = 1; i < n; i++) {
     if (strcmp(order[i - 1]->name, order[i]->name) == 0) {
-      st_err(err, err_cap, "%s: tensor '%s': given twice", path,
+      sa_set_err(err, err_cap, "%s: tensor '%s': given twice", path,
              order[i]->name);
       goto fail;
     }
@@ -1023,7 +1012,7 @@ int sa_st_write(const char *path, const sa_st_tensor_t *tensors, size_t n,
     sb_str(&hb, " ");
   if (hb.oom) {
     rc = SA_ENOMEM;
-    st_err(err, err_cap, "%s: out of memory for the header", path);
+    sa_set_err(err, err_cap, "%s: out of memory for the header", path);
     goto fail;
   }
 
@@ -1037,7 +1026,7 @@ int sa_st_write(const char *path, const sa_st_tensor_t *tensors, size_t n,
   rc = SA_EIO;
   f = fopen(tmp, "wb");
   if (!f) {
-    st_err(err, err_cap, "%s: cannot create: %s", tmp, strerror(errno));
+    sa_set_err(err, err_cap, "%s: cannot create: %s", tmp, strerror(errno));
     goto fail;
   }
   uint8_t le[8];
@@ -1050,12 +1039,12 @@ int sa_st_write(const char *path, const sa_st_tensor_t *tensors, size_t n,
     ok = false;
   f = NULL;
   if (!ok) {
-    st_err(err, err_cap, "%s: write failed: %s", tmp, strerror(errno));
+    sa_set_err(err, err_cap, "%s: write failed: %s", tmp, strerror(errno));
     unlink(tmp);
     goto fail;
   }
   if (rename(tmp, path) != 0) {
-    st_err(err, err_cap, "%s: rename from %s failed: %s", path, tmp,
+    sa_set_err(err, err_cap, "%s: rename from %s failed: %s", path, tmp,
            strerror(errno));
     unlink(tmp);
     goto fail;

@@ -95,16 +95,6 @@ struct sa_tokenizer {
 /* ------------------------------------------------------------------------ */
 /* small helpers                                                            */
 
-static void set_err(char *err, size_t cap, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t cap, const char *fmt, ...) {
-  if (!err || cap == 0)
-    return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, cap, fmt, ap);
-  va_end(ap);
-}
 
 static uint64_t hash_bytes(const void *p, size_t n) {
   const uint8_t *s = p;
@@ -356,7 +346,7 @@ static long bytelevel_decode_str(const char *s, size_t n, uint8_t *out) {
 static char *read_file(const char *path, size_t *len, char *err, size_t cap) {
   FILE *f = fopen(path, "rb");
   if (!f) {
-    set_err(err, cap, "cannot open %s: %s", path, strerror(errno));
+    sa_set_err(err, cap, "cannot open %s: %s", path, strerror(errno));
     return NULL;
   }
   char *buf = NULL;
@@ -367,7 +357,7 @@ static char *read_file(const char *path, size_t *len, char *err, size_t cap) {
     goto io;
   buf = malloc((size_t)sz + 1);
   if (!buf) {
-    set_err(err, cap, "out of memory reading %s", path);
+    sa_set_err(err, cap, "out of memory reading %s", path);
     fclose(f);
     return NULL;
   }
@@ -378,7 +368,7 @@ static char *read_file(const char *path, size_t *len, char *err, size_t cap) {
   *len = (size_t)sz;
   return buf;
 io:
-  set_err(err, cap, "cannot read %s: %s", path, strerror(errno));
+  sa_set_err(err, cap, "cannot read %s: %s", path, strerror(errno));
   free(buf);
   fclose(f);
   return NULL;
@@ -419,7 +409,7 @@ static int load_normalizer(sa_tokenizer_t *t, const cJSON *n, char *err,
   }
 bad:;
   const cJSON *ty = cJSON_GetObjectItemCaseSensitive(n, "type");
-  set_err(err, cap, "unsupported normalizer %s (only NFC)",
+  sa_set_err(err, cap, "unsupported normalizer %s (only NFC)",
           cJSON_IsString(ty) ? ty->valuestring : "(no type)");
   return SA_EUNIMPL;
 }
@@ -434,7 +424,7 @@ static int compile_re(sa_tokenizer_t *t, const char *pat, int literal,
   if (!t->re) {
     PCRE2_UCHAR msg[160];
     pcre2_get_error_message(ec, msg, sizeof msg);
-    set_err(err, cap, "pre-tokenizer regex does not compile at %zu: %s",
+    sa_set_err(err, cap, "pre-tokenizer regex does not compile at %zu: %s",
             (size_t)eo, (const char *)msg);
     return SA_EFORMAT;
   }
@@ -454,7 +444,7 @@ static int load_pretok(sa_tokenizer_t *t, const cJSON *p, int *have_bl,
     const cJSON *l = cJSON_GetObjectItemCaseSensitive(p, "pretokenizers");
     const cJSON *c;
     if (!cJSON_IsArray(l)) {
-      set_err(err, cap, "pre_tokenizer Sequence without a pretokenizers list");
+      sa_set_err(err, cap, "pre_tokenizer Sequence without a pretokenizers list");
       return SA_EFORMAT;
     }
     cJSON_ArrayForEach(c, l) {
@@ -466,11 +456,11 @@ static int load_pretok(sa_tokenizer_t *t, const cJSON *p, int *have_bl,
   }
   if (strcmp(type, "Split") == 0) {
     if (t->re) {
-      set_err(err, cap, "more than one regex pre-tokenizer is not supported");
+      sa_set_err(err, cap, "more than one regex pre-tokenizer is not supported");
       return SA_EUNIMPL;
     }
     if (!is_str(p, "behavior", "Isolated") || json_bool(p, "invert", 0)) {
-      set_err(err, cap, "Split pre-tokenizer: only behavior Isolated, "
+      sa_set_err(err, cap, "Split pre-tokenizer: only behavior Isolated, "
                         "invert false is supported");
       return SA_EUNIMPL;
     }
@@ -481,18 +471,18 @@ static int load_pretok(sa_tokenizer_t *t, const cJSON *p, int *have_bl,
       return compile_re(t, rx->valuestring, 0, err, cap);
     if (cJSON_IsString(lit))
       return compile_re(t, lit->valuestring, 1, err, cap);
-    set_err(err, cap, "Split pre-tokenizer without a Regex or String pattern");
+    sa_set_err(err, cap, "Split pre-tokenizer without a Regex or String pattern");
     return SA_EFORMAT;
   }
   if (strcmp(type, "ByteLevel") == 0) {
     if (json_bool(p, "add_prefix_space", 0)) {
-      set_err(err, cap, "ByteLevel add_prefix_space is not supported");
+      sa_set_err(err, cap, "ByteLevel add_prefix_space is not supported");
       return SA_EUNIMPL;
     }
     *have_bl = 1;
     if (json_bool(p, "use_regex", 1)) {
       if (t->re) {
-        set_err(err, cap, "Split followed by ByteLevel use_regex is not "
+        sa_set_err(err, cap, "Split followed by ByteLevel use_regex is not "
                           "supported");
         return SA_EUNIMPL;
       }
@@ -500,7 +490,7 @@ static int load_pretok(sa_tokenizer_t *t, const cJSON *p, int *have_bl,
     }
     return 0;
   }
-  set_err(err, cap, "unsupported pre_tokenizer %s", type);
+  sa_set_err(err, cap, "unsupported pre_tokenizer %s", type);
   return SA_EUNIMPL;
 }
 
@@ -526,7 +516,7 @@ static int load_added(sa_tokenizer_t *t, const cJSON *arr, char *err,
   if (!arr || cJSON_IsNull(arr))
     return 0;
   if (!cJSON_IsArray(arr)) {
-    set_err(err, cap, "added_tokens is not an array");
+    sa_set_err(err, cap, "added_tokens is not an array");
     return SA_EFORMAT;
   }
   size_t n = (size_t)cJSON_GetArraySize(arr);
@@ -540,14 +530,14 @@ static int load_added(sa_tokenizer_t *t, const cJSON *arr, char *err,
     if (!cJSON_IsNumber(id) || !cJSON_IsString(c) || !c->valuestring[0] ||
         id->valuedouble < 0 || id->valuedouble >= (double)INT32_MAX ||
         id->valuedouble != (double)(int32_t)id->valuedouble) {
-      set_err(err, cap, "added_tokens[%zu]: needs an integer id >= 0 and a "
+      sa_set_err(err, cap, "added_tokens[%zu]: needs an integer id >= 0 and a "
                         "non-empty content",
               t->n_added);
       return SA_EFORMAT;
     }
     size_t len = strlen(c->valuestring);
     if (utf8_check((const uint8_t *)c->valuestring, len) != len) {
-      set_err(err, cap, "added_tokens[%zu]: content is not UTF-8", t->n_added);
+      sa_set_err(err, cap, "added_tokens[%zu]: content is not UTF-8", t->n_added);
       return SA_EFORMAT;
     }
     added_tok_t *a = &t->added[t->n_added++];
@@ -573,14 +563,14 @@ static int load_vocab(sa_tokenizer_t *t, const cJSON *vocab, size_t n_ids,
   const cJSON *e;
   cJSON_ArrayForEach(e, vocab) {
     if (!cJSON_IsNumber(e) || !e->string) {
-      set_err(err, cap, "model.vocab: value of \"%s\" is not an id",
+      sa_set_err(err, cap, "model.vocab: value of \"%s\" is not an id",
               e->string ? e->string : "?");
       rc = SA_EFORMAT;
       goto out;
     }
     int32_t id = (int32_t)e->valuedouble;
     if (t->tok_kind[id] != TOK_HOLE) {
-      set_err(err, cap, "model.vocab: id %d appears twice", (int)id);
+      sa_set_err(err, cap, "model.vocab: id %d appears twice", (int)id);
       rc = SA_EFORMAT;
       goto out;
     }
@@ -608,13 +598,13 @@ static int load_vocab(sa_tokenizer_t *t, const cJSON *vocab, size_t n_ids,
     t->tok_len[id] = (uint32_t)rn;
     t->tok_kind[id] = TOK_BPE;
     if (rn == 0) {
-      set_err(err, cap, "model.vocab: empty token for id %d", (int)id);
+      sa_set_err(err, cap, "model.vocab: empty token for id %d", (int)id);
       rc = SA_EFORMAT;
       goto out;
     }
     int32_t dup = vocab_insert(t, id);
     if (dup >= 0) {
-      set_err(err, cap, "model.vocab: ids %d and %d have the same string",
+      sa_set_err(err, cap, "model.vocab: ids %d and %d have the same string",
               (int)dup, (int)id);
       rc = SA_EFORMAT;
       goto out;
@@ -668,7 +658,7 @@ static int load_merges(sa_tokenizer_t *t, const cJSON *merges, char *err,
       memcpy(pair, m->valuestring, len + 1);
       char *sp = strchr(pair, ' ');
       if (!sp || sp == pair || !sp[1] || strchr(sp + 1, ' ')) {
-        set_err(err, cap, "model.merges[%zu]: \"%s\" is not \"left right\"",
+        sa_set_err(err, cap, "model.merges[%zu]: \"%s\" is not \"left right\"",
                 rank, m->valuestring);
         rc = SA_EFORMAT;
         goto out;
@@ -681,7 +671,7 @@ static int load_merges(sa_tokenizer_t *t, const cJSON *merges, char *err,
       a = m->child->valuestring;
       b = m->child->next->valuestring;
     } else {
-      set_err(err, cap, "model.merges[%zu] is neither \"a b\" nor [\"a\",\"b\"]",
+      sa_set_err(err, cap, "model.merges[%zu] is neither \"a b\" nor [\"a\",\"b\"]",
               rank);
       rc = SA_EFORMAT;
       goto out;
@@ -689,7 +679,7 @@ static int load_merges(sa_tokenizer_t *t, const cJSON *merges, char *err,
     int32_t ia = vocab_find_str(t, a, scratch);
     int32_t ib = vocab_find_str(t, b, scratch);
     if (ia < 0 || ib < 0) {
-      set_err(err, cap, "model.merges[%zu]: token \"%s\" is not in the vocab",
+      sa_set_err(err, cap, "model.merges[%zu]: token \"%s\" is not in the vocab",
               rank, ia < 0 ? a : b);
       rc = SA_EFORMAT;
       goto out;
@@ -699,7 +689,7 @@ static int load_merges(sa_tokenizer_t *t, const cJSON *merges, char *err,
     memcpy(scratch + la, t->arena + t->tok_off[ib], lb);
     int32_t in = vocab_find(t, scratch, la + lb);
     if (in < 0) {
-      set_err(err, cap, "model.merges[%zu]: merged token \"%s%s\" is not in "
+      sa_set_err(err, cap, "model.merges[%zu]: merged token \"%s%s\" is not in "
                         "the vocab",
               rank, a, b);
       rc = SA_EFORMAT;
@@ -727,7 +717,7 @@ static int finish_added(sa_tokenizer_t *t, char *err, size_t cap) {
     added_tok_t *a = &t->added[i];
     uint32_t off;
     if (t->tok_kind[a->id] == TOK_ADDED) {
-      set_err(err, cap, "added_tokens: id %d appears twice", (int)a->id);
+      sa_set_err(err, cap, "added_tokens: id %d appears twice", (int)a->id);
       return SA_EFORMAT;
     }
     int rc = arena_put(t, a->content, a->len, &off);
@@ -772,17 +762,17 @@ static int load_json(sa_tokenizer_t *t, const cJSON *root, char *err,
                      size_t cap) {
   int rc;
   if (!cJSON_IsObject(root)) {
-    set_err(err, cap, "tokenizer.json is not a JSON object");
+    sa_set_err(err, cap, "tokenizer.json is not a JSON object");
     return SA_EFORMAT;
   }
   const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
   if (!cJSON_IsObject(model)) {
-    set_err(err, cap, "tokenizer.json has no \"model\" object");
+    sa_set_err(err, cap, "tokenizer.json has no \"model\" object");
     return SA_EFORMAT;
   }
   const cJSON *ty = cJSON_GetObjectItemCaseSensitive(model, "type");
   if (ty && !(cJSON_IsString(ty) && strcmp(ty->valuestring, "BPE") == 0)) {
-    set_err(err, cap, "model type %s is not supported (only BPE)",
+    sa_set_err(err, cap, "model type %s is not supported (only BPE)",
             cJSON_IsString(ty) ? ty->valuestring : "(not a string)");
     return SA_EUNIMPL;
   }
@@ -793,7 +783,7 @@ static int load_json(sa_tokenizer_t *t, const cJSON *root, char *err,
   if ((dropout && !cJSON_IsNull(dropout)) || json_bool(model, "byte_fallback", 0) ||
       (cJSON_IsString(pfx) && pfx->valuestring[0]) ||
       (cJSON_IsString(sfx) && sfx->valuestring[0])) {
-    set_err(err, cap, "BPE dropout, byte_fallback, continuing_subword_prefix "
+    sa_set_err(err, cap, "BPE dropout, byte_fallback, continuing_subword_prefix "
                       "and end_of_word_suffix are not supported");
     return SA_EUNIMPL;
   }
@@ -801,7 +791,7 @@ static int load_json(sa_tokenizer_t *t, const cJSON *root, char *err,
   const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
   const cJSON *merges = cJSON_GetObjectItemCaseSensitive(model, "merges");
   if (!cJSON_IsObject(vocab) || !cJSON_IsArray(merges)) {
-    set_err(err, cap, "model needs a \"vocab\" object and a \"merges\" array");
+    sa_set_err(err, cap, "model needs a \"vocab\" object and a \"merges\" array");
     return SA_EFORMAT;
   }
 
@@ -813,13 +803,13 @@ static int load_json(sa_tokenizer_t *t, const cJSON *root, char *err,
                         &have_bl, err, cap)))
     return rc;
   if (!have_bl) {
-    set_err(err, cap, "pre_tokenizer has no ByteLevel step: only byte-level "
+    sa_set_err(err, cap, "pre_tokenizer has no ByteLevel step: only byte-level "
                       "BPE is supported");
     return SA_EUNIMPL;
   }
   const cJSON *dec = cJSON_GetObjectItemCaseSensitive(root, "decoder");
   if (dec && !cJSON_IsNull(dec) && !is_str(dec, "type", "ByteLevel")) {
-    set_err(err, cap, "decoder must be ByteLevel");
+    sa_set_err(err, cap, "decoder must be ByteLevel");
     return SA_EUNIMPL;
   }
   if ((rc = load_added(t, cJSON_GetObjectItemCaseSensitive(root, "added_tokens"),
@@ -834,7 +824,7 @@ static int load_json(sa_tokenizer_t *t, const cJSON *root, char *err,
     if (!cJSON_IsNumber(e) || e->valuedouble < 0 ||
         e->valuedouble >= (double)INT32_MAX ||
         e->valuedouble != (double)(int32_t)e->valuedouble) {
-      set_err(err, cap, "model.vocab: \"%s\" has no valid id",
+      sa_set_err(err, cap, "model.vocab: \"%s\" has no valid id",
               e->string ? e->string : "?");
       return SA_EFORMAT;
     }
@@ -847,7 +837,7 @@ static int load_json(sa_tokenizer_t *t, const cJSON *root, char *err,
       max_id = t->added[i].id;
   t->n_ids = (size_t)(max_id + 1);
   if (t->n_ids > ((size_t)n_vocab + t->n_added) * 4 + 1024) {
-    set_err(err, cap, "ids are too sparse (largest %.0f for %zu tokens)",
+    sa_set_err(err, cap, "ids are too sparse (largest %.0f for %zu tokens)",
             max_id, n_vocab + t->n_added);
     return SA_EFORMAT;
   }
@@ -867,7 +857,7 @@ static int load_json(sa_tokenizer_t *t, const cJSON *root, char *err,
     uint8_t c = (uint8_t)b;
     t->byte_id[b] = vocab_find(t, &c, 1);
     if (t->byte_id[b] < 0) {
-      set_err(err, cap, "model.vocab lacks the byte-level token for byte 0x%02x",
+      sa_set_err(err, cap, "model.vocab lacks the byte-level token for byte 0x%02x",
               b);
       return SA_EFORMAT;
     }
@@ -892,7 +882,7 @@ sa_tokenizer_t *sa_tokenizer_load(const char *path_or_dir, char *err,
   if (err && cap)
     err[0] = 0;
   if (!path_or_dir) {
-    set_err(err, cap, "no tokenizer path");
+    sa_set_err(err, cap, "no tokenizer path");
     return NULL;
   }
   if (stat(path_or_dir, &st) == 0 && S_ISDIR(st.st_mode))
@@ -906,23 +896,23 @@ sa_tokenizer_t *sa_tokenizer_load(const char *path_or_dir, char *err,
   root = cJSON_ParseWithLengthOpts(buf, len, &end, 0);
   if (!root) {
     size_t at = end && end >= buf ? (size_t)(end - buf) : 0;
-    set_err(err, cap, "%s is not valid JSON (error near byte %zu)", path, at);
+    sa_set_err(err, cap, "%s is not valid JSON (error near byte %zu)", path, at);
     goto fail;
   }
   t = calloc(1, sizeof *t);
   if (!t) {
-    set_err(err, cap, "out of memory");
+    sa_set_err(err, cap, "out of memory");
     goto fail;
   }
   int rc = load_json(t, root, err, cap);
   if (rc) {
     if (err && cap && !err[0])
-      set_err(err, cap, "%s", sa_strerror(rc));
+      sa_set_err(err, cap, "%s", sa_strerror(rc));
     /* prefix the path for context */
     if (err && cap) {
       char tmp[512];
       snprintf(tmp, sizeof tmp, "%s", err);
-      set_err(err, cap, "%s: %s", path, tmp);
+      sa_set_err(err, cap, "%s: %s", path, tmp);
     }
     goto fail;
   }
@@ -1162,7 +1152,7 @@ static int encode_plain(const sa_tokenizer_t *t, scratch_t *s, const char *p,
     if (m < 0) {
       PCRE2_UCHAR msg[160];
       pcre2_get_error_message(m, msg, sizeof msg);
-      set_err(err, cap, "pre-tokenizer regex failed at byte %zu: %s", pos,
+      sa_set_err(err, cap, "pre-tokenizer regex failed at byte %zu: %s", pos,
               (const char *)msg);
       return SA_EINTERNAL;
     }
@@ -1295,7 +1285,7 @@ static int encode_piece(const sa_tokenizer_t *t, scratch_t *s, const char *p,
           utf8proc_map((const utf8proc_uint8_t *)p, (utf8proc_ssize_t)n, &norm,
                        UTF8PROC_STABLE | UTF8PROC_COMPOSE);
       if (r < 0) {
-        set_err(err, cap, "NFC failed: %s", utf8proc_errmsg(r));
+        sa_set_err(err, cap, "NFC failed: %s", utf8proc_errmsg(r));
         return r == UTF8PROC_ERROR_NOMEM ? SA_ENOMEM : SA_EINVAL;
       }
       p = (const char *)norm;
@@ -1328,12 +1318,12 @@ static int encode_impl(const sa_tokenizer_t *t, const char *text, size_t len,
   if (err && cap)
     err[0] = 0;
   if (!t || (!text && len)) {
-    set_err(err, cap, "no tokenizer or text");
+    sa_set_err(err, cap, "no tokenizer or text");
     return SA_EINVAL;
   }
   size_t bad = utf8_check((const uint8_t *)text, len);
   if (bad != len) {
-    set_err(err, cap, "text is not valid UTF-8 at byte %zu (0x%02x)", bad,
+    sa_set_err(err, cap, "text is not valid UTF-8 at byte %zu (0x%02x)", bad,
             (unsigned)(uint8_t)text[bad]);
     return SA_EINVAL;
   }
@@ -1386,7 +1376,7 @@ int sa_tokenizer_encode_into(const sa_tokenizer_t *tok, const char *text,
     return rc;
   *n = o.n;
   if (o.n > cap_ids) {
-    set_err(err, cap, "text needs %zu ids, buffer holds %zu", o.n, cap_ids);
+    sa_set_err(err, cap, "text needs %zu ids, buffer holds %zu", o.n, cap_ids);
     return SA_ERANGE;
   }
   return 0;

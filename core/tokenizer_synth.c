@@ -91,16 +91,6 @@ static const char k_corpus[] =
     "Emoji: 😀 😂 👍🏽 ❤️ 🎵 🎶 🔊 👨‍👩‍👧‍👦 🏳️‍🌈 ✅ ❌ → ← ≤ ≥ ∑ ∞ °C µs Å ﬁ\n"
     "The end of the text is near. The end. The end. The end of the test.\n";
 
-static void set_err(char *err, size_t cap, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t cap, const char *fmt, ...) {
-  if (!err || cap == 0)
-    return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, cap, fmt, ap);
-  va_end(ap);
-}
 
 typedef struct {
   const char *p; /* into k_corpus */
@@ -169,7 +159,7 @@ static int split_corpus(word_t **words_out, size_t *nw_out, char *err,
                                  PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP,
                                  &ec, &eo, NULL);
   if (!re) {
-    set_err(err, cap, "split regex does not compile");
+    sa_set_err(err, cap, "split regex does not compile");
     return SA_EINTERNAL;
   }
   pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
@@ -288,7 +278,7 @@ static int train(toks_t *toks, int32_t *merges, int n_merges, char *err,
         best_count = slots[h].count;
       }
     if (best_count == 0) {
-      set_err(err, cap, "the built-in text allows only %d merges (asked for %d)",
+      sa_set_err(err, cap, "the built-in text allows only %d merges (asked for %d)",
               m, n_merges);
       rc = SA_ERANGE;
       goto out;
@@ -298,7 +288,7 @@ static int train(toks_t *toks, int32_t *merges, int n_merges, char *err,
     uint8_t buf[512];
     size_t la = toks->tlen[a], lb = toks->tlen[b];
     if (la + lb > sizeof buf) {
-      set_err(err, cap, "merged token too long");
+      sa_set_err(err, cap, "merged token too long");
       rc = SA_EINTERNAL;
       goto out;
     }
@@ -377,22 +367,22 @@ static int write_json(const char *dir, const char *name, cJSON *doc,
   snprintf(path, sizeof path, "%s/%s", dir, name);
   char *s = cJSON_Print(doc);
   if (!s) {
-    set_err(err, cap, "out of memory printing %s", name);
+    sa_set_err(err, cap, "out of memory printing %s", name);
     return SA_ENOMEM;
   }
   FILE *f = fopen(path, "wb");
   int rc = 0;
   if (!f) {
-    set_err(err, cap, "cannot create %s: %s", path, strerror(errno));
+    sa_set_err(err, cap, "cannot create %s: %s", path, strerror(errno));
     rc = SA_EIO;
   } else {
     size_t n = strlen(s);
     if (fwrite(s, 1, n, f) != n || fputc('\n', f) == EOF) {
-      set_err(err, cap, "cannot write %s: %s", path, strerror(errno));
+      sa_set_err(err, cap, "cannot write %s: %s", path, strerror(errno));
       rc = SA_EIO;
     }
     if (fclose(f) != 0 && !rc) {
-      set_err(err, cap, "cannot write %s: %s", path, strerror(errno));
+      sa_set_err(err, cap, "cannot write %s: %s", path, strerror(errno));
       rc = SA_EIO;
     }
   }
@@ -405,7 +395,7 @@ int sa_tokenizer_write_synthetic(const char *dir, int n_merges, char *err,
   if (err && cap)
     err[0] = 0;
   if (!dir || n_merges < 0 || n_merges > SYNTH_MAX_MERGES) {
-    set_err(err, cap, "n_merges must be in [0, %d]", SYNTH_MAX_MERGES);
+    sa_set_err(err, cap, "n_merges must be in [0, %d]", SYNTH_MAX_MERGES);
     return SA_EINVAL;
   }
   toks_t toks = {0};
@@ -501,7 +491,7 @@ int sa_tokenizer_write_synthetic(const char *dir, int n_merges, char *err,
   rc = write_json(dir, "tokenizer_config.json", cfg, err, cap);
 out:
   if (rc && err && cap && !err[0])
-    set_err(err, cap, "%s", sa_strerror(rc));
+    sa_set_err(err, cap, "%s", sa_strerror(rc));
   cJSON_Delete(doc);
   cJSON_Delete(cfg);
   free(merges);

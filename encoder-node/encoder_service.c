@@ -3,6 +3,7 @@
  * encoder on worker threads, replies on the loop (see encoder_service.h).
  */
 #include "encoder_service.h"
+#include "sa_time.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -72,12 +73,6 @@ struct sa_encoder_service {
   uint64_t load_busy_prev, load_wall_prev;
 };
 
-static uint64_t now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 static void job_free(job_t *j) {
   if (!j)
     return;
@@ -120,7 +115,7 @@ static void narrow_in_place(void *buf, size_t n, sa_dtype_t dt) {
 static void run_job(worker_t *w, job_t *j) {
   sa_encoder_service_t *svc = w->svc;
   const Sa__EncodeRequest *rq = j->req;
-  uint64_t t0 = now_ns();
+  uint64_t t0 = sa_now_ns();
   sa_audio_limits_t lim = svc->limits;
   if (rq->max_audio_s > 0 && rq->max_audio_s < lim.max_seconds)
     lim.max_seconds = rq->max_audio_s;
@@ -174,7 +169,7 @@ static void run_job(worker_t *w, job_t *j) {
   j->status = SA_STATUS_OK;
 out:
   free(pcm);
-  j->encode_ms = (double)(now_ns() - t0) / 1e6;
+  j->encode_ms = (double)(sa_now_ns() - t0) / 1e6;
 }
 
 static void *worker_main(void *arg) {
@@ -202,12 +197,12 @@ static void *worker_main(void *arg) {
         r = read(svc->gate_fd, &c, 1);
       } while (r < 0 && errno == EINTR);
     }
-    uint64_t t0 = now_ns();
+    uint64_t t0 = sa_now_ns();
     if (atomic_load(&j->cancelled))
       job_fail(j, SA_ECANCELED, SA_STATUS_CANCELLED, "cancelled");
     else
       run_job(w, j);
-    uint64_t dt = now_ns() - t0;
+    uint64_t dt = sa_now_ns() - t0;
 
     pthread_mutex_lock(&svc->mu);
     svc->busy_ns += dt;
@@ -405,7 +400,7 @@ float sa_encoder_service_load(sa_encoder_service_t *svc) {
   pthread_mutex_lock(&svc->mu);
   uint64_t busy = svc->busy_ns;
   pthread_mutex_unlock(&svc->mu);
-  uint64_t wall = now_ns();
+  uint64_t wall = sa_now_ns();
   uint64_t db = busy - svc->load_busy_prev, dw = wall - svc->load_wall_prev;
   svc->load_busy_prev = busy;
   svc->load_wall_prev = wall;
@@ -456,7 +451,7 @@ int sa_encoder_service_start(struct uv_loop_s *loop, sa_rpc_server_t *srv,
   pthread_mutex_init(&svc->mu, NULL);
   pthread_cond_init(&svc->cv, NULL);
   pthread_mutex_init(&svc->backend_lock, NULL);
-  svc->load_wall_prev = now_ns();
+  svc->load_wall_prev = sa_now_ns();
   int rc = 0;
   if (opts->test_gate) {
     /* O_RDWR keeps the FIFO open without a writer, so reads block. */

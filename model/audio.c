@@ -150,16 +150,6 @@ typedef struct {
   size_t err_cap;
 } dec_state_t;
 
-static void seterr(char *err, size_t cap, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void seterr(char *err, size_t cap, const char *fmt, ...) {
-  if (!err || cap == 0)
-    return;
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(err, cap, fmt, ap);
-  va_end(ap);
-}
 
 static const char *fferr(int rc, char *buf, size_t cap) {
   if (av_strerror(rc, buf, cap) < 0)
@@ -192,7 +182,7 @@ static int reserve_out(dec_state_t *s, size_t more) {
 
 static int check_duration(dec_state_t *s) {
   if (s->n_out > s->max_samples) {
-    seterr(s->err, s->err_cap,
+    sa_set_err(s->err, s->err_cap,
            "audio is longer than the limit of %.1f s",
            (double)s->max_samples / SA_AUDIO_SAMPLE_RATE);
     return SA_EINVAL;
@@ -231,11 +221,11 @@ static int swr_setup(dec_state_t *s, const AVFrame *fr) {
   AVChannelLayout in = {0};
   int nch = fr->ch_layout.nb_channels;
   if (nch <= 0 || nch > MAX_CHANNELS) {
-    seterr(s->err, s->err_cap, "unsupported channel count %d", nch);
+    sa_set_err(s->err, s->err_cap, "unsupported channel count %d", nch);
     return SA_EINVAL;
   }
   if (fr->sample_rate <= 0 || fr->sample_rate > 1000000) {
-    seterr(s->err, s->err_cap, "unsupported sample rate %d", fr->sample_rate);
+    sa_set_err(s->err, s->err_cap, "unsupported sample rate %d", fr->sample_rate);
     return SA_EINVAL;
   }
   if (fr->ch_layout.order == AV_CHANNEL_ORDER_UNSPEC)
@@ -256,7 +246,7 @@ static int swr_setup(dec_state_t *s, const AVFrame *fr) {
                           &in, (enum AVSampleFormat)fr->format, fr->sample_rate,
                           0, NULL) < 0 || !swr) {
     av_channel_layout_uninit(&in);
-    seterr(s->err, s->err_cap, "cannot convert this sample format/layout");
+    sa_set_err(s->err, s->err_cap, "cannot convert this sample format/layout");
     return SA_EINVAL;
   }
   /* Mix in float so averaging does not round to the input's integer grid. */
@@ -267,7 +257,7 @@ static int swr_setup(dec_state_t *s, const AVFrame *fr) {
   if (swr_set_matrix(swr, matrix, nch) < 0 || swr_init(swr) < 0) {
     swr_free(&swr);
     av_channel_layout_uninit(&in);
-    seterr(s->err, s->err_cap, "cannot set up resampling from %d Hz, %d ch",
+    sa_set_err(s->err, s->err_cap, "cannot set up resampling from %d Hz, %d ch",
            fr->sample_rate, nch);
     return SA_EINVAL;
   }
@@ -298,7 +288,7 @@ static int convert_frame(dec_state_t *s, const AVFrame *fr) {
   int got = swr_convert(s->swr, &dst, room,
                         (const uint8_t **)fr->extended_data, fr->nb_samples);
   if (got < 0) {
-    seterr(s->err, s->err_cap, "resampling failed");
+    sa_set_err(s->err, s->err_cap, "resampling failed");
     return SA_EINTERNAL;
   }
   s->n_out += (size_t)got;
@@ -381,11 +371,11 @@ int sa_audio_decode(const void *data, size_t len, const sa_audio_limits_t *lim,
   *n_samples = 0;
 
   if (!data || len == 0) {
-    seterr(err, cap, "empty audio input");
+    sa_set_err(err, cap, "empty audio input");
     return SA_EINVAL;
   }
   if (len > L.max_bytes) {
-    seterr(err, cap, "audio input is %zu bytes, over the limit of %zu bytes",
+    sa_set_err(err, cap, "audio input is %zu bytes, over the limit of %zu bytes",
            len, L.max_bytes);
     return SA_EINVAL;
   }
@@ -427,14 +417,14 @@ int sa_audio_decode(const void *data, size_t len, const sa_audio_limits_t *lim,
   const AVInputFormat *ifmt = NULL;
   ffrc = av_probe_input_buffer2(avio, &ifmt, "", NULL, 0, 1 << 20);
   if (ffrc < 0 || !ifmt) {
-    seterr(err, cap, "not a recognised audio file (too short, damaged or "
+    sa_set_err(err, cap, "not a recognised audio file (too short, damaged or "
                      "not audio: %s)",
            fferr(ffrc < 0 ? ffrc : AVERROR_INVALIDDATA, fb, sizeof fb));
     rc = SA_EINVAL;
     goto fail;
   }
   if (av_match_list(ifmt->name, k_format_whitelist, ',') <= 0) {
-    seterr(err, cap, "not an audio file (the content looks like '%s')",
+    sa_set_err(err, cap, "not an audio file (the content looks like '%s')",
            ifmt->name);
     rc = SA_EINVAL;
     goto fail;
@@ -447,14 +437,14 @@ int sa_audio_decode(const void *data, size_t len, const sa_audio_limits_t *lim,
   ffrc = avformat_open_input(&fmt, "", ifmt, &opts); /* frees fmt on error */
   av_dict_free(&opts);
   if (ffrc < 0) {
-    seterr(err, cap, "damaged or truncated %s file (%s)", ifmt->name,
+    sa_set_err(err, cap, "damaged or truncated %s file (%s)", ifmt->name,
            fferr(ffrc, fb, sizeof fb));
     rc = SA_EINVAL;
     goto fail;
   }
   ffrc = avformat_find_stream_info(fmt, NULL);
   if (ffrc < 0) {
-    seterr(err, cap, "cannot read the stream parameters (%s)",
+    sa_set_err(err, cap, "cannot read the stream parameters (%s)",
            fferr(ffrc, fb, sizeof fb));
     rc = SA_EINVAL;
     goto fail;
@@ -462,7 +452,7 @@ int sa_audio_decode(const void *data, size_t len, const sa_audio_limits_t *lim,
   const AVCodec *codec = NULL;
   int si = av_find_best_stream(fmt, AVMEDIA_TYPE_AUDIO, -1, -1, &codec, 0);
   if (si < 0) {
-    seterr(err, cap, si == AVERROR_DECODER_NOT_FOUND
+    sa_set_err(err, cap, si == AVERROR_DECODER_NOT_FOUND
                          ? "no decoder for the audio stream"
                          : "no audio stream in the input");
     rc = SA_EINVAL;
@@ -482,7 +472,7 @@ int sa_audio_decode(const void *data, size_t len, const sa_audio_limits_t *lim,
       declared = (double)fmt->duration / AV_TIME_BASE;
   }
   if (declared > L.max_seconds + 1.0) {
-    seterr(err, cap, "audio is %.1f s long, over the limit of %.1f s",
+    sa_set_err(err, cap, "audio is %.1f s long, over the limit of %.1f s",
            declared, L.max_seconds);
     rc = SA_EINVAL;
     goto fail;
@@ -497,7 +487,7 @@ int sa_audio_decode(const void *data, size_t len, const sa_audio_limits_t *lim,
   dec->pkt_timebase = st->time_base;
   ffrc = avcodec_open2(dec, codec, NULL);
   if (ffrc < 0) {
-    seterr(err, cap, "cannot open the %s decoder (%s)", codec->name,
+    sa_set_err(err, cap, "cannot open the %s decoder (%s)", codec->name,
            fferr(ffrc, fb, sizeof fb));
     rc = SA_EINVAL;
     goto fail;
@@ -512,7 +502,7 @@ int sa_audio_decode(const void *data, size_t len, const sa_audio_limits_t *lim,
   while ((ffrc = av_read_frame(fmt, pkt)) >= 0) {
     if (++packets > max_packets) {
       av_packet_unref(pkt);
-      seterr(err, cap, "malformed input: too many packets for its size");
+      sa_set_err(err, cap, "malformed input: too many packets for its size");
       rc = SA_EINVAL;
       goto fail;
     }
@@ -542,10 +532,10 @@ int sa_audio_decode(const void *data, size_t len, const sa_audio_limits_t *lim,
 
   if (s.n_out == 0) {
     if (bad)
-      seterr(err, cap, "could not decode any audio (%s)",
+      sa_set_err(err, cap, "could not decode any audio (%s)",
              fferr(last_ff, fb, sizeof fb));
     else
-      seterr(err, cap, "the input holds no audio samples (zero length)");
+      sa_set_err(err, cap, "the input holds no audio samples (zero length)");
     rc = SA_EINVAL;
     goto fail;
   }
@@ -553,7 +543,7 @@ int sa_audio_decode(const void *data, size_t len, const sa_audio_limits_t *lim,
   size_t wav_declared = 0;
   size_t missing = wav_missing_bytes(data, len, &wav_declared);
   if (missing > 64 + wav_declared / 100) {
-    seterr(err, cap,
+    sa_set_err(err, cap,
            "truncated WAV: the data chunk declares %zu bytes, %zu are missing",
            wav_declared, missing);
     rc = SA_EINVAL;
@@ -566,7 +556,7 @@ int sa_audio_decode(const void *data, size_t len, const sa_audio_limits_t *lim,
     if (!is_exact_length_codec(st->codecpar->codec_id))
       slack += 4608.0 / sr;
     if (decoded < declared - slack) {
-      seterr(err, cap,
+      sa_set_err(err, cap,
              "truncated audio: the header declares %.3f s, only %.3f s decoded",
              declared, decoded);
       rc = SA_EINVAL;
@@ -585,7 +575,7 @@ int sa_audio_decode(const void *data, size_t len, const sa_audio_limits_t *lim,
   goto done;
 
 nomem:
-  seterr(err, cap, "out of memory while decoding audio");
+  sa_set_err(err, cap, "out of memory while decoding audio");
   rc = SA_ENOMEM;
 fail:
   free(s.out);

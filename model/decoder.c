@@ -1,5 +1,6 @@
 /* decoder — see decoder.h. */
 #include "decoder.h"
+#include "sa_time.h"
 
 #include "log.h"
 #include "sa_error.h"
@@ -430,20 +431,14 @@ void sa_decoder_destroy(sa_decoder_t **dp) {
       goto fail;                                                               \
   } while (0)
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Runs an op; with profiling on, waits for it and charges its time. */
 #define OP(cls, expr)                                                          \
   do {                                                                         \
-    double t0_ = d->prof_on ? now_s() : 0.0;                                   \
+    double t0_ = d->prof_on ? sa_now_s() : 0.0;                                   \
     CK(expr);                                                                  \
     if (d->prof_on) {                                                          \
       CK(op->sync(be));                                                        \
-      d->prof.seconds[cls] += now_s() - t0_;                                   \
+      d->prof.seconds[cls] += sa_now_s() - t0_;                                   \
     }                                                                          \
   } while (0)
 

@@ -9,6 +9,7 @@
  * go GPU to GPU and the StepBatch travels alone (act_via_nccl).
  */
 #include "log.h"
+#include "sa_time.h"
 #include "rpc.h"
 #include "sa.pb-c.h"
 #include "sa_error.h"
@@ -60,7 +61,6 @@ typedef struct {
 
 static worker_t W;
 
-static uint64_t now_ms(void) { return uv_now(W.loop); }
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -633,7 +633,7 @@ static void on_hb_timer(uv_timer_t *t) {
   Sa__HeartbeatRequest hb = SA__HEARTBEAT_REQUEST__INIT;
   sa_kv_stats_t ks;
   stage_kv_stats(&W.st, &ks);
-  uint64_t now = now_ms();
+  uint64_t now = sa_now_ms();
   double busy = W.st.busy_ms;
   double dt = (double)(now - W.last_hb_ms);
   hb.node_id = W.node_id;
@@ -778,7 +778,7 @@ int main(int argc, char **argv) {
       fprintf(stderr, "sa-worker: bad coordinator address %s\n", W.coordinator);
       return 1;
     }
-    W.last_hb_ms = now_ms();
+    W.last_hb_ms = sa_now_ms();
     uv_timer_start(&W.hb, on_hb_timer, 0, 1000);
   }
   uv_signal_init(W.loop, &W.sigterm);

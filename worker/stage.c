@@ -1,5 +1,6 @@
 /* stage — see stage.h. */
 #include "stage.h"
+#include "sa_time.h"
 
 #include "log.h"
 #include "sa_error.h"
@@ -16,12 +17,6 @@ struct hist {
   int32_t *tok;
   int n, cap;
 };
-
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
-}
 
 /* ------------------------------------------------------------- histories */
 
@@ -316,11 +311,11 @@ static void run_step(stage_t *st, job_t *job) {
     job->act_out = out_acquire(st);
     db.hidden_out = job->act_out;
   }
-  double t0 = now_ms();
+  double t0 = (1e3 * sa_now_s());
   int rc = sa_decoder_step(st->dec, st->kv, &db);
   if (!rc && !st->is_last && dev_io)
     rc = send_or_download(st, job, out, M);
-  job->compute_ms = now_ms() - t0;
+  job->compute_ms = (1e3 * sa_now_s()) - t0;
   if (rc) {
     job->rc = rc;
     snprintf(job->err, sizeof job->err, "decoder step failed: %s", sa_strerror(rc));
@@ -387,7 +382,7 @@ static void run_step(stage_t *st, job_t *job) {
   sa_kv_stats(st->kv, &ks);
   res->kv_blocks_used = ks.blocks_used;
   res->kv_blocks_free = ks.blocks_free;
-  double sampling_ms = now_ms() - t0 - job->compute_ms; /* sampling is compute too */
+  double sampling_ms = (1e3 * sa_now_s()) - t0 - job->compute_ms; /* sampling is compute too */
   job->compute_ms += sampling_ms;
   st->busy_ms += sampling_ms;
   res->compute_ms = job->compute_ms;

@@ -6,6 +6,7 @@
  */
 #ifdef SA_HAVE_NCCL
 #include "sa_nccl.h"
+#include "sa_time.h"
 
 #include "log.h"
 #include "sa_cuda.h"
@@ -77,19 +78,13 @@ static void release(sa_nccl_comm_t *c) {
   free(c);
 }
 
-static double now_ms(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
-}
-
 /* The communicator is non-blocking (a peer that never joins must not hang
  * the caller): operations may answer ncclInProgress; wait until the
  * communicator says done, at most timeout_ms (< 0: no limit). */
 static ncclResult_t settle(ncclComm_t comm, ncclResult_t r, int timeout_ms) {
-  double t0 = now_ms();
+  double t0 = (1e3 * sa_now_s());
   while (r == ncclInProgress) {
-    if (timeout_ms >= 0 && now_ms() - t0 > timeout_ms)
+    if (timeout_ms >= 0 && (1e3 * sa_now_s()) - t0 > timeout_ms)
       return ncclInProgress;
     struct timespec nap = {0, 100000};
     nanosleep(&nap, NULL);
@@ -162,7 +157,7 @@ static int check_xfer(sa_nccl_comm_t *c, const void *buf, size_t n, int peer) {
  * wait early. `what` names the operation in the log. */
 static int wait_event(sa_nccl_comm_t *c, cudaEvent_t ev, int timeout_ms, const char *what,
                       unsigned long long seq) {
-  double t0 = now_ms();
+  double t0 = (1e3 * sa_now_s());
   for (;;) {
     cudaError_t e = cudaEventQuery(ev);
     if (e == cudaSuccess)
@@ -177,7 +172,7 @@ static int wait_event(sa_nccl_comm_t *c, cudaEvent_t ev, int timeout_ms, const c
       SA_LOG_ERROR("nccl: %s %llu: %s", what, seq, ncclGetErrorString(ar));
       return SA_ECUDA;
     }
-    if (timeout_ms >= 0 && now_ms() - t0 > timeout_ms)
+    if (timeout_ms >= 0 && (1e3 * sa_now_s()) - t0 > timeout_ms)
       return SA_ETIMEDOUT;
     struct timespec nap = {0, 20000}; /* 20 us: transfers take microseconds */
     nanosleep(&nap, NULL);

@@ -13,6 +13,7 @@
  * tool is a launcher for one machine; deploy/k8s holds the real deployment.
  */
 #include "config.h"
+#include "sa_time.h"
 #include "health.h"
 #include "log.h"
 #include "sa_error.h"
@@ -51,12 +52,6 @@ typedef struct {
 static child_t g_children[MAX_CHILDREN];
 static int g_n_children;
 static volatile sig_atomic_t g_stop;
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -292,7 +287,7 @@ static void supervise(const sa_topo_t *t) {
   signal(SIGTERM, on_stop);
   signal(SIGINT, on_stop);
   signal(SIGHUP, SIG_IGN);
-  double now = now_s();
+  double now = sa_now_s();
   for (int i = 0; i < g_n_children; i++) {
     g_children[i].window_start = now;
     g_children[i].pid = spawn(&g_children[i], t->run_dir);
@@ -313,7 +308,7 @@ static void supervise(const sa_topo_t *t) {
           SA_LOG_WARN("%s exited with status %d", c->name, WEXITSTATUS(st));
         else
           SA_LOG_WARN("%s killed by signal %d", c->name, WTERMSIG(st));
-        now = now_s();
+        now = sa_now_s();
         if (now - c->window_start > RESTART_WINDOW_S) {
           c->window_start = now;
           c->restarts = 0;
@@ -328,7 +323,7 @@ static void supervise(const sa_topo_t *t) {
         }
       }
     }
-    now = now_s();
+    now = sa_now_s();
     for (int i = 0; i < g_n_children; i++) {
       child_t *c = &g_children[i];
       if (c->pid == 0 && !c->failed && now >= c->next_start) {
@@ -342,7 +337,7 @@ static void supervise(const sa_topo_t *t) {
   for (int i = g_n_children - 1; i >= 0; i--)
     if (g_children[i].pid > 0)
       kill(g_children[i].pid, SIGTERM);
-  double deadline = now_s() + 5.0;
+  double deadline = sa_now_s() + 5.0;
   int alive;
   do {
     alive = 0;
@@ -356,7 +351,7 @@ static void supervise(const sa_topo_t *t) {
     }
     if (alive)
       usleep(50 * 1000);
-  } while (alive && now_s() < deadline);
+  } while (alive && sa_now_s() < deadline);
   for (int i = 0; i < g_n_children; i++)
     if (g_children[i].pid > 0) {
       kill(g_children[i].pid, SIGKILL);
@@ -445,10 +440,10 @@ static int cmd_up(const sa_topo_t *t, double timeout_s) {
   printf("sa-cluster: starting %d processes (logs in %s/)\n", g_n_children,
          t->run_dir);
   fflush(stdout);
-  double deadline = now_s() + timeout_s;
+  double deadline = sa_now_s() + timeout_s;
   char why[512] = "";
   int last_shown = -1;
-  while (now_s() < deadline) {
+  while (sa_now_s() < deadline) {
     if (waitpid(sup, NULL, WNOHANG) == sup) {
       fprintf(stderr, "sa-cluster: the supervisor exited; see %s\n", sup_log);
       tail_logs(t);
@@ -489,8 +484,8 @@ static int cmd_down(const sa_topo_t *t) {
     return 0;
   }
   kill(pid, SIGTERM);
-  double deadline = now_s() + 10.0;
-  while (kill(pid, 0) == 0 && now_s() < deadline)
+  double deadline = sa_now_s() + 10.0;
+  while (kill(pid, 0) == 0 && sa_now_s() < deadline)
     usleep(100 * 1000);
   if (kill(pid, 0) == 0) {
     fprintf(stderr, "sa-cluster: supervisor %d did not stop; killing it\n", (int)pid);
