@@ -1,25 +1,29 @@
 /*
- * sa-coordinator — the cluster's single point of control (DESIGN §1): the
- * registry of encoders and stages, Submit for clients, scheduling of every
- * sequence's steps over the pipeline replicas, voting and streaming. One
- * libuv loop; holds no weights.
+ * sa-coordinator — the cluster's point of control: the registry of encoders
+ * and stages, Submit for clients, scheduling of every sequence's steps over
+ * the pipeline replicas, voting and streaming. One libuv loop; holds no
+ * weights. This file parses options and wires the modules (coord.h says
+ * which calls which); it holds no logic of its own.
  */
 #include "coord.h"
 
+#include "config.h"
 #include "log.h"
+#include "pipeline.h"
+#include "registry.h"
+#include "request.h"
+#include "rpc.h"
 #include "sa_error.h"
+#include "sa_time.h"
+#include "submit.h"
 
+#include <uv.h>
+
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-uint64_t coord_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -50,24 +54,44 @@ static void usage(FILE *f) {
           "  -h, --help             this help\n");
 }
 
+/* Everything the coordinator is, wired once in main. */
+typedef struct {
+  coord_opts_t opts;
+  coord_model_t model;
+  sa_model_config_t cfg;
+  sa_tokenizer_t *tok;
+  uv_loop_t *loop;
+  sa_rpc_server_t *srv;
+  coord_registry_t reg;
+  coord_pipeline_t pl;
+  coord_requests_t set;
+  coord_submit_t sub;
+  uv_prepare_t pass; /* once per loop turn, before the loop waits */
+  uv_timer_t tick;
+  uv_signal_t sigterm, sigint;
+} coord_t;
+
+/* The pass: what callbacks recorded since the last turn is applied here. */
+static void on_pass(uv_prepare_t *h) {
+  coord_t *co = h->data;
+  coord_requests_process(&co->set);
+}
+
 static void on_tick(uv_timer_t *t) {
   coord_t *co = t->data;
-  coord_registry_check(co);
-  coord_schedule(co);
+  coord_registry_check(&co->reg, sa_now_ms());
+  coord_requests_touch(&co->set);
 }
 
 static void on_signal(uv_signal_t *s, int sig) {
   coord_t *co = s->data;
   SA_LOG_INFO("signal %d: shutting down", sig);
-  co->stopping = true;
-  for (request_t *r = co->requests, *next; r; r = next) {
-    next = r->next;
-    coord_request_fail(r, SA_STATUS_UNAVAILABLE, "the coordinator is shutting down");
-  }
+  coord_requests_shutdown(&co->set);
+  coord_requests_process(&co->set); /* every client's stream ends now */
   sa_rpc_server_destroy(&co->srv);
-  for (int i = 0; i < COORD_MAX_WORKERS; i++)
-    sa_rpc_channel_destroy(&co->workers[i].ch);
+  coord_registry_close(&co->reg);
   uv_timer_stop(&co->tick);
+  uv_close((uv_handle_t *)&co->pass, NULL);
   uv_close((uv_handle_t *)&co->tick, NULL);
   uv_close((uv_handle_t *)&co->sigterm, NULL);
   uv_close((uv_handle_t *)&co->sigint, NULL);
@@ -75,8 +99,9 @@ static void on_signal(uv_signal_t *s, int sig) {
 
 static long parse_long(const char *s, const char *name, long lo, long hi) {
   char *end;
+  errno = 0;
   long v = strtol(s, &end, 10);
-  if (*end || v < lo || v > hi) {
+  if (!*s || *end || errno == ERANGE || v < lo || v > hi) {
     fprintf(stderr, "sa-coordinator: %s must be an integer in [%ld, %ld]\n", name, lo, hi);
     exit(2);
   }
@@ -161,10 +186,14 @@ int main(int argc, char **argv) {
     fprintf(stderr, "sa-coordinator: tokenizer: %s\n", err);
     return 1;
   }
-  co.tok_eot = sa_tokenizer_token_id(co.tok, "<|EOT|>");
-  co.tok_think_end = sa_tokenizer_token_id(co.tok, "</think>");
-  co.tok_audio_patch = sa_tokenizer_token_id(co.tok, "<audio_patch>");
-  if (co.tok_eot < 0 || co.tok_audio_patch < 0) {
+  coord_model_t *m = &co.model;
+  m->hidden_size = co.cfg.hidden_size;
+  m->num_layers = co.cfg.num_hidden_layers;
+  m->max_position_embeddings = co.cfg.max_position_embeddings;
+  m->tok_eot = sa_tokenizer_token_id(co.tok, "<|EOT|>");
+  m->tok_think_end = sa_tokenizer_token_id(co.tok, "</think>");
+  m->tok_audio_patch = sa_tokenizer_token_id(co.tok, "<audio_patch>");
+  if (m->tok_eot < 0 || m->tok_audio_patch < 0) {
     fprintf(stderr, "sa-coordinator: the tokenizer lacks <|EOT|> or <audio_patch>\n");
     return 1;
   }
@@ -189,9 +218,18 @@ int main(int argc, char **argv) {
       return 1;
     }
   }
-  coord_registry_register(&co);
-  sa_rpc_server_register(co.srv, "Coordinator/Submit", SA_RPC_STREAM, coord_submit_handler, &co);
-  sa_rpc_server_register(co.srv, "Coordinator/Cancel", SA_RPC_UNARY, coord_cancel_handler, &co);
+  /* bottom up: registry, pipeline, requests, client RPCs */
+  coord_registry_init(&co.reg, co.loop, m->num_layers, m->hidden_size, o->heartbeat_timeout_ms,
+                      &coord_requests_registry_cbs, &co.set);
+  coord_pipeline_init(&co.pl, o, m, &co.reg, &coord_requests_pipeline_cbs, &co.set);
+  coord_requests_init(&co.set, o, m, co.tok, &co.reg, &coord_pipeline_ops, &co.pl,
+                      &coord_submit_request_cbs, &co.sub);
+  coord_submit_init(&co.sub, o, &co.set, &co.reg, &co.pl);
+  coord_registry_serve(&co.reg, co.srv);
+  coord_submit_serve(&co.sub, co.srv);
+  uv_prepare_init(co.loop, &co.pass);
+  co.pass.data = &co;
+  uv_prepare_start(&co.pass, on_pass);
   uv_timer_init(co.loop, &co.tick);
   co.tick.data = &co;
   uv_timer_start(&co.tick, on_tick, 500, 500);
@@ -203,6 +241,7 @@ int main(int argc, char **argv) {
   SA_LOG_INFO("listening on %s; model %s (%d layers, hidden %d)", sa_rpc_server_endpoint(co.srv),
               o->model_dir, co.cfg.num_hidden_layers, co.cfg.hidden_size);
   uv_run(co.loop, UV_RUN_DEFAULT);
+  coord_requests_close(&co.set);
   sa_tokenizer_destroy(&co.tok);
   uv_loop_close(co.loop);
   return 0;

@@ -1,34 +1,135 @@
 /*
- * request — Coordinator/Submit: validation, encoding on an encoder node, the
- * chat template, admission to a replica, streaming deltas back to the client,
- * and the final result. Scheduling of the steps themselves is sched.c's.
+ * request — the request and chain lifecycle (see request.h).
+ *
+ * A request goes NEW -> ENCODING (audio only) -> QUEUED -> PREFILL ->
+ * [FORKING, n > 1] -> DECODING -> DONE. A replica failure moves it back to
+ * QUEUED and then REPLAY, where every chain re-prefills its prompt and the
+ * tokens it has so far on another replica and decoding resumes with the
+ * same RNG keys (token-identical to an undisturbed run); results of batches
+ * sent before the failover carry an older epoch and are dropped.
+ *
+ * A chain ends once (chain_end): by itself (EOT, max_tokens), by the vote,
+ * by the client, or by a failure. A request ends once (request_end) and is
+ * freed by reap() only when no step, fork, free or encode of it is out.
  */
-#include "coord.h"
+#include "request.h"
 
+#include "answer.h"
 #include "chat.h"
 #include "log.h"
-#include "sa_error.h"
+#include "sa_time.h"
 #include "sampler.h"
+#include "vote.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static void request_unlink(request_t *r) {
-  coord_t *co = r->co;
-  if (r->prev)
-    r->prev->next = r->next;
+#define MAX_REPLAYS 3      /* failovers before a request fails */
+#define MAX_ENCODE_TRIES 3 /* encoders tried for one request */
+#define MAX_PASS_ROUNDS 16
+
+typedef enum {
+  REC_STEP,
+  REC_FORK,
+  REC_FREE,
+  REC_ENCODE,
+  REC_REPLICA_LOST,
+} record_kind_t;
+
+struct coord_record {
+  coord_record_t *next;
+  record_kind_t kind;
+  coord_request_t *r;
+  coord_step_t *step;     /* REC_STEP */
+  coord_encoded_t *enc;   /* REC_ENCODE (NULL: out of memory) */
+  int replica;            /* REC_REPLICA_LOST */
+  sa_status_t status;     /* REC_FORK */
+  char msg[300];
+};
+
+/* ------------------------------------------------------------- recording */
+
+static void record(coord_requests_t *set, coord_record_t *rec) {
+  rec->next = NULL;
+  if (set->rec_tail)
+    set->rec_tail->next = rec;
   else
-    co->requests = r->next;
-  if (r->next)
-    r->next->prev = r->prev;
-  else
-    co->requests_tail = r->prev;
-  r->next = r->prev = NULL;
-  co->n_requests--;
+    set->rec_head = rec;
+  set->rec_tail = rec;
+  set->dirty = true;
 }
 
-static void request_destroy(request_t *r) {
+static coord_record_t *new_record(record_kind_t kind, coord_request_t *r) {
+  coord_record_t *rec = calloc(1, sizeof *rec);
+  SA_ASSERT(rec, "out of memory recording an event"); /* losing it would leak a request */
+  rec->kind = kind;
+  rec->r = r;
+  return rec;
+}
+
+static void on_step_done(void *user, coord_step_t *step) {
+  coord_record_t *rec = new_record(REC_STEP, NULL);
+  rec->step = step;
+  record(user, rec);
+}
+
+static void on_fork_done(void *user, coord_request_t *r, sa_status_t st, const char *msg) {
+  coord_record_t *rec = new_record(REC_FORK, r);
+  rec->status = st;
+  snprintf(rec->msg, sizeof rec->msg, "%s", msg ? msg : "");
+  record(user, rec);
+}
+
+static void on_free_done(void *user, coord_request_t *r) {
+  record(user, new_record(REC_FREE, r));
+}
+
+static void on_encode_done(void *user, coord_request_t *r, coord_encoded_t *enc) {
+  coord_record_t *rec = new_record(REC_ENCODE, r);
+  rec->enc = enc;
+  record(user, rec);
+}
+
+static void on_replica_lost(void *user, int ri, const char *why) {
+  coord_record_t *rec = new_record(REC_REPLICA_LOST, NULL);
+  rec->replica = ri;
+  snprintf(rec->msg, sizeof rec->msg, "%s", why);
+  record(user, rec);
+}
+
+static void on_changed(void *user) { ((coord_requests_t *)user)->dirty = true; }
+
+const coord_pipeline_cbs_t coord_requests_pipeline_cbs = {
+    .step_done = on_step_done,
+    .fork_done = on_fork_done,
+    .free_done = on_free_done,
+    .encode_done = on_encode_done,
+};
+
+const coord_registry_cbs_t coord_requests_registry_cbs = {
+    .replica_lost = on_replica_lost,
+    .changed = on_changed,
+};
+
+/* ------------------------------------------------------------- the set */
+
+void coord_requests_init(coord_requests_t *set, const coord_opts_t *opts,
+                         const coord_model_t *model, const sa_tokenizer_t *tok,
+                         coord_registry_t *reg, const coord_pipeline_ops_t *pl_ops, void *pl,
+                         const coord_request_cbs_t *cbs, void *user) {
+  memset(set, 0, sizeof *set);
+  set->opts = opts;
+  set->model = model;
+  set->tok = tok;
+  set->reg = reg;
+  set->pl_ops = pl_ops;
+  set->pl = pl;
+  set->cbs = *cbs;
+  set->user = user;
+}
+
+static void request_destroy(coord_request_t *r) {
   for (int c = 0; c < r->n_chains; c++) {
     free(r->chains[c].tokens);
     free(r->chains[c].reasoning);
@@ -43,93 +144,288 @@ static void request_destroy(request_t *r) {
   free(r);
 }
 
-/* Frees r once nothing refers to it any more: its stream ended, no chain in
- * flight, no encode/fork/free outstanding. Safe to call often. */
-static void request_maybe_reap(request_t *r) {
-  if (r->state != REQ_DONE || r->call || r->pending_ops > 0 || r->prefill_inflight)
-    return;
-  for (int c = 0; c < r->n_chains; c++)
-    if (r->chains[c].inflight)
-      return;
-  if (r->replica >= 0) {
-    r->co->replicas[r->replica].kv_reserved -= r->kv_reserved;
-    r->kv_reserved = 0;
+static void free_record(coord_record_t *rec) {
+  free(rec->step);
+  coord_encoded_free(&rec->enc);
+  free(rec);
+}
+
+void coord_requests_close(coord_requests_t *set) {
+  for (coord_record_t *rec = set->rec_head, *next; rec; rec = next) {
+    next = rec->next;
+    free_record(rec);
   }
-  request_unlink(r);
-  request_destroy(r);
-}
-
-static int send_event(request_t *r, Sa__SubmitEvent *ev) {
-  if (!r->call)
-    return SA_ECANCELED;
-  ev->request_id = r->request_id;
-  size_t len = sa__submit_event__get_packed_size(ev);
-  uint8_t stackbuf[4096];
-  uint8_t *buf = len <= sizeof stackbuf ? stackbuf : malloc(len);
-  if (!buf)
-    return SA_ENOMEM;
-  sa__submit_event__pack(ev, buf);
-  int rc = sa_rpc_call_send(r->call, buf, len, NULL, 0);
-  if (buf != stackbuf)
-    free(buf);
-  if (rc == SA_EFULL)
-    SA_LOG_WARN("request %s: client is not reading; an event was dropped", r->request_id);
-  else if (rc == SA_EUNAVAIL || rc == SA_ECANCELED || rc == SA_ETIMEDOUT)
-    r->client_lost = true; /* acted on by the caller's next check */
-  return rc;
-}
-
-static void end_stream(request_t *r, sa_status_t st, const char *msg) {
-  if (!r->call)
-    return;
-  sa_rpc_call_t *call = r->call;
-  r->call = NULL;
-  sa_rpc_call_finish(call, st, msg);
-}
-
-void coord_request_fail(request_t *r, sa_status_t st, const char *msg) {
-  if (r->state == REQ_DONE) { /* a chain that was in flight came back */
-    for (int c = 0; c < r->n_chains; c++)
-      coord_chain_free(r, &r->chains[c]);
-    request_maybe_reap(r);
-    return;
-  }
-  SA_LOG_INFO("request %s failed: %s: %s", r->request_id, sa_status_name(st), msg);
-  r->failed = true;
-  for (int c = 0; c < r->n_chains; c++) {
-    chain_t *ch = &r->chains[c];
-    if (ch->state != CHAIN_DONE) {
-      ch->state = CHAIN_DONE;
-      ch->finish = SA__FINISH_REASON__FINISH_ERROR;
-      r->chains_done++;
-    }
-    coord_chain_free(r, ch);
-  }
-  r->state = REQ_DONE;
-  end_stream(r, st, msg);
-  request_maybe_reap(r);
-}
-
-void coord_fail_replica_requests(coord_t *co, int replica, const char *why) {
-  for (request_t *r = co->requests, *next; r; r = next) {
+  set->rec_head = set->rec_tail = NULL;
+  for (coord_request_t *r = set->head, *next; r; r = next) {
     next = r->next;
-    if (r->replica == replica && r->state != REQ_DONE)
-      coord_request_requeue(r, SA_STATUS_UNAVAILABLE, why);
+    request_destroy(r);
+  }
+  set->head = set->tail = NULL;
+  set->n = 0;
+}
+
+coord_request_t *coord_request_new(coord_requests_t *set, const coord_request_params_t *p,
+                                   void *client, char *err, size_t cap) {
+  SA_ASSERT(p->n_chains >= 1 && p->n_chains <= COORD_MAX_CHAINS, "n_chains is validated above");
+  coord_request_t *r = calloc(1, sizeof *r);
+  if (!r) {
+    sa_set_err(err, cap, "out of memory");
+    return NULL;
+  }
+  r->client = client;
+  r->id = ++set->next_id;
+  if (p->request_id && p->request_id[0])
+    snprintf(r->request_id, sizeof r->request_id, "%s", p->request_id);
+  else
+    snprintf(r->request_id, sizeof r->request_id, "req-%llu", (unsigned long long)r->id);
+  r->state = COORD_REQ_NEW;
+  r->replica = -1;
+  r->encoder = -1;
+  r->max_tokens = p->max_tokens;
+  r->n_chains = p->n_chains;
+  r->vote_rule = p->vote_rule;
+  r->vote_k = p->vote_k;
+  r->think_budget = p->think_budget;
+  r->sampling = p->sampling;
+  r->text_before_audio = p->text_before_audio;
+  r->prompt_text = strdup(p->prompt ? p->prompt : "");
+  r->system_text = strdup(p->system && p->system[0] ? p->system : set->opts->default_system);
+  r->t_start_ms = sa_now_ms();
+  if (p->audio_len) {
+    r->audio = malloc(p->audio_len);
+    if (r->audio) {
+      memcpy(r->audio, p->audio, p->audio_len);
+      r->audio_len = p->audio_len;
+    }
+  }
+  if (!r->prompt_text || !r->system_text || (p->audio_len && !r->audio)) {
+    request_destroy(r);
+    sa_set_err(err, cap, "out of memory");
+    return NULL;
+  }
+  for (int c = 0; c < r->n_chains; c++) {
+    coord_chain_t *ch = &r->chains[c];
+    ch->idx = c;
+    ch->seq_id = ++set->next_seq_id;
+    ch->next_input = -1;
+    sa_detok_init(&ch->detok, set->tok);
+  }
+  r->prev = set->tail;
+  if (set->tail)
+    set->tail->next = r;
+  else
+    set->head = r;
+  set->tail = r;
+  set->n++;
+  set->requests_total++;
+  set->dirty = true;
+  SA_LOG_INFO("request %s: %zu audio bytes, %d chain(s), max %d tokens", r->request_id,
+              r->audio_len, r->n_chains, r->max_tokens);
+  return r;
+}
+
+void coord_request_cancel(coord_requests_t *set, coord_request_t *r) {
+  if (r->ended)
+    return;
+  r->cancel_asked = true;
+  set->dirty = true;
+}
+
+coord_request_t *coord_requests_find(const coord_requests_t *set, const char *request_id) {
+  for (coord_request_t *r = set->head; r; r = r->next)
+    if (!r->ended && strcmp(r->request_id, request_id) == 0)
+      return r;
+  return NULL;
+}
+
+void coord_requests_shutdown(coord_requests_t *set) {
+  set->stopping = true;
+  set->dirty = true;
+}
+
+void coord_requests_touch(coord_requests_t *set) { set->dirty = true; }
+
+/* ------------------------------------------------------ chains and ends */
+
+static void emit(coord_requests_t *set, coord_request_t *r, const coord_event_t *ev) {
+  if (!r->ended && set->cbs.event)
+    set->cbs.event(set->user, r, ev);
+}
+
+static void request_end(coord_requests_t *set, coord_request_t *r, sa_status_t st,
+                        const char *msg) {
+  r->state = COORD_REQ_DONE;
+  if (r->ended)
+    return;
+  r->ended = true;
+  if (set->cbs.end)
+    set->cbs.end(set->user, r, st, msg);
+}
+
+/* Frees chain c's sequence on its replica once nothing of it is in flight
+ * (a Free that overtook a prefill chunk or a fork would leave the stage
+ * holding blocks nobody frees; the step or fork's event frees it then). */
+static void chain_free(coord_requests_t *set, coord_request_t *r, coord_chain_t *c) {
+  if (c->freed || c->inflight || r->replica < 0 || (c->idx == 0 && r->prefill_inflight) ||
+      (c->idx > 0 && r->fork_inflight))
+    return;
+  c->freed = true;
+  if (set->pl_ops->free_seq(set->pl, r->replica, c->seq_id, r) == 0)
+    r->pending_ops++;
+}
+
+/* Frees a sequence on replica ri that r no longer uses there. */
+static void free_stale(coord_requests_t *set, coord_request_t *r, int ri, uint64_t seq_id) {
+  if (set->pl_ops->free_seq(set->pl, ri, seq_id, r) == 0)
+    r->pending_ops++;
+}
+
+static int append(char **buf, size_t *len, size_t *cap, const char *s, size_t n) {
+  if (*len + n + 1 > *cap) {
+    size_t nc = *cap ? *cap * 2 : 256;
+    while (nc < *len + n + 1)
+      nc *= 2;
+    char *nb = realloc(*buf, nc);
+    if (!nb)
+      return SA_ENOMEM;
+    *buf = nb;
+    *cap = nc;
+  }
+  memcpy(*buf + *len, s, n);
+  *len += n;
+  (*buf)[*len] = '\0';
+  return 0;
+}
+
+static void chain_text(coord_chain_t *c, const char *text, size_t n) {
+  if (c->in_answer)
+    append(&c->answer, &c->answer_len, &c->answer_cap, text, n);
+  else
+    append(&c->reasoning, &c->reasoning_len, &c->reasoning_cap, text, n);
+}
+
+/* The held-back bytes of c's detokeniser, at the end of a part. */
+static void chain_flush(coord_chain_t *c) {
+  char text[32];
+  size_t n = 0;
+  if (sa_detok_flush(&c->detok, text, sizeof text, &n) == 0 && n)
+    chain_text(c, text, n);
+}
+
+/* Ends chain c with `why` (once); its sequence is freed when it is idle. */
+static void chain_end(coord_requests_t *set, coord_request_t *r, coord_chain_t *c,
+                      Sa__FinishReason why) {
+  if (c->state != COORD_CHAIN_DONE) {
+    c->state = COORD_CHAIN_DONE;
+    c->finish = why;
+    r->chains_done++;
+  }
+  chain_free(set, r, c);
+}
+
+/* The normalised answers of r's chains in finishing order. */
+static int finished_answers(const coord_request_t *r, const char **answers) {
+  int n = 0;
+  for (int i = 0; i < r->n_vote_order && n < COORD_MAX_CHAINS; i++) {
+    int c = r->vote_order[i];
+    answers[n++] = c >= 0 && c < r->n_chains ? r->chains[c].normalized : "";
+  }
+  return n;
+}
+
+const coord_chain_t *coord_request_vote(const coord_request_t *r, int *votes,
+                                        const char **leader) {
+  const char *answers[COORD_MAX_CHAINS];
+  int n = finished_answers(r, answers);
+  bool decided;
+  int pos = coord_vote_decide(answers, n, r->n_chains - r->chains_done, r->vote_rule, r->vote_k,
+                              votes, &decided);
+  if (leader)
+    *leader = pos >= 0 ? answers[pos] : "";
+  return pos >= 0 ? &r->chains[r->vote_order[pos]] : NULL;
+}
+
+/* Chain c finished by itself: its answer joins the vote, which may decide
+ * and cancel the chains still running. */
+static void chain_voted(coord_requests_t *set, coord_request_t *r, coord_chain_t *c) {
+  c->normalized[0] = '\0';
+  if (c->in_answer && c->answer)
+    coord_answer_normalize(c->answer, c->normalized, sizeof c->normalized);
+  if (r->n_vote_order < COORD_MAX_CHAINS)
+    r->vote_order[r->n_vote_order++] = c->idx;
+  if (r->n_chains < 2)
+    return;
+  const char *answers[COORD_MAX_CHAINS];
+  int n = finished_answers(r, answers);
+  int votes, running = r->n_chains - r->chains_done;
+  bool decided;
+  coord_vote_decide(answers, n, running, r->vote_rule, r->vote_k, &votes, &decided);
+  if (!decided || running == 0)
+    return;
+  SA_LOG_DEBUG("request %s: vote decided after %d chain(s); cancelling %d", r->request_id, n,
+               running);
+  for (int i = 0; i < r->n_chains; i++) {
+    coord_chain_t *o = &r->chains[i];
+    if (o->state == COORD_CHAIN_DONE)
+      continue;
+    o->normalized[0] = '\0';
+    if (r->max_tokens > o->n_tokens)
+      r->tokens_saved += r->max_tokens - o->n_tokens;
+    chain_end(set, r, o, SA__FINISH_REASON__FINISH_CANCELLED);
   }
 }
 
-#define MAX_REPLAYS 3
-
-void coord_request_requeue(request_t *r, sa_status_t st, const char *why) {
-  coord_t *co = r->co;
-  if (r->state == REQ_DONE) {
-    coord_request_fail(r, st, why); /* frees what is left, reaps */
+/* Chain c ends by itself (EOT or max_tokens). */
+static void chain_finish(coord_requests_t *set, coord_request_t *r, coord_chain_t *c,
+                         Sa__FinishReason why) {
+  if (c->state == COORD_CHAIN_DONE)
     return;
-  }
-  if (r->replays >= MAX_REPLAYS || r->replica < 0) {
+  c->state = COORD_CHAIN_DONE;
+  c->finish = why;
+  r->chains_done++;
+  chain_flush(c);
+  chain_voted(set, r, c);
+  coord_event_t ev = {.kind = COORD_EV_CHAIN_DONE, .chain = c->idx};
+  emit(set, r, &ev);
+  chain_free(set, r, c);
+}
+
+/* Ends r as failed (or cancelled): every chain still running ends with
+ * `why`, the client gets st/msg. A request that ended already only frees
+ * what came back. */
+static void request_fail_as(coord_requests_t *set, coord_request_t *r, sa_status_t st,
+                            const char *msg, Sa__FinishReason why) {
+  if (r->state != COORD_REQ_DONE && st != SA_STATUS_CANCELLED)
+    SA_LOG_INFO("request %s failed: %s: %s", r->request_id, sa_status_name(st), msg);
+  for (int c = 0; c < r->n_chains; c++)
+    chain_end(set, r, &r->chains[c], why);
+  request_end(set, r, st, msg);
+}
+
+static void request_fail(coord_requests_t *set, coord_request_t *r, sa_status_t st,
+                         const char *msg) {
+  request_fail_as(set, r, st, msg, SA__FINISH_REASON__FINISH_ERROR);
+}
+
+/* Every chain done: the final result goes up and r ends OK. */
+static void request_try_finish(coord_requests_t *set, coord_request_t *r) {
+  if (r->state == COORD_REQ_DONE || r->chains_done < r->n_chains)
+    return;
+  coord_event_t ev = {.kind = COORD_EV_FINAL};
+  emit(set, r, &ev);
+  SA_LOG_INFO("request %s done in %.2f s", r->request_id,
+              (double)(sa_now_ms() - r->t_start_ms) / 1000.0);
+  request_end(set, r, SA_STATUS_OK, NULL);
+}
+
+/* The replica under r failed: move r to another replica, where every chain
+ * re-prefills its prompt + tokens so far, or fail it after MAX_REPLAYS. */
+static void request_requeue(coord_requests_t *set, coord_request_t *r, sa_status_t st,
+                            const char *why) {
+  if (r->state == COORD_REQ_DONE || r->replays >= MAX_REPLAYS || r->replica < 0) {
     char msg[400];
     snprintf(msg, sizeof msg, "%s (after %d failovers)", why, r->replays);
-    coord_request_fail(r, st, msg);
+    request_fail(set, r, st, r->state == COORD_REQ_DONE ? why : msg);
     return;
   }
   int old = r->replica;
@@ -137,73 +433,50 @@ void coord_request_requeue(request_t *r, sa_status_t st, const char *why) {
   r->epoch++; /* results of batches already sent are stale now */
   int64_t replay_tokens = 0;
   for (int c = 0; c < r->n_chains; c++) {
-    chain_t *ch = &r->chains[c];
-    if (!ch->freed && !ch->inflight) /* in-flight ones are freed when they come back */
-      coord_free_seq(co, old, ch->seq_id, r);
+    coord_chain_t *ch = &r->chains[c];
+    bool out = ch->inflight || (c == 0 && r->prefill_inflight);
+    if (!ch->freed && !out) /* what is in flight is freed when it comes back */
+      free_stale(set, r, old, ch->seq_id);
     ch->freed = false;
-    if (ch->state == CHAIN_DONE) {
+    if (ch->state == COORD_CHAIN_DONE) {
       ch->freed = true; /* nothing of it on the new replica */
       continue;
     }
-    ch->seq_id = ++co->next_seq_id;
-    ch->state = CHAIN_WAIT;
+    ch->seq_id = ++set->next_seq_id;
+    ch->state = COORD_CHAIN_WAIT;
     ch->replayed = 0;
     replay_tokens += r->prompt_len - 1 + ch->n_tokens;
   }
-  co->replicas[old].kv_reserved -= r->kv_reserved;
-  co->replicas[old].suspect_until_ms = coord_now_ms() + (uint64_t)co->opts.heartbeat_timeout_ms + 500;
+  coord_registry_reserve(set->reg, old, -r->kv_reserved);
+  coord_registry_suspect(set->reg, old,
+                         sa_now_ms() + (uint64_t)set->opts->heartbeat_timeout_ms + 500);
   r->kv_reserved = 0;
   r->replica = -1;
   r->replay = true;
-  r->state = REQ_QUEUED;
+  r->state = COORD_REQ_QUEUED;
   SA_LOG_WARN("request %s: %s; failing over (try %d): %lld tokens to re-prefill on another "
               "replica",
               r->request_id, why, r->replays, (long long)replay_tokens);
-  coord_admit(co);
-}
-
-static void on_client_gone(sa_rpc_call_t *call, void *user) {
-  request_t *r = user;
-  (void)call;
-  if (r->state == REQ_DONE)
-    return;
-  SA_LOG_INFO("request %s: client went away; cancelling", r->request_id);
-  r->cancelled = true;
-  for (int c = 0; c < r->n_chains; c++) {
-    chain_t *ch = &r->chains[c];
-    if (ch->state != CHAIN_DONE) {
-      ch->state = CHAIN_DONE;
-      ch->finish = SA__FINISH_REASON__FINISH_CLIENT_CANCELLED;
-      r->chains_done++;
-    }
-    coord_chain_free(r, ch);
-  }
-  r->state = REQ_DONE;
-  end_stream(r, SA_STATUS_CANCELLED, "cancelled by the client");
-  request_maybe_reap(r);
 }
 
 /* ------------------------------------------------------------ the prompt */
 
-static int build_prompt(request_t *r, const int32_t *chunk_tokens, int n_chunks,
-                        char *err, size_t cap) {
-  coord_t *co = r->co;
+static int build_prompt(coord_requests_t *set, coord_request_t *r, const int32_t *chunk_tokens,
+                        int n_chunks, char *err, size_t cap) {
   sa_chat_part_t parts[3];
   size_t np = 0;
-  sa_chat_part_t text = {.kind = SA_CHAT_PART_TEXT,
-                         .text = r->prompt_text,
-                         .text_len = strlen(r->prompt_text)};
+  sa_chat_part_t text = {
+      .kind = SA_CHAT_PART_TEXT, .text = r->prompt_text, .text_len = strlen(r->prompt_text)};
   if (r->text_before_audio && text.text_len)
     parts[np++] = text;
   if (n_chunks > 0)
-    parts[np++] = (sa_chat_part_t){.kind = SA_CHAT_PART_AUDIO,
-                                   .chunk_tokens = chunk_tokens,
-                                   .n_chunks = (size_t)n_chunks};
+    parts[np++] = (sa_chat_part_t){
+        .kind = SA_CHAT_PART_AUDIO, .chunk_tokens = chunk_tokens, .n_chunks = (size_t)n_chunks};
   if (!r->text_before_audio && text.text_len)
     parts[np++] = text;
   sa_chat_prompt_t p;
-  int rc = sa_chat_build(co->tok, r->system_text[0] ? r->system_text : NULL, parts, np, 0,
-                         &p, err, cap);
+  int rc = sa_chat_build(set->tok, r->system_text[0] ? r->system_text : NULL, parts, np, 0, &p,
+                         err, cap);
   if (rc)
     return rc;
   r->prompt = p.ids;
@@ -221,19 +494,116 @@ static int build_prompt(request_t *r, const int32_t *chunk_tokens, int n_chunks,
         r->audio_pos[row++] = (int32_t)(p.spans[sp].first + k);
   sa_chat_prompt_free(&p);
   if (row != r->n_audio_rows) {
-    snprintf(err, cap, "internal: %d audio slots for %d embedding rows", row, r->n_audio_rows);
+    sa_set_err(err, cap, "internal: %d audio slots for %d embedding rows", row, r->n_audio_rows);
     return SA_EINTERNAL;
   }
   if (r->prompt_len < 2) {
-    snprintf(err, cap, "the prompt is too short");
+    sa_set_err(err, cap, "the prompt is too short");
+    return SA_EINVAL;
+  }
+  if (r->prompt_len + r->max_tokens > set->model->max_position_embeddings) {
+    sa_set_err(err, cap,
+               "prompt (%d tokens, audio included) + max_tokens (%d) exceeds the "
+               "model's context of %d",
+               r->prompt_len, r->max_tokens, set->model->max_position_embeddings);
     return SA_EINVAL;
   }
   return 0;
 }
 
+/* ------------------------------------------------------------- encoding */
+
+static void start_encode(coord_requests_t *set, coord_request_t *r) {
+  while (r->encode_attempts < MAX_ENCODE_TRIES) {
+    int enc = coord_registry_pick_encoder(set->reg, r->encoder);
+    if (enc < 0) {
+      request_fail(set, r, SA_STATUS_UNAVAILABLE, "no audio encoder is registered and healthy");
+      return;
+    }
+    r->encoder = enc;
+    r->encode_attempts++;
+    int rc = set->pl_ops->encode(set->pl, enc, r);
+    if (rc == 0) {
+      r->pending_ops++;
+      return;
+    }
+    if (rc == SA_ENOMEM) {
+      request_fail(set, r, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      return;
+    }
+    if (rc != SA_EFULL)
+      coord_registry_mark_down(set->reg, enc);
+  }
+  request_fail(set, r, SA_STATUS_UNAVAILABLE, "could not reach an audio encoder");
+}
+
+static bool retryable_encode(sa_status_t st) {
+  return st == SA_STATUS_UNAVAILABLE || st == SA_STATUS_DEADLINE_EXCEEDED ||
+         st == SA_STATUS_RESOURCE_EXHAUSTED;
+}
+
+static void apply_encoded(coord_requests_t *set, coord_request_t *r, coord_encoded_t *enc) {
+  r->pending_ops--;
+  if (r->state != COORD_REQ_ENCODING) /* cancelled meanwhile */
+    return;
+  if (!enc) {
+    request_fail(set, r, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory for audio rows");
+    return;
+  }
+  if (enc->status != SA_STATUS_OK && retryable_encode(enc->status) &&
+      r->encode_attempts < MAX_ENCODE_TRIES) {
+    const coord_worker_t *w = coord_registry_worker(set->reg, enc->encoder);
+    SA_LOG_WARN("request %s: encoder %s: %s (%s); retrying elsewhere", r->request_id,
+                w ? w->node_id : "?", sa_status_name(enc->status), enc->msg);
+    start_encode(set, r);
+    return;
+  }
+  if (enc->status != SA_STATUS_OK) {
+    char msg[600];
+    snprintf(msg, sizeof msg, "audio: %s", enc->msg);
+    request_fail(set, r, enc->status, msg);
+    return;
+  }
+  r->hidden = set->model->hidden_size;
+  r->n_audio_rows = enc->n_rows;
+  r->audio_rows = enc->rows;
+  enc->rows = NULL;
+  free(r->audio);
+  r->audio = NULL;
+  char err[512];
+  int rc = build_prompt(set, r, enc->chunk_tokens, enc->n_chunks, err, sizeof err);
+  if (rc) {
+    request_fail(set, r, sa_err_to_status(rc), err);
+    return;
+  }
+  coord_event_t ev = {.kind = COORD_EV_ENCODED};
+  emit(set, r, &ev);
+  r->state = COORD_REQ_QUEUED;
+}
+
+static void start_new(coord_requests_t *set) {
+  for (coord_request_t *r = set->head; r; r = r->next) {
+    if (r->state != COORD_REQ_NEW)
+      continue;
+    if (r->audio_len) {
+      r->state = COORD_REQ_ENCODING;
+      start_encode(set, r);
+      continue;
+    }
+    char err[512];
+    int rc = build_prompt(set, r, NULL, 0, err, sizeof err);
+    if (rc)
+      request_fail(set, r, sa_err_to_status(rc), err);
+    else
+      r->state = COORD_REQ_QUEUED;
+  }
+}
+
+/* ------------------------------------------------------------- admission */
+
 /* Blocks a request needs on every stage: the prompt once (shared by the
  * chains), each chain's own tokens, and one copied partial block per chain. */
-static int64_t blocks_needed(const request_t *r, int block_tokens) {
+static int64_t blocks_needed(const coord_request_t *r, int block_tokens) {
   int64_t bt = block_tokens > 0 ? block_tokens : 16;
   int64_t shared = (r->prompt_len + bt - 1) / bt;
   int64_t per_chain = (r->max_tokens + bt - 1) / bt + 1;
@@ -243,517 +613,357 @@ static int64_t blocks_needed(const request_t *r, int block_tokens) {
 }
 
 /* Moves queued requests onto replicas with room, oldest first. */
-void coord_admit(coord_t *co) {
-  for (request_t *r = co->requests; r; r = r->next) {
-    if (r->state != REQ_QUEUED)
+static void admit(coord_requests_t *set) {
+  int inflight[COORD_MAX_REPLICAS];
+  for (int i = 0; i < COORD_MAX_REPLICAS; i++)
+    inflight[i] = set->pl_ops->inflight(set->pl, i);
+  uint64_t now = sa_now_ms();
+  for (coord_request_t *r = set->head; r; r = r->next) {
+    if (r->state != COORD_REQ_QUEUED)
       continue;
-    int bt = 16;
-    for (int i = 0; i < COORD_MAX_REPLICAS; i++)
-      if (co->replicas[i].used && co->replicas[i].ready) {
-        bt = co->replicas[i].block_tokens;
-        break;
-      }
-    int64_t need = blocks_needed(r, bt);
-    int rep = coord_pick_replica(co, need);
+    int64_t need = blocks_needed(r, coord_registry_block_tokens(set->reg));
+    int rep = coord_registry_pick_replica(set->reg, need, now, inflight);
     if (rep < 0) {
-      bool any_fits = false;
-      for (int i = 0; i < COORD_MAX_REPLICAS; i++)
-        if (co->replicas[i].used && co->replicas[i].ready &&
-            need <= co->replicas[i].kv_capacity)
-          any_fits = true;
-      bool any_ready = false;
-      for (int i = 0; i < COORD_MAX_REPLICAS; i++)
-        if (co->replicas[i].used && co->replicas[i].ready)
-          any_ready = true;
-      if (any_ready && !any_fits) {
+      bool any_ready;
+      if (!coord_registry_could_fit(set->reg, need, &any_ready) && any_ready) {
         char msg[200];
         snprintf(msg, sizeof msg,
                  "the request needs %lld KV blocks per stage; the largest "
                  "replica has fewer (use fewer chains, tokens or audio)",
                  (long long)need);
-        coord_request_fail(r, SA_STATUS_RESOURCE_EXHAUSTED, msg);
-        return coord_admit(co); /* the list changed */
+        request_fail(set, r, SA_STATUS_RESOURCE_EXHAUSTED, msg);
+        continue;
       }
       break; /* FIFO: wait for room */
     }
     r->replica = rep;
     r->kv_reserved = need;
-    co->replicas[rep].kv_reserved += need;
-    r->state = r->replay ? REQ_REPLAY : REQ_PREFILL;
+    coord_registry_reserve(set->reg, rep, need);
+    r->state = r->replay ? COORD_REQ_REPLAY : COORD_REQ_PREFILL;
     SA_LOG_DEBUG("request %s admitted on replica %s (%lld blocks)", r->request_id,
-                 co->replicas[rep].name, (long long)need);
+                 coord_registry_replica(set->reg, rep)->name, (long long)need);
   }
 }
 
-/* ------------------------------------------------------------- encoding */
+/* ------------------------------------------------------------ scheduling */
 
-static void start_encode(request_t *r);
-
-static void on_encoded(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void *user) {
-  request_t *r = user;
-  coord_t *co = r->co;
-  (void)ch;
-  r->pending_ops--;
-  if (r->encoder >= 0)
-    co->workers[r->encoder].inflight--;
-  if (r->state != REQ_ENCODING) { /* cancelled meanwhile */
-    request_maybe_reap(r);
-    return;
+static void mark_inflight(coord_plan_t *plan, bool on) {
+  for (int i = 0; i < plan->n; i++) {
+    coord_plan_entry_t *e = &plan->e[i];
+    if (e->kind == COORD_STEP_PREFILL)
+      e->req->prefill_inflight = on;
+    else
+      e->req->chains[e->chain].inflight = on;
   }
-  if (res->status == SA_STATUS_UNAVAILABLE || res->status == SA_STATUS_DEADLINE_EXCEEDED ||
-      res->status == SA_STATUS_RESOURCE_EXHAUSTED) {
-    if (r->encode_attempts < 3) {
-      SA_LOG_WARN("request %s: encoder %s: %s (%s); retrying elsewhere", r->request_id,
-                  r->encoder >= 0 ? co->workers[r->encoder].node_id : "?",
-                  sa_status_name(res->status), res->status_msg);
-      start_encode(r);
-      return;
+}
+
+/* Keeps n_stages (+ extra) micro-batches in flight on every ready replica,
+ * splitting the ready sequences over the free pipeline slots. */
+static void schedule(coord_requests_t *set) {
+  for (int ri = 0; ri < COORD_MAX_REPLICAS; ri++) {
+    const coord_replica_t *rp = coord_registry_replica(set->reg, ri);
+    if (!rp || !rp->ready)
+      continue;
+    int slots = rp->n_stages + set->opts->extra_microbatches;
+    int inflight;
+    while ((inflight = set->pl_ops->inflight(set->pl, ri)) < slots) {
+      int ready = coord_sched_ready(set->head, ri);
+      if (ready == 0)
+        break;
+      int free_slots = slots - inflight;
+      coord_plan_limits_t lim = {
+          .replica = ri,
+          .max_seqs = rp->max_batch,
+          .token_budget = rp->max_tokens_per_step,
+          .prefill_chunk = set->opts->prefill_chunk,
+      };
+      int share = (ready + free_slots - 1) / free_slots;
+      if (share < lim.max_seqs)
+        lim.max_seqs = share;
+      coord_plan_t *plan = &set->plan;
+      if (coord_sched_plan(set->head, &lim, plan) == 0)
+        break;
+      mark_inflight(plan, true);
+      int rc = set->pl_ops->step(set->pl, plan);
+      if (rc == 0)
+        continue;
+      mark_inflight(plan, false);
+      SA_LOG_WARN("replica %s: could not send a step: %s", rp->name, sa_strerror(rc));
+      if (rc != SA_EFULL) /* EFULL: the sequences wait for the next pass */
+        for (int i = 0; i < plan->n; i++)
+          request_fail(set, plan->e[i].req, sa_err_to_status(rc),
+                       "could not reach the first stage of the replica");
+      break;
     }
   }
-  if (res->status != SA_STATUS_OK) {
-    char msg[512];
-    snprintf(msg, sizeof msg, "audio: %s", res->status_msg);
-    coord_request_fail(r, res->status, msg);
-    return;
-  }
-  Sa__EncodeResponse *er = sa__encode_response__unpack(NULL, res->body_len, res->body);
-  char err[512] = "";
-  if (!er || res->n_tensors != 1 || res->tensors[0].desc.ndim != 2 ||
-      res->tensors[0].desc.shape[1] != co->cfg.hidden_size ||
-      (res->tensors[0].desc.dtype != SA_DTYPE_F32 && res->tensors[0].desc.dtype != SA_DTYPE_BF16)) {
-    if (er)
-      sa__encode_response__free_unpacked(er, NULL);
-    coord_request_fail(r, SA_STATUS_INTERNAL, "malformed EncodeResponse from the encoder");
-    return;
-  }
-  int64_t rows = res->tensors[0].desc.shape[0];
-  int64_t sum = 0;
-  for (size_t i = 0; i < er->n_chunk_tokens; i++)
-    sum += er->chunk_tokens[i] < 0 ? 1 << 30 : er->chunk_tokens[i];
-  if (sum != rows) {
-    sa__encode_response__free_unpacked(er, NULL);
-    coord_request_fail(r, SA_STATUS_INTERNAL, "encoder rows disagree with its chunk counts");
-    return;
-  }
-  r->hidden = co->cfg.hidden_size;
-  r->n_audio_rows = (int)rows;
-  r->audio_rows = malloc(sizeof(float) * (size_t)(rows ? rows : 1) * (size_t)r->hidden);
-  if (!r->audio_rows) {
-    sa__encode_response__free_unpacked(er, NULL);
-    coord_request_fail(r, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory for audio rows");
-    return;
-  }
-  sa_to_f32_n(r->audio_rows, res->tensors[0].data, res->tensors[0].desc.dtype,
-              (size_t)rows * (size_t)r->hidden);
-  free(r->audio);
-  r->audio = NULL;
-  int rc = build_prompt(r, er->chunk_tokens, (int)er->n_chunk_tokens, err, sizeof err);
-  sa__encode_response__free_unpacked(er, NULL);
-  if (rc) {
-    coord_request_fail(r, sa_err_to_status(rc), err);
-    return;
-  }
-  if (r->prompt_len + r->max_tokens > co->cfg.max_position_embeddings) {
-    snprintf(err, sizeof err,
-             "prompt (%d tokens, audio included) + max_tokens (%d) exceeds the "
-             "model's context of %d",
-             r->prompt_len, r->max_tokens, co->cfg.max_position_embeddings);
-    coord_request_fail(r, SA_STATUS_INVALID_ARGUMENT, err);
-    return;
-  }
-  Sa__SubmitEvent ev = SA__SUBMIT_EVENT__INIT;
-  Sa__Progress pr = SA__PROGRESS__INIT;
-  ev.payload_case = SA__SUBMIT_EVENT__PAYLOAD_PROGRESS;
-  ev.progress = &pr;
-  pr.stage = "encoded";
-  pr.prompt_tokens = r->prompt_len;
-  pr.audio_tokens = r->n_audio_rows;
-  send_event(r, &ev);
-  r->state = REQ_QUEUED;
-  coord_admit(co);
-  coord_schedule(co);
 }
 
-static void start_encode(request_t *r) {
-  coord_t *co = r->co;
-  int enc = coord_pick_encoder(co, r->encoder);
-  if (enc < 0) {
-    coord_request_fail(r, SA_STATUS_UNAVAILABLE, "no audio encoder is registered and healthy");
-    return;
-  }
-  r->encoder = enc;
-  r->encode_attempts++;
-  Sa__EncodeRequest er = SA__ENCODE_REQUEST__INIT;
-  er.audio.data = r->audio;
-  er.audio.len = r->audio_len;
-  er.max_audio_s = co->opts.max_audio_s;
-  er.out_dtype = SA__DTYPE__DTYPE_F32;
-  er.out_dtype_set = true;
-  er.request_id = r->request_id;
-  size_t len = sa__encode_request__get_packed_size(&er);
-  uint8_t *buf = malloc(len);
-  if (!buf) {
-    coord_request_fail(r, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    return;
-  }
-  sa__encode_request__pack(&er, buf);
-  sa_rpc_call_opts_t o = {.timeout_ms = co->opts.encode_timeout_ms, .trace_id = r->request_id};
-  int rc = sa_rpc_channel_call(co->workers[enc].ch, "Encoder/Encode", buf, len, NULL, 0,
-                               &o, on_encoded, r, NULL);
-  free(buf);
-  if (rc) {
-    if (r->encode_attempts < 3) {
-      co->workers[enc].healthy = rc == SA_EFULL;
-      start_encode(r);
-      return;
-    }
-    coord_request_fail(r, sa_err_to_status(rc), "could not reach an audio encoder");
-    return;
-  }
-  co->workers[enc].inflight++;
-  r->pending_ops++;
-}
-
-/* ---------------------------------------------------------------- Submit */
-
-static int valid_utf8(const char *s, size_t n) {
-  const unsigned char *p = (const unsigned char *)s;
-  size_t i = 0;
-  while (i < n) {
-    unsigned c = p[i];
-    int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (!len || i + len > n)
-      return 0;
-    unsigned cp = len == 1 ? c : len == 2 ? c & 0x1f : len == 3 ? c & 0x0f : c & 0x07;
-    for (int k = 1; k < len; k++) {
-      if ((p[i + k] & 0xc0) != 0x80)
-        return 0;
-      cp = (cp << 6) | (p[i + k] & 0x3f);
-    }
-    if ((len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) ||
-        cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-      return 0;
-    i += (size_t)len;
-  }
-  return 1;
-}
-
-static int validate(coord_t *co, const Sa__SubmitRequest *rq, char *msg, size_t cap) {
-  const coord_opts_t *o = &co->opts;
-  if (rq->audio.len == 0 && !rq->prompt[0]) {
-    snprintf(msg, cap, "empty request: send audio, a prompt, or both");
-    return SA_EINVAL;
-  }
-  if (rq->audio.len > o->max_audio_bytes) {
-    snprintf(msg, cap, "audio is %zu bytes; the limit is %zu", rq->audio.len, o->max_audio_bytes);
-    return SA_EINVAL;
-  }
-  if (rq->max_tokens < 1 || rq->max_tokens > o->max_tokens_limit) {
-    snprintf(msg, cap, "max_tokens must be between 1 and %d (got %d)", o->max_tokens_limit,
-             rq->max_tokens);
-    return SA_EINVAL;
-  }
-  int n = rq->n <= 0 ? 1 : rq->n;
-  if (n > o->max_chains || n > COORD_MAX_CHAINS) {
-    snprintf(msg, cap, "n must be between 1 and %d (got %d)",
-             o->max_chains < COORD_MAX_CHAINS ? o->max_chains : COORD_MAX_CHAINS, rq->n);
-    return SA_EINVAL;
-  }
-  size_t pl = strlen(rq->prompt), sl = strlen(rq->system);
-  if (pl > (size_t)o->max_prompt_bytes || sl > (size_t)o->max_prompt_bytes) {
-    snprintf(msg, cap, "prompt or system text over %d bytes", o->max_prompt_bytes);
-    return SA_EINVAL;
-  }
-  if (!valid_utf8(rq->prompt, pl) || !valid_utf8(rq->system, sl)) {
-    snprintf(msg, cap, "prompt and system text must be valid UTF-8");
-    return SA_EINVAL;
-  }
-  if (strlen(rq->request_id) >= 64) {
-    snprintf(msg, cap, "request_id over 63 bytes");
-    return SA_EINVAL;
-  }
-  const Sa__SamplingParams *s = rq->sampling;
-  if (s && (!(s->temperature >= 0 && s->temperature <= 100) || !(s->top_p >= 0 && s->top_p <= 1) ||
-            s->top_k < 0 || !(s->min_p >= 0 && s->min_p <= 1) ||
-            !(s->repetition_penalty >= 0 && s->repetition_penalty <= 100))) {
-    snprintf(msg, cap,
-             "sampling out of range: temperature 0..100, top_p 0..1, top_k >= 0, "
-             "min_p 0..1, repetition_penalty 0..100");
-    return SA_EINVAL;
-  }
-  if (rq->think_budget < 0 || rq->vote_k < 0) {
-    snprintf(msg, cap, "think_budget and vote_k must be >= 0");
-    return SA_EINVAL;
-  }
-  if (co->n_requests >= o->max_requests) {
-    snprintf(msg, cap, "the coordinator is at its limit of %d requests; retry later",
-             o->max_requests);
-    return SA_EFULL;
-  }
-  return 0;
-}
-
-void coord_submit_handler(sa_rpc_call_t *call, void *user) {
-  coord_t *co = user;
-  size_t len;
-  const void *body = sa_rpc_call_request(call, &len);
-  Sa__SubmitRequest *rq = sa__submit_request__unpack(NULL, len, body);
-  if (!rq) {
-    sa_rpc_call_finish(call, SA_STATUS_INVALID_ARGUMENT, "malformed SubmitRequest");
-    return;
-  }
-  char msg[512];
-  int rc = validate(co, rq, msg, sizeof msg);
-  if (rc) {
-    SA_LOG_INFO("refused a request: %s", msg);
-    sa_rpc_call_finish(call, sa_err_to_status(rc), msg);
-    sa__submit_request__free_unpacked(rq, NULL);
-    return;
-  }
-  request_t *r = calloc(1, sizeof *r);
-  if (!r) {
-    sa_rpc_call_finish(call, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    sa__submit_request__free_unpacked(rq, NULL);
-    return;
-  }
-  r->co = co;
-  r->id = ++co->next_request_id;
-  co->requests_total++;
-  if (rq->request_id[0])
-    snprintf(r->request_id, sizeof r->request_id, "%s", rq->request_id);
-  else
-    snprintf(r->request_id, sizeof r->request_id, "req-%llu", (unsigned long long)r->id);
-  r->call = call;
-  r->replica = -1;
-  r->encoder = -1;
-  r->max_tokens = rq->max_tokens;
-  r->n_chains = rq->n <= 0 ? 1 : rq->n;
-  r->vote_rule = rq->vote_rule;
-  r->vote_k = rq->vote_k;
-  r->think_budget = rq->think_budget;
-  sa__sampling_params__init(&r->sampling);
-  if (rq->sampling) {
-    r->sampling.temperature = rq->sampling->temperature;
-    r->sampling.top_p = rq->sampling->top_p;
-    r->sampling.top_k = rq->sampling->top_k;
-    r->sampling.min_p = rq->sampling->min_p;
-    r->sampling.repetition_penalty = rq->sampling->repetition_penalty;
-    r->sampling.seed = rq->sampling->seed;
-  }
-  r->stream_reasoning = true;
-  r->text_before_audio = rq->text_before_audio;
-  r->prompt_text = strdup(rq->prompt);
-  r->system_text = strdup(rq->system[0] ? rq->system : co->opts.default_system);
-  r->t_start_ms = coord_now_ms();
-  if (rq->audio.len) {
-    r->audio = malloc(rq->audio.len);
-    if (r->audio) {
-      memcpy(r->audio, rq->audio.data, rq->audio.len);
-      r->audio_len = rq->audio.len;
-    }
-  }
-  sa__submit_request__free_unpacked(rq, NULL);
-  if (!r->prompt_text || !r->system_text || (r->audio_len == 0 && r->audio)) {
-    sa_rpc_call_finish(call, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-    r->call = NULL;
-    request_destroy(r);
-    return;
-  }
-  for (int c = 0; c < r->n_chains; c++) {
-    chain_t *ch = &r->chains[c];
-    ch->req = r;
-    ch->idx = c;
-    ch->seq_id = ++co->next_seq_id;
-    ch->next_input = -1;
-    sa_detok_init(&ch->detok, co->tok);
-  }
-  /* link */
-  r->prev = co->requests_tail;
-  if (co->requests_tail)
-    co->requests_tail->next = r;
-  else
-    co->requests = r;
-  co->requests_tail = r;
-  co->n_requests++;
-  sa_rpc_call_set_cancel_cb(call, on_client_gone, r);
-  if (r->state == REQ_DONE) /* cancelled before we got here */
-    return;
-  SA_LOG_INFO("request %s: %zu audio bytes, %d chain(s), max %d tokens", r->request_id,
-              r->audio_len, r->n_chains, r->max_tokens);
-  if (r->audio_len) {
-    r->state = REQ_ENCODING;
-    start_encode(r);
-  } else {
-    char err[512];
-    int brc = build_prompt(r, NULL, 0, err, sizeof err);
-    if (brc) {
-      coord_request_fail(r, sa_err_to_status(brc), err);
-      return;
-    }
-    r->state = REQ_QUEUED;
-    coord_admit(co);
-    coord_schedule(co);
-  }
-}
-
-/* ----------------------------------------------------- tokens and results */
-
-static int append(char **buf, size_t *len, size_t *cap, const char *s, size_t n) {
-  if (*len + n + 1 > *cap) {
-    size_t nc = (*cap ? *cap * 2 : 256);
-    while (nc < *len + n + 1)
-      nc *= 2;
-    char *nb = realloc(*buf, nc);
-    if (!nb)
-      return SA_ENOMEM;
-    *buf = nb;
-    *cap = nc;
-  }
-  memcpy(*buf + *len, s, n);
-  *len += n;
-  (*buf)[*len] = '\0';
-  return 0;
-}
+/* -------------------------------------------------------- token results */
 
 /* Streams the text of one generated token of chain c. */
-void coord_emit_text(request_t *r, chain_t *c, int32_t tok) {
+static void emit_text(coord_requests_t *set, coord_request_t *r, coord_chain_t *c, int32_t tok) {
   char text[256];
   size_t n = 0;
   if (sa_detok_push(&c->detok, tok, text, sizeof text, &n) || n == 0)
     return;
-  Sa__SubmitEvent ev = SA__SUBMIT_EVENT__INIT;
-  Sa__SubmitEvent__Delta d = SA__SUBMIT_EVENT__DELTA__INIT;
-  ev.payload_case = SA__SUBMIT_EVENT__PAYLOAD_DELTA;
-  ev.delta = &d;
-  d.chain = c->idx;
-  d.kind = c->in_answer ? SA__DELTA_KIND__DELTA_ANSWER : SA__DELTA_KIND__DELTA_REASONING;
-  d.text = text;
-  text[n] = '\0';
-  d.token_count = 1;
-  if (c->in_answer)
-    append(&c->answer, &c->answer_len, &c->answer_cap, text, n);
-  else
-    append(&c->reasoning, &c->reasoning_len, &c->reasoning_cap, text, n);
-  if (r->t_first_token_ms == 0)
-    r->t_first_token_ms = coord_now_ms();
-  send_event(r, &ev);
+  chain_text(c, text, n);
+  coord_event_t ev = {
+      .kind = COORD_EV_DELTA, .chain = c->idx, .text = text, .len = n, .answer = c->in_answer};
+  emit(set, r, &ev);
 }
 
-/* The client's stream failed (it went away or its deadline passed): cancel
- * the request as if the RPC layer had reported it. Returns true if so. */
-bool coord_request_check_client(request_t *r) {
-  if (!r->client_lost || r->state == REQ_DONE)
-    return false;
-  on_client_gone(r->call, r);
-  return true;
-}
-
-/* Trims and flushes a chain's held-back bytes at its end. */
-void coord_chain_flush(request_t *r, chain_t *c) {
-  char text[32];
-  size_t n = 0;
-  if (sa_detok_flush(&c->detok, text, sizeof text, &n) == 0 && n) {
-    text[n] = '\0';
+/* The token sampled for chain c. */
+static void chain_token(coord_requests_t *set, coord_request_t *r, coord_chain_t *c,
+                        int32_t tok) {
+  const coord_model_t *m = set->model;
+  if (c->n_tokens == c->cap_tokens) {
+    int nc = c->cap_tokens ? c->cap_tokens * 2 : 64;
+    int32_t *nt = realloc(c->tokens, sizeof(int32_t) * (size_t)nc);
+    if (!nt) {
+      request_fail(set, r, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      return;
+    }
+    c->tokens = nt;
+    c->cap_tokens = nc;
+  }
+  /* the think budget: once reasoning reaches it, </think> is forced */
+  if (!c->in_answer && r->think_budget > 0 && c->reasoning_tokens >= r->think_budget &&
+      tok != m->tok_think_end && m->tok_think_end >= 0)
+    tok = m->tok_think_end;
+  c->tokens[c->n_tokens++] = tok;
+  c->next_input = tok;
+  if (r->t_first_token_ms == 0) /* a token, even one that makes no text yet */
+    r->t_first_token_ms = sa_now_ms();
+  if (tok == m->tok_eot) {
+    chain_finish(set, r, c, SA__FINISH_REASON__FINISH_EOT);
+    return;
+  }
+  if (tok == m->tok_think_end && !c->in_answer) {
+    chain_flush(c);
+    sa_detok_init(&c->detok, set->tok);
+    c->in_answer = true; /* </think> itself counts as neither */
+  } else {
     if (c->in_answer)
-      append(&c->answer, &c->answer_len, &c->answer_cap, text, n);
+      c->answer_tokens++;
     else
-      append(&c->reasoning, &c->reasoning_len, &c->reasoning_cap, text, n);
+      c->reasoning_tokens++;
+    emit_text(set, r, c, tok);
   }
-  (void)r;
+  if (c->n_tokens >= r->max_tokens)
+    chain_finish(set, r, c, SA__FINISH_REASON__FINISH_LENGTH);
 }
 
-void coord_request_try_finish(request_t *r) {
-  if (r->state == REQ_DONE || r->chains_done < r->n_chains)
-    return;
-  coord_t *co = r->co;
-  Sa__SubmitEvent ev = SA__SUBMIT_EVENT__INIT;
-  Sa__FinalResult fr = SA__FINAL_RESULT__INIT;
-  Sa__ChainResult crs[COORD_MAX_CHAINS];
-  Sa__ChainResult *cp[COORD_MAX_CHAINS];
-  int64_t gen = 0;
-  for (int i = 0; i < r->n_chains; i++) {
-    chain_t *c = &r->chains[i];
-    sa__chain_result__init(&crs[i]);
-    crs[i].chain = i;
-    crs[i].answer = c->answer ? c->answer : "";
-    crs[i].normalized_answer = c->normalized;
-    crs[i].finish_reason = c->finish;
-    crs[i].reasoning_tokens = c->reasoning_tokens;
-    crs[i].answer_tokens = c->answer_tokens;
-    crs[i].reasoning = c->reasoning ? c->reasoning : "";
-    crs[i].tokens = c->tokens;
-    crs[i].n_tokens = (size_t)c->n_tokens;
-    crs[i].seed = sa_rng_chain_seed(r->sampling.seed, (uint32_t)i);
-    cp[i] = &crs[i];
-    gen += c->n_tokens;
-  }
-  fr.chains = cp;
-  fr.n_chains = (size_t)r->n_chains;
-  coord_vote(r, &fr);
-  fr.prompt_tokens = r->prompt_len;
-  fr.audio_tokens = r->n_audio_rows;
-  fr.tokens_generated = gen;
-  fr.tokens_saved = r->tokens_saved;
-  fr.elapsed_s = (double)(coord_now_ms() - r->t_start_ms) / 1000.0;
-  fr.time_to_first_token_s =
-      r->t_first_token_ms ? (double)(r->t_first_token_ms - r->t_start_ms) / 1000.0 : 0;
-  ev.payload_case = SA__SUBMIT_EVENT__PAYLOAD_FINAL;
-  ev.final = &fr;
-  send_event(r, &ev);
-  SA_LOG_INFO("request %s done: %lld tokens in %.2f s", r->request_id, (long long)gen,
-              fr.elapsed_s);
-  r->state = REQ_DONE;
-  end_stream(r, SA_STATUS_OK, NULL);
-  (void)co;
-  request_maybe_reap(r);
+/* True for a step failure another replica may not have. */
+static bool retryable_step(sa_status_t st) {
+  return st == SA_STATUS_UNAVAILABLE || st == SA_STATUS_DEADLINE_EXCEEDED ||
+         st == SA_STATUS_FAILED_PRECONDITION || st == SA_STATUS_ABORTED;
 }
 
-/* Tells the client that chain c finished by itself (sched.c calls it after
- * the vote saw the chain): its finish reason, normalized answer, tokens and
- * the vote's current leader. */
-void coord_request_chain_event(request_t *r, chain_t *c) {
-  Sa__SubmitEvent ev = SA__SUBMIT_EVENT__INIT;
-  Sa__Progress pr = SA__PROGRESS__INIT;
-  ev.payload_case = SA__SUBMIT_EVENT__PAYLOAD_PROGRESS;
-  ev.progress = &pr;
-  pr.stage = "chain_done";
-  pr.chain = c->idx;
-  pr.finish_reason = c->finish;
-  pr.chain_answer = c->normalized;
-  pr.chain_tokens = c->n_tokens;
-  pr.chains_finished = r->chains_done;
-  pr.chains_running = r->n_chains - r->chains_done;
-  int votes = 0;
-  pr.leading_answer = (char *)coord_vote_leader(r, &votes);
-  pr.leading_votes = votes;
-  pr.prompt_tokens = r->prompt_len;
-  pr.audio_tokens = r->n_audio_rows;
-  send_event(r, &ev);
-}
-
-/* Called by sched.c whenever a chain or a pending op of r completes. */
-void coord_request_progress(request_t *r) { request_maybe_reap(r); }
-
-static void cancel_handler_impl(sa_rpc_call_t *call, void *user) {
-  coord_t *co = user;
-  size_t len;
-  const void *body = sa_rpc_call_request(call, &len);
-  Sa__CancelRequest *rq = sa__cancel_request__unpack(NULL, len, body);
-  if (!rq) {
-    sa_rpc_call_reply(call, SA_STATUS_INVALID_ARGUMENT, "malformed CancelRequest", NULL, 0, NULL, 0);
+static void start_fork(coord_requests_t *set, coord_request_t *r) {
+  int rc = set->pl_ops->fork(set->pl, r);
+  if (rc) {
+    request_fail(set, r,
+                 rc == SA_ENOMEM ? SA_STATUS_RESOURCE_EXHAUSTED : SA_STATUS_UNAVAILABLE,
+                 rc == SA_ENOMEM ? "out of memory" : "could not reach the stages to fork");
     return;
   }
-  Sa__CancelResponse resp = SA__CANCEL_RESPONSE__INIT;
-  for (request_t *r = co->requests; r; r = r->next)
-    if (strcmp(r->request_id, rq->request_id) == 0 && r->state != REQ_DONE) {
-      resp.found = true;
-      on_client_gone(NULL, r);
+  r->state = COORD_REQ_FORKING;
+  r->fork_inflight = true;
+  r->pending_ops++;
+}
+
+static void apply_prefill(coord_requests_t *set, coord_request_t *r, const coord_step_entry_t *e) {
+  if (r->state != COORD_REQ_PREFILL) { /* ended while the chunk was out */
+    if (r->chains[0].state == COORD_CHAIN_DONE)
+      chain_free(set, r, &r->chains[0]);
+    return;
+  }
+  r->prefilled += e->n_tokens;
+  if (r->prefilled < r->prompt_len - 1)
+    return;
+  for (int k = 0; k < r->n_chains; k++)
+    r->chains[k].next_input = r->prompt[r->prompt_len - 1];
+  if (r->n_chains > 1) {
+    start_fork(set, r);
+  } else {
+    r->state = COORD_REQ_DECODING;
+    r->chains[0].state = COORD_CHAIN_DECODE;
+  }
+}
+
+static void apply_replay(coord_requests_t *set, coord_request_t *r, coord_chain_t *c,
+                         const coord_step_entry_t *e, int ri) {
+  if (r->state != COORD_REQ_REPLAY || c->state != COORD_CHAIN_WAIT) {
+    chain_free(set, r, c);
+    return;
+  }
+  c->replayed += e->n_tokens;
+  if (c->replayed < coord_sched_replay_len(r, c))
+    return;
+  c->next_input = c->n_tokens ? c->tokens[c->n_tokens - 1] : r->prompt[r->prompt_len - 1];
+  c->state = COORD_CHAIN_DECODE;
+  for (int k = 0; k < r->n_chains; k++)
+    if (r->chains[k].state == COORD_CHAIN_WAIT)
+      return;
+  r->state = COORD_REQ_DECODING;
+  const coord_replica_t *rp = coord_registry_replica(set->reg, ri);
+  SA_LOG_INFO("request %s: re-prefilled on replica %s; decoding resumes", r->request_id,
+              rp ? rp->name : "?");
+}
+
+static void apply_step(coord_requests_t *set, const coord_step_t *st) {
+  if (st->status != SA_STATUS_OK) {
+    const coord_replica_t *rp = coord_registry_replica(set->reg, st->replica);
+    SA_LOG_WARN("replica %s batch %llu: %s", rp ? rp->name : "?",
+                (unsigned long long)st->batch_id, st->msg);
+  }
+  for (int i = 0; i < st->n; i++) {
+    const coord_step_entry_t *e = &st->e[i];
+    coord_request_t *r = e->req;
+    coord_chain_t *c = &r->chains[e->chain];
+    if (e->kind == COORD_STEP_PREFILL)
+      r->prefill_inflight = false;
+    else
+      c->inflight = false;
+    if (e->epoch != r->epoch) { /* sent before a failover: the KV is gone with it */
+      free_stale(set, r, st->replica, e->seq_id);
+      continue;
+    }
+    if (st->status != SA_STATUS_OK) {
+      if (retryable_step(st->status))
+        request_requeue(set, r, st->status, st->msg);
+      else
+        request_fail(set, r, st->status, st->msg);
+      continue;
+    }
+    switch (e->kind) {
+    case COORD_STEP_PREFILL:
+      apply_prefill(set, r, e);
+      break;
+    case COORD_STEP_REPLAY:
+      apply_replay(set, r, c, e, st->replica);
+      break;
+    case COORD_STEP_DECODE:
+      if (c->state != COORD_CHAIN_DECODE || r->state == COORD_REQ_DONE) {
+        chain_free(set, r, c); /* cancelled or decided while in flight */
+        break;
+      }
+      if (e->token < 0) {
+        request_fail(set, r, SA_STATUS_INTERNAL, "the last stage returned no token");
+        break;
+      }
+      chain_token(set, r, c, e->token);
+      request_try_finish(set, r);
       break;
     }
-  sa__cancel_request__free_unpacked(rq, NULL);
-  uint8_t buf[16];
-  size_t n = sa__cancel_response__pack(&resp, buf);
-  sa_rpc_call_reply(call, SA_STATUS_OK, NULL, buf, n, NULL, 0);
+  }
 }
 
-void coord_cancel_handler(sa_rpc_call_t *call, void *user) { cancel_handler_impl(call, user); }
+static void apply_fork(coord_requests_t *set, coord_request_t *r, sa_status_t st,
+                       const char *msg) {
+  r->pending_ops--;
+  r->fork_inflight = false;
+  if (r->state != COORD_REQ_FORKING) { /* ended or failed over meanwhile */
+    for (int c = 1; c < r->n_chains; c++)
+      if (r->chains[c].state == COORD_CHAIN_DONE)
+        chain_free(set, r, &r->chains[c]);
+    return;
+  }
+  if (st != SA_STATUS_OK) {
+    request_requeue(set, r, SA_STATUS_UNAVAILABLE, msg);
+    return;
+  }
+  r->state = COORD_REQ_DECODING;
+  for (int c = 0; c < r->n_chains; c++)
+    if (r->chains[c].state == COORD_CHAIN_WAIT)
+      r->chains[c].state = COORD_CHAIN_DECODE;
+}
+
+static void apply_records(coord_requests_t *set) {
+  coord_record_t *rec = set->rec_head;
+  set->rec_head = set->rec_tail = NULL;
+  for (coord_record_t *next; rec; rec = next) {
+    next = rec->next;
+    switch (rec->kind) {
+    case REC_STEP:
+      apply_step(set, rec->step);
+      break;
+    case REC_FORK:
+      apply_fork(set, rec->r, rec->status, rec->msg);
+      break;
+    case REC_FREE:
+      rec->r->pending_ops--;
+      break;
+    case REC_ENCODE:
+      apply_encoded(set, rec->r, rec->enc);
+      break;
+    case REC_REPLICA_LOST:
+      for (coord_request_t *r = set->head; r; r = r->next)
+        if (r->replica == rec->replica && r->state != COORD_REQ_DONE)
+          request_requeue(set, r, SA_STATUS_UNAVAILABLE, rec->msg);
+      break;
+    }
+    free_record(rec);
+  }
+}
+
+static void apply_cancels(coord_requests_t *set) {
+  for (coord_request_t *r = set->head; r; r = r->next) {
+    if (r->state == COORD_REQ_DONE)
+      continue;
+    if (set->stopping)
+      request_fail(set, r, SA_STATUS_UNAVAILABLE, "the coordinator is shutting down");
+    else if (r->cancel_asked) {
+      SA_LOG_INFO("request %s: client went away or cancelled; cancelling", r->request_id);
+      request_fail_as(set, r, SA_STATUS_CANCELLED, "cancelled by the client",
+                      SA__FINISH_REASON__FINISH_CLIENT_CANCELLED);
+    }
+  }
+}
+
+/* Frees the requests that ended and that nothing refers to any more.
+ * Returns true if KV blocks went back (admission may proceed). */
+static bool reap(coord_requests_t *set) {
+  bool released = false;
+  for (coord_request_t *r = set->head, *next; r; r = next) {
+    next = r->next;
+    if (r->state != COORD_REQ_DONE || !r->ended || r->pending_ops > 0 || r->prefill_inflight)
+      continue;
+    bool busy = false;
+    for (int c = 0; c < r->n_chains && !busy; c++)
+      busy = r->chains[c].inflight;
+    if (busy)
+      continue;
+    if (r->replica >= 0 && r->kv_reserved) {
+      coord_registry_reserve(set->reg, r->replica, -r->kv_reserved);
+      released = true;
+    }
+    if (r->prev)
+      r->prev->next = r->next;
+    else
+      set->head = r->next;
+    if (r->next)
+      r->next->prev = r->prev;
+    else
+      set->tail = r->prev;
+    set->n--;
+    request_destroy(r);
+  }
+  return released;
+}
+
+void coord_requests_process(coord_requests_t *set) {
+  for (int round = 0; round < MAX_PASS_ROUNDS && set->dirty; round++) {
+    set->dirty = false;
+    apply_records(set);
+    apply_cancels(set);
+    start_new(set);
+    admit(set);
+    if (!set->stopping)
+      schedule(set);
+    if (reap(set))
+      set->dirty = true;
+    if (set->rec_head) /* recorded during the pass (a registry change) */
+      set->dirty = true;
+  }
+}

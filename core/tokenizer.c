@@ -17,6 +17,7 @@
 
 #include "sa_error.h"
 #include "tokenizer_impl.h"
+#include "utf8.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <cjson/cJSON.h>
@@ -182,73 +183,6 @@ long sa__bytelevel_encode(const uint8_t *raw, size_t n, char *out,
   return (long)o;
 }
 
-int sa__utf8_seq(const uint8_t *s, size_t n, size_t *adv, uint32_t *cp) {
-  uint8_t c = s[0];
-  if (c < 0x80) {
-    *adv = 1;
-    if (cp)
-      *cp = c;
-    return 1;
-  }
-  size_t need;
-  uint8_t lo = 0x80, hi = 0xBF;
-  uint32_t v;
-  if (c >= 0xC2 && c <= 0xDF) {
-    need = 2;
-    v = c & 0x1F;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    need = 3;
-    v = c & 0x0F;
-    if (c == 0xE0)
-      lo = 0xA0;
-    else if (c == 0xED)
-      hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    need = 4;
-    v = c & 0x07;
-    if (c == 0xF0)
-      lo = 0x90;
-    else if (c == 0xF4)
-      hi = 0x8F;
-  } else {
-    *adv = 1;
-    return -1;
-  }
-  for (size_t i = 1; i < need; i++) {
-    if (i >= n) {
-      *adv = n;
-      return 0;
-    }
-    uint8_t d = s[i];
-    uint8_t l = i == 1 ? lo : 0x80, h = i == 1 ? hi : 0xBF;
-    if (d < l || d > h) {
-      *adv = i;
-      return -1;
-    }
-    v = (v << 6) | (d & 0x3F);
-  }
-  *adv = need;
-  if (cp)
-    *cp = v;
-  return 1;
-}
-
-/* Returns the offset of the first invalid byte, or n if s is valid UTF-8. */
-static size_t utf8_check(const uint8_t *s, size_t n) {
-  size_t i = 0;
-  while (i < n) {
-    if (s[i] < 0x80) {
-      i++;
-      continue;
-    }
-    size_t adv;
-    if (sa__utf8_seq(s + i, n - i, &adv, NULL) != 1)
-      return i;
-    i += adv;
-  }
-  return n;
-}
-
 /* ------------------------------------------------------------------------ */
 /* load                                                                     */
 
@@ -332,7 +266,7 @@ static long bytelevel_decode_str(const char *s, size_t n, uint8_t *out) {
   while (i < n) {
     size_t adv;
     uint32_t cp;
-    if (sa__utf8_seq((const uint8_t *)s + i, n - i, &adv, &cp) != 1)
+    if (sa_utf8_decode((const uint8_t *)s + i, n - i, &adv, &cp) != 1)
       return -1;
     int b = sa__bytelevel_byte(cp);
     if (b < 0)
@@ -536,7 +470,7 @@ static int load_added(sa_tokenizer_t *t, const cJSON *arr, char *err,
       return SA_EFORMAT;
     }
     size_t len = strlen(c->valuestring);
-    if (utf8_check((const uint8_t *)c->valuestring, len) != len) {
+    if (sa_utf8_check((const uint8_t *)c->valuestring, len) != len) {
       sa_set_err(err, cap, "added_tokens[%zu]: content is not UTF-8", t->n_added);
       return SA_EFORMAT;
     }
@@ -1162,7 +1096,7 @@ static int encode_plain(const sa_tokenizer_t *t, scratch_t *s, const char *p,
       if (ms >= n)
         break;
       size_t adv;
-      sa__utf8_seq((const uint8_t *)p + ms, n - ms, &adv, NULL);
+      sa_utf8_decode((const uint8_t *)p + ms, n - ms, &adv, NULL);
       pos = ms + adv;
       continue;
     }
@@ -1182,14 +1116,14 @@ static int is_ws(const uint8_t *p, size_t n, size_t *adv, int back) {
   /* ASCII whitespace and Unicode White_Space via utf8proc category. */
   uint32_t cp;
   if (!back) {
-    if (sa__utf8_seq(p, n, adv, &cp) != 1)
+    if (sa_utf8_decode(p, n, adv, &cp) != 1)
       return 0;
   } else {
     /* p points one past the char; walk back over continuation bytes */
     size_t k = 1;
     while (k < n && k < 4 && (p[-(long)k] & 0xC0) == 0x80)
       k++;
-    if (sa__utf8_seq(p - k, k, adv, &cp) != 1 || *adv != k)
+    if (sa_utf8_decode(p - k, k, adv, &cp) != 1 || *adv != k)
       return 0;
   }
   if (cp == ' ' || (cp >= 0x09 && cp <= 0x0D) || cp == 0x85)
@@ -1207,7 +1141,7 @@ static int is_word_char_before(const uint8_t *base, size_t at) {
     k++;
   size_t adv;
   uint32_t cp;
-  if (sa__utf8_seq(base + at - k, k, &adv, &cp) != 1)
+  if (sa_utf8_decode(base + at - k, k, &adv, &cp) != 1)
     return 0;
   if (cp == '_')
     return 1;
@@ -1221,7 +1155,7 @@ static int is_word_char_at(const uint8_t *base, size_t at, size_t n) {
     return 0;
   size_t adv;
   uint32_t cp;
-  if (sa__utf8_seq(base + at, n - at, &adv, &cp) != 1)
+  if (sa_utf8_decode(base + at, n - at, &adv, &cp) != 1)
     return 0;
   if (cp == '_')
     return 1;
@@ -1321,7 +1255,7 @@ static int encode_impl(const sa_tokenizer_t *t, const char *text, size_t len,
     sa_set_err(err, cap, "no tokenizer or text");
     return SA_EINVAL;
   }
-  size_t bad = utf8_check((const uint8_t *)text, len);
+  size_t bad = sa_utf8_check((const uint8_t *)text, len);
   if (bad != len) {
     sa_set_err(err, cap, "text is not valid UTF-8 at byte %zu (0x%02x)", bad,
             (unsigned)(uint8_t)text[bad]);
@@ -1510,7 +1444,7 @@ int sa_detok_push(sa_detok_t *d, int32_t id, char *out, size_t cap,
     size_t avail = total - i < 4 ? total - i : 4, adv;
     for (size_t k = 0; k < avail; k++)
       tmp[k] = AT(i + k);
-    int r = sa__utf8_seq(tmp, avail, &adv, NULL);
+    int r = sa_utf8_decode(tmp, avail, &adv, NULL);
     if (r == 1) {
       memcpy(out + o, tmp, adv);
       o += adv;

@@ -24,10 +24,5 @@ int sa__bytelevel_byte(uint32_t cp);
  * out[cap]; returns its length or -1 if it does not fit. */
 long sa__bytelevel_encode(const uint8_t *raw, size_t n, char *out, size_t cap);
 
-/* Looks at one UTF-8 sequence at s[0..n), n >= 1. Returns 1 if it is a valid
- * complete character (*adv = its length), 0 if s[0..n) is a valid but
- * incomplete prefix that ends at n (*adv = n), -1 if it is invalid (*adv =
- * the length of the maximal invalid subpart, >= 1, to replace by U+FFFD). */
-int sa__utf8_seq(const uint8_t *s, size_t n, size_t *adv, uint32_t *cp);
 
 #endif /* SA_TOKENIZER_IMPL_H */

@@ -12,6 +12,7 @@
 
 #include "sa_error.h"
 #include "tokenizer.h"
+#include "utf8.h"
 
 #define CHECK(c)                                                               \
   do {                                                                         \
@@ -39,25 +40,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   return 0;
 }
 
-static int valid_utf8(const uint8_t *s, size_t n) {
-  size_t i = 0;
-  while (i < n) {
-    utf8proc_int32_t cp;
-    utf8proc_ssize_t r = utf8proc_iterate(s + i, (utf8proc_ssize_t)(n - i), &cp);
-    if (r <= 0)
-      return 0;
-    i += (size_t)r;
-  }
-  return 1;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int32_t *ids = NULL;
   size_t n = 0;
   char err[256];
   int rc = sa_tokenizer_encode(g_tok, (const char *)data, size, 0, &ids, &n, err,
                                sizeof err);
-  int valid = valid_utf8(data, size);
+  int valid = sa_utf8_valid(data, size);
   if (!valid) {
     CHECK(rc == SA_EINVAL && ids == NULL && err[0]);
     return 0;
@@ -83,7 +72,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   sa_detok_init(&d, g_tok);
   for (size_t i = 0; i < n; i++) {
     CHECK(sa_detok_push(&d, ids[i], chunk, cap, &k) == 0);
-    CHECK(valid_utf8((const uint8_t *)chunk, k));
+    CHECK(sa_utf8_valid((const uint8_t *)chunk, k));
     memcpy(acc + got, chunk, k);
     got += k;
   }

@@ -21,6 +21,7 @@
 
 #include "sa_error.h"
 #include "tokenizer.h"
+#include "utf8.h"
 
 #define TOK_DIR SA_FIXTURES_DIR "/tokenizer/qwen-bpe"
 #define CASES SA_FIXTURES_DIR "/tokenizer/cases.jsonl"
@@ -112,19 +113,6 @@ static void test_decode_is_nfc(void **state) {
   }
 }
 
-static int valid_utf8(const char *s, size_t n) {
-  utf8proc_int32_t cp;
-  size_t i = 0;
-  while (i < n) {
-    utf8proc_ssize_t r =
-        utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &cp);
-    if (r <= 0)
-      return 0;
-    i += (size_t)r;
-  }
-  return 1;
-}
-
 /* GPT-2 bytes_to_unicode, written out here independently of the library. */
 static void byte_token(int b, char out[4]) {
   int cp;
@@ -214,7 +202,7 @@ static void test_stream_cases(void **state) {
     sa_detok_init(&d, g_tok);
     for (size_t k = 0; k < c->n; k++) {
       assert_int_equal(sa_detok_push(&d, c->ids[k], chunk, cap, &n), 0);
-      assert_true(valid_utf8(chunk, n));
+      assert_true(sa_utf8_valid(chunk, n));
       memcpy(acc + acc_len, chunk, n);
       acc_len += n;
     }

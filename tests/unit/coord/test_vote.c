@@ -1,8 +1,8 @@
 /*
- * test_vote — coordinator/vote.c: answer normalisation and the vote rules
- * (majority with early stop, window:k in finishing order, none) over
- * scripted answer streams. Built from this file + vote.c with a stub for
- * coord_chain_free (sched.c), which records the chains it was asked to free.
+ * test_vote — coordinator/answer.c and vote.c, both pure: answer
+ * normalisation and the vote rules (majority with early stop, window:k in
+ * finishing order, none) over scripted answer streams. The vote inside a
+ * running request (cancelling the losers) is test_request.c's.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,25 +13,14 @@
 
 #include <cmocka.h>
 
-#include "coord.h"
-
-/* ------------------------------------------------------------- the stub */
-
-static int g_freed[COORD_MAX_CHAINS];
-static int g_n_freed;
-
-void coord_chain_free(request_t *r, chain_t *c) {
-  (void)r;
-  if (g_n_freed < COORD_MAX_CHAINS)
-    g_freed[g_n_freed++] = c->idx;
-  c->freed = true;
-}
+#include "answer.h"
+#include "vote.h"
 
 /* ------------------------------------------------------- normalisation */
 
 static void expect_norm(const char *in, const char *want) {
   char out[256];
-  coord_normalize_answer(in, out, sizeof out);
+  coord_answer_normalize(in, out, sizeof out);
   if (strcmp(out, want) != 0)
     fail_msg("normalize(\"%s\") = \"%s\", want \"%s\"", in, out, want);
 }
@@ -104,26 +93,26 @@ static void test_normalize_numbers(void **state) {
   expect_norm("x-1", "x1");
   /* different numbers stay different */
   char a[64], b[64];
-  coord_normalize_answer("-5", a, sizeof a);
-  coord_normalize_answer("5", b, sizeof b);
+  coord_answer_normalize("-5", a, sizeof a);
+  coord_answer_normalize("5", b, sizeof b);
   assert_string_not_equal(a, b);
-  coord_normalize_answer("1.5", a, sizeof a);
-  coord_normalize_answer("15", b, sizeof b);
+  coord_answer_normalize("1.5", a, sizeof a);
+  coord_answer_normalize("15", b, sizeof b);
   assert_string_not_equal(a, b);
 }
 
 static void test_normalize_capacity(void **state) {
   (void)state;
   char out[8];
-  coord_normalize_answer("abcdefghijklmnop", out, sizeof out);
+  coord_answer_normalize("abcdefghijklmnop", out, sizeof out);
   assert_string_equal(out, "abcdefg");
-  coord_normalize_answer("ééééé", out, sizeof out); /* 2 bytes each: whole code points */
+  coord_answer_normalize("ééééé", out, sizeof out); /* 2 bytes each: whole code points */
   assert_string_equal(out, "ééé");
-  coord_normalize_answer("123456789", out, sizeof out); /* a number fits whole or not at all */
+  coord_answer_normalize("123456789", out, sizeof out); /* a number fits whole or not at all */
   assert_string_equal(out, "");
-  coord_normalize_answer("x", out, 1);
+  coord_answer_normalize("x", out, 1);
   assert_string_equal(out, "");
-  coord_normalize_answer(NULL, out, sizeof out);
+  coord_answer_normalize(NULL, out, sizeof out);
   assert_string_equal(out, "");
 }
 
@@ -228,162 +217,6 @@ static void test_decide_none(void **state) {
   assert_int_equal(v, 0);
 }
 
-/* ------------------------------------- the request-level path (early stop) */
-
-static request_t *new_request(int n, Sa__VoteRule rule, int k, int max_tokens) {
-  request_t *r = calloc(1, sizeof *r);
-  assert_non_null(r);
-  snprintf(r->request_id, sizeof r->request_id, "test");
-  r->n_chains = n;
-  r->vote_rule = rule;
-  r->vote_k = k;
-  r->max_tokens = max_tokens;
-  r->replica = 0;
-  for (int i = 0; i < n; i++) {
-    r->chains[i].req = r;
-    r->chains[i].idx = i;
-    r->chains[i].state = CHAIN_DECODE;
-  }
-  g_n_freed = 0;
-  return r;
-}
-
-static void free_request(request_t *r) {
-  for (int i = 0; i < r->n_chains; i++)
-    free(r->chains[i].answer);
-  free(r);
-}
-
-/* What sched.c's chain_finish does: answer == NULL: no </think>. */
-static void finish_chain(request_t *r, int i, const char *answer, int n_tokens) {
-  chain_t *c = &r->chains[i];
-  assert_int_not_equal(c->state, CHAIN_DONE);
-  c->n_tokens = n_tokens;
-  if (answer) {
-    c->in_answer = true;
-    c->answer = strdup(answer);
-  }
-  c->state = CHAIN_DONE;
-  c->finish = SA__FINISH_REASON__FINISH_EOT;
-  r->chains_done++;
-  coord_chain_done(r, c);
-}
-
-static void test_request_majority_early_stop(void **state) {
-  (void)state;
-  request_t *r = new_request(8, SA__VOTE_RULE__VOTE_MAJORITY, 0, 100);
-  /* finishing order 5, 2, 7, 0: "Paris" in four spellings */
-  finish_chain(r, 5, "Paris.", 40);
-  finish_chain(r, 2, " paris", 50);
-  finish_chain(r, 7, "PARIS!", 60);
-  assert_int_equal(r->chains_done, 3);
-  assert_int_equal(g_n_freed, 0);
-  finish_chain(r, 0, "Paris", 70);
-  /* decided: the four others are cancelled and freed */
-  assert_int_equal(r->chains_done, 8);
-  assert_int_equal(g_n_freed, 4);
-  int cancelled = 0;
-  for (int i = 0; i < 8; i++)
-    if (r->chains[i].finish == SA__FINISH_REASON__FINISH_CANCELLED) {
-      cancelled++;
-      assert_true(r->chains[i].freed);
-      assert_string_equal(r->chains[i].normalized, "");
-    }
-  assert_int_equal(cancelled, 4);
-  assert_int_equal(r->tokens_saved, 4 * 100);
-  Sa__FinalResult fr = SA__FINAL_RESULT__INIT;
-  coord_vote(r, &fr);
-  assert_string_equal(fr.answer, "Paris."); /* the first raw answer of the winner */
-  assert_int_equal(fr.votes, 4);
-  free_request(r);
-}
-
-static void test_request_tie_and_no_answers(void **state) {
-  (void)state;
-  request_t *r = new_request(6, SA__VOTE_RULE__VOTE_MAJORITY, 0, 50);
-  finish_chain(r, 3, NULL, 50);       /* no </think>: no answer */
-  finish_chain(r, 1, "B", 20);
-  finish_chain(r, 0, "   ", 20);      /* nothing after normalisation */
-  finish_chain(r, 4, "(a)", 20);
-  finish_chain(r, 2, "A.", 20);
-  assert_int_equal(g_n_freed, 0);     /* b can still tie a and win the tie */
-  finish_chain(r, 5, "option b", 20);
-  assert_int_equal(g_n_freed, 0);
-  Sa__FinalResult fr = SA__FINAL_RESULT__INIT;
-  coord_vote(r, &fr);
-  assert_string_equal(fr.answer, "B"); /* 2-2: b was given first */
-  assert_int_equal(fr.votes, 2);
-  assert_string_equal(r->chains[3].normalized, "");
-  assert_string_equal(r->chains[0].normalized, "");
-  free_request(r);
-
-  /* every chain without an answer: no voted answer */
-  r = new_request(3, SA__VOTE_RULE__VOTE_MAJORITY, 0, 10);
-  for (int i = 0; i < 3; i++)
-    finish_chain(r, i, NULL, 10);
-  coord_vote(r, &fr);
-  assert_string_equal(fr.answer, "");
-  assert_int_equal(fr.votes, 0);
-  free_request(r);
-}
-
-static void test_request_window_order(void **state) {
-  (void)state;
-  /* chain indices and finishing order differ: chains 0 and 1 agree but did
-   * not finish one after the other; 6 and 3 then do */
-  request_t *r = new_request(8, SA__VOTE_RULE__VOTE_FIRST_K_AGREE, 2, 64);
-  finish_chain(r, 0, "42", 10);
-  finish_chain(r, 4, "41", 11);
-  finish_chain(r, 1, "42.0", 12);   /* 42 has 2 votes, not in a row */
-  assert_int_equal(g_n_freed, 0);
-  finish_chain(r, 6, "41", 13);     /* 41, 42, 41: no streak */
-  assert_int_equal(g_n_freed, 0);
-  finish_chain(r, 3, "41", 14);     /* 41, 41 in a row */
-  assert_int_equal(g_n_freed, 3);
-  assert_int_equal(r->chains_done, 8);
-  Sa__FinalResult fr = SA__FINAL_RESULT__INIT;
-  coord_vote(r, &fr);
-  assert_string_equal(fr.answer, "41");
-  assert_int_equal(fr.votes, 3);
-  free_request(r);
-
-  /* a no-answer between two agreeing chains breaks the streak */
-  r = new_request(4, SA__VOTE_RULE__VOTE_FIRST_K_AGREE, 2, 64);
-  finish_chain(r, 0, "yes", 10);
-  finish_chain(r, 1, NULL, 10);
-  finish_chain(r, 2, "Yes!", 10);
-  assert_int_equal(g_n_freed, 0);
-  assert_int_equal(r->chains_done, 3);
-  free_request(r);
-}
-
-static void test_request_none_and_single(void **state) {
-  (void)state;
-  request_t *r = new_request(4, SA__VOTE_RULE__VOTE_NONE, 0, 64);
-  finish_chain(r, 0, "x", 10);
-  finish_chain(r, 1, "x", 10);
-  finish_chain(r, 2, "x", 10);
-  assert_int_equal(g_n_freed, 0);
-  assert_int_equal(r->chains_done, 3);
-  finish_chain(r, 3, "y", 10);
-  Sa__FinalResult fr = SA__FINAL_RESULT__INIT;
-  coord_vote(r, &fr);
-  assert_string_equal(fr.answer, "");
-  assert_int_equal(fr.votes, 0);
-  assert_string_equal(r->chains[3].normalized, "y");
-  free_request(r);
-
-  r = new_request(1, SA__VOTE_RULE__VOTE_MAJORITY, 0, 64);
-  finish_chain(r, 0, " Hello, World ", 10);
-  coord_vote(r, &fr);
-  assert_string_equal(fr.answer, " Hello, World ");
-  assert_int_equal(fr.votes, 1);
-  assert_string_equal(r->chains[0].normalized, "hello world");
-  int v;
-  assert_string_equal(coord_vote_leader(r, &v), "hello world");
-  free_request(r);
-}
-
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_normalize_text),
@@ -393,10 +226,6 @@ int main(void) {
       cmocka_unit_test(test_decide_majority),
       cmocka_unit_test(test_decide_window),
       cmocka_unit_test(test_decide_none),
-      cmocka_unit_test(test_request_majority_early_stop),
-      cmocka_unit_test(test_request_tie_and_no_answers),
-      cmocka_unit_test(test_request_window_order),
-      cmocka_unit_test(test_request_none_and_single),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,129 @@
+/*
+ * request — the requests and their chains, from acceptance to the final
+ * result: encoding, the prompt, admission to a replica, prefill, fork,
+ * decoding, the vote, failover and cancellation. The only writer of
+ * coord_request_t and coord_chain_t.
+ *
+ * How it runs. Everything that happens below (a step, fork, free or encode
+ * that came back; a replica that went away) and every ask from above (a new
+ * request, a cancel, shutdown) is recorded and marks the set dirty; nothing
+ * is applied inside a callback. coord_requests_process(), which main.c runs
+ * once per loop turn, applies the recorded events in arrival order, then
+ * cancellations, starts new requests, admits queued ones, plans and sends
+ * micro-batches, and last reaps (frees) finished requests that nothing
+ * refers to any more — so no state changes under a caller's feet and
+ * nothing is freed inside its own callback chain.
+ *
+ * What goes up: coord_request_cbs_t events (prompt built, text, a chain
+ * done, the final result) and exactly one end per request, all from inside
+ * coord_requests_process(). They may call coord_request_cancel (it only
+ * records) and read the request; nothing else of this module.
+ *
+ * Loop thread only.
+ */
+#ifndef SA_COORD_REQUEST_H
+#define SA_COORD_REQUEST_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "coord.h"
+#include "pipeline.h"
+#include "registry.h"
+#include "sa_error.h"
+#include "sched.h"
+
+typedef enum {
+  COORD_EV_ENCODED,    /* the audio is encoded and the prompt built */
+  COORD_EV_DELTA,      /* text of a chain (reasoning or answer) */
+  COORD_EV_CHAIN_DONE, /* a chain finished by itself (EOT or max_tokens) */
+  COORD_EV_FINAL,      /* every chain is done: the result (end OK follows) */
+} coord_event_kind_t;
+
+/* An event of a request; pointers borrowed for the callback. */
+typedef struct {
+  coord_event_kind_t kind;
+  int chain;           /* DELTA, CHAIN_DONE */
+  const char *text;    /* DELTA: the text (not NUL-terminated) */
+  size_t len;
+  bool answer;         /* DELTA: after </think> */
+} coord_event_t;
+
+typedef struct {
+  /* An event of r (r->client is the handle given to coord_request_new). */
+  void (*event)(void *user, coord_request_t *r, const coord_event_t *ev);
+  /* r is over: st OK after FINAL, else why it failed or was cancelled.
+   * Exactly once per request; the handle is not used again after it. */
+  void (*end)(void *user, coord_request_t *r, sa_status_t st, const char *msg);
+} coord_request_cbs_t;
+
+/* Recorded happenings, applied by the next pass. */
+typedef struct coord_record coord_record_t;
+
+typedef struct coord_requests {
+  const coord_opts_t *opts;
+  const coord_model_t *model;
+  const sa_tokenizer_t *tok;
+  coord_registry_t *reg;
+  const coord_pipeline_ops_t *pl_ops;
+  void *pl;
+  coord_request_cbs_t cbs;
+  void *user;
+  coord_request_t *head, *tail; /* oldest first */
+  int n;
+  uint64_t next_id, next_seq_id;
+  int64_t requests_total;
+  coord_record_t *rec_head, *rec_tail;
+  bool dirty;
+  bool stopping;
+  coord_plan_t plan; /* scratch of the planner's output */
+} coord_requests_t;
+
+/* Initialises set (caller-allocated). Everything given is borrowed for the
+ * set's life except cbs (copied). pl_ops/pl: the pipeline to call. */
+void coord_requests_init(coord_requests_t *set, const coord_opts_t *opts,
+                         const coord_model_t *model, const sa_tokenizer_t *tok,
+                         coord_registry_t *reg, const coord_pipeline_ops_t *pl_ops, void *pl,
+                         const coord_request_cbs_t *cbs, void *user);
+
+/* Frees every request and record without any event (after shutdown, once
+ * the loop is done). */
+void coord_requests_close(coord_requests_t *set);
+
+/* Accepts a request with validated parameters p (copied); client is the
+ * caller's handle, passed back in events. Returns the request (owned by
+ * the set; valid until its end event) or NULL with err filled (out of
+ * memory). It starts at the next pass. */
+coord_request_t *coord_request_new(coord_requests_t *set, const coord_request_params_t *p,
+                                   void *client, char *err, size_t cap);
+
+/* Asks to cancel r (the client went away or asked); applied by the next
+ * pass, which ends r with CANCELLED unless it ended already. Safe from any
+ * callback. */
+void coord_request_cancel(coord_requests_t *set, coord_request_t *r);
+
+/* The request with this id that has not ended, or NULL. */
+coord_request_t *coord_requests_find(const coord_requests_t *set, const char *request_id);
+
+/* Fails every request with UNAVAILABLE at the next pass and stops
+ * scheduling. */
+void coord_requests_shutdown(coord_requests_t *set);
+
+/* Marks the set for a pass (the periodic tick: suspect replicas expire). */
+void coord_requests_touch(coord_requests_t *set);
+
+/* The pass: see the top of this file. Call it once per loop turn (cheap
+ * when nothing was recorded). */
+void coord_requests_process(coord_requests_t *set);
+
+/* The vote of r as it stands: the winning chain (NULL if none) and its
+ * votes; the leading normalised answer ("" if none) in *leader. */
+const coord_chain_t *coord_request_vote(const coord_request_t *r, int *votes,
+                                        const char **leader);
+
+/* Where recorded events come in: the pipeline's and the registry's
+ * callback tables, with the set as user. */
+extern const coord_pipeline_cbs_t coord_requests_pipeline_cbs;
+extern const coord_registry_cbs_t coord_requests_registry_cbs;
+
+#endif /* SA_COORD_REQUEST_H */

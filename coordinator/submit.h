@@ -1,0 +1,42 @@
+/*
+ * submit — the coordinator's client RPCs: Coordinator/Submit (validation,
+ * then the request's events as SubmitEvents on the client's stream),
+ * Coordinator/Cancel and Coordinator/Status.
+ *
+ * It owns each client's stream (the sa_rpc_call) and nothing of the
+ * request: it creates requests, asks to cancel them and reads them. Its
+ * coord_request_cbs_t (coord_submit_request_cbs, with the submit_t as
+ * user) receives the request module's events. Loop thread only.
+ */
+#ifndef SA_COORD_SUBMIT_H
+#define SA_COORD_SUBMIT_H
+
+#include "coord.h"
+#include "pipeline.h"
+#include "registry.h"
+#include "request.h"
+#include "rpc.h"
+
+typedef struct {
+  const coord_opts_t *opts;
+  coord_requests_t *set;
+  const coord_registry_t *reg;
+  const coord_pipeline_t *pl; /* for Status figures */
+} coord_submit_t;
+
+/* Initialises sub (caller-allocated); everything is borrowed for its life. */
+void coord_submit_init(coord_submit_t *sub, const coord_opts_t *opts, coord_requests_t *set,
+                       const coord_registry_t *reg, const coord_pipeline_t *pl);
+
+/* Serves Coordinator/Submit, Cancel and Status on srv. */
+void coord_submit_serve(coord_submit_t *sub, sa_rpc_server_t *srv);
+
+/* Checks a SubmitRequest against the limits in opts with `running`
+ * requests already accepted. Returns 0, or SA_EINVAL / SA_EFULL with the
+ * reason in msg[cap]. Pure. */
+int coord_submit_validate(const coord_opts_t *opts, const Sa__SubmitRequest *rq, int running,
+                          char *msg, size_t cap);
+
+extern const coord_request_cbs_t coord_submit_request_cbs;
+
+#endif /* SA_COORD_SUBMIT_H */
