@@ -2,7 +2,7 @@
  * sa-encoder — the encoder node: serves Encoder/Encode (audio bytes ->
  * embedding rows) over core/rpc, optionally registered with a coordinator.
  * The command line and process lifetime only; the work is in
- * encoder_service.c and registrar.c.
+ * encoder_service.c; membership is core's registrar.
  */
 #include <errno.h>
 #include <limits.h>
@@ -76,6 +76,13 @@ static void on_signal(uv_signal_t *h, int signum) {
   sa_rpc_server_destroy(&a->srv);
   uv_close((uv_handle_t *)&a->sigint, NULL);
   uv_close((uv_handle_t *)&a->sigterm, NULL);
+}
+
+/* The encoder's figures for each heartbeat. */
+static void report_load(void *user, sa_registrar_load_t *out) {
+  sa_encoder_service_t *svc = user;
+  out->load = sa_encoder_service_load(svc);
+  out->queue_depth = sa_encoder_service_depth(svc);
 }
 
 int main(int argc, char **argv) {
@@ -207,7 +214,7 @@ int main(int argc, char **argv) {
                               .backend = device,
                               .hidden_size = sa_audio_encoder_hidden(enc),
                               .max_audio_s = max_audio_s};
-    if ((rc = sa_registrar_start(&loop, &go, app.svc, &app.reg)) != 0) {
+    if ((rc = sa_registrar_start(&loop, &go, report_load, app.svc, &app.reg)) != 0) {
       SA_LOG_ERROR("cannot start coordinator registration: %s",
                    sa_strerror(rc));
       goto out;

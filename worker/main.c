@@ -10,6 +10,7 @@
  */
 #include "log.h"
 #include "sa_time.h"
+#include "registrar.h"
 #include "rpc.h"
 #include "sa.pb-c.h"
 #include "sa_error.h"
@@ -37,9 +38,7 @@ typedef struct {
   char replica[64];
   char node_id[128];
   char model_dir[512];
-  sa_rpc_channel_t *coord_ch;
-  bool registered, registering;
-  uv_timer_t hb;
+  sa_registrar_t *reg; /* membership: Register + Heartbeat */
   uv_signal_t sigterm, sigint;
   struct {
     char addr[256];
@@ -558,111 +557,33 @@ static void free_handler(sa_rpc_call_t *call, void *user) {
 
 /* ---------------------------------------------------- registration, beats */
 
-static void do_register(void);
-
-static void on_registered(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void *user) {
-  (void)ch;
+/* The stage's figures for each heartbeat: load since the last one, KV. */
+static void report_load(void *user, sa_registrar_load_t *out) {
   (void)user;
-  W.registering = false;
-  if (res->status != SA_STATUS_OK) {
-    SA_LOG_WARN("registration with %s failed: %s %s; retrying", W.coordinator,
-                sa_status_name(res->status), res->status_msg);
-    return;
-  }
-  W.registered = true;
-  SA_LOG_INFO("registered with %s as %s (replica %s, layers %d:%d)", W.coordinator, W.node_id,
-              W.replica, W.st.first, W.st.last);
-}
-
-static void do_register(void) {
-  if (!W.coord_ch || W.registering)
-    return;
-  Sa__RegisterRequest rq = SA__REGISTER_REQUEST__INIT;
-  rq.role = SA__ROLE__ROLE_STAGE;
-  rq.node_id = W.node_id;
-  rq.address = W.advertise;
-  rq.model_id = W.model_dir;
-  rq.first_layer = W.st.first;
-  rq.last_layer = W.st.last;
-  rq.num_layers = W.st.n_layers;
-  rq.has_embed = W.st.is_first;
-  rq.has_lm_head = W.st.is_last;
-  rq.kv_blocks_total = W.kv_total;
-  rq.kv_block_tokens = W.block_tokens;
-  rq.max_batch = W.st.max_seqs;
-  rq.max_tokens_per_step = W.st.max_tokens;
-  rq.backend = (char *)W.st.be->ops->name;
-  rq.hidden_size = W.st.hidden;
-  rq.replica_name = W.replica;
-  size_t len = sa__register_request__get_packed_size(&rq);
-  uint8_t *buf = malloc(len);
-  if (!buf)
-    return;
-  sa__register_request__pack(&rq, buf);
-  sa_rpc_call_opts_t o = {.timeout_ms = 2000};
-  if (sa_rpc_channel_call(W.coord_ch, "Coordinator/Register", buf, len, NULL, 0, &o,
-                          on_registered, NULL, NULL) == 0)
-    W.registering = true;
-  free(buf);
-}
-
-static void on_heartbeat(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void *user) {
-  (void)ch;
-  (void)user;
-  if (res->status != SA_STATUS_OK) {
-    if (W.registered)
-      SA_LOG_WARN("heartbeat to %s failed: %s", W.coordinator, sa_status_name(res->status));
-    W.registered = false;
-    return;
-  }
-  Sa__HeartbeatResponse *hr = sa__heartbeat_response__unpack(NULL, res->body_len, res->body);
-  if (hr && !hr->known)
-    W.registered = false;
-  if (hr)
-    sa__heartbeat_response__free_unpacked(hr, NULL);
-}
-
-static void on_hb_timer(uv_timer_t *t) {
-  (void)t;
-  if (!W.coord_ch)
-    return;
-  if (!W.registered) {
-    do_register();
-    return;
-  }
-  Sa__HeartbeatRequest hb = SA__HEARTBEAT_REQUEST__INIT;
   sa_kv_stats_t ks;
   stage_kv_stats(&W.st, &ks);
   uint64_t now = sa_now_ms();
   double busy = W.st.busy_ms;
   double dt = (double)(now - W.last_hb_ms);
-  hb.node_id = W.node_id;
-  hb.load = dt > 0 ? (float)((busy - W.last_busy_ms) / dt) : 0;
-  if (hb.load > 1)
-    hb.load = 1;
+  out->load = dt > 0 ? (float)((busy - W.last_busy_ms) / dt) : 0;
+  if (out->load > 1)
+    out->load = 1;
   W.last_busy_ms = busy;
   W.last_hb_ms = now;
-  hb.kv_blocks_used = ks.blocks_used;
-  hb.kv_blocks_free = ks.blocks_free;
-  hb.kv_blocks_shared = ks.blocks_shared;
-  hb.sequences = ks.n_seqs;
-  hb.queue_depth = stage_queued(&W.st);
-  uint8_t buf[256];
-  size_t len = sa__heartbeat_request__pack(&hb, buf);
-  sa_rpc_call_opts_t o = {.timeout_ms = 2000};
-  sa_rpc_channel_call(W.coord_ch, "Coordinator/Heartbeat", buf, len, NULL, 0, &o, on_heartbeat,
-                      NULL, NULL);
+  out->kv_blocks_used = ks.blocks_used;
+  out->kv_blocks_free = ks.blocks_free;
+  out->kv_blocks_shared = ks.blocks_shared;
+  out->sequences = ks.n_seqs;
+  out->queue_depth = stage_queued(&W.st);
 }
 
 static void on_signal(uv_signal_t *s, int sig) {
   (void)s;
   SA_LOG_INFO("signal %d: stopping", sig);
-  uv_timer_stop(&W.hb);
-  uv_close((uv_handle_t *)&W.hb, NULL);
   uv_close((uv_handle_t *)&W.sigterm, NULL);
   uv_close((uv_handle_t *)&W.sigint, NULL);
   sa_rpc_server_destroy(&W.srv);
-  sa_rpc_channel_destroy(&W.coord_ch);
+  sa_registrar_stop(&W.reg);
   for (int i = 0; i < MAX_NEXT; i++)
     sa_rpc_channel_destroy(&W.next[i].ch);
   stage_stop(&W.st);
@@ -770,16 +691,31 @@ int main(int argc, char **argv) {
   SA_LOG_INFO("serving layers %d:%d of %d on %s (%s, %lld KV blocks of %d tokens)", W.st.first,
               W.st.last, W.st.n_layers, W.advertise, device, (long long)W.kv_total,
               W.block_tokens);
-  uv_timer_init(W.loop, &W.hb);
   if (W.coordinator[0]) {
-    sa_rpc_opts_t co;
-    sa_rpc_opts_default(&co);
-    if (sa_rpc_channel_new(W.loop, W.coordinator, &co, &W.coord_ch)) {
+    sa_registrar_opts_t ro = {
+        .role = SA_REGISTRAR_STAGE,
+        .coordinator = W.coordinator,
+        .node_id = W.node_id,
+        .address = W.advertise,
+        .model_id = W.model_dir,
+        .backend = W.st.be->ops->name,
+        .hidden_size = W.st.hidden,
+        .replica = W.replica,
+        .first_layer = W.st.first,
+        .last_layer = W.st.last,
+        .num_layers = W.st.n_layers,
+        .has_embed = W.st.is_first,
+        .has_lm_head = W.st.is_last,
+        .kv_blocks_total = W.kv_total,
+        .kv_block_tokens = W.block_tokens,
+        .max_batch = W.st.max_seqs,
+        .max_tokens_per_step = W.st.max_tokens,
+    };
+    W.last_hb_ms = sa_now_ms();
+    if (sa_registrar_start(W.loop, &ro, report_load, NULL, &W.reg)) {
       fprintf(stderr, "sa-worker: bad coordinator address %s\n", W.coordinator);
       return 1;
     }
-    W.last_hb_ms = sa_now_ms();
-    uv_timer_start(&W.hb, on_hb_timer, 0, 1000);
   }
   uv_signal_init(W.loop, &W.sigterm);
   uv_signal_init(W.loop, &W.sigint);

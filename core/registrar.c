@@ -11,6 +11,7 @@
 
 #include "log.h"
 #include "sa.pb-c.h"
+#include "rpc.h"
 #include "sa_error.h"
 
 #define RPC_TIMEOUT_MS 3000
@@ -18,11 +19,12 @@
 
 struct sa_registrar {
   uv_loop_t *loop;
-  sa_encoder_service_t *svc;
+  sa_registrar_load_cb load_cb;
+  void *user;
   sa_rpc_channel_t *ch;
   uv_timer_t timer;
-  char *coordinator, *node_id, *address, *model_id, *backend;
-  int hidden_size, max_audio_s;
+  sa_registrar_opts_t o; /* the numbers; its strings are NULL (copies below) */
+  char *coordinator, *node_id, *address, *model_id, *backend, *replica;
   int64_t retry_first_ms, retry_ms, heartbeat_ms, epoch;
   bool registered, in_flight, stopping;
   int failures;
@@ -73,9 +75,14 @@ static void register_cb(sa_rpc_channel_t *ch, const sa_rpc_result_t *res,
   r->epoch = rr->epoch;
   r->heartbeat_ms = rr->heartbeat_interval_ms > 0 ? rr->heartbeat_interval_ms
                                                   : 1000;
-  SA_LOG_INFO("registered with coordinator %s as %s (heartbeat every %lld ms)",
-              r->coordinator, rr->node_id[0] ? rr->node_id : r->node_id,
-              (long long)r->heartbeat_ms);
+  if (r->o.role == SA_REGISTRAR_STAGE)
+    SA_LOG_INFO("registered with %s as %s (replica %s, layers %d:%d)", r->coordinator,
+                r->node_id, r->replica[0] ? r->replica : "r0", r->o.first_layer,
+                r->o.last_layer);
+  else
+    SA_LOG_INFO("registered with coordinator %s as %s (heartbeat every %lld ms)",
+                r->coordinator, rr->node_id[0] ? rr->node_id : r->node_id,
+                (long long)r->heartbeat_ms);
   sa__register_response__free_unpacked(rr, NULL);
   schedule(r, r->heartbeat_ms);
 }
@@ -97,8 +104,8 @@ static void heartbeat_cb(sa_rpc_channel_t *ch, const sa_rpc_result_t *res,
   Sa__HeartbeatResponse *hr = sa__heartbeat_response__unpack(
       NULL, res->body_len, (const uint8_t *)res->body);
   if (hr && !hr->known) {
-    SA_LOG_INFO("coordinator %s forgot this encoder; registering again",
-                r->coordinator);
+    SA_LOG_INFO("coordinator %s forgot this %s; registering again", r->coordinator,
+                r->o.role == SA_REGISTRAR_STAGE ? "stage" : "encoder");
     r->registered = false;
   } else if (hr) {
     r->epoch = hr->epoch;
@@ -109,14 +116,27 @@ static void heartbeat_cb(sa_rpc_channel_t *ch, const sa_rpc_result_t *res,
 }
 
 static void send_register(sa_registrar_t *r) {
+  const sa_registrar_opts_t *o = &r->o;
   Sa__RegisterRequest rq = SA__REGISTER_REQUEST__INIT;
-  rq.role = SA__ROLE__ROLE_ENCODER;
+  rq.role = o->role == SA_REGISTRAR_STAGE ? SA__ROLE__ROLE_STAGE : SA__ROLE__ROLE_ENCODER;
   rq.node_id = r->node_id;
   rq.address = r->address;
   rq.model_id = r->model_id;
   rq.backend = r->backend;
-  rq.hidden_size = r->hidden_size;
-  rq.max_audio_s = r->max_audio_s;
+  rq.hidden_size = o->hidden_size;
+  rq.max_audio_s = o->max_audio_s;
+  if (o->role == SA_REGISTRAR_STAGE) {
+    rq.replica_name = r->replica;
+    rq.first_layer = o->first_layer;
+    rq.last_layer = o->last_layer;
+    rq.num_layers = o->num_layers;
+    rq.has_embed = o->has_embed;
+    rq.has_lm_head = o->has_lm_head;
+    rq.kv_blocks_total = o->kv_blocks_total;
+    rq.kv_block_tokens = o->kv_block_tokens;
+    rq.max_batch = o->max_batch;
+    rq.max_tokens_per_step = o->max_tokens_per_step;
+  }
   size_t n = sa__register_request__get_packed_size(&rq);
   uint8_t *buf = malloc(n + 1);
   if (!buf) {
@@ -141,9 +161,16 @@ static void send_heartbeat(sa_registrar_t *r) {
   Sa__HeartbeatRequest rq = SA__HEARTBEAT_REQUEST__INIT;
   rq.node_id = r->node_id;
   rq.epoch = r->epoch;
-  if (r->svc) {
-    rq.load = sa_encoder_service_load(r->svc);
-    rq.queue_depth = sa_encoder_service_depth(r->svc);
+  if (r->load_cb) {
+    sa_registrar_load_t ld;
+    memset(&ld, 0, sizeof ld);
+    r->load_cb(r->user, &ld);
+    rq.load = ld.load;
+    rq.queue_depth = ld.queue_depth;
+    rq.kv_blocks_used = ld.kv_blocks_used;
+    rq.kv_blocks_free = ld.kv_blocks_free;
+    rq.kv_blocks_shared = ld.kv_blocks_shared;
+    rq.sequences = ld.sequences;
   }
   size_t n = sa__heartbeat_request__get_packed_size(&rq);
   uint8_t *buf = malloc(n + 1);
@@ -181,8 +208,17 @@ static void schedule(sa_registrar_t *r, int64_t ms) {
   uv_timer_start(&r->timer, timer_cb, (uint64_t)(ms > 0 ? ms : 0), 0);
 }
 
+static void free_strings(sa_registrar_t *r) {
+  free(r->coordinator);
+  free(r->node_id);
+  free(r->address);
+  free(r->model_id);
+  free(r->backend);
+  free(r->replica);
+}
+
 int sa_registrar_start(struct uv_loop_s *loop, const sa_registrar_opts_t *o,
-                       sa_encoder_service_t *svc, sa_registrar_t **out) {
+                       sa_registrar_load_cb load_cb, void *user, sa_registrar_t **out) {
   if (!loop || !o || !o->coordinator || !o->node_id || !o->address || !out)
     return SA_EINVAL;
   *out = NULL;
@@ -190,19 +226,22 @@ int sa_registrar_start(struct uv_loop_s *loop, const sa_registrar_opts_t *o,
   if (!r)
     return SA_ENOMEM;
   r->loop = loop;
-  r->svc = svc;
+  r->load_cb = load_cb;
+  r->user = user;
+  r->o = *o;
   r->coordinator = strdup(o->coordinator);
   r->node_id = strdup(o->node_id);
   r->address = strdup(o->address);
   r->model_id = strdup(o->model_id ? o->model_id : "");
   r->backend = strdup(o->backend ? o->backend : "cpu");
-  r->hidden_size = o->hidden_size;
-  r->max_audio_s = o->max_audio_s;
+  r->replica = strdup(o->replica ? o->replica : "");
   r->retry_first_ms = o->retry_ms > 0 ? o->retry_ms : 500;
   r->heartbeat_ms = 1000;
   int rc = SA_ENOMEM;
-  if (!r->coordinator || !r->node_id || !r->address || !r->model_id ||
-      !r->backend)
+  r->o.coordinator = r->o.node_id = r->o.address = r->o.model_id = r->o.backend = NULL;
+  r->o.replica = NULL;
+  if (!r->coordinator || !r->node_id || !r->address || !r->model_id || !r->backend ||
+      !r->replica)
     goto fail;
   sa_rpc_opts_t ro;
   sa_rpc_opts_default(&ro);
@@ -217,26 +256,18 @@ int sa_registrar_start(struct uv_loop_s *loop, const sa_registrar_opts_t *o,
   *out = r;
   return 0;
 fail:
-  free(r->coordinator);
-  free(r->node_id);
-  free(r->address);
-  free(r->model_id);
-  free(r->backend);
+  free_strings(r);
   free(r);
   return rc;
 }
 
-int sa_registrar_registered(const sa_registrar_t *r) {
+bool sa_registrar_registered(const sa_registrar_t *r) {
   return r && r->registered;
 }
 
 static void timer_close_cb(uv_handle_t *h) {
   sa_registrar_t *r = h->data;
-  free(r->coordinator);
-  free(r->node_id);
-  free(r->address);
-  free(r->model_id);
-  free(r->backend);
+  free_strings(r);
   free(r);
 }
 
