@@ -20,6 +20,7 @@
 
 #include "sa_bench.h"
 #include "tokenizer.h"
+#include "tokenizer_synth.h"
 
 static const char k_builtin[] =
     "The quick brown fox jumps over the lazy dog; audio models reason about "

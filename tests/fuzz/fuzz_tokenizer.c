@@ -12,6 +12,7 @@
 
 #include "sa_error.h"
 #include "tokenizer.h"
+#include "tokenizer_synth.h"
 #include "utf8.h"
 
 #define CHECK(c)                                                               \

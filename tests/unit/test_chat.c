@@ -20,6 +20,7 @@
 #include "chat.h"
 #include "sa_error.h"
 #include "tokenizer.h"
+#include "tokenizer_synth.h"
 
 static char g_dir[256];
 static sa_tokenizer_t *g_tok;

@@ -19,6 +19,7 @@
 
 #include "sa_error.h"
 #include "tokenizer.h"
+#include "tokenizer_synth.h"
 
 #define N_MERGES 400
 

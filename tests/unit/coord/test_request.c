@@ -22,6 +22,7 @@
 
 #include "request.h"
 #include "sa_time.h"
+#include "tokenizer_synth.h"
 
 /* ------------------------------------------------------- the fake pipeline */
 

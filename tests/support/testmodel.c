@@ -1,5 +1,6 @@
 /* testmodel — see testmodel.h. */
 #include "testmodel.h"
+#include "tokenizer_synth.h"
 
 #include "sa_error.h"
 #include "safetensors.h"

@@ -1,13 +1,13 @@
 /*
  * tokenizer_synth — writes a small, Qwen-shaped byte-level BPE tokenizer for
- * test models (sa_tokenizer_write_synthetic in tokenizer.h). The merges are
+ * test models (tokenizer_synth.h). The merges are
  * learned by plain BPE training (most frequent adjacent pair, ties to the
  * smallest id pair) on the pre-tokenized text embedded below, so a fresh
  * machine can build the tiny model with nothing from outside the repository.
  * This is not a production trainer: no special handling of frequencies
  * below 2, no alphabet limits, no progress reporting.
  */
-#include "tokenizer.h"
+#include "tokenizer_synth.h"
 
 #include "sa_error.h"
 #include "tokenizer_impl.h"

@@ -1,6 +1,7 @@
 /*
  * testmodel — writes random test checkpoints with the exact Step-Audio-R1
- * layout (`sa-model init`, DESIGN §3 "Test models").
+ * layout (`sa-model init`; docs/model.md "Test models"). Test support:
+ * linked by tests, benchmarks and sa-model, never by the services.
  *
  * A preset fixes the sizes: "tiny" (a few hundred KB, runs in milliseconds;
  * used by the oracle tests) and "small" (a Qwen2.5-0.5B-sized decoder for
