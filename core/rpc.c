@@ -574,6 +574,7 @@ static int server_drain(sa_rpc_server_t *srv) {
 }
 
 static void server_poll_cb(uv_poll_t *h, int status, int events) {
+  (void)events;
   sa_rpc_server_t *srv = h->data;
   if (status < 0)
     SA_LOG_ERROR("rpc: server poll error: %s", uv_strerror(status));
@@ -1150,12 +1151,15 @@ static int channel_mon_drain(sa_rpc_channel_t *ch) {
 }
 
 static void channel_poll_cb(uv_poll_t *h, int status, int events) {
+  (void)events;
   if (status < 0)
     SA_LOG_ERROR("rpc: channel poll error: %s", uv_strerror(status));
   channel_drain(h->data);
 }
 
 static void channel_mon_poll_cb(uv_poll_t *h, int status, int events) {
+  (void)status;
+  (void)events;
   channel_mon_drain(h->data);
 }
 
@@ -1421,6 +1425,7 @@ typedef struct {
 } sync_state_t;
 
 static void sync_cb(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void *user) {
+  (void)ch;
   sync_state_t *s = user;
   s->done = true;
   sa_rpc_reply_t *r = calloc(1, sizeof *r);

@@ -131,6 +131,10 @@ static int64_t mem_seek(void *opaque, int64_t offset, int whence) {
 
 static int deny_io_open(struct AVFormatContext *s, AVIOContext **pb,
                         const char *url, int flags, AVDictionary **options) {
+  (void)s;
+  (void)pb;
+  (void)flags;
+  (void)options;
   SA_LOG_DEBUG("audio: refused nested open of '%s'", url ? url : "");
   return AVERROR(EPERM);
 }

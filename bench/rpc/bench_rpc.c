@@ -64,6 +64,7 @@ typedef struct {
 } rpc_srv_t;
 
 static void echo_h(sa_rpc_call_t *call, void *user) {
+  (void)user;
   size_t len;
   const void *b = sa_rpc_call_request(call, &len);
   sa_rpc_frame_t fr[1];
@@ -74,6 +75,7 @@ static void echo_h(sa_rpc_call_t *call, void *user) {
 }
 
 static void sink_h(sa_rpc_call_t *call, void *user) {
+  (void)user;
   sa_rpc_call_reply(call, SA_STATUS_OK, NULL, NULL, 0, NULL, 0);
 }
 
@@ -121,6 +123,7 @@ typedef struct {
 static int rpc_start(rpc_run_t *r);
 
 static void rpc_cb(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void *user) {
+  (void)ch;
   rpc_run_t *r = user;
   if (res->status != SA_STATUS_OK)
     r->errors++;

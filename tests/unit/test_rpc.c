@@ -84,6 +84,7 @@ typedef struct {
 } fx_t;
 
 static void echo_handler(sa_rpc_call_t *call, void *user) {
+  (void)user;
   size_t len;
   const void *body = sa_rpc_call_request(call, &len);
   sa_rpc_frame_t fr[4];
@@ -97,6 +98,7 @@ static void echo_handler(sa_rpc_call_t *call, void *user) {
 
 /* Replies with the hash of tensor 0 and the tensor itself (forwarded). */
 static void sum_handler(sa_rpc_call_t *call, void *user) {
+  (void)user;
   const sa_rpc_tensor_t *t = sa_rpc_call_tensor(call, 0);
   if (!t) {
     sa_rpc_call_reply(call, SA_STATUS_INVALID_ARGUMENT, "need a tensor", NULL, 0,
@@ -242,6 +244,7 @@ typedef struct {
 } res_t;
 
 static void unary_cb(sa_rpc_channel_t *ch, const sa_rpc_result_t *r, void *user) {
+  (void)ch;
   res_t *s = user;
   s->calls++;
   s->done = true;
@@ -259,6 +262,7 @@ static void unary_cb(sa_rpc_channel_t *ch, const sa_rpc_result_t *r, void *user)
 
 static void stream_msg_cb(sa_rpc_channel_t *ch, const sa_rpc_result_t *r,
                           void *user) {
+  (void)ch;
   res_t *s = user;
   uint32_t v;
   assert_int_equal(r->body_len, 4);
@@ -286,6 +290,7 @@ static void expect_echo_ok(fx_t *fx) {
 /* ------------------------------------------------------------------ tests */
 
 static void test_round_trip(void **state) {
+  (void)state;
   fx_t *fx = fx_new(NULL, NULL);
   expect_echo_ok(fx);
 
@@ -344,6 +349,7 @@ static void test_round_trip(void **state) {
 
 static void stream_end_cb(sa_rpc_channel_t *ch, const sa_rpc_result_t *r,
                           void *user) {
+  (void)ch;
   res_t *s = user;
   s->calls++;
   s->done = true;
@@ -352,6 +358,7 @@ static void stream_end_cb(sa_rpc_channel_t *ch, const sa_rpc_result_t *r,
 }
 
 static void test_stream_10000(void **state) {
+  (void)state;
   sa_rpc_opts_t so; /* small queues: the producer meets back-pressure */
   sa_rpc_opts_default(&so);
   so.sndhwm = 500;
@@ -372,6 +379,7 @@ static void test_stream_10000(void **state) {
 }
 
 static void test_deadline(void **state) {
+  (void)state;
   fx_t *fx = fx_new(NULL, NULL);
   res_t r = {0};
   sa_rpc_call_opts_t o = {.timeout_ms = 100};
@@ -401,6 +409,7 @@ static void test_deadline(void **state) {
 }
 
 static void test_cancel(void **state) {
+  (void)state;
   fx_t *fx = fx_new(NULL, NULL);
   res_t r = {.in_order = true, .next = 7, .cancel_on_first = fx->ch};
   assert_int_equal(sa_rpc_channel_stream(fx->ch, "Test/HoldStream", NULL, 0, NULL,
@@ -424,11 +433,13 @@ static void test_cancel(void **state) {
 
 static atomic_int g_freed;
 static void free_big(void *data, void *hint) {
+  (void)hint;
   free(data);
   atomic_fetch_add(&g_freed, 1);
 }
 
 static void test_big_tensor(void **state) {
+  (void)state;
   fx_t *fx = fx_new(NULL, NULL);
   size_t n = (size_t)64 << 20;
   uint8_t *buf = malloc(n);
@@ -462,6 +473,7 @@ static void test_big_tensor(void **state) {
 }
 
 static void count_cb(sa_rpc_channel_t *ch, const sa_rpc_result_t *r, void *user) {
+  (void)ch;
   int *ok = user; /* user points at slot i of an int array holding i */
   uint32_t v = 0xffffffffu;
   if (r->status == SA_STATUS_OK && r->body_len == 4)
@@ -470,6 +482,7 @@ static void count_cb(sa_rpc_channel_t *ch, const sa_rpc_result_t *r, void *user)
 }
 
 static void test_concurrent_1000(void **state) {
+  (void)state;
   fx_t *fx = fx_new(NULL, NULL);
   fx->defer_until = 1000;
   static int slots[1000][2];
@@ -487,6 +500,7 @@ static void test_concurrent_1000(void **state) {
 }
 
 static void test_bounds(void **state) {
+  (void)state;
   sa_rpc_opts_t so, co;
   sa_rpc_opts_default(&so);
   so.max_inflight = 2;
@@ -533,6 +547,7 @@ static void test_bounds(void **state) {
 }
 
 static void test_restart(void **state) {
+  (void)state;
   sa_rpc_opts_t o;
   sa_rpc_opts_default(&o);
   o.reconnect_ivl_ms = 20;
@@ -631,6 +646,7 @@ static void expect_reject(fx_t *fx, raw_t *raw, uint64_t id, sa_status_t st,
 }
 
 static void test_bad_input(void **state) {
+  (void)state;
   sa_rpc_opts_t so;
   sa_rpc_opts_default(&so);
   so.max_msg_bytes = 1 << 20;
@@ -710,6 +726,7 @@ static void test_bad_input(void **state) {
 
 /* Direct checks of the decoder on crafted frames. */
 static void test_decode(void **state) {
+  (void)state;
   sa__rpc_limits_t lim = {1 << 20, 4};
   static sa__rpc_env_t out;
   char err[256];
@@ -809,6 +826,7 @@ static void *thr_main(void *arg) {
 }
 
 static void test_sync(void **state) {
+  (void)state;
   thr_srv_t t = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
   pthread_t th;
   assert_int_equal(pthread_create(&th, NULL, thr_main, &t), 0);
