@@ -1,5 +1,5 @@
 /*
- * chat — the Step-Audio chat template (DESIGN.md §3) rendered straight to
+ * chat — the Step-Audio chat template (docs/model.md) rendered straight to
  * token ids, with the audio slots marked so embedding rows can replace them.
  *
  *   [<|BOT|>system\n{system}<|EOT|>]      only when system != NULL

@@ -1,5 +1,5 @@
 /*
- * rpc — gRPC-style calls over ZeroMQ, driven by a libuv loop (DESIGN.md §4).
+ * rpc — gRPC-style calls over ZeroMQ, driven by a libuv loop (docs/protocol.md).
  *
  * What it is: a server (ROUTER, bind) that dispatches requests to handlers
  * registered per method name, unary or server-streaming; a channel (DEALER,

@@ -1,6 +1,6 @@
 /*
  * encoder_service — the Encoder/Encode RPC of sa-encoder: audio bytes in,
- * embedding rows out (DESIGN.md §1, proto/sa.proto EncodeRequest/Response).
+ * embedding rows out (docs/architecture.md §1, proto/sa.proto EncodeRequest/Response).
  *
  * One libuv loop owns the RPC server; requests are checked on the loop,
  * admitted into a bounded queue (RESOURCE_EXHAUSTED when `threads + queue`

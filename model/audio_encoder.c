@@ -1,6 +1,6 @@
 /*
  * audio_encoder — Step-Audio 2 audio encoder + adaptor forward (see
- * audio_encoder.h). Module order and names follow DESIGN.md §3, checked
+ * audio_encoder.h). Module order and names follow docs/model.md, checked
  * against the public Step-Audio 2 code (AudioEncoder / Adaptor).
  *
  * Layout: activations are channels-last fp32, [frames, channels] row-major,

@@ -1,6 +1,6 @@
 /*
  * audio_encoder — the Step-Audio 2 audio encoder (Whisper-style, 25 Hz) and
- * adaptor (12.5 Hz) of DESIGN.md §3: log-mel chunk in, one embedding row per
+ * adaptor (12.5 Hz) of docs/model.md: log-mel chunk in, one embedding row per
  * audio token out.
  *
  * Split per STYLE.md into immutable shared state and per-call state:
@@ -37,7 +37,7 @@
 typedef struct sa_audio_encoder sa_audio_encoder_t;
 typedef struct sa_audio_encoder_ws sa_audio_encoder_ws_t;
 
-/* --- length formulas (DESIGN.md §3; divisions round toward -inf) --- */
+/* --- length formulas (docs/model.md; divisions round toward -inf) --- */
 
 /* Mel frames of a chunk of n_samples samples: floor((n + 479) / 160).
  * Returns 0 for n_samples <= 0. */

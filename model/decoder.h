@@ -1,6 +1,6 @@
 /*
  * decoder — the forward pass of a contiguous layer range [first, last) of the
- * Qwen2 decoder (DESIGN §3), batched over sequences, on one backend.
+ * Qwen2 decoder (docs/model.md), batched over sequences, on one backend.
  *
  * A step takes a batch of sequences, each with some new tokens (a prefill
  * chunk or one decode token; prefill and decode mix freely). Rows of the

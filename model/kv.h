@@ -1,5 +1,5 @@
 /*
- * kv — the paged KV cache of one pipeline stage (DESIGN §5, §6).
+ * kv — the paged KV cache of one pipeline stage (docs/architecture.md §4, docs/architecture.md §5).
  *
  * A pool of fixed-size blocks (block_size tokens, 16 by default) for the
  * decoder layers [first, last) of one stage. For each layer the pool holds K

@@ -1,5 +1,5 @@
 /*
- * mel — the Step-Audio log-mel front end (DESIGN.md §3), per chunk of
+ * mel — the Step-Audio log-mel front end (docs/model.md), per chunk of
  * 16 kHz mono audio (at most 25 s = 400000 samples).
  *
  * For a chunk of N samples: pad 479 zeros on the right; STFT with n_fft 400,

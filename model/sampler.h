@@ -6,7 +6,7 @@
  * sequence, then temperature, top-k, top-p, min-p, then one draw. The draw
  * uses a counter-based RNG (Philox4x32-10) keyed by (request seed, chain
  * index, position), so a chain replayed on any replica, in any batch, draws
- * the same numbers and produces the same tokens (DESIGN §7).
+ * the same numbers and produces the same tokens (docs/faults.md).
  *
  * This module does not compute logits, keep sequences or own the token log;
  * it works on host memory (the last stage downloads logits first). A

@@ -1,6 +1,6 @@
 /*
  * sa-worker — serves one contiguous layer range [A, B) of the decoder
- * (DESIGN §1): Stage/Step, Stage/Fork, Stage/Free over the RPC layer. Stage 0
+ * (docs/architecture.md §1): Stage/Step, Stage/Fork, Stage/Free over the RPC layer. Stage 0
  * embeds tokens and splices audio rows; each stage forwards its activations
  * to the next stage of the route directly; the last stage samples and its
  * StepResult travels back along the chain of calls. Registers with the

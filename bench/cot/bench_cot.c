@@ -1,5 +1,5 @@
 /*
- * bench-cot — speculative long-CoT batching (DESIGN §6) measured end to end
+ * bench-cot — speculative long-CoT batching (docs/architecture.md §5) measured end to end
  * on loopback: sa-coordinator and two sa-worker stages (a 2-stage pipeline)
  * on the small preset (Qwen2.5-0.5B-sized), driven by sa-client processes.
  *

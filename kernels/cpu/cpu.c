@@ -327,7 +327,7 @@ typedef struct {
  * streaming kernel, whose per-element summation order does not depend on M:
  * results are batch-invariant, which the cluster relies on (a sequence's
  * tokens must not depend on which other sequences share its step, nor on how
- * its prompt was chunked — DESIGN §7). */
+ * its prompt was chunked — docs/faults.md). */
 static int sgemm_min_m_of(const cpu_t *c) {
   if (c->sgemm_min_m > 0)
     return c->sgemm_min_m;

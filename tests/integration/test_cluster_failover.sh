@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A stage dies mid-request and nothing is lost (DESIGN §7): the coordinator
+# A stage dies mid-request and nothing is lost (docs/faults.md): the coordinator
 # re-prefills the request (prompt + tokens so far) on a healthy replica and
 # the client's stream goes on without a gap or a duplicate — its tokens equal
 # single-process `sa-model generate` exactly. Then with a single replica: the

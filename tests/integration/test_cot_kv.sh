@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Speculative long-CoT KV sharing (DESIGN §5, §6): after a ~300-token prompt
+# Speculative long-CoT KV sharing (docs/architecture.md §4, docs/architecture.md §5): after a ~300-token prompt
 # is forked into 8 chains, the blocks in use on every stage are the prompt's
 # (shared by all 8) plus 8 private tails, not 8 prompts; a client cancel then
 # frees every block on every stage.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Speculative long-CoT (DESIGN §6, §7): chain i of an n = 8 request emits
+# Speculative long-CoT (docs/architecture.md §5, docs/faults.md): chain i of an n = 8 request emits
 # exactly the tokens of an independent n = 1 request with chain i's seed,
 # over a 2-stage pipeline with sampling.   usage: test_cot_seeds.sh BIN_DIR
 BIN=$1

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The think budget holds to the token (DESIGN §6): with --think-budget B each
+# The think budget holds to the token (docs/architecture.md §5): with --think-budget B each
 # chain that does not close </think> itself (the tiny random model samples it
 # only by chance) reasons exactly B tokens and its token B+1 is </think> (the id comes from the
 # model's tokenizer via sa-model tokenize, not from the cluster); a chain

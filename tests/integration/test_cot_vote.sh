@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Speculative long-CoT voting end to end (DESIGN §6): early consensus cancels
+# Speculative long-CoT voting end to end (docs/architecture.md §5): early consensus cancels
 # the losing chains (steps of theirs may be in flight) and frees every
 # block on every stage; majority stops once 4 of 8 agree, window:2 once 2 in
 # a row do; --vote none runs every chain. Greedy chains with a think budget

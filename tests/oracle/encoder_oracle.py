@@ -2,7 +2,7 @@
 """encoder_oracle — independent PyTorch reference of the audio encoder + adaptor.
 
 Writes the golden data that tests/unit/test_encoder_golden.c compares the C
-encoder against. Everything here is written from DESIGN.md §3 and the public
+encoder against. Everything here is written from docs/model.md and the public
 Step-Audio 2 code, NOT from our C sources:
 
   * audio: the fixture WAVs are read with Python's `wave` module (PCM16 ->

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Golden log-mel data for tests/unit/test_mel.c, from an independent reference.
 
-The Step-Audio front end (DESIGN.md section 3) computed with PyTorch
+The Step-Audio front end (docs/model.md) computed with PyTorch
 (torch.stft, periodic Hann window, center=True, pad_mode="reflect") and a mel
 filterbank written in numpy from librosa's definition of
 librosa.filters.mel(sr=16000, n_fft=400, n_mels=128) (Slaney scale, Slaney

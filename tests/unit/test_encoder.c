@@ -1,4 +1,4 @@
-/* Audio encoder length formulas (DESIGN.md §3) against hand-derived values,
+/* Audio encoder length formulas (docs/model.md) against hand-derived values,
  * and the encoder's refusal of bad shapes. The numbers below are worked out
  * by hand from T = floor((N + 479) / 160), x_len = T - 2,
  * enc_len = floor(floor((x_len + 1) / 2) / 2), tokens = floor((enc_len - 1)
