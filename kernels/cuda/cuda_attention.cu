@@ -13,6 +13,13 @@
  * share a KV head are adjacent items, so their K/V reads hit L2.
  * Known limit: one sequence with few heads leaves SMs idle in decode (no
  * split-KV), and K is read row-per-lane (L1 absorbs the stride).
+ *
+ * Reference: sa_backend_ref_new's attention_paged / attention_dense
+ * (kernels/cpu/ref.c, sums in double). Test: tests/cuda/test_cuda_kernels.c
+ * test_attention (GQA groups, block sizes, chunked prefill, masked keys;
+ * |cuda - ref| <= 2e-6·sqrt(head_dim) + 1e-4·|ref|) and, whole-model,
+ * tests/cuda/test_cuda_model.c. Benchmark: bench-cuda "paged attention
+ * decode" (GB/s of KV read against the measured device bandwidth).
  */
 #include "cuda_impl.h"
 

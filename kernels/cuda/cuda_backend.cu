@@ -19,6 +19,14 @@
  * Scratch (cuBLAS workspace, the bf16 copies of x, the stacked GEMM output,
  * the pinned id buffer) is reserved at creation; a step never allocates:
  * large M is processed in row chunks that fit the scratch.
+ *
+ * Reference: the plain CPU backend (kernels/cpu/ref.c) op for op. Tests:
+ * tests/cuda/test_cuda_kernels.c test_matmul (M = 1..300 on odd N, K; GEMV
+ * path atol 1e-5·sqrt(K), split-GEMM path 1e-4·sqrt(K), rtol 1e-4, and with
+ * SA_CUDA_MATMUL=bf16 at 100x those bounds), tests/cuda/test_cuda_model.c (the tiny model's
+ * logits against the CPU backend) and test_cuda_nccl.c (two GPUs).
+ * Benchmark: bench-cuda "prefill GEMM" (TFLOP/s against measured cuBLAS
+ * peak, split and bf16 modes).
  */
 #include "cuda_impl.h"
 

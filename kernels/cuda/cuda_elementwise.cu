@@ -8,6 +8,13 @@
  * in fp32; element kernels are grid-stride loops. These ops are a small
  * share of a layer's time next to the weight reads, so they aim at being
  * simple and exact (expf, erff, two-pass variance) rather than clever.
+ *
+ * Reference: the plain CPU backend (kernels/cpu/ref.c). Tests:
+ * tests/cuda/test_cuda_kernels.c test_norms, test_rope, test_elementwise,
+ * test_embed, test_conv1d (odd row lengths; norms 1e-5, activations and
+ * adds 1e-6..1e-7 + 1e-5 relative, embedding and KV writes bit-exact).
+ * Benchmark: none of its own (a few percent of a step; bench-cuda times
+ * whole ops where it matters).
  */
 #include "cuda_impl.h"
 

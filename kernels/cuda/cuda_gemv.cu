@@ -11,6 +11,13 @@
  * which keeps the L1 traffic per W byte (2·M/R) within L1 bandwidth.
  * Shapes with K % 8 != 0 or misaligned pointers take a scalar path (correct,
  * not fast).
+ *
+ * Reference: the plain CPU backend's matmul (kernels/cpu/ref.c, sums in
+ * double). Test: tests/cuda/test_cuda_kernels.c test_matmul for M <= 8
+ * (atol 1e-5·sqrt(K), rtol 1e-4; odd N and K, bias and accumulate).
+ * Benchmark: bench-cuda "decode GEMV" (M = 1..32, GB/s of weights read as a
+ * fraction of theoretical and measured HBM bandwidth; weights rotate over
+ * >= 256 MiB so L2 cannot hold them).
  */
 #include "cuda_impl.h"
 
