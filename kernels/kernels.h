@@ -16,6 +16,11 @@
  * Shapes use fixed letters: M rows (tokens in a batch), K inner, N outputs,
  * H hidden, nh query heads, nkv KV heads, hd head dim.
  *
+ * Model code calls the checked entry points sa_op_* below, never the table:
+ * every argument and shape check is made there once (kernels/ops.c), and an
+ * op with nothing to do returns 0 there. A backend's ops assume arguments
+ * that passed those checks; they check only their own capacity limits and
+ * what only their memory can tell (ids, slots, block-table entries).
  * Every op returns 0 or a negative SA_E* code (SA_EINVAL for a bad shape).
  * Ops allocate nothing; scratch comes from `ws` buffers the caller sized with
  * the *_ws_bytes queries, or from workspace reserved in sa_backend_new.
@@ -141,6 +146,40 @@ struct sa_backend {
   void *impl; /* backend private state */
   int threads;
 };
+
+/* --- the checked entry points: one per math op of the table, with the
+ * same arguments and meaning (see the table above); `be` first. Each
+ * returns SA_EINVAL for a NULL backend, a negative or inconsistent size or
+ * a NULL pointer where data is needed, 0 at once when there is nothing to
+ * do, and otherwise what the backend's op returns. --- */
+int sa_op_matmul_bf16(sa_backend_t *be, float *y, const float *x, const uint16_t *w,
+                      const uint16_t *bias, int M, int N, int K, int accumulate);
+int sa_op_rmsnorm(sa_backend_t *be, float *y, const float *x, const uint16_t *w, int M, int H,
+                  float eps);
+int sa_op_layernorm(sa_backend_t *be, float *y, const float *x, const uint16_t *w,
+                    const uint16_t *b, int M, int H, float eps);
+int sa_op_rope(sa_backend_t *be, float *x, const int32_t *pos, int M, int n_heads, int hd,
+               int row_stride, float theta);
+int sa_op_silu_mul(sa_backend_t *be, float *y, const float *gu, int M, int I);
+int sa_op_gelu(sa_backend_t *be, float *x, size_t n);
+int sa_op_relu(sa_backend_t *be, float *x, size_t n);
+int sa_op_add(sa_backend_t *be, float *y, const float *x, size_t n);
+int sa_op_softmax(sa_backend_t *be, float *x, int M, int N);
+int sa_op_embed(sa_backend_t *be, float *y, const uint16_t *table, const int32_t *ids, int M,
+                int H, int V);
+int sa_op_kv_write(sa_backend_t *be, float *k_cache, float *v_cache, const float *k,
+                   const float *v, int row_stride, const int32_t *slot, int M, int kv_dim);
+int sa_op_attention(sa_backend_t *be, float *out, const float *q, int q_stride,
+                    const float *k_cache, const float *v_cache, const sa_attn_batch_t *batch,
+                    int nh, int nkv, int hd, float scale);
+int sa_op_attention_dense(sa_backend_t *be, float *out, const float *q, const float *k,
+                          const float *v, int T, int nh, int hd, int n_valid, float scale);
+int sa_op_conv1d(sa_backend_t *be, float *y, const float *x, const uint16_t *w,
+                 const uint16_t *bias, int Tin, int Cin, int Cout, int Kw, int stride, int pad,
+                 void *ws);
+/* Output length of sa_op_conv1d: (Tin + 2 pad - Kw) / stride + 1, or 0 when
+ * the kernel does not fit (or for invalid sizes). */
+int sa_op_conv1d_tout(int Tin, int Kw, int stride, int pad);
 
 /* Creates a backend from a spec: "cpu" or "cuda" / "cuda:N". `threads` is
  * the CPU thread count (0 = one per core); ignored by CUDA. Returns NULL and

@@ -515,53 +515,53 @@ static int run_chunk(const sa_audio_encoder_t *e, sa_audio_encoder_ws_t *w,
       w->host_in[(size_t)t * nm + c] = mel[(size_t)c * T + t];
   CK(op->upload(be, w->xin, w->host_in, (size_t)T * nm * sizeof(float)));
   /* conv1 (k3 p1) + GELU; conv2 (k3 s2 p1) + GELU */
-  CK(op->conv1d(be, w->c1, w->xin, e->conv1_w, e->conv1_b, T, nm, S, 3, 1, 1,
+  CK(sa_op_conv1d(be, w->c1, w->xin, e->conv1_w, e->conv1_b, T, nm, S, 3, 1, 1,
                 w->conv_ws));
-  CK(op->gelu(be, w->c1, (size_t)T * S));
+  CK(sa_op_gelu(be, w->c1, (size_t)T * S));
   const int T2 = conv_out(T, 3, 2, 1);
   if (T2 > e->n_ctx)
     return SA_EINVAL;
-  CK(op->conv1d(be, w->x, w->c1, e->conv2_w, e->conv2_b, T, S, S, 3, 2, 1,
+  CK(sa_op_conv1d(be, w->x, w->c1, e->conv2_w, e->conv2_b, T, S, S, 3, 2, 1,
                 w->conv_ws));
-  CK(op->gelu(be, w->x, (size_t)T2 * S));
-  CK(op->add(be, w->x, e->pos, (size_t)T2 * S));
+  CK(sa_op_gelu(be, w->x, (size_t)T2 * S));
+  CK(sa_op_add(be, w->x, e->pos, (size_t)T2 * S));
   const int n_valid = visible_keys(T, T2);
   if (n_valid < 1)
     return SA_EINVAL; /* only for chunks with no tokens, never run */
   const float scale = 1.0f / sqrtf((float)hd);
   for (int i = 0; i < e->n_layer; i++) {
     const enc_block_t *b = &e->blocks[i];
-    CK(op->layernorm(be, w->h, w->x, b->attn_ln_w, b->attn_ln_b, T2, S,
+    CK(sa_op_layernorm(be, w->h, w->x, b->attn_ln_w, b->attn_ln_b, T2, S,
                      LN_EPS));
-    CK(op->matmul_bf16(be, w->q, w->h, b->q_w, b->q_b, T2, S, S, 0));
-    CK(op->matmul_bf16(be, w->k, w->h, b->k_w, NULL, T2, S, S, 0));
-    CK(op->matmul_bf16(be, w->v, w->h, b->v_w, b->v_b, T2, S, S, 0));
-    CK(op->attention_dense(be, w->o, w->q, w->k, w->v, T2, e->n_head, hd,
+    CK(sa_op_matmul_bf16(be, w->q, w->h, b->q_w, b->q_b, T2, S, S, 0));
+    CK(sa_op_matmul_bf16(be, w->k, w->h, b->k_w, NULL, T2, S, S, 0));
+    CK(sa_op_matmul_bf16(be, w->v, w->h, b->v_w, b->v_b, T2, S, S, 0));
+    CK(sa_op_attention_dense(be, w->o, w->q, w->k, w->v, T2, e->n_head, hd,
                            n_valid, scale));
     /* x += out(o): accumulate into the residual */
-    CK(op->matmul_bf16(be, w->x, w->o, b->o_w, b->o_b, T2, S, S, 1));
-    CK(op->layernorm(be, w->h, w->x, b->mlp_ln_w, b->mlp_ln_b, T2, S,
+    CK(sa_op_matmul_bf16(be, w->x, w->o, b->o_w, b->o_b, T2, S, S, 1));
+    CK(sa_op_layernorm(be, w->h, w->x, b->mlp_ln_w, b->mlp_ln_b, T2, S,
                      LN_EPS));
-    CK(op->matmul_bf16(be, w->m, w->h, b->fc1_w, b->fc1_b, T2, 4 * S, S, 0));
-    CK(op->gelu(be, w->m, (size_t)T2 * 4 * S));
-    CK(op->matmul_bf16(be, w->x, w->m, b->fc2_w, b->fc2_b, T2, S, 4 * S, 1));
+    CK(sa_op_matmul_bf16(be, w->m, w->h, b->fc1_w, b->fc1_b, T2, 4 * S, S, 0));
+    CK(sa_op_gelu(be, w->m, (size_t)T2 * 4 * S));
+    CK(sa_op_matmul_bf16(be, w->x, w->m, b->fc2_w, b->fc2_b, T2, S, 4 * S, 1));
   }
   /* AvgPool1d(2, 2): rows 2t and 2t+1 of x are row t of x viewed as
    * [T3, 2S]; times [0.5 I | 0.5 I]^T that is their mean (exact weights). */
   const int T3 = T2 / 2;
-  CK(op->matmul_bf16(be, w->p, w->x, e->pool_w, NULL, T3, S, 2 * S, 0));
-  CK(op->layernorm(be, w->p, w->p, e->after_w, e->after_b, T3, S, LN_EPS));
+  CK(sa_op_matmul_bf16(be, w->p, w->x, e->pool_w, NULL, T3, S, 2 * S, 0));
+  CK(sa_op_layernorm(be, w->p, w->p, e->after_w, e->after_b, T3, S, LN_EPS));
   /* adaptor: conv (k, s, p1) + GELU; linear1 + ReLU; linear2. Rows past
    * n_tok are never used, so the linears run on n_tok rows only. */
   const int T4 = conv_out(T3, e->ad_k, e->ad_s, 1);
   if (n_tok > T4)
     return SA_EINTERNAL;
-  CK(op->conv1d(be, w->a, w->p, e->ad_conv_w, e->ad_conv_b, T3, S, S, e->ad_k,
+  CK(sa_op_conv1d(be, w->a, w->p, e->ad_conv_w, e->ad_conv_b, T3, S, S, e->ad_k,
                 e->ad_s, 1, w->conv_ws));
-  CK(op->gelu(be, w->a, (size_t)n_tok * S));
-  CK(op->matmul_bf16(be, w->l1, w->a, e->l1_w, e->l1_b, n_tok, e->A, S, 0));
-  CK(op->relu(be, w->l1, (size_t)n_tok * e->A));
-  CK(op->matmul_bf16(be, w->y, w->l1, e->l2_w, e->l2_b, n_tok, e->H, e->A, 0));
+  CK(sa_op_gelu(be, w->a, (size_t)n_tok * S));
+  CK(sa_op_matmul_bf16(be, w->l1, w->a, e->l1_w, e->l1_b, n_tok, e->A, S, 0));
+  CK(sa_op_relu(be, w->l1, (size_t)n_tok * e->A));
+  CK(sa_op_matmul_bf16(be, w->y, w->l1, e->l2_w, e->l2_b, n_tok, e->H, e->A, 0));
   CK(op->sync(be));
   CK(op->download(be, out, w->y, (size_t)n_tok * e->H * sizeof(float)));
   return op->sync(be);

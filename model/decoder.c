@@ -554,7 +554,7 @@ int sa_decoder_step(sa_decoder_t *d, sa_kv_t *kv,
   /* input rows */
   if (d->first_stage) {
     OP(SA_DEC_PROF_INPUT, op->upload(be, d->d_ids, d->ids, (size_t)M * 4));
-    OP(SA_DEC_PROF_INPUT, op->embed(be, d->x, d->embed, d->d_ids, M, H, d->V));
+    OP(SA_DEC_PROF_INPUT, sa_op_embed(be, d->x, d->embed, d->d_ids, M, H, d->V));
     for (int i = 0; i < b->n_embed; i++) /* runs of rows go in one copy */ {
       int j = i;
       while (j + 1 < b->n_embed && b->embed_rows[j + 1] == b->embed_rows[j] + 1)
@@ -573,20 +573,20 @@ int sa_decoder_step(sa_decoder_t *d, sa_kv_t *kv,
     const dec_layer_t *w = &d->layers[li];
     float *kc, *vc;
     CK(sa_kv_layer(kv, d->o.first_layer + li, &kc, &vc));
-    OP(SA_DEC_PROF_NORM, op->rmsnorm(be, d->h, d->x, w->ln1, M, H, eps));
-    OP(SA_DEC_PROF_QKV, op->matmul_bf16(be, d->qkv, d->h, w->wqkv, w->bqkv, M, d->qkvdim, H, 0));
-    OP(SA_DEC_PROF_ROPE, op->rope(be, d->qkv, d->d_pos, M, d->nh, d->hd, d->qkvdim, theta));
-    OP(SA_DEC_PROF_ROPE, op->rope(be, d->qkv + d->qdim, d->d_pos, M, d->nkv, d->hd, d->qkvdim,
+    OP(SA_DEC_PROF_NORM, sa_op_rmsnorm(be, d->h, d->x, w->ln1, M, H, eps));
+    OP(SA_DEC_PROF_QKV, sa_op_matmul_bf16(be, d->qkv, d->h, w->wqkv, w->bqkv, M, d->qkvdim, H, 0));
+    OP(SA_DEC_PROF_ROPE, sa_op_rope(be, d->qkv, d->d_pos, M, d->nh, d->hd, d->qkvdim, theta));
+    OP(SA_DEC_PROF_ROPE, sa_op_rope(be, d->qkv + d->qdim, d->d_pos, M, d->nkv, d->hd, d->qkvdim,
                 theta));
-    OP(SA_DEC_PROF_KV_WRITE, op->kv_write(be, kc, vc, d->qkv + d->qdim, d->qkv + d->qdim + d->kvdim,
+    OP(SA_DEC_PROF_KV_WRITE, sa_op_kv_write(be, kc, vc, d->qkv + d->qdim, d->qkv + d->qdim + d->kvdim,
                     d->qkvdim, d->d_slot, M, d->kvdim));
-    OP(SA_DEC_PROF_ATTENTION, op->attention(be, d->att, d->qkv, d->qkvdim, kc, vc, &ab, d->nh, d->nkv,
+    OP(SA_DEC_PROF_ATTENTION, sa_op_attention(be, d->att, d->qkv, d->qkvdim, kc, vc, &ab, d->nh, d->nkv,
                      d->hd, scale));
-    OP(SA_DEC_PROF_O_PROJ, op->matmul_bf16(be, d->x, d->att, w->wo, NULL, M, H, d->qdim, 1));
-    OP(SA_DEC_PROF_NORM, op->rmsnorm(be, d->h, d->x, w->ln2, M, H, eps));
-    OP(SA_DEC_PROF_GATE_UP, op->matmul_bf16(be, d->gu, d->h, w->wgu, NULL, M, 2 * d->I, H, 0));
-    OP(SA_DEC_PROF_SILU_MUL, op->silu_mul(be, d->act, d->gu, M, d->I));
-    OP(SA_DEC_PROF_DOWN, op->matmul_bf16(be, d->x, d->act, w->wdown, NULL, M, H, d->I, 1));
+    OP(SA_DEC_PROF_O_PROJ, sa_op_matmul_bf16(be, d->x, d->att, w->wo, NULL, M, H, d->qdim, 1));
+    OP(SA_DEC_PROF_NORM, sa_op_rmsnorm(be, d->h, d->x, w->ln2, M, H, eps));
+    OP(SA_DEC_PROF_GATE_UP, sa_op_matmul_bf16(be, d->gu, d->h, w->wgu, NULL, M, 2 * d->I, H, 0));
+    OP(SA_DEC_PROF_SILU_MUL, sa_op_silu_mul(be, d->act, d->gu, M, d->I));
+    OP(SA_DEC_PROF_DOWN, sa_op_matmul_bf16(be, d->x, d->act, w->wdown, NULL, M, H, d->I, 1));
   }
 
   if (d->last_stage) {
@@ -595,8 +595,8 @@ int sa_decoder_step(sa_decoder_t *d, sa_kv_t *kv,
       for (int r = 0; r < R; r++)
         OP(SA_DEC_PROF_LM_HEAD, op->copy(be, d->lrow + (size_t)r * H,
                     d->x + (size_t)b->logit_rows[r] * H, (size_t)H * 4));
-      OP(SA_DEC_PROF_LM_HEAD, op->rmsnorm(be, d->lrow, d->lrow, d->norm, R, H, eps));
-      OP(SA_DEC_PROF_LM_HEAD, op->matmul_bf16(be, d->logit, d->lrow, d->lm_head, NULL, R, d->V, H,
+      OP(SA_DEC_PROF_LM_HEAD, sa_op_rmsnorm(be, d->lrow, d->lrow, d->norm, R, H, eps));
+      OP(SA_DEC_PROF_LM_HEAD, sa_op_matmul_bf16(be, d->logit, d->lrow, d->lm_head, NULL, R, d->V, H,
                          0));
       OP(SA_DEC_PROF_OUTPUT, op->download(be, b->logits, d->logit, (size_t)R * d->V * 4));
     }

@@ -159,7 +159,7 @@ static void bench_gemv(sa_backend_t *be, int M, int N, int K) {
   float *y = (float *)be->ops->alloc(be, (size_t)M * N * 4);
   fill_f32(be, x, (size_t)M * K, 1.f);
   double t = time_it(st, 50, [&](int i) {
-    OK(be->ops->matmul_bf16(be, y, x, w[i % copies], NULL, M, N, K, 0));
+    OK(sa_op_matmul_bf16(be, y, x, w[i % copies], NULL, M, N, K, 0));
   });
   double bytes = wbytes + (double)M * K * 4 + (double)M * N * 4;
   double bw = bytes / t;
@@ -204,7 +204,7 @@ static void bench_attention(sa_backend_t *be, int n_seqs, int ctx) {
   OK(be->ops->upload(be, cl, h_cl, sizeof(int32_t) * n_seqs));
   sa_attn_batch_t b = {n_seqs, qs, cl, bt, max_blocks, bs, ctx};
   double t = time_it(st, 10, [&](int) {
-    OK(be->ops->attention(be, out, q, nh * hd, kc, vc, &b, nh, nkv, hd,
+    OK(sa_op_attention(be, out, q, nh * hd, kc, vc, &b, nh, nkv, hd,
                           1.f / sqrtf((float)hd)));
   });
   OK(be->ops->sync(be));
@@ -235,7 +235,7 @@ static void bench_gemm(sa_backend_t *be, const char *tag, int M, int N, int K) {
   fill_bf16(be, w, (size_t)N * K);
   fill_f32(be, x, (size_t)M * K, 1.f);
   double t = time_it(st, 10, [&](int) {
-    OK(be->ops->matmul_bf16(be, y, x, w, NULL, M, N, K, 0));
+    OK(sa_op_matmul_bf16(be, y, x, w, NULL, M, N, K, 0));
   });
   double fl = 2.0 * M * N * K / t;
   printf("gemm  %-14s M=%-4d N=%d K=%d %8.1f us %6.1f TFLOP/s = %.2f of "

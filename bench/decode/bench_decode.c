@@ -79,7 +79,7 @@ static double time_matmul(sa_backend_t *be, int M, int N, int K, int reps) {
   for (int r = -copies; r < reps; r++) {
     const uint16_t *wc = w + (size_t)N * K * (size_t)((r + copies) % copies);
     double t0 = sa_bench_now();
-    be->ops->matmul_bf16(be, y, x, wc, NULL, M, N, K, 0);
+    sa_op_matmul_bf16(be, y, x, wc, NULL, M, N, K, 0);
     be->ops->sync(be);
     if (r >= 0)
       t[r] = sa_bench_now() - t0;

@@ -49,7 +49,7 @@ static double gemv_gbs(sa_backend_t *be, int N, int K, size_t rot_bytes,
     const uint16_t *wc = w + (size_t)N * K * c;
     c = (c + 1) % copies;
     double t0 = sa_bench_now();
-    be->ops->matmul_bf16(be, y, x, wc, NULL, 1, N, K, 0);
+    sa_op_matmul_bf16(be, y, x, wc, NULL, 1, N, K, 0);
     double dt = sa_bench_now() - t0;
     if (r >= 0)
       t[r] = dt;
@@ -63,10 +63,10 @@ static double gemv_gbs(sa_backend_t *be, int N, int K, size_t rot_bytes,
 static double gemm_gflops(sa_backend_t *be, int M, int N, int K, int reps,
                           const float *x, float *y, const uint16_t *w) {
   double *t = malloc(sizeof(double) * reps);
-  be->ops->matmul_bf16(be, y, x, w, NULL, M, N, K, 0);
+  sa_op_matmul_bf16(be, y, x, w, NULL, M, N, K, 0);
   for (int r = 0; r < reps; r++) {
     double t0 = sa_bench_now();
-    be->ops->matmul_bf16(be, y, x, w, NULL, M, N, K, 0);
+    sa_op_matmul_bf16(be, y, x, w, NULL, M, N, K, 0);
     t[r] = sa_bench_now() - t0;
   }
   double med = sa_bench_median(t, reps);

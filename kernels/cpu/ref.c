@@ -25,10 +25,6 @@ static int ref_matmul_bf16(sa_backend_t *be, float *y, const float *x,
                            const uint16_t *w, const uint16_t *bias, int M,
                            int N, int K, int accumulate) {
   (void)be;
-  if (M < 0 || N < 0 || K < 0)
-    return SA_EINVAL;
-  if (M && N && (!y || (K && (!x || !w))))
-    return SA_EINVAL;
   for (int m = 0; m < M; m++)
     for (int n = 0; n < N; n++) {
       double s = 0.0;
@@ -46,8 +42,6 @@ static int ref_matmul_bf16(sa_backend_t *be, float *y, const float *x,
 static int ref_rmsnorm(sa_backend_t *be, float *y, const float *x,
                        const uint16_t *w, int M, int H, float eps) {
   (void)be;
-  if (M < 0 || H <= 0 || (M && (!y || !x || !w)))
-    return SA_EINVAL;
   for (int m = 0; m < M; m++) {
     const float *xr = x + (size_t)m * H;
     float *yr = y + (size_t)m * H;
@@ -65,8 +59,6 @@ static int ref_layernorm(sa_backend_t *be, float *y, const float *x,
                          const uint16_t *w, const uint16_t *b, int M, int H,
                          float eps) {
   (void)be;
-  if (M < 0 || H <= 0 || (M && (!y || !x || !w || !b)))
-    return SA_EINVAL;
   for (int m = 0; m < M; m++) {
     const float *xr = x + (size_t)m * H;
     float *yr = y + (size_t)m * H;
@@ -91,9 +83,6 @@ static int ref_layernorm(sa_backend_t *be, float *y, const float *x,
 static int ref_rope(sa_backend_t *be, float *x, const int32_t *pos, int M,
                     int n_heads, int hd, int row_stride, float theta) {
   (void)be;
-  if (M < 0 || n_heads <= 0 || hd <= 0 || (hd & 1) ||
-      row_stride < n_heads * hd || (M && (!x || !pos)))
-    return SA_EINVAL;
   int half = hd / 2;
   for (int m = 0; m < M; m++)
     for (int h = 0; h < n_heads; h++) {
@@ -113,8 +102,6 @@ static int ref_rope(sa_backend_t *be, float *x, const int32_t *pos, int M,
 static int ref_silu_mul(sa_backend_t *be, float *y, const float *gu, int M,
                         int I) {
   (void)be;
-  if (M < 0 || I < 0 || (M && I && (!y || !gu)))
-    return SA_EINVAL;
   for (int m = 0; m < M; m++)
     for (int i = 0; i < I; i++) {
       double g = gu[(size_t)m * 2 * I + i];
@@ -126,8 +113,6 @@ static int ref_silu_mul(sa_backend_t *be, float *y, const float *gu, int M,
 
 static int ref_gelu(sa_backend_t *be, float *x, size_t n) {
   (void)be;
-  if (n && !x)
-    return SA_EINVAL;
   for (size_t i = 0; i < n; i++)
     x[i] = (float)(0.5 * x[i] * (1.0 + erf(x[i] / sqrt(2.0))));
   return 0;
@@ -135,8 +120,6 @@ static int ref_gelu(sa_backend_t *be, float *x, size_t n) {
 
 static int ref_relu(sa_backend_t *be, float *x, size_t n) {
   (void)be;
-  if (n && !x)
-    return SA_EINVAL;
   for (size_t i = 0; i < n; i++)
     if (x[i] < 0.0f)
       x[i] = 0.0f;
@@ -145,8 +128,6 @@ static int ref_relu(sa_backend_t *be, float *x, size_t n) {
 
 static int ref_add(sa_backend_t *be, float *y, const float *x, size_t n) {
   (void)be;
-  if (n && (!x || !y))
-    return SA_EINVAL;
   for (size_t i = 0; i < n; i++)
     y[i] += x[i];
   return 0;
@@ -154,8 +135,6 @@ static int ref_add(sa_backend_t *be, float *y, const float *x, size_t n) {
 
 static int ref_softmax(sa_backend_t *be, float *x, int M, int N) {
   (void)be;
-  if (M < 0 || N <= 0 || (M && !x))
-    return SA_EINVAL;
   for (int m = 0; m < M; m++) {
     float *r = x + (size_t)m * N;
     double mx = r[0], s = 0.0;
@@ -173,8 +152,6 @@ static int ref_softmax(sa_backend_t *be, float *x, int M, int N) {
 static int ref_embed(sa_backend_t *be, float *y, const uint16_t *table,
                      const int32_t *ids, int M, int H, int V) {
   (void)be;
-  if (M < 0 || H <= 0 || V <= 0 || (M && (!y || !table || !ids)))
-    return SA_EINVAL;
   for (int m = 0; m < M; m++) {
     if (ids[m] < 0 || ids[m] >= V)
       return SA_ERANGE;
@@ -188,9 +165,6 @@ static int ref_kv_write(sa_backend_t *be, float *k_cache, float *v_cache,
                         const float *k, const float *v, int row_stride,
                         const int32_t *slot, int M, int kv_dim) {
   (void)be;
-  if (M < 0 || kv_dim <= 0 || row_stride < kv_dim ||
-      (M && (!k_cache || !v_cache || !k || !v || !slot)))
-    return SA_EINVAL;
   for (int m = 0; m < M; m++) {
     if (slot[m] < 0)
       return SA_ERANGE;
@@ -239,15 +213,6 @@ static int ref_attention(sa_backend_t *be, float *out, const float *q,
                          const float *v_cache, const sa_attn_batch_t *batch,
                          int nh, int nkv, int hd, float scale) {
   (void)be;
-  if (!batch || nh <= 0 || nkv <= 0 || hd <= 0 || nh % nkv ||
-      q_stride < nh * hd || batch->n_seqs < 0 || batch->block_size <= 0 ||
-      batch->max_blocks < 0)
-    return SA_EINVAL;
-  if (batch->n_seqs == 0)
-    return 0;
-  if (!out || !q || !k_cache || !v_cache || !batch->q_start ||
-      !batch->ctx_len || !batch->block_table)
-    return SA_EINVAL;
   int group = nh / nkv, kv_dim = nkv * hd, bs = batch->block_size;
   const float **kp = NULL, **vp = NULL;
   int cap = 0, rc = 0;
@@ -300,9 +265,6 @@ static int ref_attention_dense(sa_backend_t *be, float *out, const float *q,
                                const float *k, const float *v, int T, int nh,
                                int hd, int n_valid, float scale) {
   (void)be;
-  if (T < 0 || nh <= 0 || hd <= 0 || (T && (n_valid < 1 || n_valid > T)) ||
-      (T && (!out || !q || !k || !v)))
-    return SA_EINVAL;
   const float **kp = malloc(sizeof(*kp) * (T ? T : 1));
   const float **vp = malloc(sizeof(*vp) * (T ? T : 1));
   if (!kp || !vp) {
@@ -332,11 +294,7 @@ static int ref_conv1d(sa_backend_t *be, float *y, const float *x,
                       void *ws) {
   (void)be;
   (void)ws;
-  if (Tin < 0 || Cin <= 0 || Cout <= 0 || Kw <= 0 || stride <= 0 || pad < 0)
-    return SA_EINVAL;
   int Tout = Tin + 2 * pad - Kw < 0 ? 0 : (Tin + 2 * pad - Kw) / stride + 1;
-  if (Tout && (!y || !x || !w))
-    return SA_EINVAL;
   for (int t = 0; t < Tout; t++)
     for (int co = 0; co < Cout; co++) {
       double s = bias ? bf(bias[co]) : 0.0;

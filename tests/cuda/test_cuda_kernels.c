@@ -157,7 +157,7 @@ static void test_matmul(sa_backend_t *cu, const char *tag, double tol_scale) {
       snprintf(name, sizeof name, "matmul%s M=%d N=%d K=%d bias=%d acc=%d",
                tag, M, N, K, with_bias, acc);
       BOTH("matmul", 0,
-           be->ops->matmul_bf16(be, X(py), X(px), X(pw),
+           sa_op_matmul_bf16(be, X(py), X(px), X(pw),
                                 with_bias ? X(pb) : NULL, M, N, K, acc));
       /* Terms are |x w| <= 1; errors grow like sqrt(K). */
       double atol = tol_scale * (M <= 8 ? 1e-5 : 1e-4) * sqrt((double)K);
@@ -169,7 +169,7 @@ static void test_matmul(sa_backend_t *cu, const char *tag, double tol_scale) {
   float dummy = 0;
   (void)dummy;
   BOTH("matmul M<0", SA_EINVAL,
-       be->ops->matmul_bf16(be, NULL, NULL, NULL, NULL, -1, 4, 4, 0));
+       sa_op_matmul_bf16(be, NULL, NULL, NULL, NULL, -1, 4, 4, 0));
   C = saved;
 }
 
@@ -184,21 +184,21 @@ static void test_norms(void) {
     char name[64];
     snprintf(name, sizeof name, "rmsnorm M=%d H=%d", M, H);
     BOTH("rmsnorm", 0,
-         be->ops->rmsnorm(be, X(py), X(px), X(pw), M, H, 1e-6f));
+         sa_op_rmsnorm(be, X(py), X(px), X(pw), M, H, 1e-6f));
     cmp(name, &py, (size_t)M * H, 1e-5, 1e-5);
     snprintf(name, sizeof name, "layernorm M=%d H=%d", M, H);
     BOTH("layernorm", 0,
-         be->ops->layernorm(be, X(py), X(px), X(pw), X(pb), M, H, 1e-5f));
+         sa_op_layernorm(be, X(py), X(px), X(pw), X(pb), M, H, 1e-5f));
     cmp(name, &py, (size_t)M * H, 1e-5, 1e-5);
     snprintf(name, sizeof name, "rmsnorm in place M=%d H=%d", M, H);
     BOTH("rmsnorm in place", 0,
-         be->ops->rmsnorm(be, X(px), X(px), X(pw), M, H, 1e-6f));
+         sa_op_rmsnorm(be, X(px), X(px), X(pw), M, H, 1e-6f));
     cmp(name, &px, (size_t)M * H, 1e-5, 1e-5);
     fr(&px), fr(&py), fr(&pw), fr(&pb);
     free(x), free(w), free(b);
   }
   BOTH("rmsnorm H=0", SA_EINVAL,
-       be->ops->rmsnorm(be, NULL, NULL, NULL, 1, 0, 1e-6f));
+       sa_op_rmsnorm(be, NULL, NULL, NULL, 1, 0, 1e-6f));
 }
 
 static void test_rope(void) {
@@ -214,13 +214,13 @@ static void test_rope(void) {
     snprintf(name, sizeof name, "rope hd=%d theta=%g stride=%d", hd,
              (double)theta, stride);
     BOTH("rope", 0,
-         be->ops->rope(be, X(px), X(pp), M, nh, hd, stride, theta));
+         sa_op_rope(be, X(px), X(pp), M, nh, hd, stride, theta));
     cmp(name, &px, (size_t)M * stride, 1e-5, 1e-5);
     fr(&px), fr(&pp);
     free(x);
   }
   BOTH("rope odd hd", SA_EINVAL,
-       be->ops->rope(be, NULL, NULL, 1, 1, 3, 3, 1e4f));
+       sa_op_rope(be, NULL, NULL, 1, 1, 3, 3, 1e4f));
 }
 
 static void test_elementwise(void) {
@@ -231,13 +231,13 @@ static void test_elementwise(void) {
     pair_t pa = mk(a, sizeof(float) * n), pb = mk(b, sizeof(float) * n);
     char name[64];
     snprintf(name, sizeof name, "gelu n=%zu", n);
-    BOTH("gelu", 0, be->ops->gelu(be, X(pa), n));
+    BOTH("gelu", 0, sa_op_gelu(be, X(pa), n));
     cmp(name, &pa, n, 1e-6, 1e-6);
     snprintf(name, sizeof name, "relu n=%zu", n);
-    BOTH("relu", 0, be->ops->relu(be, X(pb), n));
+    BOTH("relu", 0, sa_op_relu(be, X(pb), n));
     cmp(name, &pb, n, 0, 0);
     snprintf(name, sizeof name, "add n=%zu", n);
-    BOTH("add", 0, be->ops->add(be, X(pa), X(pb), n));
+    BOTH("add", 0, sa_op_add(be, X(pa), X(pb), n));
     cmp(name, &pa, n, 1e-6, 1e-6);
     fr(&pa), fr(&pb);
     free(a), free(b);
@@ -249,7 +249,7 @@ static void test_elementwise(void) {
     pair_t pg = mk(gu, sizeof(float) * M * 2 * I), py = mk(NULL, sizeof(float) * M * I);
     char name[64];
     snprintf(name, sizeof name, "silu_mul M=%d I=%d", M, I);
-    BOTH("silu_mul", 0, be->ops->silu_mul(be, X(py), X(pg), M, I));
+    BOTH("silu_mul", 0, sa_op_silu_mul(be, X(py), X(pg), M, I));
     cmp(name, &py, (size_t)M * I, 1e-6, 1e-5);
     fr(&pg), fr(&py);
     free(gu);
@@ -261,7 +261,7 @@ static void test_elementwise(void) {
     pair_t px = mk(x, sizeof(float) * M * N);
     char name[64];
     snprintf(name, sizeof name, "softmax M=%d N=%d", M, N);
-    BOTH("softmax", 0, be->ops->softmax(be, X(px), M, N));
+    BOTH("softmax", 0, sa_op_softmax(be, X(px), M, N));
     cmp(name, &px, (size_t)M * N, 1e-7, 1e-5);
     fr(&px);
     free(x);
@@ -274,13 +274,13 @@ static void test_embed(void) {
   int32_t ids[9] = {0, 99, 5, 5, 42, 1, 98, 7, 63};
   pair_t pt = mk(t, 2ull * V * H), pi = mk(ids, sizeof ids);
   pair_t py = mk(NULL, sizeof(float) * M * H);
-  BOTH("embed", 0, be->ops->embed(be, X(py), X(pt), X(pi), M, H, V));
+  BOTH("embed", 0, sa_op_embed(be, X(py), X(pt), X(pi), M, H, V));
   cmp("embed V=100 H=77 M=9", &py, (size_t)M * H, 0, 0);
   int32_t bad[2][2] = {{3, 100}, {-1, 0}};
   for (int k = 0; k < 2; k++) {
     pair_t pbad = mk(bad[k], sizeof bad[k]);
     BOTH("embed id out of range", SA_ERANGE,
-         be->ops->embed(be, X(py), X(pt), X(pbad), 2, H, V));
+         sa_op_embed(be, X(py), X(pt), X(pbad), 2, H, V));
     fr(&pbad);
   }
   expect_rc("sync after embed ERANGE", C->ops->sync(C), 0);
@@ -341,7 +341,7 @@ static void test_attention_case(int nh, int nkv, int hd, int bs, int n_seqs,
   pair_t pout = mk(NULL, sizeof(float) * rows * nh * hd);
   char name[128];
   BOTH("kv_write", 0,
-       be->ops->kv_write(be, X(pkc), X(pvc),
+       sa_op_kv_write(be, X(pkc), X(pvc),
                          (float *)X(pkv) + nh * hd,
                          (float *)X(pkv) + nh * hd + kv_dim, kstride,
                          X(pslot), total_pos, kv_dim));
@@ -353,7 +353,7 @@ static void test_attention_case(int nh, int nkv, int hd, int bs, int n_seqs,
     sa_backend_t *be = side ? C : R;
     sa_attn_batch_t b = {n_seqs,     X(pqs), X(pcl), X(pbt),
                          max_blocks, bs,     max_ctx};
-    int rc = be->ops->attention(be, X(pout), X(pq), q_stride, X(pkc), X(pvc),
+    int rc = sa_op_attention(be, X(pout), X(pq), q_stride, X(pkc), X(pvc),
                                 &b, nh, nkv, hd, 1.f / sqrtf((float)hd));
     expect_rc(side ? "attention (cuda)" : "attention (ref)", rc, 0);
   }
@@ -380,9 +380,9 @@ static void test_attention(void) {
   float row[8] = {0};
   pair_t pc = mk(NULL, 64), ps = mk(&slot, 4), pr = mk(row, sizeof row);
   expect_rc("kv_write slot<0 (ref)",
-            R->ops->kv_write(R, pc.r, pc.r, pr.r, pr.r, 8, ps.r, 1, 8),
+            sa_op_kv_write(R, pc.r, pc.r, pr.r, pr.r, 8, ps.r, 1, 8),
             SA_ERANGE);
-  int rc = C->ops->kv_write(C, pc.c, pc.c, pr.c, pr.c, 8, ps.c, 1, 8);
+  int rc = sa_op_kv_write(C, pc.c, pc.c, pr.c, pr.c, 8, ps.c, 1, 8);
   if (rc == 0)
     rc = C->ops->sync(C);
   expect_rc("kv_write slot<0 (cuda, at sync)", rc, SA_ERANGE);
@@ -401,7 +401,7 @@ static void test_attention(void) {
     snprintf(name, sizeof name, "attention_dense T=%d nh=%d hd=%d n_valid=%d",
              T, nh, hd, nv);
     BOTH("attention_dense", 0,
-         be->ops->attention_dense(be, X(po), X(pq), X(pk), X(pv), T, nh, hd,
+         sa_op_attention_dense(be, X(po), X(pq), X(pk), X(pv), T, nh, hd,
                                   nv, 1.f / sqrtf((float)hd)));
     cmp(name, &po, n, 2e-6 * sqrt((double)hd), 1e-4);
     fr(&pq), fr(&pk), fr(&pv), fr(&po);
@@ -431,7 +431,7 @@ static void test_conv1d(void) {
     snprintf(name, sizeof name, "conv1d Tin=%d Cin=%d Cout=%d Kw=%d s=%d p=%d",
              Tin, Cin, Cout, Kw, st, pad);
     BOTH("conv1d", 0,
-         be->ops->conv1d(be, X(py), X(px), X(pw), (i & 1) ? NULL : X(pb), Tin,
+         sa_op_conv1d(be, X(py), X(px), X(pw), (i & 1) ? NULL : X(pb), Tin,
                          Cin, Cout, Kw, st, pad, be == R ? wr : wc));
     cmp(name, &py, (size_t)Tout * Cout, 1e-4 * sqrt((double)Cin * Kw), 1e-4);
     if (wr)

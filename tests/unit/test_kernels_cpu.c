@@ -103,7 +103,7 @@ static void matmul_case(int M, int N, int K, int use_bias, int accumulate) {
   fill(y0, (size_t)M * N, 1.0f);
   const uint16_t *b = use_bias ? bias : NULL;
   memcpy(yr, y0, sizeof(float) * M * N);
-  assert_int_equal(ref->ops->matmul_bf16(ref, yr, x, w, b, M, N, K, accumulate), 0);
+  assert_int_equal(sa_op_matmul_bf16(ref, yr, x, w, b, M, N, K, accumulate), 0);
   for (int m = 0; m < M; m++)
     for (int n = 0; n < N; n++) {
       double s = 0;
@@ -121,7 +121,7 @@ static void matmul_case(int M, int N, int K, int use_bias, int accumulate) {
       /* path 0: streaming kernel for every M; path 1: sgemm for every M */
       assert_int_equal(sa_cpu_set_sgemm_min_m(be, path ? 1 : 1 << 30), 0);
       memcpy(y, y0, sizeof(float) * M * N);
-      assert_int_equal(be->ops->matmul_bf16(be, y, x, w, b, M, N, K, accumulate), 0);
+      assert_int_equal(sa_op_matmul_bf16(be, y, x, w, b, M, N, K, accumulate), 0);
       snprintf(what, sizeof(what), "matmul %s M%d N%d K%d bias%d acc%d",
                path ? "sgemm" : "stream", M, N, K, use_bias, accumulate);
       check_close(what, y, yr, bound, (size_t)M * N, 0, 0, isa, be->threads);
@@ -151,9 +151,9 @@ static void test_matmul(void **state) {
   /* K = 0: y = bias (+ y) */
   float y[3] = {1, 2, 3};
   uint16_t bias[3] = {sa_f32_to_bf16(0.5f), 0, sa_f32_to_bf16(-1.f)};
-  assert_int_equal(cpu3->ops->matmul_bf16(cpu3, y, NULL, NULL, bias, 1, 3, 0, 1), 0);
+  assert_int_equal(sa_op_matmul_bf16(cpu3, y, NULL, NULL, bias, 1, 3, 0, 1), 0);
   assert_true(y[0] == 1.5f && y[1] == 2.f && y[2] == 2.f);
-  assert_int_equal(cpu1->ops->matmul_bf16(cpu1, y, y, bias, NULL, 1, -3, 1, 0),
+  assert_int_equal(sa_op_matmul_bf16(cpu1, y, y, bias, NULL, 1, -3, 1, 0),
                    SA_EINVAL);
 }
 
@@ -176,28 +176,28 @@ static void test_rows(void **state) {
       ids[m] = (m * 7 + 3) % H;
     FOR_EACH_CONFIG(be, isa) {
       int t = be->threads;
-      assert_int_equal(ref->ops->rmsnorm(ref, yr, x, w, M, H, 1e-6f), 0);
-      assert_int_equal(be->ops->rmsnorm(be, y, x, w, M, H, 1e-6f), 0);
+      assert_int_equal(sa_op_rmsnorm(ref, yr, x, w, M, H, 1e-6f), 0);
+      assert_int_equal(sa_op_rmsnorm(be, y, x, w, M, H, 1e-6f), 0);
       check_close("rmsnorm", y, yr, NULL, n, 1e-5, 1e-5, isa, t);
-      assert_int_equal(ref->ops->layernorm(ref, yr, x, w, b, M, H, 1e-5f), 0);
-      assert_int_equal(be->ops->layernorm(be, y, x, w, b, M, H, 1e-5f), 0);
+      assert_int_equal(sa_op_layernorm(ref, yr, x, w, b, M, H, 1e-5f), 0);
+      assert_int_equal(sa_op_layernorm(be, y, x, w, b, M, H, 1e-5f), 0);
       check_close("layernorm", y, yr, NULL, n, 1e-5, 1e-5, isa, t);
-      assert_int_equal(ref->ops->silu_mul(ref, yr, x, M, H), 0);
-      assert_int_equal(be->ops->silu_mul(be, y, x, M, H), 0);
+      assert_int_equal(sa_op_silu_mul(ref, yr, x, M, H), 0);
+      assert_int_equal(sa_op_silu_mul(be, y, x, M, H), 0);
       check_close("silu_mul", y, yr, NULL, n, 1e-5, 1e-5, isa, t);
       memcpy(yr, x, sizeof(float) * n);
       memcpy(y, x, sizeof(float) * n);
-      assert_int_equal(ref->ops->softmax(ref, yr, M, H), 0);
-      assert_int_equal(be->ops->softmax(be, y, M, H), 0);
+      assert_int_equal(sa_op_softmax(ref, yr, M, H), 0);
+      assert_int_equal(sa_op_softmax(be, y, M, H), 0);
       check_close("softmax", y, yr, NULL, n, 1e-6, 1e-5, isa, t);
       /* table [V = H rows, H] from w repeated: ids index rows */
       uint16_t *table = malloc(2 * (size_t)H * H);
       fill_bf16(table, (size_t)H * H, 1.0f);
-      assert_int_equal(ref->ops->embed(ref, yr, table, ids, M, H, H), 0);
-      assert_int_equal(be->ops->embed(be, y, table, ids, M, H, H), 0);
+      assert_int_equal(sa_op_embed(ref, yr, table, ids, M, H, H), 0);
+      assert_int_equal(sa_op_embed(be, y, table, ids, M, H, H), 0);
       assert_memory_equal(y, yr, sizeof(float) * n);
       ids[M - 1] = H;
-      assert_int_equal(be->ops->embed(be, y, table, ids, M, H, H), SA_ERANGE);
+      assert_int_equal(sa_op_embed(be, y, table, ids, M, H, H), SA_ERANGE);
       ids[M - 1] = ((M - 1) * 7 + 3) % H;
       free(table);
       /* element-wise on n2 = 2n elements (crosses the chunking) */
@@ -205,14 +205,14 @@ static void test_rows(void **state) {
       float *a = malloc(sizeof(float) * n2), *ar = malloc(sizeof(float) * n2);
       memcpy(a, x, sizeof(float) * n2);
       memcpy(ar, x, sizeof(float) * n2);
-      assert_int_equal(ref->ops->gelu(ref, ar, n2), 0);
-      assert_int_equal(be->ops->gelu(be, a, n2), 0);
+      assert_int_equal(sa_op_gelu(ref, ar, n2), 0);
+      assert_int_equal(sa_op_gelu(be, a, n2), 0);
       check_close("gelu", a, ar, NULL, n2, 1e-6, 1e-5, isa, t);
-      assert_int_equal(ref->ops->relu(ref, ar, n2), 0);
-      assert_int_equal(be->ops->relu(be, a, n2), 0);
+      assert_int_equal(sa_op_relu(ref, ar, n2), 0);
+      assert_int_equal(sa_op_relu(be, a, n2), 0);
       check_close("relu", a, ar, NULL, n2, 1e-6, 1e-5, isa, t);
-      assert_int_equal(ref->ops->add(ref, ar, x, n2), 0);
-      assert_int_equal(be->ops->add(be, a, x, n2), 0);
+      assert_int_equal(sa_op_add(ref, ar, x, n2), 0);
+      assert_int_equal(sa_op_add(be, a, x, n2), 0);
       check_close("add", a, ar, NULL, n2, 1e-6, 1e-5, isa, t);
       free(a), free(ar);
     }
@@ -229,11 +229,11 @@ static void test_big_elementwise(void **state) {
   fill(x, n, 4.0f);
   memcpy(a, x, sizeof(float) * n);
   memcpy(ar, x, sizeof(float) * n);
-  assert_int_equal(ref->ops->gelu(ref, ar, n), 0);
-  assert_int_equal(cpu3->ops->gelu(cpu3, a, n), 0);
+  assert_int_equal(sa_op_gelu(ref, ar, n), 0);
+  assert_int_equal(sa_op_gelu(cpu3, a, n), 0);
   check_close("gelu big", a, ar, NULL, n, 1e-6, 1e-5, sa_cpu_isa(cpu3), 3);
-  assert_int_equal(ref->ops->add(ref, ar, x, n), 0);
-  assert_int_equal(cpu3->ops->add(cpu3, a, x, n), 0);
+  assert_int_equal(sa_op_add(ref, ar, x, n), 0);
+  assert_int_equal(sa_op_add(cpu3, a, x, n), 0);
   check_close("add big", a, ar, NULL, n, 1e-6, 1e-5, sa_cpu_isa(cpu3), 3);
   free(a), free(ar), free(x);
 }
@@ -256,8 +256,8 @@ static void test_rope(void **state) {
     FOR_EACH_CONFIG(be, isa) {
       memcpy(x, x0, sizeof(float) * n);
       memcpy(xr, x0, sizeof(float) * n);
-      assert_int_equal(ref->ops->rope(ref, xr, pos, M, nh, hd, stride, 1e6f), 0);
-      assert_int_equal(be->ops->rope(be, x, pos, M, nh, hd, stride, 1e6f), 0);
+      assert_int_equal(sa_op_rope(ref, xr, pos, M, nh, hd, stride, 1e6f), 0);
+      assert_int_equal(sa_op_rope(be, x, pos, M, nh, hd, stride, 1e6f), 0);
       check_close("rope", x, xr, NULL, n, 1e-5, 1e-5, isa, be->threads);
     }
     free(x), free(xr), free(x0), free(pos);
@@ -301,10 +301,10 @@ static void attention_case(const seq_t *seqs, int n_seqs, int nh, int nkv,
   for (int s = 0; s < n_seqs; s++)
     for (int p = 0; p < seqs[s].ctx; p++, r++)
       slot[r] = table[s * max_blocks + p / bs] * bs + p % bs;
-  assert_int_equal(ref->ops->kv_write(ref, kc, vc, qkv + nh * hd,
+  assert_int_equal(sa_op_kv_write(ref, kc, vc, qkv + nh * hd,
                                       qkv + nh * hd + kv_dim, stride, slot,
                                       total, kv_dim), 0);
-  assert_int_equal(cpu3->ops->kv_write(cpu3, kc2, vc2, qkv + nh * hd,
+  assert_int_equal(sa_op_kv_write(cpu3, kc2, vc2, qkv + nh * hd,
                                        qkv + nh * hd + kv_dim, stride, slot,
                                        total, kv_dim), 0);
   assert_memory_equal(kc, kc2, sizeof(float) * cache_n);
@@ -326,11 +326,11 @@ static void attention_case(const seq_t *seqs, int n_seqs, int nh, int nkv,
   size_t on = (size_t)M * nh * hd;
   float *out = malloc(sizeof(float) * on + 4), *outr = malloc(sizeof(float) * on + 4);
   float scale = 1.0f / sqrtf((float)hd);
-  assert_int_equal(ref->ops->attention(ref, outr, q, stride, kc, vc, &b, nh, nkv,
+  assert_int_equal(sa_op_attention(ref, outr, q, stride, kc, vc, &b, nh, nkv,
                                        hd, scale), 0);
   FOR_EACH_CONFIG(be, isa) {
     memset(out, 0xff, sizeof(float) * on);
-    assert_int_equal(be->ops->attention(be, out, q, stride, kc, vc, &b, nh, nkv,
+    assert_int_equal(sa_op_attention(be, out, q, stride, kc, vc, &b, nh, nkv,
                                         hd, scale), 0);
     char what[64];
     snprintf(what, sizeof(what), "attention nh%d nkv%d hd%d bs%d", nh, nkv, hd, bs);
@@ -372,10 +372,10 @@ static void test_attention_dense(void **state) {
     float *orf = malloc(sizeof(float) * n);
     fill(q, n, (float)cfg[c][4]), fill(k, n, (float)cfg[c][4]), fill(v, n, 1.0f);
     float scale = 1.0f / sqrtf((float)hd);
-    assert_int_equal(ref->ops->attention_dense(ref, orf, q, k, v, T, nh, hd, nv,
+    assert_int_equal(sa_op_attention_dense(ref, orf, q, k, v, T, nh, hd, nv,
                                                scale), 0);
     FOR_EACH_CONFIG(be, isa) {
-      assert_int_equal(be->ops->attention_dense(be, o, q, k, v, T, nh, hd, nv,
+      assert_int_equal(sa_op_attention_dense(be, o, q, k, v, T, nh, hd, nv,
                                                 scale), 0);
       check_close("attention_dense", o, orf, NULL, n, 2e-5, 1e-4, isa,
                   be->threads);
@@ -403,7 +403,7 @@ static void test_conv1d(void **state) {
     fill(x, (size_t)Tin * Cin, 2.0f);
     fill_bf16(w, (size_t)Cout * Cin * Kw, 0.5f);
     fill_bf16(b, Cout, 1.0f);
-    assert_int_equal(ref->ops->conv1d(ref, yr, x, w, b, Tin, Cin, Cout, Kw, st,
+    assert_int_equal(sa_op_conv1d(ref, yr, x, w, b, Tin, Cin, Cout, Kw, st,
                                       pad, NULL), 0);
     for (int t = 0; t < Tout; t++)
       for (int co = 0; co < Cout; co++) {
@@ -420,7 +420,7 @@ static void test_conv1d(void **state) {
     size_t wsb = cpu1->ops->conv1d_ws_bytes(Tin, Cin, Kw, st, pad);
     void *ws = malloc(wsb + 64);
     FOR_EACH_CONFIG(be, isa) {
-      assert_int_equal(be->ops->conv1d(be, y, x, w, b, Tin, Cin, Cout, Kw, st,
+      assert_int_equal(sa_op_conv1d(be, y, x, w, b, Tin, Cin, Cout, Kw, st,
                                        pad, ws), 0);
       check_close("conv1d", y, yr, bound, (size_t)Tout * Cout, 0, 0, isa,
                   be->threads);

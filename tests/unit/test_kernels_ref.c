@@ -46,12 +46,12 @@ static void test_matmul_2x2(void **state) {
   bf16v(w, wf, 4);
   bf16v(b, bf, 2);
   float y[4];
-  assert_int_equal(be->ops->matmul_bf16(be, y, x, w, NULL, 2, 2, 2, 0), 0);
+  assert_int_equal(sa_op_matmul_bf16(be, y, x, w, NULL, 2, 2, 2, 0), 0);
   NEAR(y[0], 2.0, 0);  /* 1*1 + 2*0.5 */
   NEAR(y[1], 3.0, 0);  /* -1 + 4 */
   NEAR(y[2], 5.0, 0);  /* 3 + 2 */
   NEAR(y[3], 5.0, 0);  /* -3 + 8 */
-  assert_int_equal(be->ops->matmul_bf16(be, y, x, w, b, 2, 2, 2, 1), 0);
+  assert_int_equal(sa_op_matmul_bf16(be, y, x, w, b, 2, 2, 2, 1), 0);
   NEAR(y[0], 4.25, 0); /* 2 + 2 + 0.25 */
   NEAR(y[1], 5.0, 0);  /* 3 + 3 - 1 */
   NEAR(y[3], 9.0, 0);
@@ -59,9 +59,9 @@ static void test_matmul_2x2(void **state) {
   float x3[3] = {0.5f, 0.25f, 1}, w3f[3] = {2, 4, -3};
   uint16_t w3[3];
   bf16v(w3, w3f, 3);
-  assert_int_equal(be->ops->matmul_bf16(be, y, x3, w3, NULL, 1, 1, 3, 0), 0);
+  assert_int_equal(sa_op_matmul_bf16(be, y, x3, w3, NULL, 1, 1, 3, 0), 0);
   NEAR(y[0], -1.0, 0);
-  assert_int_equal(be->ops->matmul_bf16(be, y, x, w, NULL, -1, 2, 2, 0),
+  assert_int_equal(sa_op_matmul_bf16(be, y, x, w, NULL, -1, 2, 2, 0),
                    SA_EINVAL);
 }
 
@@ -71,7 +71,7 @@ static void test_norms(void **state) {
   float wf[2] = {1, 2};
   uint16_t w[2];
   bf16v(w, wf, 2);
-  assert_int_equal(be->ops->rmsnorm(be, y, x, w, 1, 2, 0.0f), 0);
+  assert_int_equal(sa_op_rmsnorm(be, y, x, w, 1, 2, 0.0f), 0);
   double r = sqrt(12.5); /* mean(9, 16) */
   NEAR(y[0], 3 / r, 1e-6);
   NEAR(y[1], 8 / r, 1e-6);
@@ -80,14 +80,14 @@ static void test_norms(void **state) {
   uint16_t w4[4], b4[4];
   bf16v(w4, w4f, 4);
   bf16v(b4, b4f, 4);
-  assert_int_equal(be->ops->layernorm(be, y4, x4, w4, b4, 1, 4, 0.0f), 0);
+  assert_int_equal(sa_op_layernorm(be, y4, x4, w4, b4, 1, 4, 0.0f), 0);
   double sd = sqrt(1.25); /* mean 2.5, biased variance 1.25 */
   NEAR(y4[0], -1.5 / sd + 0.5, 1e-6);
   NEAR(y4[1], -0.5 / sd + 0.5, 1e-6);
   NEAR(y4[2], 2 * 0.5 / sd + 0.5, 1e-6);
   NEAR(y4[3], 1.5 / sd, 1e-6);
   /* in place (y aliases x) */
-  assert_int_equal(be->ops->rmsnorm(be, x, x, w, 1, 2, 0.0f), 0);
+  assert_int_equal(sa_op_rmsnorm(be, x, x, w, 1, 2, 0.0f), 0);
   NEAR(x[1], 8 / r, 1e-6);
 }
 
@@ -98,11 +98,11 @@ static void test_rope(void **state) {
   for (int i = 0; i < 10; i++)
     x[i] = x0[i] = (float)(i + 1);
   int32_t pos = 0;
-  assert_int_equal(be->ops->rope(be, x, &pos, 1, 2, 4, 10, 100.0f), 0);
+  assert_int_equal(sa_op_rope(be, x, &pos, 1, 2, 4, 10, 100.0f), 0);
   for (int i = 0; i < 10; i++)
     NEAR(x[i], x0[i], 0); /* position 0 is the identity */
   pos = 1;
-  assert_int_equal(be->ops->rope(be, x, &pos, 1, 2, 4, 10, 100.0f), 0);
+  assert_int_equal(sa_op_rope(be, x, &pos, 1, 2, 4, 10, 100.0f), 0);
   /* pair (0, 2) turns by 1 rad; pair (1, 3) by 100^(-1/2) = 0.1 rad */
   NEAR(x[0], 1 * cos(1.0) - 3 * sin(1.0), 1e-6);
   NEAR(x[2], 3 * cos(1.0) + 1 * sin(1.0), 1e-6);
@@ -111,29 +111,29 @@ static void test_rope(void **state) {
   NEAR(x[4], 5 * cos(1.0) - 7 * sin(1.0), 1e-6); /* head 1, same angles */
   NEAR(x[8], 9, 0);
   NEAR(x[9], 10, 0);
-  assert_int_equal(be->ops->rope(be, x, &pos, 1, 2, 3, 10, 100.0f), SA_EINVAL);
+  assert_int_equal(sa_op_rope(be, x, &pos, 1, 2, 3, 10, 100.0f), SA_EINVAL);
 }
 
 static void test_activations(void **state) {
   (void)state;
   float g[6] = {0, 1, -2, 5, 2, 3}; /* gate [0,1,-2], up [5,2,3] */
   float y[3];
-  assert_int_equal(be->ops->silu_mul(be, y, g, 1, 3), 0);
+  assert_int_equal(sa_op_silu_mul(be, y, g, 1, 3), 0);
   NEAR(y[0], 0, 0);
   NEAR(y[1], 2 / (1 + exp(-1.0)), 1e-6);
   NEAR(y[2], 3 * -2 / (1 + exp(2.0)), 1e-6);
   float v[4] = {0, 1, -1, 3};
-  assert_int_equal(be->ops->gelu(be, v, 4), 0);
+  assert_int_equal(sa_op_gelu(be, v, 4), 0);
   NEAR(v[0], 0, 0);
   NEAR(v[1], 0.8413447460685429, 1e-6); /* Phi(1) */
   NEAR(v[2], -0.15865525393145707, 1e-6);
   NEAR(v[3], 3 * 0.9986501019683699, 1e-6);
   float r[3] = {-1, 0, 2};
-  assert_int_equal(be->ops->relu(be, r, 3), 0);
+  assert_int_equal(sa_op_relu(be, r, 3), 0);
   NEAR(r[0], 0, 0);
   NEAR(r[2], 2, 0);
   float a[2] = {1, 2}, b[2] = {0.5f, -4};
-  assert_int_equal(be->ops->add(be, a, b, 2), 0);
+  assert_int_equal(sa_op_add(be, a, b, 2), 0);
   NEAR(a[0], 1.5, 0);
   NEAR(a[1], -2, 0);
 }
@@ -141,7 +141,7 @@ static void test_activations(void **state) {
 static void test_softmax(void **state) {
   (void)state;
   float x[6] = {0, (float)log(2.0), 0, 1000, 1000, -1000};
-  assert_int_equal(be->ops->softmax(be, x, 2, 3), 0);
+  assert_int_equal(sa_op_softmax(be, x, 2, 3), 0);
   NEAR(x[0], 0.25, 1e-6);
   NEAR(x[1], 0.5, 1e-6);
   NEAR(x[2], 0.25, 1e-6);
@@ -149,7 +149,7 @@ static void test_softmax(void **state) {
   NEAR(x[4], 0.5, 1e-6);
   NEAR(x[5], 0, 1e-30);
   float z[7] = {3, -1, 2, 0.5f, 7, -3, 1};
-  assert_int_equal(be->ops->softmax(be, z, 1, 7), 0);
+  assert_int_equal(sa_op_softmax(be, z, 1, 7), 0);
   double s = 0;
   for (int i = 0; i < 7; i++)
     s += z[i];
@@ -163,15 +163,15 @@ static void test_embed(void **state) {
   bf16v(t, tf, 6);
   int32_t ids[3] = {2, 0, 2};
   float y[6];
-  assert_int_equal(be->ops->embed(be, y, t, ids, 3, 2, 3), 0);
+  assert_int_equal(sa_op_embed(be, y, t, ids, 3, 2, 3), 0);
   NEAR(y[0], 5, 0);
   NEAR(y[1], 6, 0);
   NEAR(y[2], 1, 0);
   NEAR(y[5], 6, 0);
   ids[1] = 3;
-  assert_int_equal(be->ops->embed(be, y, t, ids, 3, 2, 3), SA_ERANGE);
+  assert_int_equal(sa_op_embed(be, y, t, ids, 3, 2, 3), SA_ERANGE);
   ids[1] = -1;
-  assert_int_equal(be->ops->embed(be, y, t, ids, 3, 2, 3), SA_ERANGE);
+  assert_int_equal(sa_op_embed(be, y, t, ids, 3, 2, 3), SA_ERANGE);
 }
 
 /* Attention over a paged cache of block size 2, hd 2, 1 KV head, 2 query
@@ -186,7 +186,7 @@ static void test_attention(void **state) {
   int32_t slot[3] = {0 * 2 + 0, 3 * 2 + 1, 1 * 2 + 0};
   kc[(3 * 2 + 0) * 2 + 0] = 1; /* seq1 pos0: k = (1, 0), v = (10, 0) */
   vc[(3 * 2 + 0) * 2 + 0] = 10;
-  assert_int_equal(be->ops->kv_write(be, kc, vc, k, v, 2, slot, 3, 2), 0);
+  assert_int_equal(sa_op_kv_write(be, kc, vc, k, v, 2, slot, 3, 2), 0);
   NEAR(kc[(3 * 2 + 1) * 2 + 1], 1, 0);
   NEAR(vc[(1 * 2 + 0) * 2 + 1], 8, 0);
 
@@ -197,7 +197,7 @@ static void test_attention(void **state) {
   int32_t table[2 * 2] = {0, -1, 3, 1};
   sa_attn_batch_t b = {2, q_start, ctx, table, 2, 2, 3};
   float out[3 * 4];
-  assert_int_equal(be->ops->attention(be, out, q, 4, kc, vc, &b, 2, 1, 2, 1.0f),
+  assert_int_equal(sa_op_attention(be, out, q, 4, kc, vc, &b, 2, 1, 2, 1.0f),
                    0);
   /* one key: the output is v whatever q is */
   NEAR(out[0], 7, 1e-6);
@@ -217,10 +217,10 @@ static void test_attention(void **state) {
   /* the cache must hold the sequence: ctx beyond the table is invalid */
   ctx[1] = 5;
   b.max_ctx = 5;
-  assert_int_equal(be->ops->attention(be, out, q, 4, kc, vc, &b, 2, 1, 2, 1.0f),
+  assert_int_equal(sa_op_attention(be, out, q, 4, kc, vc, &b, 2, 1, 2, 1.0f),
                    SA_EINVAL);
   ctx[1] = 3;
-  assert_int_equal(be->ops->attention(be, out, q, 4, kc, vc, &b, 3, 2, 2, 1.0f),
+  assert_int_equal(sa_op_attention(be, out, q, 4, kc, vc, &b, 3, 2, 2, 1.0f),
                    SA_EINVAL); /* nh not a multiple of nkv */
 }
 
@@ -229,16 +229,16 @@ static void test_attention_dense(void **state) {
   /* T 3, 1 head, hd 1; only key 0 valid -> every row gets v[0] */
   float q[3] = {1, -2, 3}, k[3] = {1, 2, 3}, v[3] = {4, 5, 6}, out[3];
   assert_int_equal(
-      be->ops->attention_dense(be, out, q, k, v, 3, 1, 1, 1, 1.0f), 0);
+      sa_op_attention_dense(be, out, q, k, v, 3, 1, 1, 1, 1.0f), 0);
   for (int t = 0; t < 3; t++)
     NEAR(out[t], 4, 1e-6);
   /* two valid keys, q=1: scores 1, 2 -> (4 + 5e)/(1 + e) */
   assert_int_equal(
-      be->ops->attention_dense(be, out, q, k, v, 3, 1, 1, 2, 1.0f), 0);
+      sa_op_attention_dense(be, out, q, k, v, 3, 1, 1, 2, 1.0f), 0);
   double e = exp(1.0);
   NEAR(out[0], (4 + 5 * e) / (1 + e), 1e-5);
   assert_int_equal(
-      be->ops->attention_dense(be, out, q, k, v, 3, 1, 1, 0, 1.0f), SA_EINVAL);
+      sa_op_attention_dense(be, out, q, k, v, 3, 1, 1, 0, 1.0f), SA_EINVAL);
 }
 
 static void test_conv1d(void **state) {
@@ -251,12 +251,12 @@ static void test_conv1d(void **state) {
   size_t ws_n = be->ops->conv1d_ws_bytes(3, 1, 3, 1, 1);
   float ws[64];
   assert_true(ws_n <= sizeof(ws));
-  assert_int_equal(be->ops->conv1d(be, y, x, w, NULL, 3, 1, 1, 3, 1, 1, ws), 0);
+  assert_int_equal(sa_op_conv1d(be, y, x, w, NULL, 3, 1, 1, 3, 1, 1, ws), 0);
   NEAR(y[0], 0 * 1 + 1 * 2 + 2 * 3, 0);
   NEAR(y[1], 1 * 1 + 2 * 2 + 3 * 3, 0);
   NEAR(y[2], 2 * 1 + 3 * 2 + 0 * 3, 0);
   /* stride 2: Tout = (3 + 2 - 3) / 2 + 1 = 2, plus bias */
-  assert_int_equal(be->ops->conv1d(be, y, x, w, b, 3, 1, 1, 3, 2, 1, ws), 0);
+  assert_int_equal(sa_op_conv1d(be, y, x, w, b, 3, 1, 1, 3, 2, 1, ws), 0);
   NEAR(y[0], 8.5, 0);
   NEAR(y[1], 8.5, 0);
   /* 2 in channels x 2 out channels, Kw 1: a per-frame matmul */
@@ -264,7 +264,7 @@ static void test_conv1d(void **state) {
   float w2f[4] = {1, 1, 2, -1}; /* [Cout, Cin, 1] */
   uint16_t w2[4];
   bf16v(w2, w2f, 4);
-  assert_int_equal(be->ops->conv1d(be, y2, x2, w2, NULL, 2, 2, 2, 1, 1, 0, ws),
+  assert_int_equal(sa_op_conv1d(be, y2, x2, w2, NULL, 2, 2, 2, 1, 1, 0, ws),
                    0);
   NEAR(y2[0], 3, 0);
   NEAR(y2[1], 0, 0);
