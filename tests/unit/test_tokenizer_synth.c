@@ -257,7 +257,7 @@ static void test_reference_bpe(void **state) {
           i++;
         } else {
           if (o != i)
-            strcpy(syms[o], syms[i]);
+            memmove(syms[o], syms[i], strlen(syms[i]) + 1);
           o++;
         }
       }

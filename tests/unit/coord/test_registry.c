@@ -23,11 +23,15 @@ static size_t g_n_log;
 static void on_lost(void *user, int ri, const char *why) {
   (void)user;
   assert_non_null(why);
+  if (g_n_log + 8 >= sizeof g_log)
+    return;
   g_n_log += (size_t)snprintf(g_log + g_n_log, sizeof g_log - g_n_log, "L%d ", ri);
 }
 
 static void on_changed(void *user) {
   (void)user;
+  if (g_n_log + 8 >= sizeof g_log)
+    return;
   g_n_log += (size_t)snprintf(g_log + g_n_log, sizeof g_log - g_n_log, "C ");
 }
 

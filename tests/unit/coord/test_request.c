@@ -524,22 +524,30 @@ static void test_encode_retry_and_limits(void **state) {
   assert_int_equal(r->state, COORD_REQ_PREFILL);
   assert_int_equal(fp.steps[0].plan.e[0].emb_n, 3);
 
-  /* a request that no replica could ever hold fails at once */
-  coord_request_t *big = submit("a", 4, 200, SA__VOTE_RULE__VOTE_NONE);
+  /* a request that no replica could ever hold fails at once (and, with
+   * nothing out, is freed in the same pass) */
+  submit("a", 4, 200, SA__VOTE_RULE__VOTE_NONE);
   process();
-  assert_int_equal(big->state, COORD_REQ_DONE);
+  assert_int_equal(up.ends, 1);
   assert_int_equal(up.end_status, SA_STATUS_RESOURCE_EXHAUSTED);
+  assert_int_equal(g_set.n, 1);
   /* one that fits later waits (FIFO) */
   coord_request_t *later = submit("b", 1, 8, SA__VOTE_RULE__VOTE_NONE);
   process();
   assert_int_equal(later->state, COORD_REQ_QUEUED);
-  /* shutdown fails everything still running */
+  /* shutdown fails everything still running; the queued one is freed at
+   * once, r once its prefill chunk is back */
   coord_requests_shutdown(&g_set);
   process();
   assert_int_equal(r->state, COORD_REQ_DONE);
-  assert_int_equal(later->state, COORD_REQ_DONE);
   assert_int_equal(up.end_status, SA_STATUS_UNAVAILABLE);
   assert_int_equal(up.ends, 3);
+  assert_int_equal(g_set.n, 1);
+  reply(0, SA_STATUS_OK, NULL);
+  process();
+  frees_done();
+  process();
+  assert_int_equal(g_set.n, 0);
 }
 
 /* ------------------------------------------------ under a real loop */
