@@ -67,14 +67,23 @@ typedef struct {
   coord_requests_t set;
   coord_submit_t sub;
   uv_prepare_t pass; /* once per loop turn, before the loop waits */
+  uv_idle_t kick;    /* a turn without sleeping after a pass with work */
   uv_timer_t tick;
   uv_signal_t sigterm, sigint;
 } coord_t;
 
-/* The pass: what callbacks recorded since the last turn is applied here. */
+static void on_kick(uv_idle_t *h) { uv_idle_stop(h); }
+
+/* The pass: what callbacks recorded since the last turn is applied here.
+ * It may send calls on channels whose own prepare handle already ran this
+ * turn; a send can consume the edge of ZeroMQ's edge-triggered fd, so a
+ * reply that arrived meanwhile would not wake the poll. After a pass with
+ * work the idle handle makes libuv poll with timeout 0: the next turn's
+ * prepare handles drain those sockets again before the loop may sleep. */
 static void on_pass(uv_prepare_t *h) {
   coord_t *co = h->data;
-  coord_requests_process(&co->set);
+  if (coord_requests_process(&co->set))
+    uv_idle_start(&co->kick, on_kick);
 }
 
 static void on_tick(uv_timer_t *t) {
@@ -92,6 +101,7 @@ static void on_signal(uv_signal_t *s, int sig) {
   coord_registry_close(&co->reg);
   uv_timer_stop(&co->tick);
   uv_close((uv_handle_t *)&co->pass, NULL);
+  uv_close((uv_handle_t *)&co->kick, NULL);
   uv_close((uv_handle_t *)&co->tick, NULL);
   uv_close((uv_handle_t *)&co->sigterm, NULL);
   uv_close((uv_handle_t *)&co->sigint, NULL);
@@ -230,6 +240,8 @@ int main(int argc, char **argv) {
   uv_prepare_init(co.loop, &co.pass);
   co.pass.data = &co;
   uv_prepare_start(&co.pass, on_pass);
+  uv_idle_init(co.loop, &co.kick);
+  uv_unref((uv_handle_t *)&co.kick);
   uv_timer_init(co.loop, &co.tick);
   co.tick.data = &co;
   uv_timer_start(&co.tick, on_tick, 500, 500);

@@ -952,7 +952,8 @@ static bool reap(coord_requests_t *set) {
   return released;
 }
 
-void coord_requests_process(coord_requests_t *set) {
+bool coord_requests_process(coord_requests_t *set) {
+  bool worked = set->dirty;
   for (int round = 0; round < MAX_PASS_ROUNDS && set->dirty; round++) {
     set->dirty = false;
     apply_records(set);
@@ -966,4 +967,5 @@ void coord_requests_process(coord_requests_t *set) {
     if (set->rec_head) /* recorded during the pass (a registry change) */
       set->dirty = true;
   }
+  return worked;
 }

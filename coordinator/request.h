@@ -113,8 +113,9 @@ void coord_requests_shutdown(coord_requests_t *set);
 void coord_requests_touch(coord_requests_t *set);
 
 /* The pass: see the top of this file. Call it once per loop turn (cheap
- * when nothing was recorded). */
-void coord_requests_process(coord_requests_t *set);
+ * when nothing was recorded). Returns true if it had work (it may then have
+ * sent calls: see main.c for why the loop must not sleep right after). */
+bool coord_requests_process(coord_requests_t *set);
 
 /* The vote of r as it stands: the winning chain (NULL if none) and its
  * votes; the leading normalised answer ("" if none) in *leader. */
