@@ -19,7 +19,7 @@ Step-Audio 2 code, NOT from our C sources:
 
 Usage (the tiny checkpoint comes from `sa-model init --preset tiny --seed N`):
     /usr/bin/python3 tests/oracle/encoder_oracle.py --model /tmp/tiny \
-        --fixtures ../shared/fixtures/audio --out tests/oracle/golden/encoder
+        --fixtures tests/fixtures/audio --out tests/oracle/golden/encoder
 
 Output: one <clip>.npy per clip (float32 [rows, hidden]: the embedding rows,
 every `row_stride`-th row when the clip has many) and meta.json with the

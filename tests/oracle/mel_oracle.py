@@ -6,7 +6,7 @@ The Step-Audio front end (docs/model.md) computed with PyTorch
 filterbank written in numpy from librosa's definition of
 librosa.filters.mel(sr=16000, n_fft=400, n_mels=128) (Slaney scale, Slaney
 norm, float32 weights exactly as librosa stores them). Clips are the WAVs in
-../shared/fixtures/audio, read with the `wave` module (16-bit PCM, 16 kHz;
+tests/fixtures/audio, read with the `wave` module (16-bit PCM, 16 kHz;
 stereo is averaged to mono).
 
 The reference runs in float64 so the golden data is the exact definition; the
@@ -34,7 +34,7 @@ import torch
 SR, N_FFT, HOP, N_MELS, RIGHT_PAD = 16000, 400, 160, 128, 479
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(HERE, "golden", "mel")
-DEFAULT_AUDIO = os.path.join(HERE, "..", "..", "..", "shared", "fixtures", "audio")
+DEFAULT_AUDIO = os.path.join(HERE, "..", "fixtures", "audio")
 
 
 # --- librosa's Slaney mel scale and filterbank, transcribed -----------------
