@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,7 @@ static void usage(FILE *f) {
           "\n"
           "submit options:\n"
           "  --prompt TEXT          text after the audio (default: none)\n"
+          "  --prompt-file FILE     the same, read from FILE (for long prompts)\n"
           "  --system TEXT          system prompt (default: the coordinator's)\n"
           "  --max-tokens N         tokens per chain, reasoning + answer (default 256)\n"
           "  --temperature T        0 = greedy (default 0)\n"
@@ -412,31 +414,68 @@ static int read_all(const char *path, uint8_t **out, size_t *len) {
   return 0;
 }
 
+/* Command-line numbers: the whole argument must be the number, in range;
+ * anything else exits 2 with the option's name (a CLI, so exiting is fine). */
 static float parse_float(const char *s, const char *name) {
   char *end;
   errno = 0;
   float v = strtof(s, &end);
-  if (*end || errno) {
-    fprintf(stderr, "sa-client: %s must be a number\n", name);
+  if (end == s || *end || errno || !isfinite(v)) {
+    fprintf(stderr, "sa-client: %s must be a finite number (got '%s')\n", name, s);
     exit(2);
   }
   return v;
 }
 
-static long parse_int(const char *s, const char *name) {
+static int parse_int(const char *s, const char *name, long lo, long hi) {
   char *end;
   errno = 0;
   long v = strtol(s, &end, 10);
-  if (*end || errno || end == s) {
-    fprintf(stderr, "sa-client: %s must be an integer\n", name);
+  if (end == s || *end || errno || v < lo || v > hi) {
+    fprintf(stderr, "sa-client: %s must be an integer in [%ld, %ld] (got '%s')\n", name, lo,
+            hi, s);
     exit(2);
   }
-  return v;
+  return (int)v;
+}
+
+static uint64_t parse_u64(const char *s, const char *name) {
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (end == s || *end || errno || s[0] == '-') {
+    fprintf(stderr, "sa-client: %s must be an integer in [0, 2^64) (got '%s')\n", name, s);
+    exit(2);
+  }
+  return (uint64_t)v;
+}
+
+/* Reads a text file for --prompt-file (NUL-terminated; caller frees).
+ * NULL after a message: unreadable, too large, or holding a NUL byte. */
+static char *read_text(const char *path) {
+  uint8_t *buf;
+  size_t len;
+  if (read_all(path, &buf, &len))
+    return NULL;
+  char *text = realloc(buf, len + 1);
+  if (!text) {
+    free(buf);
+    fprintf(stderr, "sa-client: out of memory reading %s\n", path);
+    return NULL;
+  }
+  text[len] = '\0';
+  if (strlen(text) != len) {
+    fprintf(stderr, "sa-client: %s holds a NUL byte; a prompt is text\n", path);
+    free(text);
+    return NULL;
+  }
+  return text;
 }
 
 static int cmd_submit(int argc, char **argv) {
   static const struct option longopts[] = {
       {"prompt", required_argument, 0, 'p'},
+      {"prompt-file", required_argument, 0, 'F'},
       {"system", required_argument, 0, 's'},
       {"max-tokens", required_argument, 0, 'M'},
       {"temperature", required_argument, 0, 't'},
@@ -460,6 +499,7 @@ static int cmd_submit(int argc, char **argv) {
   rq.max_tokens = 256;
   rq.n = 1;
   const char *coord = NULL;
+  char *prompt_file = NULL; /* --prompt-file's text: lives until exit */
   bool json = false, quiet = false, no_audio = false;
   double timeout_s = 600;
   int opt;
@@ -467,15 +507,21 @@ static int cmd_submit(int argc, char **argv) {
   while ((opt = getopt_long(argc, argv, "n:h", longopts, NULL)) != -1) {
     switch (opt) {
     case 'p': rq.prompt = optarg; break;
+    case 'F':
+      free(prompt_file);
+      if (!(prompt_file = read_text(optarg)))
+        return 2;
+      rq.prompt = prompt_file;
+      break;
     case 's': rq.system = optarg; break;
-    case 'M': rq.max_tokens = (int)parse_int(optarg, "--max-tokens"); break;
+    case 'M': rq.max_tokens = parse_int(optarg, "--max-tokens", 1, INT32_MAX); break;
     case 't': sp.temperature = parse_float(optarg, "--temperature"); break;
     case 'P': sp.top_p = parse_float(optarg, "--top-p"); break;
-    case 'K': sp.top_k = (int)parse_int(optarg, "--top-k"); break;
+    case 'K': sp.top_k = parse_int(optarg, "--top-k", 0, INT32_MAX); break;
     case 'm': sp.min_p = parse_float(optarg, "--min-p"); break;
     case 'r': sp.repetition_penalty = parse_float(optarg, "--repetition-penalty"); break;
-    case 'S': sp.seed = (uint64_t)strtoull(optarg, NULL, 10); break;
-    case 'n': rq.n = (int)parse_int(optarg, "-n"); break;
+    case 'S': sp.seed = parse_u64(optarg, "--seed"); break;
+    case 'n': rq.n = parse_int(optarg, "-n", 1, 1024); break;
     case 'v':
       if (!strcmp(optarg, "majority"))
         rq.vote_rule = SA__VOTE_RULE__VOTE_MAJORITY;
@@ -483,33 +529,27 @@ static int cmd_submit(int argc, char **argv) {
         rq.vote_rule = SA__VOTE_RULE__VOTE_NONE;
       else if (!strncmp(optarg, "window:", 7)) {
         rq.vote_rule = SA__VOTE_RULE__VOTE_FIRST_K_AGREE;
-        rq.vote_k = (int)parse_int(optarg + 7, "--vote window:K");
-        if (rq.vote_k < 1) {
-          fprintf(stderr, "sa-client: --vote window:K needs K >= 1\n");
-          return 2;
-        }
+        rq.vote_k = parse_int(optarg + 7, "--vote window:K", 1, 1024);
       } else {
         fprintf(stderr, "sa-client: --vote must be majority, window:K or none\n");
         return 2;
       }
       break;
-    case 'b': rq.think_budget = (int)parse_int(optarg, "--think-budget"); break;
+    case 'b': rq.think_budget = parse_int(optarg, "--think-budget", 0, INT32_MAX); break;
     case 'A': no_audio = true; break;
     case 'j': json = true; break;
     case 'q': quiet = true; break;
-    case 'T': timeout_s = parse_float(optarg, "--timeout"); break;
+    case 'T':
+      timeout_s = parse_float(optarg, "--timeout");
+      if (!(timeout_s > 0 && timeout_s <= 1e6)) {
+        fprintf(stderr, "sa-client: --timeout must be in (0, 1e6] seconds\n");
+        return 2;
+      }
+      break;
     case 'c': coord = optarg; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }
-  }
-  if (rq.max_tokens < 1) {
-    fprintf(stderr, "sa-client: --max-tokens must be at least 1\n");
-    return 2;
-  }
-  if (rq.n < 1) {
-    fprintf(stderr, "sa-client: -n must be at least 1\n");
-    return 2;
   }
   uint8_t *audio = NULL;
   size_t audio_len = 0;

@@ -44,6 +44,26 @@ expect_error "max tokens 0" "max-tokens" "$T/clips/clip0.wav" --max-tokens 0
 expect_error "max tokens huge" "max_tokens must be between" "$T/clips/clip0.wav" --max-tokens 100000
 expect_error "invalid UTF-8 prompt" "UTF-8" "$T/clips/clip0.wav" --prompt "$(cat "$T/badutf8.txt")"
 expect_error "too many chains" "n must be between" "$T/clips/clip0.wav" -n 1000
+# the client's own checks: numbers that overflow or are not numbers, prompt files
+expect_error "max tokens overflow" "max-tokens must be an integer" "$T/clips/clip0.wav" \
+  --max-tokens 4294967297
+expect_error "seed not a number" "seed must be an integer" "$T/clips/clip0.wav" --seed 12abc
+expect_error "temperature not finite" "temperature must be a finite" "$T/clips/clip0.wav" \
+  --temperature nan
+expect_error "prompt file missing" "no such file" "$T/clips/clip0.wav" --prompt-file "$T/nofile"
+printf 'a\0b' >"$T/nul.txt"
+expect_error "prompt file with NUL" "NUL" "$T/clips/clip0.wav" --prompt-file "$T/nul.txt"
+expect_error "prompt file not UTF-8" "UTF-8" "$T/clips/clip0.wav" --prompt-file "$T/badutf8.txt"
+printf 'Describe the sound in one word.' >"$T/prompt.txt"
+"$BIN/sa-client" submit "$T/clips/clip0.wav" --prompt-file "$T/prompt.txt" --max-tokens 2 --json \
+  --coordinator "$COORD" >"$T/pf.out" 2>&1 || fail "--prompt-file request failed: $(cat "$T/pf.out")"
+pf=$(grep -o '"prompt_tokens": *[0-9]*' "$T/pf.out" | head -n 1 | grep -o '[0-9]*$')
+"$BIN/sa-client" submit "$T/clips/clip0.wav" --max-tokens 2 --json \
+  --coordinator "$COORD" >"$T/np.out" 2>&1 || fail "request without a prompt failed"
+np=$(grep -o '"prompt_tokens": *[0-9]*' "$T/np.out" | head -n 1 | grep -o '[0-9]*$')
+[[ -n "$pf" && -n "$np" && $pf -gt $np ]] ||
+  fail "--prompt-file did not reach the prompt ($pf vs $np prompt tokens)"
+pass "--prompt-file: the file's text is in the prompt ($pf vs $np prompt tokens)"
 
 # malformed Submit bytes straight at the RPC layer are covered by the RPC
 # tests; here the cluster must still be whole:
