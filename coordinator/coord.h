@@ -10,6 +10,8 @@
  *               like redis's beforeSleep) it runs coord_requests_process()
  *   submit.c    client RPCs (Submit, Cancel, Status): validation, and the
  *               request's events turned into SubmitEvents on the stream
+ *   http.c      the HTTP front door beside it (OpenAI chat completions,
+ *               models, health, metrics); openai.c parses its bodies
  *   request.c   the only writer of request and chain state: the lifecycle
  *               (encode, prompt, admission, prefill, fork, decode, vote,
  *               failover, cancel, finish) and the deferred reaping
@@ -130,7 +132,8 @@ typedef struct {
 /* A request. Written by request.c only; the list links too. */
 struct coord_request {
   coord_request_t *next, *prev; /* in the request set, oldest first */
-  void *client;                 /* submit.c's handle, given at creation */
+  const struct coord_request_cbs *cbs; /* its front end's callbacks */
+  void *client;                 /* the front end's handle, given at creation */
   uint64_t id;
   char request_id[64];
   coord_req_state_t state;

@@ -232,8 +232,7 @@ int main(int argc, char **argv) {
   coord_registry_init(&co.reg, co.loop, m->num_layers, m->hidden_size, o->heartbeat_timeout_ms,
                       &coord_requests_registry_cbs, &co.set);
   coord_pipeline_init(&co.pl, o, m, &co.reg, &coord_requests_pipeline_cbs, &co.set);
-  coord_requests_init(&co.set, o, m, co.tok, &co.reg, &coord_pipeline_ops, &co.pl,
-                      &coord_submit_request_cbs, &co.sub);
+  coord_requests_init(&co.set, o, m, co.tok, &co.reg, &coord_pipeline_ops, &co.pl);
   coord_submit_init(&co.sub, o, &co.set, &co.reg, &co.pl);
   coord_registry_serve(&co.reg, co.srv);
   coord_submit_serve(&co.sub, co.srv);

@@ -116,8 +116,7 @@ const coord_registry_cbs_t coord_requests_registry_cbs = {
 
 void coord_requests_init(coord_requests_t *set, const coord_opts_t *opts,
                          const coord_model_t *model, const sa_tokenizer_t *tok,
-                         coord_registry_t *reg, const coord_pipeline_ops_t *pl_ops, void *pl,
-                         const coord_request_cbs_t *cbs, void *user) {
+                         coord_registry_t *reg, const coord_pipeline_ops_t *pl_ops, void *pl) {
   memset(set, 0, sizeof *set);
   set->opts = opts;
   set->model = model;
@@ -125,8 +124,6 @@ void coord_requests_init(coord_requests_t *set, const coord_opts_t *opts,
   set->reg = reg;
   set->pl_ops = pl_ops;
   set->pl = pl;
-  set->cbs = *cbs;
-  set->user = user;
 }
 
 static void request_destroy(coord_request_t *r) {
@@ -165,13 +162,15 @@ void coord_requests_close(coord_requests_t *set) {
 }
 
 coord_request_t *coord_request_new(coord_requests_t *set, const coord_request_params_t *p,
-                                   void *client, char *err, size_t cap) {
+                                   const coord_request_cbs_t *cbs, void *client, char *err,
+                                   size_t cap) {
   SA_ASSERT(p->n_chains >= 1 && p->n_chains <= COORD_MAX_CHAINS, "n_chains is validated above");
   coord_request_t *r = calloc(1, sizeof *r);
   if (!r) {
     sa_set_err(err, cap, "out of memory");
     return NULL;
   }
+  r->cbs = cbs;
   r->client = client;
   r->id = ++set->next_id;
   if (p->request_id && p->request_id[0])
@@ -248,8 +247,9 @@ void coord_requests_touch(coord_requests_t *set) { set->dirty = true; }
 /* ------------------------------------------------------ chains and ends */
 
 static void emit(coord_requests_t *set, coord_request_t *r, const coord_event_t *ev) {
-  if (!r->ended && set->cbs.event)
-    set->cbs.event(set->user, r, ev);
+  (void)set;
+  if (!r->ended && r->cbs && r->cbs->event)
+    r->cbs->event(r, ev);
 }
 
 static void request_end(coord_requests_t *set, coord_request_t *r, sa_status_t st,
@@ -258,8 +258,9 @@ static void request_end(coord_requests_t *set, coord_request_t *r, sa_status_t s
   if (r->ended)
     return;
   r->ended = true;
-  if (set->cbs.end)
-    set->cbs.end(set->user, r, st, msg);
+  (void)set;
+  if (r->cbs && r->cbs->end)
+    r->cbs->end(r, st, msg);
 }
 
 /* Frees chain c's sequence on its replica once nothing of it is in flight

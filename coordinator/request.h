@@ -49,12 +49,14 @@ typedef struct {
   bool answer;         /* DELTA: after </think> */
 } coord_event_t;
 
-typedef struct {
-  /* An event of r (r->client is the handle given to coord_request_new). */
-  void (*event)(void *user, coord_request_t *r, const coord_event_t *ev);
+/* A front end's callbacks (submit.c for our RPC, http.c for HTTP), given
+ * per request with its handle r->client. */
+typedef struct coord_request_cbs {
+  /* An event of r. */
+  void (*event)(coord_request_t *r, const coord_event_t *ev);
   /* r is over: st OK after FINAL, else why it failed or was cancelled.
-   * Exactly once per request; the handle is not used again after it. */
-  void (*end)(void *user, coord_request_t *r, sa_status_t st, const char *msg);
+   * Exactly once per request; r->client is not used again after it. */
+  void (*end)(coord_request_t *r, sa_status_t st, const char *msg);
 } coord_request_cbs_t;
 
 /* Recorded happenings, applied by the next pass. */
@@ -67,8 +69,6 @@ typedef struct coord_requests {
   coord_registry_t *reg;
   const coord_pipeline_ops_t *pl_ops;
   void *pl;
-  coord_request_cbs_t cbs;
-  void *user;
   coord_request_t *head, *tail; /* oldest first */
   int n;
   uint64_t next_id, next_seq_id;
@@ -80,22 +80,22 @@ typedef struct coord_requests {
 } coord_requests_t;
 
 /* Initialises set (caller-allocated). Everything given is borrowed for the
- * set's life except cbs (copied). pl_ops/pl: the pipeline to call. */
+ * set's life. pl_ops/pl: the pipeline to call. */
 void coord_requests_init(coord_requests_t *set, const coord_opts_t *opts,
                          const coord_model_t *model, const sa_tokenizer_t *tok,
-                         coord_registry_t *reg, const coord_pipeline_ops_t *pl_ops, void *pl,
-                         const coord_request_cbs_t *cbs, void *user);
+                         coord_registry_t *reg, const coord_pipeline_ops_t *pl_ops, void *pl);
 
 /* Frees every request and record without any event (after shutdown, once
  * the loop is done). */
 void coord_requests_close(coord_requests_t *set);
 
-/* Accepts a request with validated parameters p (copied); client is the
- * caller's handle, passed back in events. Returns the request (owned by
- * the set; valid until its end event) or NULL with err filled (out of
- * memory). It starts at the next pass. */
+/* Accepts a request with validated parameters p (copied); its events go to
+ * cbs (borrowed, static) with client, the caller's handle, in r->client.
+ * Returns the request (owned by the set; valid until its end event) or
+ * NULL with err filled (out of memory). It starts at the next pass. */
 coord_request_t *coord_request_new(coord_requests_t *set, const coord_request_params_t *p,
-                                   void *client, char *err, size_t cap);
+                                   const coord_request_cbs_t *cbs, void *client, char *err,
+                                   size_t cap);
 
 /* Asks to cancel r (the client went away or asked); applied by the next
  * pass, which ends r with CANCELLED unless it ended already. Safe from any

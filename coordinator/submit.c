@@ -114,9 +114,8 @@ static void send_final(client_t *cl, const coord_request_t *r) {
   send_event(cl, &ev);
 }
 
-static void on_event(void *user, coord_request_t *r, const coord_event_t *e) {
+static void on_event(coord_request_t *r, const coord_event_t *e) {
   client_t *cl = r->client;
-  (void)user;
   if (!cl || !cl->call)
     return;
   Sa__SubmitEvent ev = SA__SUBMIT_EVENT__INIT;
@@ -155,9 +154,8 @@ static void on_event(void *user, coord_request_t *r, const coord_event_t *e) {
   }
 }
 
-static void on_end(void *user, coord_request_t *r, sa_status_t st, const char *msg) {
+static void on_end(coord_request_t *r, sa_status_t st, const char *msg) {
   client_t *cl = r->client;
-  (void)user;
   if (!cl)
     return;
   cl->r = NULL;
@@ -170,7 +168,7 @@ static void on_end(void *user, coord_request_t *r, sa_status_t st, const char *m
   free(cl);
 }
 
-const coord_request_cbs_t coord_submit_request_cbs = {.event = on_event, .end = on_end};
+static const coord_request_cbs_t k_cbs = {.event = on_event, .end = on_end};
 
 /* ---------------------------------------------------------------- Submit */
 
@@ -276,7 +274,7 @@ static void submit_handler(sa_rpc_call_t *call, void *user) {
     p.sampling.seed = rq->sampling->seed;
   }
   client_t *cl = calloc(1, sizeof *cl);
-  coord_request_t *r = cl ? coord_request_new(sub->set, &p, cl, msg, sizeof msg) : NULL;
+  coord_request_t *r = cl ? coord_request_new(sub->set, &p, &k_cbs, cl, msg, sizeof msg) : NULL;
   sa__submit_request__free_unpacked(rq, NULL);
   if (!r) {
     free(cl);

@@ -4,9 +4,9 @@
  * Coordinator/Cancel and Coordinator/Status.
  *
  * It owns each client's stream (the sa_rpc_call) and nothing of the
- * request: it creates requests, asks to cancel them and reads them. Its
- * coord_request_cbs_t (coord_submit_request_cbs, with the submit_t as
- * user) receives the request module's events. Loop thread only.
+ * request: it creates requests (with its coord_request_cbs_t, which
+ * receives their events), asks to cancel them and reads them. Loop thread
+ * only.
  */
 #ifndef SA_COORD_SUBMIT_H
 #define SA_COORD_SUBMIT_H
@@ -36,7 +36,5 @@ void coord_submit_serve(coord_submit_t *sub, sa_rpc_server_t *srv);
  * reason in msg[cap]. Pure. */
 int coord_submit_validate(const coord_opts_t *opts, const Sa__SubmitRequest *rq, int running,
                           char *msg, size_t cap);
-
-extern const coord_request_cbs_t coord_submit_request_cbs;
 
 #endif /* SA_COORD_SUBMIT_H */

@@ -131,8 +131,7 @@ static void up_log(const char *fmt, ...) {
   va_end(ap);
 }
 
-static void on_event(void *user, coord_request_t *r, const coord_event_t *ev) {
-  (void)user;
+static void on_event(coord_request_t *r, const coord_event_t *ev) {
   assert_false(r->ended);
   switch (ev->kind) {
   case COORD_EV_ENCODED: up_log("P "); break;
@@ -145,8 +144,7 @@ static void on_event(void *user, coord_request_t *r, const coord_event_t *ev) {
   }
 }
 
-static void on_end(void *user, coord_request_t *r, sa_status_t st, const char *msg) {
-  (void)user;
+static void on_end(coord_request_t *r, sa_status_t st, const char *msg) {
   (void)msg;
   assert_true(r->ended);
   up.ends++;
@@ -244,7 +242,7 @@ static int setup(void **state) {
   g_model.tok_think_end = T_END;
   g_model.tok_audio_patch = sa_tokenizer_token_id(g_tok, "<audio_patch>");
   coord_registry_init(&g_reg, NULL, 2, 4, 1000, &coord_requests_registry_cbs, &g_set);
-  coord_requests_init(&g_set, &g_opts, &g_model, g_tok, &g_reg, &k_fake_ops, NULL, &k_up, NULL);
+  coord_requests_init(&g_set, &g_opts, &g_model, g_tok, &g_reg, &k_fake_ops, NULL);
   return 0;
 }
 
@@ -259,7 +257,7 @@ static coord_request_t *submit(const char *prompt, int n, int max_tokens, Sa__Vo
       .prompt = prompt, .n_chains = n, .max_tokens = max_tokens, .vote_rule = rule};
   sa__sampling_params__init(&p.sampling);
   char err[128];
-  coord_request_t *r = coord_request_new(&g_set, &p, NULL, err, sizeof err);
+  coord_request_t *r = coord_request_new(&g_set, &p, &k_up, NULL, err, sizeof err);
   assert_non_null(r);
   return r;
 }
@@ -497,7 +495,7 @@ static void test_encode_retry_and_limits(void **state) {
   p.audio = audio;
   p.audio_len = sizeof audio;
   char err[128];
-  coord_request_t *r = coord_request_new(&g_set, &p, NULL, err, sizeof err);
+  coord_request_t *r = coord_request_new(&g_set, &p, &k_up, NULL, err, sizeof err);
   process();
   assert_int_equal(r->state, COORD_REQ_ENCODING);
   assert_int_equal(fp.encode_worker, e1);
