@@ -15,6 +15,7 @@
 #include "rpc.h"
 #include "sa_error.h"
 #include "sa_time.h"
+#include "http.h"
 #include "submit.h"
 
 #include <uv.h>
@@ -48,6 +49,18 @@ static void usage(FILE *f) {
           "                         but shrinks each micro-batch)\n"
           "  --heartbeat-timeout-ms N  mark a worker down after this silence (default 5000)\n"
           "  --system TEXT          default system prompt (default: none)\n"
+          "  --http HOST:PORT       serve the OpenAI-compatible HTTP API there (off by\n"
+          "                         default; sa-cluster's local topology uses\n"
+          "                         127.0.0.1:8000)\n"
+          "  --api-key-file FILE    HTTP API keys, one a line (Authorization: Bearer KEY);\n"
+          "                         without it HTTP binds only to loopback\n"
+          "  --insecure-http        allow HTTP on a non-loopback address without keys\n"
+          "  --served-model-name N  the model name HTTP clients use (default: the\n"
+          "                         model folder's name)\n"
+          "  --http-max-body N      largest HTTP request body in bytes (default: the\n"
+          "                         audio limit x 4/3 + 1 MiB, for base64)\n"
+          "  --reasoning-split      HTTP: thinking in reasoning_content, the answer in\n"
+          "                         content (vLLM's --reasoning-parser convention)\n"
           "  --endpoint-file PATH   write the bound endpoint there once listening\n"
           "                         (with --listen tcp://127.0.0.1:* for a free port)\n"
           "  --log-level L          error|warn|info|debug (default info; env SA_LOG_LEVEL)\n"
@@ -66,6 +79,7 @@ typedef struct {
   coord_pipeline_t pl;
   coord_requests_t set;
   coord_submit_t sub;
+  coord_http_t *http;
   uv_prepare_t pass; /* once per loop turn, before the loop waits */
   uv_idle_t kick;    /* a turn without sleeping after a pass with work */
   uv_timer_t tick;
@@ -98,6 +112,7 @@ static void on_signal(uv_signal_t *s, int sig) {
   coord_requests_shutdown(&co->set);
   coord_requests_process(&co->set); /* every client's stream ends now */
   sa_rpc_server_destroy(&co->srv);
+  coord_http_stop(&co->http);
   coord_registry_close(&co->reg);
   uv_timer_stop(&co->tick);
   uv_close((uv_handle_t *)&co->pass, NULL);
@@ -149,9 +164,17 @@ int main(int argc, char **argv) {
       {"log-level", required_argument, 0, 10},
       {"endpoint-file", required_argument, 0, 11},
       {"extra-microbatches", required_argument, 0, 12},
+      {"http", required_argument, 0, 13},
+      {"api-key-file", required_argument, 0, 14},
+      {"insecure-http", no_argument, 0, 15},
+      {"served-model-name", required_argument, 0, 16},
+      {"http-max-body", required_argument, 0, 17},
+      {"reasoning-split", no_argument, 0, 18},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   const char *endpoint_file = NULL;
+  coord_http_opts_t ho = {0};
+  long http_max_body = 0;
   int opt;
   while ((opt = getopt_long(argc, argv, "m:l:h", longopts, NULL)) != -1) {
     switch (opt) {
@@ -177,6 +200,12 @@ int main(int argc, char **argv) {
     }
     case 11: endpoint_file = optarg; break;
     case 12: o->extra_microbatches = (int)parse_long(optarg, "--extra-microbatches", 0, 64); break;
+    case 13: ho.listen = optarg; break;
+    case 14: ho.api_key_file = optarg; break;
+    case 15: ho.insecure = true; break;
+    case 16: ho.served_model_name = optarg; break;
+    case 17: http_max_body = parse_long(optarg, "--http-max-body", 1024, 1L << 34); break;
+    case 18: ho.reasoning_split = true; break;
     case 'h': usage(stdout); return 0;
     default: usage(stderr); return 2;
     }
@@ -236,6 +265,32 @@ int main(int argc, char **argv) {
   coord_submit_init(&co.sub, o, &co.set, &co.reg, &co.pl);
   coord_registry_serve(&co.reg, co.srv);
   coord_submit_serve(&co.sub, co.srv);
+  if (ho.listen) {
+    char model_name[256];
+    if (!ho.served_model_name) { /* the model folder's name */
+      const char *d = o->model_dir;
+      size_t n = strlen(d);
+      while (n > 1 && d[n - 1] == '/')
+        n--;
+      const char *b = d + n;
+      while (b > d && b[-1] != '/')
+        b--;
+      snprintf(model_name, sizeof model_name, "%.*s", (int)(d + n - b), b);
+      ho.served_model_name = model_name;
+    }
+    ho.max_body_bytes = http_max_body ? (size_t)http_max_body
+                                      : o->max_audio_bytes / 3 * 4 + 4 + (1u << 20);
+    char herr[512];
+    if (coord_http_start(co.loop, &ho, o, m, sa_tokenizer_vocab_size(co.tok), &co.set, &co.reg,
+                         &co.http, herr, sizeof herr)) {
+      fprintf(stderr, "sa-coordinator: %s\n", herr);
+      return 1;
+    }
+    printf("http %s\n", coord_http_url(co.http));
+    fflush(stdout);
+    SA_LOG_INFO("HTTP API on %s (model \"%s\")", coord_http_url(co.http),
+                ho.served_model_name);
+  }
   uv_prepare_init(co.loop, &co.pass);
   co.pass.data = &co;
   uv_prepare_start(&co.pass, on_pass);

@@ -258,7 +258,7 @@ static void request_end(coord_requests_t *set, coord_request_t *r, sa_status_t s
   if (r->ended)
     return;
   r->ended = true;
-  (void)set;
+  set->stats.ended[st == SA_STATUS_OK ? 0 : st == SA_STATUS_CANCELLED ? 2 : 1]++;
   if (r->cbs && r->cbs->end)
     r->cbs->end(r, st, msg);
 }
@@ -370,8 +370,11 @@ static void chain_voted(coord_requests_t *set, coord_request_t *r, coord_chain_t
     if (o->state == COORD_CHAIN_DONE)
       continue;
     o->normalized[0] = '\0';
-    if (r->max_tokens > o->n_tokens)
+    if (r->max_tokens > o->n_tokens) {
       r->tokens_saved += r->max_tokens - o->n_tokens;
+      set->stats.tokens_saved += r->max_tokens - o->n_tokens;
+    }
+    set->stats.chains_cancelled++;
     chain_end(set, r, o, SA__FINISH_REASON__FINISH_CANCELLED);
   }
 }
@@ -431,6 +434,7 @@ static void request_requeue(coord_requests_t *set, coord_request_t *r, sa_status
   }
   int old = r->replica;
   r->replays++;
+  set->stats.failovers++;
   r->epoch++; /* results of batches already sent are stale now */
   int64_t replay_tokens = 0;
   for (int c = 0; c < r->n_chains; c++) {
@@ -502,6 +506,8 @@ static int build_prompt(coord_requests_t *set, coord_request_t *r, const int32_t
     sa_set_err(err, cap, "the prompt is too short");
     return SA_EINVAL;
   }
+  set->stats.prompt_tokens += r->prompt_len;
+  set->stats.audio_tokens += r->n_audio_rows;
   if (r->prompt_len + r->max_tokens > set->model->max_position_embeddings) {
     sa_set_err(err, cap,
                "prompt (%d tokens, audio included) + max_tokens (%d) exceeds the "
@@ -561,7 +567,7 @@ static void apply_encoded(coord_requests_t *set, coord_request_t *r, coord_encod
   }
   if (enc->status != SA_STATUS_OK) {
     char msg[600];
-    snprintf(msg, sizeof msg, "audio: %s", enc->msg);
+    snprintf(msg, sizeof msg, "%s%s", strncmp(enc->msg, "audio", 5) ? "audio: " : "", enc->msg);
     request_fail(set, r, enc->status, msg);
     return;
   }
@@ -733,6 +739,7 @@ static void chain_token(coord_requests_t *set, coord_request_t *r, coord_chain_t
     tok = m->tok_think_end;
   c->tokens[c->n_tokens++] = tok;
   c->next_input = tok;
+  set->stats.generated_tokens++;
   if (r->t_first_token_ms == 0) /* a token, even one that makes no text yet */
     r->t_first_token_ms = sa_now_ms();
   if (tok == m->tok_eot) {

@@ -59,6 +59,13 @@ typedef struct coord_request_cbs {
   void (*end)(coord_request_t *r, sa_status_t st, const char *msg);
 } coord_request_cbs_t;
 
+/* Counters since start (for metrics); written by request.c only. */
+typedef struct {
+  int64_t ended[3]; /* ok, failed, cancelled by the client */
+  int64_t generated_tokens, prompt_tokens, audio_tokens;
+  int64_t failovers, chains_cancelled, tokens_saved;
+} coord_request_stats_t;
+
 /* Recorded happenings, applied by the next pass. */
 typedef struct coord_record coord_record_t;
 
@@ -73,6 +80,7 @@ typedef struct coord_requests {
   int n;
   uint64_t next_id, next_seq_id;
   int64_t requests_total;
+  coord_request_stats_t stats;
   coord_record_t *rec_head, *rec_tail;
   bool dirty;
   bool stopping;

@@ -1,0 +1,381 @@
+/*
+ * openai — chat-completions request bodies to request parameters (see
+ * openai.h).
+ */
+#include "openai.h"
+
+#include "sa_error.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+  char *err;
+  size_t cap;
+  char *param;
+  size_t pcap;
+} errs_t;
+
+static int bad(errs_t *e, const char *param, const char *fmt, const char *arg) {
+  snprintf(e->param, e->pcap, "%s", param ? param : "");
+  snprintf(e->err, e->cap, fmt, arg ? arg : "");
+  return SA_EINVAL;
+}
+
+/* Appends s to *buf (NUL-terminated, grown). */
+static int cat(char **buf, const char *s) {
+  size_t a = *buf ? strlen(*buf) : 0, b = strlen(s);
+  char *n = realloc(*buf, a + b + 1);
+  if (!n)
+    return SA_ENOMEM;
+  memcpy(n + a, s, b + 1);
+  *buf = n;
+  return 0;
+}
+
+static int decode_b64(const char *b64, size_t n, const coord_openai_limits_t *lim,
+                      coord_openai_req_t *out, errs_t *e, const char *param) {
+  size_t max = n / 4 * 3 + 3;
+  if (max > lim->max_audio_bytes + 3) {
+    snprintf(e->param, e->pcap, "%s", param);
+    snprintf(e->err, e->cap, "audio is larger than the limit of %zu bytes", lim->max_audio_bytes);
+    return SA_EINVAL;
+  }
+  uint8_t *bin = malloc(max ? max : 1);
+  if (!bin)
+    return SA_ENOMEM;
+  size_t len = 0;
+  const char *end = NULL;
+  if (sodium_base642bin(bin, max, b64, n, " \r\n", &len, &end,
+                        sodium_base64_VARIANT_ORIGINAL) != 0 ||
+      (end && end != b64 + n)) {
+    free(bin);
+    return bad(e, param, "audio data is not valid base64", NULL);
+  }
+  if (len == 0) {
+    free(bin);
+    return bad(e, param, "audio data is empty", NULL);
+  }
+  out->audio = bin;
+  out->audio_len = len;
+  return 0;
+}
+
+/* One audio part: input_audio {data, format} or audio_url {url: data:…}. */
+static int audio_part(const cJSON *part, const char *type, const coord_openai_limits_t *lim,
+                      coord_openai_req_t *out, errs_t *e) {
+  if (out->audio)
+    return bad(e, "messages", "more than one audio part in a request is not supported yet%s",
+               NULL);
+  if (!strcmp(type, "input_audio")) {
+    const cJSON *ia = cJSON_GetObjectItemCaseSensitive(part, "input_audio");
+    const cJSON *d = cJSON_GetObjectItemCaseSensitive(ia, "data");
+    if (!cJSON_IsString(d))
+      return bad(e, "messages", "input_audio.data must be a base64 string%s", NULL);
+    return decode_b64(d->valuestring, strlen(d->valuestring), lim, out, e, "messages");
+  }
+  const cJSON *au = cJSON_GetObjectItemCaseSensitive(part, "audio_url");
+  const cJSON *u = cJSON_GetObjectItemCaseSensitive(au, "url");
+  if (!cJSON_IsString(u))
+    return bad(e, "messages", "audio_url.url must be a string%s", NULL);
+  const char *url = u->valuestring;
+  const char *comma = strchr(url, ',');
+  if (strncmp(url, "data:", 5) != 0 || !comma)
+    return bad(e, "messages", "only data: URLs are accepted for audio_url%s", NULL);
+  if (!strstr(url, ";base64") || strstr(url, ";base64") > comma)
+    return bad(e, "messages", "audio_url data must be base64%s", NULL);
+  return decode_b64(comma + 1, strlen(comma + 1), lim, out, e, "messages");
+}
+
+/* A user turn's content: a string, or parts in order. */
+static int user_content(const cJSON *content, const coord_openai_limits_t *lim,
+                        coord_openai_req_t *out, errs_t *e) {
+  if (cJSON_IsString(content))
+    return cat(&out->prompt, content->valuestring);
+  if (!cJSON_IsArray(content))
+    return bad(e, "messages", "content must be a string or a list of parts%s", NULL);
+  bool text_seen = false;
+  const cJSON *part;
+  cJSON_ArrayForEach(part, content) {
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "type");
+    if (!cJSON_IsString(t))
+      return bad(e, "messages", "every content part needs a \"type\"%s", NULL);
+    if (!strcmp(t->valuestring, "text")) {
+      const cJSON *tx = cJSON_GetObjectItemCaseSensitive(part, "text");
+      if (!cJSON_IsString(tx))
+        return bad(e, "messages", "a text part needs a \"text\" string%s", NULL);
+      int rc = cat(&out->prompt, tx->valuestring);
+      if (rc)
+        return rc;
+      text_seen = true;
+    } else if (!strcmp(t->valuestring, "input_audio") || !strcmp(t->valuestring, "audio_url")) {
+      int rc = audio_part(part, t->valuestring, lim, out, e);
+      if (rc)
+        return rc;
+      out->p.text_before_audio = text_seen;
+    } else {
+      return bad(e, "messages", "unknown content part type '%s'", t->valuestring);
+    }
+  }
+  return 0;
+}
+
+static int system_content(const cJSON *content, coord_openai_req_t *out, errs_t *e) {
+  if (cJSON_IsString(content))
+    return cat(&out->system, content->valuestring);
+  if (!cJSON_IsArray(content))
+    return bad(e, "messages", "system content must be a string or text parts%s", NULL);
+  const cJSON *part;
+  cJSON_ArrayForEach(part, content) {
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "type");
+    const cJSON *tx = cJSON_GetObjectItemCaseSensitive(part, "text");
+    if (!cJSON_IsString(t) || strcmp(t->valuestring, "text") || !cJSON_IsString(tx))
+      return bad(e, "messages", "system content parts must be text%s", NULL);
+    int rc = cat(&out->system, tx->valuestring);
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+/* The text of an assistant message ("" for none). */
+static const char *assistant_text(const cJSON *content) {
+  if (cJSON_IsString(content))
+    return content->valuestring;
+  if (cJSON_IsArray(content) && cJSON_GetArraySize(content) == 1) {
+    const cJSON *tx = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(content, 0), "text");
+    if (cJSON_IsString(tx))
+      return tx->valuestring;
+  }
+  return cJSON_IsNull(content) || !content ? "" : NULL;
+}
+
+static int messages(const cJSON *msgs, const cJSON *root, const coord_openai_limits_t *lim,
+                    coord_openai_req_t *out, errs_t *e) {
+  if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0)
+    return bad(e, "messages", "messages must be a non-empty list%s", NULL);
+  int users = 0, n = cJSON_GetArraySize(msgs), i = 0;
+  bool continues = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "continue_final_message"));
+  const cJSON *agp = cJSON_GetObjectItemCaseSensitive(root, "add_generation_prompt");
+  bool add_gen = !cJSON_IsFalse(agp);
+  bool assistant_last = false;
+  const cJSON *m;
+  cJSON_ArrayForEach(m, msgs) {
+    i++;
+    const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
+    if (!cJSON_IsObject(m) || !cJSON_IsString(role))
+      return bad(e, "messages", "every message needs a \"role\" string%s", NULL);
+    const char *r = role->valuestring;
+    int rc = 0;
+    if (!strcmp(r, "system")) {
+      rc = system_content(content, out, e);
+    } else if (!strcmp(r, "user") || !strcmp(r, "human")) {
+      if (++users > 1)
+        return bad(e, "messages", "conversations of more than one user turn are not "
+                                  "supported yet%s", NULL);
+      rc = user_content(content, lim, out, e);
+    } else if (!strcmp(r, "assistant")) {
+      const char *t = assistant_text(content);
+      if (i != n || !t)
+        return bad(e, "messages", "an assistant message is accepted only last, as the "
+                                  "prefix to continue%s", NULL);
+      /* the template already ends the prompt with "<think>\n": an assistant
+       * prefix of exactly that (or less) continues it unchanged */
+      if (strcmp(t, "") && strcmp(t, "<think>") && strcmp(t, "<think>\n"))
+        return bad(e, "messages", "continuing an assistant prefix other than \"<think>\\n\" "
+                                  "is not supported yet%s", NULL);
+      assistant_last = true;
+    } else {
+      return bad(e, "messages", "unknown role '%s' (system, user, human or assistant)", r);
+    }
+    if (rc)
+      return rc;
+  }
+  if (users == 0)
+    return bad(e, "messages", "a user (or human) message is required%s", NULL);
+  if (assistant_last && !continues)
+    return bad(e, "continue_final_message", "a final assistant message needs "
+                                            "continue_final_message: true%s", NULL);
+  if (!add_gen && !assistant_last)
+    return bad(e, "add_generation_prompt", "add_generation_prompt false needs a final "
+                                           "assistant message to continue%s", NULL);
+  return 0;
+}
+
+/* *v gets the number `name` if present; type and range errors name it. */
+static int num(const cJSON *root, const char *name, double lo, double hi, double *v, bool *set,
+               errs_t *e) {
+  const cJSON *x = cJSON_GetObjectItemCaseSensitive(root, name);
+  if (set)
+    *set = false;
+  if (!x || cJSON_IsNull(x))
+    return 0;
+  if (!cJSON_IsNumber(x) || !isfinite(x->valuedouble) || x->valuedouble < lo ||
+      x->valuedouble > hi) {
+    snprintf(e->param, e->pcap, "%s", name);
+    snprintf(e->err, e->cap, "%s must be a number in [%g, %g]", name, lo, hi);
+    return SA_EINVAL;
+  }
+  *v = x->valuedouble;
+  if (set)
+    *set = true;
+  return 0;
+}
+
+static int integer(const cJSON *root, const char *name, double lo, double hi, double *v,
+                   bool *set, errs_t *e) {
+  int rc = num(root, name, lo, hi, v, set, e);
+  if (rc == 0 && (!set || *set) && *v != floor(*v)) {
+    snprintf(e->param, e->pcap, "%s", name);
+    snprintf(e->err, e->cap, "%s must be an integer", name);
+    return SA_EINVAL;
+  }
+  return rc;
+}
+
+static int sampling(const cJSON *root, const coord_openai_limits_t *lim,
+                    coord_openai_req_t *out, errs_t *e) {
+  coord_request_params_t *p = &out->p;
+  double v;
+  bool set;
+  int rc;
+  p->max_tokens = lim->default_max_tokens;
+  if ((rc = integer(root, "max_completion_tokens", 1, 1e9, &v, &set, e)))
+    return rc;
+  if (set) {
+    p->max_tokens = (int)v;
+    out->max_tokens_given = true;
+  }
+  if ((rc = integer(root, "max_tokens", 1, 1e9, &v, &set, e)))
+    return rc;
+  if (set) {
+    p->max_tokens = (int)v;
+    out->max_tokens_given = true;
+  }
+  p->n_chains = 1;
+  if ((rc = integer(root, "n", 1, 1024, &v, &set, e)))
+    return rc;
+  if (set)
+    p->n_chains = (int)v;
+  if ((rc = num(root, "temperature", 0, 100, &v, &set, e)))
+    return rc;
+  p->sampling.temperature = set ? (float)v : 1.0f; /* OpenAI's default */
+  p->sampling.top_p = 1.0f;
+  if ((rc = num(root, "top_p", 0, 1, &v, &set, e)))
+    return rc;
+  if (set)
+    p->sampling.top_p = (float)v;
+  if ((rc = integer(root, "top_k", -1, 1e9, &v, &set, e)))
+    return rc;
+  if (set)
+    p->sampling.top_k = v < 0 ? 0 : (int)v;
+  if ((rc = num(root, "min_p", 0, 1, &v, &set, e)))
+    return rc;
+  if (set)
+    p->sampling.min_p = (float)v;
+  if ((rc = num(root, "repetition_penalty", 0, 100, &v, &set, e)))
+    return rc;
+  if (set)
+    p->sampling.repetition_penalty = (float)v;
+  if ((rc = integer(root, "seed", 0, 18446744073709551615.0, &v, &set, e)))
+    return rc;
+  if (set)
+    p->sampling.seed = (uint64_t)v;
+  if ((rc = integer(root, "think_budget", 0, 1e9, &v, &set, e)))
+    return rc;
+  if (set)
+    p->think_budget = (int)v;
+  p->vote_rule = SA__VOTE_RULE__VOTE_MAJORITY;
+  const cJSON *vote = cJSON_GetObjectItemCaseSensitive(root, "vote");
+  if (vote && !cJSON_IsNull(vote)) {
+    const char *s = cJSON_IsString(vote) ? vote->valuestring : "";
+    char *end = NULL;
+    if (!strcmp(s, "none")) {
+      p->vote_rule = SA__VOTE_RULE__VOTE_NONE;
+    } else if (!strcmp(s, "majority")) {
+      p->vote_rule = SA__VOTE_RULE__VOTE_MAJORITY;
+    } else if (!strncmp(s, "window:", 7) && (p->vote_k = (int)strtol(s + 7, &end, 10)) >= 1 &&
+               p->vote_k <= 1024 && end && !*end) {
+      p->vote_rule = SA__VOTE_RULE__VOTE_FIRST_K_AGREE;
+    } else {
+      return bad(e, "vote", "vote must be \"none\", \"majority\" or \"window:K\"%s", NULL);
+    }
+  }
+  return 0;
+}
+
+int coord_openai_parse(const char *body, size_t len, const coord_openai_limits_t *lim,
+                       coord_openai_req_t *out, char *err, size_t cap, char *param,
+                       size_t pcap) {
+  memset(out, 0, sizeof *out);
+  sa__sampling_params__init(&out->p.sampling);
+  out->skip_special_tokens = true;
+  errs_t e = {err, cap, param, pcap};
+  snprintf(param, pcap, "%s", "");
+  cJSON *root = cJSON_ParseWithLength(body, len);
+  if (!root || !cJSON_IsObject(root)) {
+    cJSON_Delete(root);
+    return bad(&e, NULL, "the body is not a JSON object%s", NULL);
+  }
+  int rc;
+  const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+  if (!cJSON_IsString(model) || strlen(model->valuestring) >= sizeof out->model) {
+    rc = bad(&e, "model", "model must be a string naming the served model%s", NULL);
+    goto done;
+  }
+  snprintf(out->model, sizeof out->model, "%s", model->valuestring);
+  if ((rc = messages(cJSON_GetObjectItemCaseSensitive(root, "messages"), root, lim, out, &e)))
+    goto done;
+  if ((rc = sampling(root, lim, out, &e)))
+    goto done;
+  const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");
+  if (stop && !cJSON_IsNull(stop) && !(cJSON_IsArray(stop) && cJSON_GetArraySize(stop) == 0)) {
+    rc = bad(&e, "stop", "stop strings are not supported yet%s", NULL);
+    goto done;
+  }
+  const cJSON *sti = cJSON_GetObjectItemCaseSensitive(root, "stop_token_ids");
+  if (sti && !cJSON_IsNull(sti)) {
+    const cJSON *id;
+    if (!cJSON_IsArray(sti) || cJSON_GetArraySize(sti) > 16) {
+      rc = bad(&e, "stop_token_ids", "stop_token_ids must be a list of at most 16 ids%s", NULL);
+      goto done;
+    }
+    cJSON_ArrayForEach(id, sti) {
+      if (!cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble > INT32_MAX ||
+          id->valuedouble != floor(id->valuedouble)) {
+        rc = bad(&e, "stop_token_ids", "stop_token_ids must hold non-negative integers%s",
+                 NULL);
+        goto done;
+      }
+      out->stop_token_ids[out->n_stop_token_ids++] = (int32_t)id->valuedouble;
+    }
+  }
+  const cJSON *stream = cJSON_GetObjectItemCaseSensitive(root, "stream");
+  out->stream = cJSON_IsTrue(stream);
+  const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+  out->include_usage = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(so, "include_usage"));
+  const cJSON *sst = cJSON_GetObjectItemCaseSensitive(root, "skip_special_tokens");
+  if (cJSON_IsBool(sst))
+    out->skip_special_tokens = cJSON_IsTrue(sst);
+  out->p.prompt = out->prompt ? out->prompt : "";
+  out->p.system = out->system ? out->system : "";
+  out->p.audio = out->audio;
+  out->p.audio_len = out->audio_len;
+  rc = 0;
+done:
+  cJSON_Delete(root);
+  return rc;
+}
+
+void coord_openai_free(coord_openai_req_t *r) {
+  free(r->system);
+  free(r->prompt);
+  free(r->audio);
+  r->system = r->prompt = NULL;
+  r->audio = NULL;
+}

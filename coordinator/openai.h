@@ -1,0 +1,63 @@
+/*
+ * openai — the body of POST /v1/chat/completions (OpenAI's chat format, as
+ * Step-Audio-R1's vLLM client sends it) turned into a request's parameters.
+ * Pure: JSON bytes in, parameters or an error naming the parameter out; no
+ * I/O, no state. Fuzzed by tests/fuzz/fuzz_openai.c.
+ *
+ * What it accepts: `model`; `messages` with roles system, user, human
+ * (Step-Audio-R1's client says human) and assistant, `content` a string or
+ * a list of parts {"type":"text"}, {"type":"input_audio","input_audio":
+ * {"data":BASE64,"format":…}}, {"type":"audio_url","audio_url":{"url":
+ * "data:audio/…;base64,…"}}; unknown fields anywhere are ignored. Sampling:
+ * max_tokens / max_completion_tokens, temperature, top_p, top_k (-1 = off),
+ * min_p, repetition_penalty, seed, n, stream, stream_options.include_usage,
+ * stop_token_ids, skip_special_tokens, add_generation_prompt,
+ * continue_final_message, and our think_budget and vote.
+ *
+ * Not yet (a clear 400 naming the parameter): more than one user turn, an
+ * assistant message other than the "<think>\n" prefix the template already
+ * ends with, more than one audio part, `stop` strings, audio URLs that are
+ * not data: URLs.
+ */
+#ifndef SA_COORD_OPENAI_H
+#define SA_COORD_OPENAI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "coord.h"
+
+typedef struct {
+  char model[256];
+  bool stream;
+  bool include_usage;
+  bool skip_special_tokens;
+  int32_t stop_token_ids[16];
+  int n_stop_token_ids;
+  bool max_tokens_given;
+  coord_request_params_t p; /* strings and audio point into the fields below */
+  char *system;   /* owned; "" if none */
+  char *prompt;   /* owned; "" if none */
+  uint8_t *audio; /* owned; the decoded audio part, NULL if none */
+  size_t audio_len;
+} coord_openai_req_t;
+
+typedef struct {
+  size_t max_audio_bytes; /* decoded */
+  int default_max_tokens;
+} coord_openai_limits_t;
+
+/* Parses body[len] into *out (zeroed first; free with coord_openai_free
+ * whatever the result). Returns 0, or SA_EINVAL with the reason in
+ * err[cap] and the offending parameter's name in param[pcap] ("" if none),
+ * or SA_ENOMEM. Checks shapes and types; range checks against the
+ * coordinator's limits are the caller's (coord_submit_validate). */
+int coord_openai_parse(const char *body, size_t len, const coord_openai_limits_t *lim,
+                       coord_openai_req_t *out, char *err, size_t cap, char *param,
+                       size_t pcap);
+
+/* Frees what *r owns; r may be zeroed or partly filled. */
+void coord_openai_free(coord_openai_req_t *r);
+
+#endif /* SA_COORD_OPENAI_H */

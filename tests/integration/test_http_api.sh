@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# The OpenAI-compatible HTTP API end to end, with curl: health, models,
+# chat completions streamed (SSE) and not, with WAV and MP3 audio parts and
+# the assistant "<think>\n" prefix Step-Audio-R1's client sends; the streamed
+# text equals sa-client's for the same seed; n chains; every error status
+# with an OpenAI error object; API keys; a client that leaves mid-stream
+# frees its KV; metrics count the requests.
+BIN=$1
+source "$(dirname "$0")/lib.sh"
+command -v curl >/dev/null || fail "curl is missing (scripts/setup installs it)"
+
+M=$T/model
+make_model "$M" 21
+make_clips "$T/clips" 1
+ffmpeg -loglevel error -i "$T/clips/clip0.wav" "$T/clip0.mp3" || fail "ffmpeg mp3"
+start_coordinator "$M" --http 127.0.0.1:0 --served-model-name tiny --http-max-body 3000000
+start_encoder "$M" encoder0
+start_worker "$M" 0:1 r0 s0
+start_worker "$M" 1: r0 s1
+wait_ready 1 1
+URL=$(grep -ao '^http http://[^ ]*' "$T/coordinator.log" | head -n 1 | cut -d' ' -f2)
+[[ -n $URL ]] || fail "the coordinator did not print its HTTP URL"
+
+# code METHOD PATH [curl args] -> HTTP status; body in $T/body
+code() {
+  local m=$1 p=$2; shift 2
+  curl -s -o "$T/body" -w '%{http_code}' -X "$m" "$URL$p" "$@"
+}
+json() { python3 -c "import json,sys; d=json.load(open('$T/body')); print($1)"; }
+b64() { base64 -w0 "$1"; }
+
+[[ $(code GET /health) == 200 && $(json "d['status']") == ok ]] || fail "/health: $(cat "$T/body")"
+pass "/health: $(cat "$T/body")"
+[[ $(code GET /v1/models) == 200 && $(json "d['data'][0]['id']") == tiny ]] ||
+  fail "/v1/models: $(cat "$T/body")"
+pass "/v1/models lists tiny"
+
+# --- a non-streamed text request
+cat >"$T/text.json" <<'EOF'
+{"model":"tiny","messages":[{"role":"system","content":"Be brief."},
+ {"role":"user","content":"Hi"}],"max_tokens":8,"temperature":0}
+EOF
+[[ $(code POST /v1/chat/completions -H 'Content-Type: application/json' -d @"$T/text.json") == 200 ]] ||
+  fail "text completion: $(cat "$T/body")"
+[[ $(json "d['object']") == chat.completion && $(json "d['usage']['completion_tokens']") -ge 1 ]] ||
+  fail "text completion body: $(cat "$T/body")"
+pass "non-streamed text completion: $(json "d['usage']")"
+
+# --- streamed, WAV audio, the R1 client's payload shape; equal to sa-client
+python3 - "$T/clips/clip0.wav" wav >"$T/r1.json" <<'EOF'
+import base64, json, sys
+audio = base64.b64encode(open(sys.argv[1], 'rb').read()).decode()
+print(json.dumps({
+  "model": "tiny", "stream": True, "stream_options": {"include_usage": True},
+  "max_tokens": 40, "temperature": 0.7, "seed": 7, "top_p": 1.0,
+  "stop_token_ids": [151665], "skip_special_tokens": False,
+  "continue_final_message": True, "add_generation_prompt": False,
+  "messages": [
+    {"role": "system", "content": "You are an expert in audio analysis."},
+    {"role": "human", "eot": False, "content": [
+      {"type": "input_audio", "input_audio": {"data": audio, "format": sys.argv[2]}},
+      {"type": "text", "text": "What is happening?"}]},
+    {"role": "assistant", "content": "<think>\n", "eot": False}]}))
+EOF
+[[ $(code POST /v1/chat/completions -H 'Content-Type: application/json' -d @"$T/r1.json") == 200 ]] ||
+  fail "streamed audio completion: $(cat "$T/body")"
+grep -q '^data: \[DONE\]$' "$T/body" || fail "the stream does not end with [DONE]"
+python3 - "$T/body" >"$T/http.txt" <<'EOF'
+import json, sys
+text, usage, finish = "", None, None
+for line in open(sys.argv[1]):
+    if not line.startswith("data: ") or line.strip() == "data: [DONE]":
+        continue
+    c = json.loads(line[6:])
+    assert c["object"] == "chat.completion.chunk", c
+    for ch in c["choices"]:
+        text += ch["delta"].get("content") or ""
+        finish = ch.get("finish_reason") or finish
+    usage = c.get("usage") or usage
+assert usage and finish in ("stop", "length"), (usage, finish)
+sys.stdout.write(text)
+EOF
+[[ $? -eq 0 ]] || fail "stream chunks are malformed: $(head -c 600 "$T/body")"
+"$BIN/sa-client" submit "$T/clips/clip0.wav" --prompt "What is happening?" \
+  --system "You are an expert in audio analysis." --max-tokens 40 --temperature 0.7 --seed 7 \
+  --json --coordinator "$COORD" >"$T/rpc.out" 2>&1 || fail "sa-client: $(cat "$T/rpc.out")"
+python3 - "$T/http.txt" "$T/rpc.out" <<'EOF' || fail "streamed text differs from sa-client's (above)"
+import json, sys
+http = open(sys.argv[1]).read()
+reasoning, answer = "", ""
+for line in open(sys.argv[2]):
+    if not line.startswith("{"):
+        continue
+    e = json.loads(line)
+    if e.get("type") == "delta" and e["chain"] == 0:
+        if e["kind"] == "answer":
+            answer += e["text"]
+        else:
+            reasoning += e["text"]
+hr, sep, ha = http.partition("</think>")
+if (hr, ha) != (reasoning, answer) or (not sep and answer):
+    print("http:", repr(http[:300]), "\nrpc reasoning:", repr(reasoning[:200]),
+          "\nrpc answer:", repr(answer[:200]), file=sys.stderr)
+    sys.exit(1)
+EOF
+pass "streamed WAV completion equals sa-client for seed 7 ($(wc -c <"$T/http.txt") bytes)"
+
+# --- an MP3 part as a data: URL, n = 4 chains, not streamed
+python3 - "$T/clip0.mp3" >"$T/mp3.json" <<'EOF'
+import base64, json, sys
+audio = base64.b64encode(open(sys.argv[1], 'rb').read()).decode()
+print(json.dumps({"model": "tiny", "n": 4, "max_tokens": 12, "temperature": 0.8, "seed": 3,
+  "messages": [{"role": "user", "content": [
+    {"type": "text", "text": "Listen:"},
+    {"type": "audio_url", "audio_url": {"url": "data:audio/mpeg;base64," + audio}}]}]}))
+EOF
+[[ $(code POST /v1/chat/completions -d @"$T/mp3.json") == 200 && $(json "len(d['choices'])") == 4 ]] ||
+  fail "MP3 n=4 completion: $(head -c 400 "$T/body")"
+pass "MP3 audio_url, n=4: 4 choices, usage $(json "d['usage']")"
+
+# --- errors: status and an OpenAI error object
+expect() { # STATUS PARAM-OR-- NAME METHOD PATH [curl args]
+  local want=$1 param=$2 name=$3; shift 3
+  local got
+  got=$(code "$@")
+  [[ $got == "$want" ]] || fail "$name: HTTP $got, want $want: $(head -c 300 "$T/body")"
+  python3 -c "import json; e=json.load(open('$T/body'))['error']; assert e['message'] and e['type']" ||
+    fail "$name: not an OpenAI error object: $(head -c 300 "$T/body")"
+  if [[ $param != -- ]]; then
+    [[ $(json "d['error']['param']") == "$param" ]] || fail "$name: param is not $param: $(cat "$T/body")"
+  fi
+  pass "$name: $want $(json "d['error']['message']" | head -c 100)"
+}
+expect 400 -- "bad JSON" POST /v1/chat/completions -d '{"model": "tiny", "messages": ['
+expect 400 messages "unknown role" POST /v1/chat/completions \
+  -d '{"model":"tiny","messages":[{"role":"robot","content":"x"}]}'
+expect 400 messages "bad base64" POST /v1/chat/completions \
+  -d '{"model":"tiny","messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{"data":"@@@","format":"wav"}}]}]}'
+printf 'not audio at all' | base64 -w0 >"$T/notaudio.b64"
+expect 400 -- "not audio" POST /v1/chat/completions \
+  -d "{\"model\":\"tiny\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"input_audio\",\"input_audio\":{\"data\":\"$(cat "$T/notaudio.b64")\",\"format\":\"wav\"}}]}]}"
+expect 400 temperature "temperature out of range" POST /v1/chat/completions \
+  -d '{"model":"tiny","messages":[{"role":"user","content":"x"}],"temperature":-1}'
+expect 400 max_tokens "max_tokens over the limit" POST /v1/chat/completions \
+  -d '{"model":"tiny","messages":[{"role":"user","content":"x"}],"max_tokens":100000000}'
+expect 400 -- "max_tokens over the context" POST /v1/chat/completions \
+  -d '{"model":"tiny","messages":[{"role":"user","content":"x"}],"max_tokens":8000}'
+expect 400 messages "two user turns (not yet)" POST /v1/chat/completions \
+  -d '{"model":"tiny","messages":[{"role":"user","content":"a"},{"role":"user","content":"b"}]}'
+expect 404 model "unknown model" POST /v1/chat/completions \
+  -d '{"model":"gpt-9","messages":[{"role":"user","content":"x"}]}'
+expect 404 -- "unknown path" GET /v1/nothing
+expect 405 -- "wrong method" GET /v1/chat/completions
+head -c 3100000 /dev/zero | tr '\0' 'a' >"$T/big.json"
+got=$(curl -s -o "$T/body" -w '%{http_code}' -X POST "$URL/v1/chat/completions" --data-binary @"$T/big.json")
+[[ $got == 413 ]] || fail "body over the limit: HTTP $got"
+pass "body over the limit: 413"
+
+# --- a client that leaves mid-stream cancels its request and frees the KV
+[[ $(kv_used_total) -eq 0 ]] || fail "KV in use before the disconnect test"
+curl -s -N "$URL/v1/chat/completions" -d '{"model":"tiny","stream":true,"max_tokens":4000,
+  "temperature":0,"messages":[{"role":"user","content":"go on"}]}' >"$T/cut.out" 2>&1 &
+cpid=$!
+seen=0
+for _ in $(seq 200); do
+  if [[ $(kv_used_total) -gt 0 ]] && grep -q '^data: {' "$T/cut.out"; then seen=1; break; fi
+  sleep 0.02
+done
+[[ $seen -eq 1 ]] || fail "the long request never streamed while holding KV: $(head -c 300 "$T/cut.out")"
+kill -9 "$cpid"
+wait "$cpid" 2>/dev/null || true
+freed=0
+for _ in $(seq 100); do
+  if [[ $(kv_used_total) -eq 0 ]]; then freed=1; break; fi
+  sleep 0.1
+done
+[[ $freed -eq 1 ]] || fail "KV blocks still used after the HTTP client left"
+grep -q "HTTP client went away" "$T/coordinator.log" || fail "the coordinator did not log the leave"
+pass "an HTTP client leaving mid-stream cancels its request; KV freed"
+
+# --- metrics count the requests
+[[ $(code GET /metrics) == 200 ]] || fail "/metrics"
+ok=$(grep '^sa_requests_total{outcome="ok"}' "$T/body" | awk '{print $2}')
+[[ ${ok:-0} -ge 4 ]] || fail "sa_requests_total ok = ${ok:-none}, want >= 4: $(head -c 600 "$T/body")"
+grep -q '^sa_kv_blocks_total{replica="r0",layers="0:1"}' "$T/body" || fail "no KV gauge per stage"
+pass "/metrics: sa_requests_total{outcome=\"ok\"} $ok"
+
+# --- the cluster still serves
+[[ $(code POST /v1/chat/completions -d @"$T/text.json") == 200 ]] || fail "not serving after the errors"
+pass "still serving after every bad request"
+
+# --- a second coordinator: keys, no replica, a full queue, secure defaults
+echo "k-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')" >"$T/keys"
+KEY=$(cat "$T/keys")
+"$BIN/sa-coordinator" --model "$M" --listen 'tcp://127.0.0.1:*' --http 127.0.0.1:0 \
+  --served-model-name tiny --api-key-file "$T/keys" --max-requests 1 >"$T/c2.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q '^http http' "$T/c2.log" && break; sleep 0.05; done
+URL=$(grep -ao '^http http://[^ ]*' "$T/c2.log" | head -n 1 | cut -d' ' -f2)
+[[ -n $URL ]] || fail "second coordinator: $(cat "$T/c2.log")"
+expect 401 -- "no API key" GET /v1/models
+expect 401 -- "wrong API key" GET /v1/models -H "Authorization: Bearer nope"
+[[ $(code GET /v1/models -H "Authorization: Bearer $KEY") == 200 ]] || fail "the right key is refused"
+pass "the right API key is accepted"
+[[ $(code GET /health) == 503 ]] || fail "/health without replicas: $(cat "$T/body")"
+pass "/health without encoders or replicas: 503 $(cat "$T/body")"
+curl -s --max-time 3 "$URL/v1/chat/completions" -H "Authorization: Bearer $KEY" \
+  -d '{"model":"tiny","messages":[{"role":"user","content":"wait"}]}' >/dev/null 2>&1 &
+for _ in $(seq 50); do
+  [[ $(code GET /metrics -H "Authorization: Bearer $KEY"; grep -c '^sa_requests_waiting 1' "$T/body") == 2001 ]] && break
+  sleep 0.05
+done
+got=$(curl -s -D "$T/hdr" -o "$T/body" -w '%{http_code}' "$URL/v1/chat/completions" \
+  -H "Authorization: Bearer $KEY" -d '{"model":"tiny","messages":[{"role":"user","content":"x"}]}')
+[[ $got == 429 ]] || fail "queue full: HTTP $got $(cat "$T/body")"
+grep -qi '^retry-after:' "$T/hdr" || fail "429 without Retry-After"
+pass "a full queue: 429 with Retry-After"
+if "$BIN/sa-coordinator" --model "$M" --listen 'tcp://127.0.0.1:*' --http 0.0.0.0:0 \
+  >"$T/c3.log" 2>&1; then
+  fail "HTTP on 0.0.0.0 without keys was accepted"
+fi
+grep -q "insecure-http" "$T/c3.log" || fail "the refusal does not say how: $(cat "$T/c3.log")"
+pass "HTTP on 0.0.0.0 without an API key file is refused"
