@@ -91,6 +91,7 @@ typedef struct {
   int n_tokens, cap_tokens;
   int32_t next_input; /* token fed at its next decode step */
   int reasoning_tokens, answer_tokens;
+  uint64_t t_last_token_ns; /* for the inter-token latency */
   bool in_answer; /* </think> seen */
   Sa__FinishReason finish;
   sa_detok_t detok;
@@ -174,8 +175,9 @@ struct coord_request {
                                        in finishing order */
   int n_vote_order;
   int64_t tokens_saved;
-  /* timing (sa_now_ms) */
+  /* timing (sa_now_ms; _ns: sa_now_ns) */
   uint64_t t_start_ms, t_first_token_ms;
+  uint64_t t_encode_ns, t_queued_ns;
 };
 
 #endif /* SA_COORD_H */

@@ -24,6 +24,8 @@
 #include "submit.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
+#include <stddef.h>
 #include <h2o.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -49,6 +51,7 @@ struct coord_http {
   size_t vocab_size;
   coord_requests_t *set;
   const coord_registry_t *reg;
+  const coord_pipeline_t *pl;
   uint64_t next_id;
 };
 
@@ -677,6 +680,55 @@ static void metrics(coord_http_t *h, h2o_req_t *req) {
           (long long)s->stats.generated_tokens, (long long)s->stats.prompt_tokens,
           (long long)s->stats.audio_tokens, (long long)s->stats.failovers,
           (long long)s->stats.chains_cancelled, (long long)s->stats.tokens_saved);
+  static const struct {
+    const char *name, *help;
+    size_t off;
+  } hists[] = {
+      {"sa_time_to_first_token_seconds", "Request accepted to its first token.",
+       offsetof(coord_request_stats_t, ttft)},
+      {"sa_inter_token_latency_seconds", "Time between two tokens of a chain.",
+       offsetof(coord_request_stats_t, itl)},
+      {"sa_request_duration_seconds", "Request accepted to ended, successful requests.",
+       offsetof(coord_request_stats_t, e2e)},
+      {"sa_encode_duration_seconds", "Audio sent to an encoder to its rows back.",
+       offsetof(coord_request_stats_t, encode)},
+      {"sa_queue_duration_seconds", "Prompt built to admitted to a replica.",
+       offsetof(coord_request_stats_t, queue)},
+  };
+  for (size_t k = 0; k < sizeof hists / sizeof hists[0]; k++) {
+    const coord_hist_t *hs = (const coord_hist_t *)((const char *)&s->stats + hists[k].off);
+    fprintf(f, "# HELP %s %s\n# TYPE %s histogram\n", hists[k].name, hists[k].help,
+            hists[k].name);
+    for (int i = 0; i < COORD_HIST_BUCKETS; i++) {
+      if (isinf(coord_hist_le[i]))
+        fprintf(f, "%s_bucket{le=\"+Inf\"} %lld\n", hists[k].name, (long long)hs->bucket[i]);
+      else
+        fprintf(f, "%s_bucket{le=\"%g\"} %lld\n", hists[k].name, coord_hist_le[i],
+                (long long)hs->bucket[i]);
+    }
+    fprintf(f, "%s_sum %.6f\n%s_count %lld\n", hists[k].name, hs->sum, hists[k].name,
+            (long long)hs->count);
+  }
+  fprintf(f, "# HELP sa_step_duration_seconds A pipeline step, sent to stage 0 until the "
+             "last stage's result is back, per replica.\n"
+             "# TYPE sa_step_duration_seconds histogram\n");
+  for (int ri = 0; ri < COORD_MAX_REPLICAS; ri++) {
+    const coord_replica_t *rp = coord_registry_replica(h->reg, ri);
+    const coord_hist_t *hs = &h->pl->stats[ri].step;
+    if (!rp || hs->count == 0)
+      continue;
+    for (int i = 0; i < COORD_HIST_BUCKETS; i++) {
+      if (isinf(coord_hist_le[i]))
+        fprintf(f, "sa_step_duration_seconds_bucket{replica=\"%s\",le=\"+Inf\"} %lld\n",
+                rp->name, (long long)hs->bucket[i]);
+      else
+        fprintf(f, "sa_step_duration_seconds_bucket{replica=\"%s\",le=\"%g\"} %lld\n",
+                rp->name, coord_hist_le[i], (long long)hs->bucket[i]);
+    }
+    fprintf(f, "sa_step_duration_seconds_sum{replica=\"%s\"} %.6f\n"
+               "sa_step_duration_seconds_count{replica=\"%s\"} %lld\n",
+            rp->name, hs->sum, rp->name, (long long)hs->count);
+  }
   fprintf(f, "# HELP sa_kv_blocks_used KV blocks in use per stage (last report).\n"
              "# TYPE sa_kv_blocks_used gauge\n");
   for (int i = 0; i < COORD_MAX_WORKERS; i++) {
@@ -788,7 +840,7 @@ static int parse_listen(const char *s, struct sockaddr_storage *addr, bool *loop
 int coord_http_start(struct uv_loop_s *loop, const coord_http_opts_t *o,
                      const coord_opts_t *copts, const coord_model_t *model,
                      size_t vocab_size, coord_requests_t *set, const coord_registry_t *reg,
-                     coord_http_t **out, char *err, size_t cap) {
+                     const coord_pipeline_t *pl, coord_http_t **out, char *err, size_t cap) {
   *out = NULL;
   struct sockaddr_storage addr;
   bool loopback = false;
@@ -824,6 +876,7 @@ int coord_http_start(struct uv_loop_s *loop, const coord_http_opts_t *o,
   h->vocab_size = vocab_size;
   h->set = set;
   h->reg = reg;
+  h->pl = pl;
   h2o_config_init(&h->config);
   h->config.max_request_entity_size = o->max_body_bytes;
   h2o_hostconf_t *hc =

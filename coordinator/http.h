@@ -47,7 +47,7 @@ typedef struct coord_http coord_http_t;
 int coord_http_start(struct uv_loop_s *loop, const coord_http_opts_t *o,
                      const coord_opts_t *copts, const coord_model_t *model,
                      size_t vocab_size, coord_requests_t *set, const coord_registry_t *reg,
-                     coord_http_t **out, char *err, size_t cap);
+                     const coord_pipeline_t *pl, coord_http_t **out, char *err, size_t cap);
 
 /* The URL it serves at ("http://127.0.0.1:8000"). Borrowed. */
 const char *coord_http_url(const coord_http_t *h);

@@ -282,7 +282,7 @@ int main(int argc, char **argv) {
                                       : o->max_audio_bytes / 3 * 4 + 4 + (1u << 20);
     char herr[512];
     if (coord_http_start(co.loop, &ho, o, m, sa_tokenizer_vocab_size(co.tok), &co.set, &co.reg,
-                         &co.http, herr, sizeof herr)) {
+                         &co.pl, &co.http, herr, sizeof herr)) {
       fprintf(stderr, "sa-coordinator: %s\n", herr);
       return 1;
     }

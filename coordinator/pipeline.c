@@ -5,6 +5,7 @@
 #include "pipeline.h"
 
 #include "log.h"
+#include "sa_time.h"
 #include "sampler.h"
 
 #include <stdio.h>
@@ -76,6 +77,7 @@ static int embed_spans(const coord_plan_entry_t *e, Sa__EmbedSpan *spans, Sa__Em
 typedef struct {
   coord_pipeline_t *pl;
   coord_step_t *st;
+  uint64_t t_sent_ns;
 } batch_t;
 
 static void on_step_done(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void *user);
@@ -99,6 +101,7 @@ static int pipeline_step(void *impl, const coord_plan_t *plan) {
   }
   b->pl = pl;
   b->st = st;
+  b->t_sent_ns = sa_now_ns();
   st->replica = plan->replica;
   st->batch_id = ++pl->next_batch_id;
   sa__step_batch__init(&m->sb);
@@ -201,6 +204,7 @@ static void on_step_done(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void 
   coord_pipeline_t *pl = b->pl;
   coord_step_t *st = b->st;
   (void)ch;
+  coord_hist_observe(&pl->stats[st->replica].step, (double)(sa_now_ns() - b->t_sent_ns) * 1e-9);
   free(b);
   pl->inflight[st->replica]--;
   Sa__StepResult *sr = NULL;

@@ -22,6 +22,7 @@
 
 #include "coord.h"
 #include "registry.h"
+#include "request_stats.h"
 #include "sa_error.h"
 #include "sched.h"
 
@@ -94,6 +95,7 @@ extern const coord_pipeline_ops_t coord_pipeline_ops;
 
 typedef struct {
   uint64_t steps, tokens; /* steps completed, tokens through them */
+  coord_hist_t step;      /* Stage/Step sent -> its result back */
 } coord_replica_stats_t;
 
 typedef struct coord_pipeline {

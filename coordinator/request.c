@@ -21,6 +21,7 @@
 #include "sampler.h"
 #include "vote.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,10 @@ struct coord_record {
   sa_status_t status;     /* REC_FORK */
   char msg[300];
 };
+
+/* ------------------------------------------------------------ histograms */
+
+static double since_s(uint64_t t_ns) { return (double)(sa_now_ns() - t_ns) * 1e-9; }
 
 /* ------------------------------------------------------------- recording */
 
@@ -259,6 +264,8 @@ static void request_end(coord_requests_t *set, coord_request_t *r, sa_status_t s
     return;
   r->ended = true;
   set->stats.ended[st == SA_STATUS_OK ? 0 : st == SA_STATUS_CANCELLED ? 2 : 1]++;
+  if (st == SA_STATUS_OK)
+    coord_hist_observe(&set->stats.e2e, (double)(sa_now_ms() - r->t_start_ms) / 1000.0);
   if (r->cbs && r->cbs->end)
     r->cbs->end(r, st, msg);
 }
@@ -532,6 +539,7 @@ static void start_encode(coord_requests_t *set, coord_request_t *r) {
     int rc = set->pl_ops->encode(set->pl, enc, r);
     if (rc == 0) {
       r->pending_ops++;
+      r->t_encode_ns = sa_now_ns();
       return;
     }
     if (rc == SA_ENOMEM) {
@@ -571,6 +579,7 @@ static void apply_encoded(coord_requests_t *set, coord_request_t *r, coord_encod
     request_fail(set, r, enc->status, msg);
     return;
   }
+  coord_hist_observe(&set->stats.encode, since_s(r->t_encode_ns));
   r->hidden = set->model->hidden_size;
   r->n_audio_rows = enc->n_rows;
   r->audio_rows = enc->rows;
@@ -586,6 +595,7 @@ static void apply_encoded(coord_requests_t *set, coord_request_t *r, coord_encod
   coord_event_t ev = {.kind = COORD_EV_ENCODED};
   emit(set, r, &ev);
   r->state = COORD_REQ_QUEUED;
+  r->t_queued_ns = sa_now_ns();
 }
 
 static void start_new(coord_requests_t *set) {
@@ -599,10 +609,12 @@ static void start_new(coord_requests_t *set) {
     }
     char err[512];
     int rc = build_prompt(set, r, NULL, 0, err, sizeof err);
-    if (rc)
+    if (rc) {
       request_fail(set, r, sa_err_to_status(rc), err);
-    else
+    } else {
       r->state = COORD_REQ_QUEUED;
+      r->t_queued_ns = sa_now_ns();
+    }
   }
 }
 
@@ -646,6 +658,8 @@ static void admit(coord_requests_t *set) {
     r->replica = rep;
     r->kv_reserved = need;
     coord_registry_reserve(set->reg, rep, need);
+    if (!r->replay)
+      coord_hist_observe(&set->stats.queue, since_s(r->t_queued_ns));
     r->state = r->replay ? COORD_REQ_REPLAY : COORD_REQ_PREFILL;
     SA_LOG_DEBUG("request %s admitted on replica %s (%lld blocks)", r->request_id,
                  coord_registry_replica(set->reg, rep)->name, (long long)need);
@@ -740,8 +754,14 @@ static void chain_token(coord_requests_t *set, coord_request_t *r, coord_chain_t
   c->tokens[c->n_tokens++] = tok;
   c->next_input = tok;
   set->stats.generated_tokens++;
-  if (r->t_first_token_ms == 0) /* a token, even one that makes no text yet */
+  if (r->t_first_token_ms == 0) { /* a token, even one that makes no text yet */
     r->t_first_token_ms = sa_now_ms();
+    coord_hist_observe(&set->stats.ttft, (double)(r->t_first_token_ms - r->t_start_ms) / 1000.0);
+  }
+  uint64_t now_ns = sa_now_ns();
+  if (c->t_last_token_ns)
+    coord_hist_observe(&set->stats.itl, (double)(now_ns - c->t_last_token_ns) * 1e-9);
+  c->t_last_token_ns = now_ns;
   if (tok == m->tok_eot) {
     chain_finish(set, r, c, SA__FINISH_REASON__FINISH_EOT);
     return;

@@ -29,6 +29,7 @@
 
 #include "coord.h"
 #include "pipeline.h"
+#include "request_stats.h"
 #include "registry.h"
 #include "sa_error.h"
 #include "sched.h"
@@ -64,6 +65,11 @@ typedef struct {
   int64_t ended[3]; /* ok, failed, cancelled by the client */
   int64_t generated_tokens, prompt_tokens, audio_tokens;
   int64_t failovers, chains_cancelled, tokens_saved;
+  coord_hist_t ttft;   /* accepted -> first token */
+  coord_hist_t itl;    /* between two tokens of a chain */
+  coord_hist_t e2e;    /* accepted -> ended OK */
+  coord_hist_t encode; /* audio sent to an encoder -> rows back */
+  coord_hist_t queue;  /* prompt built -> admitted to a replica */
 } coord_request_stats_t;
 
 /* Recorded happenings, applied by the next pass. */

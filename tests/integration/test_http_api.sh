@@ -183,6 +183,12 @@ pass "an HTTP client leaving mid-stream cancels its request; KV freed"
 ok=$(grep '^sa_requests_total{outcome="ok"}' "$T/body" | awk '{print $2}')
 [[ ${ok:-0} -ge 4 ]] || fail "sa_requests_total ok = ${ok:-none}, want >= 4: $(head -c 600 "$T/body")"
 grep -q '^sa_kv_blocks_total{replica="r0",layers="0:1"}' "$T/body" || fail "no KV gauge per stage"
+metric() { grep "^$1 " "$T/body" | awk '{print $2}'; }
+[[ $(metric sa_time_to_first_token_seconds_count) -ge 4 &&
+   $(metric sa_encode_duration_seconds_count) -ge 2 &&
+   $(metric 'sa_step_duration_seconds_count{replica="r0"}') -ge 10 &&
+   $(metric 'sa_inter_token_latency_seconds_bucket{le="+Inf"}') -eq $(metric sa_inter_token_latency_seconds_count) ]] ||
+  fail "histograms missing or inconsistent: $(grep -E '_count|Inf' "$T/body" | head -n 12)"
 pass "/metrics: sa_requests_total{outcome=\"ok\"} $ok"
 
 # --- the cluster still serves
