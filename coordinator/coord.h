@@ -113,15 +113,25 @@ typedef enum {
   COORD_REQ_DONE,   /* finished, failed or cancelled; reaped once idle */
 } coord_req_state_t;
 
-/* The parameters of a request, as validated by submit.c. Strings and audio
- * are borrowed by coord_request_new, which copies them. */
+#define COORD_MAX_PARTS 16 /* text and audio parts of the user turn */
+
+/* One part of the user turn, in order: text (audio NULL) or audio bytes in
+ * any container (text NULL). Borrowed by coord_request_new, which copies. */
 typedef struct {
-  const char *request_id; /* "" or NULL: the coordinator makes one */
-  const char *prompt;     /* user text, may be "" */
-  const char *system;     /* "" or NULL: the default system prompt */
-  bool text_before_audio;
+  const char *text;
   const uint8_t *audio;
   size_t audio_len;
+} coord_part_t;
+
+/* The parameters of a request, as validated by its front end. Strings and
+ * audio are borrowed by coord_request_new, which copies them. */
+typedef struct {
+  const char *request_id; /* "" or NULL: the coordinator makes one */
+  const char *system;     /* "" or NULL: the default system prompt */
+  coord_part_t parts[COORD_MAX_PARTS]; /* the user turn; each audio part is
+                                          encoded on its own, its rows go
+                                          where the part stands */
+  int n_parts;
   int max_tokens;
   int n_chains;
   Sa__VoteRule vote_rule;
@@ -129,6 +139,15 @@ typedef struct {
   int think_budget;
   Sa__SamplingParams sampling; /* no message pointers inside */
 } coord_request_params_t;
+
+/* A part of a request's user turn (request.c's copy). */
+typedef struct {
+  char *text;             /* NULL for audio */
+  uint8_t *audio;         /* freed once encoded */
+  size_t audio_len;
+  int32_t *chunk_tokens;  /* audio: tokens per 25 s chunk, once encoded */
+  int n_chunks;
+} coord_req_part_t;
 
 /* A request. Written by request.c only; the list links too. */
 struct coord_request {
@@ -147,12 +166,13 @@ struct coord_request {
   int vote_k;
   int think_budget;
   Sa__SamplingParams sampling;
-  char *prompt_text, *system_text;
-  bool text_before_audio;
-  uint8_t *audio;
-  size_t audio_len;
-  int encode_attempts;
-  int encoder; /* worker index of the encoder in use, -1 */
+  char *system_text;
+  coord_req_part_t parts[COORD_MAX_PARTS];
+  int n_parts;
+  size_t audio_bytes;  /* over all audio parts */
+  int encode_part;     /* the audio part being encoded, -1 */
+  int encode_attempts; /* for that part */
+  int encoder;         /* worker index of the encoder in use, -1 */
   /* the prompt */
   int32_t *prompt; /* token ids, audio patch slots included */
   int prompt_len;

@@ -553,10 +553,9 @@ static void chat_completions(coord_http_t *h, h2o_req_t *req) {
   }
   /* the same limits as Coordinator/Submit */
   Sa__SubmitRequest sr = SA__SUBMIT_REQUEST__INIT;
-  sr.prompt = (char *)oa.p.prompt;
+  sr.prompt = oa.prompt;
   sr.system = (char *)oa.p.system;
-  sr.audio.data = oa.audio;
-  sr.audio.len = oa.audio_len;
+  sr.audio.len = oa.audio_bytes; /* all parts together */
   sr.max_tokens = oa.p.max_tokens;
   sr.n = oa.p.n_chains;
   sr.sampling = &oa.p.sampling;

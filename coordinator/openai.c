@@ -37,12 +37,40 @@ static int cat(char **buf, const char *s) {
   return 0;
 }
 
+/* Appends a text part (joined to a text part just before it). */
+static int add_text(coord_openai_req_t *out, const char *t, errs_t *e) {
+  int rc = cat(&out->prompt, t);
+  if (rc)
+    return rc;
+  coord_request_params_t *p = &out->p;
+  if (p->n_parts > 0 && p->parts[p->n_parts - 1].text) {
+    char **last = (char **)&out->owned[p->n_parts - 1];
+    if ((rc = cat(last, t)))
+      return rc;
+    p->parts[p->n_parts - 1].text = *last;
+    return 0;
+  }
+  if (p->n_parts == COORD_MAX_PARTS)
+    return bad(e, "messages", "more than %s content parts", "16");
+  char *copy = strdup(t);
+  if (!copy)
+    return SA_ENOMEM;
+  out->owned[p->n_parts] = copy;
+  p->parts[p->n_parts++] = (coord_part_t){.text = copy};
+  return 0;
+}
+
+/* Decodes base64 b64[n] into a new audio part. */
 static int decode_b64(const char *b64, size_t n, const coord_openai_limits_t *lim,
                       coord_openai_req_t *out, errs_t *e, const char *param) {
+  coord_request_params_t *p = &out->p;
+  if (p->n_parts == COORD_MAX_PARTS)
+    return bad(e, param, "more than %s content parts", "16");
   size_t max = n / 4 * 3 + 3;
-  if (max > lim->max_audio_bytes + 3) {
+  if (out->audio_bytes + max > lim->max_audio_bytes + 3) {
     snprintf(e->param, e->pcap, "%s", param);
-    snprintf(e->err, e->cap, "audio is larger than the limit of %zu bytes", lim->max_audio_bytes);
+    snprintf(e->err, e->cap, "audio is larger than the limit of %zu bytes (all parts together)",
+             lim->max_audio_bytes);
     return SA_EINVAL;
   }
   uint8_t *bin = malloc(max ? max : 1);
@@ -54,23 +82,22 @@ static int decode_b64(const char *b64, size_t n, const coord_openai_limits_t *li
                         sodium_base64_VARIANT_ORIGINAL) != 0 ||
       (end && end != b64 + n)) {
     free(bin);
-    return bad(e, param, "audio data is not valid base64", NULL);
+    return bad(e, param, "audio data is not valid base64%s", NULL);
   }
   if (len == 0) {
     free(bin);
-    return bad(e, param, "audio data is empty", NULL);
+    return bad(e, param, "audio data is empty%s", NULL);
   }
-  out->audio = bin;
-  out->audio_len = len;
+  out->owned[p->n_parts] = bin;
+  p->parts[p->n_parts++] = (coord_part_t){.audio = bin, .audio_len = len};
+  out->audio_bytes += len;
+  out->n_audio++;
   return 0;
 }
 
 /* One audio part: input_audio {data, format} or audio_url {url: data:…}. */
 static int audio_part(const cJSON *part, const char *type, const coord_openai_limits_t *lim,
                       coord_openai_req_t *out, errs_t *e) {
-  if (out->audio)
-    return bad(e, "messages", "more than one audio part in a request is not supported yet%s",
-               NULL);
   if (!strcmp(type, "input_audio")) {
     const cJSON *ia = cJSON_GetObjectItemCaseSensitive(part, "input_audio");
     const cJSON *d = cJSON_GetObjectItemCaseSensitive(ia, "data");
@@ -95,10 +122,9 @@ static int audio_part(const cJSON *part, const char *type, const coord_openai_li
 static int user_content(const cJSON *content, const coord_openai_limits_t *lim,
                         coord_openai_req_t *out, errs_t *e) {
   if (cJSON_IsString(content))
-    return cat(&out->prompt, content->valuestring);
+    return add_text(out, content->valuestring, e);
   if (!cJSON_IsArray(content))
     return bad(e, "messages", "content must be a string or a list of parts%s", NULL);
-  bool text_seen = false;
   const cJSON *part;
   cJSON_ArrayForEach(part, content) {
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "type");
@@ -108,15 +134,13 @@ static int user_content(const cJSON *content, const coord_openai_limits_t *lim,
       const cJSON *tx = cJSON_GetObjectItemCaseSensitive(part, "text");
       if (!cJSON_IsString(tx))
         return bad(e, "messages", "a text part needs a \"text\" string%s", NULL);
-      int rc = cat(&out->prompt, tx->valuestring);
+      int rc = add_text(out, tx->valuestring, e);
       if (rc)
         return rc;
-      text_seen = true;
     } else if (!strcmp(t->valuestring, "input_audio") || !strcmp(t->valuestring, "audio_url")) {
       int rc = audio_part(part, t->valuestring, lim, out, e);
       if (rc)
         return rc;
-      out->p.text_before_audio = text_seen;
     } else {
       return bad(e, "messages", "unknown content part type '%s'", t->valuestring);
     }
@@ -362,10 +386,9 @@ int coord_openai_parse(const char *body, size_t len, const coord_openai_limits_t
   const cJSON *sst = cJSON_GetObjectItemCaseSensitive(root, "skip_special_tokens");
   if (cJSON_IsBool(sst))
     out->skip_special_tokens = cJSON_IsTrue(sst);
-  out->p.prompt = out->prompt ? out->prompt : "";
+  if (!out->prompt && (rc = cat(&out->prompt, "")))
+    goto done;
   out->p.system = out->system ? out->system : "";
-  out->p.audio = out->audio;
-  out->p.audio_len = out->audio_len;
   rc = 0;
 done:
   cJSON_Delete(root);
@@ -375,7 +398,10 @@ done:
 void coord_openai_free(coord_openai_req_t *r) {
   free(r->system);
   free(r->prompt);
-  free(r->audio);
+  for (int k = 0; k < COORD_MAX_PARTS; k++) {
+    free(r->owned[k]);
+    r->owned[k] = NULL;
+  }
   r->system = r->prompt = NULL;
-  r->audio = NULL;
+  r->p.n_parts = 0;
 }

@@ -14,10 +14,14 @@
  * stop_token_ids, skip_special_tokens, add_generation_prompt,
  * continue_final_message, and our think_budget and vote.
  *
+ * The user turn's parts keep their order (adjacent text parts join, as the
+ * rendered template string would); each audio part is encoded on its own
+ * and its rows stand where it stood — Step-Audio-R1's client sends a long
+ * clip as consecutive <= 25 s WAV parts. At most COORD_MAX_PARTS parts.
+ *
  * Not yet (a clear 400 naming the parameter): more than one user turn, an
  * assistant message other than the "<think>\n" prefix the template already
- * ends with, more than one audio part, `stop` strings, audio URLs that are
- * not data: URLs.
+ * ends with, `stop` strings, audio URLs that are not data: URLs.
  */
 #ifndef SA_COORD_OPENAI_H
 #define SA_COORD_OPENAI_H
@@ -36,11 +40,12 @@ typedef struct {
   int32_t stop_token_ids[16];
   int n_stop_token_ids;
   bool max_tokens_given;
-  coord_request_params_t p; /* strings and audio point into the fields below */
-  char *system;   /* owned; "" if none */
-  char *prompt;   /* owned; "" if none */
-  uint8_t *audio; /* owned; the decoded audio part, NULL if none */
-  size_t audio_len;
+  coord_request_params_t p; /* its strings and audio point into the fields below */
+  char *system;  /* owned; "" if none */
+  char *prompt;  /* owned: every text part joined ("" if none), for checks */
+  void *owned[COORD_MAX_PARTS]; /* owned: each part's text or decoded audio */
+  size_t audio_bytes;           /* over all audio parts */
+  int n_audio;
 } coord_openai_req_t;
 
 typedef struct {

@@ -430,8 +430,10 @@ static int pipeline_encode(void *impl, int wi, coord_request_t *r) {
   if (!w || !w->ch)
     return SA_EUNAVAIL;
   Sa__EncodeRequest er = SA__ENCODE_REQUEST__INIT;
-  er.audio.data = r->audio;
-  er.audio.len = r->audio_len;
+  if (r->encode_part < 0 || r->encode_part >= r->n_parts || !r->parts[r->encode_part].audio)
+    return SA_EINVAL;
+  er.audio.data = r->parts[r->encode_part].audio;
+  er.audio.len = r->parts[r->encode_part].audio_len;
   er.max_audio_s = pl->opts->max_audio_s;
   er.out_dtype = SA__DTYPE__DTYPE_F32;
   er.out_dtype_set = true;

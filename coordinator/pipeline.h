@@ -85,7 +85,7 @@ typedef struct {
   /* Frees seq_id on every stage of replica ri; owner (may be NULL) gets a
    * free_done event once all stages answered. */
   int (*free_seq)(void *pl, int ri, uint64_t seq_id, coord_request_t *owner);
-  /* Encodes r's audio on encoder worker wi. */
+  /* Encodes r's audio part r->encode_part on encoder worker wi. */
   int (*encode)(void *pl, int wi, coord_request_t *r);
   /* Micro-batches in flight on replica ri. */
   int (*inflight)(void *pl, int ri);

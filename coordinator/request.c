@@ -140,8 +140,11 @@ static void request_destroy(coord_request_t *r) {
   free(r->prompt);
   free(r->audio_pos);
   free(r->audio_rows);
-  free(r->audio);
-  free(r->prompt_text);
+  for (int k = 0; k < r->n_parts; k++) {
+    free(r->parts[k].text);
+    free(r->parts[k].audio);
+    free(r->parts[k].chunk_tokens);
+  }
   free(r->system_text);
   free(r);
 }
@@ -191,18 +194,23 @@ coord_request_t *coord_request_new(coord_requests_t *set, const coord_request_pa
   r->vote_k = p->vote_k;
   r->think_budget = p->think_budget;
   r->sampling = p->sampling;
-  r->text_before_audio = p->text_before_audio;
-  r->prompt_text = strdup(p->prompt ? p->prompt : "");
   r->system_text = strdup(p->system && p->system[0] ? p->system : set->opts->default_system);
   r->t_start_ms = sa_now_ms();
-  if (p->audio_len) {
-    r->audio = malloc(p->audio_len);
-    if (r->audio) {
-      memcpy(r->audio, p->audio, p->audio_len);
-      r->audio_len = p->audio_len;
+  r->encode_part = -1;
+  bool oom = !r->system_text;
+  for (int k = 0; k < p->n_parts && k < COORD_MAX_PARTS && !oom; k++) {
+    coord_req_part_t *q = &r->parts[r->n_parts++];
+    if (p->parts[k].text) {
+      oom = !(q->text = strdup(p->parts[k].text));
+    } else if ((q->audio = malloc(p->parts[k].audio_len ? p->parts[k].audio_len : 1))) {
+      memcpy(q->audio, p->parts[k].audio, p->parts[k].audio_len);
+      q->audio_len = p->parts[k].audio_len;
+      r->audio_bytes += q->audio_len;
+    } else {
+      oom = true;
     }
   }
-  if (!r->prompt_text || !r->system_text || (p->audio_len && !r->audio)) {
+  if (oom) {
     request_destroy(r);
     sa_set_err(err, cap, "out of memory");
     return NULL;
@@ -224,7 +232,7 @@ coord_request_t *coord_request_new(coord_requests_t *set, const coord_request_pa
   set->requests_total++;
   set->dirty = true;
   SA_LOG_INFO("request %s: %zu audio bytes, %d chain(s), max %d tokens", r->request_id,
-              r->audio_len, r->n_chains, r->max_tokens);
+              r->audio_bytes, r->n_chains, r->max_tokens);
   return r;
 }
 
@@ -473,19 +481,19 @@ static void request_requeue(coord_requests_t *set, coord_request_t *r, sa_status
 
 /* ------------------------------------------------------------ the prompt */
 
-static int build_prompt(coord_requests_t *set, coord_request_t *r, const int32_t *chunk_tokens,
-                        int n_chunks, char *err, size_t cap) {
-  sa_chat_part_t parts[3];
+static int build_prompt(coord_requests_t *set, coord_request_t *r, char *err, size_t cap) {
+  sa_chat_part_t parts[COORD_MAX_PARTS];
   size_t np = 0;
-  sa_chat_part_t text = {
-      .kind = SA_CHAT_PART_TEXT, .text = r->prompt_text, .text_len = strlen(r->prompt_text)};
-  if (r->text_before_audio && text.text_len)
-    parts[np++] = text;
-  if (n_chunks > 0)
-    parts[np++] = (sa_chat_part_t){
-        .kind = SA_CHAT_PART_AUDIO, .chunk_tokens = chunk_tokens, .n_chunks = (size_t)n_chunks};
-  if (!r->text_before_audio && text.text_len)
-    parts[np++] = text;
+  for (int k = 0; k < r->n_parts; k++) {
+    const coord_req_part_t *q = &r->parts[k];
+    if (q->text && q->text[0])
+      parts[np++] = (sa_chat_part_t){
+          .kind = SA_CHAT_PART_TEXT, .text = q->text, .text_len = strlen(q->text)};
+    else if (!q->text && q->n_chunks > 0)
+      parts[np++] = (sa_chat_part_t){.kind = SA_CHAT_PART_AUDIO,
+                                     .chunk_tokens = q->chunk_tokens,
+                                     .n_chunks = (size_t)q->n_chunks};
+  }
   sa_chat_prompt_t p;
   int rc = sa_chat_build(set->tok, r->system_text[0] ? r->system_text : NULL, parts, np, 0, &p,
                          err, cap);
@@ -527,6 +535,15 @@ static int build_prompt(coord_requests_t *set, coord_request_t *r, const int32_t
 
 /* ------------------------------------------------------------- encoding */
 
+/* The next audio part after `after` (-1: the first), or -1 if none. */
+static int next_audio_part(const coord_request_t *r, int after) {
+  for (int k = after + 1; k < r->n_parts; k++)
+    if (!r->parts[k].text)
+      return k;
+  return -1;
+}
+
+/* Encodes part r->encode_part on an encoder, trying others on failure. */
 static void start_encode(coord_requests_t *set, coord_request_t *r) {
   while (r->encode_attempts < MAX_ENCODE_TRIES) {
     int enc = coord_registry_pick_encoder(set->reg, r->encoder);
@@ -580,14 +597,36 @@ static void apply_encoded(coord_requests_t *set, coord_request_t *r, coord_encod
     return;
   }
   coord_hist_observe(&set->stats.encode, since_s(r->t_encode_ns));
-  r->hidden = set->model->hidden_size;
-  r->n_audio_rows = enc->n_rows;
-  r->audio_rows = enc->rows;
-  enc->rows = NULL;
-  free(r->audio);
-  r->audio = NULL;
+  /* this part's rows join the request's, in part order */
+  coord_req_part_t *q = &r->parts[r->encode_part];
+  size_t hidden = (size_t)set->model->hidden_size;
+  float *rows = realloc(r->audio_rows,
+                        sizeof(float) * hidden * (size_t)(r->n_audio_rows + enc->n_rows + 1));
+  if (!rows) {
+    request_fail(set, r, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory for audio rows");
+    return;
+  }
+  r->audio_rows = rows;
+  memcpy(rows + hidden * (size_t)r->n_audio_rows, enc->rows,
+         sizeof(float) * hidden * (size_t)enc->n_rows);
+  r->n_audio_rows += enc->n_rows;
+  r->hidden = (int)hidden;
+  q->chunk_tokens = enc->chunk_tokens;
+  q->n_chunks = enc->n_chunks;
+  enc->chunk_tokens = NULL;
+  free(q->audio);
+  q->audio = NULL;
+  int next = next_audio_part(r, r->encode_part);
+  if (next >= 0) { /* the next part, with fresh tries */
+    r->encode_part = next;
+    r->encode_attempts = 0;
+    r->encoder = -1;
+    start_encode(set, r);
+    return;
+  }
+  r->encode_part = -1;
   char err[512];
-  int rc = build_prompt(set, r, enc->chunk_tokens, enc->n_chunks, err, sizeof err);
+  int rc = build_prompt(set, r, err, sizeof err);
   if (rc) {
     request_fail(set, r, sa_err_to_status(rc), err);
     return;
@@ -602,13 +641,13 @@ static void start_new(coord_requests_t *set) {
   for (coord_request_t *r = set->head; r; r = r->next) {
     if (r->state != COORD_REQ_NEW)
       continue;
-    if (r->audio_len) {
+    if ((r->encode_part = next_audio_part(r, -1)) >= 0) {
       r->state = COORD_REQ_ENCODING;
       start_encode(set, r);
       continue;
     }
     char err[512];
-    int rc = build_prompt(set, r, NULL, 0, err, sizeof err);
+    int rc = build_prompt(set, r, err, sizeof err);
     if (rc) {
       request_fail(set, r, sa_err_to_status(rc), err);
     } else {

@@ -253,17 +253,20 @@ static void submit_handler(sa_rpc_call_t *call, void *user) {
   }
   coord_request_params_t p = {
       .request_id = rq->request_id,
-      .prompt = rq->prompt,
       .system = rq->system,
-      .text_before_audio = rq->text_before_audio,
-      .audio = rq->audio.data,
-      .audio_len = rq->audio.len,
       .max_tokens = rq->max_tokens,
       .n_chains = rq->n <= 0 ? 1 : rq->n,
       .vote_rule = rq->vote_rule,
       .vote_k = rq->vote_k,
       .think_budget = rq->think_budget,
   };
+  /* the user turn: the prompt before or after the audio */
+  if (rq->text_before_audio && rq->prompt[0])
+    p.parts[p.n_parts++] = (coord_part_t){.text = rq->prompt};
+  if (rq->audio.len)
+    p.parts[p.n_parts++] = (coord_part_t){.audio = rq->audio.data, .audio_len = rq->audio.len};
+  if (!rq->text_before_audio && rq->prompt[0])
+    p.parts[p.n_parts++] = (coord_part_t){.text = rq->prompt};
   sa__sampling_params__init(&p.sampling);
   if (rq->sampling) {
     p.sampling.temperature = rq->sampling->temperature;

@@ -118,6 +118,30 @@ EOF
   fail "MP3 n=4 completion: $(head -c 400 "$T/body")"
 pass "MP3 audio_url, n=4: 4 choices, usage $(json "d['usage']")"
 
+# --- two audio parts (the R1 client cuts long clips): each is encoded on its
+# own and stands where it was put; prompt tokens add up part by part
+sox "$T/clips/clip0.wav" "$T/partA.wav" trim 0 0.5
+sox "$T/clips/clip0.wav" "$T/partB.wav" trim 0.5
+python3 - "$T/partA.wav" "$T/partB.wav" "$T" <<'EOF'
+import base64, json, sys
+a, b, t = sys.argv[1:4]
+def part(f):
+    return {"type": "input_audio",
+            "input_audio": {"data": base64.b64encode(open(f, "rb").read()).decode(), "format": "wav"}}
+for name, parts in (("p0", []), ("pA", [part(a)]), ("pB", [part(b)]), ("pAB", [part(a), part(b)])):
+    json.dump({"model": "tiny", "max_tokens": 2, "temperature": 0, "messages": [
+        {"role": "user", "content": parts + [{"type": "text", "text": "Which is longer?"}]}]},
+        open(f"{t}/{name}.json", "w"))
+EOF
+declare -A PT
+for n in p0 pA pB pAB; do
+  [[ $(code POST /v1/chat/completions -d @"$T/$n.json") == 200 ]] || fail "$n: $(head -c 300 "$T/body")"
+  PT[$n]=$(json "d['usage']['prompt_tokens']")
+done
+[[ $((PT[pAB] - PT[p0])) -eq $((PT[pA] - PT[p0] + PT[pB] - PT[p0])) && ${PT[pA]} -gt ${PT[p0]} ]] ||
+  fail "two audio parts: prompt tokens ${PT[pAB]}, parts alone ${PT[pA]} + ${PT[pB]} over ${PT[p0]}"
+pass "two audio parts: prompt ${PT[pAB]} tokens = ${PT[p0]} + $((PT[pA] - PT[p0])) + $((PT[pB] - PT[p0]))"
+
 # --- errors: status and an OpenAI error object
 expect() { # STATUS PARAM-OR-- NAME METHOD PATH [curl args]
   local want=$1 param=$2 name=$3; shift 3

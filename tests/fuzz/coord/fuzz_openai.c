@@ -29,11 +29,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (rc) {
     CHECK(err[0]);
   } else {
-    CHECK(r.p.prompt && r.p.system);
+    CHECK(r.prompt && r.p.system);
     CHECK(r.p.n_chains >= 1 && r.p.n_chains <= 1024);
     CHECK(r.p.max_tokens >= 1);
-    CHECK((r.p.audio != NULL) == (r.p.audio_len > 0));
-    CHECK(r.p.audio_len <= lim.max_audio_bytes + 3);
+    CHECK(r.p.n_parts >= 0 && r.p.n_parts <= COORD_MAX_PARTS);
+    size_t audio = 0;
+    for (int k = 0; k < r.p.n_parts; k++) {
+      CHECK((r.p.parts[k].text != NULL) != (r.p.parts[k].audio != NULL));
+      CHECK(!r.p.parts[k].audio || r.p.parts[k].audio_len > 0);
+      audio += r.p.parts[k].audio_len;
+    }
+    CHECK(audio == r.audio_bytes && audio <= lim.max_audio_bytes + 3);
     CHECK(r.n_stop_token_ids >= 0 && r.n_stop_token_ids <= 16);
   }
   coord_openai_free(&r);

@@ -43,12 +43,14 @@ static void test_text_and_defaults(void **state) {
                    0);
   assert_string_equal(g_r.model, "m");
   assert_string_equal(g_r.p.system, "S");
-  assert_string_equal(g_r.p.prompt, "hello");
+  assert_int_equal(g_r.p.n_parts, 1);
+  assert_string_equal(g_r.p.parts[0].text, "hello");
+  assert_string_equal(g_r.prompt, "hello");
   assert_int_equal(g_r.p.max_tokens, 77); /* the caller's default */
   assert_int_equal(g_r.p.n_chains, 1);
   assert_true(g_r.p.sampling.temperature == 1.0f); /* OpenAI's default */
   assert_true(g_r.p.sampling.top_p == 1.0f);
-  assert_null(g_r.p.audio);
+  assert_int_equal(g_r.n_audio, 0);
   assert_false(g_r.stream);
   assert_int_equal(g_r.p.vote_rule, SA__VOTE_RULE__VOTE_MAJORITY);
 }
@@ -77,10 +79,14 @@ static void test_r1_client_shape(void **state) {
   assert_int_equal(g_r.p.sampling.top_k, 0); /* -1: off */
   assert_int_equal(g_r.n_stop_token_ids, 1);
   assert_int_equal(g_r.stop_token_ids[0], 151665);
-  assert_int_equal(g_r.p.audio_len, 4);
-  assert_memory_equal(g_r.p.audio, "RIFF", 4);
-  assert_string_equal(g_r.p.prompt, "Q: what?");
-  assert_true(g_r.p.text_before_audio); /* text came first */
+  /* the parts in order: text, audio, text */
+  assert_int_equal(g_r.p.n_parts, 3);
+  assert_string_equal(g_r.p.parts[0].text, "Q: ");
+  assert_null(g_r.p.parts[1].text);
+  assert_int_equal(g_r.p.parts[1].audio_len, 4);
+  assert_memory_equal(g_r.p.parts[1].audio, "RIFF", 4);
+  assert_string_equal(g_r.p.parts[2].text, "what?");
+  assert_string_equal(g_r.prompt, "Q: what?");
 }
 
 static void test_audio_url_and_order(void **state) {
@@ -89,10 +95,26 @@ static void test_audio_url_and_order(void **state) {
                          "\"user\",\"content\":[{\"type\":\"audio_url\",\"audio_url\":{\"url\":"
                          "\"data:audio/mpeg;base64,SUQz\"}},{\"type\":\"text\",\"text\":\"t\"}]}]}"),
                    0);
-  assert_int_equal(g_r.p.audio_len, 3);
-  assert_memory_equal(g_r.p.audio, "ID3", 3);
-  assert_false(g_r.p.text_before_audio); /* audio came first */
+  assert_int_equal(g_r.p.n_parts, 2);
+  assert_int_equal(g_r.p.parts[0].audio_len, 3); /* audio came first */
+  assert_memory_equal(g_r.p.parts[0].audio, "ID3", 3);
+  assert_string_equal(g_r.p.parts[1].text, "t");
   assert_int_equal(g_r.p.max_tokens, 3);
+  /* Step-Audio-R1's client sends a long clip as consecutive parts; adjacent
+   * text parts join as the rendered template string would */
+  assert_int_equal(parse("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":["
+                         "{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"text\",\"text\":\"b\"},"
+                         "{\"type\":\"input_audio\",\"input_audio\":{\"data\":\"UklGRg==\"}},"
+                         "{\"type\":\"input_audio\",\"input_audio\":{\"data\":\"SUQz\"}},"
+                         "{\"type\":\"text\",\"text\":\"c\"}]}]}"),
+                   0);
+  assert_int_equal(g_r.p.n_parts, 4);
+  assert_string_equal(g_r.p.parts[0].text, "ab");
+  assert_int_equal(g_r.p.parts[1].audio_len, 4);
+  assert_int_equal(g_r.p.parts[2].audio_len, 3);
+  assert_string_equal(g_r.p.parts[3].text, "c");
+  assert_int_equal(g_r.audio_bytes, 7);
+  assert_int_equal(g_r.n_audio, 2);
 }
 
 static void test_refusals(void **state) {
@@ -125,10 +147,6 @@ static void test_refusals(void **state) {
   refused("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
           "\"audio_url\",\"audio_url\":{\"url\":\"https://x/y.wav\"}}]}]}",
           "messages", "data: URLs");
-  refused("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
-          "\"input_audio\",\"input_audio\":{\"data\":\"UklGRg==\"}},{\"type\":\"input_audio\","
-          "\"input_audio\":{\"data\":\"UklGRg==\"}}]}]}",
-          "messages", "more than one audio part");
   /* 100 base64 chars = 75 bytes > the 64-byte limit */
   char big[400];
   snprintf(big, sizeof big,

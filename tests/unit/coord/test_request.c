@@ -253,8 +253,8 @@ static int teardown(void **state) {
 }
 
 static coord_request_t *submit(const char *prompt, int n, int max_tokens, Sa__VoteRule rule) {
-  coord_request_params_t p = {
-      .prompt = prompt, .n_chains = n, .max_tokens = max_tokens, .vote_rule = rule};
+  coord_request_params_t p = {.n_chains = n, .max_tokens = max_tokens, .vote_rule = rule};
+  p.parts[p.n_parts++] = (coord_part_t){.text = prompt};
   sa__sampling_params__init(&p.sampling);
   char err[128];
   coord_request_t *r = coord_request_new(&g_set, &p, &k_up, NULL, err, sizeof err);
@@ -489,11 +489,11 @@ static void test_encode_retry_and_limits(void **state) {
   (void)state;
   add_stage("s0", "r0", 4); /* 4 blocks of 16 tokens */
   int e1 = add_encoder("e1"), e2 = add_encoder("e2");
-  coord_request_params_t p = {.prompt = "a", .n_chains = 1, .max_tokens = 8};
+  coord_request_params_t p = {.n_chains = 1, .max_tokens = 8};
   sa__sampling_params__init(&p.sampling);
   uint8_t audio[4] = {1, 2, 3, 4};
-  p.audio = audio;
-  p.audio_len = sizeof audio;
+  p.parts[p.n_parts++] = (coord_part_t){.text = "a"};
+  p.parts[p.n_parts++] = (coord_part_t){.audio = audio, .audio_len = sizeof audio};
   char err[128];
   coord_request_t *r = coord_request_new(&g_set, &p, &k_up, NULL, err, sizeof err);
   process();
