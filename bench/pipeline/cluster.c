@@ -136,7 +136,9 @@ int bp_cluster_start(const bp_cluster_opts_t *o, double timeout_s, bp_cluster_t 
   char extra[16];
   snprintf(extra, sizeof extra, "%d", o->extra_microbatches);
   char *cargv[] = {bin, "--model", (char *)o->coord_model, "--listen", "tcp://127.0.0.1:*",
-                   "--endpoint-file", epf, "--extra-microbatches", extra, NULL};
+                   "--endpoint-file", epf, "--extra-microbatches", extra,
+                   o->http ? "--http" : NULL, (char *)o->http, "--served-model-name", "bench",
+                   NULL};
   if ((c->pids[c->n_pids] = spawn(cargv, log, 1)) < 0)
     goto fail;
   c->n_pids++;
@@ -156,6 +158,26 @@ int bp_cluster_start(const bp_cluster_opts_t *o, double timeout_s, bp_cluster_t 
       goto fail;
     }
     sleep_s(0.02);
+  }
+  if (o->http) { /* "http URL" is the coordinator's first stdout line after binding */
+    snprintf(log, sizeof log, "%s/coordinator.log", o->log_dir);
+    for (double t1 = sa_bench_now(); !c->http_url[0] && sa_bench_now() - t1 < 10;) {
+      FILE *f = fopen(log, "r");
+      char line[512];
+      while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "http http://", 12)) {
+          snprintf(c->http_url, sizeof c->http_url, "%s", line + 5);
+          c->http_url[strcspn(c->http_url, "\r\n")] = 0;
+        }
+      if (f)
+        fclose(f);
+      if (!c->http_url[0])
+        sleep_s(0.02);
+    }
+    if (!c->http_url[0]) {
+      fprintf(stderr, "bench: the coordinator did not print its HTTP URL (see %s)\n", log);
+      goto fail;
+    }
   }
   for (int s = 0; s < o->n_stages; s++) {
     char layers[32], thr[16], node[32];

@@ -53,12 +53,14 @@ typedef struct {
   int threads_per_stage;
   const char *kv_mem; /* per worker, e.g. "128MiB" */
   int extra_microbatches; /* sa-coordinator --extra-microbatches */
+  const char *http;       /* sa-coordinator --http HOST:PORT, or NULL */
 } bp_cluster_opts_t;
 
 typedef struct {
   pid_t pids[BP_MAX_STAGES + 1];
   int n_pids;
   char endpoint[256]; /* the coordinator's */
+  char http_url[300];  /* with opts.http: "http://127.0.0.1:PORT" */
 } bp_cluster_t;
 
 /* Starts the coordinator and the stages, waits until the replica is ready
