@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,6 +136,9 @@ static long parse_long(const char *s, const char *name, long lo, long hi) {
 
 int main(int argc, char **argv) {
   sa_log_init("sa-coordinator");
+  /* a write to an HTTP client that left must fail with EPIPE, not kill the
+   * process (ZeroMQ's own sends never raise SIGPIPE) */
+  signal(SIGPIPE, SIG_IGN);
   static coord_t co;
   coord_opts_t *o = &co.opts;
   snprintf(o->listen, sizeof o->listen, "tcp://127.0.0.1:7700");

@@ -105,8 +105,10 @@ make_clips() {
   done
 }
 
-# kv_used_total -> sum of KV blocks used over every stage (from status)
+# kv_used_total -> sum of KV blocks used over every stage (from status); -1
+# when the coordinator does not answer (a dead coordinator frees nothing)
 kv_used_total() {
-  "$BIN/sa-client" status --json --coordinator "$COORD" |
-    grep -o '"kv_blocks_used":[0-9]*' | cut -d: -f2 | awk '{s+=$1} END{print s+0}'
+  local js
+  js=$("$BIN/sa-client" status --json --coordinator "$COORD" 2>/dev/null) || { echo -1; return; }
+  grep -o '"kv_blocks_used":[0-9]*' <<<"$js" | cut -d: -f2 | awk '{s+=$1} END{print s+0}'
 }

@@ -16,7 +16,9 @@ ffmpeg -loglevel error -i "$T/clips/clip0.wav" "$T/clip0.mp3" || fail "ffmpeg mp
 start_coordinator "$M" --http 127.0.0.1:0 --served-model-name tiny --http-max-body 3000000
 start_encoder "$M" encoder0
 start_worker "$M" 0:1 r0 s0
+S0=$LAST_PID
 start_worker "$M" 1: r0 s1
+S1=$LAST_PID
 wait_ready 1 1
 URL=$(grep -ao '^http http://[^ ]*' "$T/coordinator.log" | head -n 1 | cut -d' ' -f2)
 [[ -n $URL ]] || fail "the coordinator did not print its HTTP URL"
@@ -191,15 +193,25 @@ for _ in $(seq 200); do
   sleep 0.02
 done
 [[ $seen -eq 1 ]] || fail "the long request never streamed while holding KV: $(head -c 300 "$T/cut.out")"
+# the stages pause while the client leaves, so the request cannot end by
+# itself meanwhile; the coordinator sees the leave at its next write
+kill -STOP "$S0" "$S1"
 kill -9 "$cpid"
 wait "$cpid" 2>/dev/null || true
+sleep 0.2
+kill -CONT "$S0" "$S1"
+left=0
+for _ in $(seq 100); do
+  if grep -q "HTTP client went away" "$T/coordinator.log"; then left=1; break; fi
+  sleep 0.1
+done
+[[ $left -eq 1 ]] || fail "the coordinator did not see the HTTP client leave"
 freed=0
 for _ in $(seq 100); do
   if [[ $(kv_used_total) -eq 0 ]]; then freed=1; break; fi
   sleep 0.1
 done
 [[ $freed -eq 1 ]] || fail "KV blocks still used after the HTTP client left"
-grep -q "HTTP client went away" "$T/coordinator.log" || fail "the coordinator did not log the leave"
 pass "an HTTP client leaving mid-stream cancels its request; KV freed"
 
 # --- metrics count the requests
