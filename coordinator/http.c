@@ -929,4 +929,7 @@ void coord_http_stop(coord_http_t **hp) {
   coord_http_t *h = *hp;
   *hp = NULL;
   uv_close((uv_handle_t *)&h->listener, NULL);
+  /* H2O's timers live on the loop: disposing the context closes them, so
+   * the loop can end (open connections end with it) */
+  h2o_context_dispose(&h->ctx);
 }

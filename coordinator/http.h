@@ -52,8 +52,9 @@ int coord_http_start(struct uv_loop_s *loop, const coord_http_opts_t *o,
 /* The URL it serves at ("http://127.0.0.1:8000"). Borrowed. */
 const char *coord_http_url(const coord_http_t *h);
 
-/* Stops accepting (open responses end with their requests). Sets *h NULL;
- * the memory goes with the process (H2O keeps its context to the end). */
+/* Stops accepting and disposes H2O's context (its timers close on the
+ * loop, so uv_run can return). Sets *h NULL; the configuration's memory
+ * goes with the process. */
 void coord_http_stop(coord_http_t **h);
 
 #endif /* SA_COORD_HTTP_H */
