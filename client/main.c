@@ -95,9 +95,9 @@ typedef struct {
 } submit_t;
 
 static const char *finish_name(int reason) {
-  static const char *const reasons[] = {"running", "eot", "length", "cancelled", "error",
-                                        "client_cancelled"};
-  return reason >= 0 && reason < 6 ? reasons[reason] : "?";
+  static const char *const reasons[] = {"running", "eot",   "length",           "cancelled",
+                                        "error",   "client_cancelled", "stop"};
+  return reason >= 0 && reason < 7 ? reasons[reason] : "?";
 }
 
 /* ------------------------------------------- -n > 1: chain lines and vote */

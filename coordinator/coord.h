@@ -43,6 +43,8 @@
 #define COORD_MAX_SEQS_PER_BATCH 256
 #define COORD_REPLAY_CHUNK_MAX 1024 /* tokens of one replay chunk */
 #define COORD_ANSWER_MAX 256        /* a normalised answer, NUL included */
+#define COORD_MAX_STOP 4            /* stop strings of a request */
+#define COORD_STOP_BYTES 64         /* longest stop string */
 
 /* Options; written by main.c before anything starts, read by all. */
 typedef struct {
@@ -92,6 +94,9 @@ typedef struct {
   int32_t next_input; /* token fed at its next decode step */
   int reasoning_tokens, answer_tokens;
   uint64_t t_last_token_ns; /* for the inter-token latency */
+  char held[COORD_STOP_BYTES]; /* text not streamed yet: it may begin a stop string */
+  int n_held;
+  bool stop_hit;
   bool in_answer; /* </think> seen */
   Sa__FinishReason finish;
   sa_detok_t detok;
@@ -137,6 +142,10 @@ typedef struct {
   Sa__VoteRule vote_rule;
   int vote_k;
   int think_budget;
+  const char *stop[COORD_MAX_STOP]; /* stop strings (1..COORD_STOP_BYTES bytes):
+                                      a chain whose text reaches one ends there,
+                                      without it */
+  int n_stop;
   Sa__SamplingParams sampling; /* no message pointers inside */
 } coord_request_params_t;
 
@@ -167,6 +176,8 @@ struct coord_request {
   int think_budget;
   Sa__SamplingParams sampling;
   char *system_text;
+  char stop[COORD_MAX_STOP][COORD_STOP_BYTES + 1];
+  int n_stop;
   coord_req_part_t parts[COORD_MAX_PARTS];
   int n_parts;
   size_t audio_bytes;  /* over all audio parts */

@@ -358,9 +358,29 @@ int coord_openai_parse(const char *body, size_t len, const coord_openai_limits_t
   if ((rc = sampling(root, lim, out, &e)))
     goto done;
   const cJSON *stop = cJSON_GetObjectItemCaseSensitive(root, "stop");
-  if (stop && !cJSON_IsNull(stop) && !(cJSON_IsArray(stop) && cJSON_GetArraySize(stop) == 0)) {
-    rc = bad(&e, "stop", "stop strings are not supported yet%s", NULL);
+  if (cJSON_IsString(stop) || cJSON_IsArray(stop)) {
+    const cJSON *one = cJSON_IsString(stop) ? stop : NULL;
+    int n = one ? 1 : cJSON_GetArraySize(stop);
+    if (n > COORD_MAX_STOP) {
+      rc = bad(&e, "stop", "at most 4 stop strings%s", NULL);
+      goto done;
+    }
+    for (int i = 0; i < n; i++) {
+      const cJSON *s = one ? one : cJSON_GetArrayItem(stop, i);
+      if (!cJSON_IsString(s) || !s->valuestring[0] || strlen(s->valuestring) > COORD_STOP_BYTES) {
+        rc = bad(&e, "stop", "stop strings must be non-empty strings of at most 64 bytes%s",
+                 NULL);
+        goto done;
+      }
+      out->p.stop[out->p.n_stop++] = s->valuestring; /* pointed into the copy below */
+    }
+  } else if (stop && !cJSON_IsNull(stop)) {
+    rc = bad(&e, "stop", "stop must be a string or a list of strings%s", NULL);
     goto done;
+  }
+  for (int i = 0; i < out->p.n_stop; i++) { /* the JSON tree goes away at the end */
+    snprintf(out->stop[i], sizeof out->stop[i], "%s", out->p.stop[i]);
+    out->p.stop[i] = out->stop[i];
   }
   const cJSON *sti = cJSON_GetObjectItemCaseSensitive(root, "stop_token_ids");
   if (sti && !cJSON_IsNull(sti)) {

@@ -11,7 +11,8 @@
  * "data:audio/…;base64,…"}}; unknown fields anywhere are ignored. Sampling:
  * max_tokens / max_completion_tokens, temperature, top_p, top_k (-1 = off),
  * min_p, repetition_penalty, seed, n, stream, stream_options.include_usage,
- * stop_token_ids, skip_special_tokens, add_generation_prompt,
+ * stop (up to 4 strings of at most 64 bytes), stop_token_ids,
+ * skip_special_tokens, add_generation_prompt,
  * continue_final_message, and our think_budget and vote.
  *
  * The user turn's parts keep their order (adjacent text parts join, as the
@@ -21,7 +22,7 @@
  *
  * Not yet (a clear 400 naming the parameter): more than one user turn, an
  * assistant message other than the "<think>\n" prefix the template already
- * ends with, `stop` strings, audio URLs that are not data: URLs.
+ * ends with, audio URLs that are not data: URLs.
  */
 #ifndef SA_COORD_OPENAI_H
 #define SA_COORD_OPENAI_H
@@ -46,6 +47,7 @@ typedef struct {
   void *owned[COORD_MAX_PARTS]; /* owned: each part's text or decoded audio */
   size_t audio_bytes;           /* over all audio parts */
   int n_audio;
+  char stop[COORD_MAX_STOP][COORD_STOP_BYTES + 1]; /* the stop strings */
 } coord_openai_req_t;
 
 typedef struct {

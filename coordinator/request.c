@@ -12,6 +12,7 @@
  * by the client, or by a failure. A request ends once (request_end) and is
  * freed by reap() only when no step, fork, free or encode of it is out.
  */
+#define _GNU_SOURCE /* memmem */
 #include "request.h"
 
 #include "answer.h"
@@ -197,6 +198,9 @@ coord_request_t *coord_request_new(coord_requests_t *set, const coord_request_pa
   r->system_text = strdup(p->system && p->system[0] ? p->system : set->opts->default_system);
   r->t_start_ms = sa_now_ms();
   r->encode_part = -1;
+  for (int k = 0; k < p->n_stop && k < COORD_MAX_STOP; k++)
+    if (p->stop[k] && p->stop[k][0] && strlen(p->stop[k]) <= COORD_STOP_BYTES)
+      snprintf(r->stop[r->n_stop++], sizeof r->stop[0], "%s", p->stop[k]);
   bool oom = !r->system_text;
   for (int k = 0; k < p->n_parts && k < COORD_MAX_PARTS && !oom; k++) {
     coord_req_part_t *q = &r->parts[r->n_parts++];
@@ -394,15 +398,20 @@ static void chain_voted(coord_requests_t *set, coord_request_t *r, coord_chain_t
   }
 }
 
-/* Chain c ends by itself (EOT or max_tokens). */
+static void emit_held(coord_requests_t *set, coord_request_t *r, coord_chain_t *c);
+
+/* Chain c ends by itself (EOT, max_tokens or a stop string). */
 static void chain_finish(coord_requests_t *set, coord_request_t *r, coord_chain_t *c,
                          Sa__FinishReason why) {
   if (c->state == COORD_CHAIN_DONE)
     return;
+  if (!c->stop_hit)
+    emit_held(set, r, c);
   c->state = COORD_CHAIN_DONE;
   c->finish = why;
   r->chains_done++;
-  chain_flush(c);
+  if (!c->stop_hit)
+    chain_flush(c);
   chain_voted(set, r, c);
   coord_event_t ev = {.kind = COORD_EV_CHAIN_DONE, .chain = c->idx};
   emit(set, r, &ev);
@@ -760,16 +769,67 @@ static void schedule(coord_requests_t *set) {
 
 /* -------------------------------------------------------- token results */
 
-/* Streams the text of one generated token of chain c. */
+/* Streams n bytes of chain c's text (and keeps them in its text). */
+static void emit_piece(coord_requests_t *set, coord_request_t *r, coord_chain_t *c,
+                       const char *t, size_t n) {
+  if (n == 0)
+    return;
+  chain_text(c, t, n);
+  coord_event_t ev = {
+      .kind = COORD_EV_DELTA, .chain = c->idx, .text = t, .len = n, .answer = c->in_answer};
+  emit(set, r, &ev);
+}
+
+/* The text held back for the stop strings goes out (a part or chain ends). */
+static void emit_held(coord_requests_t *set, coord_request_t *r, coord_chain_t *c) {
+  char t[COORD_STOP_BYTES];
+  size_t n = (size_t)c->n_held;
+  memcpy(t, c->held, n);
+  c->n_held = 0;
+  emit_piece(set, r, c, t, n);
+}
+
+/* Streams the text of one generated token of chain c. With stop strings,
+ * text that may begin one is held back until it cannot, and a match ends
+ * the chain's text right before the stop string (c->stop_hit). */
 static void emit_text(coord_requests_t *set, coord_request_t *r, coord_chain_t *c, int32_t tok) {
   char text[256];
   size_t n = 0;
   if (sa_detok_push(&c->detok, tok, text, sizeof text, &n) || n == 0)
     return;
-  chain_text(c, text, n);
-  coord_event_t ev = {
-      .kind = COORD_EV_DELTA, .chain = c->idx, .text = text, .len = n, .answer = c->in_answer};
-  emit(set, r, &ev);
+  if (r->n_stop == 0) {
+    emit_piece(set, r, c, text, n);
+    return;
+  }
+  char buf[COORD_STOP_BYTES + sizeof text];
+  size_t len = (size_t)c->n_held;
+  memcpy(buf, c->held, len);
+  memcpy(buf + len, text, n);
+  len += n;
+  c->n_held = 0;
+  size_t hit = SIZE_MAX;
+  for (int k = 0; k < r->n_stop; k++) {
+    const char *p = memmem(buf, len, r->stop[k], strlen(r->stop[k]));
+    if (p && (size_t)(p - buf) < hit)
+      hit = (size_t)(p - buf);
+  }
+  if (hit != SIZE_MAX) {
+    emit_piece(set, r, c, buf, hit);
+    c->stop_hit = true;
+    return;
+  }
+  size_t keep = 0; /* the longest tail that begins a stop string */
+  for (int k = 0; k < r->n_stop; k++) {
+    size_t sl = strlen(r->stop[k]);
+    for (size_t t = sl - 1 < len ? sl - 1 : len; t > keep; t--)
+      if (!memcmp(buf + len - t, r->stop[k], t)) {
+        keep = t;
+        break;
+      }
+  }
+  emit_piece(set, r, c, buf, len - keep);
+  memcpy(c->held, buf + len - keep, keep);
+  c->n_held = (int)keep;
 }
 
 /* The token sampled for chain c. */
@@ -806,6 +866,7 @@ static void chain_token(coord_requests_t *set, coord_request_t *r, coord_chain_t
     return;
   }
   if (tok == m->tok_think_end && !c->in_answer) {
+    emit_held(set, r, c);
     chain_flush(c);
     sa_detok_init(&c->detok, set->tok);
     c->in_answer = true; /* </think> itself counts as neither */
@@ -815,6 +876,10 @@ static void chain_token(coord_requests_t *set, coord_request_t *r, coord_chain_t
     else
       c->reasoning_tokens++;
     emit_text(set, r, c, tok);
+    if (c->stop_hit) {
+      chain_finish(set, r, c, SA__FINISH_REASON__FINISH_STOP);
+      return;
+    }
   }
   if (c->n_tokens >= r->max_tokens)
     chain_finish(set, r, c, SA__FINISH_REASON__FINISH_LENGTH);

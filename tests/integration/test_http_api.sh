@@ -22,6 +22,7 @@ S1=$LAST_PID
 wait_ready 1 1
 URL=$(grep -ao '^http http://[^ ]*' "$T/coordinator.log" | head -n 1 | cut -d' ' -f2)
 [[ -n $URL ]] || fail "the coordinator did not print its HTTP URL"
+echo "$URL" >"$T/url"
 
 # code METHOD PATH [curl args] -> HTTP status; body in $T/body
 code() {
@@ -143,6 +144,44 @@ done
 [[ $((PT[pAB] - PT[p0])) -eq $((PT[pA] - PT[p0] + PT[pB] - PT[p0])) && ${PT[pA]} -gt ${PT[p0]} ]] ||
   fail "two audio parts: prompt tokens ${PT[pAB]}, parts alone ${PT[pA]} + ${PT[pB]} over ${PT[p0]}"
 pass "two audio parts: prompt ${PT[pAB]} tokens = ${PT[p0]} + $((PT[pA] - PT[p0])) + $((PT[pB] - PT[p0]))"
+
+# --- stop strings: the text ends right before the first one, which is not sent
+cat >"$T/nostop.json" <<'EOF'
+{"model":"tiny","max_tokens":40,"temperature":0,"messages":[{"role":"user","content":"Tell"}]}
+EOF
+[[ $(code POST /v1/chat/completions -d @"$T/nostop.json") == 200 ]] || fail "no-stop request"
+cp "$T/body" "$T/nostop.out"
+python3 - "$T/nostop.out" "$T" <<'EOF' || fail "stop strings (above)"
+import json, subprocess, sys
+full = json.load(open(sys.argv[1]))["choices"][0]["message"]["content"].split("</think>")[0]
+if len(full) < 12:
+    print("skip: text too short", file=sys.stderr)
+    sys.exit(0)
+stop = full[8:11]
+want = full[:full.index(stop)]
+url = open(sys.argv[2] + "/url").read().strip() + "/v1/chat/completions"
+body = {"model": "tiny", "max_tokens": 40, "temperature": 0, "stop": [stop],
+        "messages": [{"role": "user", "content": "Tell"}]}
+for stream in (False, True):
+    body["stream"] = stream
+    out = subprocess.run(["curl", "-s", "-N", url, "-d", json.dumps(body)],
+                         capture_output=True, text=True).stdout
+    if stream:
+        text, finish = "", None
+        for line in out.splitlines():
+            if line.startswith("data: {"):
+                for c in json.loads(line[6:])["choices"]:
+                    text += c["delta"].get("content") or ""
+                    finish = c.get("finish_reason") or finish
+    else:
+        c = json.loads(out)["choices"][0]
+        text, finish = c["message"]["content"], c["finish_reason"]
+    if text != want or finish != "stop":
+        print("stream" if stream else "json", repr(stop), repr(text), repr(want), finish,
+              file=sys.stderr)
+        sys.exit(1)
+print("ok: stop %r: %d chars before it, streamed and not" % (stop, len(want)))
+EOF
 
 # --- errors: status and an OpenAI error object
 expect() { # STATUS PARAM-OR-- NAME METHOD PATH [curl args]

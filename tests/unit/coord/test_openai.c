@@ -168,13 +168,23 @@ static void test_refusals(void **state) {
       {"\"seed\":-1", "seed", "seed"},
       {"\"vote\":\"window:0\"", "vote", "vote"},
       {"\"vote\":\"best\"", "vote", "vote"},
-      {"\"stop\":[\"x\"]", "stop", "not supported yet"},
+      {"\"stop\":[\"a\",\"b\",\"c\",\"d\",\"e\"]", "stop", "at most 4"},
+      {"\"stop\":[\"\"]", "stop", "non-empty"},
+      {"\"stop\":7", "stop", "string or a list"},
       {"\"stop_token_ids\":[-3]", "stop_token_ids", "non-negative"},
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     snprintf(b, sizeof b, "{\"model\":\"m\",%s,%s}", msgs, bad[i].field);
     refused(b, bad[i].param, bad[i].words);
   }
+  snprintf(b, sizeof b, "{\"model\":\"m\",%s,\"stop\":[\"END\",\"\\n\\n\"]}", msgs);
+  assert_int_equal(parse(b), 0);
+  assert_int_equal(g_r.p.n_stop, 2);
+  assert_string_equal(g_r.p.stop[0], "END");
+  assert_string_equal(g_r.p.stop[1], "\n\n");
+  snprintf(b, sizeof b, "{\"model\":\"m\",%s,\"stop\":\"x\"}", msgs);
+  assert_int_equal(parse(b), 0);
+  assert_int_equal(g_r.p.n_stop, 1);
   /* accepted oddities: unknown fields, null stop, an empty assistant prefix */
   snprintf(b, sizeof b, "{\"model\":\"m\",%s,\"stop\":null,\"logprobs\":false,\"x\":{}}", msgs);
   assert_int_equal(parse(b), 0);

@@ -548,6 +548,48 @@ static void test_encode_retry_and_limits(void **state) {
   assert_int_equal(g_set.n, 0);
 }
 
+static void run_chain(coord_request_t *r, const int32_t *script, int n) {
+  process();
+  reply(fp.n_steps - 1, SA_STATUS_OK, NULL); /* prefill */
+  process();
+  for (int i = 0; i < n && r->chains[0].state != COORD_CHAIN_DONE; i++) {
+    reply(fp.n_steps - 1, SA_STATUS_OK, &script[i]);
+    process();
+  }
+}
+
+static void test_stop_strings(void **state) {
+  (void)state;
+  add_stage("s0", "r0", 1000);
+  coord_request_params_t p = {.n_chains = 1, .max_tokens = 20, .n_stop = 1, .stop = {"ba"}};
+  sa__sampling_params__init(&p.sampling);
+  p.parts[p.n_parts++] = (coord_part_t){.text = "x"};
+  char err[128];
+  coord_request_t *r = coord_request_new(&g_set, &p, &k_up, NULL, err, sizeof err);
+  /* "a" goes out; "b" may begin "ba" and waits; "a" completes it: the
+   * chain ends before the stop string, which is never streamed */
+  int32_t script[] = {T_A, T_B, T_A, T_A, T_EOT};
+  run_chain(r, script, 5);
+  assert_int_equal(r->chains[0].finish, SA__FINISH_REASON__FINISH_STOP);
+  assert_int_equal(r->chains[0].n_tokens, 3);
+  assert_string_equal(r->chains[0].reasoning, "a");
+  assert_string_equal(up.text[0], "a");
+  assert_string_equal(up.log, "D0 X0 R .0 ");
+  frees_done();
+  process();
+
+  /* held text is released when the chain ends otherwise */
+  memset(&up, 0, sizeof up);
+  p.stop[0] = "bz";
+  r = coord_request_new(&g_set, &p, &k_up, NULL, err, sizeof err);
+  int32_t script2[] = {T_A, T_B, T_EOT};
+  run_chain(r, script2, 3);
+  assert_int_equal(r->chains[0].finish, SA__FINISH_REASON__FINISH_EOT);
+  assert_string_equal(up.text[0], "ab");
+  assert_string_equal(r->chains[0].reasoning, "ab");
+  assert_string_equal(up.log, "D0 D0 X0 R .0 ");
+}
+
 /* ------------------------------------------------ under a real loop */
 
 static struct {
@@ -613,6 +655,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_failover_replays, setup, teardown),
       cmocka_unit_test_setup_teardown(test_cancel_waits_for_inflight, setup, teardown),
       cmocka_unit_test_setup_teardown(test_encode_retry_and_limits, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_stop_strings, setup, teardown),
       cmocka_unit_test_setup_teardown(test_under_a_loop, setup, teardown),
   };
   return cmocka_run_group_tests(tests, setup_all, teardown_all);
