@@ -49,6 +49,7 @@ struct coord_http {
   const coord_opts_t *copts;
   const coord_model_t *model;
   size_t vocab_size;
+  size_t max_body;
   coord_requests_t *set;
   const coord_registry_t *reg;
   const coord_pipeline_t *pl;
@@ -115,7 +116,7 @@ static char *error_json(int status, const char *msg, const char *param, const ch
 
 static void send_body(h2o_req_t *req, int status, const char *ctype, const char *body,
                       size_t len) {
-  static const char *const reasons[] = {[200] = "OK", [400] = "Bad Request",
+  static const char *const reasons[] = {[200] = "OK", [400] = "Bad Request", [413] = "Payload Too Large",
                                         [401] = "Unauthorized", [404] = "Not Found",
                                         [405] = "Method Not Allowed", [429] = "Too Many Requests",
                                         [500] = "Internal Server Error", [503] = "Service Unavailable",
@@ -773,7 +774,12 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req) {
                "invalid_api_key");
     return 0;
   }
-  if (path_is(req, "/v1/chat/completions")) {
+  if (req->entity.len > h->max_body) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "the request body is %zu bytes; the limit is %zu",
+             req->entity.len, h->max_body);
+    send_error(req, 413, msg, NULL, "request_too_large");
+  } else if (path_is(req, "/v1/chat/completions")) {
     if (!method_is(req, "POST"))
       send_error(req, 405, "use POST", NULL, NULL);
     else
@@ -877,7 +883,11 @@ int coord_http_start(struct uv_loop_s *loop, const coord_http_opts_t *o,
   h->reg = reg;
   h->pl = pl;
   h2o_config_init(&h->config);
-  h->config.max_request_entity_size = o->max_body_bytes;
+  /* bodies up to twice the limit reach the handler, which answers 413 with
+   * an OpenAI error object; beyond that H2O answers 413 itself, unread */
+  h->max_body = o->max_body_bytes;
+  h->config.max_request_entity_size =
+      o->max_body_bytes <= SIZE_MAX / 2 ? o->max_body_bytes * 2 : o->max_body_bytes;
   h2o_hostconf_t *hc =
       h2o_config_register_host(&h->config, h2o_iovec_init(H2O_STRLIT("default")), 65535);
   h2o_pathconf_t *pc = h2o_config_register_path(hc, "/", 0);
