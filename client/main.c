@@ -499,7 +499,7 @@ static int cmd_submit(int argc, char **argv) {
   rq.max_tokens = 256;
   rq.n = 1;
   const char *coord = NULL;
-  char *prompt_file = NULL; /* --prompt-file's text: lives until exit */
+  char *prompt_file = NULL; /* --prompt-file's text, until the request is packed */
   bool json = false, quiet = false, no_audio = false;
   double timeout_s = 600;
   int opt;
@@ -575,6 +575,7 @@ static int cmd_submit(int argc, char **argv) {
   }
   sa__submit_request__pack(&rq, buf);
   free(audio);
+  free(prompt_file);
 
   static submit_t s;
   memset(&s, 0, sizeof s);
