@@ -632,6 +632,23 @@ static void health(coord_http_t *h, h2o_req_t *req) {
   send_json(req, 503, body);
 }
 
+/* One histogram's series; labels "" or `name="value"` (without braces). */
+static void print_hist(FILE *f, const char *name, const char *labels, const coord_hist_t *hs) {
+  const char *sep = labels[0] ? "," : "";
+  for (int i = 0; i < COORD_HIST_BUCKETS; i++) {
+    char le[32];
+    if (isinf(coord_hist_le[i]))
+      snprintf(le, sizeof le, "+Inf");
+    else
+      snprintf(le, sizeof le, "%g", coord_hist_le[i]);
+    fprintf(f, "%s_bucket{%s%sle=\"%s\"} %lld\n", name, labels, sep, le,
+            (long long)hs->bucket[i]);
+  }
+  fprintf(f, "%s_sum%s%s%s %.6f\n%s_count%s%s%s %lld\n", name, labels[0] ? "{" : "", labels,
+          labels[0] ? "}" : "", hs->sum, name, labels[0] ? "{" : "", labels, labels[0] ? "}" : "",
+          (long long)hs->count);
+}
+
 static void metrics(coord_http_t *h, h2o_req_t *req) {
   char *buf = NULL;
   size_t len = 0;
@@ -696,38 +713,21 @@ static void metrics(coord_http_t *h, h2o_req_t *req) {
        offsetof(coord_request_stats_t, queue)},
   };
   for (size_t k = 0; k < sizeof hists / sizeof hists[0]; k++) {
-    const coord_hist_t *hs = (const coord_hist_t *)((const char *)&s->stats + hists[k].off);
     fprintf(f, "# HELP %s %s\n# TYPE %s histogram\n", hists[k].name, hists[k].help,
             hists[k].name);
-    for (int i = 0; i < COORD_HIST_BUCKETS; i++) {
-      if (isinf(coord_hist_le[i]))
-        fprintf(f, "%s_bucket{le=\"+Inf\"} %lld\n", hists[k].name, (long long)hs->bucket[i]);
-      else
-        fprintf(f, "%s_bucket{le=\"%g\"} %lld\n", hists[k].name, coord_hist_le[i],
-                (long long)hs->bucket[i]);
-    }
-    fprintf(f, "%s_sum %.6f\n%s_count %lld\n", hists[k].name, hs->sum, hists[k].name,
-            (long long)hs->count);
+    print_hist(f, hists[k].name, "", (const coord_hist_t *)((const char *)&s->stats +
+                                                            hists[k].off));
   }
   fprintf(f, "# HELP sa_step_duration_seconds A pipeline step, sent to stage 0 until the "
              "last stage's result is back, per replica.\n"
              "# TYPE sa_step_duration_seconds histogram\n");
   for (int ri = 0; ri < COORD_MAX_REPLICAS; ri++) {
     const coord_replica_t *rp = coord_registry_replica(h->reg, ri);
-    const coord_hist_t *hs = &h->pl->stats[ri].step;
-    if (!rp || hs->count == 0)
+    if (!rp || h->pl->stats[ri].step.count == 0)
       continue;
-    for (int i = 0; i < COORD_HIST_BUCKETS; i++) {
-      if (isinf(coord_hist_le[i]))
-        fprintf(f, "sa_step_duration_seconds_bucket{replica=\"%s\",le=\"+Inf\"} %lld\n",
-                rp->name, (long long)hs->bucket[i]);
-      else
-        fprintf(f, "sa_step_duration_seconds_bucket{replica=\"%s\",le=\"%g\"} %lld\n",
-                rp->name, coord_hist_le[i], (long long)hs->bucket[i]);
-    }
-    fprintf(f, "sa_step_duration_seconds_sum{replica=\"%s\"} %.6f\n"
-               "sa_step_duration_seconds_count{replica=\"%s\"} %lld\n",
-            rp->name, hs->sum, rp->name, (long long)hs->count);
+    char label[96];
+    snprintf(label, sizeof label, "replica=\"%s\"", rp->name);
+    print_hist(f, "sa_step_duration_seconds", label, &h->pl->stats[ri].step);
   }
   fprintf(f, "# HELP sa_kv_blocks_used KV blocks in use per stage (last report).\n"
              "# TYPE sa_kv_blocks_used gauge\n");

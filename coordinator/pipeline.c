@@ -40,16 +40,6 @@ static sa_rpc_channel_t *stage_channel(const coord_pipeline_t *pl, const coord_r
 
 /* ------------------------------------------------------------------ step */
 
-/* The message of one micro-batch, built on the stack of pipeline_step. */
-typedef struct {
-  Sa__StepBatch sb;
-  Sa__SeqStep steps[COORD_MAX_SEQS_PER_BATCH];
-  Sa__SeqStep *step_ptrs[COORD_MAX_SEQS_PER_BATCH];
-  Sa__EmbedSpan spans[COORD_MAX_SEQS_PER_BATCH]; /* of the one audio chunk */
-  Sa__EmbedSpan *span_ptrs[COORD_MAX_SEQS_PER_BATCH];
-  int32_t one_token[COORD_MAX_SEQS_PER_BATCH];
-  char *route[COORD_MAX_STAGES];
-} step_msg_t;
 
 /* The batch's embed spans for entry e: runs of consecutive prompt positions
  * among its audio rows (one run per 25 s audio chunk). Returns the count. */
@@ -91,14 +81,13 @@ static int pipeline_step(void *impl, const coord_plan_t *plan) {
   if (!ch0)
     return SA_EUNAVAIL;
   coord_step_t *st = calloc(1, sizeof *st);
-  step_msg_t *m = calloc(1, sizeof *m);
   batch_t *b = malloc(sizeof *b);
-  if (!st || !m || !b) {
+  if (!st || !b) {
     free(st);
-    free(m);
     free(b);
     return SA_ENOMEM;
   }
+  coord_step_msg_t *m = &pl->msg; /* reused: one loop thread, one message at a time */
   b->pl = pl;
   b->st = st;
   b->t_sent_ns = sa_now_ns();
@@ -189,7 +178,6 @@ static int pipeline_step(void *impl, const coord_plan_t *plan) {
                              b, NULL);
     free(buf);
   }
-  free(m);
   if (rc) {
     free(st);
     free(b);

@@ -98,6 +98,18 @@ typedef struct {
   coord_hist_t step;      /* Stage/Step sent -> its result back */
 } coord_replica_stats_t;
 
+/* The protobuf message of one micro-batch while it is built (reused for
+ * every step: nothing is allocated for it per step). */
+typedef struct {
+  Sa__StepBatch sb;
+  Sa__SeqStep steps[COORD_MAX_SEQS_PER_BATCH];
+  Sa__SeqStep *step_ptrs[COORD_MAX_SEQS_PER_BATCH];
+  Sa__EmbedSpan spans[COORD_MAX_SEQS_PER_BATCH]; /* of the one audio chunk */
+  Sa__EmbedSpan *span_ptrs[COORD_MAX_SEQS_PER_BATCH];
+  int32_t one_token[COORD_MAX_SEQS_PER_BATCH];
+  char *route[COORD_MAX_STAGES];
+} coord_step_msg_t;
+
 typedef struct coord_pipeline {
   const coord_opts_t *opts;
   const coord_model_t *model;
@@ -108,6 +120,7 @@ typedef struct coord_pipeline {
   int inflight[COORD_MAX_REPLICAS];
   coord_replica_stats_t stats[COORD_MAX_REPLICAS];
   int64_t forks_total;
+  coord_step_msg_t msg;
 } coord_pipeline_t;
 
 /* Initialises pl (caller-allocated). opts, model and reg are borrowed for
