@@ -729,6 +729,17 @@ static void metrics(coord_http_t *h, h2o_req_t *req) {
     snprintf(label, sizeof label, "replica=\"%s\"", rp->name);
     print_hist(f, "sa_step_duration_seconds", label, &h->pl->stats[ri].step);
   }
+  fprintf(f, "# HELP sa_stage_compute_seconds One step's compute inside one stage.\n"
+             "# TYPE sa_stage_compute_seconds histogram\n");
+  for (int i = 0; i < COORD_MAX_WORKERS; i++) {
+    const coord_worker_t *w = coord_registry_worker(h->reg, i);
+    if (!w || w->role != SA__ROLE__ROLE_STAGE || h->pl->stage_compute[i].count == 0)
+      continue;
+    char label[160];
+    snprintf(label, sizeof label, "replica=\"%s\",layers=\"%d:%d\"", w->replica_name, w->first,
+             w->last);
+    print_hist(f, "sa_stage_compute_seconds", label, &h->pl->stage_compute[i]);
+  }
   fprintf(f, "# HELP sa_kv_blocks_used KV blocks in use per stage (last report).\n"
              "# TYPE sa_kv_blocks_used gauge\n");
   for (int i = 0; i < COORD_MAX_WORKERS; i++) {

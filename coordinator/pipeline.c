@@ -221,6 +221,12 @@ static void on_step_done(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void 
       }
   }
   const coord_replica_t *rp = coord_registry_replica(pl->reg, st->replica);
+  if (rp) /* every stage's compute time, the last stage first */
+    for (size_t j = 0; j < sr->n_stage_compute_ms && (int)j < rp->n_stages; j++) {
+      double ms = sr->stage_compute_ms[j];
+      if (ms >= 0 && ms < 3.6e6)
+        coord_hist_observe(&pl->stage_compute[rp->stage[rp->n_stages - 1 - (int)j]], ms / 1e3);
+    }
   if (rp && rp->n_stages > 0) /* the last stage's KV use, fresher than heartbeats */
     coord_registry_note_kv(pl->reg, rp->stage[rp->n_stages - 1], sr->kv_blocks_used,
                            sr->kv_blocks_free);

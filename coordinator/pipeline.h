@@ -119,6 +119,7 @@ typedef struct coord_pipeline {
   uint64_t next_batch_id;
   int inflight[COORD_MAX_REPLICAS];
   coord_replica_stats_t stats[COORD_MAX_REPLICAS];
+  coord_hist_t stage_compute[COORD_MAX_WORKERS]; /* per stage (worker index) */
   int64_t forks_total;
   coord_step_msg_t msg;
 } coord_pipeline_t;

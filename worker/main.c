@@ -132,6 +132,7 @@ typedef struct {
   sa_rpc_call_t *up; /* the upstream call to answer */
   job_t *job;
   bool nccl;         /* its activations went over the NCCL link to addr */
+  double compute_ms; /* this stage's, appended to the StepResult going up */
   char addr[256];
 } fwd_t;
 
@@ -143,9 +144,21 @@ static void on_downstream(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void
   if (f->nccl && res->status != SA_STATUS_OK && res->status != SA_STATUS_CANCELLED)
     drop_out_link(f->addr); /* the peer may never post its receive */
   if (f->up) {
-    if (res->status == SA_STATUS_OK)
-      sa_rpc_call_reply(f->up, SA_STATUS_OK, NULL, res->body, res->body_len, NULL, 0);
-    else {
+    if (res->status == SA_STATUS_OK) {
+      /* the downstream StepResult with this stage's compute time appended:
+       * a field appended to a protobuf message is part of it (field 6,
+       * stage_compute_ms, unpacked double: tag 0x31 + 8 bytes little-endian,
+       * the host's order on the little-endian CPUs we build for) */
+      uint8_t *buf = malloc(res->body_len + 9);
+      if (buf) {
+        memcpy(buf, res->body, res->body_len);
+        buf[res->body_len] = 0x31;
+        memcpy(buf + res->body_len + 1, &f->compute_ms, 8);
+      }
+      sa_rpc_call_reply(f->up, SA_STATUS_OK, NULL, buf ? buf : res->body,
+                        buf ? res->body_len + 9 : res->body_len, NULL, 0);
+      free(buf);
+    } else {
       char msg[512];
       snprintf(msg, sizeof msg, "next stage: %s", res->status_msg);
       sa_rpc_call_reply(f->up, res->status, msg, NULL, 0, NULL, 0);
@@ -390,6 +403,7 @@ static void on_job_done(job_t *job, void *user) {
       f->up = job->call;
       f->job = NULL;
       f->nccl = job->out_nccl;
+      f->compute_ms = job->compute_ms;
       snprintf(f->addr, sizeof f->addr, "%s", b->route[next]);
       int64_t left = job->call ? sa_rpc_call_remaining_ms(job->call) : 30000;
       sa_rpc_call_opts_t o = {.timeout_ms = left > 0 ? left : 30000};

@@ -386,6 +386,9 @@ static void run_step(stage_t *st, job_t *job) {
   job->compute_ms += sampling_ms;
   st->busy_ms += sampling_ms;
   res->compute_ms = job->compute_ms;
+  job->stage_ms = job->compute_ms;
+  res->stage_compute_ms = &job->stage_ms;
+  res->n_stage_compute_ms = 1;
   return;
 undo:
   for (int i = 0; i < n_added; i++)

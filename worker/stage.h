@@ -58,6 +58,7 @@ struct job {
   Sa__SeqResult **seq_result_ptrs;
   int forked, freed;
   double compute_ms;
+  double stage_ms;   /* the StepResult.stage_compute_ms entry of the last stage */
 };
 
 typedef struct {

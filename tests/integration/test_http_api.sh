@@ -264,6 +264,8 @@ metric() { grep "^$1 " "$T/body" | awk '{print $2}'; }
 [[ $(metric sa_time_to_first_token_seconds_count) -ge 4 &&
    $(metric sa_encode_duration_seconds_count) -ge 2 &&
    $(metric 'sa_step_duration_seconds_count{replica="r0"}') -ge 10 &&
+   $(metric 'sa_stage_compute_seconds_count{replica="r0",layers="0:1"}') -ge 10 &&
+   $(metric 'sa_stage_compute_seconds_count{replica="r0",layers="1:3"}') -ge 10 &&
    $(metric 'sa_inter_token_latency_seconds_bucket{le="+Inf"}') -eq $(metric sa_inter_token_latency_seconds_count) ]] ||
   fail "histograms missing or inconsistent: $(grep -E '_count|Inf' "$T/body" | head -n 12)"
 pass "/metrics: sa_requests_total{outcome=\"ok\"} $ok"
