@@ -122,7 +122,9 @@ static void send_body(h2o_req_t *req, int status, const char *ctype, const char 
                                         [500] = "Internal Server Error", [503] = "Service Unavailable",
                                         [504] = "Gateway Timeout"};
   req->res.status = status;
-  req->res.reason = status < 600 && reasons[status] ? reasons[status] : "Error";
+  req->res.reason = status >= 0 && (size_t)status < sizeof reasons / sizeof reasons[0] && reasons[status]
+                        ? reasons[status]
+                        : "Error";
   h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, ctype,
                  strlen(ctype));
   h2o_iovec_t b = h2o_strdup(&req->pool, body, len);
@@ -601,12 +603,19 @@ static void chat_completions(coord_http_t *h, h2o_req_t *req) {
 /* ------------------------------------------------- models, health, metrics */
 
 static void models(coord_http_t *h, h2o_req_t *req) {
-  char body[600];
-  snprintf(body, sizeof body,
-           "{\"object\":\"list\",\"data\":[{\"id\":\"%s\",\"object\":\"model\",\"created\":0,"
-           "\"owned_by\":\"sa-cluster\",\"max_model_len\":%d}]}",
-           h->model_name, h->model->max_position_embeddings);
-  send_json(req, 200, body);
+  cJSON *o = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(o, "data");
+  cJSON_AddStringToObject(o, "object", "list");
+  cJSON *m = cJSON_CreateObject();
+  cJSON_AddStringToObject(m, "id", h->model_name);
+  cJSON_AddStringToObject(m, "object", "model");
+  cJSON_AddNumberToObject(m, "created", 0);
+  cJSON_AddStringToObject(m, "owned_by", "sa-cluster");
+  cJSON_AddNumberToObject(m, "max_model_len", h->model->max_position_embeddings);
+  cJSON_AddItemToArray(arr, m);
+  char *s = cJSON_PrintUnformatted(o);
+  cJSON_Delete(o);
+  send_json(req, 200, s ? s : "{}");
+  free(s);
 }
 
 static void health(coord_http_t *h, h2o_req_t *req) {
