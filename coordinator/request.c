@@ -8,7 +8,7 @@
  * same RNG keys (token-identical to an undisturbed run); results of batches
  * sent before the failover carry an older epoch and are dropped.
  *
- * A chain ends once (chain_end): by itself (EOT, max_tokens), by the vote,
+ * A chain ends once (chain_end): by itself (EOT, max_tokens, a stop string), by the vote,
  * by the client, or by a failure. A request ends once (request_end) and is
  * freed by reap() only when no step, fork, free or encode of it is out.
  */
