@@ -18,6 +18,7 @@
 #include "http.h"
 #include "submit.h"
 
+#include <sodium.h>
 #include <uv.h>
 
 #include <errno.h>
@@ -139,6 +140,10 @@ int main(int argc, char **argv) {
   /* a write to an HTTP client that left must fail with EPIPE, not kill the
    * process (ZeroMQ's own sends never raise SIGPIPE) */
   signal(SIGPIPE, SIG_IGN);
+  if (sodium_init() < 0) { /* random request ids, API key comparison */
+    fprintf(stderr, "sa-coordinator: libsodium could not start\n");
+    return 1;
+  }
   static coord_t co;
   coord_opts_t *o = &co.opts;
   snprintf(o->listen, sizeof o->listen, "tcp://127.0.0.1:7700");

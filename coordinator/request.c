@@ -23,6 +23,7 @@
 #include "vote.h"
 
 #include <math.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,10 +183,16 @@ coord_request_t *coord_request_new(coord_requests_t *set, const coord_request_pa
   r->cbs = cbs;
   r->client = client;
   r->id = ++set->next_id;
-  if (p->request_id && p->request_id[0])
+  if (p->request_id && p->request_id[0]) {
     snprintf(r->request_id, sizeof r->request_id, "%s", p->request_id);
-  else
-    snprintf(r->request_id, sizeof r->request_id, "req-%llu", (unsigned long long)r->id);
+  } else { /* unguessable: Coordinator/Cancel takes an id, so a counter would
+              let any client cancel any other client's request */
+    uint8_t rnd[16];
+    randombytes_buf(rnd, sizeof rnd);
+    char hex[2 * sizeof rnd + 1];
+    sodium_bin2hex(hex, sizeof hex, rnd, sizeof rnd);
+    snprintf(r->request_id, sizeof r->request_id, "req-%s", hex);
+  }
   r->state = COORD_REQ_NEW;
   r->replica = -1;
   r->encoder = -1;

@@ -548,6 +548,27 @@ static void test_encode_retry_and_limits(void **state) {
   assert_int_equal(g_set.n, 0);
 }
 
+/* Request ids the coordinator makes are unguessable (Coordinator/Cancel
+ * takes one): "req-" and 32 hex digits of randomness; a client's own id is
+ * kept as given. */
+static void test_request_ids(void **state) {
+  (void)state;
+  coord_request_t *a = submit("a", 1, 10, SA__VOTE_RULE__VOTE_NONE);
+  coord_request_t *b = submit("b", 1, 10, SA__VOTE_RULE__VOTE_NONE);
+  assert_int_equal(strlen(a->request_id), 4 + 32);
+  assert_memory_equal(a->request_id, "req-", 4);
+  for (int i = 4; i < 36; i++)
+    assert_non_null(strchr("0123456789abcdef", a->request_id[i]));
+  assert_string_not_equal(a->request_id, b->request_id);
+  assert_ptr_equal(coord_requests_find(&g_set, b->request_id), b);
+  coord_request_params_t p = {.request_id = "mine-1", .n_chains = 1, .max_tokens = 4};
+  sa__sampling_params__init(&p.sampling);
+  p.parts[p.n_parts++] = (coord_part_t){.text = "c"};
+  char err[64];
+  coord_request_t *c = coord_request_new(&g_set, &p, &k_up, NULL, err, sizeof err);
+  assert_string_equal(c->request_id, "mine-1");
+}
+
 static void run_chain(coord_request_t *r, const int32_t *script, int n) {
   process();
   reply(fp.n_steps - 1, SA_STATUS_OK, NULL); /* prefill */
@@ -656,6 +677,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_cancel_waits_for_inflight, setup, teardown),
       cmocka_unit_test_setup_teardown(test_encode_retry_and_limits, setup, teardown),
       cmocka_unit_test_setup_teardown(test_stop_strings, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_request_ids, setup, teardown),
       cmocka_unit_test_setup_teardown(test_under_a_loop, setup, teardown),
   };
   return cmocka_run_group_tests(tests, setup_all, teardown_all);
