@@ -738,6 +738,14 @@ static void metrics(coord_http_t *h, h2o_req_t *req) {
     snprintf(label, sizeof label, "replica=\"%s\"", rp->name);
     print_hist(f, "sa_step_duration_seconds", label, &h->pl->stats[ri].step);
   }
+  fprintf(f, "# HELP sa_step_tokens_total Tokens through completed pipeline steps, per "
+             "replica (prefill, replay and decode).\n# TYPE sa_step_tokens_total counter\n");
+  for (int ri = 0; ri < COORD_MAX_REPLICAS; ri++) {
+    const coord_replica_t *rp = coord_registry_replica(h->reg, ri);
+    if (rp)
+      fprintf(f, "sa_step_tokens_total{replica=\"%s\"} %llu\n", rp->name,
+              (unsigned long long)h->pl->stats[ri].tokens);
+  }
   fprintf(f, "# HELP sa_stage_compute_seconds One step's compute inside one stage.\n"
              "# TYPE sa_stage_compute_seconds histogram\n");
   for (int i = 0; i < COORD_MAX_WORKERS; i++) {

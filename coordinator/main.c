@@ -277,14 +277,7 @@ int main(int argc, char **argv) {
   if (ho.listen) {
     char model_name[256];
     if (!ho.served_model_name) { /* the model folder's name */
-      const char *d = o->model_dir;
-      size_t n = strlen(d);
-      while (n > 1 && d[n - 1] == '/')
-        n--;
-      const char *b = d + n;
-      while (b > d && b[-1] != '/')
-        b--;
-      snprintf(model_name, sizeof model_name, "%.*s", (int)(d + n - b), b);
+      sa_config_model_name(o->model_dir, model_name, sizeof model_name);
       ho.served_model_name = model_name;
     }
     ho.max_body_bytes = http_max_body ? (size_t)http_max_body

@@ -207,7 +207,6 @@ static void on_step_done(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void 
     return;
   }
   coord_replica_stats_t *stats = &pl->stats[st->replica];
-  stats->steps++;
   for (int i = 0; i < st->n; i++) {
     coord_step_entry_t *e = &st->e[i];
     stats->tokens += (uint64_t)e->n_tokens;

@@ -94,7 +94,7 @@ typedef struct {
 extern const coord_pipeline_ops_t coord_pipeline_ops;
 
 typedef struct {
-  uint64_t steps, tokens; /* steps completed, tokens through them */
+  uint64_t tokens;        /* tokens through completed steps */
   coord_hist_t step;      /* Stage/Step sent -> its result back */
 } coord_replica_stats_t;
 

@@ -360,6 +360,21 @@ fail:
   return rc;
 }
 
+void sa_config_model_name(const char *dir, char *out, size_t cap) {
+  if (!out || cap == 0)
+    return;
+  size_t n = dir ? strlen(dir) : 0;
+  while (n > 1 && dir[n - 1] == '/')
+    n--;
+  const char *b = dir + n;
+  while (b > dir && b[-1] != '/')
+    b--;
+  if (dir + n > b)
+    snprintf(out, cap, "%.*s", (int)(dir + n - b), b);
+  else /* "/" or "": no component to name it by */
+    snprintf(out, cap, "model");
+}
+
 int sa_config_load(const char *dir, sa_model_config_t *out, char *err,
                    size_t err_cap) {
   if (!dir || !out)

@@ -54,6 +54,11 @@ int sa_config_parse(const char *json, size_t len, sa_model_config_t *out,
                     char *err, size_t err_cap);
 /* Reads DIR/config.json (or DIR itself when it names a .json file) and parses
  * it. Returns 0, SA_ENOENT, SA_EIO or SA_EFORMAT, with the path in err. */
+/* The name a checkpoint folder goes by: the last component of dir (trailing
+ * slashes ignored; "model" when there is none, as for "/"), written into
+ * out[cap] (cut to fit). The default name clients use for the served model. */
+void sa_config_model_name(const char *dir, char *out, size_t cap);
+
 int sa_config_load(const char *dir, sa_model_config_t *out, char *err,
                    size_t err_cap);
 /* Checks a filled struct by the same rules as sa_config_parse (head_dim is

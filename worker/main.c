@@ -149,7 +149,8 @@ static void on_downstream(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void
        * a field appended to a protobuf message is part of it (field 6,
        * stage_compute_ms, unpacked double: tag 0x31 + 8 bytes little-endian,
        * the host's order on the little-endian CPUs we build for) */
-      uint8_t *buf = malloc(res->body_len + 9);
+      uint8_t stackbuf[16384]; /* a StepResult of 256 sequences is ~4 KB */
+      uint8_t *buf = res->body_len + 9 <= sizeof stackbuf ? stackbuf : malloc(res->body_len + 9);
       if (buf) {
         memcpy(buf, res->body, res->body_len);
         buf[res->body_len] = 0x31;
@@ -157,7 +158,8 @@ static void on_downstream(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void
       }
       sa_rpc_call_reply(f->up, SA_STATUS_OK, NULL, buf ? buf : res->body,
                         buf ? res->body_len + 9 : res->body_len, NULL, 0);
-      free(buf);
+      if (buf != stackbuf)
+        free(buf);
     } else {
       char msg[512];
       snprintf(msg, sizeof msg, "next stage: %s", res->status_msg);

@@ -366,8 +366,24 @@ static void test_invalid(void **state) {
   assert_non_null(strstr(err, "text_config.hidden_size"));
 }
 
+static void test_model_name(void **state) {
+  (void)state;
+  char n[16];
+  sa_config_model_name("/models/step-audio-r1/", n, sizeof n);
+  assert_string_equal(n, "step-audio-r1");
+  sa_config_model_name("tiny", n, sizeof n);
+  assert_string_equal(n, "tiny");
+  sa_config_model_name("a/b//", n, sizeof n);
+  assert_string_equal(n, "b");
+  sa_config_model_name("/", n, sizeof n);
+  assert_string_equal(n, "model");
+  sa_config_model_name("x/a-very-long-model-name", n, sizeof n);
+  assert_string_equal(n, "a-very-long-mod"); /* cut to fit */
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_model_name),
       cmocka_unit_test(test_r1_flat_and_nested),
       cmocka_unit_test(test_step_audio2_mini),
       cmocka_unit_test(test_defaults),

@@ -392,20 +392,6 @@ static void tail_logs(const sa_topo_t *t) {
 }
 
 
-/* The last path component of the model folder: the coordinator's default
- * --served-model-name. Borrowed from a static buffer. */
-static const char *model_name(const char *dir) {
-  static char name[256];
-  size_t n = strlen(dir);
-  while (n > 1 && dir[n - 1] == '/')
-    n--;
-  const char *b = dir + n;
-  while (b > dir && b[-1] != '/')
-    b--;
-  snprintf(name, sizeof name, "%.*s", (int)(dir + n - b), b);
-  return name;
-}
-
 static int cmd_up(const sa_topo_t *t, double timeout_s) {
   char bins[PATH_MAX];
   bin_dir(bins, sizeof bins);
@@ -475,9 +461,11 @@ static int cmd_up(const sa_topo_t *t, double timeout_s) {
       printf("  status:  sa-client status --coordinator %s\n", t->coordinator);
       if (t->coordinator_http[0]) {
         printf("sa-cluster: HTTP API (OpenAI-compatible) at http://%s\n", t->coordinator_http);
+        char name[256];
+        sa_config_model_name(t->model, name, sizeof name);
         printf("  curl:    curl http://%s/v1/chat/completions -d '{\"model\": \"%s\", "
                "\"messages\": [{\"role\": \"user\", \"content\": \"Hi\"}]}'\n",
-               t->coordinator_http, model_name(t->model));
+               t->coordinator_http, name);
         printf("  health:  curl http://%s/health    metrics: curl http://%s/metrics\n",
                t->coordinator_http, t->coordinator_http);
       }
