@@ -33,6 +33,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "chat.h"
 #include "sa.pb-c.h"
 #include "tokenizer.h"
 
@@ -118,14 +119,18 @@ typedef enum {
   COORD_REQ_DONE,   /* finished, failed or cancelled; reaped once idle */
 } coord_req_state_t;
 
-#define COORD_MAX_PARTS 16 /* text and audio parts of the user turn */
+#define COORD_MAX_PARTS 64 /* text and audio parts of the conversation */
 
-/* One part of the user turn, in order: text (audio NULL) or audio bytes in
- * any container (text NULL). Borrowed by coord_request_new, which copies. */
+/* One part of the conversation, in order: text (audio NULL) or audio bytes
+ * in any container (text NULL), in a turn of `role`. A part opens a new turn
+ * when it is the first, when new_turn is set, or when its role differs from
+ * the part before. Borrowed by coord_request_new, which copies. */
 typedef struct {
   const char *text;
   const uint8_t *audio;
   size_t audio_len;
+  sa_chat_role_t role; /* zero: the human's */
+  bool new_turn;
 } coord_part_t;
 
 /* The parameters of a request, as validated by its front end. Strings and
@@ -133,10 +138,11 @@ typedef struct {
 typedef struct {
   const char *request_id; /* "" or NULL: the coordinator makes one */
   const char *system;     /* "" or NULL: the default system prompt */
-  coord_part_t parts[COORD_MAX_PARTS]; /* the user turn; each audio part is
-                                          encoded on its own, its rows go
-                                          where the part stands */
+  coord_part_t parts[COORD_MAX_PARTS]; /* the turns after the system text;
+                                          each audio part is encoded on its
+                                          own, its rows go where it stands */
   int n_parts;
+  unsigned chat_flags; /* SA_CHAT_CONTINUE / SA_CHAT_NO_GEN_PROMPT */
   int max_tokens;
   int n_chains;
   Sa__VoteRule vote_rule;
@@ -149,9 +155,11 @@ typedef struct {
   Sa__SamplingParams sampling; /* no message pointers inside */
 } coord_request_params_t;
 
-/* A part of a request's user turn (request.c's copy). */
+/* A part of a request's conversation (request.c's copy). */
 typedef struct {
   char *text;             /* NULL for audio */
+  sa_chat_role_t role;
+  bool new_turn;
   uint8_t *audio;         /* freed once encoded */
   size_t audio_len;
   int32_t *chunk_tokens;  /* audio: tokens per 25 s chunk, once encoded */
@@ -176,6 +184,7 @@ struct coord_request {
   int think_budget;
   Sa__SamplingParams sampling;
   char *system_text;
+  unsigned chat_flags; /* SA_CHAT_CONTINUE / SA_CHAT_NO_GEN_PROMPT */
   char stop[COORD_MAX_STOP][COORD_STOP_BYTES + 1];
   int n_stop;
   coord_req_part_t parts[COORD_MAX_PARTS];

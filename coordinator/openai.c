@@ -37,13 +37,28 @@ static int cat(char **buf, const char *s) {
   return 0;
 }
 
-/* Appends a text part (joined to a text part just before it). */
+static int too_many_parts(errs_t *e, const char *param) {
+  char n[16];
+  snprintf(n, sizeof n, "%d", COORD_MAX_PARTS);
+  return bad(e, param, "more than %s content parts in the conversation", n);
+}
+
+/* The next part of the message being read: its role, and whether it opens
+ * the message's turn. */
+static coord_part_t next_part(coord_openai_req_t *out) {
+  coord_part_t q = {.role = out->role, .new_turn = out->turn_pending};
+  out->turn_pending = false;
+  return q;
+}
+
+/* Appends a text part (joined to a text part just before it in the same
+ * message). */
 static int add_text(coord_openai_req_t *out, const char *t, errs_t *e) {
   int rc = cat(&out->prompt, t);
   if (rc)
     return rc;
   coord_request_params_t *p = &out->p;
-  if (p->n_parts > 0 && p->parts[p->n_parts - 1].text) {
+  if (!out->turn_pending && p->n_parts > 0 && p->parts[p->n_parts - 1].text) {
     char **last = (char **)&out->owned[p->n_parts - 1];
     if ((rc = cat(last, t)))
       return rc;
@@ -51,12 +66,14 @@ static int add_text(coord_openai_req_t *out, const char *t, errs_t *e) {
     return 0;
   }
   if (p->n_parts == COORD_MAX_PARTS)
-    return bad(e, "messages", "more than %s content parts", "16");
+    return too_many_parts(e, "messages");
   char *copy = strdup(t);
   if (!copy)
     return SA_ENOMEM;
   out->owned[p->n_parts] = copy;
-  p->parts[p->n_parts++] = (coord_part_t){.text = copy};
+  coord_part_t q = next_part(out);
+  q.text = copy;
+  p->parts[p->n_parts++] = q;
   return 0;
 }
 
@@ -65,7 +82,7 @@ static int decode_b64(const char *b64, size_t n, const coord_openai_limits_t *li
                       coord_openai_req_t *out, errs_t *e, const char *param) {
   coord_request_params_t *p = &out->p;
   if (p->n_parts == COORD_MAX_PARTS)
-    return bad(e, param, "more than %s content parts", "16");
+    return too_many_parts(e, param);
   size_t max = n / 4 * 3 + 3;
   if (out->audio_bytes + max > lim->max_audio_bytes + 3) {
     snprintf(e->param, e->pcap, "%s", param);
@@ -89,7 +106,10 @@ static int decode_b64(const char *b64, size_t n, const coord_openai_limits_t *li
     return bad(e, param, "audio data is empty%s", NULL);
   }
   out->owned[p->n_parts] = bin;
-  p->parts[p->n_parts++] = (coord_part_t){.audio = bin, .audio_len = len};
+  coord_part_t q = next_part(out);
+  q.audio = bin;
+  q.audio_len = len;
+  p->parts[p->n_parts++] = q;
   out->audio_bytes += len;
   out->n_audio++;
   return 0;
@@ -148,9 +168,10 @@ static int user_content(const cJSON *content, const coord_openai_limits_t *lim,
   return 0;
 }
 
-static int system_content(const cJSON *content, coord_openai_req_t *out, errs_t *e) {
+/* A system turn: a string or text parts, joined. */
+static int system_content(const cJSON *content, char **dst, errs_t *e) {
   if (cJSON_IsString(content))
-    return cat(&out->system, content->valuestring);
+    return cat(dst, content->valuestring);
   if (!cJSON_IsArray(content))
     return bad(e, "messages", "system content must be a string or text parts%s", NULL);
   const cJSON *part;
@@ -159,75 +180,96 @@ static int system_content(const cJSON *content, coord_openai_req_t *out, errs_t 
     const cJSON *tx = cJSON_GetObjectItemCaseSensitive(part, "text");
     if (!cJSON_IsString(t) || strcmp(t->valuestring, "text") || !cJSON_IsString(tx))
       return bad(e, "messages", "system content parts must be text%s", NULL);
-    int rc = cat(&out->system, tx->valuestring);
+    int rc = cat(dst, tx->valuestring);
     if (rc)
       return rc;
   }
   return 0;
 }
 
-/* The text of an assistant message ("" for none). */
-static const char *assistant_text(const cJSON *content) {
-  if (cJSON_IsString(content))
-    return content->valuestring;
-  if (cJSON_IsArray(content) && cJSON_GetArraySize(content) == 1) {
-    const cJSON *tx = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(content, 0), "text");
-    if (cJSON_IsString(tx))
-      return tx->valuestring;
+/* An assistant turn or a later system turn: text only (null = empty). */
+static int text_turn(const cJSON *content, const char *role, coord_openai_req_t *out,
+                     errs_t *e) {
+  if (!content || cJSON_IsNull(content))
+    return 0;
+  if (cJSON_IsArray(content)) {
+    const cJSON *part;
+    cJSON_ArrayForEach(part, content) {
+      const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "type");
+      if (cJSON_IsString(t) && strcmp(t->valuestring, "text"))
+        return bad(e, "messages", "%s content can only be text (audio goes in user turns)",
+                   role);
+    }
   }
-  return cJSON_IsNull(content) || !content ? "" : NULL;
+  char *text = NULL;
+  int rc = system_content(content, &text, e);
+  if (rc == SA_EINVAL)
+    snprintf(e->err, e->cap, "%s content must be a string or text parts", role);
+  if (rc == 0)
+    rc = add_text(out, text, e);
+  free(text);
+  return rc;
 }
 
+/* The conversation. The first system message becomes the system text; the
+ * rest become turns in order. How it ends (vLLM's rules): a last assistant
+ * message with continue_final_message is a prefix that generation
+ * continues; otherwise add_generation_prompt (default true) appends the
+ * template's "<|BOT|>assistant\n<think>\n". */
 static int messages(const cJSON *msgs, const cJSON *root, const coord_openai_limits_t *lim,
                     coord_openai_req_t *out, errs_t *e) {
   if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0)
     return bad(e, "messages", "messages must be a non-empty list%s", NULL);
-  int users = 0, n = cJSON_GetArraySize(msgs), i = 0;
+  int users = 0, i = 0;
   bool continues = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "continue_final_message"));
   const cJSON *agp = cJSON_GetObjectItemCaseSensitive(root, "add_generation_prompt");
   bool add_gen = !cJSON_IsFalse(agp);
   bool assistant_last = false;
   const cJSON *m;
   cJSON_ArrayForEach(m, msgs) {
-    i++;
     const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
     const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
     if (!cJSON_IsObject(m) || !cJSON_IsString(role))
       return bad(e, "messages", "every message needs a \"role\" string%s", NULL);
     const char *r = role->valuestring;
     int rc = 0;
-    if (!strcmp(r, "system")) {
-      rc = system_content(content, out, e);
+    bool first = i++ == 0;
+    out->turn_pending = true;
+    assistant_last = false;
+    if (!strcmp(r, "system") && first) {
+      out->turn_pending = false;
+      rc = system_content(content, &out->system, e);
+    } else if (!strcmp(r, "system")) {
+      out->role = SA_CHAT_SYSTEM;
+      rc = text_turn(content, "system", out, e);
     } else if (!strcmp(r, "user") || !strcmp(r, "human")) {
-      if (++users > 1)
-        return bad(e, "messages", "conversations of more than one user turn are not "
-                                  "supported yet%s", NULL);
+      users++;
+      out->role = SA_CHAT_HUMAN;
       rc = user_content(content, lim, out, e);
     } else if (!strcmp(r, "assistant")) {
-      const char *t = assistant_text(content);
-      if (i != n || !t)
-        return bad(e, "messages", "an assistant message is accepted only last, as the "
-                                  "prefix to continue%s", NULL);
-      /* the template already ends the prompt with "<think>\n": an assistant
-       * prefix of exactly that (or less) continues it unchanged */
-      if (strcmp(t, "") && strcmp(t, "<think>") && strcmp(t, "<think>\n"))
-        return bad(e, "messages", "continuing an assistant prefix other than \"<think>\\n\" "
-                                  "is not supported yet%s", NULL);
+      out->role = SA_CHAT_ASSISTANT;
+      rc = text_turn(content, "assistant", out, e);
       assistant_last = true;
     } else {
       return bad(e, "messages", "unknown role '%s' (system, user, human or assistant)", r);
     }
+    if (rc == 0 && out->turn_pending) /* an empty message is still a turn */
+      rc = add_text(out, "", e);
     if (rc)
       return rc;
   }
   if (users == 0)
     return bad(e, "messages", "a user (or human) message is required%s", NULL);
-  if (assistant_last && !continues)
-    return bad(e, "continue_final_message", "a final assistant message needs "
-                                            "continue_final_message: true%s", NULL);
-  if (!add_gen && !assistant_last)
-    return bad(e, "add_generation_prompt", "add_generation_prompt false needs a final "
-                                           "assistant message to continue%s", NULL);
+  if (continues && !assistant_last)
+    return bad(e, "continue_final_message", "continue_final_message needs a final assistant "
+                                            "message to continue%s", NULL);
+  if (continues && cJSON_IsTrue(agp))
+    return bad(e, "add_generation_prompt", "add_generation_prompt and continue_final_message "
+                                           "cannot both be true%s", NULL);
+  if (continues)
+    out->p.chat_flags |= SA_CHAT_CONTINUE;
+  else if (!add_gen)
+    out->p.chat_flags |= SA_CHAT_NO_GEN_PROMPT;
   return 0;
 }
 

@@ -15,14 +15,22 @@
  * skip_special_tokens, add_generation_prompt,
  * continue_final_message, and our think_budget and vote.
  *
- * The user turn's parts keep their order (adjacent text parts join, as the
+ * Conversations: the first system message is the system text; user/human,
+ * assistant and later system messages become turns in order (assistant and
+ * system text only; earlier assistant turns are rendered as sent, reasoning
+ * and all). A last assistant message with continue_final_message is a
+ * prefix generation continues (the client sends "<think>\n"); otherwise
+ * add_generation_prompt (default true) ends the prompt with the template's
+ * own generation prompt.
+ *
+ * A turn's parts keep their order (adjacent text parts join, as the
  * rendered template string would); each audio part is encoded on its own
  * and its rows stand where it stood — Step-Audio-R1's client sends a long
- * clip as consecutive <= 25 s WAV parts. At most COORD_MAX_PARTS parts.
+ * clip as consecutive <= 25 s WAV parts. At most COORD_MAX_PARTS parts in
+ * the conversation.
  *
- * Not yet (a clear 400 naming the parameter): more than one user turn, an
- * assistant message other than the "<think>\n" prefix the template already
- * ends with, audio URLs that are not data: URLs.
+ * Not accepted (a clear 400 naming the parameter): audio outside user
+ * turns, audio URLs that are not data: URLs.
  */
 #ifndef SA_COORD_OPENAI_H
 #define SA_COORD_OPENAI_H
@@ -46,6 +54,8 @@ typedef struct {
   char *prompt;  /* owned: every text part joined ("" if none), for checks */
   void *owned[COORD_MAX_PARTS]; /* owned: each part's text or decoded audio */
   size_t audio_bytes;           /* over all audio parts */
+  sa_chat_role_t role;          /* while parsing: the message being read */
+  bool turn_pending;            /*   its first part is still to come */
   int n_audio;
   char stop[COORD_MAX_STOP][COORD_STOP_BYTES + 1]; /* the stop strings */
 } coord_openai_req_t;

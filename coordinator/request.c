@@ -202,6 +202,7 @@ coord_request_t *coord_request_new(coord_requests_t *set, const coord_request_pa
   r->vote_k = p->vote_k;
   r->think_budget = p->think_budget;
   r->sampling = p->sampling;
+  r->chat_flags = p->chat_flags & (SA_CHAT_CONTINUE | SA_CHAT_NO_GEN_PROMPT);
   r->system_text = strdup(p->system && p->system[0] ? p->system : set->opts->default_system);
   r->t_start_ms = sa_now_ms();
   r->encode_part = -1;
@@ -211,6 +212,8 @@ coord_request_t *coord_request_new(coord_requests_t *set, const coord_request_pa
   bool oom = !r->system_text;
   for (int k = 0; k < p->n_parts && k < COORD_MAX_PARTS && !oom; k++) {
     coord_req_part_t *q = &r->parts[r->n_parts++];
+    q->role = p->parts[k].role;
+    q->new_turn = p->parts[k].new_turn;
     if (p->parts[k].text) {
       oom = !(q->text = strdup(p->parts[k].text));
     } else if ((q->audio = malloc(p->parts[k].audio_len ? p->parts[k].audio_len : 1))) {
@@ -498,21 +501,31 @@ static void request_requeue(coord_requests_t *set, coord_request_t *r, sa_status
 /* ------------------------------------------------------------ the prompt */
 
 static int build_prompt(coord_requests_t *set, coord_request_t *r, char *err, size_t cap) {
-  sa_chat_part_t parts[COORD_MAX_PARTS];
-  size_t np = 0;
+  sa_chat_part_t parts[COORD_MAX_PARTS + 1];
+  sa_chat_turn_t turns[COORD_MAX_PARTS + 1];
+  size_t np = 0, nt = 0;
+  if (r->system_text[0]) {
+    parts[np] = (sa_chat_part_t){.kind = SA_CHAT_PART_TEXT, .text = r->system_text,
+                                 .text_len = strlen(r->system_text)};
+    turns[nt++] = (sa_chat_turn_t){.role = SA_CHAT_SYSTEM, .parts = &parts[np++], .n_parts = 1};
+  }
   for (int k = 0; k < r->n_parts; k++) {
     const coord_req_part_t *q = &r->parts[k];
-    if (q->text && q->text[0])
+    if (k == 0 || q->new_turn || q->role != r->parts[k - 1].role)
+      turns[nt++] = (sa_chat_turn_t){.role = q->role, .parts = &parts[np]};
+    if (q->text)
       parts[np++] = (sa_chat_part_t){
           .kind = SA_CHAT_PART_TEXT, .text = q->text, .text_len = strlen(q->text)};
-    else if (!q->text && q->n_chunks > 0)
+    else
       parts[np++] = (sa_chat_part_t){.kind = SA_CHAT_PART_AUDIO,
                                      .chunk_tokens = q->chunk_tokens,
                                      .n_chunks = (size_t)q->n_chunks};
+    turns[nt - 1].n_parts++;
   }
+  if (r->n_parts == 0) /* no parts: an empty human turn */
+    turns[nt++] = (sa_chat_turn_t){.role = SA_CHAT_HUMAN};
   sa_chat_prompt_t p;
-  int rc = sa_chat_build(set->tok, r->system_text[0] ? r->system_text : NULL, parts, np, 0, &p,
-                         err, cap);
+  int rc = sa_chat_render(set->tok, turns, nt, r->chat_flags, &p, err, cap);
   if (rc)
     return rc;
   r->prompt = p.ids;

@@ -210,8 +210,10 @@ expect 400 max_tokens "max_tokens over the limit" POST /v1/chat/completions \
   -d '{"model":"tiny","messages":[{"role":"user","content":"x"}],"max_tokens":100000000}'
 expect 400 -- "max_tokens over the context" POST /v1/chat/completions \
   -d '{"model":"tiny","messages":[{"role":"user","content":"x"}],"max_tokens":8000}'
-expect 400 messages "two user turns (not yet)" POST /v1/chat/completions \
-  -d '{"model":"tiny","messages":[{"role":"user","content":"a"},{"role":"user","content":"b"}]}'
+expect 400 messages "audio in an assistant turn" POST /v1/chat/completions \
+  -d '{"model":"tiny","messages":[{"role":"user","content":"a"},{"role":"assistant","content":[{"type":"input_audio","input_audio":{"data":"SUQz"}}]}]}'
+expect 400 continue_final_message "nothing to continue" POST /v1/chat/completions \
+  -d '{"model":"tiny","continue_final_message":true,"messages":[{"role":"user","content":"a"}]}'
 expect 404 model "unknown model" POST /v1/chat/completions \
   -d '{"model":"gpt-9","messages":[{"role":"user","content":"x"}]}'
 expect 404 -- "unknown path" GET /v1/nothing

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The OpenAI Python SDK (pinned in tests/integration/requirements.txt, in the
 # venv scripts/setup makes) against the HTTP API: a streamed chat completion
-# with an input_audio part, a non-streamed one with n = 2, and errors raised
-# as the SDK's own exception classes. Exits 77 without the venv.
+# with an input_audio part, a non-streamed one with n = 2, a conversation of
+# several turns whose prompt length equals Hugging Face's tokenizer on the
+# rendered template, and errors raised as the SDK's own exception classes.
+# Exits 77 without the venv.
 BIN=$1
 PY=$(cd "$(dirname "$0")/../.." && pwd)/.venv-test/bin/python
-if ! "$PY" -c "import openai" 2>/dev/null; then
-  echo "skipped: no .venv-test with the openai package (scripts/setup installs it)"
+if ! "$PY" -c "import openai, tokenizers" 2>/dev/null; then
+  echo "skipped: no .venv-test with the openai and tokenizers packages (scripts/setup installs them)"
   exit 77
 fi
 source "$(dirname "$0")/lib.sh"
@@ -22,11 +24,12 @@ wait_ready 1 1
 URL=$(grep -ao '^http http://[^ ]*' "$T/coordinator.log" | head -n 1 | cut -d' ' -f2)
 [[ -n $URL ]] || fail "the coordinator did not print its HTTP URL"
 
-"$PY" - "$URL" "$T/clips/clip0.wav" <<'PYEOF' || fail "OpenAI SDK checks failed (above)"
+"$PY" - "$URL" "$T/clips/clip0.wav" "$M/tokenizer.json" <<'PYEOF' || fail "OpenAI SDK checks failed (above)"
 import base64, sys
 import openai
+import tokenizers
 
-url, clip = sys.argv[1], sys.argv[2]
+url, clip, tokjson = sys.argv[1], sys.argv[2], sys.argv[3]
 client = openai.OpenAI(base_url=url + "/v1", api_key="unused-on-loopback", max_retries=0)
 assert [m.id for m in client.models.list()] == ["tiny"]
 
@@ -50,6 +53,39 @@ r = client.chat.completions.create(model="tiny", messages=messages, n=2, max_tok
                                    temperature=0.9, seed=5)
 assert len(r.choices) == 2 and all(c.message.role == "assistant" for c in r.choices), r
 print("ok: n=2 ->", [c.finish_reason for c in r.choices])
+
+# A conversation: history with the earlier answer's reasoning kept, a later
+# system turn, and the three endings. Usage's prompt_tokens must equal Hugging
+# Face's tokenizer on the template rendered by hand (docs/model.md).
+hf = tokenizers.Tokenizer.from_file(tokjson)
+history = [{"role": "system", "content": "Be brief."},
+           {"role": "human", "content": "Name a sound."},
+           {"role": "assistant", "content": "<think>\nA bell.\n</think>\nA bell."},
+           {"role": "system", "content": "One word."},
+           {"role": "user", "content": [{"type": "text", "text": "And "},
+                                        {"type": "text", "text": "another?"}]}]
+rendered = ("<|BOT|>system\nBe brief.<|EOT|><|BOT|>human\nName a sound.<|EOT|>"
+            "<|BOT|>assistant\n<think>\nA bell.\n</think>\nA bell.<|EOT|>"
+            "<|BOT|>system\nOne word.<|EOT|><|BOT|>human\nAnd another?")
+def complete(msgs, **extra):
+    r = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=6,
+                                       temperature=0.8, seed=3, extra_body=extra)
+    return r.choices[0].message.content, r.usage.prompt_tokens
+def hf_count(s):
+    return len(hf.encode(s, add_special_tokens=False).ids)
+gen = complete(history)
+want = hf_count(rendered + "<|EOT|><|BOT|>assistant\n<think>\n")
+assert gen[1] == want, ("generation prompt", gen, want)
+prefix = complete(history + [{"role": "assistant", "content": "<think>\n", "eot": False}],
+                  continue_final_message=True, add_generation_prompt=False)
+assert prefix == gen, ("a <think>\\n prefix must equal the generation prompt", prefix, gen)
+longer = complete(history + [{"role": "assistant", "content": "<think>\nIt rings"}],
+                  continue_final_message=True, add_generation_prompt=False)
+want = hf_count(rendered + "<|EOT|><|BOT|>assistant\n<think>\nIt rings")
+assert longer[1] == want, ("continued prefix", longer, want)
+closed = complete(history, add_generation_prompt=False)
+assert closed[1] == hf_count(rendered + "<|EOT|>"), ("no generation prompt", closed)
+print("ok: conversation prompt tokens", gen[1], longer[1], closed[1], "= Hugging Face's")
 
 try:
     client.chat.completions.create(model="gpt-9", messages=messages, max_tokens=4)

@@ -79,14 +79,62 @@ static void test_r1_client_shape(void **state) {
   assert_int_equal(g_r.p.sampling.top_k, 0); /* -1: off */
   assert_int_equal(g_r.n_stop_token_ids, 1);
   assert_int_equal(g_r.stop_token_ids[0], 151665);
-  /* the parts in order: text, audio, text */
-  assert_int_equal(g_r.p.n_parts, 3);
+  /* the parts in order: text, audio, text, then the assistant's prefix,
+   * left open for generation to continue */
+  assert_int_equal(g_r.p.n_parts, 4);
   assert_string_equal(g_r.p.parts[0].text, "Q: ");
   assert_null(g_r.p.parts[1].text);
   assert_int_equal(g_r.p.parts[1].audio_len, 4);
   assert_memory_equal(g_r.p.parts[1].audio, "RIFF", 4);
   assert_string_equal(g_r.p.parts[2].text, "what?");
-  assert_string_equal(g_r.prompt, "Q: what?");
+  for (int k = 0; k < 3; k++)
+    assert_int_equal(g_r.p.parts[k].role, SA_CHAT_HUMAN);
+  assert_true(g_r.p.parts[0].new_turn && !g_r.p.parts[1].new_turn);
+  assert_int_equal(g_r.p.parts[3].role, SA_CHAT_ASSISTANT);
+  assert_true(g_r.p.parts[3].new_turn);
+  assert_string_equal(g_r.p.parts[3].text, "<think>\n");
+  assert_int_equal(g_r.p.chat_flags, SA_CHAT_CONTINUE);
+}
+
+/* History: turns in order, each opened once; consecutive user messages stay
+ * separate turns; an empty assistant message is a turn; a later system
+ * message is a turn; the first is the system text. */
+static void test_conversation(void **state) {
+  (void)state;
+  assert_int_equal(
+      parse("{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"S\"},"
+            "{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"user\",\"content\":\"b\"},"
+            "{\"role\":\"assistant\",\"content\":[{\"type\":\"text\",\"text\":\"<think>\\nr"
+            "\\n</think>\\nA\"}]},{\"role\":\"system\",\"content\":\"T\"},"
+            "{\"role\":\"assistant\",\"content\":null},"
+            "{\"role\":\"human\",\"content\":[{\"type\":\"input_audio\",\"input_audio\":"
+            "{\"data\":\"SUQz\"}}]}]}"),
+      0);
+  assert_string_equal(g_r.system, "S");
+  const struct {
+    sa_chat_role_t role;
+    const char *text;
+  } want[] = {{SA_CHAT_HUMAN, "a"},     {SA_CHAT_HUMAN, "b"},
+              {SA_CHAT_ASSISTANT, "<think>\nr\n</think>\nA"},
+              {SA_CHAT_SYSTEM, "T"},    {SA_CHAT_ASSISTANT, ""},
+              {SA_CHAT_HUMAN, NULL}};
+  assert_int_equal(g_r.p.n_parts, 6);
+  for (int k = 0; k < 6; k++) {
+    assert_int_equal(g_r.p.parts[k].role, want[k].role);
+    assert_true(g_r.p.parts[k].new_turn);
+    if (want[k].text)
+      assert_string_equal(g_r.p.parts[k].text, want[k].text);
+    else
+      assert_int_equal(g_r.p.parts[k].audio_len, 3);
+  }
+  assert_int_equal(g_r.p.chat_flags, 0); /* the generation prompt follows */
+  /* a closed last assistant turn, and no generation prompt */
+  assert_int_equal(parse("{\"model\":\"m\",\"add_generation_prompt\":false,\"messages\":["
+                         "{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"assistant\","
+                         "\"content\":\"x\"}]}"),
+                   0);
+  assert_int_equal(g_r.p.chat_flags, SA_CHAT_NO_GEN_PROMPT);
+  assert_int_equal(g_r.p.n_parts, 2);
 }
 
 static void test_audio_url_and_order(void **state) {
@@ -127,18 +175,20 @@ static void test_refusals(void **state) {
           "robot");
   refused("{\"model\":\"m\",\"messages\":[{\"role\":\"system\",\"content\":\"x\"}]}",
           "messages", "user");
+  refused("{\"model\":\"m\",\"continue_final_message\":true,\"messages\":[{\"role\":"
+          "\"user\",\"content\":\"a\"}]}",
+          "continue_final_message", "final assistant");
+  refused("{\"model\":\"m\",\"continue_final_message\":true,\"add_generation_prompt\":true,"
+          "\"messages\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"assistant\","
+          "\"content\":\"x\"}]}",
+          "add_generation_prompt", "both");
   refused("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":"
-          "\"user\",\"content\":\"b\"}]}",
-          "messages", "not supported yet");
+          "\"assistant\",\"content\":[{\"type\":\"input_audio\",\"input_audio\":{\"data\":"
+          "\"SUQz\"}}]}]}",
+          "messages", "user turns");
   refused("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":"
-          "\"assistant\",\"content\":\"Sure, \"}],\"continue_final_message\":true}",
-          "messages", "not supported yet");
-  refused("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":"
-          "\"assistant\",\"content\":\"<think>\\n\"}]}",
-          "continue_final_message", "continue_final_message");
-  refused("{\"model\":\"m\",\"add_generation_prompt\":false,\"messages\":[{\"role\":\"user\","
-          "\"content\":\"a\"}]}",
-          "add_generation_prompt", "assistant");
+          "\"assistant\",\"content\":7}]}",
+          "messages", "assistant content");
   refused("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"video\"}]}]}",
           "messages", "video");
   refused("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
@@ -195,6 +245,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_text_and_defaults),
       cmocka_unit_test(test_r1_client_shape),
+      cmocka_unit_test(test_conversation),
       cmocka_unit_test(test_audio_url_and_order),
       cmocka_unit_test(test_refusals),
   };
