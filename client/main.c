@@ -653,7 +653,7 @@ static int cmd_status(int argc, char **argv) {
   uint8_t buf[16];
   size_t len = sa__status_request__pack(&rq, buf);
   sa_rpc_reply_t *rep = NULL;
-  int rc = sa_rpc_call_sync(addr, "Coordinator/Status", buf, len, NULL, 0, 3000, &rep);
+  int rc = sa_rpc_call_sync(addr, NULL, "Coordinator/Status", buf, len, NULL, 0, 3000, &rep);
   if (rc) {
     fprintf(stderr, "sa-client: cannot reach %s: %s\n", addr, sa_strerror(rc));
     return 1;

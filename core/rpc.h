@@ -9,8 +9,13 @@
  *
  * What it is not: it does not know the messages of sa.proto (request and
  * response bodies are opaque bytes the caller packs with protobuf-c), it does
- * not retry, load-balance or discover peers, and it does not encrypt yet
- * (sa_rpc_opts_t reserves the CurveZMQ key fields).
+ * not retry, load-balance or discover peers, and it does not know who may
+ * call what: with CurveZMQ keys in sa_rpc_opts_t every connection is
+ * encrypted and the server asks the process's authenticator
+ * (sa_rpc_auth_new, ZeroMQ's ZAP) whether to accept each peer's key; what
+ * a peer may then call is the server's guard's business
+ * (sa_rpc_server_set_guard), with the identity the authenticator gave it
+ * (sa_rpc_call_peer).
  *
  * Wire format: every message is multipart — frame 0 an sa.Envelope, frame 1
  * the body (the method's protobuf message, possibly empty), frames 2.. raw
@@ -68,11 +73,16 @@ typedef struct {
   int heartbeat_ivl_ms, heartbeat_timeout_ms;
   /* Reconnect interval in ms for channels (default 100). */
   int reconnect_ivl_ms;
-  /* Reserved for CurveZMQ (Z85 keys, 40 chars). Must be NULL for now: a
-   * non-NULL key makes _new fail with SA_EUNIMPL. */
+  /* CurveZMQ: this end's key pair (Z85, 40 characters each); NULL = plain
+   * text. A server with keys needs the process's authenticator
+   * (sa_rpc_auth_new) first, or _new fails with SA_EINVAL; a channel with
+   * keys also needs curve_server_key. Copied by _new. */
   const char *curve_public_key;
   const char *curve_secret_key;
   const char *curve_server_key; /* channel: the server's public key */
+  /* Server: the ZAP domain handed to the authenticator with every
+   * handshake (e.g. which kinds of peer this server accepts); <= 63 bytes. */
+  const char *zap_domain;
 } sa_rpc_opts_t;
 
 /* Fills *o with the defaults above. */
@@ -133,8 +143,8 @@ typedef void (*sa_rpc_handler_cb)(sa_rpc_call_t *call, void *user);
 typedef void (*sa_rpc_cancel_cb)(sa_rpc_call_t *call, void *user);
 
 /* Creates a server on loop. opts may be NULL (defaults; copied). Caller owns
- * *out; destroy with sa_rpc_server_destroy. Returns 0, SA_EINVAL, SA_EUNIMPL
- * (curve keys) or SA_EIO. */
+ * *out; destroy with sa_rpc_server_destroy. Returns 0, SA_EINVAL (also: bad
+ * keys, or keys without an authenticator) or SA_EIO. */
 int sa_rpc_server_new(struct uv_loop_s *loop, const sa_rpc_opts_t *opts,
                       sa_rpc_server_t **out);
 
@@ -155,6 +165,14 @@ int sa_rpc_server_register(sa_rpc_server_t *srv, const char *method,
 /* Calls in progress (started, not yet ended by the handler). */
 int sa_rpc_server_inflight(const sa_rpc_server_t *srv);
 
+/* Decides whether a peer may call method: peer is what the authenticator
+ * said of it (sa_rpc_call_peer; "" on a plain-text server). A call refused
+ * is answered PERMISSION_DENIED and never reaches the handler. */
+typedef bool (*sa_rpc_guard_cb)(const char *method, const char *peer, void *user);
+
+/* Sets the guard (user borrowed); NULL = every method to every peer. */
+void sa_rpc_server_set_guard(sa_rpc_server_t *srv, sa_rpc_guard_cb guard, void *user);
+
 /* Stops serving: closes the socket (linger 0) and cancels every call in
  * progress (their cancel callbacks run inside this function). Calls still
  * held by handlers stay valid until ended; their replies are dropped. The
@@ -167,6 +185,9 @@ void sa_rpc_server_destroy(sa_rpc_server_t **srv);
 const char *sa_rpc_call_method(const sa_rpc_call_t *call);
 uint64_t sa_rpc_call_id(const sa_rpc_call_t *call);
 const char *sa_rpc_call_trace_id(const sa_rpc_call_t *call); /* "" if none */
+/* Who called: the user id the authenticator gave the peer's key ("" on a
+ * plain-text server). */
+const char *sa_rpc_call_peer(const sa_rpc_call_t *call);
 /* The request body (frame 1) and its length; zero-copy. */
 const void *sa_rpc_call_request(const sa_rpc_call_t *call, size_t *len);
 int sa_rpc_call_n_tensors(const sa_rpc_call_t *call);
@@ -222,6 +243,28 @@ int sa_rpc_call_send(sa_rpc_call_t *call, const void *body, size_t len,
 int sa_rpc_call_finish(sa_rpc_call_t *call, sa_status_t status,
                        const char *msg);
 
+/* ---------------------------------------------------------- authenticator */
+
+typedef struct sa_rpc_auth sa_rpc_auth_t;
+
+/* Decides one CurveZMQ handshake. domain: the server's zap_domain; address:
+ * the peer's IP address; key: its 32-byte public key (proved by the
+ * handshake). Returns true to accept, with user_id[cap] filled: it becomes
+ * sa_rpc_call_peer of every call over that connection. A refused peer's
+ * connection is closed before any of its messages is read. */
+typedef bool (*sa_rpc_auth_cb)(const char *domain, const char *address, const uint8_t key[32],
+                               char *user_id, size_t cap, void *user);
+
+/* Starts the process's authenticator on loop (ZeroMQ's ZAP handler, on the
+ * inproc endpoint every CURVE server of the process consults; the loop must
+ * keep running for handshakes to complete). user is borrowed. One per
+ * process: SA_EEXIST if one exists. 0, SA_EINVAL, SA_EEXIST or SA_EIO. */
+int sa_rpc_auth_new(struct uv_loop_s *loop, sa_rpc_auth_cb cb, void *user, sa_rpc_auth_t **out);
+
+/* Stops it (servers with keys then refuse every handshake); as the other
+ * _destroy functions. */
+void sa_rpc_auth_destroy(sa_rpc_auth_t **auth);
+
 /* ---------------------------------------------------------------- channel */
 
 /* What the caller gets back: borrowed, valid only during the callback
@@ -260,15 +303,18 @@ typedef struct {
 
 /* Creates a channel on loop connected to endpoint (copied). ZeroMQ connects
  * in the background and reconnects after the peer restarts. Caller owns
- * *out; destroy with sa_rpc_channel_destroy. Returns 0, SA_EINVAL,
- * SA_EUNIMPL or SA_EIO. */
+ * *out; destroy with sa_rpc_channel_destroy. Returns 0, SA_EINVAL (also:
+ * bad keys) or SA_EIO. */
 int sa_rpc_channel_new(struct uv_loop_s *loop, const char *endpoint,
                        const sa_rpc_opts_t *opts, sa_rpc_channel_t **out);
 
 /* True while the connection to the server is up (as last reported by
- * ZeroMQ). A new channel is "connecting": calls are queued until it is up.
- * After a disconnect, calls fail fast with SA_EUNAVAIL (unless
- * wait_for_ready) until it is up again. */
+ * ZeroMQ; with keys, once the CurveZMQ handshake succeeded). A new channel
+ * is "connecting": calls are queued until it is up. After a disconnect,
+ * calls fail fast with SA_EUNAVAIL (unless wait_for_ready) until it is up
+ * again. A handshake that fails (the server refused our key, or it is not
+ * the server we were told — wrong server key) fails the calls in flight
+ * with UNAUTHENTICATED and a message saying which. */
 bool sa_rpc_channel_is_connected(const sa_rpc_channel_t *ch);
 
 /* Calls in flight. */
@@ -318,14 +364,15 @@ typedef struct {
   int n_tensors;
 } sa_rpc_reply_t;
 
-/* Makes one unary call on a private loop and channel and waits for it
- * (timeout_ms > 0 required). For CLIs and tests, not for services. On return
+/* Makes one unary call on a private loop and channel (opts may be NULL: plain
+ * text) and waits for it (timeout_ms > 0 required). For CLIs and tests, not
+ * for services. On return
  * 0, *out holds the reply — whose status may be an error status from the
  * server or DEADLINE_EXCEEDED/UNAVAILABLE raised locally. Returns a negative
  * code, with *out NULL, only when the call could not be started. */
-int sa_rpc_call_sync(const char *endpoint, const char *method, const void *body,
-                     size_t len, const sa_rpc_frame_t *tensors, int n_tensors,
-                     int64_t timeout_ms, sa_rpc_reply_t **out);
+int sa_rpc_call_sync(const char *endpoint, const sa_rpc_opts_t *opts, const char *method,
+                     const void *body, size_t len, const sa_rpc_frame_t *tensors,
+                     int n_tensors, int64_t timeout_ms, sa_rpc_reply_t **out);
 
 /* Frees a reply; sets *r to NULL. */
 void sa_rpc_reply_free(sa_rpc_reply_t **r);

@@ -34,6 +34,8 @@ struct sa_rpc_channel {
   void *mon;         /* PAIR socket receiving the DEALER's monitor events */
   uv_poll_t mon_poll;
   bool connected, ever_connected;
+  bool in_handshake;     /* CurveZMQ: connected, handshake not done */
+  bool warned_handshake; /* a failed handshake was logged once */
   bool polls_ref;
   uint64_t seq;
   ccall_t *calls;
@@ -192,14 +194,40 @@ static int channel_mon_drain(sa__rpc_ep_t *ep) {
       break;
     got++;
     uint16_t event = 0;
-    if (zmq_msg_size(&m[0]) >= 2)
+    uint32_t value = 0;
+    if (zmq_msg_size(&m[0]) >= 6) {
       memcpy(&event, zmq_msg_data(&m[0]), 2);
+      memcpy(&value, (char *)zmq_msg_data(&m[0]) + 2, 4);
+    }
     sa__rpc_close_msgs(m, n);
-    if (event == ZMQ_EVENT_CONNECTED || event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
+    bool curve = ch->ep.opts.curve_secret_key != NULL;
+    if ((event == ZMQ_EVENT_CONNECTED && !curve) || event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
       if (!ch->connected)
         SA_LOG_DEBUG("rpc: channel to %s is up", ch->endpoint);
       ch->connected = true;
       ch->ever_connected = true;
+      ch->in_handshake = false;
+    } else if (event == ZMQ_EVENT_CONNECTED) {
+      ch->in_handshake = true;
+    } else if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH ||
+               event == ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL ||
+               event == ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL ||
+               (event == ZMQ_EVENT_DISCONNECTED && ch->in_handshake)) {
+      char why[300];
+      if (event == ZMQ_EVENT_HANDSHAKE_FAILED_AUTH)
+        snprintf(why, sizeof why, "the server at %s refused this key (ZAP status %u)",
+                 ch->endpoint, (unsigned)value);
+      else
+        snprintf(why, sizeof why,
+                 "the CurveZMQ handshake with %s failed: the server has another key than "
+                 "the one given, or does not accept this one",
+                 ch->endpoint);
+      ch->in_handshake = false;
+      ch->connected = false;
+      if (ch->ep.n_live > 0 || !ch->warned_handshake)
+        SA_LOG_WARN("rpc: %s; %d calls fail with UNAUTHENTICATED", why, ch->ep.n_live);
+      ch->warned_handshake = true;
+      channel_fail_all(ch, SA_STATUS_UNAUTHENTICATED, why);
     } else if (event == ZMQ_EVENT_DISCONNECTED) {
       bool was = ch->connected;
       ch->connected = false;
@@ -260,7 +288,10 @@ int sa_rpc_channel_new(uv_loop_t *loop, const char *endpoint,
   char mon_addr[96];
   snprintf(mon_addr, sizeof mon_addr, "inproc://sa-rpc-mon-%p-%u", (void *)ch, mon_seq++);
   if (zmq_socket_monitor(ch->ep.sock, mon_addr,
-                         ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) != 0) {
+                         ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED |
+                             ZMQ_EVENT_HANDSHAKE_SUCCEEDED | ZMQ_EVENT_HANDSHAKE_FAILED_AUTH |
+                             ZMQ_EVENT_HANDSHAKE_FAILED_PROTOCOL |
+                             ZMQ_EVENT_HANDSHAKE_FAILED_NO_DETAIL) != 0) {
     SA_LOG_ERROR("rpc: socket monitor: %s", zmq_strerror(errno));
     rc = SA_EIO;
     goto fail;

@@ -65,10 +65,26 @@ int sa__rpc_opts_resolve(const sa_rpc_opts_t *in, sa_rpc_opts_t *o) {
   sa_rpc_opts_default(o);
   if (!in)
     return 0;
-  if (in->curve_public_key || in->curve_secret_key || in->curve_server_key) {
-    SA_LOG_ERROR("rpc: CurveZMQ keys were given but encryption is not implemented yet");
-    return SA_EUNIMPL;
+  const char *keys[3] = {in->curve_public_key, in->curve_secret_key, in->curve_server_key};
+  for (int i = 0; i < 3; i++) {
+    uint8_t raw[32];
+    if (keys[i] && (strlen(keys[i]) != 40 || !zmq_z85_decode(raw, keys[i]))) {
+      SA_LOG_ERROR("rpc: a CurveZMQ key is not 40 characters of Z85");
+      return SA_EINVAL;
+    }
   }
+  if (!in->curve_public_key != !in->curve_secret_key) {
+    SA_LOG_ERROR("rpc: a CurveZMQ public key needs its secret key, and the other way round");
+    return SA_EINVAL;
+  }
+  if (in->zap_domain && strlen(in->zap_domain) > 63) {
+    SA_LOG_ERROR("rpc: ZAP domain over 63 bytes");
+    return SA_EINVAL;
+  }
+  o->curve_public_key = in->curve_public_key;
+  o->curve_secret_key = in->curve_secret_key;
+  o->curve_server_key = in->curve_server_key;
+  o->zap_domain = in->zap_domain;
   if (in->max_msg_bytes)
     o->max_msg_bytes = in->max_msg_bytes;
   if (in->max_tensors)
@@ -92,6 +108,29 @@ int sa__rpc_opts_resolve(const sa_rpc_opts_t *in, sa_rpc_opts_t *o) {
     return SA_EINVAL;
   }
   return 0;
+}
+
+/* CurveZMQ on a socket: ROUTER is the server (consults ZAP with the
+ * domain), DEALER the client (needs the server's key). */
+static int curve_setup(void *s, int zmq_type, const sa_rpc_opts_t *o) {
+  if (!o->curve_secret_key)
+    return 0;
+  if (zmq_setsockopt(s, ZMQ_CURVE_PUBLICKEY, o->curve_public_key, 40) ||
+      zmq_setsockopt(s, ZMQ_CURVE_SECRETKEY, o->curve_secret_key, 40))
+    return SA_EIO;
+  if (zmq_type == ZMQ_ROUTER) {
+    int one = 1;
+    const char *d = o->zap_domain ? o->zap_domain : "";
+    if (zmq_setsockopt(s, ZMQ_CURVE_SERVER, &one, sizeof one) ||
+        zmq_setsockopt(s, ZMQ_ZAP_DOMAIN, d, strlen(d)))
+      return SA_EIO;
+    return 0;
+  }
+  if (!o->curve_server_key) {
+    SA_LOG_ERROR("rpc: a channel with CurveZMQ keys needs the server's public key");
+    return SA_EINVAL;
+  }
+  return zmq_setsockopt(s, ZMQ_CURVE_SERVERKEY, o->curve_server_key, 40) ? SA_EIO : 0;
 }
 
 static int sock_setup(void *s, const sa_rpc_opts_t *o) {
@@ -294,6 +333,18 @@ int sa__rpc_ep_init(sa__rpc_ep_t *ep, const sa__rpc_ep_vt_t *vt, uv_loop_t *loop
   int rc = sa__rpc_opts_resolve(opts, &ep->opts);
   if (rc)
     return rc;
+  const char **strs[4] = {&ep->opts.curve_public_key, &ep->opts.curve_secret_key,
+                          &ep->opts.curve_server_key, &ep->opts.zap_domain};
+  for (int i = 0; i < 4; i++)
+    if (*strs[i]) {
+      snprintf(ep->keys[i], sizeof ep->keys[i], "%s", *strs[i]);
+      *strs[i] = ep->keys[i];
+    }
+  if (zmq_type == ZMQ_ROUTER && ep->opts.curve_secret_key && !sa__rpc_auth_live()) {
+    SA_LOG_ERROR("rpc: a server with CurveZMQ keys needs the process's authenticator "
+                 "(sa_rpc_auth_new) first");
+    return SA_EINVAL;
+  }
   void *ctx = sa__rpc_ctx();
   if (!ctx)
     return SA_EIO;
@@ -310,10 +361,11 @@ int sa__rpc_ep_init(sa__rpc_ep_t *ep, const sa__rpc_ep_vt_t *vt, uv_loop_t *loop
   for (int i = 0; i < n; i++) /* slot 0 is taken first */
     ep->free_idx[ep->n_free++] = n - 1 - i;
   ep->sock = zmq_socket(ctx, zmq_type);
-  if (!ep->sock || sock_setup(ep->sock, &ep->opts) != 0) {
+  if (!ep->sock || sock_setup(ep->sock, &ep->opts) != 0 ||
+      (rc = curve_setup(ep->sock, zmq_type, &ep->opts)) != 0) {
     SA_LOG_ERROR("rpc: %s socket: %s", vt->what, zmq_strerror(errno));
     sa__rpc_ep_abandon(ep);
-    return SA_EIO;
+    return rc == SA_EINVAL ? SA_EINVAL : SA_EIO;
   }
   return 0;
 }

@@ -56,7 +56,8 @@ typedef struct {
 struct sa__rpc_ep {
   const sa__rpc_ep_vt_t *vt;
   uv_loop_t *loop;
-  sa_rpc_opts_t opts;
+  sa_rpc_opts_t opts; /* its strings point at keys[] below */
+  char keys[4][64];   /* public, secret, server key, ZAP domain */
   void *sock;
   uv_poll_t poll;
   uv_prepare_t prep;
@@ -78,9 +79,12 @@ struct sa__rpc_ep {
 /* The process-wide ZeroMQ context (never terminated). NULL if ZeroMQ could
  * not create one. */
 void *sa__rpc_ctx(void);
-/* opts (may be NULL) with defaults filled in, checked. 0, SA_EINVAL or
- * SA_EUNIMPL (CurveZMQ keys). */
+/* opts (may be NULL) with defaults filled in, checked (keys: Z85 of 40
+ * characters, a pair or none; a domain of <= 63 bytes). 0 or SA_EINVAL. The
+ * strings still point at in's. */
 int sa__rpc_opts_resolve(const sa_rpc_opts_t *in, sa_rpc_opts_t *o);
+/* True while the process's authenticator runs (rpc_auth.c). */
+bool sa__rpc_auth_live(void);
 /* True if a message is waiting on socket s (ZMQ_EVENTS has POLLIN). */
 bool sa__rpc_readable(void *s);
 /* Receives one multipart message into rx[0..cap); frames beyond cap are
@@ -106,8 +110,9 @@ void sa__rpc_forward_marker(void *data, void *hint);
 
 /* --- the endpoint base --- */
 
-/* Step 1: resolves opts, allocates the message arrays (rx_cap each) and the
- * slot pool, creates a socket of zmq_type with the common options. No
+/* Step 1: resolves opts (copying its strings), allocates the message arrays
+ * (rx_cap each) and the slot pool, creates a socket of zmq_type with the
+ * common options and, with keys, CurveZMQ's (ROUTER: as the server). No
  * handle exists yet: on a later failure call sa__rpc_ep_abandon. */
 int sa__rpc_ep_init(sa__rpc_ep_t *ep, const sa__rpc_ep_vt_t *vt, uv_loop_t *loop,
                     const sa_rpc_opts_t *opts, int zmq_type, int rx_cap);

@@ -36,6 +36,7 @@ struct sa_rpc_call {
   char trace_id[SA__RPC_MAX_TRACE];
   unsigned char peer[MAX_PEER_ID];
   size_t peer_len;
+  char peer_user[128]; /* the authenticator's user id of the peer */
   uint64_t deadline_ms; /* absolute, uv_hrtime() clock; 0 = none */
   uv_timer_t *timer; /* the base's timer of this slot */
   sa_rpc_cancel_cb cancel_cb;
@@ -54,6 +55,8 @@ struct sa_rpc_server {
   sa_rpc_call_t *calls; /* max_inflight */
   zmq_msg_t *call_frames; /* max_inflight * (max_tensors + 1) */
   sa_rpc_tensor_t *call_tensors;
+  sa_rpc_guard_cb guard;
+  void *guard_user;
 };
 
 /* The base's vt->free: what the server added. */
@@ -207,6 +210,15 @@ static void server_on_message(sa__rpc_ep_t *ep, int n, int overflow) {
                   err);
     return;
   }
+  const char *who = zmq_msg_gets(&rx[1], "User-Id");
+  if (!who)
+    who = "";
+  if (srv->guard && !srv->guard(m->name, who, srv->guard_user)) {
+    snprintf(err, sizeof err, "'%s' may not call %s", who[0] ? who : "this peer", m->name);
+    SA_LOG_WARN("rpc: call %llu refused: %s", (unsigned long long)env->call_id, err);
+    server_reject(srv, peer, peer_len, env->call_id, SA_STATUS_PERMISSION_DENIED, err);
+    return;
+  }
   int idx = sa__rpc_ep_slot_take(&srv->ep);
   if (idx < 0) {
     snprintf(err, sizeof err, "server busy: %d calls in progress",
@@ -229,6 +241,7 @@ static void server_on_message(sa__rpc_ep_t *ep, int n, int overflow) {
   memcpy(c->trace_id, env->trace_id, sizeof c->trace_id);
   memcpy(c->peer, peer, peer_len);
   c->peer_len = peer_len;
+  snprintf(c->peer_user, sizeof c->peer_user, "%s", who);
   /* move body + tensor frames into the call: zero-copy, stable addresses */
   c->n_frames = ns - 1;
   for (int i = 0; i < c->n_frames; i++) {
@@ -351,6 +364,11 @@ int sa_rpc_server_register(sa_rpc_server_t *srv, const char *method,
 
 int sa_rpc_server_inflight(const sa_rpc_server_t *srv) { return srv->ep.n_live; }
 
+void sa_rpc_server_set_guard(sa_rpc_server_t *srv, sa_rpc_guard_cb guard, void *user) {
+  srv->guard = guard;
+  srv->guard_user = user;
+}
+
 void sa_rpc_server_destroy(sa_rpc_server_t **psrv) {
   if (!psrv || !*psrv)
     return;
@@ -369,6 +387,8 @@ void sa_rpc_server_destroy(sa_rpc_server_t **psrv) {
 const char *sa_rpc_call_method(const sa_rpc_call_t *c) { return c->m->name; }
 uint64_t sa_rpc_call_id(const sa_rpc_call_t *c) { return c->call_id; }
 const char *sa_rpc_call_trace_id(const sa_rpc_call_t *c) { return c->trace_id; }
+
+const char *sa_rpc_call_peer(const sa_rpc_call_t *c) { return c->peer_user; }
 
 const void *sa_rpc_call_request(const sa_rpc_call_t *c, size_t *len) {
   size_t n = c->n_frames > 0 ? zmq_msg_size(&c->frames[0]) : 0;

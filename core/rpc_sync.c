@@ -58,9 +58,9 @@ oom:
   s->err = SA_ENOMEM;
 }
 
-int sa_rpc_call_sync(const char *endpoint, const char *method, const void *body,
-                     size_t len, const sa_rpc_frame_t *tensors, int n_tensors,
-                     int64_t timeout_ms, sa_rpc_reply_t **out) {
+int sa_rpc_call_sync(const char *endpoint, const sa_rpc_opts_t *opts, const char *method,
+                     const void *body, size_t len, const sa_rpc_frame_t *tensors,
+                     int n_tensors, int64_t timeout_ms, sa_rpc_reply_t **out) {
   *out = NULL;
   if (timeout_ms <= 0) {
     sa__rpc_release_frames(tensors, n_tensors);
@@ -74,7 +74,10 @@ int sa_rpc_call_sync(const char *endpoint, const char *method, const void *body,
   }
   sa_rpc_channel_t *ch = NULL;
   sa_rpc_opts_t o;
-  sa_rpc_opts_default(&o);
+  if (opts)
+    o = *opts;
+  else
+    sa_rpc_opts_default(&o);
   o.max_inflight = 1;
   rc = sa_rpc_channel_new(&loop, endpoint, &o, &ch);
   if (rc != 0) {

@@ -145,7 +145,7 @@ static int get_status(const char *coord, status_t *out) {
   uint8_t buf[16];
   size_t len = sa__status_request__pack(&rq, buf);
   sa_rpc_reply_t *rep = NULL;
-  int rc = sa_rpc_call_sync(coord, "Coordinator/Status", buf, len, NULL, 0, 2000, &rep);
+  int rc = sa_rpc_call_sync(coord, NULL, "Coordinator/Status", buf, len, NULL, 0, 2000, &rep);
   if (rc)
     return rc;
   if (rep->status != SA_STATUS_OK) {

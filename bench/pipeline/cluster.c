@@ -77,7 +77,7 @@ static int replicas_ready(const char *ep) {
   uint8_t buf[16];
   size_t len = sa__status_request__pack(&rq, buf);
   sa_rpc_reply_t *rep = NULL;
-  if (sa_rpc_call_sync(ep, "Coordinator/Status", buf, len, NULL, 0, 1000, &rep) || !rep)
+  if (sa_rpc_call_sync(ep, NULL, "Coordinator/Status", buf, len, NULL, 0, 1000, &rep) || !rep)
     return -1;
   int n = -1;
   if (rep->status == SA_STATUS_OK) {

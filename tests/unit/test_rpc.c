@@ -339,10 +339,10 @@ static void test_round_trip(void **state) {
 
   sa_rpc_opts_t curve;
   sa_rpc_opts_default(&curve);
-  curve.curve_public_key = "reserved";
+  curve.curve_public_key = "not a key"; /* CurveZMQ itself: test_rpc_curve */
   sa_rpc_channel_t *c2 = NULL;
   assert_int_equal(sa_rpc_channel_new(&fx->loop, fx->endpoint, &curve, &c2),
-                   SA_EUNIMPL);
+                   SA_EINVAL);
   assert_null(c2);
   fx_free(fx);
 }
@@ -840,7 +840,7 @@ static void test_sync(void **state) {
   sa_rpc_frame_t fr = {.desc = {.dtype = SA_DTYPE_U8, .ndim = 1, .shape = {32}},
                        .data = vec, .nbytes = 32};
   sa_rpc_reply_t *r = NULL;
-  assert_int_equal(sa_rpc_call_sync(t.endpoint, "Test/Echo", "ping", 4, &fr, 1,
+  assert_int_equal(sa_rpc_call_sync(t.endpoint, NULL, "Test/Echo", "ping", 4, &fr, 1,
                                     GUARD_MS, &r), 0);
   assert_non_null(r);
   assert_int_equal(r->status, SA_STATUS_OK);
@@ -850,7 +850,7 @@ static void test_sync(void **state) {
   assert_memory_equal(r->tensors[0].data, vec, 32);
   sa_rpc_reply_free(&r);
   assert_null(r);
-  assert_int_equal(sa_rpc_call_sync(t.endpoint, "Test/Missing", NULL, 0, NULL, 0,
+  assert_int_equal(sa_rpc_call_sync(t.endpoint, NULL, "Test/Missing", NULL, 0, NULL, 0,
                                     GUARD_MS, &r), 0);
   assert_int_equal(r->status, SA_STATUS_UNIMPLEMENTED);
   sa_rpc_reply_free(&r);

@@ -57,7 +57,7 @@ static uint8_t *pack_req(const void *audio, size_t len, int dtype, int max_s,
 static sa_rpc_reply_t *call_raw(const char *ep, const void *body, size_t len,
                                 const sa_rpc_frame_t *fr, int nfr) {
   sa_rpc_reply_t *r = NULL;
-  assert_int_equal(sa_rpc_call_sync(ep, "Encoder/Encode", body, len, fr, nfr,
+  assert_int_equal(sa_rpc_call_sync(ep, NULL, "Encoder/Encode", body, len, fr, nfr,
                                     CALL_TIMEOUT_MS, &r),
                    0);
   assert_non_null(r);
@@ -264,7 +264,7 @@ static void *qcall_main(void *arg) {
   size_t bl;
   uint8_t *b = pack_req(q->audio, q->len, SA__DTYPE__DTYPE_F32, 0, 0, &bl);
   sa_rpc_reply_t *r = NULL;
-  int rc = sa_rpc_call_sync(q->ep, "Encoder/Encode", b, bl, NULL, 0,
+  int rc = sa_rpc_call_sync(q->ep, NULL, "Encoder/Encode", b, bl, NULL, 0,
                             CALL_TIMEOUT_MS, &r);
   free(b);
   pthread_mutex_lock(q->mu);

@@ -39,7 +39,7 @@ static sa_rpc_reply_t *call(const char *method, const ProtobufCMessage *m, const
   else
     memcpy(buf, raw, len);
   sa_rpc_reply_t *r = NULL;
-  assert_int_equal(sa_rpc_call_sync(g_w.endpoint, method, buf, len, fr, nfr, CALL_MS, &r), 0);
+  assert_int_equal(sa_rpc_call_sync(g_w.endpoint, NULL, method, buf, len, fr, nfr, CALL_MS, &r), 0);
   assert_non_null(r);
   free(buf);
   return r;

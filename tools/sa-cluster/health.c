@@ -15,7 +15,7 @@ int sa_cluster_health(const sa_topo_t *t, sa_cluster_health_t *h, char *why,
   uint8_t buf[64];
   size_t len = sa__status_request__pack(&req, buf);
   sa_rpc_reply_t *rep = NULL;
-  int rc = sa_rpc_call_sync(t->coordinator, "Coordinator/Status", buf, len,
+  int rc = sa_rpc_call_sync(t->coordinator, NULL, "Coordinator/Status", buf, len,
                             NULL, 0, 1000, &rep);
   if (rc) {
     snprintf(why, cap, "%s", sa_strerror(rc));
