@@ -10,6 +10,7 @@
 #include "log.h"
 #include "sa_time.h"
 #include "rpc.h"
+#include "security.h"
 #include "sa.pb-c.h"
 #include "sa_error.h"
 
@@ -61,10 +62,28 @@ static void usage(FILE *f) {
           "  --timeout S            give up after S seconds (default 600)\n"
           "common:\n"
           "  --coordinator ADDR     default $SA_COORDINATOR or " DEFAULT_COORDINATOR "\n"
+          SA_SEC_USAGE
+          "                         (the coordinator's key is the one key of role\n"
+          "                         coordinator in the --allow folder)\n"
           "  -h, --help\n");
 }
 
 /* ------------------------------------------------------------------ submit */
+
+/* The channel's keys: ours, and the coordinator's from the allow-list.
+ * Returns 0, or 2 (bad usage) with the reason printed. */
+static int client_security(const sa_sec_args_t *a, sa_sec_t *sec, sa_rpc_opts_t *o) {
+  char err[512];
+  const char *srv = NULL;
+  if (sa_sec_open_args(sec, a, SA_ROLE_CLIENT, err, sizeof err) ||
+      !(srv = sa_sec_peer_of_role(sec, SA_ROLE_COORDINATOR, err, sizeof err))) {
+    fprintf(stderr, "sa-client: %s\n", err);
+    sa_sec_close(sec);
+    return 2;
+  }
+  sa_sec_channel_opts(sec, o, srv);
+  return 0;
+}
 
 typedef struct {
   uv_loop_t *loop;
@@ -492,7 +511,9 @@ static int cmd_submit(int argc, char **argv) {
       {"timeout", required_argument, 0, 'T'},
       {"coordinator", required_argument, 0, 'c'},
       {"help", no_argument, 0, 'h'},
+      SA_SEC_LONGOPTS,
       {0, 0, 0, 0}};
+  sa_sec_args_t sa = {0};
   Sa__SubmitRequest rq = SA__SUBMIT_REQUEST__INIT;
   Sa__SamplingParams sp = SA__SAMPLING_PARAMS__INIT;
   rq.sampling = &sp;
@@ -548,9 +569,18 @@ static int cmd_submit(int argc, char **argv) {
       break;
     case 'c': coord = optarg; break;
     case 'h': usage(stdout); return 0;
-    default: usage(stderr); return 2;
+    default:
+      if (sa_sec_args_take(&sa, opt, optarg))
+        break;
+      usage(stderr);
+      return 2;
     }
   }
+  static sa_sec_t sec;
+  sa_rpc_opts_t o;
+  sa_rpc_opts_default(&o);
+  if (client_security(&sa, &sec, &o))
+    return 2;
   uint8_t *audio = NULL;
   size_t audio_len = 0;
   const char *path = optind < argc ? argv[optind] : NULL;
@@ -590,8 +620,6 @@ static int cmd_submit(int argc, char **argv) {
     s.last_kind[i] = -1;
   const char *addr = coordinator_addr(coord);
   snprintf(s.label, sizeof s.label, "%s", addr);
-  sa_rpc_opts_t o;
-  sa_rpc_opts_default(&o);
   o.max_msg_bytes = MAX_AUDIO_BYTES + (1u << 20);
   int rc = sa_rpc_channel_new(s.loop, addr, &o, &s.ch);
   if (rc) {
@@ -626,6 +654,7 @@ static int cmd_submit(int argc, char **argv) {
   }
   uv_run(s.loop, UV_RUN_DEFAULT);
   uv_loop_close(s.loop);
+  sa_sec_close(&sec);
   return s.exit_code;
 }
 
@@ -635,7 +664,9 @@ static int cmd_status(int argc, char **argv) {
   static const struct option longopts[] = {{"json", no_argument, 0, 'j'},
                                            {"coordinator", required_argument, 0, 'c'},
                                            {"help", no_argument, 0, 'h'},
+                                           SA_SEC_LONGOPTS,
                                            {0, 0, 0, 0}};
+  sa_sec_args_t sa = {0};
   const char *coord = NULL;
   bool json = false;
   int opt;
@@ -645,15 +676,25 @@ static int cmd_status(int argc, char **argv) {
     case 'j': json = true; break;
     case 'c': coord = optarg; break;
     case 'h': usage(stdout); return 0;
-    default: usage(stderr); return 2;
+    default:
+      if (sa_sec_args_take(&sa, opt, optarg))
+        break;
+      usage(stderr);
+      return 2;
     }
   }
+  sa_sec_t sec;
+  sa_rpc_opts_t ro;
+  sa_rpc_opts_default(&ro);
+  if (client_security(&sa, &sec, &ro))
+    return 2;
   const char *addr = coordinator_addr(coord);
   Sa__StatusRequest rq = SA__STATUS_REQUEST__INIT;
   uint8_t buf[16];
   size_t len = sa__status_request__pack(&rq, buf);
   sa_rpc_reply_t *rep = NULL;
-  int rc = sa_rpc_call_sync(addr, NULL, "Coordinator/Status", buf, len, NULL, 0, 3000, &rep);
+  int rc = sa_rpc_call_sync(addr, &ro, "Coordinator/Status", buf, len, NULL, 0, 3000, &rep);
+  sa_sec_close(&sec);
   if (rc) {
     fprintf(stderr, "sa-client: cannot reach %s: %s\n", addr, sa_strerror(rc));
     return 1;
@@ -681,6 +722,8 @@ static int cmd_status(int argc, char **argv) {
     cJSON_AddNumberToObject(o, "chains_running", st->chains_running);
     cJSON_AddNumberToObject(o, "forks_total", (double)st->forks_total);
     cJSON_AddNumberToObject(o, "requests_total", (double)st->requests_total);
+    cJSON_AddBoolToObject(o, "insecure", st->insecure);
+    cJSON_AddNumberToObject(o, "handshakes_refused", (double)st->handshakes_refused);
     cJSON *ws = cJSON_AddArrayToObject(o, "workers");
     for (size_t i = 0; i < st->n_workers; i++) {
       const Sa__WorkerInfo *w = st->workers[i];
@@ -705,6 +748,11 @@ static int cmd_status(int argc, char **argv) {
     cJSON_Delete(o);
   } else {
     printf("coordinator %s  model %s\n", addr, st->model_id);
+    if (st->insecure)
+      printf("INSECURE: this cluster runs in plain text, without authentication\n");
+    else
+      printf("transport: CurveZMQ (encrypted, keys checked); handshakes refused: %lld\n",
+             (long long)st->handshakes_refused);
     printf("replicas ready: %d   requests running: %d   queued: %d   chains running: %d   "
            "forks: %lld\n",
            st->replicas_ready, st->requests_running, st->requests_queued, st->chains_running,

@@ -137,6 +137,8 @@ typedef struct {
  * audio are borrowed by coord_request_new, which copies them. */
 typedef struct {
   const char *request_id; /* "" or NULL: the coordinator makes one */
+  const char *owner;      /* who may cancel it or see its progress: the
+                             client's public key, "http" ("" in plain text) */
   const char *system;     /* "" or NULL: the default system prompt */
   coord_part_t parts[COORD_MAX_PARTS]; /* the turns after the system text;
                                           each audio part is encoded on its
@@ -173,6 +175,7 @@ struct coord_request {
   void *client;                 /* the front end's handle, given at creation */
   uint64_t id;
   char request_id[64];
+  char owner[48];
   coord_req_state_t state;
   bool cancel_asked; /* recorded by coord_request_cancel, applied by the pass */
   bool ended;        /* the end event went up */

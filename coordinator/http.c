@@ -17,6 +17,8 @@
  */
 #include "http.h"
 
+#include "security.h"
+
 #include "log.h"
 #include "openai.h"
 #include "sa_error.h"
@@ -44,6 +46,7 @@ struct coord_http {
   char url[300];
   char model_name[256];
   bool reasoning_split;
+  const struct sa_sec *sec;
   char *keys[MAX_KEYS];
   int n_keys;
   const coord_opts_t *copts;
@@ -590,6 +593,7 @@ static void chat_completions(coord_http_t *h, h2o_req_t *req) {
   snprintf(q->id, sizeof q->id, "chatcmpl-%llx%llx", (unsigned long long)sa_now_ns(),
            (unsigned long long)++h->next_id);
   oa.p.request_id = q->id;
+  oa.p.owner = "http"; /* no RPC client can cancel it */
   coord_request_t *r = coord_request_new(h->set, &oa.p, &k_cbs, q, err, sizeof err);
   coord_openai_free(&oa);
   if (!r) {
@@ -706,6 +710,15 @@ static void metrics(coord_http_t *h, h2o_req_t *req) {
           (long long)s->stats.generated_tokens, (long long)s->stats.prompt_tokens,
           (long long)s->stats.audio_tokens, (long long)s->stats.failovers,
           (long long)s->stats.chains_cancelled, (long long)s->stats.tokens_saved);
+  if (h->sec && !h->sec->insecure)
+    fprintf(f,
+            "# HELP sa_handshakes_refused_total CurveZMQ peers refused at the handshake (key "
+            "not allowed, or a role this server does not take).\n"
+            "# TYPE sa_handshakes_refused_total counter\nsa_handshakes_refused_total %llu\n"
+            "# HELP sa_calls_denied_total RPC calls refused for the caller's role.\n"
+            "# TYPE sa_calls_denied_total counter\nsa_calls_denied_total %llu\n",
+            (unsigned long long)h->sec->handshakes_refused,
+            (unsigned long long)h->sec->calls_denied);
   static const struct {
     const char *name, *help;
     size_t off;
@@ -904,6 +917,7 @@ int coord_http_start(struct uv_loop_s *loop, const coord_http_opts_t *o,
   }
   snprintf(h->model_name, sizeof h->model_name, "%s", o->served_model_name);
   h->reasoning_split = o->reasoning_split;
+  h->sec = o->sec;
   h->copts = copts;
   h->model = model;
   h->vocab_size = vocab_size;

@@ -36,6 +36,7 @@ typedef struct {
   const char *served_model_name; /* what /v1/models lists and requests name */
   size_t max_body_bytes;         /* larger bodies get 413 */
   bool reasoning_split;          /* thinking -> reasoning_content */
+  const struct sa_sec *sec;      /* the RPC side's security, for /metrics; may be NULL */
 } coord_http_opts_t;
 
 typedef struct coord_http coord_http_t;

@@ -16,6 +16,7 @@
 #include "sa_error.h"
 #include "sa_time.h"
 #include "http.h"
+#include "security.h"
 #include "submit.h"
 
 #include <sodium.h>
@@ -63,6 +64,7 @@ static void usage(FILE *f) {
           "                         audio limit x 4/3 + 1 MiB, for base64)\n"
           "  --reasoning-split      HTTP: thinking in reasoning_content, the answer in\n"
           "                         content (vLLM's --reasoning-parser convention)\n"
+          SA_SEC_USAGE
           "  --endpoint-file PATH   write the bound endpoint there once listening\n"
           "                         (with --listen tcp://127.0.0.1:* for a free port)\n"
           "  --log-level L          error|warn|info|debug (default info; env SA_LOG_LEVEL)\n"
@@ -82,6 +84,7 @@ typedef struct {
   coord_requests_t set;
   coord_submit_t sub;
   coord_http_t *http;
+  sa_sec_t sec;
   uv_prepare_t pass; /* once per loop turn, before the loop waits */
   uv_idle_t kick;    /* a turn without sleeping after a pass with work */
   uv_timer_t tick;
@@ -116,6 +119,7 @@ static void on_signal(uv_signal_t *s, int sig) {
   sa_rpc_server_destroy(&co->srv);
   coord_http_stop(&co->http);
   coord_registry_close(&co->reg);
+  sa_rpc_auth_destroy(&co->sec.auth);
   uv_timer_stop(&co->tick);
   uv_close((uv_handle_t *)&co->pass, NULL);
   uv_close((uv_handle_t *)&co->kick, NULL);
@@ -179,10 +183,12 @@ int main(int argc, char **argv) {
       {"served-model-name", required_argument, 0, 16},
       {"http-max-body", required_argument, 0, 17},
       {"reasoning-split", no_argument, 0, 18},
+      SA_SEC_LONGOPTS,
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   const char *endpoint_file = NULL;
   coord_http_opts_t ho = {0};
+  sa_sec_args_t sa = {0};
   long http_max_body = 0;
   int opt;
   while ((opt = getopt_long(argc, argv, "m:l:h", longopts, NULL)) != -1) {
@@ -216,7 +222,11 @@ int main(int argc, char **argv) {
     case 17: http_max_body = parse_long(optarg, "--http-max-body", 1024, 1L << 34); break;
     case 18: ho.reasoning_split = true; break;
     case 'h': usage(stdout); return 0;
-    default: usage(stderr); return 2;
+    default:
+      if (sa_sec_args_take(&sa, opt, optarg))
+        break;
+      usage(stderr);
+      return 2;
     }
   }
   if (!o->model_dir[0]) {
@@ -245,11 +255,23 @@ int main(int argc, char **argv) {
     fprintf(stderr, "sa-coordinator: the tokenizer lacks <|EOT|> or <audio_patch>\n");
     return 1;
   }
+  if (sa_sec_open_args(&co.sec, &sa, SA_ROLE_COORDINATOR, err, sizeof err) ||
+      sa_sec_check_bind(&co.sec, o->listen, sa.allow_insecure_network, err, sizeof err)) {
+    fprintf(stderr, "sa-coordinator: %s\n", err);
+    return 2;
+  }
   co.loop = uv_default_loop();
+  int rc = sa_sec_serve(&co.sec, co.loop);
+  if (rc) {
+    fprintf(stderr, "sa-coordinator: authenticator: %s\n", sa_strerror(rc));
+    return 1;
+  }
   sa_rpc_opts_t ro;
+  char domain[32];
   sa_rpc_opts_default(&ro);
   ro.max_msg_bytes = o->max_audio_bytes + (1u << 20);
-  int rc = sa_rpc_server_new(co.loop, &ro, &co.srv);
+  sa_sec_server_opts(&co.sec, &ro, SA_ROLE_CLIENT | SA_ROLE_STAGE | SA_ROLE_ENCODER, domain);
+  rc = sa_rpc_server_new(co.loop, &ro, &co.srv);
   if (rc == 0)
     rc = sa_rpc_server_bind(co.srv, o->listen);
   if (rc) {
@@ -272,8 +294,19 @@ int main(int argc, char **argv) {
   coord_pipeline_init(&co.pl, o, m, &co.reg, &coord_requests_pipeline_cbs, &co.set);
   coord_requests_init(&co.set, o, m, co.tok, &co.reg, &coord_pipeline_ops, &co.pl);
   coord_submit_init(&co.sub, o, &co.set, &co.reg, &co.pl);
+  co.reg.sec = &co.sec;
+  co.sub.sec = &co.sec;
   coord_registry_serve(&co.reg, co.srv);
   coord_submit_serve(&co.sub, co.srv);
+  static const sa_sec_rule_t rules[] = {
+      {"Coordinator/Submit", SA_ROLE_CLIENT},
+      {"Coordinator/Cancel", SA_ROLE_CLIENT},
+      {"Coordinator/Status", SA_ROLE_CLIENT},
+      {"Coordinator/Register", SA_ROLE_STAGE | SA_ROLE_ENCODER},
+      {"Coordinator/Heartbeat", SA_ROLE_STAGE | SA_ROLE_ENCODER},
+  };
+  sa_sec_guard(co.srv, &co.sec, rules, (int)(sizeof rules / sizeof rules[0]));
+  ho.sec = &co.sec;
   if (ho.listen) {
     char model_name[256];
     if (!ho.served_model_name) { /* the model folder's name */
@@ -306,10 +339,13 @@ int main(int argc, char **argv) {
   co.sigterm.data = co.sigint.data = &co;
   uv_signal_start(&co.sigterm, on_signal, SIGTERM);
   uv_signal_start(&co.sigint, on_signal, SIGINT);
-  SA_LOG_INFO("listening on %s; model %s (%d layers, hidden %d)", sa_rpc_server_endpoint(co.srv),
+  SA_LOG_INFO("listening on %s (%s); model %s (%d layers, hidden %d)",
+              sa_rpc_server_endpoint(co.srv),
+              co.sec.insecure ? "INSECURE: plain text, no authentication" : "CurveZMQ",
               o->model_dir, co.cfg.num_hidden_layers, co.cfg.hidden_size);
   uv_run(co.loop, UV_RUN_DEFAULT);
   coord_requests_close(&co.set);
+  sa_sec_close(&co.sec);
   sa_tokenizer_destroy(&co.tok);
   uv_loop_close(co.loop);
   return 0;

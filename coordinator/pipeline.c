@@ -151,9 +151,12 @@ static int pipeline_step(void *impl, const coord_plan_t *plan) {
   for (int s = 0; s < rp->n_stages; s++) {
     const coord_worker_t *w = coord_registry_worker(pl->reg, rp->stage[s]);
     m->route[s] = w ? (char *)w->address : "";
+    m->route_keys[s] = w ? (char *)w->key : "";
   }
   m->sb.route = m->route;
   m->sb.n_route = (size_t)rp->n_stages;
+  m->sb.route_keys = m->route_keys;
+  m->sb.n_route_keys = m->route_keys[0][0] ? (size_t)rp->n_stages : 0;
   size_t len = sa__step_batch__get_packed_size(&m->sb);
   uint8_t *buf = malloc(len);
   int rc = SA_ENOMEM;

@@ -108,6 +108,7 @@ typedef struct {
   Sa__EmbedSpan *span_ptrs[COORD_MAX_SEQS_PER_BATCH];
   int32_t one_token[COORD_MAX_SEQS_PER_BATCH];
   char *route[COORD_MAX_STAGES];
+  char *route_keys[COORD_MAX_STAGES];
 } coord_step_msg_t;
 
 typedef struct coord_pipeline {

@@ -8,6 +8,7 @@
 #include "log.h"
 #include "sa_error.h"
 #include "sa_time.h"
+#include "security.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -151,12 +152,20 @@ static int check_register(const coord_registry_t *reg, const Sa__RegisterRequest
   return SA_EINVAL;
 }
 
-int coord_registry_register(coord_registry_t *reg, const Sa__RegisterRequest *rq, uint64_t now,
-                            char *err, size_t cap) {
+int coord_registry_register(coord_registry_t *reg, const Sa__RegisterRequest *rq, const char *key,
+                            uint64_t now, char *err, size_t cap) {
   int rc = check_register(reg, rq, err, cap);
   if (rc)
     return rc;
+  if (!key)
+    key = "";
   coord_worker_t *w = find_worker(reg, rq->node_id);
+  if (w && strcmp(w->key, key) != 0) {
+    char fp[13];
+    sa_key_fingerprint(w->key, fp);
+    sa_set_err(err, cap, "node id %.64s belongs to another key (%s…)", rq->node_id, fp);
+    return SA_EPERM;
+  }
   if (w && strcmp(w->address, rq->address) != 0)
     sa_rpc_channel_destroy(&w->ch); /* moved: reconnect */
   if (!w) {
@@ -174,6 +183,7 @@ int coord_registry_register(coord_registry_t *reg, const Sa__RegisterRequest *rq
   w->used = true;
   snprintf(w->node_id, sizeof w->node_id, "%s", rq->node_id);
   snprintf(w->address, sizeof w->address, "%s", rq->address);
+  snprintf(w->key, sizeof w->key, "%s", key);
   w->role = rq->role;
   w->first = rq->first_layer;
   w->last = rq->last_layer;
@@ -192,7 +202,8 @@ int coord_registry_register(coord_registry_t *reg, const Sa__RegisterRequest *rq
   if (!w->ch && reg->loop) {
     sa_rpc_opts_t o;
     sa_rpc_opts_default(&o);
-    if (sa_rpc_channel_new(reg->loop, w->address, &o, &w->ch)) {
+    if ((reg->sec && sa_sec_channel_opts(reg->sec, &o, w->key)) ||
+        sa_rpc_channel_new(reg->loop, w->address, &o, &w->ch)) {
       SA_LOG_ERROR("cannot open a channel to %s", w->address);
       w->healthy = false;
     }
@@ -373,7 +384,16 @@ static void register_handler(sa_rpc_call_t *call, void *user) {
     return;
   }
   char err[256] = "";
-  int wi = coord_registry_register(reg, rq, sa_now_ms(), err, sizeof err);
+  const char *peer = sa_rpc_call_peer(call);
+  sa_role_t want = rq->role == SA__ROLE__ROLE_STAGE ? SA_ROLE_STAGE : SA_ROLE_ENCODER;
+  int wi;
+  if (peer[0] && sa_sec_peer_role(peer) != want) {
+    sa_set_err(err, sizeof err, "a %s key cannot register as %s",
+               sa_role_name(sa_sec_peer_role(peer)), sa_role_name(want));
+    wi = SA_EPERM;
+  } else {
+    wi = coord_registry_register(reg, rq, sa_sec_peer_key(peer), sa_now_ms(), err, sizeof err);
+  }
   if (wi < 0) {
     SA_LOG_WARN("refused registration of %.128s: %s", rq->node_id, err);
     sa__register_request__free_unpacked(rq, NULL);

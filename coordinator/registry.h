@@ -31,6 +31,8 @@ typedef struct {
   char node_id[128];
   Sa__Role role;
   char address[256];
+  char key[41]; /* its CurveZMQ public key, "" in plain text: only this key
+                   may re-register the node id; channels expect it */
   char replica_name[64];
   int first, last, num_layers;
   bool has_embed, has_lm_head;
@@ -78,6 +80,7 @@ typedef struct coord_registry {
   coord_registry_cbs_t cbs;
   void *user;
   int64_t epoch; /* bumped whenever a replica becomes ready */
+  const struct sa_sec *sec; /* keys for channels to workers; NULL: plain text */
   coord_worker_t workers[COORD_MAX_WORKERS];
   coord_replica_t replicas[COORD_MAX_REPLICAS];
 } coord_registry_t;
@@ -95,10 +98,13 @@ void coord_registry_close(coord_registry_t *reg);
 /* Serves Coordinator/Register and Coordinator/Heartbeat on srv. */
 void coord_registry_serve(coord_registry_t *reg, sa_rpc_server_t *srv);
 
-/* Registers (or re-registers) a worker at time now. Returns its index, or
- * a negative SA_E* with the reason in err[cap]: SA_EINVAL for a request
- * that does not fit this model, SA_EFULL when the registry is full. */
-int coord_registry_register(coord_registry_t *reg, const Sa__RegisterRequest *rq, uint64_t now,
+/* Registers (or re-registers) a worker at time now; key is the public key
+ * it proved in the CurveZMQ handshake ("" in plain text). Returns its
+ * index, or a negative SA_E* with the reason in err[cap]: SA_EINVAL for a
+ * request that does not fit this model, SA_EPERM when the node id belongs
+ * to another key, SA_EFULL when the registry is full. */
+int coord_registry_register(coord_registry_t *reg, const Sa__RegisterRequest *rq, const char *key,
+                            uint64_t now,
                             char *err, size_t cap);
 
 /* A heartbeat from node_id at time now. Returns its index or -1 if unknown. */

@@ -193,6 +193,7 @@ coord_request_t *coord_request_new(coord_requests_t *set, const coord_request_pa
     sodium_bin2hex(hex, sizeof hex, rnd, sizeof rnd);
     snprintf(r->request_id, sizeof r->request_id, "req-%s", hex);
   }
+  snprintf(r->owner, sizeof r->owner, "%s", p->owner ? p->owner : "");
   r->state = COORD_REQ_NEW;
   r->replica = -1;
   r->encoder = -1;

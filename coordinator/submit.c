@@ -253,6 +253,7 @@ static void submit_handler(sa_rpc_call_t *call, void *user) {
   }
   coord_request_params_t p = {
       .request_id = rq->request_id,
+      .owner = sa_sec_peer_key(sa_rpc_call_peer(call)),
       .system = rq->system,
       .max_tokens = rq->max_tokens,
       .n_chains = rq->n <= 0 ? 1 : rq->n,
@@ -301,7 +302,10 @@ static void cancel_handler(sa_rpc_call_t *call, void *user) {
     return;
   }
   Sa__CancelResponse resp = SA__CANCEL_RESPONSE__INIT;
+  /* another client's request is not found, whatever its id */
   coord_request_t *r = coord_requests_find(sub->set, rq->request_id);
+  if (r && strcmp(r->owner, sa_sec_peer_key(sa_rpc_call_peer(call))) != 0)
+    r = NULL;
   if (r) {
     resp.found = true;
     coord_request_cancel(sub->set, r);
@@ -370,7 +374,8 @@ static void status_handler(sa_rpc_call_t *call, void *user) {
     else
       running++;
     chains_running += r->n_chains - r->chains_done;
-    if (rq->request_id[0] && strcmp(rq->request_id, r->request_id) == 0) {
+    if (rq->request_id[0] && strcmp(rq->request_id, r->request_id) == 0 &&
+        strcmp(r->owner, sa_sec_peer_key(sa_rpc_call_peer(call))) == 0) {
       resp.request_found = true;
       int64_t toks = 0;
       for (int c = 0; c < r->n_chains; c++)
@@ -387,6 +392,8 @@ static void status_handler(sa_rpc_call_t *call, void *user) {
   resp.forks_total = sub->pl->forks_total;
   resp.requests_total = sub->set->requests_total;
   resp.model_id = (char *)sub->opts->model_dir;
+  resp.insecure = !sub->sec || sub->sec->insecure;
+  resp.handshakes_refused = sub->sec ? (int64_t)sub->sec->handshakes_refused : 0;
   sa_rpc_call_reply_pb(call, &resp.base);
   sa__status_request__free_unpacked(rq, NULL);
   free(infos);

@@ -16,12 +16,14 @@
 #include "registry.h"
 #include "request.h"
 #include "rpc.h"
+#include "security.h"
 
 typedef struct {
   const coord_opts_t *opts;
   coord_requests_t *set;
   const coord_registry_t *reg;
   const coord_pipeline_t *pl; /* for Status figures */
+  const sa_sec_t *sec;        /* for Status; NULL: plain text */
 } coord_submit_t;
 
 /* Initialises sub (caller-allocated); everything is borrowed for its life. */

@@ -244,7 +244,10 @@ int sa_registrar_start(struct uv_loop_s *loop, const sa_registrar_opts_t *o,
       !r->replica)
     goto fail;
   sa_rpc_opts_t ro;
-  sa_rpc_opts_default(&ro);
+  if (o->rpc)
+    ro = *o->rpc;
+  else
+    sa_rpc_opts_default(&ro);
   if ((rc = sa_rpc_channel_new(loop, r->coordinator, &ro, &r->ch)) != 0) {
     SA_LOG_ERROR("coordinator %s: cannot create channel: %s", r->coordinator,
                  sa_strerror(rc));

@@ -17,6 +17,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "rpc.h"
+
 struct uv_loop_s;
 
 typedef enum {
@@ -41,6 +43,9 @@ typedef struct {
   int64_t kv_blocks_total;
   int kv_block_tokens, max_batch, max_tokens_per_step;
   int64_t retry_ms; /* first retry delay (0 = 500 ms; capped at 5 s) */
+  /* the channel's options (keys for CurveZMQ: sa_sec_channel_opts with the
+   * coordinator's key); NULL = defaults, plain text. Copied by start. */
+  const sa_rpc_opts_t *rpc;
 } sa_registrar_opts_t;
 
 /* The figures a heartbeat carries; the owner fills them. */

@@ -53,6 +53,23 @@ int sa_sec_open(sa_sec_t *s, const char *key_path, const char *allow_dir, bool i
   return 0;
 }
 
+bool sa_sec_args_take(sa_sec_args_t *a, int opt, const char *arg) {
+  switch (opt) {
+  case SA_SEC_OPT_KEY: a->key = arg; return true;
+  case SA_SEC_OPT_ALLOW: a->allow = arg; return true;
+  case SA_SEC_OPT_INSECURE: a->insecure = true; return true;
+  case SA_SEC_OPT_INSECURE_NET: a->allow_insecure_network = true; return true;
+  default: return false;
+  }
+}
+
+int sa_sec_open_args(sa_sec_t *s, const sa_sec_args_t *a, sa_role_t want_role, char *err,
+                     size_t cap) {
+  const char *key = a->key ? a->key : getenv("SA_KEY");
+  const char *allow = a->allow ? a->allow : getenv("SA_ALLOW");
+  return sa_sec_open(s, key, allow, a->insecure, want_role, err, cap);
+}
+
 void sa_sec_close(sa_sec_t *s) {
   sa_rpc_auth_destroy(&s->auth);
   sa_allow_free(&s->allow);

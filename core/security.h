@@ -55,6 +55,36 @@ struct sa_sec {
   int n_guards;
 };
 
+/* The options every program takes (getopt_long: put SA_SEC_LONGOPTS in the
+ * table, hand each option to sa_sec_args_take, print SA_SEC_USAGE). The
+ * environment's SA_KEY and SA_ALLOW stand in for --key and --allow. */
+typedef struct {
+  const char *key, *allow;
+  bool insecure, allow_insecure_network;
+} sa_sec_args_t;
+
+enum { SA_SEC_OPT_KEY = 0x5300, SA_SEC_OPT_ALLOW, SA_SEC_OPT_INSECURE, SA_SEC_OPT_INSECURE_NET };
+
+#define SA_SEC_LONGOPTS                                                                         \
+  {"key", required_argument, 0, SA_SEC_OPT_KEY}, {"allow", required_argument, 0, SA_SEC_OPT_ALLOW}, \
+      {"insecure", no_argument, 0, SA_SEC_OPT_INSECURE},                                        \
+      {"allow-insecure-network", no_argument, 0, SA_SEC_OPT_INSECURE_NET}
+
+#define SA_SEC_USAGE                                                                    \
+  "  --key FILE             this process's CurveZMQ key (NAME.key from sa-keys;\n"    \
+  "                         env SA_KEY)\n"                                             \
+  "  --allow DIR            the public keys it accepts, with their roles (env\n"      \
+  "                         SA_ALLOW)\n"                                               \
+  "  --insecure             no encryption or authentication (loopback only)\n"        \
+  "  --allow-insecure-network  with --insecure, bind non-loopback addresses too\n"
+
+/* True if opt was one of SA_SEC_LONGOPTS (and is now recorded in a). */
+bool sa_sec_args_take(sa_sec_args_t *a, int opt, const char *arg);
+
+/* sa_sec_open from parsed arguments (and the environment). */
+int sa_sec_open_args(sa_sec_t *s, const sa_sec_args_t *a, sa_role_t want_role, char *err,
+                     size_t cap);
+
 /* Loads the key pair and the allow-list. insecure: neither is read (both
  * may be NULL). Otherwise both are required; the key's role must be
  * want_role (SA_ROLE_NONE: any). 0 or an error with err filled (bad

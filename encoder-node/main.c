@@ -22,6 +22,7 @@
 #include "registrar.h"
 #include "rpc.h"
 #include "safetensors.h"
+#include "security.h"
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -47,6 +48,7 @@ static void usage(FILE *f) {
 "  --advertise ADDR       endpoint sent to the coordinator (default: bound)\n"
 "  --node-id ID           node id sent to the coordinator (default host:pid)\n"
 "  --test-gate FIFO       tests only: each request waits for one byte on FIFO\n"
+SA_SEC_USAGE
 "  -h, --help             this text\n");
 }
 
@@ -66,6 +68,7 @@ typedef struct {
   sa_rpc_server_t *srv;
   sa_encoder_service_t *svc;
   sa_registrar_t *reg;
+  sa_sec_t sec;
 } app_t;
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -74,6 +77,7 @@ static void on_signal(uv_signal_t *h, int signum) {
   sa_registrar_stop(&a->reg);
   sa_encoder_service_stop(&a->svc);
   sa_rpc_server_destroy(&a->srv);
+  sa_rpc_auth_destroy(&a->sec.auth);
   uv_close((uv_handle_t *)&a->sigint, NULL);
   uv_close((uv_handle_t *)&a->sigterm, NULL);
 }
@@ -91,6 +95,7 @@ int main(int argc, char **argv) {
              *gate = NULL;
   int threads = 1, queue = 16, backend_threads = 0, max_audio_s = 1200;
   long max_bytes = 64L << 20;
+  sa_sec_args_t sa = {0};
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -114,6 +119,14 @@ int main(int argc, char **argv) {
       node_id = v;
     else if (OPT("--test-gate"))
       gate = v;
+    else if (OPT("--key"))
+      sa.key = v;
+    else if (OPT("--allow"))
+      sa.allow = v;
+    else if (!strcmp(a, "--insecure"))
+      sa.insecure = true;
+    else if (!strcmp(a, "--allow-insecure-network"))
+      sa.allow_insecure_network = true;
     else if (OPT("--threads"))
       bad = parse_int(v, 1, 256, &threads);
     else if (OPT("--queue"))
@@ -147,11 +160,19 @@ int main(int argc, char **argv) {
 
   char err[512];
   int rc, status = 1;
+  app_t app = {0};
+  const char *coord_key = "";
+  if (sa_sec_open_args(&app.sec, &sa, SA_ROLE_ENCODER, err, sizeof err) ||
+      sa_sec_check_bind(&app.sec, listen, sa.allow_insecure_network, err, sizeof err) ||
+      (coordinator &&
+       !(coord_key = sa_sec_peer_of_role(&app.sec, SA_ROLE_COORDINATOR, err, sizeof err)))) {
+    fprintf(stderr, "sa-encoder: %s\n", err);
+    return 2;
+  }
   sa_model_config_t cfg;
   sa_st_t *st = NULL;
   sa_backend_t *be = NULL;
   sa_audio_encoder_t *enc = NULL;
-  app_t app = {0};
   uv_loop_t loop;
   bool loop_init = false;
 
@@ -183,7 +204,10 @@ int main(int argc, char **argv) {
   /* Let oversize audio reach our own check (INVALID_ARGUMENT with a reason);
    * far larger messages are refused by the rpc layer. */
   ro.max_msg_bytes = (size_t)max_bytes * 2 + (1u << 20);
-  if ((rc = sa_rpc_server_new(&loop, &ro, &app.srv)) != 0 ||
+  char domain[32];
+  sa_sec_server_opts(&app.sec, &ro, SA_ROLE_COORDINATOR, domain);
+  if ((rc = sa_sec_serve(&app.sec, &loop)) != 0 ||
+      (rc = sa_rpc_server_new(&loop, &ro, &app.srv)) != 0 ||
       (rc = sa_rpc_server_bind(app.srv, listen)) != 0) {
     SA_LOG_ERROR("cannot serve on %s: %s", listen, sa_strerror(rc));
     goto out;
@@ -198,6 +222,8 @@ int main(int argc, char **argv) {
     SA_LOG_ERROR("cannot start the encode service: %s", sa_strerror(rc));
     goto out;
   }
+  static const sa_sec_rule_t rules[] = {{"Encoder/Encode", SA_ROLE_COORDINATOR}};
+  sa_sec_guard(app.srv, &app.sec, rules, 1);
   const char *bound = sa_rpc_server_endpoint(app.srv);
   if (coordinator) {
     char idbuf[300];
@@ -214,6 +240,10 @@ int main(int argc, char **argv) {
                               .backend = device,
                               .hidden_size = sa_audio_encoder_hidden(enc),
                               .max_audio_s = max_audio_s};
+    sa_rpc_opts_t co;
+    sa_rpc_opts_default(&co);
+    sa_sec_channel_opts(&app.sec, &co, coord_key);
+    go.rpc = &co;
     if ((rc = sa_registrar_start(&loop, &go, report_load, app.svc, &app.reg)) != 0) {
       SA_LOG_ERROR("cannot start coordinator registration: %s",
                    sa_strerror(rc));
@@ -238,6 +268,7 @@ out:
     sa_registrar_stop(&app.reg);
     sa_encoder_service_stop(&app.svc);
     sa_rpc_server_destroy(&app.srv);
+    sa_rpc_auth_destroy(&app.sec.auth);
     uv_run(&loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&loop) != 0)
       SA_LOG_WARN("loop closed with handles still open");
@@ -245,5 +276,6 @@ out:
   sa_audio_encoder_destroy(&enc);
   sa_backend_destroy(&be);
   sa_st_close(&st);
+  sa_sec_close(&app.sec);
   return status;
 }

@@ -13,6 +13,7 @@
 #include "registrar.h"
 #include "rpc.h"
 #include "sa.pb-c.h"
+#include "security.h"
 #include "sa_error.h"
 #include "check.h"
 #include "stage.h"
@@ -42,8 +43,10 @@ typedef struct {
   uv_signal_t sigterm, sigint;
   struct {
     char addr[256];
+    char key[41]; /* the next stage's public key ("" in plain text) */
     sa_rpc_channel_t *ch;
   } next[MAX_NEXT];
+  sa_sec_t sec;
   int64_t kv_total;
   int block_tokens;
   double last_busy_ms;
@@ -85,6 +88,7 @@ static void usage(FILE *f) {
           "  --no-nccl            keep activations on ZeroMQ even between CUDA stages\n"
           "                       of one host (default: offer the next stage an NCCL\n"
           "                       link when this stage runs on CUDA)\n"
+          SA_SEC_USAGE
           "  -h, --help\n");
 }
 
@@ -108,10 +112,11 @@ static int parse_size(const char *s, size_t *out) {
 /* ---------------------------------------------------------------- replies */
 
 
-static sa_rpc_channel_t *next_channel(const char *addr) {
+/* The channel to the stage at addr whose key is key (from the route). */
+static sa_rpc_channel_t *next_channel(const char *addr, const char *key) {
   int free_slot = -1;
   for (int i = 0; i < MAX_NEXT; i++) {
-    if (W.next[i].ch && !strcmp(W.next[i].addr, addr))
+    if (W.next[i].ch && !strcmp(W.next[i].addr, addr) && !strcmp(W.next[i].key, key))
       return W.next[i].ch;
     if (!W.next[i].ch && free_slot < 0)
       free_slot = i;
@@ -122,9 +127,14 @@ static sa_rpc_channel_t *next_channel(const char *addr) {
   }
   sa_rpc_opts_t o;
   sa_rpc_opts_default(&o);
+  if (sa_sec_channel_opts(&W.sec, &o, key)) {
+    SA_LOG_WARN("the route names no key for the stage at %s", addr);
+    return NULL;
+  }
   if (sa_rpc_channel_new(W.loop, addr, &o, &W.next[free_slot].ch))
     return NULL;
   snprintf(W.next[free_slot].addr, sizeof W.next[free_slot].addr, "%s", addr);
+  snprintf(W.next[free_slot].key, sizeof W.next[free_slot].key, "%s", key);
   return W.next[free_slot].ch;
 }
 
@@ -367,7 +377,8 @@ static void on_job_done(job_t *job, void *user) {
       /* forward activations to route[hop + 1] */
       Sa__StepBatch *b = job->batch;
       int next = b->hop + 1;
-      sa_rpc_channel_t *ch = next < (int)b->n_route ? next_channel(b->route[next]) : NULL;
+      const char *key = next < (int)b->n_route_keys ? b->route_keys[next] : "";
+      sa_rpc_channel_t *ch = next < (int)b->n_route ? next_channel(b->route[next], key) : NULL;
       if (!ch) {
         if (job->act_out)
           stage_out_release(job->act_out, st);
@@ -600,6 +611,7 @@ static void on_signal(uv_signal_t *s, int sig) {
   uv_close((uv_handle_t *)&W.sigint, NULL);
   sa_rpc_server_destroy(&W.srv);
   sa_registrar_stop(&W.reg);
+  sa_rpc_auth_destroy(&W.sec.auth);
   for (int i = 0; i < MAX_NEXT; i++)
     sa_rpc_channel_destroy(&W.next[i].ch);
   stage_stop(&W.st);
@@ -620,7 +632,8 @@ int main(int argc, char **argv) {
       {"threads", required_argument, 0, 't'},   {"max-batch", required_argument, 0, 'B'},
       {"max-tokens", required_argument, 0, 'T'}, {"node-id", required_argument, 0, 'n'},
       {"no-nccl", no_argument, 0, 'N'},         {"help", no_argument, 0, 'h'},
-      {0, 0, 0, 0}};
+      SA_SEC_LONGOPTS,                          {0, 0, 0, 0}};
+  sa_sec_args_t sa = {0};
   int opt;
   while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
     switch (opt) {
@@ -643,7 +656,11 @@ int main(int argc, char **argv) {
     case 'n': snprintf(W.node_id, sizeof W.node_id, "%s", optarg); break;
     case 'N': W.no_nccl = true; break;
     case 'h': usage(stdout); return 0;
-    default: usage(stderr); return 2;
+    default:
+      if (sa_sec_args_take(&sa, opt, optarg))
+        break;
+      usage(stderr);
+      return 2;
     }
   }
   if (!W.model_dir[0] || !layers) {
@@ -674,9 +691,20 @@ int main(int argc, char **argv) {
   gethostname(W.host, sizeof W.host - 1);
   if (!W.node_id[0])
     snprintf(W.node_id, sizeof W.node_id, "stage-%.64s-%d", W.host, (int)getpid());
+  char err[512];
+  if (sa_sec_open_args(&W.sec, &sa, SA_ROLE_STAGE, err, sizeof err) ||
+      sa_sec_check_bind(&W.sec, W.listen, sa.allow_insecure_network, err, sizeof err)) {
+    fprintf(stderr, "sa-worker: %s\n", err);
+    return 2;
+  }
+  const char *coord_key = "";
+  if (W.coordinator[0] &&
+      !(coord_key = sa_sec_peer_of_role(&W.sec, SA_ROLE_COORDINATOR, err, sizeof err))) {
+    fprintf(stderr, "sa-worker: the coordinator's key: %s\n", err);
+    return 2;
+  }
   W.loop = uv_default_loop();
   W.max_queue = 64;
-  char err[512];
   int rc = stage_start(&W.st, W.loop, W.model_dir, first, last, device, threads, kv_bytes,
                        max_tokens, max_batch, on_job_done, NULL, err, sizeof err);
   if (rc) {
@@ -688,8 +716,12 @@ int main(int argc, char **argv) {
   W.kv_total = ks.blocks_total;
   W.block_tokens = sa_kv_block_size(W.st.kv);
   sa_rpc_opts_t ro;
+  char domain[32];
   sa_rpc_opts_default(&ro);
-  rc = sa_rpc_server_new(W.loop, &ro, &W.srv);
+  sa_sec_server_opts(&W.sec, &ro, SA_ROLE_COORDINATOR | SA_ROLE_STAGE, domain);
+  rc = sa_sec_serve(&W.sec, W.loop);
+  if (rc == 0)
+    rc = sa_rpc_server_new(W.loop, &ro, &W.srv);
   if (rc == 0)
     rc = sa_rpc_server_bind(W.srv, W.listen);
   if (rc) {
@@ -702,6 +734,13 @@ int main(int argc, char **argv) {
   sa_rpc_server_register(W.srv, "Stage/Fork", SA_RPC_UNARY, fork_handler, NULL);
   sa_rpc_server_register(W.srv, "Stage/Free", SA_RPC_UNARY, free_handler, NULL);
   sa_rpc_server_register(W.srv, "Stage/Link", SA_RPC_UNARY, link_handler, NULL);
+  static const sa_sec_rule_t rules[] = {
+      {"Stage/Step", SA_ROLE_COORDINATOR | SA_ROLE_STAGE}, /* stage 0 from the coordinator */
+      {"Stage/Fork", SA_ROLE_COORDINATOR},
+      {"Stage/Free", SA_ROLE_COORDINATOR},
+      {"Stage/Link", SA_ROLE_STAGE},
+  };
+  sa_sec_guard(W.srv, &W.sec, rules, (int)(sizeof rules / sizeof rules[0]));
   printf("listening %s\n", sa_rpc_server_endpoint(W.srv));
   fflush(stdout);
   SA_LOG_INFO("serving layers %d:%d of %d on %s (%s, %lld KV blocks of %d tokens)", W.st.first,
@@ -727,6 +766,10 @@ int main(int argc, char **argv) {
         .max_batch = W.st.max_seqs,
         .max_tokens_per_step = W.st.max_tokens,
     };
+    sa_rpc_opts_t co;
+    sa_rpc_opts_default(&co);
+    sa_sec_channel_opts(&W.sec, &co, coord_key);
+    ro.rpc = &co;
     W.last_hb_ms = sa_now_ms();
     if (sa_registrar_start(W.loop, &ro, report_load, NULL, &W.reg)) {
       fprintf(stderr, "sa-worker: bad coordinator address %s\n", W.coordinator);

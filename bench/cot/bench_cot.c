@@ -231,7 +231,7 @@ static int run_case(const ctx_t *cx, int clients, int n, run_t *r) {
   for (int i = 0; i < clients; i++) {
     snprintf(outs[i], sizeof outs[i], "%s/run-%d.json", g_tmp, i);
     snprintf(seed, sizeof seed, "%d", 1000 + i);
-    char *argv[] = {client, "submit", "--no-audio", "--prompt", (char *)cx->prompt, "-n", ns,
+    char *argv[] = {client, "submit", "--insecure", "--no-audio", "--prompt", (char *)cx->prompt, "-n", ns,
                     "--vote", "none", "--max-tokens", mt, "--temperature", "0.8", "--seed",
                     seed, "--json", "--timeout", "900", "--coordinator", (char *)cx->coord,
                     NULL};
@@ -493,7 +493,7 @@ int main(int argc, char **argv) {
   snprintf(worker_bin, sizeof worker_bin, "%s/sa-worker", bin);
   snprintf(ep_file, sizeof ep_file, "%s/coord.ep", g_tmp);
   snprintf(log, sizeof log, "%s/coordinator.log", g_tmp);
-  char *cav[] = {coord_bin, "--model", model, "--listen", "tcp://127.0.0.1:*",
+  char *cav[] = {coord_bin, "--insecure", "--model", model, "--listen", "tcp://127.0.0.1:*",
                  "--endpoint-file", ep_file, "--max-chains", "64", NULL};
   g_services[g_n_services++] = spawn(cav, log);
   char coord[256] = "";
@@ -519,7 +519,7 @@ int main(int argc, char **argv) {
     char name[16];
     snprintf(name, sizeof name, "stage%d", s);
     snprintf(log, sizeof log, "%s/%s.log", g_tmp, name);
-    char *wav[] = {worker_bin, "--model", model, "--layers", s ? layers1 : layers0,
+    char *wav[] = {worker_bin, "--insecure", "--model", model, "--layers", s ? layers1 : layers0,
                    "--replica", "r0", "--coordinator", coord, "--threads", "1",
                    "--kv-mem", "512MiB", "--node-id", name, NULL};
     g_services[g_n_services++] = spawn(wav, log);

@@ -135,7 +135,7 @@ int bp_cluster_start(const bp_cluster_opts_t *o, double timeout_s, bp_cluster_t 
   snprintf(log, sizeof log, "%s/coordinator.log", o->log_dir);
   char extra[16];
   snprintf(extra, sizeof extra, "%d", o->extra_microbatches);
-  char *cargv[] = {bin, "--model", (char *)o->coord_model, "--listen", "tcp://127.0.0.1:*",
+  char *cargv[] = {bin, "--insecure", "--model", (char *)o->coord_model, "--listen", "tcp://127.0.0.1:*",
                    "--endpoint-file", epf, "--extra-microbatches", extra,
                    o->http ? "--http" : NULL, (char *)o->http, "--served-model-name", "bench",
                    NULL};
@@ -186,7 +186,7 @@ int bp_cluster_start(const bp_cluster_opts_t *o, double timeout_s, bp_cluster_t 
     snprintf(layers, sizeof layers, "%d:%d", o->first[s], o->last[s]);
     snprintf(thr, sizeof thr, "%d", o->threads_per_stage);
     snprintf(node, sizeof node, "stage%d", s);
-    char *wargv[] = {bin, "--model", (char *)o->model_dir, "--layers", layers,
+    char *wargv[] = {bin, "--insecure", "--model", (char *)o->model_dir, "--layers", layers,
                      "--replica", "r0", "--coordinator", c->endpoint, "--threads", thr,
                      "--kv-mem", (char *)o->kv_mem, "--node-id", node, NULL};
     if ((c->pids[c->n_pids] = spawn(wargv, log, o->threads_per_stage)) < 0)

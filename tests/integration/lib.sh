@@ -1,6 +1,9 @@
 # Shared helpers for the integration tests: start real sa-cluster processes
 # on loopback (every process binds tcp://127.0.0.1:* and reports the port it
-# got), wait for health, and clean everything up on exit.
+# got), wait for health, and clean everything up on exit. Everything runs
+# with CurveZMQ on, as a deployment does: a key per role in $T/keys (made
+# with sa-keys), the allow-list $T/keys/allow, and sa-client using the client
+# key through SA_KEY / SA_ALLOW.
 #
 # Usage: source lib.sh BIN_DIR ; every test runs under ctest's timeout too.
 set -euo pipefail
@@ -10,6 +13,21 @@ T=$(mktemp -d /tmp/sa-it.XXXXXX)
 PIDS=()
 export OPENBLAS_NUM_THREADS=1
 export SA_LOG_LEVEL=${SA_LOG_LEVEL:-info}
+
+# make_keys DIR -> a key per role in DIR, their public keys in DIR/allow
+make_keys() {
+  local d=$1 r
+  mkdir -p "$d"
+  for r in coordinator encoder stage client; do
+    "$BIN/sa-keys" gen "$r" --role "$r" --dir "$d" >/dev/null
+    "$BIN/sa-keys" allow "$d/allow" "$d/$r.pub" >/dev/null
+  done
+}
+KEYS=$T/keys
+make_keys "$KEYS"
+export SA_KEY=$KEYS/client.key SA_ALLOW=$KEYS/allow
+# sec ROLE -> the --key/--allow arguments of a process of ROLE
+sec() { echo "--key $KEYS/$1.key --allow $KEYS/allow"; }
 
 cleanup() {
   local rc=$?
@@ -34,7 +52,8 @@ make_model() { "$BIN/sa-model" init --preset tiny --seed "$2" --out "$1" >/dev/n
 # start_coordinator MODEL [extra args] -> sets COORD
 start_coordinator() {
   local model=$1; shift
-  "$BIN/sa-coordinator" --model "$model" --listen 'tcp://127.0.0.1:*' \
+  # shellcheck disable=SC2046
+  "$BIN/sa-coordinator" --model "$model" --listen 'tcp://127.0.0.1:*' $(sec coordinator) \
     --endpoint-file "$T/coord.ep" "$@" >"$T/coordinator.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 100); do [[ -s $T/coord.ep ]] && break; sleep 0.05; done
@@ -44,15 +63,17 @@ start_coordinator() {
 
 # start_encoder MODEL NAME
 start_encoder() {
+  # shellcheck disable=SC2046
   "$BIN/sa-encoder" --model "$1" --listen 'tcp://127.0.0.1:*' --coordinator "$COORD" \
-    --backend-threads 1 >"$T/$2.log" 2>&1 &
+    $(sec encoder) --backend-threads 1 >"$T/$2.log" 2>&1 &
   PIDS+=($!)
 }
 
 # start_worker MODEL LAYERS REPLICA NAME [extra args] ; pid in LAST_PID
 start_worker() {
   local model=$1 layers=$2 rep=$3 name=$4; shift 4
-  "$BIN/sa-worker" --model "$model" --layers "$layers" --replica "$rep" \
+  # shellcheck disable=SC2046
+  "$BIN/sa-worker" --model "$model" --layers "$layers" --replica "$rep" $(sec stage) \
     --coordinator "$COORD" --threads 1 --kv-mem 8MiB --node-id "$name" "$@" \
     >"$T/$name.log" 2>&1 &
   LAST_PID=$!

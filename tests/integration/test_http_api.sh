@@ -277,10 +277,11 @@ pass "/metrics: sa_requests_total{outcome=\"ok\"} $ok"
 pass "still serving after every bad request"
 
 # --- a second coordinator: keys, no replica, a full queue, secure defaults
-echo "k-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')" >"$T/keys"
-KEY=$(cat "$T/keys")
-"$BIN/sa-coordinator" --model "$M" --listen 'tcp://127.0.0.1:*' --http 127.0.0.1:0 \
-  --served-model-name tiny --api-key-file "$T/keys" --max-requests 1 >"$T/c2.log" 2>&1 &
+echo "k-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')" >"$T/apikeys"
+KEY=$(cat "$T/apikeys")
+# shellcheck disable=SC2046
+"$BIN/sa-coordinator" --model "$M" --listen 'tcp://127.0.0.1:*' --http 127.0.0.1:0 $(sec coordinator) \
+  --served-model-name tiny --api-key-file "$T/apikeys" --max-requests 1 >"$T/c2.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do grep -q '^http http' "$T/c2.log" && break; sleep 0.05; done
 URL=$(grep -ao '^http http://[^ ]*' "$T/c2.log" | head -n 1 | cut -d' ' -f2)
@@ -302,7 +303,8 @@ got=$(curl -s -D "$T/hdr" -o "$T/body" -w '%{http_code}' "$URL/v1/chat/completio
 [[ $got == 429 ]] || fail "queue full: HTTP $got $(cat "$T/body")"
 grep -qi '^retry-after:' "$T/hdr" || fail "429 without Retry-After"
 pass "a full queue: 429 with Retry-After"
-if "$BIN/sa-coordinator" --model "$M" --listen 'tcp://127.0.0.1:*' --http 0.0.0.0:0 \
+# shellcheck disable=SC2046
+if "$BIN/sa-coordinator" --model "$M" --listen 'tcp://127.0.0.1:*' --http 0.0.0.0:0 $(sec coordinator) \
   >"$T/c3.log" 2>&1; then
   fail "HTTP on 0.0.0.0 without keys was accepted"
 fi

@@ -206,6 +206,7 @@ static inline int etu_server_start(etu_server_t *s, const char *model,
   char *argv[40];
   int n = 0;
   argv[n++] = (char *)ETU_SA_ENCODER;
+  argv[n++] = "--insecure"; /* CurveZMQ is tested in test_rpc_curve and the integration suite */
   argv[n++] = "--model";
   argv[n++] = (char *)model;
   argv[n++] = "--listen";

@@ -193,7 +193,7 @@ static int setup(void **state) {
   g_hidden = cfg.hidden_size;
   char layers[16];
   snprintf(layers, sizeof layers, "%d:", cfg.num_hidden_layers - 1);
-  char *argv[] = {SA_WORKER, "--model", g_model, "--layers", layers, "--threads", "1",
+  char *argv[] = {SA_WORKER, "--insecure", "--model", g_model, "--layers", layers, "--threads", "1",
                   "--kv-mem", "16MiB", NULL};
   return etu_spawn_listening(&g_w, argv);
 }

@@ -8,14 +8,14 @@
 #include <stdio.h>
 #include <string.h>
 
-int sa_cluster_health(const sa_topo_t *t, sa_cluster_health_t *h, char *why,
-                      size_t cap) {
+int sa_cluster_health(const sa_topo_t *t, const sa_rpc_opts_t *o, sa_cluster_health_t *h,
+                      char *why, size_t cap) {
   memset(h, 0, sizeof *h);
   Sa__StatusRequest req = SA__STATUS_REQUEST__INIT;
   uint8_t buf[64];
   size_t len = sa__status_request__pack(&req, buf);
   sa_rpc_reply_t *rep = NULL;
-  int rc = sa_rpc_call_sync(t->coordinator, NULL, "Coordinator/Status", buf, len,
+  int rc = sa_rpc_call_sync(t->coordinator, o, "Coordinator/Status", buf, len,
                             NULL, 0, 1000, &rep);
   if (rc) {
     snprintf(why, cap, "%s", sa_strerror(rc));

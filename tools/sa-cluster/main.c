@@ -16,7 +16,9 @@
 #include "sa_time.h"
 #include "health.h"
 #include "log.h"
+#include "keys.h"
 #include "sa_error.h"
+#include "security.h"
 #include "topology.h"
 
 #include <errno.h>
@@ -69,7 +71,10 @@ static void usage(FILE *f) {
           "           (at most %d times a minute) and keeps logs in run_dir\n"
           "  down     stop the supervisor and every child it started\n"
           "  status   show the supervisor's pid and the coordinator's view\n"
-          "  --timeout SECONDS   how long `up` waits for health (default 120)\n",
+          "  --timeout SECONDS   how long `up` waits for health (default 120)\n"
+          "  --insecure          up: run without encryption or keys (plain text on\n"
+          "                      loopback). By default every link is CurveZMQ with\n"
+          "                      the key set made in run_dir/keys on first start\n",
           RESTART_MAX);
 }
 
@@ -185,7 +190,90 @@ static void child_arg(child_t *c, const char *fmt, const char *val) {
   c->argv[i] = c->argbuf[i];
 }
 
-static void plan_children(const sa_topo_t *t, const char *bins) {
+/* The key set of a local cluster: one key per role and the allow-list of
+ * all four, made on first start (docs/security.md). */
+static const struct {
+  const char *name;
+  sa_role_t role;
+} k_key_roles[] = {{"coordinator", SA_ROLE_COORDINATOR},
+                   {"encoder", SA_ROLE_ENCODER},
+                   {"stage", SA_ROLE_STAGE},
+                   {"client", SA_ROLE_CLIENT}};
+
+static void keys_dir(const sa_topo_t *t, char *out, size_t cap) {
+  snprintf(out, cap, "%s/keys", t->run_dir);
+}
+
+static int ensure_keys(const sa_topo_t *t) {
+  char dir[PATH_MAX], allow[PATH_MAX + 8], path[PATH_MAX + 64], err[512];
+  keys_dir(t, dir, sizeof dir);
+  snprintf(allow, sizeof allow, "%s/allow", dir);
+  if (mkdirs(allow) || chmod(dir, 0700)) {
+    fprintf(stderr, "sa-cluster: cannot create %s: %s\n", allow, strerror(errno));
+    return -1;
+  }
+  int made = 0;
+  for (size_t i = 0; i < sizeof k_key_roles / sizeof k_key_roles[0]; i++) {
+    snprintf(path, sizeof path, "%s/%s.key", dir, k_key_roles[i].name);
+    if (access(path, F_OK) == 0)
+      continue;
+    sa_cert_t c;
+    if (sa_cert_generate(k_key_roles[i].name, k_key_roles[i].role, &c, err, sizeof err) ||
+        sa_cert_save(&c, dir, err, sizeof err)) {
+      fprintf(stderr, "sa-cluster: %s\n", err);
+      return -1;
+    }
+    snprintf(path, sizeof path, "%s/%s.pub", allow, k_key_roles[i].name);
+    if (sa_cert_save_public(&c, path, err, sizeof err)) {
+      fprintf(stderr, "sa-cluster: %s\n", err);
+      return -1;
+    }
+    memset(&c, 0, sizeof c);
+    made++;
+  }
+  if (made)
+    printf("sa-cluster: made a CurveZMQ key set in %s/ (one key per role)\n", dir);
+  return 0;
+}
+
+/* --key and --allow of a child of role `name`, or --insecure. */
+static void child_security(child_t *c, const sa_topo_t *t, const char *name, bool insecure) {
+  if (insecure) {
+    child_arg(c, "%s", "--insecure");
+    return;
+  }
+  char dir[PATH_MAX], path[PATH_MAX + 64];
+  keys_dir(t, dir, sizeof dir);
+  snprintf(path, sizeof path, "%s/%s.key", dir, name);
+  child_arg(c, "%s", "--key");
+  child_arg(c, "%s", path);
+  snprintf(path, sizeof path, "%s/allow", dir);
+  child_arg(c, "%s", "--allow");
+  child_arg(c, "%s", path);
+}
+
+/* The client key's channel options for status calls (plain text when the
+ * cluster runs insecure). Returns 0 or -1 with the reason printed. */
+static int client_opts(const sa_topo_t *t, sa_sec_t *sec, sa_rpc_opts_t *o) {
+  char dir[PATH_MAX], key[PATH_MAX + 16], allow[PATH_MAX + 16], err[512];
+  keys_dir(t, dir, sizeof dir);
+  snprintf(key, sizeof key, "%s/client.key", dir);
+  snprintf(allow, sizeof allow, "%s/allow", dir);
+  sa_rpc_opts_default(o);
+  char flag[PATH_MAX + 16];
+  snprintf(flag, sizeof flag, "%s/insecure", t->run_dir);
+  bool insecure = access(flag, F_OK) == 0;
+  const char *srv;
+  if (sa_sec_open(sec, key, allow, insecure, SA_ROLE_CLIENT, err, sizeof err) ||
+      !(srv = sa_sec_peer_of_role(sec, SA_ROLE_COORDINATOR, err, sizeof err))) {
+    fprintf(stderr, "sa-cluster: %s\n", err);
+    return -1;
+  }
+  sa_sec_channel_opts(sec, o, srv);
+  return 0;
+}
+
+static void plan_children(const sa_topo_t *t, const char *bins, bool insecure) {
   char threads[16], path[PATH_MAX];
   snprintf(threads, sizeof threads, "%d", t->threads);
   g_n_children = 0;
@@ -201,6 +289,7 @@ static void plan_children(const sa_topo_t *t, const char *bins) {
     child_arg(co, "%s", "--http");
     child_arg(co, "%s", t->coordinator_http);
   }
+  child_security(co, t, "coordinator", insecure);
 
   for (int e = 0; e < t->n_encoders; e++) {
     char name[32];
@@ -216,6 +305,7 @@ static void plan_children(const sa_topo_t *t, const char *bins) {
     child_arg(c, "%s", t->coordinator);
     child_arg(c, "%s", "--threads");
     child_arg(c, "%s", threads);
+    child_security(c, t, "encoder", insecure);
   }
   for (int r = 0; r < t->n_replicas; r++) {
     const sa_topo_replica_t *rp = &t->replicas[r];
@@ -241,6 +331,7 @@ static void plan_children(const sa_topo_t *t, const char *bins) {
       child_arg(c, "%s", rp->kv_mem);
       child_arg(c, "%s", "--threads");
       child_arg(c, "%s", threads);
+      child_security(c, t, "stage", insecure);
     }
   }
 }
@@ -392,7 +483,7 @@ static void tail_logs(const sa_topo_t *t) {
 }
 
 
-static int cmd_up(const sa_topo_t *t, double timeout_s) {
+static int cmd_up(const sa_topo_t *t, double timeout_s, bool insecure) {
   char bins[PATH_MAX];
   bin_dir(bins, sizeof bins);
   pid_t old = read_pid(t);
@@ -407,7 +498,22 @@ static int cmd_up(const sa_topo_t *t, double timeout_s) {
     fprintf(stderr, "sa-cluster: cannot create %s: %s\n", t->run_dir, strerror(errno));
     return 1;
   }
-  plan_children(t, bins);
+  char flag[PATH_MAX + 16];
+  snprintf(flag, sizeof flag, "%s/insecure", t->run_dir);
+  if (insecure) {
+    FILE *f = fopen(flag, "w");
+    if (f)
+      fclose(f);
+  } else {
+    unlink(flag);
+    if (ensure_keys(t))
+      return 1;
+  }
+  static sa_sec_t sec;
+  sa_rpc_opts_t copts;
+  if (client_opts(t, &sec, &copts))
+    return 1;
+  plan_children(t, bins, insecure);
   for (int i = 0; i < g_n_children; i++)
     if (access(g_children[i].argv[0], X_OK) != 0) {
       fprintf(stderr, "sa-cluster: %s not found (build first: make build)\n",
@@ -452,11 +558,19 @@ static int cmd_up(const sa_topo_t *t, double timeout_s) {
       return 1;
     }
     sa_cluster_health_t h;
-    int rc = sa_cluster_health(t, &h, why, sizeof why);
+    int rc = sa_cluster_health(t, &copts, &h, why, sizeof why);
     if (rc == 0 && h.ready) {
       printf("sa-cluster: healthy: %d/%d encoders, %d/%d replicas ready\n",
              h.encoders, t->n_encoders, h.replicas, t->n_replicas);
       printf("sa-cluster: coordinator at %s\n", t->coordinator);
+      if (insecure) {
+        printf("sa-cluster: INSECURE: plain text, no keys (--insecure)\n");
+      } else {
+        char dir[PATH_MAX];
+        keys_dir(t, dir, sizeof dir);
+        printf("sa-cluster: encrypted (CurveZMQ); clients use the client key:\n");
+        printf("  export SA_KEY=%s/client.key SA_ALLOW=%s/allow\n", dir, dir);
+      }
       printf("  submit:  sa-client submit clip.wav --coordinator %s\n", t->coordinator);
       printf("  status:  sa-client status --coordinator %s\n", t->coordinator);
       if (t->coordinator_http[0]) {
@@ -516,7 +630,11 @@ static int cmd_status(const sa_topo_t *t) {
   printf("sa-cluster: supervisor pid %d, logs in %s/\n", (int)pid, t->run_dir);
   sa_cluster_health_t h;
   char why[512] = "";
-  if (sa_cluster_health(t, &h, why, sizeof why) == 0)
+  static sa_sec_t sec;
+  sa_rpc_opts_t copts;
+  if (client_opts(t, &sec, &copts))
+    return 1;
+  if (sa_cluster_health(t, &copts, &h, why, sizeof why) == 0)
     printf("  %d/%d encoders, %d stages registered, %d/%d replicas ready\n",
            h.encoders, t->n_encoders, h.stages, h.replicas, t->n_replicas);
   else
@@ -533,12 +651,15 @@ int main(int argc, char **argv) {
   const char *cmd = argv[1];
   const char *file = NULL;
   double timeout_s = 120;
+  bool insecure = false;
   for (int i = 2; i < argc; i++) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       usage(stdout);
       return 0;
     } else if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
       timeout_s = atof(argv[++i]);
+    } else if (!strcmp(argv[i], "--insecure")) {
+      insecure = true;
     } else if (argv[i][0] == '-') {
       fprintf(stderr, "sa-cluster: unknown option %s\n", argv[i]);
       usage(stderr);
@@ -564,7 +685,7 @@ int main(int argc, char **argv) {
       fprintf(stderr, "sa-cluster: %s\n", err);
       return 1;
     }
-    return cmd_up(&topo, timeout_s);
+    return cmd_up(&topo, timeout_s, insecure);
   }
   if (!strcmp(cmd, "down"))
     return cmd_down(&topo);

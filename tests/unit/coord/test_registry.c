@@ -60,7 +60,7 @@ static int stage(const char *id, const char *replica, int first, int last, int k
   rq.max_tokens_per_step = 512;
   rq.replica_name = (char *)replica;
   char err[256];
-  return coord_registry_register(&g_reg, &rq, now, err, sizeof err);
+  return coord_registry_register(&g_reg, &rq, "", now, err, sizeof err);
 }
 
 static int encoder(const char *id, uint64_t now) {
@@ -70,7 +70,7 @@ static int encoder(const char *id, uint64_t now) {
   rq.role = SA__ROLE__ROLE_ENCODER;
   rq.hidden_size = 64;
   char err[256];
-  return coord_registry_register(&g_reg, &rq, now, err, sizeof err);
+  return coord_registry_register(&g_reg, &rq, "", now, err, sizeof err);
 }
 
 static void heartbeat(const char *id, uint64_t now) {
@@ -84,7 +84,7 @@ static void test_refusals(void **state) {
   reset();
   char err[256];
   Sa__RegisterRequest rq = SA__REGISTER_REQUEST__INIT;
-  assert_int_equal(coord_registry_register(&g_reg, &rq, 0, err, sizeof err), SA_EINVAL);
+  assert_int_equal(coord_registry_register(&g_reg, &rq, "", 0, err, sizeof err), SA_EINVAL);
   assert_non_null(strstr(err, "node_id"));
   assert_int_equal(stage("s", "r0", 4, 9, 100, 0), SA_EINVAL); /* past the last layer */
   assert_int_equal(stage("s", "r0", 3, 3, 100, 0), SA_EINVAL); /* empty range */
@@ -93,7 +93,7 @@ static void test_refusals(void **state) {
   rq.address = "tcp://x:1";
   rq.role = SA__ROLE__ROLE_ENCODER;
   rq.hidden_size = 65;
-  assert_int_equal(coord_registry_register(&g_reg, &rq, 0, err, sizeof err), SA_EINVAL);
+  assert_int_equal(coord_registry_register(&g_reg, &rq, "", 0, err, sizeof err), SA_EINVAL);
   assert_non_null(strstr(err, "hidden size"));
   assert_string_equal(g_log, ""); /* nothing was registered */
   assert_null(coord_registry_worker(&g_reg, 0));
@@ -200,11 +200,43 @@ static void test_pick_and_reserve(void **state) {
   assert_int_equal(coord_registry_worker(&g_reg, 0)->kv_used, 7);
 }
 
+/* A node id belongs to the key that registered it first: another key
+ * cannot take it over (the stage keeps its address), the same key can
+ * re-register (e.g. after a restart). */
+static void test_node_id_owner(void **state) {
+  (void)state;
+  reset();
+  const char *k1 = "rq>H(SdyE]*N5s@=LZ7d3QO(xwZX6wiT=A[0>EYi", *k2 = "J@1-k!TZ7qo+pN5]fXW$uL0e4bHy3&m(Vz8cRg.D";
+  char err[256];
+  Sa__RegisterRequest rq = SA__REGISTER_REQUEST__INIT;
+  rq.node_id = "s0";
+  rq.address = "tcp://127.0.0.1:7000";
+  rq.role = SA__ROLE__ROLE_STAGE;
+  rq.first_layer = 0;
+  rq.last_layer = 6;
+  rq.num_layers = 6;
+  rq.kv_blocks_total = 100;
+  rq.kv_block_tokens = 16;
+  rq.max_batch = 32;
+  rq.max_tokens_per_step = 512;
+  int w = coord_registry_register(&g_reg, &rq, k1, 0, err, sizeof err);
+  assert_true(w >= 0);
+  rq.address = "tcp://203.0.113.9:7000";
+  assert_int_equal(coord_registry_register(&g_reg, &rq, k2, 1, err, sizeof err), SA_EPERM);
+  assert_non_null(strstr(err, "another key"));
+  assert_int_equal(coord_registry_register(&g_reg, &rq, "", 1, err, sizeof err), SA_EPERM);
+  assert_string_equal(coord_registry_worker(&g_reg, w)->address, "tcp://127.0.0.1:7000");
+  assert_string_equal(coord_registry_worker(&g_reg, w)->key, k1);
+  assert_int_equal(coord_registry_register(&g_reg, &rq, k1, 2, err, sizeof err), w);
+  assert_string_equal(coord_registry_worker(&g_reg, w)->address, "tcp://203.0.113.9:7000");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_refusals),
       cmocka_unit_test(test_assembly_and_loss),
       cmocka_unit_test(test_pick_and_reserve),
+      cmocka_unit_test(test_node_id_owner),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

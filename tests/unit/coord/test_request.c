@@ -212,7 +212,7 @@ static void add_stage(const char *id, const char *replica, int kv) {
   rq.max_tokens_per_step = 512;
   rq.replica_name = (char *)replica;
   char err[256];
-  assert_true(coord_registry_register(&g_reg, &rq, sa_now_ms(), err, sizeof err) >= 0);
+  assert_true(coord_registry_register(&g_reg, &rq, "", sa_now_ms(), err, sizeof err) >= 0);
 }
 
 static int add_encoder(const char *id) {
@@ -221,7 +221,7 @@ static int add_encoder(const char *id) {
   rq.address = "tcp://127.0.0.1:2";
   rq.role = SA__ROLE__ROLE_ENCODER;
   char err[256];
-  int wi = coord_registry_register(&g_reg, &rq, sa_now_ms(), err, sizeof err);
+  int wi = coord_registry_register(&g_reg, &rq, "", sa_now_ms(), err, sizeof err);
   assert_true(wi >= 0);
   return wi;
 }
