@@ -700,10 +700,11 @@ static int cmd_status(int argc, char **argv) {
     return 1;
   }
   if (rep->status != SA_STATUS_OK) {
-    fprintf(stderr, "sa-client: %s: %s%s\n", addr, sa_status_name(rep->status),
+    fprintf(stderr, "sa-client: %s: %s: %s%s\n", addr, sa_status_name(rep->status),
+            rep->status_msg ? rep->status_msg : "",
             rep->status == SA_STATUS_DEADLINE_EXCEEDED || rep->status == SA_STATUS_UNAVAILABLE
                 ? " (is the cluster up? sa-cluster up)"
-                : rep->status_msg);
+                : "");
     sa_rpc_reply_free(&rep);
     return 1;
   }
