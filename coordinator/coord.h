@@ -54,6 +54,7 @@ typedef struct {
   int max_tokens_limit; /* per chain */
   int max_chains;
   size_t max_audio_bytes;
+  size_t audio_budget; /* audio bytes held (received, not yet encoded) over all requests */
   int max_audio_s;
   int max_prompt_bytes;
   int max_requests;       /* running + queued */

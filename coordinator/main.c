@@ -9,6 +9,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "memtrim.h"
 #include "pipeline.h"
 #include "registry.h"
 #include "request.h"
@@ -43,6 +44,9 @@ static void usage(FILE *f) {
           "  --max-chains N         largest n (parallel chains) a request may ask (default 16)\n"
           "  --max-audio-bytes N    largest audio upload (default 64 MiB)\n"
           "  --max-audio-s N        longest audio in seconds (default 1200)\n"
+          "  --audio-budget N       audio bytes held for encoding over all requests;\n"
+          "                         uploads beyond it get RESOURCE_EXHAUSTED (default\n"
+          "                         4 x --max-audio-bytes)\n"
           "  --max-requests N       requests running + queued before RESOURCE_EXHAUSTED\n"
           "                         (default 256)\n"
           "  --prefill-chunk N      prompt tokens per prefill step (default 128)\n"
@@ -85,6 +89,7 @@ typedef struct {
   coord_submit_t sub;
   coord_http_t *http;
   sa_sec_t sec;
+  sa_memtrim_t *trim;
   uv_prepare_t pass; /* once per loop turn, before the loop waits */
   uv_idle_t kick;    /* a turn without sleeping after a pass with work */
   uv_timer_t tick;
@@ -120,6 +125,7 @@ static void on_signal(uv_signal_t *s, int sig) {
   coord_http_stop(&co->http);
   coord_registry_close(&co->reg);
   sa_rpc_auth_destroy(&co->sec.auth);
+  sa_memtrim_stop(&co->trim);
   uv_timer_stop(&co->tick);
   uv_close((uv_handle_t *)&co->pass, NULL);
   uv_close((uv_handle_t *)&co->kick, NULL);
@@ -183,6 +189,7 @@ int main(int argc, char **argv) {
       {"served-model-name", required_argument, 0, 16},
       {"http-max-body", required_argument, 0, 17},
       {"reasoning-split", no_argument, 0, 18},
+      {"audio-budget", required_argument, 0, 19},
       SA_SEC_LONGOPTS,
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
@@ -221,6 +228,7 @@ int main(int argc, char **argv) {
     case 16: ho.served_model_name = optarg; break;
     case 17: http_max_body = parse_long(optarg, "--http-max-body", 1024, 1L << 34); break;
     case 18: ho.reasoning_split = true; break;
+    case 19: o->audio_budget = (size_t)parse_long(optarg, "--audio-budget", 1, 1L << 40); break;
     case 'h': usage(stdout); return 0;
     default:
       if (sa_sec_args_take(&sa, opt, optarg))
@@ -228,6 +236,12 @@ int main(int argc, char **argv) {
       usage(stderr);
       return 2;
     }
+  }
+  if (!o->audio_budget)
+    o->audio_budget = 4 * o->max_audio_bytes;
+  if (o->audio_budget < o->max_audio_bytes) {
+    fprintf(stderr, "sa-coordinator: --audio-budget must be at least --max-audio-bytes\n");
+    return 2;
   }
   if (!o->model_dir[0]) {
     fprintf(stderr, "sa-coordinator: --model DIR is required\n");
@@ -295,6 +309,7 @@ int main(int argc, char **argv) {
   coord_requests_init(&co.set, o, m, co.tok, &co.reg, &coord_pipeline_ops, &co.pl);
   coord_submit_init(&co.sub, o, &co.set, &co.reg, &co.pl);
   co.reg.sec = &co.sec;
+  co.reg.max_audio_s = o->max_audio_s;
   co.sub.sec = &co.sec;
   coord_registry_serve(&co.reg, co.srv);
   coord_submit_serve(&co.sub, co.srv);
@@ -334,6 +349,7 @@ int main(int argc, char **argv) {
   uv_timer_init(co.loop, &co.tick);
   co.tick.data = &co;
   uv_timer_start(&co.tick, on_tick, 500, 500);
+  co.trim = sa_memtrim_start(co.loop, 2000); /* RSS comes down after bursts */
   uv_signal_init(co.loop, &co.sigterm);
   uv_signal_init(co.loop, &co.sigint);
   co.sigterm.data = co.sigint.data = &co;

@@ -22,6 +22,7 @@ void coord_registry_init(coord_registry_t *reg, struct uv_loop_s *loop, int num_
   reg->num_layers = num_layers;
   reg->hidden_size = hidden_size;
   reg->heartbeat_timeout_ms = heartbeat_timeout_ms;
+  reg->max_audio_s = 1200;
   if (cbs)
     reg->cbs = *cbs;
   reg->user = user;
@@ -202,6 +203,12 @@ int coord_registry_register(coord_registry_t *reg, const Sa__RegisterRequest *rq
   if (!w->ch && reg->loop) {
     sa_rpc_opts_t o;
     sa_rpc_opts_default(&o);
+    /* stages answer with StepResults; encoders with a row per audio token
+     * (12.5 a second) of the model's width */
+    o.max_msg_bytes = w->role == SA__ROLE__ROLE_STAGE
+                          ? (16u << 20)
+                          : (size_t)reg->max_audio_s * 13 * (size_t)reg->hidden_size *
+                                    sizeof(float) + (1u << 20);
     if ((reg->sec && sa_sec_channel_opts(reg->sec, &o, w->key)) ||
         sa_rpc_channel_new(reg->loop, w->address, &o, &w->ch)) {
       SA_LOG_ERROR("cannot open a channel to %s", w->address);

@@ -133,7 +133,7 @@ void coord_requests_init(coord_requests_t *set, const coord_opts_t *opts,
   set->pl = pl;
 }
 
-static void request_destroy(coord_request_t *r) {
+static void request_destroy(coord_requests_t *set, coord_request_t *r) {
   for (int c = 0; c < r->n_chains; c++) {
     free(r->chains[c].tokens);
     free(r->chains[c].reasoning);
@@ -144,6 +144,8 @@ static void request_destroy(coord_request_t *r) {
   free(r->audio_rows);
   for (int k = 0; k < r->n_parts; k++) {
     free(r->parts[k].text);
+    if (r->parts[k].audio)
+      set->audio_held -= r->parts[k].audio_len;
     free(r->parts[k].audio);
     free(r->parts[k].chunk_tokens);
   }
@@ -165,7 +167,7 @@ void coord_requests_close(coord_requests_t *set) {
   set->rec_head = set->rec_tail = NULL;
   for (coord_request_t *r = set->head, *next; r; r = next) {
     next = r->next;
-    request_destroy(r);
+    request_destroy(set, r);
   }
   set->head = set->tail = NULL;
   set->n = 0;
@@ -221,12 +223,13 @@ coord_request_t *coord_request_new(coord_requests_t *set, const coord_request_pa
       memcpy(q->audio, p->parts[k].audio, p->parts[k].audio_len);
       q->audio_len = p->parts[k].audio_len;
       r->audio_bytes += q->audio_len;
+      set->audio_held += q->audio_len;
     } else {
       oom = true;
     }
   }
   if (oom) {
-    request_destroy(r);
+    request_destroy(set, r);
     sa_set_err(err, cap, "out of memory");
     return NULL;
   }
@@ -646,6 +649,7 @@ static void apply_encoded(coord_requests_t *set, coord_request_t *r, coord_encod
   enc->chunk_tokens = NULL;
   free(q->audio);
   q->audio = NULL;
+  set->audio_held -= q->audio_len;
   int next = next_audio_part(r, r->encode_part);
   if (next >= 0) { /* the next part, with fresh tries */
     r->encode_part = next;
@@ -1100,7 +1104,7 @@ static bool reap(coord_requests_t *set) {
     else
       set->tail = r->prev;
     set->n--;
-    request_destroy(r);
+    request_destroy(set, r);
   }
   return released;
 }

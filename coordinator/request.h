@@ -84,6 +84,7 @@ typedef struct coord_requests {
   void *pl;
   coord_request_t *head, *tail; /* oldest first */
   int n;
+  size_t audio_held; /* audio bytes of requests, received and not yet encoded */
   uint64_t next_id, next_seq_id;
   int64_t requests_total;
   coord_request_stats_t stats;

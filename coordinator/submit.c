@@ -173,7 +173,7 @@ static const coord_request_cbs_t k_cbs = {.event = on_event, .end = on_end};
 /* ---------------------------------------------------------------- Submit */
 
 int coord_submit_validate(const coord_opts_t *o, const Sa__SubmitRequest *rq, int running,
-                          char *msg, size_t cap) {
+                          size_t audio_held, char *msg, size_t cap) {
   if (rq->audio.len == 0 && !rq->prompt[0]) {
     sa_set_err(msg, cap, "empty request: send audio, a prompt, or both");
     return SA_EINVAL;
@@ -224,6 +224,13 @@ int coord_submit_validate(const coord_opts_t *o, const Sa__SubmitRequest *rq, in
                o->max_requests);
     return SA_EFULL;
   }
+  if (rq->audio.len && o->audio_budget && audio_held + rq->audio.len > o->audio_budget) {
+    sa_set_err(msg, cap,
+               "%zu bytes of audio are waiting to be encoded, and %zu more would pass the "
+               "budget of %zu (--audio-budget); retry later",
+               audio_held, rq->audio.len, o->audio_budget);
+    return SA_EFULL;
+  }
   return 0;
 }
 
@@ -244,7 +251,8 @@ static void submit_handler(sa_rpc_call_t *call, void *user) {
     return;
   }
   char msg[512];
-  int rc = coord_submit_validate(sub->opts, rq, sub->set->n, msg, sizeof msg);
+  int rc = coord_submit_validate(sub->opts, rq, sub->set->n, sub->set->audio_held, msg,
+                                 sizeof msg);
   if (rc) {
     SA_LOG_INFO("refused a request: %s", msg);
     sa_rpc_call_finish(call, sa_err_to_status(rc), msg);

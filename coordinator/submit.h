@@ -34,9 +34,10 @@ void coord_submit_init(coord_submit_t *sub, const coord_opts_t *opts, coord_requ
 void coord_submit_serve(coord_submit_t *sub, sa_rpc_server_t *srv);
 
 /* Checks a SubmitRequest against the limits in opts with `running`
- * requests already accepted. Returns 0, or SA_EINVAL / SA_EFULL with the
- * reason in msg[cap]. Pure. */
+ * requests already accepted and audio_held bytes of their audio not yet
+ * encoded (opts->audio_budget bounds the sum). Returns 0, or SA_EINVAL /
+ * SA_EFULL with the reason in msg[cap]. Pure. */
 int coord_submit_validate(const coord_opts_t *opts, const Sa__SubmitRequest *rq, int running,
-                          char *msg, size_t cap);
+                          size_t audio_held, char *msg, size_t cap);
 
 #endif /* SA_COORD_SUBMIT_H */

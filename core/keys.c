@@ -123,7 +123,7 @@ int sa_cert_parse(const char *text, size_t len, sa_cert_t *out, char *err, size_
           n--;
         if (n >= sizeof section) {
           sa_set_err(err, cap, "line %d: section name too long", line);
-          return SA_EINVAL;
+          goto fail;
         }
         memcpy(section, q, n);
         section[n] = 0;
@@ -131,7 +131,7 @@ int sa_cert_parse(const char *text, size_t len, sa_cert_t *out, char *err, size_
         char name[32], value[128];
         if (parse_property(q, le, name, sizeof name, value, sizeof value)) {
           sa_set_err(err, cap, "line %d: not a 'name = \"value\"' line", line);
-          return SA_EINVAL;
+          goto fail;
         }
         if (!strcmp(section, "metadata") && !strcmp(name, "name"))
           snprintf(out->name, sizeof out->name, "%s", value);
@@ -144,8 +144,7 @@ int sa_cert_parse(const char *text, size_t len, sa_cert_t *out, char *err, size_
         if ((!strcmp(name, "public-key") || !strcmp(name, "secret-key")) &&
             !strcmp(section, "curve") && !z85_key_ok(value)) {
           sa_set_err(err, cap, "line %d: %s is not 40 characters of Z85", line, name);
-          memset(out, 0, sizeof *out);
-          return SA_EINVAL;
+          goto fail;
         }
       }
     }
@@ -153,26 +152,26 @@ int sa_cert_parse(const char *text, size_t len, sa_cert_t *out, char *err, size_
   }
   if (!out->public_key[0]) {
     sa_set_err(err, cap, "no curve public-key");
-    memset(out, 0, sizeof *out);
-    return SA_EINVAL;
+    goto fail;
   }
   out->role = sa_role_parse(role);
   if (out->role == SA_ROLE_NONE) {
     sa_set_err(err, cap, "metadata role '%s' is not coordinator, encoder, stage or client",
                role);
-    memset(out, 0, sizeof *out);
-    return SA_EINVAL;
+    goto fail;
   }
   if (out->secret_key[0]) {
     char derived[SA_KEY_Z85];
     if (zmq_curve_public(derived, out->secret_key) != 0 ||
         strcmp(derived, out->public_key) != 0) {
       sa_set_err(err, cap, "the secret key does not belong to the public key");
-      memset(out, 0, sizeof *out);
-      return SA_EINVAL;
+      goto fail;
     }
   }
   return 0;
+fail:
+  memset(out, 0, sizeof *out);
+  return SA_EINVAL;
 }
 
 /* ----------------------------------------------------------------- files */

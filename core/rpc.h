@@ -53,9 +53,11 @@ typedef struct sa_rpc_call sa_rpc_call_t; /* one call, server side */
 /* ---------------------------------------------------------------- options */
 
 typedef struct {
-  /* Largest message accepted, all frames together (default 512 MiB). A
-   * larger message is answered RESOURCE_EXHAUSTED. Frames above 4x this are
-   * refused by ZeroMQ itself (the connection is dropped). */
+  /* Largest message accepted, all frames together (default 512 MiB): set it
+   * from the largest legal message of the socket's methods. A frame larger
+   * than this is refused by ZeroMQ itself before it is buffered (the
+   * connection is dropped); a message whose frames together are larger is
+   * answered RESOURCE_EXHAUSTED. */
   size_t max_msg_bytes;
   /* Most tensor frames per message (default 16, at most 256). */
   int max_tensors;

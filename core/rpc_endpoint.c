@@ -135,11 +135,10 @@ static int curve_setup(void *s, int zmq_type, const sa_rpc_opts_t *o) {
 
 static int sock_setup(void *s, const sa_rpc_opts_t *o) {
   int zero = 0;
-  int64_t maxmsg = (int64_t)o->max_msg_bytes;
-  if (maxmsg < INT64_MAX / 4)
-    maxmsg *= 4; /* hard cap; the soft cap is answered with an error */
-  else
-    maxmsg = -1;
+  /* ZeroMQ refuses a frame over this before buffering it (the connection is
+   * dropped); a message whose frames together pass it is answered with an
+   * error after decoding */
+  int64_t maxmsg = o->max_msg_bytes < (size_t)INT64_MAX ? (int64_t)o->max_msg_bytes : -1;
   if (zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero) ||
       zmq_setsockopt(s, ZMQ_SNDHWM, &o->sndhwm, sizeof o->sndhwm) ||
       zmq_setsockopt(s, ZMQ_RCVHWM, &o->rcvhwm, sizeof o->rcvhwm) ||

@@ -9,6 +9,7 @@
 
 #include "log.h"
 #include "sa_error.h"
+#include "sa_time.h"
 
 #define DOMAIN_PREFIX "sa-roles="
 
@@ -76,6 +77,22 @@ void sa_sec_close(sa_sec_t *s) {
   memset(&s->self, 0, sizeof s->self);
 }
 
+/* Logs a refusal: the first 10, then one line per 10 s with the count in
+ * between (a flood of handshakes must not become a flood of log lines). */
+static bool refusal_logged(sa_sec_t *s) {
+  uint64_t now = sa_now_ms();
+  if (s->handshakes_refused <= 10 || now >= s->next_refusal_log_ms) {
+    if (s->handshakes_refused > 10 && s->refusals_unlogged)
+      SA_LOG_WARN("security: %llu more handshakes refused since the last line",
+                  (unsigned long long)s->refusals_unlogged);
+    s->refusals_unlogged = 0;
+    s->next_refusal_log_ms = now + 10000;
+    return true;
+  }
+  s->refusals_unlogged++;
+  return false;
+}
+
 /* The authenticator's decision: the key must be allowed, with a role the
  * server takes. */
 static bool decide(const char *domain, const char *address, const uint8_t key[32],
@@ -91,13 +108,15 @@ static bool decide(const char *domain, const char *address, const uint8_t key[32
   const sa_cert_t *c = sa_allow_find_raw(s->allow, key);
   if (!c) {
     s->handshakes_refused++;
-    SA_LOG_WARN("security: refused %s: key %s is not in the allow-list (this server takes %s)",
+    if (refusal_logged(s))
+      SA_LOG_WARN("security: refused %s: key %s is not in the allow-list (this server takes %s)",
                 address, fp, want);
     return false;
   }
   if (!(c->role & accept)) {
     s->handshakes_refused++;
-    SA_LOG_WARN("security: refused %s: key %s ('%s') is a %s key; this server takes %s",
+    if (refusal_logged(s))
+      SA_LOG_WARN("security: refused %s: key %s ('%s') is a %s key; this server takes %s",
                 address, fp, c->name, sa_role_name(c->role), want);
     return false;
   }

@@ -51,6 +51,7 @@ struct sa_sec {
   sa_rpc_auth_t *auth;
   uint64_t handshakes_refused; /* written by the authenticator */
   uint64_t calls_denied;       /* written by the guards */
+  uint64_t refusals_unlogged, next_refusal_log_ms; /* the refusal log's rate limit */
   sa_sec_guard_t guards[SA_SEC_MAX_GUARDS];
   int n_guards;
 };

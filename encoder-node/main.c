@@ -19,6 +19,7 @@
 #include "encoder_service.h"
 #include "kernels.h"
 #include "log.h"
+#include "memtrim.h"
 #include "registrar.h"
 #include "rpc.h"
 #include "safetensors.h"
@@ -69,6 +70,7 @@ typedef struct {
   sa_encoder_service_t *svc;
   sa_registrar_t *reg;
   sa_sec_t sec;
+  sa_memtrim_t *trim;
 } app_t;
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -78,6 +80,7 @@ static void on_signal(uv_signal_t *h, int signum) {
   sa_encoder_service_stop(&a->svc);
   sa_rpc_server_destroy(&a->srv);
   sa_rpc_auth_destroy(&a->sec.auth);
+  sa_memtrim_stop(&a->trim);
   uv_close((uv_handle_t *)&a->sigint, NULL);
   uv_close((uv_handle_t *)&a->sigterm, NULL);
 }
@@ -242,6 +245,7 @@ int main(int argc, char **argv) {
                               .max_audio_s = max_audio_s};
     sa_rpc_opts_t co;
     sa_rpc_opts_default(&co);
+    co.max_msg_bytes = 1u << 20; /* Register and Heartbeat replies */
     sa_sec_channel_opts(&app.sec, &co, coord_key);
     go.rpc = &co;
     if ((rc = sa_registrar_start(&loop, &go, report_load, app.svc, &app.reg)) != 0) {
@@ -255,6 +259,7 @@ int main(int argc, char **argv) {
   app.sigint.data = app.sigterm.data = &app;
   uv_signal_start(&app.sigint, on_signal, SIGINT);
   uv_signal_start(&app.sigterm, on_signal, SIGTERM);
+  app.trim = sa_memtrim_start(&loop, 2000);
 
   printf("listening %s\n", bound);
   fflush(stdout);
@@ -269,6 +274,7 @@ out:
     sa_encoder_service_stop(&app.svc);
     sa_rpc_server_destroy(&app.srv);
     sa_rpc_auth_destroy(&app.sec.auth);
+    sa_memtrim_stop(&app.trim);
     uv_run(&loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&loop) != 0)
       SA_LOG_WARN("loop closed with handles still open");

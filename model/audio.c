@@ -228,8 +228,9 @@ static int swr_setup(dec_state_t *s, const AVFrame *fr) {
     sa_set_err(s->err, s->err_cap, "unsupported channel count %d", nch);
     return SA_EINVAL;
   }
-  if (fr->sample_rate <= 0 || fr->sample_rate > 1000000) {
-    sa_set_err(s->err, s->err_cap, "unsupported sample rate %d", fr->sample_rate);
+  if (fr->sample_rate <= 0 || fr->sample_rate > SA_AUDIO_MAX_RATE) {
+    sa_set_err(s->err, s->err_cap, "unsupported sample rate %d Hz (the limit is %d)",
+               fr->sample_rate, SA_AUDIO_MAX_RATE);
     return SA_EINVAL;
   }
   if (fr->ch_layout.order == AV_CHANNEL_ORDER_UNSPEC)

@@ -22,6 +22,9 @@
 
 /* The model's input: 16 kHz mono, cut into chunks of 25 s. */
 #define SA_AUDIO_SAMPLE_RATE 16000
+/* The highest input rate accepted (studio audio goes to 384 kHz; a header
+ * claiming more is refused as absurd). */
+#define SA_AUDIO_MAX_RATE 384000
 #define SA_AUDIO_CHUNK_SAMPLES 400000 /* 25 s at 16 kHz */
 
 /* Defaults of sa_audio_limits_t. */

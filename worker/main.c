@@ -9,6 +9,7 @@
  * go GPU to GPU and the StepBatch travels alone (act_via_nccl).
  */
 #include "log.h"
+#include "memtrim.h"
 #include "sa_time.h"
 #include "registrar.h"
 #include "rpc.h"
@@ -47,6 +48,7 @@ typedef struct {
     sa_rpc_channel_t *ch;
   } next[MAX_NEXT];
   sa_sec_t sec;
+  sa_memtrim_t *trim;
   int64_t kv_total;
   int block_tokens;
   double last_busy_ms;
@@ -127,6 +129,7 @@ static sa_rpc_channel_t *next_channel(const char *addr, const char *key) {
   }
   sa_rpc_opts_t o;
   sa_rpc_opts_default(&o);
+  o.max_msg_bytes = 4u << 20; /* replies are StepResults and acks */
   if (sa_sec_channel_opts(&W.sec, &o, key)) {
     SA_LOG_WARN("the route names no key for the stage at %s", addr);
     return NULL;
@@ -612,6 +615,7 @@ static void on_signal(uv_signal_t *s, int sig) {
   sa_rpc_server_destroy(&W.srv);
   sa_registrar_stop(&W.reg);
   sa_rpc_auth_destroy(&W.sec.auth);
+  sa_memtrim_stop(&W.trim);
   for (int i = 0; i < MAX_NEXT; i++)
     sa_rpc_channel_destroy(&W.next[i].ch);
   stage_stop(&W.st);
@@ -719,6 +723,9 @@ int main(int argc, char **argv) {
   char domain[32];
   sa_rpc_opts_default(&ro);
   sa_sec_server_opts(&W.sec, &ro, SA_ROLE_COORDINATOR | SA_ROLE_STAGE, domain);
+  /* the largest legal Step: activations and audio rows of max_tokens rows
+   * each (fp32 at most), plus the message itself */
+  ro.max_msg_bytes = 2 * (size_t)W.st.max_tokens * (size_t)W.st.hidden * sizeof(float) + (1u << 20);
   rc = sa_sec_serve(&W.sec, W.loop);
   if (rc == 0)
     rc = sa_rpc_server_new(W.loop, &ro, &W.srv);
@@ -768,6 +775,7 @@ int main(int argc, char **argv) {
     };
     sa_rpc_opts_t co;
     sa_rpc_opts_default(&co);
+    co.max_msg_bytes = 1u << 20; /* Register and Heartbeat replies */
     sa_sec_channel_opts(&W.sec, &co, coord_key);
     ro.rpc = &co;
     W.last_hb_ms = sa_now_ms();
@@ -779,6 +787,7 @@ int main(int argc, char **argv) {
   uv_signal_init(W.loop, &W.sigterm);
   uv_signal_init(W.loop, &W.sigint);
   uv_signal_start(&W.sigterm, on_signal, SIGTERM);
+  W.trim = sa_memtrim_start(W.loop, 2000);
   uv_signal_start(&W.sigint, on_signal, SIGINT);
   uv_run(W.loop, UV_RUN_DEFAULT);
   return 0;

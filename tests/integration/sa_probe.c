@@ -6,15 +6,23 @@
  * so the tests can check that the servers refuse it too.
  *
  *   sa-probe ENDPOINT METHOD [--key K.key --server-key S.pub] [--id ID]
+ *            [--bytes N]
+ *   sa-probe ENDPOINT Flood --connections N [--key ... --server-key ...]
  *
  * METHOD is one of Submit (a text prompt), Cancel (--id), Status (--id
  * optional), Register (as a stage), Step (an empty StepBatch), Encode
- * (no audio). Prints "STATUS_NAME message" and, for Status, the figures
- * the tests read. Exit 0 whatever the status; 2 for bad usage or keys.
+ * (no audio); --bytes N adds a tensor frame of N bytes (an oversized
+ * message). Prints "STATUS_NAME message" and, for Status, the figures the
+ * tests read. Flood opens N connections at once (plain ZeroMQ DEALERs,
+ * with the keys if given), sends each a frame, waits until the server has
+ * had them a moment, and closes them all. Exit 0 whatever the status; 2 for
+ * bad usage or keys.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <zmq.h>
 
 #include "keys.h"
 #include "rpc.h"
@@ -27,6 +35,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   const char *ep = argv[1], *method = argv[2], *key = NULL, *srv = NULL, *id = "";
+  size_t extra = 0;
+  int conns = 0;
   for (int i = 3; i + 1 < argc; i += 2) {
     if (!strcmp(argv[i], "--key"))
       key = argv[i + 1];
@@ -34,6 +44,10 @@ int main(int argc, char **argv) {
       srv = argv[i + 1];
     else if (!strcmp(argv[i], "--id"))
       id = argv[i + 1];
+    else if (!strcmp(argv[i], "--bytes"))
+      extra = (size_t)strtoull(argv[i + 1], NULL, 10);
+    else if (!strcmp(argv[i], "--connections"))
+      conns = atoi(argv[i + 1]);
   }
   sa_rpc_opts_t o;
   sa_rpc_opts_default(&o);
@@ -48,6 +62,33 @@ int main(int argc, char **argv) {
     o.curve_public_key = me.public_key;
     o.curve_secret_key = me.secret_key;
     o.curve_server_key = server.public_key;
+  }
+  if (!strcmp(method, "Flood")) {
+    void *ctx = zmq_ctx_new();
+    zmq_ctx_set(ctx, ZMQ_MAX_SOCKETS, conns + 16);
+    void **socks = calloc((size_t)conns, sizeof *socks);
+    int zero = 0, opened = 0;
+    for (int i = 0; i < conns; i++) {
+      void *sk = zmq_socket(ctx, ZMQ_DEALER);
+      if (!sk)
+        break;
+      zmq_setsockopt(sk, ZMQ_LINGER, &zero, sizeof zero);
+      if (key) {
+        zmq_setsockopt(sk, ZMQ_CURVE_PUBLICKEY, me.public_key, 40);
+        zmq_setsockopt(sk, ZMQ_CURVE_SECRETKEY, me.secret_key, 40);
+        zmq_setsockopt(sk, ZMQ_CURVE_SERVERKEY, server.public_key, 40);
+      }
+      zmq_connect(sk, ep);
+      zmq_send(sk, "x", 1, ZMQ_DONTWAIT);
+      socks[opened++] = sk;
+    }
+    usleep(1500 * 1000); /* let the handshakes happen */
+    for (int i = 0; i < opened; i++)
+      zmq_close(socks[i]);
+    free(socks);
+    zmq_ctx_term(ctx);
+    printf("FLOODED %d\n", opened);
+    return 0;
   }
   uint8_t buf[4096];
   size_t len = 0;
@@ -97,8 +138,20 @@ int main(int argc, char **argv) {
     fprintf(stderr, "sa-probe: unknown method %s\n", method);
     return 2;
   }
+  sa_rpc_frame_t big = {0};
+  int nf = 0;
+  if (extra) {
+    big.data = calloc(1, extra);
+    big.nbytes = extra;
+    big.desc.dtype = SA_DTYPE_U8;
+    big.desc.ndim = 1;
+    big.desc.shape[0] = (int64_t)extra;
+    big.free_fn = NULL; /* copied */
+    nf = big.data ? 1 : 0;
+  }
   sa_rpc_reply_t *rep = NULL;
-  int rc = sa_rpc_call_sync(ep, &o, full, buf, len, NULL, 0, 5000, &rep);
+  int rc = sa_rpc_call_sync(ep, &o, full, buf, len, nf ? &big : NULL, nf, 5000, &rep);
+  free((void *)big.data);
   if (rc) {
     printf("NOT_STARTED %s\n", sa_strerror(rc));
     return 0;

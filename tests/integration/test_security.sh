@@ -102,7 +102,7 @@ pass "wrong server key: $(head -c 120 "$T/wrong.out")"
 LONG=$!
 PIDS+=($LONG)
 for _ in $(seq 100); do grep -q '"request_id"' "$T/long.out" && break; sleep 0.1; done
-ID=$(grep -ao '"request_id":"[^"]*"' "$T/long.out" | head -n 1 | cut -d'"' -f4)
+ID=$(grep -m1 -ao '"request_id":"[^"]*"' "$T/long.out" | cut -d'"' -f4 | head -n 1)
 [[ $ID == req-* && ${#ID} -eq 36 ]] || fail "request id: '$ID' ($(head -c 300 "$T/long.out"))"
 probe2() { "$BIN/sa-probe" "$COORD" "$1" --id "$ID" --key "$KEYS/$2.key" \
   --server-key "$KEYS/coordinator.pub"; }

@@ -444,6 +444,16 @@ static void test_bad_inputs(void **state) {
   expect_bad(w, len, NULL, "no audio");
   free(w);
 
+  /* a header claiming an absurd rate (1 MHz; the limit is 384 kHz) */
+  int16_t tone[2000] = {0};
+  w = make_wav(tone, 2000, 1000000, 1, &len);
+  expect_bad(w, len, NULL, "sample rate");
+  free(w);
+  w = make_wav(tone, 2000, 384000, 1, &len); /* the highest accepted */
+  assert_int_equal(sa_audio_decode(w, len, NULL, &pcm, &n, err, sizeof err), 0);
+  free(pcm);
+  free(w);
+
   /* truncated: the first 100 bytes of a 1 s WAV and of a 0.1 s WAV */
   w = make_wav16k(16000, &len);
   expect_bad(w, 100, NULL, "truncated");

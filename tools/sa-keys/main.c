@@ -28,7 +28,8 @@ static void usage(FILE *f) {
           "  gen     writes DIR/NAME.key (secret, mode 0600; never overwritten) and\n"
           "          DIR/NAME.pub (public); ROLE is coordinator, encoder, stage or\n"
           "          client: what the key may do (a stage key cannot submit, a client\n"
-          "          key cannot register or send a StepBatch). DIR defaults to .\n"
+          "          key cannot register or send a StepBatch). DIR (made if absent,\n"
+          "          0700) defaults to .\n"
           "  allow   copies a public key into the allow folder DIR (made if absent)\n"
           "  show    prints a key file's name, role and public key\n"
           "  -h, --help\n");
@@ -52,6 +53,10 @@ static int cmd_gen(int argc, char **argv) {
   if (!name || r == SA_ROLE_NONE) {
     fprintf(stderr, "sa-keys: gen needs NAME and --role coordinator|encoder|stage|client\n");
     return 2;
+  }
+  if (mkdir(dir, 0700) && errno != EEXIST) {
+    fprintf(stderr, "sa-keys: %s: %s\n", dir, strerror(errno));
+    return 1;
   }
   char err[512];
   sa_cert_t c;
