@@ -260,7 +260,7 @@ int main(int argc, char **argv) {
   }
   double rtt = tcp_rtt(2000);
   bp_hop_t hop;
-  int hop_ok = bp_hop_measure(1024, 500, &hop) == 0;
+  int hop_ok = bp_hop_measure(1024, 500, false, &hop) == 0;
   int n = runs * requests;
   printf("\nbench-http (tiny model, 1 stage; medians; %d runs x %d requests; %d failures)\n",
          runs, requests, failures);

@@ -76,6 +76,8 @@ static void usage(FILE *f) {
           "  --hop-reps N     ZeroMQ round trips per payload size (default 300)\n"
           "  --quick          --decode 8 --repeats 1 --stages 2 --hop-reps 100\n"
           "  --keep-logs      keep the processes' logs (printed path)\n"
+          "  --curve          run the cluster with CurveZMQ on every link (keys made\n"
+          "                   for the run); default: --insecure plain text\n"
           "  -h, --help       this help\n");
 }
 
@@ -253,7 +255,7 @@ int main(int argc, char **argv) {
   const char *model = NULL, *prompt = "Hi", *split = "measured";
   int threads = 2, decode = 24, warm = 2, reps = 5, hop_reps = 300, quick = 0, keep = 0;
   int batches[MAX_LIST] = {1, 32}, n_batches = 2, stages[MAX_LIST] = {2, 4}, n_stages = 2;
-  int extra_mb = 0;
+  int extra_mb = 0, curve = 0;
   int stages_set = 0, decode_set = 0, reps_set = 0, hop_set = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -264,6 +266,8 @@ int main(int argc, char **argv) {
       quick = 1;
     } else if (!strcmp(a, "--keep-logs")) {
       keep = 1;
+    } else if (!strcmp(a, "--curve")) {
+      curve = 1;
     } else if (v && !strcmp(a, "--model")) {
       model = v, i++;
     } else if (v && !strcmp(a, "--prompt")) {
@@ -393,11 +397,11 @@ int main(int argc, char **argv) {
         rows_set[n_rows++] = m;
     }
   bp_hop_t hops[2 * MAX_LIST * MAX_LIST + 1];
-  printf("one hop, raw ZeroMQ DEALER -> ROUTER (another process) over tcp loopback, %d round "
-         "trips each:\n", hop_reps);
+  printf("one hop, raw ZeroMQ DEALER -> ROUTER (another process) over tcp loopback%s, %d round "
+         "trips each:\n", curve ? ", CurveZMQ" : "", hop_reps);
   for (int k = 0; k < n_rows; k++) {
     size_t bytes = (size_t)rows_set[k] * H * sizeof(float);
-    if (bp_hop_measure(bytes, hop_reps, &hops[k])) {
+    if (bp_hop_measure(bytes, hop_reps, curve, &hops[k])) {
       fprintf(stderr, "bench-pipeline: ZeroMQ round trip failed\n");
       return 1;
     }
@@ -442,6 +446,7 @@ int main(int argc, char **argv) {
   snprintf(co.log_dir, sizeof co.log_dir, "%s", tdir);
   co.kv_mem = "128MiB";
   co.extra_microbatches = extra_mb;
+  co.curve = curve;
   if (bp_coord_model_write(model, co.coord_model, V)) {
     fprintf(stderr, "bench-pipeline: cannot write the coordinator's tokenizer\n");
     return 1;

@@ -10,6 +10,7 @@
 #include "pipeline.h"
 
 #include "log.h"
+#include "keys.h"
 #include "rpc.h"
 #include "sa.pb-c.h"
 #include "sa_bench.h"
@@ -71,13 +72,59 @@ static pid_t spawn(char *const argv[], const char *log, int threads) {
   return pid;
 }
 
+/* The client side of the cluster started last: plain text, or the client
+ * key and the coordinator's key with CurveZMQ. */
+static sa_rpc_opts_t g_client;
+static sa_cert_t g_keys[3]; /* coordinator, stage, client */
+static char g_key_dir[1100];
+
+/* A key per role and the allow folder in log_dir/keys (made afresh). */
+static int make_keys(const char *log_dir) {
+  static const char *names[3] = {"coordinator", "stage", "client"};
+  static const sa_role_t roles[3] = {SA_ROLE_COORDINATOR, SA_ROLE_STAGE, SA_ROLE_CLIENT};
+  char cmd[1300], err[512], path[1300];
+  snprintf(g_key_dir, sizeof g_key_dir, "%s/keys", log_dir);
+  snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s/allow'", g_key_dir, g_key_dir);
+  if (system(cmd) != 0)
+    return -1;
+  for (int i = 0; i < 3; i++) {
+    snprintf(path, sizeof path, "%s/allow/%s.pub", g_key_dir, names[i]);
+    if (sa_cert_generate(names[i], roles[i], &g_keys[i], err, sizeof err) ||
+        sa_cert_save(&g_keys[i], g_key_dir, err, sizeof err) ||
+        sa_cert_save_public(&g_keys[i], path, err, sizeof err)) {
+      fprintf(stderr, "bench: keys: %s\n", err);
+      return -1;
+    }
+  }
+  g_client.curve_public_key = g_keys[2].public_key;
+  g_client.curve_secret_key = g_keys[2].secret_key;
+  g_client.curve_server_key = g_keys[0].public_key;
+  return 0;
+}
+
+/* argv[*n..] += the security arguments of a process of role k (0
+ * coordinator, 1 stage), with their strings in buf[2][1300]. */
+static void security_args(bool curve, int k, char **argv, int *n, char buf[2][1300]) {
+  if (!curve) {
+    argv[(*n)++] = "--insecure";
+    return;
+  }
+  snprintf(buf[0], 1300, "%s/%s.key", g_key_dir, k ? "stage" : "coordinator");
+  snprintf(buf[1], 1300, "%s/allow", g_key_dir);
+  argv[(*n)++] = "--key";
+  argv[(*n)++] = buf[0];
+  argv[(*n)++] = "--allow";
+  argv[(*n)++] = buf[1];
+}
+
 /* replicas ready as the coordinator reports it, or -1 if unreachable */
 static int replicas_ready(const char *ep) {
   Sa__StatusRequest rq = SA__STATUS_REQUEST__INIT;
   uint8_t buf[16];
   size_t len = sa__status_request__pack(&rq, buf);
   sa_rpc_reply_t *rep = NULL;
-  if (sa_rpc_call_sync(ep, NULL, "Coordinator/Status", buf, len, NULL, 0, 1000, &rep) || !rep)
+  if (sa_rpc_call_sync(ep, &g_client, "Coordinator/Status", buf, len, NULL, 0, 1000, &rep) ||
+      !rep)
     return -1;
   int n = -1;
   if (rep->status == SA_STATUS_OK) {
@@ -135,10 +182,21 @@ int bp_cluster_start(const bp_cluster_opts_t *o, double timeout_s, bp_cluster_t 
   snprintf(log, sizeof log, "%s/coordinator.log", o->log_dir);
   char extra[16];
   snprintf(extra, sizeof extra, "%d", o->extra_microbatches);
-  char *cargv[] = {bin, "--insecure", "--model", (char *)o->coord_model, "--listen", "tcp://127.0.0.1:*",
-                   "--endpoint-file", epf, "--extra-microbatches", extra,
-                   o->http ? "--http" : NULL, (char *)o->http, "--served-model-name", "bench",
-                   NULL};
+  sa_rpc_opts_default(&g_client);
+  if (o->curve && make_keys(o->log_dir))
+    goto fail;
+  char secbuf[2][1300];
+  char *cargv[24] = {bin, "--model", (char *)o->coord_model, "--listen", "tcp://127.0.0.1:*",
+                     "--endpoint-file", epf, "--extra-microbatches", extra};
+  int nc = 9;
+  security_args(o->curve, 0, cargv, &nc, secbuf);
+  if (o->http) {
+    cargv[nc++] = "--http";
+    cargv[nc++] = (char *)o->http;
+    cargv[nc++] = "--served-model-name";
+    cargv[nc++] = "bench";
+  }
+  cargv[nc] = NULL;
   if ((c->pids[c->n_pids] = spawn(cargv, log, 1)) < 0)
     goto fail;
   c->n_pids++;
@@ -186,9 +244,13 @@ int bp_cluster_start(const bp_cluster_opts_t *o, double timeout_s, bp_cluster_t 
     snprintf(layers, sizeof layers, "%d:%d", o->first[s], o->last[s]);
     snprintf(thr, sizeof thr, "%d", o->threads_per_stage);
     snprintf(node, sizeof node, "stage%d", s);
-    char *wargv[] = {bin, "--insecure", "--model", (char *)o->model_dir, "--layers", layers,
-                     "--replica", "r0", "--coordinator", c->endpoint, "--threads", thr,
-                     "--kv-mem", (char *)o->kv_mem, "--node-id", node, NULL};
+    char *wargv[24] = {bin, "--model", (char *)o->model_dir, "--layers", layers,
+                       "--replica", "r0", "--coordinator", c->endpoint, "--threads", thr,
+                       "--kv-mem", (char *)o->kv_mem, "--node-id", node};
+    int nw = 15;
+    char wsec[2][1300];
+    security_args(o->curve, 1, wargv, &nw, wsec);
+    wargv[nw] = NULL;
     if ((c->pids[c->n_pids] = spawn(wargv, log, o->threads_per_stage)) < 0)
       goto fail;
     c->n_pids++;
@@ -330,7 +392,7 @@ int bp_cluster_submit(const char *endpoint, const char *prompt, int max_tokens, 
   uv_loop_t loop;
   uv_loop_init(&loop);
   submit_t s = {.reqs = reqs, .B = B, .loop = &loop, .loads = loads, .cap = cap};
-  int rc = sa_rpc_channel_new(&loop, endpoint, NULL, &s.ch);
+  int rc = sa_rpc_channel_new(&loop, endpoint, &g_client, &s.ch);
   if (rc) {
     free(slots);
     uv_loop_close(&loop);

@@ -3,7 +3,9 @@
  * sends a [B, H] f32 payload (zero-copy, as sa-worker forwards activations)
  * over tcp loopback to a ROUTER in a forked child process, which answers
  * with an 8-byte ack or echoes the payload back. No protobuf, no libuv, no
- * compute: the floor under the pipeline's stage-to-stage overhead.
+ * compute: the floor under the pipeline's stage-to-stage overhead. With
+ * curve, both sockets run CurveZMQ (fresh keys; no authenticator, which
+ * costs nothing per message), as every hop of a default cluster does.
  */
 #include "pipeline.h"
 
@@ -18,12 +20,18 @@
 #include <unistd.h>
 #include <zmq.h>
 
+static char g_srv_pub[41], g_srv_sec[41], g_cli_pub[41], g_cli_sec[41];
+
 /* The child: ROUTER on a free port, written to fd; serves until "quit". */
-static void child_main(int fd) {
+static void child_main(int fd, bool curve) {
   void *ctx = zmq_ctx_new();
   void *r = zmq_socket(ctx, ZMQ_ROUTER);
-  int zero = 0;
+  int zero = 0, one = 1;
   zmq_setsockopt(r, ZMQ_LINGER, &zero, sizeof zero);
+  if (curve) {
+    zmq_setsockopt(r, ZMQ_CURVE_SERVER, &one, sizeof one);
+    zmq_setsockopt(r, ZMQ_CURVE_SECRETKEY, g_srv_sec, 40);
+  }
   char ep[256] = "";
   size_t n = sizeof ep;
   if (zmq_bind(r, "tcp://127.0.0.1:*") || zmq_getsockopt(r, ZMQ_LAST_ENDPOINT, ep, &n))
@@ -72,7 +80,9 @@ static double round_trip(void *d, const void *payload, size_t bytes, char mode) 
   return dt;
 }
 
-int bp_hop_measure(size_t bytes, int reps, bp_hop_t *out) {
+int bp_hop_measure(size_t bytes, int reps, bool curve, bp_hop_t *out) {
+  if (curve && (zmq_curve_keypair(g_srv_pub, g_srv_sec) || zmq_curve_keypair(g_cli_pub, g_cli_sec)))
+    return SA_EIO;
   int fds[2];
   if (pipe(fds))
     return SA_EIO;
@@ -82,7 +92,7 @@ int bp_hop_measure(size_t bytes, int reps, bp_hop_t *out) {
     return SA_EIO;
   if (pid == 0) {
     close(fds[0]);
-    child_main(fds[1]);
+    child_main(fds[1], curve);
   }
   close(fds[1]);
   char ep[256];
@@ -97,6 +107,11 @@ int bp_hop_measure(size_t bytes, int reps, bp_hop_t *out) {
   void *d = zmq_socket(ctx, ZMQ_DEALER);
   int zero = 0;
   zmq_setsockopt(d, ZMQ_LINGER, &zero, sizeof zero);
+  if (curve) {
+    zmq_setsockopt(d, ZMQ_CURVE_SERVERKEY, g_srv_pub, 40);
+    zmq_setsockopt(d, ZMQ_CURVE_PUBLICKEY, g_cli_pub, 40);
+    zmq_setsockopt(d, ZMQ_CURVE_SECRETKEY, g_cli_sec, 40);
+  }
   int rc = zmq_connect(d, ep) ? SA_EIO : 0;
   float *payload = calloc(bytes / sizeof(float) + 1, sizeof(float));
   double *t = calloc((size_t)reps, sizeof(double));

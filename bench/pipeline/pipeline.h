@@ -13,6 +13,7 @@
 #ifndef BENCH_PIPELINE_H
 #define BENCH_PIPELINE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -54,6 +55,8 @@ typedef struct {
   const char *kv_mem; /* per worker, e.g. "128MiB" */
   int extra_microbatches; /* sa-coordinator --extra-microbatches */
   const char *http;       /* sa-coordinator --http HOST:PORT, or NULL */
+  bool curve;             /* CurveZMQ on every link (keys made in log_dir/keys);
+                             else --insecure */
 } bp_cluster_opts_t;
 
 typedef struct {
@@ -115,7 +118,8 @@ typedef struct {
 } bp_hop_t;
 
 /* ZeroMQ DEALER (here) -> ROUTER (a forked child) over tcp loopback with a
- * payload of `bytes`; reps round trips after a warm-up. Seconds. */
-int bp_hop_measure(size_t bytes, int reps, bp_hop_t *out);
+ * payload of `bytes`; reps round trips after a warm-up; CurveZMQ on both
+ * ends with curve. Seconds. */
+int bp_hop_measure(size_t bytes, int reps, bool curve, bp_hop_t *out);
 
 #endif /* BENCH_PIPELINE_H */
