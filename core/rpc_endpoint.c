@@ -120,9 +120,9 @@ static int curve_setup(void *s, int zmq_type, const sa_rpc_opts_t *o) {
     return SA_EIO;
   if (zmq_type == ZMQ_ROUTER) {
     int one = 1;
-    const char *d = o->zap_domain ? o->zap_domain : "";
     if (zmq_setsockopt(s, ZMQ_CURVE_SERVER, &one, sizeof one) ||
-        zmq_setsockopt(s, ZMQ_ZAP_DOMAIN, d, strlen(d)))
+        (o->zap_domain && o->zap_domain[0] &&
+         zmq_setsockopt(s, ZMQ_ZAP_DOMAIN, o->zap_domain, strlen(o->zap_domain))))
       return SA_EIO;
     return 0;
   }

@@ -397,7 +397,7 @@ int main(int argc, char **argv) {
     return 1;
   }
 
-  uint64_t *lat = malloc(sizeof(uint64_t) * (size_t)iters);
+  uint64_t *lat = malloc(sizeof(uint64_t) * (size_t)(iters > 200 ? iters : 200)); /* warm-ups take 200 */
   /* warm up both paths (connections, allocator) */
   rpc_rtt(&loop, ch, KIB, false, 200, lat);
   rpc_rtt(&loop, ch, MIB, true, 20, lat);
