@@ -428,6 +428,14 @@ static void heartbeat_handler(sa_rpc_call_t *call, void *user) {
     return;
   }
   Sa__HeartbeatResponse resp = SA__HEARTBEAT_RESPONSE__INIT;
+  /* only the key that registered a node id may keep it alive */
+  const coord_worker_t *w = hb->node_id ? find_worker(reg, hb->node_id) : NULL;
+  if (w && strcmp(w->key, sa_sec_peer_key(sa_rpc_call_peer(call))) != 0) {
+    sa__heartbeat_request__free_unpacked(hb, NULL);
+    sa_rpc_call_reply(call, SA_STATUS_PERMISSION_DENIED, "this node id belongs to another key",
+                      NULL, 0, NULL, 0);
+    return;
+  }
   resp.known = coord_registry_heartbeat(reg, hb, sa_now_ms()) >= 0;
   resp.epoch = reg->epoch;
   sa__heartbeat_request__free_unpacked(hb, NULL);

@@ -10,7 +10,8 @@
  *   sa-probe ENDPOINT Flood --connections N [--key ... --server-key ...]
  *
  * METHOD is one of Submit (a text prompt), Cancel (--id), Status (--id
- * optional), Register (as a stage), Step (an empty StepBatch), Encode
+ * optional), Register (as a stage), Heartbeat (--id), Step (an empty
+ * StepBatch), Encode
  * (no audio); --bytes N adds a tensor frame of N bytes (an oversized
  * message). Prints "STATUS_NAME message" and, for Status, the figures the
  * tests read. Flood opens N connections at once (plain ZeroMQ DEALERs,
@@ -124,6 +125,11 @@ int main(int argc, char **argv) {
     rq.max_tokens_per_step = 1;
     len = sa__register_request__pack(&rq, buf);
     snprintf(full, sizeof full, "Coordinator/Register");
+  } else if (!strcmp(method, "Heartbeat")) {
+    Sa__HeartbeatRequest rq = SA__HEARTBEAT_REQUEST__INIT;
+    rq.node_id = (char *)(id[0] ? id : "probe");
+    len = sa__heartbeat_request__pack(&rq, buf);
+    snprintf(full, sizeof full, "Coordinator/Heartbeat");
   } else if (!strcmp(method, "Step")) {
     Sa__StepBatch rq = SA__STEP_BATCH__INIT;
     rq.batch_id = 1;

@@ -85,6 +85,9 @@ pass "a stage key cannot submit, a client key cannot register"
 out=$("$BIN/sa-probe" "$COORD" Register --id s0 --key "$KEYS/stage2.key" \
   --server-key "$KEYS/coordinator.pub")
 [[ $out == PERMISSION_DENIED*"another key"* ]] || fail "stage2 taking s0: $out"
+out=$("$BIN/sa-probe" "$COORD" Heartbeat --id s0 --key "$KEYS/stage2.key" \
+  --server-key "$KEYS/coordinator.pub")
+[[ $out == PERMISSION_DENIED*"another key"* ]] || fail "stage2 heartbeating for s0: $out"
 [[ $(ep_of s0) == "$S0" ]] || fail "s0 moved"
 pass "another key cannot take over node id s0 ($out)"
 
