@@ -10,6 +10,7 @@
 #include "sa_time.h"
 #include "security.h"
 
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,8 @@ void coord_registry_init(coord_registry_t *reg, struct uv_loop_s *loop, int num_
   reg->hidden_size = hidden_size;
   reg->heartbeat_timeout_ms = heartbeat_timeout_ms;
   reg->max_audio_s = 1200;
+  randombytes_buf(&reg->instance_id, sizeof reg->instance_id);
+  reg->instance_id |= 1; /* never 0 */
   if (cbs)
     reg->cbs = *cbs;
   reg->user = user;
@@ -414,6 +417,7 @@ static void register_handler(sa_rpc_call_t *call, void *user) {
   resp.heartbeat_interval_ms = 1000;
   resp.replica = w->replica;
   resp.epoch = reg->epoch;
+  resp.coordinator_id = reg->instance_id;
   sa_rpc_call_reply_pb(call, &resp.base);
 }
 

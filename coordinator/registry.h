@@ -82,6 +82,7 @@ typedef struct coord_registry {
   int64_t epoch; /* bumped whenever a replica becomes ready */
   const struct sa_sec *sec; /* keys for channels to workers; NULL: plain text */
   int max_audio_s;          /* bounds an encoder's reply (default 1200) */
+  uint64_t instance_id;     /* random per process: workers see a restart */
   coord_worker_t workers[COORD_MAX_WORKERS];
   coord_replica_t replicas[COORD_MAX_REPLICAS];
 } coord_registry_t;

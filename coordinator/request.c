@@ -783,10 +783,15 @@ static void schedule(coord_requests_t *set) {
         continue;
       mark_inflight(plan, false);
       SA_LOG_WARN("replica %s: could not send a step: %s", rp->name, sa_strerror(rc));
-      if (rc != SA_EFULL) /* EFULL: the sequences wait for the next pass */
-        for (int i = 0; i < plan->n; i++)
-          request_fail(set, plan->e[i].req, sa_err_to_status(rc),
-                       "could not reach the first stage of the replica");
+      if (rc == SA_EFULL) /* the sequences wait for the next pass */
+        break;
+      /* the first stage cannot be reached: the replica is out, and its
+       * requests move to another (re-prefill, the same tokens) */
+      for (int i = 0; i < plan->n; i++)
+        if (plan->e[i].req->replica == ri)
+          request_requeue(set, plan->e[i].req, SA_STATUS_UNAVAILABLE,
+                          "could not reach the first stage of the replica");
+      coord_registry_mark_down(set->reg, rp->stage[0]);
       break;
     }
   }

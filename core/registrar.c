@@ -29,6 +29,7 @@ struct sa_registrar {
   bool registered, in_flight, stopping;
   int failures;
   uint64_t call_id;
+  uint64_t coordinator_id; /* of the coordinator we registered with last */
 };
 
 static void schedule(sa_registrar_t *r, int64_t ms);
@@ -73,6 +74,14 @@ static void register_cb(sa_rpc_channel_t *ch, const sa_rpc_result_t *res,
   r->failures = 0;
   r->retry_ms = 0;
   r->epoch = rr->epoch;
+  uint64_t was = r->coordinator_id;
+  r->coordinator_id = rr->coordinator_id;
+  if (was && rr->coordinator_id && was != rr->coordinator_id) {
+    SA_LOG_WARN("coordinator %s restarted: what the old one left here is released",
+                r->coordinator);
+    if (r->o.coordinator_changed)
+      r->o.coordinator_changed(r->user);
+  }
   r->heartbeat_ms = rr->heartbeat_interval_ms > 0 ? rr->heartbeat_interval_ms
                                                   : 1000;
   if (r->o.role == SA_REGISTRAR_STAGE)

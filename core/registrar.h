@@ -46,6 +46,11 @@ typedef struct {
   /* the channel's options (keys for CurveZMQ: sa_sec_channel_opts with the
    * coordinator's key); NULL = defaults, plain text. Copied by start. */
   const sa_rpc_opts_t *rpc;
+  /* Called (with start's user) when a registration finds a coordinator
+   * other than the one before it (it restarted): the owner drops whatever
+   * it held for the old one (a stage: the KV of every sequence). May be
+   * NULL. */
+  void (*coordinator_changed)(void *user);
 } sa_registrar_opts_t;
 
 /* The figures a heartbeat carries; the owner fills them. */

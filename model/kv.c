@@ -370,6 +370,14 @@ int sa_kv_free(sa_kv_t *kv, uint64_t id) {
   return 0;
 }
 
+int sa_kv_free_all(sa_kv_t *kv) {
+  int n = 0;
+  for (int i = 0; i < kv->max_seqs; i++)
+    if (kv->seqs[i].live && sa_kv_free(kv, kv->seqs[i].id) == 0)
+      n++;
+  return n;
+}
+
 /* -------------------------------------------------------------- queries */
 
 const int32_t *sa_kv_block_table(const sa_kv_t *kv, uint64_t id,

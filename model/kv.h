@@ -95,6 +95,9 @@ int sa_kv_truncate(sa_kv_t *kv, uint64_t id, int n);
 int sa_kv_fork(sa_kv_t *kv, uint64_t parent, uint64_t child);
 /* Drops sequence id and its block references. Returns 0 or SA_ENOENT. */
 int sa_kv_free(sa_kv_t *kv, uint64_t id);
+/* Frees every sequence (their blocks return to the pool). Returns how many
+ * there were. */
+int sa_kv_free_all(sa_kv_t *kv);
 
 /* The block table of sequence id (host memory, borrowed until the next call
  * that changes that sequence); *n_blocks gets its length. NULL if absent. */

@@ -448,6 +448,8 @@ static void on_job_done(job_t *job, void *user) {
     r.kv_blocks_free = ks.blocks_free;
     if (job->call)
       sa_rpc_call_reply_pb(job->call, &r.base);
+    else if (!job->free_rq)
+      SA_LOG_INFO("freed the KV of %d sequences of the previous coordinator", job->freed);
     break;
   }
   case JOB_FREE: {
@@ -459,6 +461,8 @@ static void on_job_done(job_t *job, void *user) {
     r.kv_blocks_free = ks.blocks_free;
     if (job->call)
       sa_rpc_call_reply_pb(job->call, &r.base);
+    else if (!job->free_rq)
+      SA_LOG_INFO("freed the KV of %d sequences of the previous coordinator", job->freed);
     break;
   }
   default:
@@ -586,6 +590,19 @@ static void free_handler(sa_rpc_call_t *call, void *user) {
 }
 
 /* ---------------------------------------------------- registration, beats */
+
+/* The coordinator restarted: it knows none of the sequences here, so their
+ * KV is freed (on the compute thread, in queue order). */
+static void coordinator_changed(void *user) {
+  (void)user;
+  job_t *job = calloc(1, sizeof *job);
+  if (!job) {
+    SA_LOG_ERROR("out of memory: the old coordinator's KV stays");
+    return;
+  }
+  job->kind = JOB_FREE; /* free_rq NULL: every sequence */
+  stage_submit(&W.st, job);
+}
 
 /* The stage's figures for each heartbeat: load since the last one, KV. */
 static void report_load(void *user, sa_registrar_load_t *out) {
@@ -772,6 +789,7 @@ int main(int argc, char **argv) {
         .kv_block_tokens = W.block_tokens,
         .max_batch = W.st.max_seqs,
         .max_tokens_per_step = W.st.max_tokens,
+        .coordinator_changed = coordinator_changed,
     };
     sa_rpc_opts_t co;
     sa_rpc_opts_default(&co);

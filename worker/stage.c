@@ -422,6 +422,12 @@ static void run_fork(stage_t *st, job_t *job) {
 }
 
 static void run_free(stage_t *st, job_t *job) {
+  if (!job->free_rq) {
+    job->freed = sa_kv_free_all(st->kv);
+    while (st->n_hist > 0)
+      hist_drop(st, st->hist[st->n_hist - 1].id);
+    return;
+  }
   for (size_t i = 0; i < job->free_rq->n_seq_ids; i++) {
     if (sa_kv_free(st->kv, job->free_rq->seq_ids[i]) == 0)
       job->freed++;

@@ -35,7 +35,8 @@ struct job {
   bool call_gone;           /* cancelled before the reply */
   Sa__StepBatch *batch;     /* JOB_STEP */
   Sa__ForkRequest *fork;    /* JOB_FORK */
-  Sa__FreeRequest *free_rq; /* JOB_FREE */
+  Sa__FreeRequest *free_rq; /* JOB_FREE; NULL: free every sequence (the
+                               coordinator that owned them is gone) */
   const float *act_in;      /* [M, H] hop > 0 (borrowed from the call) */
   const float *emb_in;      /* [rows, H] stage 0 audio rows (borrowed) */
   int64_t emb_rows;
