@@ -55,6 +55,7 @@ static void usage(FILE *f) {
           "                         per stage (default 0; more hides the return trip\n"
           "                         but shrinks each micro-batch)\n"
           "  --heartbeat-timeout-ms N  mark a worker down after this silence (default 5000)\n"
+          "  --forget-after-ms N    forget a worker down this long (default 65000)\n"
           "  --system TEXT          default system prompt (default: none)\n"
           "  --http HOST:PORT       serve the OpenAI-compatible HTTP API there (off by\n"
           "                         default; sa-cluster's local topology uses\n"
@@ -190,12 +191,14 @@ int main(int argc, char **argv) {
       {"http-max-body", required_argument, 0, 17},
       {"reasoning-split", no_argument, 0, 18},
       {"audio-budget", required_argument, 0, 19},
+      {"forget-after-ms", required_argument, 0, 20},
       SA_SEC_LONGOPTS,
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   const char *endpoint_file = NULL;
   coord_http_opts_t ho = {0};
   sa_sec_args_t sa = {0};
+  int forget_ms = 65000;
   long http_max_body = 0;
   int opt;
   while ((opt = getopt_long(argc, argv, "m:l:h", longopts, NULL)) != -1) {
@@ -229,6 +232,7 @@ int main(int argc, char **argv) {
     case 17: http_max_body = parse_long(optarg, "--http-max-body", 1024, 1L << 34); break;
     case 18: ho.reasoning_split = true; break;
     case 19: o->audio_budget = (size_t)parse_long(optarg, "--audio-budget", 1, 1L << 40); break;
+    case 20: forget_ms = (int)parse_long(optarg, "--forget-after-ms", 100, 86400000); break;
     case 'h': usage(stdout); return 0;
     default:
       if (sa_sec_args_take(&sa, opt, optarg))
@@ -310,6 +314,7 @@ int main(int argc, char **argv) {
   coord_submit_init(&co.sub, o, &co.set, &co.reg, &co.pl);
   co.reg.sec = &co.sec;
   co.reg.max_audio_s = o->max_audio_s;
+  co.reg.forget_ms = forget_ms;
   co.sub.sec = &co.sec;
   coord_registry_serve(&co.reg, co.srv);
   coord_submit_serve(&co.sub, co.srv);

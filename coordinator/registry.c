@@ -24,6 +24,7 @@ void coord_registry_init(coord_registry_t *reg, struct uv_loop_s *loop, int num_
   reg->hidden_size = hidden_size;
   reg->heartbeat_timeout_ms = heartbeat_timeout_ms;
   reg->max_audio_s = 1200;
+  reg->forget_ms = 65000;
   randombytes_buf(&reg->instance_id, sizeof reg->instance_id);
   reg->instance_id |= 1; /* never 0 */
   if (cbs)
@@ -156,6 +157,26 @@ static int check_register(const coord_registry_t *reg, const Sa__RegisterRequest
   return SA_EINVAL;
 }
 
+/* A down entry a restarted process (new node id) takes over: the same key,
+ * the same role and, for a stage, the same replica and layer range. The
+ * registry so stays at the size of the cluster, not of its history. */
+static coord_worker_t *replaceable(coord_registry_t *reg, const Sa__RegisterRequest *rq,
+                                   const char *key) {
+  const char *rn = rq->replica_name && rq->replica_name[0] ? rq->replica_name : "r0";
+  for (int i = 0; i < COORD_MAX_WORKERS; i++) {
+    coord_worker_t *w = &reg->workers[i];
+    if (!w->used || w->healthy || w->role != rq->role || strcmp(w->key, key) != 0 ||
+        w->encodes > 0)
+      continue;
+    if (rq->role == SA__ROLE__ROLE_STAGE &&
+        (strcmp(w->replica_name, rn) != 0 || w->first != rq->first_layer ||
+         w->last != rq->last_layer))
+      continue;
+    return w;
+  }
+  return NULL;
+}
+
 int coord_registry_register(coord_registry_t *reg, const Sa__RegisterRequest *rq, const char *key,
                             uint64_t now, char *err, size_t cap) {
   int rc = check_register(reg, rq, err, cap);
@@ -172,6 +193,13 @@ int coord_registry_register(coord_registry_t *reg, const Sa__RegisterRequest *rq
   }
   if (w && strcmp(w->address, rq->address) != 0)
     sa_rpc_channel_destroy(&w->ch); /* moved: reconnect */
+  if (!w && (w = replaceable(reg, rq, key)) != NULL) {
+    SA_LOG_INFO("%s takes the place of %s (down; same key, %s)", rq->node_id, w->node_id,
+                rq->role == SA__ROLE__ROLE_STAGE ? "replica and layers" : "role");
+    sa_rpc_channel_destroy(&w->ch);
+    memset(w, 0, sizeof *w);
+    w->replica = -1;
+  }
   if (!w) {
     for (int i = 0; i < COORD_MAX_WORKERS && !w; i++)
       if (!reg->workers[i].used) {
@@ -244,7 +272,9 @@ int coord_registry_heartbeat(coord_registry_t *reg, const Sa__HeartbeatRequest *
   w->kv_free = hb->kv_blocks_free;
   w->kv_shared = hb->kv_blocks_shared;
   w->sequences = hb->sequences;
-  w->healthy = w->ch || !reg->loop; /* a worker without a channel stays down */
+  /* a worker without a channel stays down; one marked down comes back
+   * only once its server can be reached again */
+  w->healthy = !reg->loop || (w->ch && (was || sa_rpc_channel_is_connected(w->ch)));
   if (!was && w->healthy) {
     assemble_replicas(reg);
     if (w->role == SA__ROLE__ROLE_ENCODER && reg->cbs.changed)
@@ -257,12 +287,32 @@ void coord_registry_check(coord_registry_t *reg, uint64_t now) {
   bool changed = false;
   for (int i = 0; i < COORD_MAX_WORKERS; i++) {
     coord_worker_t *w = &reg->workers[i];
-    if (!w->used || !w->healthy)
+    if (!w->used)
       continue;
-    if (now > w->last_seen_ms && now - w->last_seen_ms > (uint64_t)reg->heartbeat_timeout_ms) {
+    if (!w->healthy) {
+      /* long gone: forgotten (a restart under a new id registers anew) */
+      if (w->encodes == 0 && now - w->down_since_ms > (uint64_t)reg->forget_ms) {
+        SA_LOG_INFO("forgot %s (%s): down for %llu s", w->node_id, w->address,
+                    (unsigned long long)((now - w->down_since_ms) / 1000));
+        sa_rpc_channel_destroy(&w->ch);
+        memset(w, 0, sizeof *w);
+        w->replica = -1;
+        changed = true;
+      }
+      continue;
+    }
+    if (w->ch && sa_rpc_channel_was_connected(w->ch) && !sa_rpc_channel_is_connected(w->ch)) {
+      /* it closed its connection (a crash, a stop) */
+      SA_LOG_WARN("%s (%s) closed its connection: marked down", w->node_id, w->address);
+      w->healthy = false;
+      w->down_since_ms = now;
+      changed = true;
+    } else if (now > w->last_seen_ms &&
+               now - w->last_seen_ms > (uint64_t)reg->heartbeat_timeout_ms) {
       SA_LOG_WARN("%s (%s) missed its heartbeats for %llu ms: marked down", w->node_id,
                   w->address, (unsigned long long)(now - w->last_seen_ms));
       w->healthy = false;
+      w->down_since_ms = now;
       changed = true;
     }
   }
@@ -276,6 +326,7 @@ void coord_registry_mark_down(coord_registry_t *reg, int wi) {
   SA_LOG_WARN("%s (%s) could not be reached: marked down", reg->workers[wi].node_id,
               reg->workers[wi].address);
   reg->workers[wi].healthy = false;
+  reg->workers[wi].down_since_ms = sa_now_ms();
   assemble_replicas(reg);
 }
 

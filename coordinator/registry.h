@@ -45,7 +45,8 @@ typedef struct {
   uint64_t last_seen_ms;
   bool healthy;
   int encodes; /* encoder calls in flight (for picking the least busy) */
-  sa_rpc_channel_t *ch; /* NULL without a loop */
+  sa_rpc_channel_t *ch; /* NULL without a loop; made anew at each registration */
+  uint64_t down_since_ms;
   int replica;          /* index of its replica, -1 if none */
 } coord_worker_t;
 
@@ -83,6 +84,7 @@ typedef struct coord_registry {
   const struct sa_sec *sec; /* keys for channels to workers; NULL: plain text */
   int max_audio_s;          /* bounds an encoder's reply (default 1200) */
   uint64_t instance_id;     /* random per process: workers see a restart */
+  int forget_ms;            /* a worker down this long is forgotten (default 65 s) */
   coord_worker_t workers[COORD_MAX_WORKERS];
   coord_replica_t replicas[COORD_MAX_REPLICAS];
 } coord_registry_t;

@@ -319,6 +319,10 @@ int sa_rpc_channel_new(struct uv_loop_s *loop, const char *endpoint,
  * with UNAUTHENTICATED and a message saying which. */
 bool sa_rpc_channel_is_connected(const sa_rpc_channel_t *ch);
 
+/* True once the connection has been up at least once (its server was
+ * reached); with sa_rpc_channel_is_connected false, it was lost since. */
+bool sa_rpc_channel_was_connected(const sa_rpc_channel_t *ch);
+
 /* Calls in flight. */
 int sa_rpc_channel_inflight(const sa_rpc_channel_t *ch);
 

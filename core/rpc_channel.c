@@ -339,6 +339,8 @@ fail:
   return rc;
 }
 
+bool sa_rpc_channel_was_connected(const sa_rpc_channel_t *ch) { return ch->ever_connected; }
+
 bool sa_rpc_channel_is_connected(const sa_rpc_channel_t *ch) {
   return ch->connected;
 }

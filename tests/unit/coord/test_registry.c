@@ -231,12 +231,81 @@ static void test_node_id_owner(void **state) {
   assert_string_equal(coord_registry_worker(&g_reg, w)->address, "tcp://203.0.113.9:7000");
 }
 
+static int used_entries(void) {
+  int n = 0;
+  for (int i = 0; i < COORD_MAX_WORKERS; i++)
+    n += coord_registry_worker(&g_reg, i) != NULL;
+  return n;
+}
+
+/* A restarted process (new node id, same key and place) takes the dead
+ * entry's slot; another key does not; long-dead entries are forgotten; 300
+ * restarts leave the registry at its live size. */
+static void test_healing(void **state) {
+  (void)state;
+  reset();
+  const char *k1 = "rq>H(SdyE]*N5s@=LZ7d3QO(xwZX6wiT=A[0>EYi", *k2 = "J@1-k!TZ7qo+pN5]fXW$uL0e4bHy3&m(Vz8cRg.D";
+  char err[256], id[32];
+  Sa__RegisterRequest rq = SA__REGISTER_REQUEST__INIT;
+  rq.address = "tcp://127.0.0.1:7000";
+  rq.role = SA__ROLE__ROLE_STAGE;
+  rq.first_layer = 0;
+  rq.last_layer = 6;
+  rq.num_layers = 6;
+  rq.kv_blocks_total = 100;
+  rq.kv_block_tokens = 16;
+  rq.max_batch = 32;
+  rq.max_tokens_per_step = 512;
+  rq.node_id = "a";
+  uint64_t now = 1000;
+  int wa = coord_registry_register(&g_reg, &rq, k1, now, err, sizeof err);
+  assert_true(wa >= 0);
+  /* alive: a new id with the same key takes a new slot */
+  rq.node_id = "b";
+  int wb = coord_registry_register(&g_reg, &rq, k1, now, err, sizeof err);
+  assert_true(wb >= 0 && wb != wa);
+  /* both go silent and are marked down; a restart under a new id replaces one */
+  now += 2000;
+  coord_registry_check(&g_reg, now);
+  assert_false(coord_registry_worker(&g_reg, wa)->healthy);
+  rq.node_id = "c";
+  int wc = coord_registry_register(&g_reg, &rq, k1, now, err, sizeof err);
+  assert_true(wc == wa || wc == wb);
+  assert_string_equal(coord_registry_worker(&g_reg, wc)->node_id, "c");
+  /* another key never takes a place that is not its own */
+  rq.node_id = "d";
+  int wd = coord_registry_register(&g_reg, &rq, k2, now, err, sizeof err);
+  assert_true(wd >= 0 && wd != wa && wd != wb);
+  /* a different layer range is a different place */
+  rq.node_id = "e";
+  rq.first_layer = 0;
+  rq.last_layer = 3;
+  int we = coord_registry_register(&g_reg, &rq, k1, now, err, sizeof err);
+  assert_true(we >= 0 && we != wa && we != wb);
+  /* forgotten once down for forget_ms */
+  g_reg.forget_ms = 5000;
+  coord_registry_check(&g_reg, now + 1500); /* c, d, e missed heartbeats too */
+  coord_registry_check(&g_reg, now + 1500 + 5001);
+  assert_int_equal(used_entries(), 0);
+  /* 300 restarts of one stage: the registry stays at one entry */
+  rq.last_layer = 6;
+  for (int i = 0; i < 300; i++) {
+    snprintf(id, sizeof id, "stage-%d", i);
+    rq.node_id = id;
+    assert_true(coord_registry_register(&g_reg, &rq, k1, now, err, sizeof err) >= 0);
+    now += 1500; /* it dies; the next check marks it down */
+    coord_registry_check(&g_reg, now);
+  }
+  assert_int_equal(used_entries(), 1);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_refusals),
       cmocka_unit_test(test_assembly_and_loss),
       cmocka_unit_test(test_pick_and_reserve),
       cmocka_unit_test(test_node_id_owner),
+      cmocka_unit_test(test_healing),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
