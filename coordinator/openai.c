@@ -205,8 +205,8 @@ static int text_turn(const cJSON *content, const char *role, coord_openai_req_t 
   int rc = system_content(content, &text, e);
   if (rc == SA_EINVAL)
     snprintf(e->err, e->cap, "%s content must be a string or text parts", role);
-  if (rc == 0)
-    rc = add_text(out, text, e);
+  if (rc == 0) /* an empty list of parts leaves text NULL: an empty turn */
+    rc = add_text(out, text ? text : "", e);
   free(text);
   return rc;
 }

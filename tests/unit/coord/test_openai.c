@@ -135,6 +135,15 @@ static void test_conversation(void **state) {
                    0);
   assert_int_equal(g_r.p.chat_flags, SA_CHAT_NO_GEN_PROMPT);
   assert_int_equal(g_r.p.n_parts, 2);
+  /* an empty list of parts is an empty turn (found by fuzz_openai: it was a
+   * NULL text) */
+  assert_int_equal(parse("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"a\"},"
+                         "{\"role\":\"assistant\",\"content\":[]},{\"role\":\"system\","
+                         "\"content\":[]}]}"),
+                   0);
+  assert_int_equal(g_r.p.n_parts, 3);
+  assert_string_equal(g_r.p.parts[1].text, "");
+  assert_string_equal(g_r.p.parts[2].text, "");
 }
 
 static void test_audio_url_and_order(void **state) {
