@@ -37,18 +37,22 @@
 
 #define MAX_CHILDREN (1 + SA_TOPO_MAX + SA_TOPO_MAX * 4)
 #define MAX_ARGS 32
-#define RESTART_WINDOW_S 60
-#define RESTART_MAX 5
+/* A child that dies is restarted after a delay that doubles with each
+ * death in a row (0.25 s, 0.5 s, ... up to 30 s); one that ran for a minute
+ * starts again from the shortest. The supervisor never gives up while the
+ * cluster is up. */
+#define BACKOFF_FIRST_S 0.25
+#define BACKOFF_MAX_S 30.0
+#define HEALTHY_RUN_S 60.0
 
 typedef struct {
   char name[96];
   char *argv[MAX_ARGS];
   char argbuf[MAX_ARGS][512];
   pid_t pid;
-  int restarts;          /* in the current window */
-  double window_start;
+  int deaths;            /* in a row, without a run of HEALTHY_RUN_S */
+  double started;        /* when the current process started */
   double next_start;     /* backoff: don't restart before this time */
-  bool failed;           /* gave up restarting */
 } child_t;
 
 static child_t g_children[MAX_CHILDREN];
@@ -67,15 +71,16 @@ static void usage(FILE *f) {
           "\n"
           "  up       start everything, wait until every encoder and stage has\n"
           "           registered with the coordinator, print where to connect;\n"
-          "           a background supervisor restarts a child that dies\n"
-          "           (at most %d times a minute) and keeps logs in run_dir\n"
+          "           a background supervisor restarts a child that dies (after\n"
+          "           0.25 s, doubling with each death in a row up to 30 s; it never\n"
+          "           gives up) and keeps logs in run_dir; a child that cannot start\n"
+          "           (exits with an error) makes `up` fail at once with its log\n"
           "  down     stop the supervisor and every child it started\n"
           "  status   show the supervisor's pid and the coordinator's view\n"
           "  --timeout SECONDS   how long `up` waits for health (default 120)\n"
           "  --insecure          up: run without encryption or keys (plain text on\n"
           "                      loopback). By default every link is CurveZMQ with\n"
-          "                      the key set made in run_dir/keys on first start\n",
-          RESTART_MAX);
+          "                      the key set made in run_dir/keys on first start\n");
 }
 
 /* The embedded default topology, kept identical to deploy/local/default.yaml
@@ -375,13 +380,25 @@ static void pid_path(const sa_topo_t *t, char *out, size_t cap) {
 
 /* The supervisor: starts every child, restarts the ones that die, stops all
  * on SIGTERM/SIGINT. Runs in its own session; never returns. */
+/* Appends "NAME STATUS" to run_dir/deaths (STATUS: the exit status, or
+ * -SIGNAL), which `up` reads to fail fast on a child that cannot start. */
+static void record_death(const sa_topo_t *t, const child_t *c, int status) {
+  char path[PATH_MAX + 16];
+  snprintf(path, sizeof path, "%s/deaths", t->run_dir);
+  FILE *f = fopen(path, "a");
+  if (f) {
+    fprintf(f, "%s %d\n", c->name, status);
+    fclose(f);
+  }
+}
+
 static void supervise(const sa_topo_t *t) {
   signal(SIGTERM, on_stop);
   signal(SIGINT, on_stop);
   signal(SIGHUP, SIG_IGN);
   double now = sa_now_s();
   for (int i = 0; i < g_n_children; i++) {
-    g_children[i].window_start = now;
+    g_children[i].started = now;
     g_children[i].pid = spawn(&g_children[i], t->run_dir);
     SA_LOG_INFO("started %s (pid %d)", g_children[i].name, (int)g_children[i].pid);
     if (i == 0)
@@ -396,34 +413,37 @@ static void supervise(const sa_topo_t *t) {
         if (c->pid != pid)
           continue;
         c->pid = 0;
-        if (WIFEXITED(st))
-          SA_LOG_WARN("%s exited with status %d", c->name, WEXITSTATUS(st));
-        else
-          SA_LOG_WARN("%s killed by signal %d", c->name, WTERMSIG(st));
         now = sa_now_s();
-        if (now - c->window_start > RESTART_WINDOW_S) {
-          c->window_start = now;
-          c->restarts = 0;
-        }
-        if (++c->restarts > RESTART_MAX) {
-          c->failed = true;
-          SA_LOG_ERROR("%s died %d times within %d s; not restarting it (see "
-                       "%s/%s.log)",
-                       c->name, RESTART_MAX, RESTART_WINDOW_S, t->run_dir, c->name);
+        if (now - c->started >= HEALTHY_RUN_S)
+          c->deaths = 0;
+        c->deaths++;
+        double delay = BACKOFF_FIRST_S;
+        for (int k = 1; k < c->deaths && delay < BACKOFF_MAX_S; k++)
+          delay *= 2;
+        if (delay > BACKOFF_MAX_S)
+          delay = BACKOFF_MAX_S;
+        c->next_start = now + delay;
+        if (WIFEXITED(st)) {
+          SA_LOG_WARN("%s exited with status %d; restarting in %.2f s (%d in a row)", c->name,
+                      WEXITSTATUS(st), delay, c->deaths);
+          record_death(t, c, WEXITSTATUS(st));
         } else {
-          c->next_start = now + 0.5 * c->restarts;
+          SA_LOG_WARN("%s killed by signal %d; restarting in %.2f s (%d in a row)", c->name,
+                      WTERMSIG(st), delay, c->deaths);
+          record_death(t, c, -WTERMSIG(st));
         }
       }
     }
     now = sa_now_s();
     for (int i = 0; i < g_n_children; i++) {
       child_t *c = &g_children[i];
-      if (c->pid == 0 && !c->failed && now >= c->next_start) {
+      if (c->pid == 0 && now >= c->next_start) {
+        c->started = now;
         c->pid = spawn(c, t->run_dir);
         SA_LOG_INFO("restarted %s (pid %d)", c->name, (int)c->pid);
       }
     }
-    usleep(100 * 1000);
+    usleep(50 * 1000);
   }
   SA_LOG_INFO("stopping %d children", g_n_children);
   for (int i = g_n_children - 1; i >= 0; i--)
@@ -483,6 +503,25 @@ static void tail_logs(const sa_topo_t *t) {
 }
 
 
+/* A child that exited with an error status since `up` began (it cannot
+ * start: a bad model, a port in use, bad keys): its name, or NULL. */
+static const char *child_failed(const sa_topo_t *t, int *status) {
+  static char name[96];
+  char path[PATH_MAX + 16];
+  snprintf(path, sizeof path, "%s/deaths", t->run_dir);
+  FILE *f = fopen(path, "r");
+  const char *found = NULL;
+  int st;
+  while (f && !found && fscanf(f, "%95s %d", name, &st) == 2)
+    if (st > 0) {
+      found = name;
+      *status = st;
+    }
+  if (f)
+    fclose(f);
+  return found;
+}
+
 static int cmd_up(const sa_topo_t *t, double timeout_s, bool insecure) {
   char bins[PATH_MAX];
   bin_dir(bins, sizeof bins);
@@ -520,8 +559,10 @@ static int cmd_up(const sa_topo_t *t, double timeout_s, bool insecure) {
               g_children[i].argv[0]);
       return 1;
     }
-  char sup_log[PATH_MAX];
+  char sup_log[PATH_MAX], deaths[PATH_MAX + 16];
   snprintf(sup_log, sizeof sup_log, "%s/sa-cluster.log", t->run_dir);
+  snprintf(deaths, sizeof deaths, "%s/deaths", t->run_dir);
+  unlink(deaths);
   fflush(NULL);
   pid_t sup = fork();
   if (sup < 0) {
@@ -555,6 +596,18 @@ static int cmd_up(const sa_topo_t *t, double timeout_s, bool insecure) {
     if (waitpid(sup, NULL, WNOHANG) == sup) {
       fprintf(stderr, "sa-cluster: the supervisor exited; see %s\n", sup_log);
       tail_logs(t);
+      return 1;
+    }
+    int status = 0;
+    const char *bad = child_failed(t, &status);
+    if (bad) {
+      fprintf(stderr, "sa-cluster: %s could not start (exit status %d):\n", bad, status);
+      char cmd[PATH_MAX + 128];
+      snprintf(cmd, sizeof cmd, "tail -n 5 '%s/%s.log' 1>&2", t->run_dir, bad);
+      if (system(cmd) != 0)
+        fprintf(stderr, "(no log)\n");
+      kill(sup, SIGTERM);
+      waitpid(sup, NULL, 0);
       return 1;
     }
     sa_cluster_health_t h;
