@@ -41,6 +41,8 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: sa-client submit AUDIO [options]\n"
           "       sa-client status [--json] [--coordinator ADDR]\n"
+          "       sa-client drain TARGET [--migrate] [--no-wait] [--timeout S]\n"
+          "       sa-client undrain TARGET\n"
           "\n"
           "submit options:\n"
           "  --prompt TEXT          text after the audio (default: none)\n"
@@ -60,6 +62,11 @@ static void usage(FILE *f) {
           "  --json                 one JSON object per event on stdout\n"
           "  --quiet-reasoning      do not print the reasoning, only the answer\n"
           "  --timeout S            give up after S seconds (default 600)\n"
+          "drain: TARGET is a replica's name or a stage's or encoder's node id (see\n"
+          "status). New work stops going there; running requests finish in place, or\n"
+          "with --migrate move to other replicas at once (re-prefill, the same tokens).\n"
+          "Waits until nothing runs there (then its processes may be stopped) unless\n"
+          "--no-wait; --timeout S (default 600). undrain lets work go there again.\n"
           "common:\n"
           "  --coordinator ADDR     default $SA_COORDINATOR or " DEFAULT_COORDINATOR "\n"
           SA_SEC_USAGE
@@ -741,6 +748,7 @@ static int cmd_status(int argc, char **argv) {
       cJSON_AddNumberToObject(wo, "kv_blocks_free", (double)w->kv_blocks_free);
       cJSON_AddNumberToObject(wo, "kv_blocks_shared", (double)w->kv_blocks_shared);
       cJSON_AddNumberToObject(wo, "sequences", w->sequences);
+      cJSON_AddBoolToObject(wo, "draining", w->draining);
       cJSON_AddItemToArray(ws, wo);
     }
     char *s = cJSON_PrintUnformatted(o);
@@ -774,11 +782,120 @@ static int cmd_status(int argc, char **argv) {
       printf("%-8s %-24s %-28s %-8s %-9s %-7s %-6.2f %-14s %s\n",
              w->role == SA__ROLE__ROLE_ENCODER ? "encoder" : "stage", w->node_id, w->address,
              w->role == SA__ROLE__ROLE_STAGE ? w->replica_name : "-", layers,
-             w->healthy ? "up" : "DOWN", w->load, kv, shared);
+             w->healthy ? (w->draining ? "drain" : "up") : "DOWN", w->load, kv, shared);
     }
   }
   sa__status_response__free_unpacked(st, NULL);
   return 0;
+}
+
+/* ------------------------------------------------------------------- drain */
+
+/* One Coordinator/Drain call; *out gets the answer. 0, or 1 with the reason
+ * printed. */
+static int drain_call(const char *addr, const sa_rpc_opts_t *o, const Sa__DrainRequest *rq,
+                      Sa__DrainResponse **out) {
+  uint8_t buf[512];
+  size_t len = sa__drain_request__pack(rq, buf);
+  sa_rpc_reply_t *rep = NULL;
+  int rc = sa_rpc_call_sync(addr, o, "Coordinator/Drain", buf, len, NULL, 0, 5000, &rep);
+  if (rc) {
+    fprintf(stderr, "sa-client: cannot reach %s: %s\n", addr, sa_strerror(rc));
+    return 1;
+  }
+  if (rep->status != SA_STATUS_OK) {
+    fprintf(stderr, "sa-client: %s: %s: %s\n", addr, sa_status_name(rep->status),
+            rep->status_msg ? rep->status_msg : "");
+    sa_rpc_reply_free(&rep);
+    return 1;
+  }
+  *out = sa__drain_response__unpack(NULL, rep->body_len, rep->body);
+  sa_rpc_reply_free(&rep);
+  if (!*out) {
+    fprintf(stderr, "sa-client: malformed DrainResponse\n");
+    return 1;
+  }
+  return 0;
+}
+
+static int cmd_drain(int argc, char **argv, bool undrain) {
+  static const struct option longopts[] = {{"migrate", no_argument, 0, 'm'},
+                                           {"no-wait", no_argument, 0, 'W'},
+                                           {"timeout", required_argument, 0, 'T'},
+                                           {"coordinator", required_argument, 0, 'c'},
+                                           {"help", no_argument, 0, 'h'},
+                                           SA_SEC_LONGOPTS,
+                                           {0, 0, 0, 0}};
+  sa_sec_args_t sa = {0};
+  const char *coord = NULL;
+  bool migrate = false, wait = true;
+  double timeout_s = 600;
+  int opt;
+  optind = 1;
+  while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+    switch (opt) {
+    case 'm': migrate = true; break;
+    case 'W': wait = false; break;
+    case 'T': timeout_s = parse_float(optarg, "--timeout"); break;
+    case 'c': coord = optarg; break;
+    case 'h': usage(stdout); return 0;
+    default:
+      if (sa_sec_args_take(&sa, opt, optarg))
+        break;
+      usage(stderr);
+      return 2;
+    }
+  }
+  if (optind >= argc) {
+    fprintf(stderr, "sa-client: %s needs a TARGET (a replica name or a node id)\n",
+            undrain ? "undrain" : "drain");
+    return 2;
+  }
+  sa_sec_t sec;
+  sa_rpc_opts_t ro;
+  sa_rpc_opts_default(&ro);
+  if (client_security(&sa, &sec, &ro))
+    return 2;
+  const char *addr = coordinator_addr(coord);
+  Sa__DrainRequest rq = SA__DRAIN_REQUEST__INIT;
+  rq.target = argv[optind];
+  rq.migrate = migrate;
+  rq.undrain = undrain;
+  Sa__DrainResponse *d = NULL;
+  int rc = drain_call(addr, &ro, &rq, &d);
+  if (rc == 0 && d->workers == 0) {
+    fprintf(stderr, "sa-client: no replica or worker named '%s' (see sa-client status)\n",
+            rq.target);
+    rc = 1;
+  } else if (rc == 0 && undrain) {
+    printf("%s: %d workers take work again\n", rq.target, d->workers);
+  } else if (rc == 0) {
+    printf("%s: draining %d workers%s; %d requests running\n", rq.target, d->workers,
+           migrate ? " (moving their requests)" : "", d->requests);
+    rq.migrate = false; /* the move was asked once */
+    double t0 = sa_now_s();
+    while (wait && !d->done && sa_now_s() - t0 < timeout_s) {
+      usleep(300 * 1000);
+      sa__drain_response__free_unpacked(d, NULL);
+      d = NULL;
+      if ((rc = drain_call(addr, &ro, &rq, &d)) != 0)
+        break;
+      fprintf(stderr, "\rsa-client: %d requests still running on %s   ", d->requests, rq.target);
+    }
+    if (rc == 0 && wait) {
+      fprintf(stderr, "\n");
+      if (d->done) {
+        printf("%s: drained; nothing runs there (its processes may be stopped)\n", rq.target);
+      } else {
+        fprintf(stderr, "sa-client: %s not drained after %.0f s\n", rq.target, timeout_s);
+        rc = 1;
+      }
+    }
+  }
+  if (d)
+    sa__drain_response__free_unpacked(d, NULL);
+  sa_sec_close(&sec);
+  return rc;
 }
 
 int main(int argc, char **argv) {
@@ -796,6 +913,8 @@ int main(int argc, char **argv) {
     return cmd_submit(argc - 1, argv + 1);
   if (!strcmp(argv[1], "status"))
     return cmd_status(argc - 1, argv + 1);
+  if (!strcmp(argv[1], "drain") || !strcmp(argv[1], "undrain"))
+    return cmd_drain(argc - 1, argv + 1, !strcmp(argv[1], "undrain"));
   fprintf(stderr, "sa-client: unknown command '%s'\n", argv[1]);
   usage(stderr);
   return 2;

@@ -343,7 +343,38 @@ const coord_replica_t *coord_registry_replica(const coord_registry_t *reg, int r
 }
 
 static bool encoder_usable(const coord_registry_t *reg, const coord_worker_t *w) {
-  return w->used && w->healthy && w->role == SA__ROLE__ROLE_ENCODER && (w->ch || !reg->loop);
+  return w->used && w->healthy && !w->draining && w->role == SA__ROLE__ROLE_ENCODER &&
+         (w->ch || !reg->loop);
+}
+
+int coord_registry_drain(coord_registry_t *reg, const char *target, bool on) {
+  int n = 0;
+  for (int i = 0; i < COORD_MAX_WORKERS; i++) {
+    coord_worker_t *w = &reg->workers[i];
+    if (!w->used)
+      continue;
+    bool hit = !strcmp(w->node_id, target) ||
+               (w->role == SA__ROLE__ROLE_STAGE && !strcmp(w->replica_name, target));
+    if (!hit)
+      continue;
+    if (w->draining != on)
+      SA_LOG_INFO("%s %s (%s)", on ? "draining" : "undraining", w->node_id, w->address);
+    w->draining = on;
+    n++;
+  }
+  if (n && !on && reg->cbs.changed) /* work may start there again */
+    reg->cbs.changed(reg->user);
+  return n;
+}
+
+bool coord_registry_replica_draining(const coord_registry_t *reg, int ri) {
+  if (ri < 0 || ri >= COORD_MAX_REPLICAS || !reg->replicas[ri].used)
+    return false;
+  const coord_replica_t *r = &reg->replicas[ri];
+  for (int s = 0; s < r->n_stages; s++)
+    if (reg->workers[r->stage[s]].draining)
+      return true;
+  return false;
 }
 
 int coord_registry_pick_encoder(const coord_registry_t *reg, int exclude) {
@@ -372,7 +403,8 @@ int coord_registry_pick_replica(const coord_registry_t *reg, int64_t blocks, uin
   double best_load = 2.0;
   for (int i = 0; i < COORD_MAX_REPLICAS; i++) {
     const coord_replica_t *r = &reg->replicas[i];
-    if (!r->used || !r->ready || now < r->suspect_until_ms)
+    if (!r->used || !r->ready || now < r->suspect_until_ms ||
+        coord_registry_replica_draining(reg, i))
       continue;
     if (r->kv_reserved + blocks > r->kv_capacity)
       continue;
@@ -391,7 +423,7 @@ bool coord_registry_could_fit(const coord_registry_t *reg, int64_t blocks, bool 
   *any_ready = false;
   for (int i = 0; i < COORD_MAX_REPLICAS; i++) {
     const coord_replica_t *r = &reg->replicas[i];
-    if (!r->used || !r->ready)
+    if (!r->used || !r->ready || coord_registry_replica_draining(reg, i))
       continue;
     *any_ready = true;
     fits = fits || blocks <= r->kv_capacity;

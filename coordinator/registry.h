@@ -46,6 +46,7 @@ typedef struct {
   bool healthy;
   int encodes; /* encoder calls in flight (for picking the least busy) */
   sa_rpc_channel_t *ch; /* NULL without a loop; made anew at each registration */
+  bool draining;        /* takes no new work (Coordinator/Drain) */
   uint64_t down_since_ms;
   int replica;          /* index of its replica, -1 if none */
 } coord_worker_t;
@@ -98,6 +99,14 @@ void coord_registry_init(coord_registry_t *reg, struct uv_loop_s *loop, int num_
 
 /* Destroys every channel (their memory goes once the loop has run). */
 void coord_registry_close(coord_registry_t *reg);
+
+/* Drains (on) or undrains target: a replica's name (all its stages) or a
+ * worker's node id. Returns the workers it names (0: none). A replica with a
+ * draining stage gets no new requests; a draining encoder no new audio. */
+int coord_registry_drain(coord_registry_t *reg, const char *target, bool on);
+
+/* True if replica ri has a draining stage. */
+bool coord_registry_replica_draining(const coord_registry_t *reg, int ri);
 
 /* Serves Coordinator/Register and Coordinator/Heartbeat on srv. */
 void coord_registry_serve(coord_registry_t *reg, sa_rpc_server_t *srv);

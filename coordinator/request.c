@@ -254,6 +254,10 @@ coord_request_t *coord_request_new(coord_requests_t *set, const coord_request_pa
   return r;
 }
 
+void coord_requests_migrate(coord_requests_t *set, int ri) {
+  on_replica_lost(set, ri, "moved off a draining replica");
+}
+
 void coord_request_cancel(coord_requests_t *set, coord_request_t *r) {
   if (r->ended)
     return;

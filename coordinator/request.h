@@ -117,6 +117,11 @@ coord_request_t *coord_request_new(coord_requests_t *set, const coord_request_pa
  * callback. */
 void coord_request_cancel(coord_requests_t *set, coord_request_t *r);
 
+/* Asks to move every request running on replica ri to other replicas
+ * (a drain with --migrate): applied by the next pass, as a lost replica's
+ * requests are (re-prefill, the same tokens; their KV on ri is freed). */
+void coord_requests_migrate(coord_requests_t *set, int ri);
+
 /* The request with this id that has not ended, or NULL. */
 coord_request_t *coord_requests_find(const coord_requests_t *set, const char *request_id);
 

@@ -22,7 +22,7 @@ typedef struct {
 } client_t;
 
 void coord_submit_init(coord_submit_t *sub, const coord_opts_t *opts, coord_requests_t *set,
-                       const coord_registry_t *reg, const coord_pipeline_t *pl) {
+                       coord_registry_t *reg, const coord_pipeline_t *pl) {
   sub->opts = opts;
   sub->set = set;
   sub->reg = reg;
@@ -322,6 +322,63 @@ static void cancel_handler(sa_rpc_call_t *call, void *user) {
   sa_rpc_call_reply_pb(call, &resp.base);
 }
 
+/* ----------------------------------------------------------------- Drain */
+
+/* True if worker wi is one of the drain's target. */
+static bool drain_hit(const coord_worker_t *w, const char *target) {
+  return !strcmp(w->node_id, target) ||
+         (w->role == SA__ROLE__ROLE_STAGE && !strcmp(w->replica_name, target));
+}
+
+static void drain_handler(sa_rpc_call_t *call, void *user) {
+  coord_submit_t *sub = user;
+  size_t len;
+  const void *body = sa_rpc_call_request(call, &len);
+  Sa__DrainRequest *rq = sa__drain_request__unpack(NULL, len, body);
+  if (!rq || !rq->target[0] || strlen(rq->target) >= 128) {
+    if (rq)
+      sa__drain_request__free_unpacked(rq, NULL);
+    sa_rpc_call_reply(call, SA_STATUS_INVALID_ARGUMENT,
+                      "a DrainRequest needs a target: a replica name or a node id", NULL, 0,
+                      NULL, 0);
+    return;
+  }
+  Sa__DrainResponse resp = SA__DRAIN_RESPONSE__INIT;
+  resp.workers = coord_registry_drain(sub->reg, rq->target, !rq->undrain);
+  bool draining = !rq->undrain;
+  int64_t encodes = 0;
+  for (int i = 0; i < COORD_MAX_WORKERS; i++) {
+    const coord_worker_t *w = coord_registry_worker(sub->reg, i);
+    if (!w || !drain_hit(w, rq->target))
+      continue;
+    resp.sequences += w->sequences;
+    encodes += w->encodes;
+  }
+  for (int ri = 0; ri < COORD_MAX_REPLICAS; ri++) {
+    const coord_replica_t *rp = coord_registry_replica(sub->reg, ri);
+    if (!rp || !coord_registry_replica_draining(sub->reg, ri))
+      continue;
+    bool targeted = false;
+    for (int s = 0; s < rp->n_stages; s++)
+      targeted |= drain_hit(coord_registry_worker(sub->reg, rp->stage[s]), rq->target);
+    if (!targeted)
+      continue;
+    if (rq->migrate && draining)
+      coord_requests_migrate(sub->set, ri);
+    for (const coord_request_t *r = sub->set->head; r; r = r->next)
+      if (r->replica == ri && r->state != COORD_REQ_DONE)
+        resp.requests++;
+  }
+  resp.requests += (int32_t)encodes;
+  resp.done = draining && resp.workers > 0 && resp.requests == 0;
+  if (resp.workers)
+    SA_LOG_INFO("drain %s%s: %d workers, %d requests running, %lld sequences",
+                rq->target, rq->undrain ? " undone" : rq->migrate ? " with migration" : "",
+                resp.workers, resp.requests, (long long)resp.sequences);
+  sa__drain_request__free_unpacked(rq, NULL);
+  sa_rpc_call_reply_pb(call, &resp.base);
+}
+
 /* ---------------------------------------------------------------- Status */
 
 static void status_handler(sa_rpc_call_t *call, void *user) {
@@ -366,6 +423,7 @@ static void status_handler(sa_rpc_call_t *call, void *user) {
     wi->replica_name = (char *)w->replica_name;
     wi->kv_blocks_shared = w->kv_shared;
     wi->sequences = w->sequences;
+    wi->draining = w->draining;
     ptrs[n++] = wi;
   }
   resp.n_workers = n;
@@ -412,4 +470,5 @@ void coord_submit_serve(coord_submit_t *sub, sa_rpc_server_t *srv) {
   sa_rpc_server_register(srv, "Coordinator/Submit", SA_RPC_STREAM, submit_handler, sub);
   sa_rpc_server_register(srv, "Coordinator/Cancel", SA_RPC_UNARY, cancel_handler, sub);
   sa_rpc_server_register(srv, "Coordinator/Status", SA_RPC_UNARY, status_handler, sub);
+  sa_rpc_server_register(srv, "Coordinator/Drain", SA_RPC_UNARY, drain_handler, sub);
 }

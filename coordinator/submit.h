@@ -21,14 +21,14 @@
 typedef struct {
   const coord_opts_t *opts;
   coord_requests_t *set;
-  const coord_registry_t *reg;
+  coord_registry_t *reg;        /* Drain marks workers */
   const coord_pipeline_t *pl; /* for Status figures */
   const sa_sec_t *sec;        /* for Status; NULL: plain text */
 } coord_submit_t;
 
 /* Initialises sub (caller-allocated); everything is borrowed for its life. */
 void coord_submit_init(coord_submit_t *sub, const coord_opts_t *opts, coord_requests_t *set,
-                       const coord_registry_t *reg, const coord_pipeline_t *pl);
+                       coord_registry_t *reg, const coord_pipeline_t *pl);
 
 /* Serves Coordinator/Submit, Cancel and Status on srv. */
 void coord_submit_serve(coord_submit_t *sub, sa_rpc_server_t *srv);
