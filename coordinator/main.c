@@ -322,7 +322,8 @@ int main(int argc, char **argv) {
       {"Coordinator/Submit", SA_ROLE_CLIENT},
       {"Coordinator/Cancel", SA_ROLE_CLIENT},
       {"Coordinator/Status", SA_ROLE_CLIENT},
-      {"Coordinator/Drain", SA_ROLE_CLIENT},
+      {"Coordinator/Drain", SA_ROLE_CLIENT | SA_ROLE_STAGE | SA_ROLE_ENCODER}, /* workers: only
+                                                                                 themselves */
       {"Coordinator/Register", SA_ROLE_STAGE | SA_ROLE_ENCODER},
       {"Coordinator/Heartbeat", SA_ROLE_STAGE | SA_ROLE_ENCODER},
   };

@@ -343,6 +343,22 @@ static void drain_handler(sa_rpc_call_t *call, void *user) {
                       NULL, 0);
     return;
   }
+  /* a stage or encoder may drain only itself (before a planned stop) */
+  const char *peer = sa_rpc_call_peer(call);
+  sa_role_t role = sa_sec_peer_role(peer);
+  if (role == SA_ROLE_STAGE || role == SA_ROLE_ENCODER) {
+    bool own = false;
+    for (int i = 0; i < COORD_MAX_WORKERS && !own; i++) {
+      const coord_worker_t *w = coord_registry_worker(sub->reg, i);
+      own = w && !strcmp(w->node_id, rq->target) && !strcmp(w->key, sa_sec_peer_key(peer));
+    }
+    if (!own || rq->migrate || rq->undrain) {
+      sa__drain_request__free_unpacked(rq, NULL);
+      sa_rpc_call_reply(call, SA_STATUS_PERMISSION_DENIED,
+                        "a worker may only drain itself", NULL, 0, NULL, 0);
+      return;
+    }
+  }
   Sa__DrainResponse resp = SA__DRAIN_RESPONSE__INIT;
   resp.workers = coord_registry_drain(sub->reg, rq->target, !rq->undrain);
   bool draining = !rq->undrain;

@@ -273,6 +273,42 @@ fail:
   return rc;
 }
 
+typedef struct {
+  void (*done)(void *user, bool ok);
+  void *user;
+} drain_ctx_t;
+
+static void drain_cb(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void *user) {
+  (void)ch;
+  drain_ctx_t *d = user;
+  if (res->status != SA_STATUS_OK)
+    SA_LOG_WARN("drain: the coordinator answered %s: %s", sa_status_name(res->status),
+                res->status_msg);
+  if (d->done)
+    d->done(d->user, res->status == SA_STATUS_OK);
+  free(d);
+}
+
+int sa_registrar_drain(sa_registrar_t *r, void (*done)(void *user, bool ok), void *user) {
+  if (!r || !r->ch)
+    return SA_EINVAL;
+  drain_ctx_t *d = calloc(1, sizeof *d);
+  if (!d)
+    return SA_ENOMEM;
+  d->done = done;
+  d->user = user;
+  Sa__DrainRequest rq = SA__DRAIN_REQUEST__INIT;
+  rq.target = r->node_id;
+  uint8_t buf[256];
+  size_t len = sa__drain_request__pack(&rq, buf);
+  sa_rpc_call_opts_t o = {.timeout_ms = 5000};
+  int rc = sa_rpc_channel_call(r->ch, "Coordinator/Drain", buf, len, NULL, 0, &o, drain_cb, d,
+                               NULL);
+  if (rc)
+    free(d);
+  return rc;
+}
+
 bool sa_registrar_registered(const sa_registrar_t *r) {
   return r && r->registered;
 }

@@ -75,6 +75,11 @@ int sa_registrar_start(struct uv_loop_s *loop, const sa_registrar_opts_t *opts,
  * forgotten us). */
 bool sa_registrar_registered(const sa_registrar_t *r);
 
+/* Asks the coordinator to drain this process (Coordinator/Drain with its
+ * own node id: no new work comes here). done (may be NULL) runs once with
+ * whether the coordinator agreed. Returns 0 if the call went out. */
+int sa_registrar_drain(sa_registrar_t *r, void (*done)(void *user, bool ok), void *user);
+
 /* Stops the timers and the channel; frees once the loop has closed them.
  * Sets *r NULL. */
 void sa_registrar_stop(sa_registrar_t **r);

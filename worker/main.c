@@ -49,6 +49,10 @@ typedef struct {
   } next[MAX_NEXT];
   sa_sec_t sec;
   sa_memtrim_t *trim;
+  uv_timer_t drain_timer;
+  bool draining, stopped;
+  uint64_t drain_start_ms;
+  int drain_grace_s; /* --drain-grace-s */
   int64_t kv_total;
   int block_tokens;
   double last_busy_ms;
@@ -90,6 +94,9 @@ static void usage(FILE *f) {
           "  --no-nccl            keep activations on ZeroMQ even between CUDA stages\n"
           "                       of one host (default: offer the next stage an NCCL\n"
           "                       link when this stage runs on CUDA)\n"
+          "  --drain-grace-s N    on SIGTERM, drain first: no new work comes here and\n"
+          "                       running sequences finish, for at most N s (default\n"
+          "                       30; 0 = stop at once); a second signal stops at once\n"
           SA_SEC_USAGE
           "  -h, --help\n");
 }
@@ -448,8 +455,6 @@ static void on_job_done(job_t *job, void *user) {
     r.kv_blocks_free = ks.blocks_free;
     if (job->call)
       sa_rpc_call_reply_pb(job->call, &r.base);
-    else if (!job->free_rq)
-      SA_LOG_INFO("freed the KV of %d sequences of the previous coordinator", job->freed);
     break;
   }
   case JOB_FREE: {
@@ -624,11 +629,13 @@ static void report_load(void *user, sa_registrar_load_t *out) {
   out->queue_depth = stage_queued(&W.st);
 }
 
-static void on_signal(uv_signal_t *s, int sig) {
-  (void)s;
-  SA_LOG_INFO("signal %d: stopping", sig);
+static void stop_now(void) {
+  if (W.stopped) /* e.g. the drain call's callback, cancelled by the stop itself */
+    return;
+  W.stopped = true;
   uv_close((uv_handle_t *)&W.sigterm, NULL);
   uv_close((uv_handle_t *)&W.sigint, NULL);
+  uv_close((uv_handle_t *)&W.drain_timer, NULL);
   sa_rpc_server_destroy(&W.srv);
   sa_registrar_stop(&W.reg);
   sa_rpc_auth_destroy(&W.sec.auth);
@@ -636,6 +643,50 @@ static void on_signal(uv_signal_t *s, int sig) {
   for (int i = 0; i < MAX_NEXT; i++)
     sa_rpc_channel_destroy(&W.next[i].ch);
   stage_stop(&W.st);
+}
+
+/* While draining: stop once no sequence is left here, or at the grace
+ * period's end (the coordinator moves what is left elsewhere). */
+static void on_drain_tick(uv_timer_t *t) {
+  (void)t;
+  sa_kv_stats_t ks;
+  stage_kv_stats(&W.st, &ks);
+  double waited = (double)(sa_now_ms() - W.drain_start_ms) / 1000.0;
+  if (ks.n_seqs == 0 || waited >= W.drain_grace_s) {
+    if (ks.n_seqs)
+      SA_LOG_WARN("drain: %d sequences still here after %.0f s; stopping", ks.n_seqs, waited);
+    else
+      SA_LOG_INFO("drained in %.1f s; stopping", waited);
+    uv_timer_stop(&W.drain_timer);
+    stop_now();
+  }
+}
+
+static void on_drain_answer(void *user, bool ok) {
+  (void)user;
+  if (!ok) { /* the coordinator would not: stop now, failover does the rest */
+    uv_timer_stop(&W.drain_timer);
+    stop_now();
+  }
+}
+
+/* SIGTERM: drain (the coordinator sends no new work, running sequences
+ * finish here), then stop; a second signal, SIGINT, or no coordinator to
+ * drain with: stop at once. */
+static void on_signal(uv_signal_t *s, int sig) {
+  (void)s;
+  if (sig == SIGTERM && !W.draining && W.drain_grace_s > 0 && sa_registrar_registered(W.reg) &&
+      sa_registrar_drain(W.reg, on_drain_answer, NULL) == 0) {
+    SA_LOG_INFO("signal %d: draining (at most %d s), then stopping", sig, W.drain_grace_s);
+    W.draining = true;
+    W.drain_start_ms = sa_now_ms();
+    uv_timer_start(&W.drain_timer, on_drain_tick, 200, 200);
+    return;
+  }
+  SA_LOG_INFO("signal %d: stopping", sig);
+  if (W.draining)
+    uv_timer_stop(&W.drain_timer);
+  stop_now();
 }
 
 int main(int argc, char **argv) {
@@ -653,7 +704,9 @@ int main(int argc, char **argv) {
       {"threads", required_argument, 0, 't'},   {"max-batch", required_argument, 0, 'B'},
       {"max-tokens", required_argument, 0, 'T'}, {"node-id", required_argument, 0, 'n'},
       {"no-nccl", no_argument, 0, 'N'},         {"help", no_argument, 0, 'h'},
+      {"drain-grace-s", required_argument, 0, 'G'},
       SA_SEC_LONGOPTS,                          {0, 0, 0, 0}};
+  W.drain_grace_s = 30;
   sa_sec_args_t sa = {0};
   int opt;
   while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -676,6 +729,7 @@ int main(int argc, char **argv) {
     case 'T': max_tokens = atoi(optarg); break;
     case 'n': snprintf(W.node_id, sizeof W.node_id, "%s", optarg); break;
     case 'N': W.no_nccl = true; break;
+    case 'G': W.drain_grace_s = atoi(optarg); break;
     case 'h': usage(stdout); return 0;
     default:
       if (sa_sec_args_take(&sa, opt, optarg))
@@ -805,6 +859,7 @@ int main(int argc, char **argv) {
   uv_signal_init(W.loop, &W.sigterm);
   uv_signal_init(W.loop, &W.sigint);
   uv_signal_start(&W.sigterm, on_signal, SIGTERM);
+  uv_timer_init(W.loop, &W.drain_timer);
   W.trim = sa_memtrim_start(W.loop, 2000);
   uv_signal_start(&W.sigint, on_signal, SIGINT);
   uv_run(W.loop, UV_RUN_DEFAULT);

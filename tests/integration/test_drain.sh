@@ -4,6 +4,8 @@
 # requests sent meanwhile run on r1 only; `undrain` gives r0 work again.
 # `drain --migrate` moves a running request to the other replica at once,
 # and its tokens are identical to an undisturbed run of the same request.
+# SIGTERM to a stage drains it first: its running request finishes there,
+# then the process exits by itself.
 BIN=$1
 source "$(dirname "$0")/lib.sh"
 
@@ -12,9 +14,12 @@ make_model "$M" 91
 make_clips "$T/clips" 2
 start_coordinator "$M"
 start_encoder "$M" encoder0
+declare -A PID
 for r in r0 r1; do
   start_worker "$M" 0:2 $r "$r-a"
+  PID[$r-a]=$LAST_PID
   start_worker "$M" 2: $r "$r-b"
+  PID[$r-b]=$LAST_PID
 done
 wait_ready 2 1
 used() { # REPLICA -> KV blocks its stages hold
@@ -74,3 +79,24 @@ GOT=$(tokens_of "$(final_of "$T/m.out")")
 for _ in $(seq 100); do [[ $(used "$on") -eq 0 ]] && break; sleep 0.1; done
 [[ $(used "$on") -eq 0 ]] || fail "$on still holds KV after the move"
 pass "drain $on --migrate: the request moved and its $(wc -w <<<"$GOT") tokens equal the undisturbed run; $on holds no KV"
+
+# --- SIGTERM to a stage: it drains (its request finishes there), then exits
+"$BIN/sa-client" undrain "$on" --coordinator "$COORD" >/dev/null || fail "undrain $on"
+req "$T/t.out" 5 600 &
+TP=$!
+on=""
+for _ in $(seq 200); do
+  if [[ $(used r0) -gt 0 ]]; then on=r0; break; fi
+  if [[ $(used r1) -gt 0 ]]; then on=r1; break; fi
+  sleep 0.02
+done
+[[ -n $on ]] || fail "the request never held KV"
+kill -TERM "${PID[$on-b]}"
+wait "$TP" || fail "the request on the stopping stage failed: $(tail -c 300 "$T/t.out")"
+[[ "$(tokens_of "$(final_of "$T/t.out")")" == "$REF" ]] || fail "tokens differ after SIGTERM"
+for _ in $(seq 100); do kill -0 "${PID[$on-b]}" 2>/dev/null || break; sleep 0.1; done
+kill -0 "${PID[$on-b]}" 2>/dev/null && fail "the stage did not exit after draining"
+grep -q "draining (at most 30 s), then stopping" "$T/$on-b.log" || fail "the stage did not drain"
+grep -q "moved off a draining replica\|failing over" <(grep -a "$(date +%Y)" "$T/coordinator.log" | tail -n 5) &&
+  fail "the request moved instead of finishing in place"
+pass "SIGTERM to $on-b: it drained ($(grep -o 'drained in [0-9.]* s' "$T/$on-b.log")), its request finished there (tokens equal), then it exited"
