@@ -74,10 +74,10 @@ static int stage_at(const coord_registry_t *reg, int ri, int at) {
 
 /* Re-derives every replica's stage list and readiness from the workers and
  * reports replicas that were lost or became ready. */
-static void assemble_replicas(coord_registry_t *reg) {
+static void derive_replicas(coord_registry_t *reg) {
   for (int ri = 0; ri < COORD_MAX_REPLICAS; ri++) {
     coord_replica_t *r = &reg->replicas[ri];
-    if (!r->used)
+    if (!r->used || r->dissolved)
       continue;
     bool was_ready = r->ready;
     r->n_stages = 0;
@@ -107,6 +107,8 @@ static void assemble_replicas(coord_registry_t *reg) {
     }
     if (ok && at == reg->num_layers && r->n_stages > 0) {
       r->ready = true;
+      memcpy(r->last_stage, r->stage, sizeof r->stage);
+      r->last_n = r->n_stages;
       r->kv_capacity = cap;
       r->block_tokens = bt;
       r->max_batch = mb;
@@ -124,6 +126,95 @@ static void assemble_replicas(coord_registry_t *reg) {
         reg->cbs.changed(reg->user);
     }
   }
+}
+
+/* "tcp://10.0.0.5:7720" -> "10.0.0.5" in host[cap]. */
+static void host_of(const char *address, char *host, size_t cap) {
+  const char *h = strstr(address, "://");
+  h = h ? h + 3 : address;
+  size_t n = strcspn(h, ":");
+  snprintf(host, cap, "%.*s", (int)(n < cap ? n : cap - 1), h);
+}
+
+/* A free, healthy elastic stage starting at layer `at`, preferring one on
+ * host `near` (stages on one host pass activations locally); -1 if none. */
+static int free_stage_at(const coord_registry_t *reg, int at, const char *near) {
+  int any = -1;
+  for (int i = 0; i < COORD_MAX_WORKERS; i++) {
+    const coord_worker_t *w = &reg->workers[i];
+    if (!w->used || !w->healthy || !w->elastic || w->replica >= 0 || w->draining ||
+        w->first != at)
+      continue;
+    char h[128];
+    host_of(w->address, h, sizeof h);
+    if (near && !strcmp(h, near))
+      return i;
+    if (any < 0)
+      any = i;
+  }
+  return any;
+}
+
+/* A replica slot for a new elastic pipeline: unused, or dissolved long ago. */
+static int new_pipeline_slot(coord_registry_t *reg, uint64_t now) {
+  for (int i = 0; i < COORD_MAX_REPLICAS; i++) {
+    coord_replica_t *r = &reg->replicas[i];
+    if (r->used && !(r->dissolved && now - r->dissolved_ms > (uint64_t)reg->forget_ms))
+      continue;
+    memset(r, 0, sizeof *r);
+    r->used = true;
+    r->elastic = true;
+    snprintf(r->name, sizeof r->name, "p%d", reg->next_pipeline++);
+    return i;
+  }
+  return -1;
+}
+
+/* Elastic pipelines: a pipeline that lost a stage is dissolved (its live
+ * stages go back to the pool; its requests already moved, replica_lost),
+ * then chains of free stages covering [0, L) become new pipelines. */
+static void assemble_elastic(coord_registry_t *reg) {
+  uint64_t now = sa_now_ms();
+  for (int ri = 0; ri < COORD_MAX_REPLICAS; ri++) {
+    coord_replica_t *r = &reg->replicas[ri];
+    if (!r->used || !r->elastic || r->dissolved || r->ready)
+      continue;
+    SA_LOG_INFO("pipeline %s dissolved: its stages are free again", r->name);
+    r->dissolved = true;
+    r->dissolved_ms = now;
+    /* sequences it held are freed on the stages that held them */
+    memcpy(r->stage, r->last_stage, sizeof r->stage);
+    r->n_stages = r->last_n;
+    for (int i = 0; i < COORD_MAX_WORKERS; i++)
+      if (reg->workers[i].used && reg->workers[i].replica == ri)
+        reg->workers[i].replica = -1;
+  }
+  for (;;) {
+    int chain[COORD_MAX_STAGES], n = 0, at = 0;
+    char near[128] = "";
+    while (at < reg->num_layers && n < COORD_MAX_STAGES) {
+      int wi = free_stage_at(reg, at, n ? near : NULL);
+      if (wi < 0)
+        break;
+      /* not twice in one chain (a range that does not advance) */
+      reg->workers[wi].replica = -2;
+      chain[n++] = wi;
+      host_of(reg->workers[wi].address, near, sizeof near);
+      at = reg->workers[wi].last;
+    }
+    int ri = at == reg->num_layers && n > 0 ? new_pipeline_slot(reg, now) : -1;
+    for (int k = 0; k < n; k++)
+      reg->workers[chain[k]].replica = ri; /* -1: back to the pool */
+    if (ri < 0)
+      return;
+    SA_LOG_INFO("pipeline %s assembled from %d free stages", reg->replicas[ri].name, n);
+  }
+}
+
+static void assemble_replicas(coord_registry_t *reg) {
+  derive_replicas(reg);  /* transitions of named and elastic pipelines */
+  assemble_elastic(reg); /* dissolve the broken, build from the free */
+  derive_replicas(reg);  /* the new ones become ready */
 }
 
 static int check_register(const coord_registry_t *reg, const Sa__RegisterRequest *rq, char *err,
@@ -168,9 +259,10 @@ static coord_worker_t *replaceable(coord_registry_t *reg, const Sa__RegisterRequ
     if (!w->used || w->healthy || w->role != rq->role || strcmp(w->key, key) != 0 ||
         w->encodes > 0)
       continue;
+    bool elastic = !(rq->replica_name && rq->replica_name[0]);
     if (rq->role == SA__ROLE__ROLE_STAGE &&
-        (strcmp(w->replica_name, rn) != 0 || w->first != rq->first_layer ||
-         w->last != rq->last_layer))
+        (w->elastic != elastic || (!elastic && strcmp(w->replica_name, rn) != 0) ||
+         w->first != rq->first_layer || w->last != rq->last_layer))
       continue;
     return w;
   }
@@ -246,14 +338,18 @@ int coord_registry_register(coord_registry_t *reg, const Sa__RegisterRequest *rq
       w->healthy = false;
     }
   }
-  if (w->role == SA__ROLE__ROLE_STAGE) {
-    const char *rn = rq->replica_name && rq->replica_name[0] ? rq->replica_name : "r0";
-    snprintf(w->replica_name, sizeof w->replica_name, "%s", rn);
-    w->replica = find_replica(reg, rn, true);
+  if (w->role == SA__ROLE__ROLE_STAGE && rq->replica_name && rq->replica_name[0]) {
+    snprintf(w->replica_name, sizeof w->replica_name, "%s", rq->replica_name);
+    w->replica = find_replica(reg, rq->replica_name, true);
+    w->elastic = false;
+  } else if (w->role == SA__ROLE__ROLE_STAGE && !w->elastic) {
+    w->elastic = true; /* the assembler puts it into a pipeline */
+    w->replica = -1;
+    w->replica_name[0] = 0;
   }
   SA_LOG_INFO("registered %s %s at %s%s%s", w->role == SA__ROLE__ROLE_STAGE ? "stage" : "encoder",
               w->node_id, w->address, w->role == SA__ROLE__ROLE_STAGE ? " replica " : "",
-              w->role == SA__ROLE__ROLE_STAGE ? w->replica_name : "");
+              w->role != SA__ROLE__ROLE_STAGE ? "" : w->elastic ? "(any)" : w->replica_name);
   assemble_replicas(reg);
   if (w->role == SA__ROLE__ROLE_ENCODER && reg->cbs.changed)
     reg->cbs.changed(reg->user);
@@ -347,6 +443,15 @@ static bool encoder_usable(const coord_registry_t *reg, const coord_worker_t *w)
          (w->ch || !reg->loop);
 }
 
+const char *coord_registry_worker_replica(const coord_registry_t *reg, int wi) {
+  const coord_worker_t *w = coord_registry_worker(reg, wi);
+  if (!w || w->role != SA__ROLE__ROLE_STAGE)
+    return "";
+  if (!w->elastic)
+    return w->replica_name;
+  return w->replica >= 0 ? reg->replicas[w->replica].name : "";
+}
+
 int coord_registry_drain(coord_registry_t *reg, const char *target, bool on) {
   int n = 0;
   for (int i = 0; i < COORD_MAX_WORKERS; i++) {
@@ -354,7 +459,8 @@ int coord_registry_drain(coord_registry_t *reg, const char *target, bool on) {
     if (!w->used)
       continue;
     bool hit = !strcmp(w->node_id, target) ||
-               (w->role == SA__ROLE__ROLE_STAGE && !strcmp(w->replica_name, target));
+               (w->role == SA__ROLE__ROLE_STAGE &&
+                !strcmp(coord_registry_worker_replica(reg, i), target));
     if (!hit)
       continue;
     if (w->draining != on)

@@ -47,6 +47,8 @@ typedef struct {
   int encodes; /* encoder calls in flight (for picking the least busy) */
   sa_rpc_channel_t *ch; /* NULL without a loop; made anew at each registration */
   bool draining;        /* takes no new work (Coordinator/Drain) */
+  bool elastic;         /* a stage registered without a replica name: the
+                           coordinator puts it into a pipeline */
   uint64_t down_since_ms;
   int replica;          /* index of its replica, -1 if none */
 } coord_worker_t;
@@ -64,6 +66,13 @@ typedef struct {
   int max_batch, max_tokens_per_step;
   uint64_t suspect_until_ms; /* a step failed here: admit nothing before
                                 this (its heartbeats decide by then) */
+  bool elastic;   /* assembled by the coordinator from stages without a name */
+  bool dissolved; /* elastic, lost a stage: its members went back to the pool;
+                     the stage list stays, so stale sequences are freed where
+                     they are, and the slot is reused after forget_ms */
+  uint64_t dissolved_ms;
+  int last_stage[COORD_MAX_STAGES]; /* the stage list when it was last ready */
+  int last_n;
 } coord_replica_t;
 
 typedef struct {
@@ -86,6 +95,7 @@ typedef struct coord_registry {
   int max_audio_s;          /* bounds an encoder's reply (default 1200) */
   uint64_t instance_id;     /* random per process: workers see a restart */
   int forget_ms;            /* a worker down this long is forgotten (default 65 s) */
+  int next_pipeline;        /* numbers the elastic pipelines: p0, p1, ... */
   coord_worker_t workers[COORD_MAX_WORKERS];
   coord_replica_t replicas[COORD_MAX_REPLICAS];
 } coord_registry_t;
@@ -104,6 +114,10 @@ void coord_registry_close(coord_registry_t *reg);
  * worker's node id. Returns the workers it names (0: none). A replica with a
  * draining stage gets no new requests; a draining encoder no new audio. */
 int coord_registry_drain(coord_registry_t *reg, const char *target, bool on);
+
+/* The name of the pipeline worker wi belongs to ("" for an encoder or a free
+ * elastic stage). */
+const char *coord_registry_worker_replica(const coord_registry_t *reg, int wi);
 
 /* True if replica ri has a draining stage. */
 bool coord_registry_replica_draining(const coord_registry_t *reg, int ri);

@@ -325,9 +325,11 @@ static void cancel_handler(sa_rpc_call_t *call, void *user) {
 /* ----------------------------------------------------------------- Drain */
 
 /* True if worker wi is one of the drain's target. */
-static bool drain_hit(const coord_worker_t *w, const char *target) {
-  return !strcmp(w->node_id, target) ||
-         (w->role == SA__ROLE__ROLE_STAGE && !strcmp(w->replica_name, target));
+static bool drain_hit(const coord_registry_t *reg, int wi, const char *target) {
+  const coord_worker_t *w = coord_registry_worker(reg, wi);
+  return w && (!strcmp(w->node_id, target) ||
+               (w->role == SA__ROLE__ROLE_STAGE &&
+                !strcmp(coord_registry_worker_replica(reg, wi), target)));
 }
 
 static void drain_handler(sa_rpc_call_t *call, void *user) {
@@ -365,7 +367,7 @@ static void drain_handler(sa_rpc_call_t *call, void *user) {
   int64_t encodes = 0;
   for (int i = 0; i < COORD_MAX_WORKERS; i++) {
     const coord_worker_t *w = coord_registry_worker(sub->reg, i);
-    if (!w || !drain_hit(w, rq->target))
+    if (!w || !drain_hit(sub->reg, i, rq->target))
       continue;
     resp.sequences += w->sequences;
     encodes += w->encodes;
@@ -376,7 +378,7 @@ static void drain_handler(sa_rpc_call_t *call, void *user) {
       continue;
     bool targeted = false;
     for (int s = 0; s < rp->n_stages; s++)
-      targeted |= drain_hit(coord_registry_worker(sub->reg, rp->stage[s]), rq->target);
+      targeted |= drain_hit(sub->reg, rp->stage[s], rq->target);
     if (!targeted)
       continue;
     if (rq->migrate && draining)
@@ -436,7 +438,7 @@ static void status_handler(sa_rpc_call_t *call, void *user) {
     wi->kv_blocks_used = w->kv_used;
     wi->kv_blocks_free = w->kv_free;
     wi->last_heartbeat_ms_ago = (int64_t)(now - w->last_seen_ms);
-    wi->replica_name = (char *)w->replica_name;
+    wi->replica_name = (char *)coord_registry_worker_replica(sub->reg, i);
     wi->kv_blocks_shared = w->kv_shared;
     wi->sequences = w->sequences;
     wi->draining = w->draining;

@@ -86,7 +86,7 @@ static void register_cb(sa_rpc_channel_t *ch, const sa_rpc_result_t *res,
                                                   : 1000;
   if (r->o.role == SA_REGISTRAR_STAGE)
     SA_LOG_INFO("registered with %s as %s (replica %s, layers %d:%d)", r->coordinator,
-                r->node_id, r->replica[0] ? r->replica : "r0", r->o.first_layer,
+                r->node_id, r->replica[0] ? r->replica : "any", r->o.first_layer,
                 r->o.last_layer);
   else
     SA_LOG_INFO("registered with coordinator %s as %s (heartbeat every %lld ms)",

@@ -84,7 +84,9 @@ static void usage(FILE *f) {
           "  --advertise ADDR     address others use to reach this worker (default:\n"
           "                       the bound endpoint)\n"
           "  --coordinator ADDR   register and heartbeat there (default: none)\n"
-          "  --replica NAME       pipeline replica this stage belongs to (default r0)\n"
+          "  --replica NAME       pipeline replica this stage belongs to (default: none;\n"
+          "                       the coordinator assembles pipelines from stages\n"
+          "                       without a name whose layer ranges chain to [0, L))\n"
           "  --kv-mem SIZE        KV cache budget, e.g. 512MiB, 2GiB (default 256MiB)\n"
           "  --device DEV         cpu | ref | cuda[:N] (default cpu)\n"
           "  --threads N          CPU threads (default 0 = one per core)\n"
@@ -695,7 +697,7 @@ int main(int argc, char **argv) {
   size_t kv_bytes = 256u << 20;
   int threads = 0, max_batch = 64, max_tokens = 512;
   snprintf(W.listen, sizeof W.listen, "tcp://127.0.0.1:*");
-  snprintf(W.replica, sizeof W.replica, "r0");
+  W.replica[0] = 0; /* none: the coordinator puts it into a pipeline */
   static const struct option longopts[] = {
       {"model", required_argument, 0, 'm'},     {"layers", required_argument, 0, 'L'},
       {"listen", required_argument, 0, 'l'},    {"advertise", required_argument, 0, 'a'},
