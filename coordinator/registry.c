@@ -114,6 +114,12 @@ static void derive_replicas(coord_registry_t *reg) {
       r->max_batch = mb;
       r->max_tokens_per_step = mt;
     }
+    if (!r->ready && r->last_n > 0) {
+      /* keep the last complete stage list: the frees of its requests'
+       * sequences must reach every stage that still holds them */
+      memcpy(r->stage, r->last_stage, sizeof r->stage);
+      r->n_stages = r->last_n;
+    }
     if (was_ready && !r->ready) {
       SA_LOG_WARN("replica %s is no longer complete", r->name);
       if (reg->cbs.replica_lost)
