@@ -81,14 +81,12 @@ static void usage(FILE *f) {
  * Returns 0, or 2 (bad usage) with the reason printed. */
 static int client_security(const sa_sec_args_t *a, sa_sec_t *sec, sa_rpc_opts_t *o) {
   char err[512];
-  const char *srv = NULL;
   if (sa_sec_open_args(sec, a, SA_ROLE_CLIENT, err, sizeof err) ||
-      !(srv = sa_sec_peer_of_role(sec, SA_ROLE_COORDINATOR, err, sizeof err))) {
+      sa_sec_coordinator_opts(sec, o, err, sizeof err)) {
     fprintf(stderr, "sa-client: %s\n", err);
     sa_sec_close(sec);
     return 2;
   }
-  sa_sec_channel_opts(sec, o, srv);
   return 0;
 }
 

@@ -458,16 +458,18 @@ const char *coord_registry_worker_replica(const coord_registry_t *reg, int wi) {
   return w->replica >= 0 ? reg->replicas[w->replica].name : "";
 }
 
+bool coord_registry_names(const coord_registry_t *reg, int wi, const char *target) {
+  const coord_worker_t *w = coord_registry_worker(reg, wi);
+  return w && (!strcmp(w->node_id, target) ||
+               (w->role == SA__ROLE__ROLE_STAGE &&
+                !strcmp(coord_registry_worker_replica(reg, wi), target)));
+}
+
 int coord_registry_drain(coord_registry_t *reg, const char *target, bool on) {
   int n = 0;
   for (int i = 0; i < COORD_MAX_WORKERS; i++) {
     coord_worker_t *w = &reg->workers[i];
-    if (!w->used)
-      continue;
-    bool hit = !strcmp(w->node_id, target) ||
-               (w->role == SA__ROLE__ROLE_STAGE &&
-                !strcmp(coord_registry_worker_replica(reg, i), target));
-    if (!hit)
+    if (!coord_registry_names(reg, i, target))
       continue;
     if (w->draining != on)
       SA_LOG_INFO("%s %s (%s)", on ? "draining" : "undraining", w->node_id, w->address);

@@ -119,6 +119,10 @@ int coord_registry_drain(coord_registry_t *reg, const char *target, bool on);
  * elastic stage). */
 const char *coord_registry_worker_replica(const coord_registry_t *reg, int wi);
 
+/* True if target names worker wi: its node id, or the name of the replica
+ * or pipeline it belongs to. */
+bool coord_registry_names(const coord_registry_t *reg, int wi, const char *target);
+
 /* True if replica ri has a draining stage. */
 bool coord_registry_replica_draining(const coord_registry_t *reg, int ri);
 

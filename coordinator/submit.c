@@ -324,14 +324,6 @@ static void cancel_handler(sa_rpc_call_t *call, void *user) {
 
 /* ----------------------------------------------------------------- Drain */
 
-/* True if worker wi is one of the drain's target. */
-static bool drain_hit(const coord_registry_t *reg, int wi, const char *target) {
-  const coord_worker_t *w = coord_registry_worker(reg, wi);
-  return w && (!strcmp(w->node_id, target) ||
-               (w->role == SA__ROLE__ROLE_STAGE &&
-                !strcmp(coord_registry_worker_replica(reg, wi), target)));
-}
-
 static void drain_handler(sa_rpc_call_t *call, void *user) {
   coord_submit_t *sub = user;
   size_t len;
@@ -367,7 +359,7 @@ static void drain_handler(sa_rpc_call_t *call, void *user) {
   int64_t encodes = 0;
   for (int i = 0; i < COORD_MAX_WORKERS; i++) {
     const coord_worker_t *w = coord_registry_worker(sub->reg, i);
-    if (!w || !drain_hit(sub->reg, i, rq->target))
+    if (!w || !coord_registry_names(sub->reg, i, rq->target))
       continue;
     resp.sequences += w->sequences;
     encodes += w->encodes;
@@ -378,7 +370,7 @@ static void drain_handler(sa_rpc_call_t *call, void *user) {
       continue;
     bool targeted = false;
     for (int s = 0; s < rp->n_stages; s++)
-      targeted |= drain_hit(sub->reg, rp->stage[s], rq->target);
+      targeted |= coord_registry_names(sub->reg, rp->stage[s], rq->target);
     if (!targeted)
       continue;
     if (rq->migrate && draining)

@@ -162,6 +162,13 @@ const char *sa_sec_peer_of_role(const sa_sec_t *s, sa_role_t role, char *err, si
   return c ? c->public_key : NULL;
 }
 
+int sa_sec_coordinator_opts(const sa_sec_t *s, sa_rpc_opts_t *o, char *err, size_t cap) {
+  const char *key = sa_sec_peer_of_role(s, SA_ROLE_COORDINATOR, err, cap);
+  if (!key)
+    return SA_EINVAL;
+  return sa_sec_channel_opts(s, o, key);
+}
+
 static bool guard_cb(const char *method, const char *peer, void *user) {
   sa_sec_guard_t *g = user;
   if (g->s->insecure)

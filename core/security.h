@@ -107,6 +107,11 @@ void sa_sec_server_opts(const sa_sec_t *s, sa_rpc_opts_t *o, unsigned accept_rol
  * When secure and server_key is NULL or "": SA_EINVAL. */
 int sa_sec_channel_opts(const sa_sec_t *s, sa_rpc_opts_t *o, const char *server_key);
 
+/* Channel options for calling the coordinator: s's keys, and the
+ * coordinator's key from the allow-list (nothing when insecure). 0, or
+ * SA_EINVAL with err saying what the allow-list lacks. */
+int sa_sec_coordinator_opts(const sa_sec_t *s, sa_rpc_opts_t *o, char *err, size_t cap);
+
 /* The public key of the one key of role in the allow-list (e.g. the
  * coordinator's, for the processes that call it). NULL with err when there
  * is none or several; "" when insecure. */

@@ -164,11 +164,12 @@ int main(int argc, char **argv) {
   char err[512];
   int rc, status = 1;
   app_t app = {0};
-  const char *coord_key = "";
+  sa_rpc_opts_t co;
+  sa_rpc_opts_default(&co);
+  co.max_msg_bytes = 1u << 20; /* Register and Heartbeat replies */
   if (sa_sec_open_args(&app.sec, &sa, SA_ROLE_ENCODER, err, sizeof err) ||
       sa_sec_check_bind(&app.sec, listen, sa.allow_insecure_network, err, sizeof err) ||
-      (coordinator &&
-       !(coord_key = sa_sec_peer_of_role(&app.sec, SA_ROLE_COORDINATOR, err, sizeof err)))) {
+      (coordinator && sa_sec_coordinator_opts(&app.sec, &co, err, sizeof err))) {
     fprintf(stderr, "sa-encoder: %s\n", err);
     return 2;
   }
@@ -243,10 +244,6 @@ int main(int argc, char **argv) {
                               .backend = device,
                               .hidden_size = sa_audio_encoder_hidden(enc),
                               .max_audio_s = max_audio_s};
-    sa_rpc_opts_t co;
-    sa_rpc_opts_default(&co);
-    co.max_msg_bytes = 1u << 20; /* Register and Heartbeat replies */
-    sa_sec_channel_opts(&app.sec, &co, coord_key);
     go.rpc = &co;
     if ((rc = sa_registrar_start(&loop, &go, report_load, app.svc, &app.reg)) != 0) {
       SA_LOG_ERROR("cannot start coordinator registration: %s",

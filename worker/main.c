@@ -774,9 +774,10 @@ int main(int argc, char **argv) {
     fprintf(stderr, "sa-worker: %s\n", err);
     return 2;
   }
-  const char *coord_key = "";
-  if (W.coordinator[0] &&
-      !(coord_key = sa_sec_peer_of_role(&W.sec, SA_ROLE_COORDINATOR, err, sizeof err))) {
+  sa_rpc_opts_t co;
+  sa_rpc_opts_default(&co);
+  co.max_msg_bytes = 1u << 20; /* Register and Heartbeat replies */
+  if (W.coordinator[0] && sa_sec_coordinator_opts(&W.sec, &co, err, sizeof err)) {
     fprintf(stderr, "sa-worker: the coordinator's key: %s\n", err);
     return 2;
   }
@@ -847,10 +848,6 @@ int main(int argc, char **argv) {
         .max_tokens_per_step = W.st.max_tokens,
         .coordinator_changed = coordinator_changed,
     };
-    sa_rpc_opts_t co;
-    sa_rpc_opts_default(&co);
-    co.max_msg_bytes = 1u << 20; /* Register and Heartbeat replies */
-    sa_sec_channel_opts(&W.sec, &co, coord_key);
     ro.rpc = &co;
     W.last_hb_ms = sa_now_ms();
     if (sa_registrar_start(W.loop, &ro, report_load, NULL, &W.reg)) {

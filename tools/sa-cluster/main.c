@@ -268,13 +268,11 @@ static int client_opts(const sa_topo_t *t, sa_sec_t *sec, sa_rpc_opts_t *o) {
   char flag[PATH_MAX + 16];
   snprintf(flag, sizeof flag, "%s/insecure", t->run_dir);
   bool insecure = access(flag, F_OK) == 0;
-  const char *srv;
   if (sa_sec_open(sec, key, allow, insecure, SA_ROLE_CLIENT, err, sizeof err) ||
-      !(srv = sa_sec_peer_of_role(sec, SA_ROLE_COORDINATOR, err, sizeof err))) {
+      sa_sec_coordinator_opts(sec, o, err, sizeof err)) {
     fprintf(stderr, "sa-cluster: %s\n", err);
     return -1;
   }
-  sa_sec_channel_opts(sec, o, srv);
   return 0;
 }
 
