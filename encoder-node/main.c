@@ -71,18 +71,58 @@ typedef struct {
   sa_registrar_t *reg;
   sa_sec_t sec;
   sa_memtrim_t *trim;
+  uv_timer_t drain_timer;
+  bool draining, stopped;
+  int drain_ticks;
 } app_t;
 
-static void on_signal(uv_signal_t *h, int signum) {
-  app_t *a = h->data;
-  SA_LOG_INFO("signal %d: shutting down", signum);
+static void stop_now(app_t *a) {
+  if (a->stopped) /* e.g. the drain call's callback, cancelled by the stop itself */
+    return;
+  a->stopped = true;
   sa_registrar_stop(&a->reg);
   sa_encoder_service_stop(&a->svc);
   sa_rpc_server_destroy(&a->srv);
   sa_rpc_auth_destroy(&a->sec.auth);
   sa_memtrim_stop(&a->trim);
+  uv_close((uv_handle_t *)&a->drain_timer, NULL);
   uv_close((uv_handle_t *)&a->sigint, NULL);
   uv_close((uv_handle_t *)&a->sigterm, NULL);
+}
+
+/* While draining: stop once nothing is queued or running (audio already
+ * sent here finishes), or after 30 s. */
+static void on_drain_tick(uv_timer_t *t) {
+  app_t *a = t->data;
+  if (sa_encoder_service_depth(a->svc) == 0 || ++a->drain_ticks >= 150) {
+    SA_LOG_INFO("drained (%d requests left); stopping", sa_encoder_service_depth(a->svc));
+    uv_timer_stop(t);
+    stop_now(a);
+  }
+}
+
+static void on_drain_answer(void *user, bool ok) {
+  app_t *a = user;
+  if (!ok) {
+    uv_timer_stop(&a->drain_timer);
+    stop_now(a);
+  }
+}
+
+/* SIGTERM: drain first (no new audio comes here), then stop; a second
+ * signal, SIGINT, or no coordinator: stop at once. */
+static void on_signal(uv_signal_t *h, int signum) {
+  app_t *a = h->data;
+  if (signum == SIGTERM && !a->draining && sa_registrar_registered(a->reg) &&
+      sa_registrar_drain(a->reg, on_drain_answer, a) == 0) {
+    SA_LOG_INFO("signal %d: draining, then stopping", signum);
+    a->draining = true;
+    uv_timer_start(&a->drain_timer, on_drain_tick, 200, 200);
+    return;
+  }
+  SA_LOG_INFO("signal %d: shutting down", signum);
+  uv_timer_stop(&a->drain_timer);
+  stop_now(a);
 }
 
 /* The encoder's figures for each heartbeat. */
@@ -256,6 +296,8 @@ int main(int argc, char **argv) {
   app.sigint.data = app.sigterm.data = &app;
   uv_signal_start(&app.sigint, on_signal, SIGINT);
   uv_signal_start(&app.sigterm, on_signal, SIGTERM);
+  uv_timer_init(&loop, &app.drain_timer);
+  app.drain_timer.data = &app;
   app.trim = sa_memtrim_start(&loop, 2000);
 
   printf("listening %s\n", bound);

@@ -5,7 +5,7 @@
 # `drain --migrate` moves a running request to the other replica at once,
 # and its tokens are identical to an undisturbed run of the same request.
 # SIGTERM to a stage drains it first: its running request finishes there,
-# then the process exits by itself.
+# then the process exits by itself; an encoder does the same.
 BIN=$1
 source "$(dirname "$0")/lib.sh"
 
@@ -14,6 +14,7 @@ make_model "$M" 91
 make_clips "$T/clips" 2
 start_coordinator "$M"
 start_encoder "$M" encoder0
+ENC=${PIDS[-1]}
 declare -A PID
 for r in r0 r1; do
   start_worker "$M" 0:2 $r "$r-a"
@@ -100,3 +101,10 @@ grep -q "draining (at most 30 s), then stopping" "$T/$on-b.log" || fail "the sta
 grep -q "moved off a draining replica\|failing over" <(grep -a "$(date +%Y)" "$T/coordinator.log" | tail -n 5) &&
   fail "the request moved instead of finishing in place"
 pass "SIGTERM to $on-b: it drained ($(grep -o 'drained in [0-9.]* s' "$T/$on-b.log")), its request finished there (tokens equal), then it exited"
+
+# --- SIGTERM to the encoder: it drains (nothing in flight), then exits
+kill -TERM "$ENC"
+for _ in $(seq 100); do kill -0 "$ENC" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$ENC" 2>/dev/null && fail "the encoder did not exit after SIGTERM"
+grep -q "draining, then stopping" "$T/encoder0.log" || fail "the encoder did not drain first"
+pass "SIGTERM to the encoder: it drained, then exited"
