@@ -51,9 +51,14 @@ for round in 1 2 3 4 5; do
   rss+=("$(kib "$CPID" VmRSS)")
 done
 first=${rss[0]}
-for r in "${rss[@]:1}"; do
-  ((r < first + 8192)) || fail "RSS after rounds of 3000 connections: ${rss[*]} KiB (not flat)"
-done
+if grep -qa __asan_init "$BIN/sa-coordinator"; then
+  # ASan's allocator keeps freed memory in quarantine: RSS says nothing there
+  echo "(sanitizer build: RSS ${rss[*]} KiB not judged)"
+else
+  for r in "${rss[@]:1}"; do
+    ((r < first + 8192)) || fail "RSS after rounds of 3000 connections: ${rss[*]} KiB (not flat)"
+  done
+fi
 lines=$(grep -c "security: refused" "$T/coordinator.log" || true)
 ((lines <= 20)) || fail "$lines refusal lines for 15000 refused handshakes (not rate-limited)"
 pass "RSS after 5 rounds of 3000 refused connections: ${rss[*]} KiB; $lines log lines"
