@@ -67,6 +67,7 @@ static void usage(FILE *f) {
           "with --migrate move to other replicas at once (re-prefill, the same tokens).\n"
           "Waits until nothing runs there (then its processes may be stopped) unless\n"
           "--no-wait; --timeout S (default 600). undrain lets work go there again.\n"
+          "Both need an operator key (sa-keys gen NAME --role operator).\n"
           "common:\n"
           "  --coordinator ADDR     default $SA_COORDINATOR or " DEFAULT_COORDINATOR "\n"
           SA_SEC_USAGE
@@ -77,12 +78,21 @@ static void usage(FILE *f) {
 
 /* ------------------------------------------------------------------ submit */
 
-/* The channel's keys: ours, and the coordinator's from the allow-list.
- * Returns 0, or 2 (bad usage) with the reason printed. */
-static int client_security(const sa_sec_args_t *a, sa_sec_t *sec, sa_rpc_opts_t *o) {
+/* The channel's keys: ours (a client or operator key; drain needs an
+ * operator's), and the coordinator's from the allow-list. Returns 0, or 2
+ * (bad usage) with the reason printed. */
+static int client_security(const sa_sec_args_t *a, sa_sec_t *sec, sa_rpc_opts_t *o,
+                           bool operator_only) {
   char err[512];
-  if (sa_sec_open_args(sec, a, SA_ROLE_CLIENT, err, sizeof err) ||
-      sa_sec_coordinator_opts(sec, o, err, sizeof err)) {
+  int rc = sa_sec_open_args(sec, a, SA_ROLE_NONE, err, sizeof err);
+  if (rc == 0 && !sec->insecure && sec->self.role != SA_ROLE_OPERATOR &&
+      (operator_only || sec->self.role != SA_ROLE_CLIENT)) {
+    snprintf(err, sizeof err, "this is a %s key; %s needs %s key", sa_role_name(sec->self.role),
+             operator_only ? "drain" : "sa-client",
+             operator_only ? "an operator" : "a client or operator");
+    rc = SA_EINVAL;
+  }
+  if (rc || sa_sec_coordinator_opts(sec, o, err, sizeof err)) {
     fprintf(stderr, "sa-client: %s\n", err);
     sa_sec_close(sec);
     return 2;
@@ -584,7 +594,7 @@ static int cmd_submit(int argc, char **argv) {
   static sa_sec_t sec;
   sa_rpc_opts_t o;
   sa_rpc_opts_default(&o);
-  if (client_security(&sa, &sec, &o))
+  if (client_security(&sa, &sec, &o, false))
     return 2;
   uint8_t *audio = NULL;
   size_t audio_len = 0;
@@ -691,7 +701,7 @@ static int cmd_status(int argc, char **argv) {
   sa_sec_t sec;
   sa_rpc_opts_t ro;
   sa_rpc_opts_default(&ro);
-  if (client_security(&sa, &sec, &ro))
+  if (client_security(&sa, &sec, &ro, false))
     return 2;
   const char *addr = coordinator_addr(coord);
   Sa__StatusRequest rq = SA__STATUS_REQUEST__INIT;
@@ -852,7 +862,7 @@ static int cmd_drain(int argc, char **argv, bool undrain) {
   sa_sec_t sec;
   sa_rpc_opts_t ro;
   sa_rpc_opts_default(&ro);
-  if (client_security(&sa, &sec, &ro))
+  if (client_security(&sa, &sec, &ro, true))
     return 2;
   const char *addr = coordinator_addr(coord);
   Sa__DrainRequest rq = SA__DRAIN_REQUEST__INIT;

@@ -288,7 +288,8 @@ int main(int argc, char **argv) {
   char domain[32];
   sa_rpc_opts_default(&ro);
   ro.max_msg_bytes = o->max_audio_bytes + (1u << 20);
-  sa_sec_server_opts(&co.sec, &ro, SA_ROLE_CLIENT | SA_ROLE_STAGE | SA_ROLE_ENCODER, domain);
+  sa_sec_server_opts(&co.sec, &ro,
+                     SA_ROLE_CLIENT | SA_ROLE_OPERATOR | SA_ROLE_STAGE | SA_ROLE_ENCODER, domain);
   rc = sa_rpc_server_new(co.loop, &ro, &co.srv);
   if (rc == 0)
     rc = sa_rpc_server_bind(co.srv, o->listen);
@@ -319,11 +320,11 @@ int main(int argc, char **argv) {
   coord_registry_serve(&co.reg, co.srv);
   coord_submit_serve(&co.sub, co.srv);
   static const sa_sec_rule_t rules[] = {
-      {"Coordinator/Submit", SA_ROLE_CLIENT},
-      {"Coordinator/Cancel", SA_ROLE_CLIENT},
-      {"Coordinator/Status", SA_ROLE_CLIENT},
-      {"Coordinator/Drain", SA_ROLE_CLIENT | SA_ROLE_STAGE | SA_ROLE_ENCODER}, /* workers: only
-                                                                                 themselves */
+      {"Coordinator/Submit", SA_ROLE_CLIENT | SA_ROLE_OPERATOR},
+      {"Coordinator/Cancel", SA_ROLE_CLIENT | SA_ROLE_OPERATOR},
+      {"Coordinator/Status", SA_ROLE_CLIENT | SA_ROLE_OPERATOR},
+      /* an operator drains anything; a stage or encoder only itself */
+      {"Coordinator/Drain", SA_ROLE_OPERATOR | SA_ROLE_STAGE | SA_ROLE_ENCODER},
       {"Coordinator/Register", SA_ROLE_STAGE | SA_ROLE_ENCODER},
       {"Coordinator/Heartbeat", SA_ROLE_STAGE | SA_ROLE_ENCODER},
   };

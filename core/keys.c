@@ -21,7 +21,8 @@ static const struct {
 } k_roles[] = {{SA_ROLE_COORDINATOR, "coordinator"},
                {SA_ROLE_ENCODER, "encoder"},
                {SA_ROLE_STAGE, "stage"},
-               {SA_ROLE_CLIENT, "client"}};
+               {SA_ROLE_CLIENT, "client"},
+               {SA_ROLE_OPERATOR, "operator"}};
 
 sa_role_t sa_role_parse(const char *s) {
   for (size_t i = 0; s && i < sizeof k_roles / sizeof k_roles[0]; i++)
@@ -156,7 +157,7 @@ int sa_cert_parse(const char *text, size_t len, sa_cert_t *out, char *err, size_
   }
   out->role = sa_role_parse(role);
   if (out->role == SA_ROLE_NONE) {
-    sa_set_err(err, cap, "metadata role '%s' is not coordinator, encoder, stage or client",
+    sa_set_err(err, cap, "metadata role '%s' is not coordinator, encoder, stage, client or operator",
                role);
     goto fail;
   }

@@ -15,8 +15,8 @@
  * 0600 or stricter); NAME.pub holds the public one. An allow-list is a
  * folder of .pub files: the keys a server accepts, each with its role.
  *
- * Roles: coordinator, encoder, stage, client. What each may do is the
- * security module's table (security.h), not this one's.
+ * Roles: coordinator, encoder, stage, client, operator. What each may do is
+ * the security module's table (security.h), not this one's.
  *
  * Threads: pure functions and a read-only list after loading.
  */
@@ -32,6 +32,7 @@ typedef enum {
   SA_ROLE_ENCODER = 1u << 1,
   SA_ROLE_STAGE = 1u << 2,
   SA_ROLE_CLIENT = 1u << 3,
+  SA_ROLE_OPERATOR = 1u << 4, /* a client that may also drain and undrain */
 } sa_role_t;
 
 #define SA_KEY_Z85 41 /* 40 characters + NUL */

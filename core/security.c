@@ -15,7 +15,8 @@
 
 /* "coordinator,stage" for a role mask. */
 static void roles_str(unsigned roles, char *out, size_t cap) {
-  const sa_role_t all[] = {SA_ROLE_COORDINATOR, SA_ROLE_ENCODER, SA_ROLE_STAGE, SA_ROLE_CLIENT};
+  const sa_role_t all[] = {SA_ROLE_COORDINATOR, SA_ROLE_ENCODER, SA_ROLE_STAGE, SA_ROLE_CLIENT,
+                           SA_ROLE_OPERATOR};
   size_t k = 0;
   out[0] = 0;
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)

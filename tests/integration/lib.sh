@@ -18,7 +18,7 @@ export SA_LOG_LEVEL=${SA_LOG_LEVEL:-info}
 make_keys() {
   local d=$1 r
   mkdir -p "$d"
-  for r in coordinator encoder stage client; do
+  for r in coordinator encoder stage client operator; do
     "$BIN/sa-keys" gen "$r" --role "$r" --dir "$d" >/dev/null
     "$BIN/sa-keys" allow "$d/allow" "$d/$r.pub" >/dev/null
   done

@@ -10,7 +10,8 @@
  *   sa-probe ENDPOINT Flood --connections N [--key ... --server-key ...]
  *
  * METHOD is one of Submit (a text prompt), Cancel (--id), Status (--id
- * optional), Register (as a stage), Heartbeat (--id), Step (an empty
+ * optional), Register (as a stage), Heartbeat (--id), Drain (--id: the
+ * target), Step (an empty
  * StepBatch), Encode
  * (no audio); --bytes N adds a tensor frame of N bytes (an oversized
  * message). Prints "STATUS_NAME message" and, for Status, the figures the
@@ -130,6 +131,11 @@ int main(int argc, char **argv) {
     rq.node_id = (char *)(id[0] ? id : "probe");
     len = sa__heartbeat_request__pack(&rq, buf);
     snprintf(full, sizeof full, "Coordinator/Heartbeat");
+  } else if (!strcmp(method, "Drain")) {
+    Sa__DrainRequest rq = SA__DRAIN_REQUEST__INIT;
+    rq.target = (char *)(id[0] ? id : "r0");
+    len = sa__drain_request__pack(&rq, buf);
+    snprintf(full, sizeof full, "Coordinator/Drain");
   } else if (!strcmp(method, "Step")) {
     Sa__StepBatch rq = SA__STEP_BATCH__INIT;
     rq.batch_id = 1;

@@ -42,7 +42,7 @@ pids=()
 for i in 1 2 3 4; do req "$T/a$i.out" $((10 + i)) 500 & pids+=($!); done
 for _ in $(seq 200); do [[ $(used r0) -gt 0 && $(used r1) -gt 0 ]] && break; sleep 0.05; done
 [[ $(used r0) -gt 0 ]] || fail "no request landed on r0"
-"$BIN/sa-client" drain r0 --coordinator "$COORD" >"$T/drain.out" 2>&1 &
+SA_KEY=$KEYS/operator.key "$BIN/sa-client" drain r0 --coordinator "$COORD" >"$T/drain.out" 2>&1 &
 DP=$!
 # sent while r0 drains: they must all go to r1
 late=()
@@ -59,7 +59,7 @@ B=$!
 for _ in $(seq 40); do [[ $(used r0) -gt 0 ]] && fail "new work went to the drained r0"; sleep 0.05; done
 wait "$B" || fail "a request during the drain failed"
 pass "drain r0: its requests finished in place, the rest ran on r1, drain reported done"
-"$BIN/sa-client" undrain r0 --coordinator "$COORD" >/dev/null || fail "undrain"
+SA_KEY=$KEYS/operator.key "$BIN/sa-client" undrain r0 --coordinator "$COORD" >/dev/null || fail "undrain"
 
 # --- drain with migration: the running request moves, tokens identical
 req "$T/m.out" 5 600 &
@@ -71,7 +71,7 @@ for _ in $(seq 200); do
   sleep 0.02
 done
 [[ -n $on ]] || fail "the request never held KV"
-"$BIN/sa-client" drain "$on" --migrate --coordinator "$COORD" >"$T/mig.out" 2>&1 ||
+SA_KEY=$KEYS/operator.key "$BIN/sa-client" drain "$on" --migrate --coordinator "$COORD" >"$T/mig.out" 2>&1 ||
   fail "drain --migrate: $(cat "$T/mig.out")"
 wait "$MP" || fail "the migrated request failed: $(tail -c 300 "$T/m.out")"
 grep -q "moved off a draining replica" "$T/coordinator.log" || fail "the request did not move"
@@ -82,7 +82,7 @@ for _ in $(seq 100); do [[ $(used "$on") -eq 0 ]] && break; sleep 0.1; done
 pass "drain $on --migrate: the request moved and its $(wc -w <<<"$GOT") tokens equal the undisturbed run; $on holds no KV"
 
 # --- SIGTERM to a stage: it drains (its request finishes there), then exits
-"$BIN/sa-client" undrain "$on" --coordinator "$COORD" >/dev/null || fail "undrain $on"
+SA_KEY=$KEYS/operator.key "$BIN/sa-client" undrain "$on" --coordinator "$COORD" >/dev/null || fail "undrain $on"
 req "$T/t.out" 5 600 &
 TP=$!
 on=""

@@ -79,7 +79,11 @@ out=$("$BIN/sa-probe" "$COORD" Submit --key "$KEYS/stage.key" --server-key "$KEY
 [[ $out == PERMISSION_DENIED* ]] || fail "a stage key submitting: $out"
 out=$("$BIN/sa-probe" "$COORD" Register --key "$KEYS/client.key" --server-key "$KEYS/coordinator.pub")
 [[ $out == PERMISSION_DENIED* ]] || fail "a client key registering: $out"
-pass "a stage key cannot submit, a client key cannot register"
+out=$("$BIN/sa-probe" "$COORD" Drain --id r0 --key "$KEYS/client.key" --server-key "$KEYS/coordinator.pub")
+[[ $out == PERMISSION_DENIED* ]] || fail "a client key draining: $out"
+out=$("$BIN/sa-probe" "$COORD" Drain --id s1 --key "$KEYS/stage2.key" --server-key "$KEYS/coordinator.pub")
+[[ $out == PERMISSION_DENIED*"only drain itself"* ]] || fail "another stage's key draining s1: $out"
+pass "a stage key cannot submit, a client key cannot register or drain"
 
 # a node id belongs to its key: another allowed stage key cannot take s0
 out=$("$BIN/sa-probe" "$COORD" Register --id s0 --key "$KEYS/stage2.key" \

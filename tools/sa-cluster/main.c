@@ -203,7 +203,8 @@ static const struct {
 } k_key_roles[] = {{"coordinator", SA_ROLE_COORDINATOR},
                    {"encoder", SA_ROLE_ENCODER},
                    {"stage", SA_ROLE_STAGE},
-                   {"client", SA_ROLE_CLIENT}};
+                   {"client", SA_ROLE_CLIENT},
+                   {"operator", SA_ROLE_OPERATOR}};
 
 static void keys_dir(const sa_topo_t *t, char *out, size_t cap) {
   snprintf(out, cap, "%s/keys", t->run_dir);
@@ -621,6 +622,7 @@ static int cmd_up(const sa_topo_t *t, double timeout_s, bool insecure) {
         keys_dir(t, dir, sizeof dir);
         printf("sa-cluster: encrypted (CurveZMQ); clients use the client key:\n");
         printf("  export SA_KEY=%s/client.key SA_ALLOW=%s/allow\n", dir, dir);
+        printf("  (drain and undrain need %s/operator.key)\n", dir);
       }
       printf("  submit:  sa-client submit clip.wav --coordinator %s\n", t->coordinator);
       printf("  status:  sa-client status --coordinator %s\n", t->coordinator);

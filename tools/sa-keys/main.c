@@ -26,9 +26,10 @@ static void usage(FILE *f) {
           "accepts the public keys in its allow folder (--allow DIR).\n"
           "\n"
           "  gen     writes DIR/NAME.key (secret, mode 0600; never overwritten) and\n"
-          "          DIR/NAME.pub (public); ROLE is coordinator, encoder, stage or\n"
-          "          client: what the key may do (a stage key cannot submit, a client\n"
-          "          key cannot register or send a StepBatch). DIR (made if absent,\n"
+          "          DIR/NAME.pub (public); ROLE is coordinator, encoder, stage, client\n"
+          "          or operator (a client that may also drain): what the key may do (a\n"
+          "          stage key cannot submit, a client key cannot register, send a\n"
+          "          StepBatch or drain). DIR (made if absent,\n"
           "          0700) defaults to .\n"
           "  allow   copies a public key into the allow folder DIR (made if absent)\n"
           "  show    prints a key file's name, role and public key\n"
@@ -51,7 +52,8 @@ static int cmd_gen(int argc, char **argv) {
   }
   sa_role_t r = sa_role_parse(role);
   if (!name || r == SA_ROLE_NONE) {
-    fprintf(stderr, "sa-keys: gen needs NAME and --role coordinator|encoder|stage|client\n");
+    fprintf(stderr,
+            "sa-keys: gen needs NAME and --role coordinator|encoder|stage|client|operator\n");
     return 2;
   }
   if (mkdir(dir, 0700) && errno != EEXIST) {
