@@ -280,6 +280,35 @@ int sa_cert_save(const sa_cert_t *c, const char *dir, char *err, size_t cap) {
   return sa_cert_save_public(c, path, err, cap);
 }
 
+int sa_keys_make_set(const char *dir, const sa_role_t *roles, int n, char *err, size_t cap) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/allow", dir);
+  if ((mkdir(dir, 0700) && errno != EEXIST) || chmod(dir, 0700) ||
+      (mkdir(path, 0755) && errno != EEXIST)) {
+    sa_set_err(err, cap, "%s: %s", path, strerror(errno));
+    return SA_EIO;
+  }
+  int made = 0;
+  for (int i = 0; i < n; i++) {
+    const char *name = sa_role_name(roles[i]);
+    snprintf(path, sizeof path, "%s/%s.key", dir, name);
+    if (access(path, F_OK) == 0)
+      continue;
+    sa_cert_t c;
+    int rc = sa_cert_generate(name, roles[i], &c, err, cap);
+    if (rc == 0)
+      rc = sa_cert_save(&c, dir, err, cap);
+    snprintf(path, sizeof path, "%s/allow/%s.pub", dir, name);
+    if (rc == 0)
+      rc = sa_cert_save_public(&c, path, err, cap);
+    memset(&c, 0, sizeof c);
+    if (rc)
+      return rc;
+    made++;
+  }
+  return made;
+}
+
 /* ------------------------------------------------------------ allow-list */
 
 struct sa_allow {

@@ -70,6 +70,12 @@ int sa_cert_save(const sa_cert_t *c, const char *dir, char *err, size_t cap);
 /* Writes only the public certificate to path (0644). */
 int sa_cert_save_public(const sa_cert_t *c, const char *path, char *err, size_t cap);
 
+/* A key set: for each role in roles[n], DIR/ROLE.key and DIR/ROLE.pub
+ * (named after the role) and its public key in DIR/allow/ROLE.pub. Roles
+ * whose key exists are left as they are. DIR is made 0700. Returns the
+ * keys made (>= 0), or a negative SA_E* with err filled. */
+int sa_keys_make_set(const char *dir, const sa_role_t *roles, int n, char *err, size_t cap);
+
 /* The 12-character fingerprint used in logs (a prefix of the Z85 key). */
 void sa_key_fingerprint(const char *public_key, char out[13]);
 

@@ -80,18 +80,17 @@ static char g_key_dir[1100];
 
 /* A key per role and the allow folder in log_dir/keys (made afresh). */
 static int make_keys(const char *log_dir) {
-  static const char *names[3] = {"coordinator", "stage", "client"};
   static const sa_role_t roles[3] = {SA_ROLE_COORDINATOR, SA_ROLE_STAGE, SA_ROLE_CLIENT};
   char cmd[1300], err[512], path[1300];
   snprintf(g_key_dir, sizeof g_key_dir, "%s/keys", log_dir);
-  snprintf(cmd, sizeof cmd, "rm -rf '%s' && mkdir -p '%s/allow'", g_key_dir, g_key_dir);
-  if (system(cmd) != 0)
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_key_dir);
+  if (system(cmd) != 0 || sa_keys_make_set(g_key_dir, roles, 3, err, sizeof err) < 0) {
+    fprintf(stderr, "bench: keys: %s\n", err);
     return -1;
+  }
   for (int i = 0; i < 3; i++) {
-    snprintf(path, sizeof path, "%s/allow/%s.pub", g_key_dir, names[i]);
-    if (sa_cert_generate(names[i], roles[i], &g_keys[i], err, sizeof err) ||
-        sa_cert_save(&g_keys[i], g_key_dir, err, sizeof err) ||
-        sa_cert_save_public(&g_keys[i], path, err, sizeof err)) {
+    snprintf(path, sizeof path, "%s/%s.key", g_key_dir, sa_role_name(roles[i]));
+    if (sa_cert_load(path, true, &g_keys[i], err, sizeof err)) {
       fprintf(stderr, "bench: keys: %s\n", err);
       return -1;
     }

@@ -195,47 +195,21 @@ static void child_arg(child_t *c, const char *fmt, const char *val) {
   c->argv[i] = c->argbuf[i];
 }
 
-/* The key set of a local cluster: one key per role and the allow-list of
- * all four, made on first start (docs/security.md). */
-static const struct {
-  const char *name;
-  sa_role_t role;
-} k_key_roles[] = {{"coordinator", SA_ROLE_COORDINATOR},
-                   {"encoder", SA_ROLE_ENCODER},
-                   {"stage", SA_ROLE_STAGE},
-                   {"client", SA_ROLE_CLIENT},
-                   {"operator", SA_ROLE_OPERATOR}};
-
+/* The key set of a local cluster (docs/security.md): a key per role and the
+ * allow folder of all of them, made on first start. */
 static void keys_dir(const sa_topo_t *t, char *out, size_t cap) {
   snprintf(out, cap, "%s/keys", t->run_dir);
 }
 
 static int ensure_keys(const sa_topo_t *t) {
-  char dir[PATH_MAX], allow[PATH_MAX + 8], path[PATH_MAX + 64], err[512];
+  static const sa_role_t roles[] = {SA_ROLE_COORDINATOR, SA_ROLE_ENCODER, SA_ROLE_STAGE,
+                                    SA_ROLE_CLIENT, SA_ROLE_OPERATOR};
+  char dir[PATH_MAX], err[512];
   keys_dir(t, dir, sizeof dir);
-  snprintf(allow, sizeof allow, "%s/allow", dir);
-  if (mkdirs(allow) || chmod(dir, 0700)) {
-    fprintf(stderr, "sa-cluster: cannot create %s: %s\n", allow, strerror(errno));
+  int made = sa_keys_make_set(dir, roles, (int)(sizeof roles / sizeof roles[0]), err, sizeof err);
+  if (made < 0) {
+    fprintf(stderr, "sa-cluster: %s\n", err);
     return -1;
-  }
-  int made = 0;
-  for (size_t i = 0; i < sizeof k_key_roles / sizeof k_key_roles[0]; i++) {
-    snprintf(path, sizeof path, "%s/%s.key", dir, k_key_roles[i].name);
-    if (access(path, F_OK) == 0)
-      continue;
-    sa_cert_t c;
-    if (sa_cert_generate(k_key_roles[i].name, k_key_roles[i].role, &c, err, sizeof err) ||
-        sa_cert_save(&c, dir, err, sizeof err)) {
-      fprintf(stderr, "sa-cluster: %s\n", err);
-      return -1;
-    }
-    snprintf(path, sizeof path, "%s/%s.pub", allow, k_key_roles[i].name);
-    if (sa_cert_save_public(&c, path, err, sizeof err)) {
-      fprintf(stderr, "sa-cluster: %s\n", err);
-      return -1;
-    }
-    memset(&c, 0, sizeof c);
-    made++;
   }
   if (made)
     printf("sa-cluster: made a CurveZMQ key set in %s/ (one key per role)\n", dir);
