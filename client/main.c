@@ -15,6 +15,7 @@
 #include "sa_error.h"
 
 #include <cjson/cJSON.h>
+#include <sodium.h>
 #include <errno.h>
 #include <getopt.h>
 #include <signal.h>
@@ -62,6 +63,10 @@ static void usage(FILE *f) {
           "  --json                 one JSON object per event on stdout\n"
           "  --quiet-reasoning      do not print the reasoning, only the answer\n"
           "  --timeout S            give up after S seconds (default 600)\n"
+          "  --request-id ID        the request's id (default: a random one). If the\n"
+          "                         coordinator goes away, sa-client asks it again for\n"
+          "                         the request from the text it holds (a coordinator\n"
+          "                         with --state resumes it after a restart)\n"
           "drain: TARGET is a replica's name or a stage's or encoder's node id (see\n"
           "status). New work stops going there; running requests finish in place, or\n"
           "with --migrate move to other replicas at once (re-prefill, the same tokens).\n"
@@ -126,6 +131,20 @@ typedef struct {
   double t0;
   bool got_first;
   char label[256];
+  /* resuming after the coordinator went away (it restarts on its journal) */
+  char request_id[64];
+  uint8_t *submit_buf; /* the packed SubmitRequest, to send again if it was lost */
+  size_t submit_len;
+  sa_rpc_call_opts_t call_opts;
+  double deadline;     /* sa_now_s() at --timeout */
+  bool accepted;       /* an event came: the coordinator has the request */
+  bool cancelled;      /* Ctrl-C */
+  bool encoded_shown;
+  bool chain_done_seen[64];
+  int64_t have[64];    /* bytes of each chain's text received */
+  int resumes;
+  double backoff;
+  uv_timer_t retry;
 } submit_t;
 
 static const char *finish_name(int reason) {
@@ -211,6 +230,7 @@ static void print_json_event(const Sa__SubmitEvent *ev) {
     cJSON_AddStringToObject(o, "kind",
                             ev->delta->kind == SA__DELTA_KIND__DELTA_ANSWER ? "answer" : "reasoning");
     cJSON_AddStringToObject(o, "text", ev->delta->text);
+    cJSON_AddNumberToObject(o, "offset", (double)ev->delta->offset);
   } else if (ev->payload_case == SA__SUBMIT_EVENT__PAYLOAD_PROGRESS) {
     const Sa__Progress *p = ev->progress;
     cJSON_AddStringToObject(o, "type", "progress");
@@ -267,12 +287,56 @@ static void print_json_event(const Sa__SubmitEvent *ev) {
   cJSON_Delete(o);
 }
 
+/* Drops what a resumed stream sends again: the part of a delta this client
+ * holds already (by its offset), a chain_done or "encoded" seen before.
+ * Returns false if nothing of ev is new. A delta past what we hold would be
+ * a gap: reported, and the exit status says so. */
+static bool dedupe(submit_t *s, Sa__SubmitEvent *ev) {
+  s->accepted = true;
+  if (ev->payload_case == SA__SUBMIT_EVENT__PAYLOAD_DELTA) {
+    Sa__SubmitEvent__Delta *d = ev->delta;
+    if (d->chain < 0 || d->chain >= 64)
+      return false;
+    int64_t len = (int64_t)strlen(d->text), have = s->have[d->chain];
+    if (d->offset > have) {
+      fprintf(stderr, "\nsa-client: the stream of chain %d skipped bytes %lld..%lld\n",
+              d->chain, (long long)have, (long long)d->offset);
+      s->exit_code = 1;
+    } else if (d->offset < have) {
+      if (d->offset + len <= have)
+        return false;
+      memmove(d->text, d->text + (have - d->offset), (size_t)(d->offset + len - have) + 1);
+      len -= have - d->offset;
+      d->offset = have;
+    }
+    s->have[d->chain] = d->offset + len;
+    return len > 0;
+  }
+  if (ev->payload_case == SA__SUBMIT_EVENT__PAYLOAD_PROGRESS) {
+    const Sa__Progress *p = ev->progress;
+    if (!strcmp(p->stage, "encoded")) {
+      if (s->encoded_shown)
+        return false;
+      s->encoded_shown = true;
+    } else if (!strcmp(p->stage, "chain_done") && p->chain >= 0 && p->chain < 64) {
+      if (s->chain_done_seen[p->chain])
+        return false;
+      s->chain_done_seen[p->chain] = true;
+    }
+  }
+  return true;
+}
+
 static void on_msg(sa_rpc_channel_t *ch, const sa_rpc_result_t *msg, void *user) {
   submit_t *s = user;
   (void)ch;
   Sa__SubmitEvent *ev = sa__submit_event__unpack(NULL, msg->body_len, msg->body);
   if (!ev) {
     fprintf(stderr, "sa-client: malformed event from the coordinator (ignored)\n");
+    return;
+  }
+  if (!dedupe(s, ev)) {
+    sa__submit_event__free_unpacked(ev, NULL);
     return;
   }
   if (s->json) {
@@ -379,12 +443,83 @@ static void finish(submit_t *s) {
   uv_close((uv_handle_t *)&s->sigint, NULL);
   uv_close((uv_handle_t *)&s->progress, NULL);
   uv_close((uv_handle_t *)&s->redraw, NULL);
+  uv_close((uv_handle_t *)&s->retry, NULL);
   sa_rpc_channel_destroy(&s->ch);
+}
+
+static void on_end(sa_rpc_channel_t *ch, const sa_rpc_result_t *end, void *user);
+
+/* Asks for the request again: Resume from the bytes of each chain we hold
+ * or, if the coordinator never had it, Submit once more (same request id). */
+static int start_call(submit_t *s, bool resume) {
+  double left = s->deadline - sa_now_s();
+  if (left <= 0)
+    return SA_ETIMEDOUT;
+  s->call_opts.timeout_ms = (int64_t)(left * 1000) + 1;
+  if (!resume)
+    return sa_rpc_channel_stream(s->ch, "Coordinator/Submit", s->submit_buf, s->submit_len,
+                                 NULL, 0, &s->call_opts, on_msg, on_end, s, &s->call_id);
+  Sa__ResumeRequest rq = SA__RESUME_REQUEST__INIT;
+  rq.request_id = s->request_id;
+  rq.offsets = s->have;
+  rq.n_offsets = s->n_chains < 64 ? (size_t)s->n_chains : 64;
+  uint8_t buf[1024];
+  size_t len = sa__resume_request__pack(&rq, buf);
+  return sa_rpc_channel_stream(s->ch, "Coordinator/Resume", buf, len, NULL, 0, &s->call_opts,
+                               on_msg, on_end, s, &s->call_id);
+}
+
+static void on_retry(uv_timer_t *t) {
+  submit_t *s = t->data;
+  int rc = start_call(s, s->accepted || s->resumes > 0);
+  if (rc) {
+    fprintf(stderr, "\nsa-client: cannot resume request %s: %s\n", s->request_id,
+            sa_strerror(rc));
+    s->exit_code = 1;
+    finish(s);
+  }
+}
+
+/* The stream ended early with st: true if it is worth asking again (the
+ * coordinator went away or is restarting; it keeps a journal, or says
+ * NOT_FOUND when asked). */
+static bool should_resume(submit_t *s, const sa_rpc_result_t *end) {
+  if (s->cancelled || sa_now_s() >= s->deadline)
+    return false;
+  if (end->status == SA_STATUS_UNAVAILABLE)
+    return true;
+  /* a Submit with the id of a request the coordinator has: attach to it */
+  if (end->status == SA_STATUS_ALREADY_EXISTS && !s->accepted && s->resumes == 0)
+    return true;
+  /* Resume said NOT_FOUND: the coordinator never got the Submit (it died
+   * first): send it again, once */
+  return end->status == SA_STATUS_NOT_FOUND && !s->accepted && s->resumes > 0 &&
+         s->submit_buf;
 }
 
 static void on_end(sa_rpc_channel_t *ch, const sa_rpc_result_t *end, void *user) {
   submit_t *s = user;
   (void)ch;
+  if (end->status != SA_STATUS_OK && should_resume(s, end)) {
+    bool resubmit = end->status == SA_STATUS_NOT_FOUND;
+    if (resubmit) {
+      fprintf(stderr, "sa-client: the coordinator does not have request %s; sending it again\n",
+              s->request_id);
+      int rc = start_call(s, false);
+      free(s->submit_buf);
+      s->submit_buf = NULL;
+      if (rc == 0)
+        return;
+    } else {
+      s->resumes++;
+      s->backoff = s->backoff > 0 ? (s->backoff * 2 < 2.0 ? s->backoff * 2 : 2.0) : 0.2;
+      fprintf(stderr, "\nsa-client: %s (%s); resuming request %s in %.1f s\n",
+              sa_status_name(end->status), end->status_msg[0] ? end->status_msg : "no message",
+              s->request_id, s->backoff);
+      uv_timer_start(&s->retry, on_retry, (uint64_t)(s->backoff * 1000), 0);
+      return;
+    }
+  }
   if (end->status != SA_STATUS_OK) {
     if (end->status == SA_STATUS_UNAVAILABLE && !strcmp(end->status_msg, ""))
       fprintf(stderr, "\nsa-client: the coordinator at %s is unavailable (is the cluster up? "
@@ -401,8 +536,14 @@ static void on_sigint(uv_signal_t *h, int sig) {
   submit_t *s = h->data;
   (void)sig;
   fprintf(stderr, "\nsa-client: cancelling\n");
-  sa_rpc_channel_cancel(s->ch, s->call_id);
+  s->cancelled = true;
   s->exit_code = 130;
+  if (uv_is_active((uv_handle_t *)&s->retry)) { /* between two streams */
+    uv_timer_stop(&s->retry);
+    finish(s);
+    return;
+  }
+  sa_rpc_channel_cancel(s->ch, s->call_id);
 }
 
 static void on_progress(uv_timer_t *t) {
@@ -525,11 +666,13 @@ static int cmd_submit(int argc, char **argv) {
       {"quiet-reasoning", no_argument, 0, 'q'},
       {"timeout", required_argument, 0, 'T'},
       {"coordinator", required_argument, 0, 'c'},
+      {"request-id", required_argument, 0, 'I'},
       {"help", no_argument, 0, 'h'},
       SA_SEC_LONGOPTS,
       {0, 0, 0, 0}};
   sa_sec_args_t sa = {0};
   Sa__SubmitRequest rq = SA__SUBMIT_REQUEST__INIT;
+  char request_id[64];
   Sa__SamplingParams sp = SA__SAMPLING_PARAMS__INIT;
   rq.sampling = &sp;
   rq.max_tokens = 256;
@@ -583,6 +726,13 @@ static int cmd_submit(int argc, char **argv) {
       }
       break;
     case 'c': coord = optarg; break;
+    case 'I':
+      if (!optarg[0] || strlen(optarg) >= sizeof request_id) {
+        fprintf(stderr, "sa-client: --request-id must be 1..63 bytes\n");
+        return 2;
+      }
+      rq.request_id = optarg;
+      break;
     case 'h': usage(stdout); return 0;
     default:
       if (sa_sec_args_take(&sa, opt, optarg))
@@ -590,6 +740,14 @@ static int cmd_submit(int argc, char **argv) {
       usage(stderr);
       return 2;
     }
+  }
+  if (!rq.request_id || !rq.request_id[0]) { /* ours, so that we can resume it */
+    uint8_t rnd[12];
+    randombytes_buf(rnd, sizeof rnd);
+    char hex[2 * sizeof rnd + 1];
+    sodium_bin2hex(hex, sizeof hex, rnd, sizeof rnd);
+    snprintf(request_id, sizeof request_id, "cli-%s", hex);
+    rq.request_id = request_id;
   }
   static sa_sec_t sec;
   sa_rpc_opts_t o;
@@ -620,7 +778,6 @@ static int cmd_submit(int argc, char **argv) {
   }
   sa__submit_request__pack(&rq, buf);
   free(audio);
-  free(prompt_file);
 
   static submit_t s;
   memset(&s, 0, sizeof s);
@@ -631,6 +788,9 @@ static int cmd_submit(int argc, char **argv) {
   s.n_chains = rq.n;
   s.live = !json && rq.n > 1 && s.tty && getenv("TERM") && strcmp(getenv("TERM"), "dumb") != 0;
   s.t0 = sa_now_s();
+  s.deadline = s.t0 + timeout_s;
+  snprintf(s.request_id, sizeof s.request_id, "%s", rq.request_id);
+  free(prompt_file);
   for (int i = 0; i < 64; i++)
     s.last_kind[i] = -1;
   const char *addr = coordinator_addr(coord);
@@ -642,19 +802,22 @@ static int cmd_submit(int argc, char **argv) {
     free(buf);
     return 1;
   }
-  sa_rpc_call_opts_t co = {.timeout_ms = (int64_t)(timeout_s * 1000), .wait_for_ready = true};
+  s.call_opts.wait_for_ready = true;
   if (!json)
-    fprintf(stderr, "sa-client: sending %s (%zu KiB) to %s\n", path ? path : "prompt",
-            audio_len / 1024, addr);
-  rc = sa_rpc_channel_stream(s.ch, "Coordinator/Submit", buf, len, NULL, 0, &co, on_msg, on_end,
-                             &s, &s.call_id);
-  free(buf);
+    fprintf(stderr, "sa-client: sending %s (%zu KiB) to %s as request %s\n",
+            path ? path : "prompt", audio_len / 1024, addr, s.request_id);
+  s.submit_buf = buf;
+  s.submit_len = len;
+  rc = start_call(&s, false);
   if (rc) {
     fprintf(stderr, "sa-client: cannot submit: %s\n", sa_strerror(rc));
+    free(buf);
     sa_rpc_channel_destroy(&s.ch);
     uv_run(s.loop, UV_RUN_DEFAULT);
     return 1;
   }
+  uv_timer_init(s.loop, &s.retry);
+  s.retry.data = &s;
   uv_signal_init(s.loop, &s.sigint);
   s.sigint.data = &s;
   uv_signal_start(&s.sigint, on_sigint, SIGINT);
@@ -669,6 +832,7 @@ static int cmd_submit(int argc, char **argv) {
   }
   uv_run(s.loop, UV_RUN_DEFAULT);
   uv_loop_close(s.loop);
+  free(s.submit_buf);
   sa_sec_close(&sec);
   return s.exit_code;
 }
@@ -909,6 +1073,10 @@ static int cmd_drain(int argc, char **argv, bool undrain) {
 int main(int argc, char **argv) {
   sa_log_init("sa-client");
   sa_log_set_level(SA_LOG_LEVEL_ERROR);
+  if (sodium_init() < 0) { /* random request ids */
+    fprintf(stderr, "sa-client: libsodium could not start\n");
+    return 1;
+  }
   if (argc < 2) {
     usage(stderr);
     return 2;

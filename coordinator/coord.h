@@ -34,6 +34,7 @@
 #include <stdint.h>
 
 #include "chat.h"
+#include "sa_error.h"
 #include "sa.pb-c.h"
 #include "tokenizer.h"
 
@@ -180,6 +181,11 @@ struct coord_request {
   coord_req_state_t state;
   bool cancel_asked; /* recorded by coord_request_cancel, applied by the pass */
   bool ended;        /* the end event went up */
+  sa_status_t end_status; /* once ended: how, and why (for a resumed stream) */
+  char end_msg[256];
+  uint64_t keep_until_ms; /* ended with no client to take the result: kept
+                             for Coordinator/Resume until then (0: not kept) */
+  bool recovered;         /* rebuilt from the journal */
   int pending_ops;   /* encode / fork / free calls outstanding */
   int max_tokens;
   int n_chains;

@@ -19,6 +19,7 @@
 #include "http.h"
 #include "security.h"
 #include "submit.h"
+#include "wal.h"
 
 #include <sodium.h>
 #include <uv.h>
@@ -57,6 +58,13 @@ static void usage(FILE *f) {
           "  --heartbeat-timeout-ms N  mark a worker down after this silence (default 5000)\n"
           "  --forget-after-ms N    forget a worker down this long (default 65000)\n"
           "  --system TEXT          default system prompt (default: none)\n"
+          "  --state DIR            journal every request in DIR/journal: a coordinator\n"
+          "                         started again on DIR (after a crash or a stop)\n"
+          "                         resumes them, and clients resume their streams\n"
+          "                         (default: none; nothing survives the process)\n"
+          "  --keep-finished-s N    keep a request that ended while no client held its\n"
+          "                         stream (after a restart) for Coordinator/Resume\n"
+          "                         (default 300)\n"
           "  --http HOST:PORT       serve the OpenAI-compatible HTTP API there (off by\n"
           "                         default; sa-cluster's local topology uses\n"
           "                         127.0.0.1:8000)\n"
@@ -91,6 +99,7 @@ typedef struct {
   coord_http_t *http;
   sa_sec_t sec;
   sa_memtrim_t *trim;
+  coord_wal_t *wal;
   uv_prepare_t pass; /* once per loop turn, before the loop waits */
   uv_idle_t kick;    /* a turn without sleeping after a pass with work */
   uv_timer_t tick;
@@ -192,6 +201,8 @@ int main(int argc, char **argv) {
       {"reasoning-split", no_argument, 0, 18},
       {"audio-budget", required_argument, 0, 19},
       {"forget-after-ms", required_argument, 0, 20},
+      {"state", required_argument, 0, 21},
+      {"keep-finished-s", required_argument, 0, 22},
       SA_SEC_LONGOPTS,
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
@@ -199,6 +210,8 @@ int main(int argc, char **argv) {
   coord_http_opts_t ho = {0};
   sa_sec_args_t sa = {0};
   int forget_ms = 65000;
+  const char *state_dir = NULL;
+  int keep_s = 300;
   long http_max_body = 0;
   int opt;
   while ((opt = getopt_long(argc, argv, "m:l:h", longopts, NULL)) != -1) {
@@ -233,6 +246,8 @@ int main(int argc, char **argv) {
     case 18: ho.reasoning_split = true; break;
     case 19: o->audio_budget = (size_t)parse_long(optarg, "--audio-budget", 1, 1L << 40); break;
     case 20: forget_ms = (int)parse_long(optarg, "--forget-after-ms", 100, 86400000); break;
+    case 21: state_dir = optarg; break;
+    case 22: keep_s = (int)parse_long(optarg, "--keep-finished-s", 0, 86400 * 7); break;
     case 'h': usage(stdout); return 0;
     default:
       if (sa_sec_args_take(&sa, opt, optarg))
@@ -321,6 +336,7 @@ int main(int argc, char **argv) {
   coord_submit_serve(&co.sub, co.srv);
   static const sa_sec_rule_t rules[] = {
       {"Coordinator/Submit", SA_ROLE_CLIENT | SA_ROLE_OPERATOR},
+      {"Coordinator/Resume", SA_ROLE_CLIENT | SA_ROLE_OPERATOR},
       {"Coordinator/Cancel", SA_ROLE_CLIENT | SA_ROLE_OPERATOR},
       {"Coordinator/Status", SA_ROLE_CLIENT | SA_ROLE_OPERATOR},
       /* an operator drains anything; a stage or encoder only itself */
@@ -349,6 +365,17 @@ int main(int argc, char **argv) {
     SA_LOG_INFO("HTTP API on %s (model \"%s\")", coord_http_url(co.http),
                 ho.served_model_name);
   }
+  co.set.keep_ms = keep_s * 1000;
+  if (state_dir) { /* before the loop runs: no request arrives meanwhile */
+    int resumed = 0, kept = 0;
+    if (coord_wal_open(state_dir, &co.wal, err, sizeof err) ||
+        coord_requests_recover(&co.set, co.wal, keep_s * 1000, &resumed, &kept, err,
+                               sizeof err)) {
+      fprintf(stderr, "sa-coordinator: --state %s: %s\n", state_dir, err);
+      return 1;
+    }
+    SA_LOG_INFO("state in %s: %d request(s) resume, %d ended kept", state_dir, resumed, kept);
+  }
   uv_prepare_init(co.loop, &co.pass);
   co.pass.data = &co;
   uv_prepare_start(&co.pass, on_pass);
@@ -369,6 +396,7 @@ int main(int argc, char **argv) {
               o->model_dir, co.cfg.num_hidden_layers, co.cfg.hidden_size);
   uv_run(co.loop, UV_RUN_DEFAULT);
   coord_requests_close(&co.set);
+  coord_wal_close(&co.wal);
   sa_sec_close(&co.sec);
   sa_tokenizer_destroy(&co.tok);
   uv_loop_close(co.loop);

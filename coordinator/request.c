@@ -240,6 +240,11 @@ coord_request_t *coord_request_new(coord_requests_t *set, const coord_request_pa
     ch->next_input = -1;
     sa_detok_init(&ch->detok, set->tok);
   }
+  if (set->wal && !set->replaying && coord_wal_accept(set->wal, r)) {
+    request_destroy(set, r); /* not journaled: a crash would lose it */
+    sa_set_err(err, cap, "out of memory journaling the request");
+    return NULL;
+  }
   r->prev = set->tail;
   if (set->tail)
     set->tail->next = r;
@@ -249,9 +254,24 @@ coord_request_t *coord_request_new(coord_requests_t *set, const coord_request_pa
   set->n++;
   set->requests_total++;
   set->dirty = true;
-  SA_LOG_INFO("request %s: %zu audio bytes, %d chain(s), max %d tokens", r->request_id,
-              r->audio_bytes, r->n_chains, r->max_tokens);
+  if (!set->replaying)
+    SA_LOG_INFO("request %s: %zu audio bytes, %d chain(s), max %d tokens", r->request_id,
+                r->audio_bytes, r->n_chains, r->max_tokens);
   return r;
+}
+
+int coord_request_attach(coord_requests_t *set, coord_request_t *r,
+                         const coord_request_cbs_t *cbs, void *client) {
+  if (r->ended)
+    return SA_EINVAL;
+  if (r->cbs && !r->cbs->detach)
+    return SA_ESTATE; /* its front end cannot give it up */
+  if (r->cbs)
+    r->cbs->detach(r);
+  r->cbs = cbs;
+  r->client = client;
+  set->dirty = true;
+  return 0;
 }
 
 void coord_requests_migrate(coord_requests_t *set, int ri) {
@@ -270,6 +290,18 @@ coord_request_t *coord_requests_find(const coord_requests_t *set, const char *re
     if (!r->ended && strcmp(r->request_id, request_id) == 0)
       return r;
   return NULL;
+}
+
+coord_request_t *coord_requests_find_any(const coord_requests_t *set, const char *request_id) {
+  coord_request_t *kept = NULL;
+  for (coord_request_t *r = set->head; r; r = r->next)
+    if (strcmp(r->request_id, request_id) == 0) {
+      if (!r->ended)
+        return r;
+      if (r->keep_until_ms)
+        kept = r;
+    }
+  return kept;
 }
 
 void coord_requests_shutdown(coord_requests_t *set) {
@@ -293,6 +325,15 @@ static void request_end(coord_requests_t *set, coord_request_t *r, sa_status_t s
   if (r->ended)
     return;
   r->ended = true;
+  r->end_status = st;
+  snprintf(r->end_msg, sizeof r->end_msg, "%s", msg ? msg : "");
+  if (!r->cbs && set->keep_ms > 0) /* nobody to take the result yet */
+    r->keep_until_ms = sa_now_ms() + (uint64_t)set->keep_ms;
+  if (set->replaying)
+    return;
+  /* a shutdown is no end: a coordinator started on the journal resumes it */
+  if (set->wal && !set->stopping && coord_wal_end(set->wal, r->id, st, msg))
+    set->wal_errors++;
   set->stats.ended[st == SA_STATUS_OK ? 0 : st == SA_STATUS_CANCELLED ? 2 : 1]++;
   if (st == SA_STATUS_OK)
     coord_hist_observe(&set->stats.e2e, (double)(sa_now_ms() - r->t_start_ms) / 1000.0);
@@ -342,12 +383,15 @@ static void chain_text(coord_chain_t *c, const char *text, size_t n) {
     append(&c->reasoning, &c->reasoning_len, &c->reasoning_cap, text, n);
 }
 
+static void emit_piece(coord_requests_t *set, coord_request_t *r, coord_chain_t *c,
+                       const char *t, size_t n);
+
 /* The held-back bytes of c's detokeniser, at the end of a part. */
-static void chain_flush(coord_chain_t *c) {
+static void chain_flush(coord_requests_t *set, coord_request_t *r, coord_chain_t *c) {
   char text[32];
   size_t n = 0;
   if (sa_detok_flush(&c->detok, text, sizeof text, &n) == 0 && n)
-    chain_text(c, text, n);
+    emit_piece(set, r, c, text, n);
 }
 
 /* Ends chain c with `why` (once); its sequence is freed when it is idle. */
@@ -429,7 +473,7 @@ static void chain_finish(coord_requests_t *set, coord_request_t *r, coord_chain_
   c->finish = why;
   r->chains_done++;
   if (!c->stop_hit)
-    chain_flush(c);
+    chain_flush(set, r, c);
   chain_voted(set, r, c);
   coord_event_t ev = {.kind = COORD_EV_CHAIN_DONE, .chain = c->idx};
   emit(set, r, &ev);
@@ -567,6 +611,19 @@ static int build_prompt(coord_requests_t *set, coord_request_t *r, char *err, si
                r->prompt_len, r->max_tokens, set->model->max_position_embeddings);
     return SA_EINVAL;
   }
+  /* the audio is in the prompt now (the journal has the rows: a
+   * coordinator restarted on it does not encode again) */
+  for (int k = 0; k < r->n_parts; k++) {
+    coord_req_part_t *q = &r->parts[k];
+    if (q->audio)
+      set->audio_held -= q->audio_len;
+    free(q->audio);
+    q->audio = NULL;
+  }
+  if (set->wal && !set->replaying && coord_wal_prompt(set->wal, r)) {
+    sa_set_err(err, cap, "out of memory journaling the prompt");
+    return SA_ENOMEM;
+  }
   return 0;
 }
 
@@ -651,9 +708,6 @@ static void apply_encoded(coord_requests_t *set, coord_request_t *r, coord_encod
   q->chunk_tokens = enc->chunk_tokens;
   q->n_chunks = enc->n_chunks;
   enc->chunk_tokens = NULL;
-  free(q->audio);
-  q->audio = NULL;
-  set->audio_held -= q->audio_len;
   int next = next_audio_part(r, r->encode_part);
   if (next >= 0) { /* the next part, with fresh tries */
     r->encode_part = next;
@@ -806,11 +860,28 @@ static void schedule(coord_requests_t *set) {
 /* Streams n bytes of chain c's text (and keeps them in its text). */
 static void emit_piece(coord_requests_t *set, coord_request_t *r, coord_chain_t *c,
                        const char *t, size_t n) {
+  if (memchr(t, '\0', n)) { /* a <0x00> byte token: no text carries it (protobuf
+                               strings end at it), so none of ours does */
+    char clean[COORD_STOP_BYTES + 256];
+    size_t m = 0;
+    for (size_t i = 0; i < n && m < sizeof clean; i++)
+      if (t[i])
+        clean[m++] = t[i];
+    if (m < n) {
+      emit_piece(set, r, c, clean, m);
+      return;
+    }
+  }
   if (n == 0)
     return;
+  int64_t offset = (int64_t)(c->reasoning_len + c->answer_len);
   chain_text(c, t, n);
-  coord_event_t ev = {
-      .kind = COORD_EV_DELTA, .chain = c->idx, .text = t, .len = n, .answer = c->in_answer};
+  coord_event_t ev = {.kind = COORD_EV_DELTA,
+                      .chain = c->idx,
+                      .text = t,
+                      .len = n,
+                      .answer = c->in_answer,
+                      .offset = offset};
   emit(set, r, &ev);
 }
 
@@ -886,22 +957,25 @@ static void chain_token(coord_requests_t *set, coord_request_t *r, coord_chain_t
     tok = m->tok_think_end;
   c->tokens[c->n_tokens++] = tok;
   c->next_input = tok;
-  set->stats.generated_tokens++;
-  if (r->t_first_token_ms == 0) { /* a token, even one that makes no text yet */
-    r->t_first_token_ms = sa_now_ms();
-    coord_hist_observe(&set->stats.ttft, (double)(r->t_first_token_ms - r->t_start_ms) / 1000.0);
+  if (!set->replaying) {
+    set->stats.generated_tokens++;
+    if (r->t_first_token_ms == 0) { /* a token, even one that makes no text yet */
+      r->t_first_token_ms = sa_now_ms();
+      coord_hist_observe(&set->stats.ttft,
+                         (double)(r->t_first_token_ms - r->t_start_ms) / 1000.0);
+    }
+    uint64_t now_ns = sa_now_ns();
+    if (c->t_last_token_ns)
+      coord_hist_observe(&set->stats.itl, (double)(now_ns - c->t_last_token_ns) * 1e-9);
+    c->t_last_token_ns = now_ns;
   }
-  uint64_t now_ns = sa_now_ns();
-  if (c->t_last_token_ns)
-    coord_hist_observe(&set->stats.itl, (double)(now_ns - c->t_last_token_ns) * 1e-9);
-  c->t_last_token_ns = now_ns;
   if (tok == m->tok_eot) {
     chain_finish(set, r, c, SA__FINISH_REASON__FINISH_EOT);
     return;
   }
   if (tok == m->tok_think_end && !c->in_answer) {
     emit_held(set, r, c);
-    chain_flush(c);
+    chain_flush(set, r, c);
     sa_detok_init(&c->detok, set->tok);
     c->in_answer = true; /* </think> itself counts as neither */
   } else {
@@ -1045,7 +1119,36 @@ static void apply_fork(coord_requests_t *set, coord_request_t *r, sa_status_t st
       r->chains[c].state = COORD_CHAIN_DECODE;
 }
 
+/* Write-ahead: the tokens of the step results about to be applied are
+ * journaled and synced (one sync for all) before any of them reaches a
+ * client. A token journaled here that the pass then drops (its chain was
+ * decided meanwhile, or its batch turned stale) is harmless on replay: a
+ * chain that is done takes no token, and a stale one is the very token a
+ * re-prefill computes again (the same RNG key). */
+static void journal_tokens(coord_requests_t *set) {
+  if (!set->wal)
+    return;
+  for (coord_record_t *rec = set->rec_head; rec; rec = rec->next) {
+    const coord_step_t *st = rec->step;
+    if (rec->kind != REC_STEP || st->status != SA_STATUS_OK)
+      continue;
+    for (int i = 0; i < st->n; i++) {
+      const coord_step_entry_t *e = &st->e[i];
+      const coord_request_t *r = e->req;
+      const coord_chain_t *c = &r->chains[e->chain];
+      if (e->kind != COORD_STEP_DECODE || e->epoch != r->epoch || e->token < 0 ||
+          c->state != COORD_CHAIN_DECODE || r->state == COORD_REQ_DONE)
+        continue;
+      if (coord_wal_tokens(set->wal, r->id, c->idx, c->n_tokens, &e->token, 1))
+        set->wal_errors++;
+    }
+  }
+  if (coord_wal_commit(set->wal))
+    set->wal_errors++;
+}
+
 static void apply_records(coord_requests_t *set) {
+  journal_tokens(set);
   coord_record_t *rec = set->rec_head;
   set->rec_head = set->rec_tail = NULL;
   for (coord_record_t *next; rec; rec = next) {
@@ -1087,10 +1190,12 @@ static void apply_cancels(coord_requests_t *set) {
   }
 }
 
-/* Frees the requests that ended and that nothing refers to any more.
+/* Frees the requests that ended and that nothing refers to any more
+ * (one kept for a resume stays until its time is up, holding no KV).
  * Returns true if KV blocks went back (admission may proceed). */
 static bool reap(coord_requests_t *set) {
   bool released = false;
+  uint64_t now = sa_now_ms();
   for (coord_request_t *r = set->head, *next; r; r = next) {
     next = r->next;
     if (r->state != COORD_REQ_DONE || !r->ended || r->pending_ops > 0 || r->prefill_inflight)
@@ -1102,8 +1207,11 @@ static bool reap(coord_requests_t *set) {
       continue;
     if (r->replica >= 0 && r->kv_reserved) {
       coord_registry_reserve(set->reg, r->replica, -r->kv_reserved);
+      r->kv_reserved = 0;
       released = true;
     }
+    if (r->keep_until_ms > now && !r->cbs)
+      continue;
     if (r->prev)
       r->prev->next = r->next;
     else
@@ -1116,6 +1224,45 @@ static bool reap(coord_requests_t *set) {
     request_destroy(set, r);
   }
   return released;
+}
+
+/* ------------------------------------------------------------- journal */
+
+/* Rewrites the journal from the requests still kept: each one's accept
+ * (its audio only while not encoded), prompt, tokens and end. The tokens of
+ * chains that finished by themselves go last, in finishing order, so that
+ * a replay decides the vote at the same point with the same chains. */
+static void compact(coord_requests_t *set) {
+  uint64_t before = coord_wal_size(set->wal);
+  if (coord_wal_compact_begin(set->wal)) {
+    set->wal_errors++;
+    return;
+  }
+  int rc = 0;
+  for (const coord_request_t *r = set->head; r && !rc; r = r->next) {
+    rc = coord_wal_accept(set->wal, r);
+    if (!rc && r->prompt)
+      rc = coord_wal_prompt(set->wal, r);
+    bool voted[COORD_MAX_CHAINS] = {0};
+    for (int i = 0; i < r->n_vote_order; i++)
+      voted[r->vote_order[i]] = true;
+    for (int c = 0; c < r->n_chains && !rc; c++)
+      if (!voted[c] && r->chains[c].n_tokens)
+        rc = coord_wal_tokens(set->wal, r->id, c, 0, r->chains[c].tokens, r->chains[c].n_tokens);
+    for (int i = 0; i < r->n_vote_order && !rc; i++) {
+      const coord_chain_t *c = &r->chains[r->vote_order[i]];
+      rc = coord_wal_tokens(set->wal, r->id, c->idx, 0, c->tokens, c->n_tokens);
+    }
+    if (!rc && r->ended)
+      rc = coord_wal_end(set->wal, r->id, r->end_status, r->end_msg);
+  }
+  if (rc || coord_wal_compact_end(set->wal)) { /* the old journal stays */
+    set->wal_errors++;
+    SA_LOG_WARN("journal: compaction failed (%s); the journal keeps growing", sa_strerror(rc));
+    return;
+  }
+  SA_LOG_INFO("journal: compacted %llu -> %llu bytes (%d requests kept)",
+              (unsigned long long)before, (unsigned long long)coord_wal_size(set->wal), set->n);
 }
 
 bool coord_requests_process(coord_requests_t *set) {
@@ -1133,5 +1280,184 @@ bool coord_requests_process(coord_requests_t *set) {
     if (set->rec_head) /* recorded during the pass (a registry change) */
       set->dirty = true;
   }
+  if (set->wal && worked) { /* accepts, prompts and ends of this pass */
+    if (coord_wal_commit(set->wal))
+      set->wal_errors++;
+    if (coord_wal_wants_compaction(set->wal))
+      compact(set);
+  }
   return worked;
+}
+
+/* ------------------------------------------------------------- recovery */
+
+typedef struct {
+  coord_requests_t *set;
+  coord_request_t *last; /* the last one found: records of one request cluster */
+  int64_t skipped;
+} recover_t;
+
+static coord_request_t *by_uid(recover_t *rc, uint64_t uid) {
+  if (rc->last && rc->last->id == uid)
+    return rc->last;
+  for (coord_request_t *r = rc->set->head; r; r = r->next)
+    if (r->id == uid)
+      return rc->last = r;
+  rc->skipped++;
+  return NULL;
+}
+
+static void rec_accept(void *user, uint64_t uid, const coord_request_params_t *p) {
+  recover_t *rc = user;
+  coord_requests_t *set = rc->set;
+  char err[256];
+  for (coord_request_t *r = set->head; r; r = r->next)
+    if (r->id == uid) { /* twice: keep the first */
+      rc->skipped++;
+      return;
+    }
+  coord_request_t *r = coord_request_new(set, p, NULL, NULL, err, sizeof err);
+  if (!r) {
+    SA_LOG_ERROR("journal: request %s cannot be rebuilt: %s", p->request_id, err);
+    rc->skipped++;
+    return;
+  }
+  r->id = uid;
+  r->recovered = true;
+  if (uid > set->next_id)
+    set->next_id = uid;
+  rc->last = r;
+}
+
+static int32_t *dup_i32(const int32_t *v, int n) {
+  int32_t *d = malloc(sizeof(int32_t) * (size_t)(n ? n : 1));
+  if (d && n)
+    memcpy(d, v, sizeof(int32_t) * (size_t)n);
+  return d;
+}
+
+static void rec_prompt(void *user, uint64_t uid, const int32_t *ids, int n_ids,
+                       const int32_t *audio_pos, const float *rows, int n_rows, int hidden) {
+  recover_t *rc = user;
+  coord_requests_t *set = rc->set;
+  coord_request_t *r = by_uid(rc, uid);
+  if (!r || r->prompt || r->ended)
+    return;
+  if (n_rows && hidden != set->model->hidden_size) {
+    SA_LOG_ERROR("journal: request %s has audio rows %d wide; the model's are %d",
+                 r->request_id, hidden, set->model->hidden_size);
+    rc->skipped++;
+    return;
+  }
+  r->prompt = dup_i32(ids, n_ids);
+  r->audio_pos = dup_i32(audio_pos, n_rows);
+  r->audio_rows = n_rows ? malloc(sizeof(float) * (size_t)n_rows * (size_t)hidden) : NULL;
+  if (!r->prompt || !r->audio_pos || (n_rows && !r->audio_rows)) {
+    request_fail(set, r, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory rebuilding the prompt");
+    return;
+  }
+  if (n_rows)
+    memcpy(r->audio_rows, rows, sizeof(float) * (size_t)n_rows * (size_t)hidden);
+  r->prompt_len = n_ids;
+  r->n_audio_rows = n_rows;
+  r->hidden = hidden;
+  for (int k = 0; k < r->n_parts; k++) {
+    coord_req_part_t *q = &r->parts[k];
+    if (q->audio)
+      set->audio_held -= q->audio_len;
+    free(q->audio);
+    q->audio = NULL;
+  }
+}
+
+static void rec_tokens(void *user, uint64_t uid, int chain, int n_before, const int32_t *toks,
+                       int n) {
+  recover_t *rc = user;
+  coord_requests_t *set = rc->set;
+  coord_request_t *r = by_uid(rc, uid);
+  if (!r || !r->prompt || r->ended || chain >= r->n_chains)
+    return;
+  coord_chain_t *c = &r->chains[chain];
+  if (n_before != c->n_tokens) /* a token journaled twice (see journal_tokens) */
+    return;
+  for (int i = 0; i < n && c->state != COORD_CHAIN_DONE && !r->ended; i++) {
+    chain_token(set, r, c, toks[i]);
+    request_try_finish(set, r);
+  }
+}
+
+static void rec_end(void *user, uint64_t uid, sa_status_t st, const char *msg) {
+  recover_t *rc = user;
+  coord_request_t *r = by_uid(rc, uid);
+  if (!r || r->ended)
+    return;
+  if (st == SA_STATUS_OK)
+    request_fail(rc->set, r, SA_STATUS_DATA_LOSS,
+                 "the journal holds the end of this request but not all of its tokens");
+  else if (st == SA_STATUS_CANCELLED)
+    request_fail_as(rc->set, r, st, msg, SA__FINISH_REASON__FINISH_CLIENT_CANCELLED);
+  else
+    request_fail(rc->set, r, st, msg);
+}
+
+static const coord_wal_replay_cbs_t k_recover_cbs = {
+    .accept = rec_accept, .prompt = rec_prompt, .tokens = rec_tokens, .end = rec_end};
+
+int coord_requests_recover(coord_requests_t *set, coord_wal_t *w, int keep_ms, int *resumed,
+                           int *kept, char *err, size_t cap) {
+  recover_t rc = {.set = set};
+  sa_journal_replay_t st = {0};
+  set->keep_ms = keep_ms;
+  set->replaying = true;
+  int e = coord_wal_replay(w, &k_recover_cbs, &rc, &st);
+  set->replaying = false;
+  if (e) {
+    sa_set_err(err, cap, "cannot read the journal: %s", sa_strerror(e));
+    return e;
+  }
+  int n_resumed = 0, n_kept = 0;
+  uint64_t now = sa_now_ms();
+  for (coord_request_t *r = set->head; r; r = r->next) {
+    if (r->ended) {
+      r->keep_until_ms = now + (uint64_t)keep_ms;
+      n_kept++;
+      continue;
+    }
+    n_resumed++;
+    if (!r->prompt) { /* encode it again */
+      r->state = COORD_REQ_NEW;
+      continue;
+    }
+    /* as after a failover: every running chain re-prefills its prompt and
+     * the tokens it has on the replica it is admitted to */
+    r->state = COORD_REQ_QUEUED;
+    r->replay = true;
+    r->t_queued_ns = sa_now_ns();
+    for (int k = 0; k < r->n_chains; k++) {
+      coord_chain_t *c = &r->chains[k];
+      c->freed = c->state == COORD_CHAIN_DONE;
+      if (c->state != COORD_CHAIN_DONE) {
+        c->state = COORD_CHAIN_WAIT;
+        c->replayed = 0;
+      }
+    }
+    SA_LOG_INFO("request %s resumes from the journal: %d chain(s) with %d token(s) in chain 0",
+                r->request_id, r->n_chains, r->chains[0].n_tokens);
+  }
+  if (rc.skipped)
+    SA_LOG_WARN("journal: %lld records name no request it holds (skipped)",
+                (long long)rc.skipped);
+  SA_LOG_INFO("journal: %llu records, %llu bytes read%s; %d request(s) resume, %d ended kept "
+              "for %d s",
+              (unsigned long long)st.records, (unsigned long long)st.bytes,
+              st.dropped_bytes ? " (a torn tail was dropped)" : "", n_resumed, n_kept,
+              keep_ms / 1000);
+  set->wal = w;
+  compact(set); /* only what is kept, and a clean tail */
+  set->dirty = true;
+  if (resumed)
+    *resumed = n_resumed;
+  if (kept)
+    *kept = n_kept;
+  return 0;
 }

@@ -33,6 +33,7 @@
 #include "registry.h"
 #include "sa_error.h"
 #include "sched.h"
+#include "wal.h"
 
 typedef enum {
   COORD_EV_ENCODED,    /* the audio is encoded and the prompt built */
@@ -48,6 +49,7 @@ typedef struct {
   const char *text;    /* DELTA: the text (not NUL-terminated) */
   size_t len;
   bool answer;         /* DELTA: after </think> */
+  int64_t offset;      /* DELTA: bytes of the chain's text before it */
 } coord_event_t;
 
 /* A front end's callbacks (submit.c for our RPC, http.c for HTTP), given
@@ -58,6 +60,9 @@ typedef struct coord_request_cbs {
   /* r is over: st OK after FINAL, else why it failed or was cancelled.
    * Exactly once per request; r->client is not used again after it. */
   void (*end)(coord_request_t *r, sa_status_t st, const char *msg);
+  /* Another client took r over (coord_request_attach): r->client is not
+   * used again; the front end ends that client's stream. May be NULL. */
+  void (*detach)(coord_request_t *r);
 } coord_request_cbs_t;
 
 /* Counters since start (for metrics); written by request.c only. */
@@ -92,6 +97,10 @@ typedef struct coord_requests {
   bool dirty;
   bool stopping;
   coord_plan_t plan; /* scratch of the planner's output */
+  coord_wal_t *wal;  /* the journal (--state), or NULL */
+  int keep_ms;       /* how long an ended request nobody took is kept */
+  bool replaying;    /* rebuilding from the journal: no stats, no journal */
+  int64_t wal_errors;
 } coord_requests_t;
 
 /* Initialises set (caller-allocated). Everything given is borrowed for the
@@ -124,6 +133,26 @@ void coord_requests_migrate(coord_requests_t *set, int ri);
 
 /* The request with this id that has not ended, or NULL. */
 coord_request_t *coord_requests_find(const coord_requests_t *set, const char *request_id);
+
+/* The request with this id, running or ended and kept, or NULL. */
+coord_request_t *coord_requests_find_any(const coord_requests_t *set, const char *request_id);
+
+/* Gives running request r to another client: the old front end's detach
+ * callback runs first (if r had one); then r's events go to cbs/client.
+ * 0, SA_EINVAL (r ended) or SA_ESTATE (its front end cannot detach). */
+int coord_request_attach(coord_requests_t *set, coord_request_t *r,
+                          const coord_request_cbs_t *cbs, void *client);
+
+/* Journals every request from now on (w borrowed; keep_ms: how long an
+ * ended request whose result no client took stays for a resume), after
+ * rebuilding the requests the journal holds: unfinished ones resume
+ * (re-encoded if their prompt was not built, else re-prefilled with the
+ * tokens they had; the same RNG keys, so the same tokens follow); ended
+ * ones are kept keep_ms for a resume. Then the journal is rewritten with
+ * only them. Call once, before serving. Returns 0 or SA_EIO; *resumed and
+ * *kept (may be NULL) count what was rebuilt. */
+int coord_requests_recover(coord_requests_t *set, coord_wal_t *w, int keep_ms, int *resumed,
+                           int *kept, char *err, size_t cap);
 
 /* Fails every request with UNAVAILABLE at the next pass and stops
  * scheduling. */

@@ -19,6 +19,7 @@ typedef struct {
   coord_submit_t *sub;
   sa_rpc_call_t *call;
   coord_request_t *r; /* NULL once the request ended */
+  char request_id[64];
 } client_t;
 
 void coord_submit_init(coord_submit_t *sub, const coord_opts_t *opts, coord_requests_t *set,
@@ -32,13 +33,14 @@ void coord_submit_init(coord_submit_t *sub, const coord_opts_t *opts, coord_requ
 /* ------------------------------------------------------------ events out */
 
 static void send_event(client_t *cl, Sa__SubmitEvent *ev) {
-  ev->request_id = cl->r->request_id;
+  ev->request_id = (char *)cl->request_id;
   size_t len = sa__submit_event__get_packed_size(ev);
   uint8_t stackbuf[4096];
   uint8_t *buf = len <= sizeof stackbuf ? stackbuf : malloc(len);
   if (!buf) {
-    SA_LOG_WARN("request %s: out of memory for an event; cancelling", cl->r->request_id);
-    coord_request_cancel(cl->sub->set, cl->r);
+    SA_LOG_WARN("request %s: out of memory for an event; cancelling", cl->request_id);
+    if (cl->r)
+      coord_request_cancel(cl->sub->set, cl->r);
     return;
   }
   sa__submit_event__pack(ev, buf);
@@ -46,9 +48,35 @@ static void send_event(client_t *cl, Sa__SubmitEvent *ev) {
   if (buf != stackbuf)
     free(buf);
   if (rc == SA_EFULL)
-    SA_LOG_WARN("request %s: client is not reading; an event was dropped", cl->r->request_id);
-  else if (rc == SA_EUNAVAIL || rc == SA_ECANCELED || rc == SA_ETIMEDOUT)
+    SA_LOG_WARN("request %s: client is not reading; an event was dropped", cl->request_id);
+  else if ((rc == SA_EUNAVAIL || rc == SA_ECANCELED || rc == SA_ETIMEDOUT) && cl->r)
     coord_request_cancel(cl->sub->set, cl->r); /* the client went away */
+}
+
+/* A delta of chain's text: len bytes at offset in its stream. */
+static void send_delta(client_t *cl, int chain, bool answer, const char *t, size_t len,
+                       int64_t offset, int tokens) {
+  char stackbuf[512];
+  char *text = len < sizeof stackbuf ? stackbuf : malloc(len + 1);
+  if (!text) {
+    if (cl->r)
+      coord_request_cancel(cl->sub->set, cl->r);
+    return;
+  }
+  memcpy(text, t, len);
+  text[len] = '\0';
+  Sa__SubmitEvent ev = SA__SUBMIT_EVENT__INIT;
+  Sa__SubmitEvent__Delta d = SA__SUBMIT_EVENT__DELTA__INIT;
+  ev.payload_case = SA__SUBMIT_EVENT__PAYLOAD_DELTA;
+  ev.delta = &d;
+  d.chain = chain;
+  d.kind = answer ? SA__DELTA_KIND__DELTA_ANSWER : SA__DELTA_KIND__DELTA_REASONING;
+  d.text = text;
+  d.token_count = tokens;
+  d.offset = offset;
+  send_event(cl, &ev);
+  if (text != stackbuf)
+    free(text);
 }
 
 static void send_chain_done(client_t *cl, const coord_request_t *r, int chain) {
@@ -130,21 +158,9 @@ static void on_event(coord_request_t *r, const coord_event_t *e) {
     send_event(cl, &ev);
     break;
   }
-  case COORD_EV_DELTA: {
-    char text[257];
-    size_t n = e->len < sizeof text - 1 ? e->len : sizeof text - 1;
-    memcpy(text, e->text, n);
-    text[n] = '\0';
-    Sa__SubmitEvent__Delta d = SA__SUBMIT_EVENT__DELTA__INIT;
-    ev.payload_case = SA__SUBMIT_EVENT__PAYLOAD_DELTA;
-    ev.delta = &d;
-    d.chain = e->chain;
-    d.kind = e->answer ? SA__DELTA_KIND__DELTA_ANSWER : SA__DELTA_KIND__DELTA_REASONING;
-    d.text = text;
-    d.token_count = 1;
-    send_event(cl, &ev);
+  case COORD_EV_DELTA:
+    send_delta(cl, e->chain, e->answer, e->text, e->len, e->offset, 1);
     break;
-  }
   case COORD_EV_CHAIN_DONE:
     send_chain_done(cl, r, e->chain);
     break;
@@ -168,7 +184,19 @@ static void on_end(coord_request_t *r, sa_status_t st, const char *msg) {
   free(cl);
 }
 
-static const coord_request_cbs_t k_cbs = {.event = on_event, .end = on_end};
+/* A resume elsewhere took the request: this stream ends. */
+static void on_detach(coord_request_t *r) {
+  client_t *cl = r->client;
+  if (!cl)
+    return;
+  cl->r = NULL;
+  if (sa_rpc_call_finish(cl->call, SA_STATUS_ABORTED,
+                         "the request was resumed by another stream") == SA_EFULL)
+    return; /* left to its deadline; cl stays for its cancel callback */
+  free(cl);
+}
+
+static const coord_request_cbs_t k_cbs = {.event = on_event, .end = on_end, .detach = on_detach};
 
 /* ---------------------------------------------------------------- Submit */
 
@@ -285,17 +313,95 @@ static void submit_handler(sa_rpc_call_t *call, void *user) {
     p.sampling.repetition_penalty = rq->sampling->repetition_penalty;
     p.sampling.seed = rq->sampling->seed;
   }
+  if (rq->request_id[0] && coord_requests_find_any(sub->set, rq->request_id)) {
+    sa__submit_request__free_unpacked(rq, NULL);
+    sa_rpc_call_finish(call, SA_STATUS_ALREADY_EXISTS,
+                       "a request with this id exists; Coordinator/Resume attaches to it");
+    return;
+  }
   client_t *cl = calloc(1, sizeof *cl);
   coord_request_t *r = cl ? coord_request_new(sub->set, &p, &k_cbs, cl, msg, sizeof msg) : NULL;
   sa__submit_request__free_unpacked(rq, NULL);
   if (!r) {
     free(cl);
-    sa_rpc_call_finish(call, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    sa_rpc_call_finish(call, SA_STATUS_RESOURCE_EXHAUSTED, msg);
     return;
   }
   cl->sub = sub;
   cl->call = call;
   cl->r = r;
+  snprintf(cl->request_id, sizeof cl->request_id, "%s", r->request_id);
+  sa_rpc_call_set_cancel_cb(call, on_client_gone, cl);
+}
+
+/* ---------------------------------------------------------------- Resume */
+
+/* What a resumed stream has not seen of chain c: its text from offset on
+ * (reasoning, then answer). */
+static void send_text_from(client_t *cl, const coord_chain_t *c, int64_t offset) {
+  int64_t rl = (int64_t)c->reasoning_len, al = (int64_t)c->answer_len;
+  if (offset < 0)
+    offset = 0;
+  if (offset < rl)
+    send_delta(cl, c->idx, false, c->reasoning + offset, (size_t)(rl - offset), offset, 0);
+  if (offset < rl + al) {
+    int64_t from = offset > rl ? offset - rl : 0;
+    send_delta(cl, c->idx, true, c->answer + from, (size_t)(al - from), rl + from, 0);
+  }
+}
+
+static void resume_handler(sa_rpc_call_t *call, void *user) {
+  coord_submit_t *sub = user;
+  size_t len;
+  const void *body = sa_rpc_call_request(call, &len);
+  Sa__ResumeRequest *rq = sa__resume_request__unpack(NULL, len, body);
+  if (!rq || !rq->request_id[0]) {
+    if (rq)
+      sa__resume_request__free_unpacked(rq, NULL);
+    sa_rpc_call_finish(call, SA_STATUS_INVALID_ARGUMENT, "a ResumeRequest needs a request_id");
+    return;
+  }
+  coord_request_t *r = coord_requests_find_any(sub->set, rq->request_id);
+  if (r && strcmp(r->owner, sa_sec_peer_key(sa_rpc_call_peer(call))) != 0)
+    r = NULL; /* another client's: not found, whatever its id */
+  if (!r) {
+    sa__resume_request__free_unpacked(rq, NULL);
+    sa_rpc_call_finish(call, SA_STATUS_NOT_FOUND,
+                       "no such request (unknown, or ended and forgotten)");
+    return;
+  }
+  client_t *cl = calloc(1, sizeof *cl);
+  if (!cl) {
+    sa__resume_request__free_unpacked(rq, NULL);
+    sa_rpc_call_finish(call, SA_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return;
+  }
+  cl->sub = sub;
+  cl->call = call;
+  snprintf(cl->request_id, sizeof cl->request_id, "%s", r->request_id);
+  SA_LOG_INFO("request %s: resumed by its client%s", r->request_id,
+              r->ended ? " (it has ended)" : "");
+  for (int c = 0; c < r->n_chains; c++)
+    send_text_from(cl, &r->chains[c], (size_t)c < rq->n_offsets ? rq->offsets[c] : 0);
+  sa__resume_request__free_unpacked(rq, NULL);
+  for (int i = 0; i < r->n_vote_order; i++)
+    send_chain_done(cl, r, r->vote_order[i]);
+  if (r->ended) {
+    if (r->end_status == SA_STATUS_OK)
+      send_final(cl, r);
+    if (sa_rpc_call_finish(call, r->end_status, r->end_msg) != SA_EFULL)
+      free(cl);
+    return;
+  }
+  cl->r = r;
+  int rc = coord_request_attach(sub->set, r, &k_cbs, cl);
+  if (rc) {
+    cl->r = NULL;
+    if (sa_rpc_call_finish(call, SA_STATUS_FAILED_PRECONDITION,
+                           "this request's stream cannot move (an HTTP request)") != SA_EFULL)
+      free(cl);
+    return;
+  }
   sa_rpc_call_set_cancel_cb(call, on_client_gone, cl);
 }
 
@@ -478,6 +584,7 @@ static void status_handler(sa_rpc_call_t *call, void *user) {
 
 void coord_submit_serve(coord_submit_t *sub, sa_rpc_server_t *srv) {
   sa_rpc_server_register(srv, "Coordinator/Submit", SA_RPC_STREAM, submit_handler, sub);
+  sa_rpc_server_register(srv, "Coordinator/Resume", SA_RPC_STREAM, resume_handler, sub);
   sa_rpc_server_register(srv, "Coordinator/Cancel", SA_RPC_UNARY, cancel_handler, sub);
   sa_rpc_server_register(srv, "Coordinator/Status", SA_RPC_UNARY, status_handler, sub);
   sa_rpc_server_register(srv, "Coordinator/Drain", SA_RPC_UNARY, drain_handler, sub);

@@ -110,7 +110,7 @@ LONG=$!
 PIDS+=($LONG)
 for _ in $(seq 100); do grep -q '"request_id"' "$T/long.out" && break; sleep 0.1; done
 ID=$(grep -m1 -ao '"request_id":"[^"]*"' "$T/long.out" | cut -d'"' -f4 | head -n 1)
-[[ $ID == req-* && ${#ID} -eq 36 ]] || fail "request id: '$ID' ($(head -c 300 "$T/long.out"))"
+[[ $ID == cli-* && ${#ID} -eq 28 ]] || fail "request id: '$ID' ($(head -c 300 "$T/long.out"))"
 probe2() { "$BIN/sa-probe" "$COORD" "$1" --id "$ID" --key "$KEYS/$2.key" \
   --server-key "$KEYS/coordinator.pub"; }
 out=$(probe2 Cancel client2)
@@ -119,11 +119,18 @@ out=$(probe2 Status client2)
 grep -q "request_found 0" <<<"$out" || fail "client2 sees client's request: $out"
 out=$(probe2 Status client)
 grep -q "request_found 1" <<<"$out" || fail "the owner does not see its request: $out"
+# nor take its stream over by its id (Submit: ALREADY_EXISTS, Resume: NOT_FOUND)
+if SA_KEY=$KEYS/client2.key "$BIN/sa-client" submit "$T/clips/clip0.wav" --request-id "$ID" \
+  --json --coordinator "$COORD" >"$T/steal.out" 2>"$T/steal.err"; then
+  fail "client2 resumed client's request"
+fi
+grep -q '"type":"delta"' "$T/steal.out" && fail "client2 got text of client's request"
+grep -q "NOT_FOUND\|ALREADY_EXISTS" "$T/steal.err" || fail "client2 taking over: $(cat "$T/steal.err")"
 kill -INT "$LONG" 2>/dev/null || true
 wait "$LONG" 2>/dev/null || true
 grep -q '"type":"final"' "$T/long.out" && ! grep -q '"finish_reason":"cancel' "$T/long.out" &&
   fail "client's request ended early: $(tail -c 300 "$T/long.out")"
-pass "request $ID: client2 can neither cancel nor see it; its owner can"
+pass "request $ID: client2 can neither cancel, see nor resume it; its owner can"
 
 # bad key files stop a process at start, saying why
 cp "$KEYS/coordinator.key" "$T/open.key"
