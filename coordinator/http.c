@@ -56,7 +56,6 @@ struct coord_http {
   coord_requests_t *set;
   const coord_registry_t *reg;
   const coord_pipeline_t *pl;
-  uint64_t next_id;
 };
 
 /* ----------------------------------------------------------- responses */
@@ -214,6 +213,7 @@ static bool authorized(const coord_http_t *h, h2o_req_t *req) {
 
 typedef struct {
   bool role_sent, think_end_sent, finished;
+  int64_t sent; /* bytes of the chain's text (reasoning, answer) sent */
 } hchoice_t;
 
 typedef struct {
@@ -229,7 +229,8 @@ typedef struct {
   char *pending;  /* bytes waiting for the next send */
   size_t pending_len, pending_cap;
   char *inflight; /* the bytes of the send in flight */
-  char id[48];
+  char id[64];
+  int n_chains;
   int64_t created;
   hchoice_t choices[COORD_MAX_CHAINS];
 } hreq_t;
@@ -321,11 +322,29 @@ static void start_stream(hreq_t *q) {
   h2o_start_response(req, &q->gen);
 }
 
+/* The SSE event id: the request id, then per choice the bytes of its text
+ * this client has with this event, "t" once the "</think>" marker went
+ * out, "f" once its finish chunk did. A client that lost its stream sends
+ * it back as Last-Event-ID and gets the rest (resume_stream). */
+static void sse_id(hreq_t *q) {
+  char buf[96];
+  pend(q, "id: ", 4);
+  pend(q, q->id, strlen(q->id));
+  for (int c = 0; c < q->n_chains; c++) {
+    const hchoice_t *hc = &q->choices[c];
+    int n = snprintf(buf, sizeof buf, "%c%lld%s%s", c ? ',' : '/', (long long)hc->sent,
+                     hc->think_end_sent ? "t" : "", hc->finished ? "f" : "");
+    pend(q, buf, (size_t)n);
+  }
+  pend(q, "\n", 1);
+}
+
 static void sse(hreq_t *q, cJSON *obj) {
   char *s = cJSON_PrintUnformatted(obj);
   cJSON_Delete(obj);
   if (!s)
     return;
+  sse_id(q);
   pend(q, "data: ", 6);
   pend(q, s, strlen(s));
   pend(q, "\n\n", 2);
@@ -479,6 +498,7 @@ static void on_event(coord_request_t *r, const coord_event_t *e) {
     start_stream(q);
     if (e->answer)
       think_end(q, e->chain);
+    q->choices[e->chain].sent = e->offset + (int64_t)e->len;
     choice_chunk(q, e->chain, e->text, e->len, !e->answer && q->h->reasoning_split, NULL);
     flush(q);
     break;
@@ -526,9 +546,146 @@ static void on_end(coord_request_t *r, sa_status_t st, const char *msg) {
   hreq_maybe_free(q);
 }
 
-static const coord_request_cbs_t k_cbs = {.event = on_event, .end = on_end};
+/* Another stream resumed the request (Last-Event-ID): this one ends. */
+static void on_detach(coord_request_t *r) {
+  hreq_t *q = r->client;
+  q->r = NULL;
+  if (q->req && q->started) {
+    q->final_out = true;
+    flush(q);
+  } else if (q->req) {
+    send_error(q->req, 409, "the request was resumed by another stream", NULL, NULL);
+    q->req = NULL;
+  }
+  hreq_maybe_free(q);
+}
+
+static const coord_request_cbs_t k_cbs = {.event = on_event, .end = on_end, .detach = on_detach};
+
+/* Parses Last-Event-ID "ID/OFFSET[t][f],..." into id and q's choices.
+ * Returns false if it is not one of ours. */
+static bool parse_event_id(const char *v, size_t len, hreq_t *q) {
+  const char *slash = memchr(v, '/', len);
+  if (!slash || slash == v || (size_t)(slash - v) >= sizeof q->id)
+    return false;
+  memcpy(q->id, v, (size_t)(slash - v));
+  q->id[slash - v] = '\0';
+  const char *p = slash + 1, *end = v + len;
+  int c = 0;
+  while (p < end && c < COORD_MAX_CHAINS) {
+    int64_t off = 0;
+    int digits = 0;
+    while (p < end && *p >= '0' && *p <= '9' && digits < 15) {
+      off = off * 10 + (*p++ - '0');
+      digits++;
+    }
+    if (!digits)
+      return false;
+    hchoice_t *hc = &q->choices[c++];
+    hc->sent = off;
+    hc->role_sent = true;
+    if (p < end && *p == 't') {
+      hc->think_end_sent = true;
+      p++;
+    }
+    if (p < end && *p == 'f') {
+      hc->finished = true;
+      p++;
+    }
+    if (p < end && *p++ != ',')
+      return false;
+  }
+  return p == end && c > 0;
+}
+
+/* A chain's text this client does not have yet, as the live stream would
+ * have sent it. */
+static void catch_up(hreq_t *q, const coord_chain_t *c) {
+  hchoice_t *hc = &q->choices[c->idx];
+  int64_t rl = (int64_t)c->reasoning_len, al = (int64_t)c->answer_len;
+  if (hc->sent < rl) {
+    int64_t from = hc->sent;
+    hc->sent = rl;
+    choice_chunk(q, c->idx, c->reasoning + from, (size_t)(rl - from), q->h->reasoning_split,
+                 NULL);
+  }
+  if (c->in_answer && hc->sent < rl + al) {
+    int64_t from = hc->sent - rl;
+    think_end(q, c->idx);
+    hc->sent = rl + al;
+    choice_chunk(q, c->idx, c->answer + from, (size_t)(al - from), false, NULL);
+  }
+}
+
+/* POST /v1/chat/completions with Last-Event-ID: the stream of a request
+ * made over HTTP earlier (before a coordinator restart, or on a
+ * connection that broke) from the event the client had last. */
+static void resume_stream(coord_http_t *h, h2o_req_t *req, const char *v, size_t len) {
+  hreq_t *q = calloc(1, sizeof *q);
+  if (!q) {
+    send_error(req, 500, "out of memory", NULL, NULL);
+    return;
+  }
+  coord_request_t *r = NULL;
+  if (parse_event_id(v, len, q))
+    r = coord_requests_find_any(h->set, q->id);
+  if (!r || strcmp(r->owner, "http") != 0) {
+    free(q);
+    send_error(req, 404, "Last-Event-ID names no request this server holds", NULL,
+               "not_found");
+    return;
+  }
+  q->h = h;
+  q->req = req;
+  q->alive = true;
+  *(hreq_t **)h2o_mem_alloc_shared(&req->pool, sizeof q, on_dispose) = q;
+  q->stream = true;
+  q->include_usage = true;
+  q->created = (int64_t)time(NULL);
+  q->n_chains = r->n_chains;
+  for (int c = 0; c < r->n_chains; c++)
+    if (q->choices[c].sent > (int64_t)(r->chains[c].reasoning_len + r->chains[c].answer_len))
+      q->choices[c].sent = (int64_t)(r->chains[c].reasoning_len + r->chains[c].answer_len);
+  SA_LOG_INFO("request %s: HTTP stream resumed%s", r->request_id,
+              r->ended ? " (it has ended)" : "");
+  start_stream(q);
+  for (int c = 0; c < r->n_chains; c++)
+    catch_up(q, &r->chains[c]);
+  for (int i = 0; i < r->n_vote_order; i++)
+    finish_choice(q, &r->chains[r->vote_order[i]]);
+  if (r->ended) {
+    if (r->end_status == SA_STATUS_OK) {
+      final_stream(q, r);
+    } else {
+      char *j = error_json(http_status(r->end_status), r->end_msg, NULL, NULL);
+      if (j) {
+        pend(q, "data: ", 6);
+        pend(q, j, strlen(j));
+        pend(q, "\n\n", 2);
+        free(j);
+      }
+      pend(q, "data: [DONE]\n\n", 14);
+    }
+    q->final_out = true;
+    flush(q);
+    return;
+  }
+  flush(q);
+  q->r = r;
+  if (coord_request_attach(h->set, r, &k_cbs, q)) { /* not ours to take */
+    q->r = NULL;
+    q->final_out = true;
+    flush(q);
+  }
+}
 
 static void chat_completions(coord_http_t *h, h2o_req_t *req) {
+  ssize_t li = h2o_find_header_by_str(&req->headers, H2O_STRLIT("last-event-id"), -1);
+  if (li >= 0) {
+    resume_stream(h, req, req->headers.entries[li].value.base,
+                  req->headers.entries[li].value.len);
+    return;
+  }
   coord_openai_limits_t lim = {.max_audio_bytes = h->copts->max_audio_bytes,
                                .default_max_tokens = h->copts->max_tokens_limit < 2048
                                                          ? h->copts->max_tokens_limit
@@ -590,8 +747,12 @@ static void chat_completions(coord_http_t *h, h2o_req_t *req) {
   q->stream = oa.stream;
   q->include_usage = oa.include_usage;
   q->created = (int64_t)time(NULL);
-  snprintf(q->id, sizeof q->id, "chatcmpl-%llx%llx", (unsigned long long)sa_now_ns(),
-           (unsigned long long)++h->next_id);
+  uint8_t rnd[12]; /* unguessable: the id lets a client resume the stream */
+  randombytes_buf(rnd, sizeof rnd);
+  char hex[2 * sizeof rnd + 1];
+  sodium_bin2hex(hex, sizeof hex, rnd, sizeof rnd);
+  snprintf(q->id, sizeof q->id, "chatcmpl-%s", hex);
+  q->n_chains = oa.p.n_chains;
   oa.p.request_id = q->id;
   oa.p.owner = "http"; /* no RPC client can cancel it */
   coord_request_t *r = coord_request_new(h->set, &oa.p, &k_cbs, q, err, sizeof err);

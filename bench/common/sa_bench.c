@@ -4,6 +4,8 @@
 #include "sa_error.h"
 
 #include <cblas.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -191,4 +193,32 @@ double sa_bench_sgemm_peak(int threads) {
     free(a), free(b), free(c);
   }
   return best;
+}
+
+double sa_bench_fdatasync_us(const char *dir, int reps) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/fdatasync-probe.%d", dir, (int)getpid());
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  double *t = calloc((size_t)(reps > 0 ? reps : 1), sizeof *t);
+  if (fd < 0 || !t) {
+    if (fd >= 0)
+      close(fd);
+    free(t);
+    return -1;
+  }
+  char page[4096] = {0};
+  double r = -1;
+  int i;
+  for (i = 0; i < reps; i++) {
+    double t0 = sa_bench_now();
+    if (pwrite(fd, page, sizeof page, (off_t)i * 4096) != 4096 || fdatasync(fd))
+      break;
+    t[i] = sa_bench_now() - t0;
+  }
+  if (i == reps && reps > 0)
+    r = sa_bench_median(t, reps) * 1e6;
+  close(fd);
+  unlink(path);
+  free(t);
+  return r;
 }

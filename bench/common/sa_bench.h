@@ -48,4 +48,9 @@ int sa_bench_mem_bandwidth(int threads, size_t bytes, int reps,
  * count set it again. Returns a negative SA_E* code on failure. */
 double sa_bench_sgemm_peak(int threads);
 
+/* The floor of a durable append on dir's disk: the median of reps 4 KiB
+ * pwrite + fdatasync pairs on a scratch file there (removed), in
+ * microseconds; -1 if the file cannot be written. */
+double sa_bench_fdatasync_us(const char *dir, int reps);
+
 #endif /* SA_BENCH_H */

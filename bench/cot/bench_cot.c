@@ -67,6 +67,10 @@ static void usage(FILE *f) {
           "  --kv-max-tokens N     tokens per chain there (16)\n"
           "  --no-independent      skip the n independent requests\n"
           "  --no-limits           skip measuring bandwidth and sgemm peak\n"
+          "  --state                the coordinator journals (--state in a temporary\n"
+          "                        folder): run with and without it for the journal's\n"
+          "                        cost in decode tokens/s (the fdatasync floor is\n"
+          "                        printed)\n"
           "Workers run with 1 thread each. Default run: a few minutes on 2 cores.\n");
 }
 
@@ -379,7 +383,7 @@ int main(int argc, char **argv) {
   snprintf(bin, sizeof bin, "%s/bin", SA_BINARY_DIR);
   int chains[16] = {1, 2, 4, 8, 16}, n_chains = 5;
   int prompt_tokens = 400, max_tokens = 32, kv_prompt = 1200, kv_max_tokens = 16;
-  bool independent = true, limits = true;
+  bool independent = true, limits = true, state = false;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -418,6 +422,8 @@ int main(int argc, char **argv) {
       independent = false;
     } else if (!strcmp(a, "--no-limits")) {
       limits = false;
+    } else if (!strcmp(a, "--state")) {
+      state = true;
     } else {
       usage(stderr);
       return 2;
@@ -493,8 +499,15 @@ int main(int argc, char **argv) {
   snprintf(worker_bin, sizeof worker_bin, "%s/sa-worker", bin);
   snprintf(ep_file, sizeof ep_file, "%s/coord.ep", g_tmp);
   snprintf(log, sizeof log, "%s/coordinator.log", g_tmp);
+  char state_dir[300];
+  snprintf(state_dir, sizeof state_dir, "%s/state", g_tmp);
   char *cav[] = {coord_bin, "--insecure", "--model", model, "--listen", "tcp://127.0.0.1:*",
-                 "--endpoint-file", ep_file, "--max-chains", "64", NULL};
+                 "--endpoint-file", ep_file, "--max-chains", "64",
+                 state ? "--state" : NULL, state_dir, NULL};
+  if (state)
+    printf("coordinator journal: %s/journal (fdatasync floor on this disk: %.0f us, "
+           "bench-journal measures it; one sync per coordinator pass)\n",
+           state_dir, sa_bench_fdatasync_us(g_tmp, 50));
   g_services[g_n_services++] = spawn(cav, log);
   char coord[256] = "";
   for (int i = 0; i < 200 && !coord[0]; i++) {

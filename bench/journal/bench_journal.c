@@ -49,7 +49,7 @@ int main(int argc, char **argv) {
   }
   if (reps < 10)
     reps = 10;
-  char jdir[1200], probe[1300], err[256];
+  char jdir[1200], err[256];
   snprintf(jdir, sizeof jdir, "%s/bench-journal.%d", dir, (int)getpid());
   sa_journal_t *j = NULL;
   if (sa_journal_open(jdir, &j, err, sizeof err)) {
@@ -57,18 +57,9 @@ int main(int argc, char **argv) {
     return 1;
   }
   double *t = calloc((size_t)reps, sizeof *t);
-  /* the floor: a 4 KiB write and fdatasync with plain syscalls */
-  snprintf(probe, sizeof probe, "%s/probe", jdir);
-  int fd = open(probe, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  char page[4096] = {0};
-  for (int r = 0; r < reps; r++) {
-    double t0 = sa_bench_now();
-    if (pwrite(fd, page, sizeof page, (off_t)r * 4096) != 4096 || fdatasync(fd))
-      return 1;
-    t[r] = sa_bench_now() - t0;
-  }
-  close(fd);
-  double floor = sa_bench_median(t, reps);
+  double floor = sa_bench_fdatasync_us(jdir, reps) * 1e-6;
+  if (floor < 0)
+    return 1;
   double one = commit_cost(j, 1, 24, reps, t);   /* a step of one sequence */
   double b32 = commit_cost(j, 32, 24, reps, t);  /* a step of 32 sequences */
   double big = commit_cost(j, 1, 1u << 20, reps / 4, t); /* an audio embedding */

@@ -35,6 +35,7 @@ run_requests() {
       --vote none --seed $((11 + i)) --json --coordinator "$COORD" --timeout 300 \
       >"$T/$1-$i.out" 2>"$T/$1-$i.err" &
     RUN_PIDS+=($!)
+    PIDS+=($!)
   done
 }
 
@@ -137,6 +138,7 @@ for tail in torn corrupt; do
     --max-tokens 1200 --temperature 0 --seed 11 --json --coordinator "$COORD" --timeout 300 \
     >"$T/$tail.out" 2>"$T/$tail.err" &
   cpid=$!
+  PIDS+=($cpid)
   for _ in $(seq 600); do
     [[ $(grep -c '"type":"delta"' "$T/$tail.out" 2>/dev/null) -ge 3 ]] && break
     sleep 0.05

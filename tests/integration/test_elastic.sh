@@ -40,16 +40,32 @@ grep -q "dissolved" "$T/coordinator.log" || fail "no pipeline was dissolved"
   >"$T/one.out" 2>&1 || fail "the re-assembled pipeline: $(cat "$T/one.out")"
 pass "a1 and $other_b killed: a2 and $keep_b re-assembled into $(pipe_of a2), which serves"
 
-# a new pair under load: another pipeline forms, nothing restarts
+# a new pair under load: more requests than one pipeline's KV holds (greedy
+# chains of the random model run to max_tokens), so some wait in the queue;
+# another pipeline forms from the new pair without restarting anything, the
+# waiting requests run there (seen in status: the new stages hold KV), and
+# every request completes
+qd() { "$BIN/sa-client" status --json --coordinator "$COORD" | grep -o '"requests_queued":[0-9]*' | cut -d: -f2; }
+kv_of() { "$BIN/sa-client" status --json --coordinator "$COORD" |
+  grep -o "{[^{}]*\"node_id\":\"$1\"[^{}]*}" | grep -o '"kv_blocks_used":[0-9]*' | cut -d: -f2; }
 pids=()
-for i in 1 2 3 4; do
-  "$BIN/sa-client" submit "$T/clips/clip0.wav" --max-tokens 400 --seed "$i" --temperature 0.8 \
+for i in 1 2 3 4 5 6 7 8; do
+  "$BIN/sa-client" submit "$T/clips/clip0.wav" --max-tokens 4000 --seed "$i" --temperature 0 \
     --json --coordinator "$COORD" >"$T/load$i.out" 2>&1 &
   pids+=($!)
+  PIDS+=($!)
 done
-start_worker "$M" 0:2 "" c1
-start_worker "$M" 2: "" c2
+for _ in $(seq 200); do [[ $(qd) -gt 0 ]] && break; sleep 0.05; done
+queued=$(qd)
+[[ $queued -gt 0 ]] || fail "no request waited: the load does not fill one pipeline"
+t_join=$(date +%s.%N)
+start_worker "$M" 0:2 "" c1 --kv-mem 8MiB
+start_worker "$M" 2: "" c2 --kv-mem 8MiB
 for _ in $(seq 200); do [[ $(ready) -eq 2 ]] && break; sleep 0.05; done
 [[ $(ready) -eq 2 ]] || fail "the new pair did not form a pipeline"
+took=0
+for _ in $(seq 400); do [[ $(kv_of c2) -gt 0 ]] && { took=1; break; }; sleep 0.05; done
+[[ $took -eq 1 ]] || fail "the new pipeline took none of the $queued waiting requests"
+echo "the new pipeline took waiting requests $(awk "BEGIN{printf \"%.2f\", $(date +%s.%N) - $t_join}") s after its stages started"
 for p in "${pids[@]}"; do wait "$p" || fail "a request under load failed"; done
-pass "a new pair of stages formed pipeline $(pipe_of c1) under load; 4 running requests completed"
+pass "a new pair of stages formed pipeline $(pipe_of c1) under load and ran the $queued waiting requests; all 8 completed"

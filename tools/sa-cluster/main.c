@@ -59,6 +59,8 @@ static child_t g_children[MAX_CHILDREN];
 static int g_n_children;
 static volatile sig_atomic_t g_stop;
 
+#define DRAIN_GRACE_S 30 /* sa-worker's default --drain-grace-s */
+
 static void usage(FILE *f) {
   fprintf(f,
           "usage: sa-cluster up [FILE.yaml] [--timeout SECONDS]\n"
@@ -263,6 +265,8 @@ static void plan_children(const sa_topo_t *t, const char *bins, bool insecure) {
   child_arg(co, "%s", t->model);
   child_arg(co, "%s", "--listen");
   child_arg(co, "%s", t->coordinator);
+  child_arg(co, "%s", "--state"); /* a restarted coordinator resumes its requests */
+  child_arg(co, "%s/state", t->run_dir);
   if (t->coordinator_http[0]) {
     child_arg(co, "%s", "--http");
     child_arg(co, "%s", t->coordinator_http);
@@ -312,6 +316,24 @@ static void plan_children(const sa_topo_t *t, const char *bins, bool insecure) {
       child_security(c, t, "stage", insecure);
     }
   }
+}
+
+/* Waits until children from..n-1 have exited or the deadline passed. */
+static void reap_children(int from, double deadline) {
+  int alive;
+  do {
+    alive = 0;
+    for (int i = from; i < g_n_children; i++) {
+      if (g_children[i].pid <= 0)
+        continue;
+      if (waitpid(g_children[i].pid, NULL, WNOHANG) == g_children[i].pid)
+        g_children[i].pid = 0;
+      else
+        alive++;
+    }
+    if (alive)
+      usleep(50 * 1000);
+  } while (alive && sa_now_s() < deadline);
 }
 
 static pid_t spawn(child_t *c, const char *run_dir) {
@@ -418,25 +440,18 @@ static void supervise(const sa_topo_t *t) {
     }
     usleep(50 * 1000);
   }
-  SA_LOG_INFO("stopping %d children", g_n_children);
-  for (int i = g_n_children - 1; i >= 0; i--)
+  /* a planned stop drains: stages and encoders first (SIGTERM: each takes
+   * no new work, finishes what runs, at most its --drain-grace-s, then
+   * exits), the coordinator last (what did not finish stays in its
+   * journal and resumes at the next `up`) */
+  SA_LOG_INFO("stopping %d children: draining workers and encoders first", g_n_children);
+  for (int i = g_n_children - 1; i >= 1; i--)
     if (g_children[i].pid > 0)
       kill(g_children[i].pid, SIGTERM);
-  double deadline = sa_now_s() + 5.0;
-  int alive;
-  do {
-    alive = 0;
-    for (int i = 0; i < g_n_children; i++) {
-      if (g_children[i].pid <= 0)
-        continue;
-      if (waitpid(g_children[i].pid, NULL, WNOHANG) == g_children[i].pid)
-        g_children[i].pid = 0;
-      else
-        alive++;
-    }
-    if (alive)
-      usleep(50 * 1000);
-  } while (alive && sa_now_s() < deadline);
+  reap_children(1, sa_now_s() + DRAIN_GRACE_S + 5.0);
+  if (g_children[0].pid > 0)
+    kill(g_children[0].pid, SIGTERM);
+  reap_children(0, sa_now_s() + 5.0);
   for (int i = 0; i < g_n_children; i++)
     if (g_children[i].pid > 0) {
       kill(g_children[i].pid, SIGKILL);
@@ -637,7 +652,10 @@ static int cmd_down(const sa_topo_t *t) {
     return 0;
   }
   kill(pid, SIGTERM);
-  double deadline = sa_now_s() + 10.0;
+  printf("sa-cluster: draining (running requests finish, at most %d s), then stopping\n",
+         DRAIN_GRACE_S);
+  fflush(stdout);
+  double deadline = sa_now_s() + DRAIN_GRACE_S + 15.0;
   while (kill(pid, 0) == 0 && sa_now_s() < deadline)
     usleep(100 * 1000);
   if (kill(pid, 0) == 0) {
