@@ -185,7 +185,6 @@ struct coord_request {
   char end_msg[256];
   uint64_t keep_until_ms; /* ended with no client to take the result: kept
                              for Coordinator/Resume until then (0: not kept) */
-  bool recovered;         /* rebuilt from the journal */
   int pending_ops;   /* encode / fork / free calls outstanding */
   int max_tokens;
   int n_chains;

@@ -871,6 +871,12 @@ static void metrics(coord_http_t *h, h2o_req_t *req) {
           (long long)s->stats.generated_tokens, (long long)s->stats.prompt_tokens,
           (long long)s->stats.audio_tokens, (long long)s->stats.failovers,
           (long long)s->stats.chains_cancelled, (long long)s->stats.tokens_saved);
+  if (s->wal)
+    fprintf(f,
+            "# HELP sa_journal_errors_total Journal appends, syncs or compactions that failed "
+            "(--state; requests carry on, a crash may lose what was not synced).\n"
+            "# TYPE sa_journal_errors_total counter\nsa_journal_errors_total %lld\n",
+            (long long)s->wal_errors);
   if (h->sec && !h->sec->insecure)
     fprintf(f,
             "# HELP sa_handshakes_refused_total CurveZMQ peers refused at the handshake (key "

@@ -552,6 +552,18 @@ static void request_requeue(coord_requests_t *set, coord_request_t *r, sa_status
 
 /* ------------------------------------------------------------ the prompt */
 
+/* r's audio is in its prompt now (and the journal has the rows: a
+ * coordinator restarted on it does not encode again): the bytes go. */
+static void drop_audio(coord_requests_t *set, coord_request_t *r) {
+  for (int k = 0; k < r->n_parts; k++) {
+    coord_req_part_t *q = &r->parts[k];
+    if (q->audio)
+      set->audio_held -= q->audio_len;
+    free(q->audio);
+    q->audio = NULL;
+  }
+}
+
 static int build_prompt(coord_requests_t *set, coord_request_t *r, char *err, size_t cap) {
   sa_chat_part_t parts[COORD_MAX_PARTS + 1];
   sa_chat_turn_t turns[COORD_MAX_PARTS + 1];
@@ -611,15 +623,7 @@ static int build_prompt(coord_requests_t *set, coord_request_t *r, char *err, si
                r->prompt_len, r->max_tokens, set->model->max_position_embeddings);
     return SA_EINVAL;
   }
-  /* the audio is in the prompt now (the journal has the rows: a
-   * coordinator restarted on it does not encode again) */
-  for (int k = 0; k < r->n_parts; k++) {
-    coord_req_part_t *q = &r->parts[k];
-    if (q->audio)
-      set->audio_held -= q->audio_len;
-    free(q->audio);
-    q->audio = NULL;
-  }
+  drop_audio(set, r);
   if (set->wal && !set->replaying && coord_wal_prompt(set->wal, r)) {
     sa_set_err(err, cap, "out of memory journaling the prompt");
     return SA_ENOMEM;
@@ -1323,7 +1327,6 @@ static void rec_accept(void *user, uint64_t uid, const coord_request_params_t *p
     return;
   }
   r->id = uid;
-  r->recovered = true;
   if (uid > set->next_id)
     set->next_id = uid;
   rc->last = r;
@@ -1337,7 +1340,7 @@ static int32_t *dup_i32(const int32_t *v, int n) {
 }
 
 static void rec_prompt(void *user, uint64_t uid, const int32_t *ids, int n_ids,
-                       const int32_t *audio_pos, const float *rows, int n_rows, int hidden) {
+                       const int32_t *audio_pos, const void *rows, int n_rows, int hidden) {
   recover_t *rc = user;
   coord_requests_t *set = rc->set;
   coord_request_t *r = by_uid(rc, uid);
@@ -1361,13 +1364,7 @@ static void rec_prompt(void *user, uint64_t uid, const int32_t *ids, int n_ids,
   r->prompt_len = n_ids;
   r->n_audio_rows = n_rows;
   r->hidden = hidden;
-  for (int k = 0; k < r->n_parts; k++) {
-    coord_req_part_t *q = &r->parts[k];
-    if (q->audio)
-      set->audio_held -= q->audio_len;
-    free(q->audio);
-    q->audio = NULL;
-  }
+  drop_audio(set, r);
 }
 
 static void rec_tokens(void *user, uint64_t uid, int chain, int n_before, const int32_t *toks,

@@ -100,7 +100,7 @@ typedef struct coord_requests {
   coord_wal_t *wal;  /* the journal (--state), or NULL */
   int keep_ms;       /* how long an ended request nobody took is kept */
   bool replaying;    /* rebuilding from the journal: no stats, no journal */
-  int64_t wal_errors;
+  int64_t wal_errors; /* journal writes that failed (sa_journal_errors_total) */
 } coord_requests_t;
 
 /* Initialises set (caller-allocated). Everything given is borrowed for the

@@ -207,19 +207,8 @@ static void replay_prompt(replay_t *rp, const Sa__JournalPrompt *p) {
       rp->skipped++;
       return;
     }
-  /* the rows are little-endian fp32 in a bytes field: copy to align them */
-  float *rows = NULL;
-  if (p->audio_rows.len) {
-    rows = malloc(p->audio_rows.len);
-    if (!rows) {
-      rp->skipped++;
-      return;
-    }
-    memcpy(rows, p->audio_rows.data, p->audio_rows.len);
-  }
-  rp->cbs->prompt(rp->user, p->uid, p->ids, (int)p->n_ids, p->audio_pos, rows,
-                  (int)p->n_audio_pos, p->hidden);
-  free(rows);
+  rp->cbs->prompt(rp->user, p->uid, p->ids, (int)p->n_ids, p->audio_pos,
+                  p->audio_rows.len ? p->audio_rows.data : NULL, (int)p->n_audio_pos, p->hidden);
 }
 
 static int on_record(void *user, uint8_t type, const void *payload, size_t len) {

@@ -37,8 +37,9 @@ void coord_wal_close(coord_wal_t **w);
 typedef struct {
   /* p's strings and audio are borrowed; p->request_id/owner are set. */
   void (*accept)(void *user, uint64_t uid, const coord_request_params_t *p);
+  /* rows: n_rows x hidden fp32, little-endian, not aligned (copy them) */
   void (*prompt)(void *user, uint64_t uid, const int32_t *ids, int n_ids,
-                 const int32_t *audio_pos, const float *rows, int n_rows, int hidden);
+                 const int32_t *audio_pos, const void *rows, int n_rows, int hidden);
   void (*tokens)(void *user, uint64_t uid, int chain, int n_before, const int32_t *tokens,
                  int n);
   void (*end)(void *user, uint64_t uid, sa_status_t st, const char *msg);
