@@ -13,6 +13,8 @@
 #include "security.h"
 #include "sa.pb-c.h"
 #include "sa_error.h"
+#include "common.h"
+#include "stream.h"
 
 #include <cjson/cJSON.h>
 #include <sodium.h>
@@ -28,15 +30,7 @@
 #include <unistd.h>
 #include <uv.h>
 
-#define DEFAULT_COORDINATOR "tcp://127.0.0.1:7700"
 #define MAX_AUDIO_BYTES (64u << 20)
-
-static const char *coordinator_addr(const char *given) {
-  if (given)
-    return given;
-  const char *env = getenv("SA_COORDINATOR");
-  return env && *env ? env : DEFAULT_COORDINATOR;
-}
 
 static void usage(FILE *f) {
   fprintf(f,
@@ -74,7 +68,7 @@ static void usage(FILE *f) {
           "--no-wait; --timeout S (default 600). undrain lets work go there again.\n"
           "Both need an operator key (sa-keys gen NAME --role operator).\n"
           "common:\n"
-          "  --coordinator ADDR     default $SA_COORDINATOR or " DEFAULT_COORDINATOR "\n"
+          "  --coordinator ADDR     default $SA_COORDINATOR or " SA_DEFAULT_COORDINATOR "\n"
           SA_SEC_USAGE
           "                         (the coordinator's key is the one key of role\n"
           "                         coordinator in the --allow folder)\n"
@@ -82,28 +76,6 @@ static void usage(FILE *f) {
 }
 
 /* ------------------------------------------------------------------ submit */
-
-/* The channel's keys: ours (a client or operator key; drain needs an
- * operator's), and the coordinator's from the allow-list. Returns 0, or 2
- * (bad usage) with the reason printed. */
-static int client_security(const sa_sec_args_t *a, sa_sec_t *sec, sa_rpc_opts_t *o,
-                           bool operator_only) {
-  char err[512];
-  int rc = sa_sec_open_args(sec, a, SA_ROLE_NONE, err, sizeof err);
-  if (rc == 0 && !sec->insecure && sec->self.role != SA_ROLE_OPERATOR &&
-      (operator_only || sec->self.role != SA_ROLE_CLIENT)) {
-    snprintf(err, sizeof err, "this is a %s key; %s needs %s key", sa_role_name(sec->self.role),
-             operator_only ? "drain" : "sa-client",
-             operator_only ? "an operator" : "a client or operator");
-    rc = SA_EINVAL;
-  }
-  if (rc || sa_sec_coordinator_opts(sec, o, err, sizeof err)) {
-    fprintf(stderr, "sa-client: %s\n", err);
-    sa_sec_close(sec);
-    return 2;
-  }
-  return 0;
-}
 
 typedef struct {
   uv_loop_t *loop;
@@ -131,20 +103,9 @@ typedef struct {
   double t0;
   bool got_first;
   char label[256];
-  /* resuming after the coordinator went away (it restarts on its journal) */
   char request_id[64];
-  uint8_t *submit_buf; /* the packed SubmitRequest, to send again if it was lost */
-  size_t submit_len;
-  sa_rpc_call_opts_t call_opts;
-  double deadline;     /* sa_now_s() at --timeout */
-  bool accepted;       /* an event came: the coordinator has the request */
-  bool cancelled;      /* Ctrl-C */
-  bool encoded_shown;
-  bool chain_done_seen[64];
-  int64_t have[64];    /* bytes of each chain's text received */
-  int resumes;
-  double backoff;
-  uv_timer_t retry;
+  bool cancelled; /* Ctrl-C */
+  sa_submit_stream_t *stream; /* resumed across coordinator restarts */
 } submit_t;
 
 static const char *finish_name(int reason) {
@@ -287,61 +248,10 @@ static void print_json_event(const Sa__SubmitEvent *ev) {
   cJSON_Delete(o);
 }
 
-/* Drops what a resumed stream sends again: the part of a delta this client
- * holds already (by its offset), a chain_done or "encoded" seen before.
- * Returns false if nothing of ev is new. A delta past what we hold would be
- * a gap: reported, and the exit status says so. */
-static bool dedupe(submit_t *s, Sa__SubmitEvent *ev) {
-  s->accepted = true;
-  if (ev->payload_case == SA__SUBMIT_EVENT__PAYLOAD_DELTA) {
-    Sa__SubmitEvent__Delta *d = ev->delta;
-    if (d->chain < 0 || d->chain >= 64)
-      return false;
-    int64_t len = (int64_t)strlen(d->text), have = s->have[d->chain];
-    if (d->offset > have) {
-      fprintf(stderr, "\nsa-client: the stream of chain %d skipped bytes %lld..%lld\n",
-              d->chain, (long long)have, (long long)d->offset);
-      s->exit_code = 1;
-    } else if (d->offset < have) {
-      if (d->offset + len <= have)
-        return false;
-      memmove(d->text, d->text + (have - d->offset), (size_t)(d->offset + len - have) + 1);
-      len -= have - d->offset;
-      d->offset = have;
-    }
-    s->have[d->chain] = d->offset + len;
-    return len > 0;
-  }
-  if (ev->payload_case == SA__SUBMIT_EVENT__PAYLOAD_PROGRESS) {
-    const Sa__Progress *p = ev->progress;
-    if (!strcmp(p->stage, "encoded")) {
-      if (s->encoded_shown)
-        return false;
-      s->encoded_shown = true;
-    } else if (!strcmp(p->stage, "chain_done") && p->chain >= 0 && p->chain < 64) {
-      if (s->chain_done_seen[p->chain])
-        return false;
-      s->chain_done_seen[p->chain] = true;
-    }
-  }
-  return true;
-}
-
-static void on_msg(sa_rpc_channel_t *ch, const sa_rpc_result_t *msg, void *user) {
+static void on_event(void *user, Sa__SubmitEvent *ev) {
   submit_t *s = user;
-  (void)ch;
-  Sa__SubmitEvent *ev = sa__submit_event__unpack(NULL, msg->body_len, msg->body);
-  if (!ev) {
-    fprintf(stderr, "sa-client: malformed event from the coordinator (ignored)\n");
-    return;
-  }
-  if (!dedupe(s, ev)) {
-    sa__submit_event__free_unpacked(ev, NULL);
-    return;
-  }
   if (s->json) {
     print_json_event(ev);
-    sa__submit_event__free_unpacked(ev, NULL);
     return;
   }
   const char *dim = s->tty ? "\033[2m" : "", *bold = s->tty ? "\033[1m" : "",
@@ -435,7 +345,6 @@ static void on_msg(sa_rpc_channel_t *ch, const sa_rpc_result_t *msg, void *user)
   default:
     break;
   }
-  sa__submit_event__free_unpacked(ev, NULL);
 }
 
 static void finish(submit_t *s) {
@@ -443,92 +352,35 @@ static void finish(submit_t *s) {
   uv_close((uv_handle_t *)&s->sigint, NULL);
   uv_close((uv_handle_t *)&s->progress, NULL);
   uv_close((uv_handle_t *)&s->redraw, NULL);
-  uv_close((uv_handle_t *)&s->retry, NULL);
+  sa_submit_stream_free(s->stream);
+  s->stream = NULL;
   sa_rpc_channel_destroy(&s->ch);
 }
 
-static void on_end(sa_rpc_channel_t *ch, const sa_rpc_result_t *end, void *user);
-
-/* Asks for the request again: Resume from the bytes of each chain we hold
- * or, if the coordinator never had it, Submit once more (same request id). */
-static int start_call(submit_t *s, bool resume) {
-  double left = s->deadline - sa_now_s();
-  if (left <= 0)
-    return SA_ETIMEDOUT;
-  s->call_opts.timeout_ms = (int64_t)(left * 1000) + 1;
-  if (!resume)
-    return sa_rpc_channel_stream(s->ch, "Coordinator/Submit", s->submit_buf, s->submit_len,
-                                 NULL, 0, &s->call_opts, on_msg, on_end, s, &s->call_id);
-  Sa__ResumeRequest rq = SA__RESUME_REQUEST__INIT;
-  rq.request_id = s->request_id;
-  rq.offsets = s->have;
-  rq.n_offsets = s->n_chains < 64 ? (size_t)s->n_chains : 64;
-  uint8_t buf[1024];
-  size_t len = sa__resume_request__pack(&rq, buf);
-  return sa_rpc_channel_stream(s->ch, "Coordinator/Resume", buf, len, NULL, 0, &s->call_opts,
-                               on_msg, on_end, s, &s->call_id);
-}
-
-static void on_retry(uv_timer_t *t) {
-  submit_t *s = t->data;
-  int rc = start_call(s, s->accepted || s->resumes > 0);
-  if (rc) {
-    fprintf(stderr, "\nsa-client: cannot resume request %s: %s\n", s->request_id,
-            sa_strerror(rc));
-    s->exit_code = 1;
-    finish(s);
-  }
-}
-
-/* The stream ended early with st: true if it is worth asking again (the
- * coordinator went away or is restarting; it keeps a journal, or says
- * NOT_FOUND when asked). */
-static bool should_resume(submit_t *s, const sa_rpc_result_t *end) {
-  if (s->cancelled || sa_now_s() >= s->deadline)
-    return false;
-  if (end->status == SA_STATUS_UNAVAILABLE)
-    return true;
-  /* a Submit with the id of a request the coordinator has: attach to it */
-  if (end->status == SA_STATUS_ALREADY_EXISTS && !s->accepted && s->resumes == 0)
-    return true;
-  /* Resume said NOT_FOUND: the coordinator never got the Submit (it died
-   * first): send it again, once */
-  return end->status == SA_STATUS_NOT_FOUND && !s->accepted && s->resumes > 0 &&
-         s->submit_buf;
-}
-
-static void on_end(sa_rpc_channel_t *ch, const sa_rpc_result_t *end, void *user) {
+static void on_retry(void *user, int status, const char *msg, double backoff_s, bool resubmit) {
   submit_t *s = user;
-  (void)ch;
-  if (end->status != SA_STATUS_OK && should_resume(s, end)) {
-    bool resubmit = end->status == SA_STATUS_NOT_FOUND;
-    if (resubmit) {
-      fprintf(stderr, "sa-client: the coordinator does not have request %s; sending it again\n",
-              s->request_id);
-      int rc = start_call(s, false);
-      free(s->submit_buf);
-      s->submit_buf = NULL;
-      if (rc == 0)
-        return;
-    } else {
-      s->resumes++;
-      s->backoff = s->backoff > 0 ? (s->backoff * 2 < 2.0 ? s->backoff * 2 : 2.0) : 0.2;
-      fprintf(stderr, "\nsa-client: %s (%s); resuming request %s in %.1f s\n",
-              sa_status_name(end->status), end->status_msg[0] ? end->status_msg : "no message",
-              s->request_id, s->backoff);
-      uv_timer_start(&s->retry, on_retry, (uint64_t)(s->backoff * 1000), 0);
-      return;
-    }
-  }
-  if (end->status != SA_STATUS_OK) {
-    if (end->status == SA_STATUS_UNAVAILABLE && !strcmp(end->status_msg, ""))
+  if (resubmit)
+    fprintf(stderr, "sa-client: the coordinator does not have request %s; sending it again\n",
+            s->request_id);
+  else
+    fprintf(stderr, "\nsa-client: %s (%s); resuming request %s in %.1f s\n",
+            sa_status_name(status), msg[0] ? msg : "no message", s->request_id, backoff_s);
+}
+
+static void on_end(void *user, int status, const char *msg) {
+  submit_t *s = user;
+  if (status != SA_STATUS_OK) {
+    if (status == SA_STATUS_UNAVAILABLE && !msg[0])
       fprintf(stderr, "\nsa-client: the coordinator at %s is unavailable (is the cluster up? "
                       "sa-cluster up)\n", s->label);
-    else
-      fprintf(stderr, "\nsa-client: error: %s: %s\n", sa_status_name(end->status),
-              end->status_msg[0] ? end->status_msg : "(no message)");
-    s->exit_code = 1;
+    else if (!(status == SA_STATUS_CANCELLED && s->cancelled))
+      fprintf(stderr, "\nsa-client: error: %s: %s\n", sa_status_name(status),
+              msg[0] ? msg : "(no message)");
+    if (!s->exit_code)
+      s->exit_code = 1;
   }
+  if (sa_submit_stream_gaps(s->stream))
+    s->exit_code = 1;
   finish(s);
 }
 
@@ -538,12 +390,7 @@ static void on_sigint(uv_signal_t *h, int sig) {
   fprintf(stderr, "\nsa-client: cancelling\n");
   s->cancelled = true;
   s->exit_code = 130;
-  if (uv_is_active((uv_handle_t *)&s->retry)) { /* between two streams */
-    uv_timer_stop(&s->retry);
-    finish(s);
-    return;
-  }
-  sa_rpc_channel_cancel(s->ch, s->call_id);
+  sa_submit_stream_cancel(s->stream);
 }
 
 static void on_progress(uv_timer_t *t) {
@@ -752,7 +599,7 @@ static int cmd_submit(int argc, char **argv) {
   static sa_sec_t sec;
   sa_rpc_opts_t o;
   sa_rpc_opts_default(&o);
-  if (client_security(&sa, &sec, &o, false))
+  if (sa_client_security("sa-client", &sa, &sec, &o, false))
     return 2;
   uint8_t *audio = NULL;
   size_t audio_len = 0;
@@ -788,12 +635,11 @@ static int cmd_submit(int argc, char **argv) {
   s.n_chains = rq.n;
   s.live = !json && rq.n > 1 && s.tty && getenv("TERM") && strcmp(getenv("TERM"), "dumb") != 0;
   s.t0 = sa_now_s();
-  s.deadline = s.t0 + timeout_s;
   snprintf(s.request_id, sizeof s.request_id, "%s", rq.request_id);
   free(prompt_file);
   for (int i = 0; i < 64; i++)
     s.last_kind[i] = -1;
-  const char *addr = coordinator_addr(coord);
+  const char *addr = sa_client_coordinator_addr(coord);
   snprintf(s.label, sizeof s.label, "%s", addr);
   o.max_msg_bytes = MAX_AUDIO_BYTES + (1u << 20);
   int rc = sa_rpc_channel_new(s.loop, addr, &o, &s.ch);
@@ -802,22 +648,19 @@ static int cmd_submit(int argc, char **argv) {
     free(buf);
     return 1;
   }
-  s.call_opts.wait_for_ready = true;
   if (!json)
     fprintf(stderr, "sa-client: sending %s (%zu KiB) to %s as request %s\n",
             path ? path : "prompt", audio_len / 1024, addr, s.request_id);
-  s.submit_buf = buf;
-  s.submit_len = len;
-  rc = start_call(&s, false);
+  static const sa_submit_stream_cbs_t cbs = {on_event, on_end, on_retry};
+  rc = sa_submit_stream_start(s.loop, s.ch, s.request_id, buf, len, rq.n, s.t0 + timeout_s, &cbs,
+                              &s, &s.stream);
+  free(buf);
   if (rc) {
     fprintf(stderr, "sa-client: cannot submit: %s\n", sa_strerror(rc));
-    free(buf);
     sa_rpc_channel_destroy(&s.ch);
     uv_run(s.loop, UV_RUN_DEFAULT);
     return 1;
   }
-  uv_timer_init(s.loop, &s.retry);
-  s.retry.data = &s;
   uv_signal_init(s.loop, &s.sigint);
   s.sigint.data = &s;
   uv_signal_start(&s.sigint, on_sigint, SIGINT);
@@ -832,7 +675,6 @@ static int cmd_submit(int argc, char **argv) {
   }
   uv_run(s.loop, UV_RUN_DEFAULT);
   uv_loop_close(s.loop);
-  free(s.submit_buf);
   sa_sec_close(&sec);
   return s.exit_code;
 }
@@ -865,9 +707,9 @@ static int cmd_status(int argc, char **argv) {
   sa_sec_t sec;
   sa_rpc_opts_t ro;
   sa_rpc_opts_default(&ro);
-  if (client_security(&sa, &sec, &ro, false))
+  if (sa_client_security("sa-client", &sa, &sec, &ro, false))
     return 2;
-  const char *addr = coordinator_addr(coord);
+  const char *addr = sa_client_coordinator_addr(coord);
   Sa__StatusRequest rq = SA__STATUS_REQUEST__INIT;
   uint8_t buf[16];
   size_t len = sa__status_request__pack(&rq, buf);
@@ -1026,9 +868,9 @@ static int cmd_drain(int argc, char **argv, bool undrain) {
   sa_sec_t sec;
   sa_rpc_opts_t ro;
   sa_rpc_opts_default(&ro);
-  if (client_security(&sa, &sec, &ro, true))
+  if (sa_client_security("sa-client", &sa, &sec, &ro, true))
     return 2;
-  const char *addr = coordinator_addr(coord);
+  const char *addr = sa_client_coordinator_addr(coord);
   Sa__DrainRequest rq = SA__DRAIN_REQUEST__INIT;
   rq.target = argv[optind];
   rq.migrate = migrate;

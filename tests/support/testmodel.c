@@ -43,6 +43,19 @@ int sa_testmodel_preset(const char *preset, sa_model_config_t *c,
     c->vocab_size = 0; /* tokenizer size rounded up to 64, set by write */
     c->max_position_embeddings = 4096;
     c->tie_word_embeddings = false;
+  } else if (strcmp(preset, "medium") == 0) {
+    /* for experiments on emulated hosts: the tiny tokenizer, but enough
+     * decoder (8 x 384, 13 M parameters) that a step's cost is compute in
+     * the stages, not messaging */
+    c->hidden_size = 384;
+    c->num_hidden_layers = 8;
+    c->num_attention_heads = 6;
+    c->num_key_value_heads = 2;
+    c->head_dim = 64;
+    c->intermediate_size = 1024;
+    c->vocab_size = 0;
+    c->max_position_embeddings = 4096;
+    c->tie_word_embeddings = false;
   } else if (strcmp(preset, "small") == 0) {
     /* Qwen2.5-0.5B's decoder */
     c->hidden_size = 896;
@@ -243,7 +256,7 @@ int sa_testmodel_write(const char *preset, uint64_t seed, const char *dir,
   int n_merges = 0;
   int rc = sa_testmodel_preset(preset, &c, &n_merges);
   if (rc) {
-    snprintf(err, err_cap, "unknown preset '%s' (want tiny or small)",
+    snprintf(err, err_cap, "unknown preset '%s' (want tiny, medium or small)",
              preset ? preset : "(null)");
     return rc;
   }

@@ -10,11 +10,13 @@
 
 static void help(FILE *f) {
   fprintf(f,
-          "usage: sa-model init --preset tiny|small [--seed N] --out DIR\n"
+          "usage: sa-model init --preset tiny|medium|small [--seed N] --out DIR\n"
           "Writes config.json, model.safetensors (bf16, random weights drawn\n"
           "deterministically from the seed) and tokenizer.json into DIR.\n"
           "  tiny   hidden 64, 3 layers, 4 heads / 2 KV heads, vocab ~576,\n"
           "         encoder state 64 x 2 layers (seconds on any CPU)\n"
+          "  medium tiny's tokenizer and encoder, decoder 384 x 8 layers (13 M\n"
+          "         parameters: experiments where the stages' compute dominates)\n"
           "  small  Qwen2.5-0.5B-sized decoder (896 x 24, vocab 151936, ~1 GB)\n");
 }
 

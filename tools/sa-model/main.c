@@ -23,7 +23,7 @@ typedef struct {
 } cmd_t;
 
 static cmd_t g_cmds[] = {
-    {"init", sa_model_cmd_init, "write a random test model (tiny|small)"},
+    {"init", sa_model_cmd_init, "write a random test model (tiny|medium|small)"},
     {"inspect", sa_model_cmd_inspect, "summarise a checkpoint"},
     {"tokenize", sa_model_cmd_tokenize, "print the token ids of a text"},
     {"logits", sa_model_cmd_logits, "dump logits over a prompt as .npy"},
