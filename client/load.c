@@ -212,12 +212,12 @@ static void on_event(void *user, Sa__SubmitEvent *ev) {
   double t = now_rel(L);
   if (ev->payload_case == SA__SUBMIT_EVENT__PAYLOAD_DELTA) {
     const Sa__SubmitEvent__Delta *d = ev->delta;
-    int count = d->token_count > 0 ? d->token_count : 1;
+    int count = d->token_count > 0 ? d->token_count : 0; /* 0: text held back earlier */
     if (r->t_first < 0) {
       r->t_first = t;
-    } else { /* inter-token: the gap since this chain's last delta, per token */
+    } else if (count > 0) { /* inter-token: the gap since this chain's last delta, per token */
       for (int k = r->n_arr - 1; k >= 0; k--)
-        if (r->arr[k].chain == d->chain) {
+        if (r->arr[k].chain == d->chain && r->arr[k].count > 0) {
           double gap = (t - r->arr[k].t) / count;
           for (int j = 0; j < count; j++)
             vec_push(&L->itl, gap);

@@ -93,6 +93,7 @@ typedef struct {
   bool inflight; /* a decode or replay entry of it is in a batch */
   bool freed;    /* Free sent to the stages (or nothing there to free) */
   int32_t *tokens; /* the token log */
+  int n_tokens_streamed; /* of them, counted in a delta sent so far */
   int n_tokens, cap_tokens;
   int32_t next_input; /* token fed at its next decode step */
   int reasoning_tokens, answer_tokens;

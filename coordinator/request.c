@@ -885,7 +885,9 @@ static void emit_piece(coord_requests_t *set, coord_request_t *r, coord_chain_t 
                       .text = t,
                       .len = n,
                       .answer = c->in_answer,
-                      .offset = offset};
+                      .offset = offset,
+                      .tokens = c->n_tokens - c->n_tokens_streamed};
+  c->n_tokens_streamed = c->n_tokens;
   emit(set, r, &ev);
 }
 

@@ -50,6 +50,7 @@ typedef struct {
   size_t len;
   bool answer;         /* DELTA: after </think> */
   int64_t offset;      /* DELTA: bytes of the chain's text before it */
+  int tokens;          /* DELTA: tokens since the last delta (some make no text) */
 } coord_event_t;
 
 /* A front end's callbacks (submit.c for our RPC, http.c for HTTP), given

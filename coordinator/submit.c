@@ -159,7 +159,7 @@ static void on_event(coord_request_t *r, const coord_event_t *e) {
     break;
   }
   case COORD_EV_DELTA:
-    send_delta(cl, e->chain, e->answer, e->text, e->len, e->offset, 1);
+    send_delta(cl, e->chain, e->answer, e->text, e->len, e->offset, e->tokens);
     break;
   case COORD_EV_CHAIN_DONE:
     send_chain_done(cl, r, e->chain);

@@ -1,0 +1,315 @@
+"""What a run measured, from its raw files (requests.jsonl from sa-load,
+faults.jsonl, status.jsonl): throughput over time, latency percentiles,
+fault detection and recovery, token identity against a baseline run; and the
+plots of each.
+"""
+import json
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+BIN = 1.0  # seconds per throughput bin
+
+
+def read_jsonl(path):
+    out = []
+    if not os.path.exists(path):
+        return out
+    with open(path) as f:
+        for n, line in enumerate(f):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                print("sa-experiment: %s:%d: not JSON (skipped)" % (path, n + 1))
+    return out
+
+
+def pct(xs, p):
+    """Nearest-rank percentile (None when empty)."""
+    if not xs:
+        return None
+    xs = sorted(xs)
+    k = max(1, math.ceil(p / 100 * len(xs)))
+    return xs[k - 1]
+
+
+def pcts(xs):
+    return {"p50": pct(xs, 50), "p90": pct(xs, 90), "p99": pct(xs, 99), "n": len(xs)}
+
+
+class RunData:
+    def __init__(self, folder):
+        self.folder = folder
+        self.requests = read_jsonl(os.path.join(folder, "requests.jsonl"))
+        self.faults = read_jsonl(os.path.join(folder, "faults.jsonl"))
+        self.status = read_jsonl(os.path.join(folder, "status.jsonl"))
+        with open(os.path.join(folder, "run.json")) as f:
+            self.run = json.load(f)
+        try:
+            with open(os.path.join(folder, "load-summary.json")) as f:
+                self.load = json.load(f)
+        except (OSError, ValueError):
+            self.load = {}
+        self.start = self.load.get("start_unix") or self.run.get("load_start_unix", 0)
+        self.duration = self.run["load"]["duration"]
+        self.warmup = self.run["load"]["warmup"]
+
+    def token_bins(self):
+        """Tokens streamed and requests answered per BIN seconds."""
+        end = max([self.duration] + [r["end_s"] for r in self.requests])
+        n = int(end / BIN) + 1
+        tok, ans = [0.0] * n, [0.0] * n
+        for r in self.requests:
+            for _, t, c in r["arrivals"]:
+                tok[min(n - 1, int(t / BIN))] += c / BIN
+            if r["status"] == "OK":
+                ans[min(n - 1, int(r["end_s"] / BIN))] += 1 / BIN
+        return tok, ans
+
+    def steady(self):
+        """Tokens/s and answered/s over [warmup, duration): the load is on."""
+        lo, hi = self.warmup, self.duration
+        tokens = sum(c for r in self.requests for _, t, c in r["arrivals"] if lo <= t < hi)
+        gen = sum(r["result"]["tokens_generated"] for r in self.requests
+                  if r["status"] == "OK" and lo <= r["end_s"] < hi)
+        answered = sum(1 for r in self.requests if r["status"] == "OK" and lo <= r["end_s"] < hi)
+        return tokens / (hi - lo), answered / (hi - lo), gen / (hi - lo)
+
+    def itl(self):
+        out = []
+        for r in self.requests:
+            last = {}
+            for chain, t, c in r["arrivals"]:
+                if c <= 0:
+                    continue
+                if chain in last:
+                    out += [(t - last[chain]) / c] * c
+                last[chain] = t
+        return out
+
+    def fault_times(self):
+        """Each fault: its time since the load started, and the measured time
+        to detect it (the coordinator's status shows the target unhealthy, or
+        for the coordinator itself: answering again) and for throughput to
+        recover (a 3 s mean back at 80 % of the 10 s before the fault)."""
+        tok, _ = self.token_bins()
+        out = []
+        for f in self.faults:
+            t = f["unix"] - self.start
+            item = {"t": round(t, 2), "action": f["action"], "target": f["target"],
+                    "result": f["result"]}
+            if f["action"] in ("kill", "stop", "partition", "restart"):
+                item["detect_s"] = self._detect(f)
+                before = tok[max(0, int((t - 10) / BIN)):max(0, int(t / BIN))]
+                base = sum(before) / len(before) if before else 0
+                item["throughput_before"] = round(base, 1)
+                item["recover_s"] = None
+                k0 = int(t / BIN) + 1
+                for k in range(k0, len(tok) - 2):
+                    if k * BIN >= self.duration:
+                        break
+                    if base > 0 and sum(tok[k:k + 3]) / 3 >= 0.8 * base:
+                        item["recover_s"] = round(k * BIN - t, 2)
+                        break
+            out.append(item)
+        return out
+
+    def _detect(self, f):
+        t0 = f["unix"]
+        for s in self.status:
+            if s["unix"] < t0:
+                continue
+            if f["target"] == "coord":
+                if s["ok"]:
+                    return round(s["unix"] - t0, 2)
+            elif s["ok"] and not s.get("workers", {}).get(f["target"], False):
+                return round(s["unix"] - t0, 2)
+        return None
+
+    def summary(self):
+        reqs = self.requests
+        ok = [r for r in reqs if r["status"] == "OK"]
+        tps, aps, gps = self.steady()
+        ids = [r["id"] for r in reqs]
+        return {
+            "run": self.run["name"],
+            "replicas": self.run["cluster"]["replicas"],
+            "stages": self.run["cluster"]["stages"],
+            "rate": self.run["load"]["rate"],
+            "concurrency": self.run["load"]["concurrency"],
+            "sent": self.load.get("sent", len(reqs)),
+            "records": len(reqs),
+            "completed": len(ok),
+            "failed": sum(1 for r in reqs if r["status"] not in ("OK", "CANCELLED")),
+            "cancelled": sum(1 for r in reqs if r["status"] == "CANCELLED"),
+            "duplicate_ids": len(ids) - len(set(ids)),
+            "resumed": sum(1 for r in reqs if r["resumes"]),
+            "tokens_per_s": round(tps, 2),
+            "generated_tokens_per_s": round(gps, 2),
+            "answered_per_s": round(aps, 4),
+            "ttft_s": pcts([r["ttft_s"] for r in ok if r["ttft_s"] is not None]),
+            "itl_s": pcts(self.itl()),
+            "e2e_s": pcts([r["end_s"] - r["submit_s"] for r in ok]),
+            "faults": self.fault_times(),
+        }
+
+
+def identity(run, base):
+    """Requests of run against the same seeds in base (by index i):
+    identical (every chain's tokens equal), differing, lost (answered in
+    base, not in run), duplicated (an id recorded twice, or a chain with more
+    tokens than its request generated)."""
+    b = {r["i"]: r for r in base.requests if r["status"] == "OK"}
+    out = {"compared": 0, "identical": 0, "differing": 0, "lost": 0, "duplicated": 0,
+           "not_in_baseline": 0}
+    seen = {}
+    for r in run.requests:
+        seen[r["i"]] = seen.get(r["i"], 0) + 1
+    out["duplicated"] = sum(n - 1 for n in seen.values())
+    mine = {r["i"]: r for r in run.requests}
+    for i, br in b.items():
+        r = mine.get(i)
+        if r is None:
+            if i < run.load.get("sent", 0):
+                out["lost"] += 1
+            continue
+        if r["status"] != "OK":
+            out["lost"] += 1
+            continue
+        out["compared"] += 1
+        bt = [c["tokens"] for c in br["result"]["chains"]]
+        rt = [c["tokens"] for c in r["result"]["chains"]]
+        if bt == rt:
+            out["identical"] += 1
+        else:
+            out["differing"] += 1
+        gen = r["result"]["tokens_generated"]
+        if sum(len(t) for t in rt) > gen:
+            out["duplicated"] += 1
+    out["not_in_baseline"] = sum(1 for r in run.requests if r["status"] == "OK" and r["i"] not in b)
+    return out
+
+
+# ------------------------------------------------------------------ plots
+
+def _fault_marks(ax, d):
+    for f in d.fault_times():
+        ax.axvline(f["t"], color="tab:red", lw=1, ls="--")
+        ax.annotate("%s %s" % (f["action"], f["target"]), (f["t"], 1.0),
+                    xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right",
+                    fontsize=7, color="tab:red")
+
+
+def plot_run(d, folder):
+    tok, ans = d.token_bins()
+    xs = [k * BIN for k in range(len(tok))]
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    a1.plot(xs, tok, lw=1)
+    a1.set_ylabel("tokens/s")
+    a1.axvspan(0, d.warmup, color="0.9", lw=0)
+    _fault_marks(a1, d)
+    a2.step(xs, [sum(ans[max(0, k - 4):k + 1]) / min(k + 1, 5) for k in range(len(ans))],
+            where="post", lw=1, color="tab:green")
+    a2.set_ylabel("answered/s (5 s mean)")
+    a2.set_xlabel("seconds since the load started (grey: warm-up)")
+    _fault_marks(a2, d)
+    load = d.run["load"]
+    fig.suptitle("%s: %d replica(s) x %d stages, %s" % (
+        d.run["name"], d.run["cluster"]["replicas"], d.run["cluster"]["stages"],
+        "rate %.3g/s" % load["rate"] if load["rate"] else "concurrency %d" % load["concurrency"]),
+        fontsize=10)
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "throughput.png"), dpi=90)
+    plt.close(fig)
+
+    ok = [r for r in d.requests if r["status"] == "OK"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for ax, xs, name in ((a1, [r["ttft_s"] for r in ok if r["ttft_s"] is not None], "TTFT"),
+                         (a2, d.itl(), "inter-token latency")):
+        xs = sorted(x for x in xs if x > 0)
+        if xs:
+            ax.plot(xs, [(k + 1) / len(xs) for k in range(len(xs))], lw=1.2)
+            ax.set_xscale("log")
+        ax.set_xlabel(name + " (s, log)")
+        ax.set_ylabel("fraction")
+        ax.grid(alpha=0.3)
+    fig.suptitle(d.run["name"] + ": latency CDFs", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "latency_cdf.png"), dpi=90)
+    plt.close(fig)
+
+
+def plot_scaling(summaries, folder):
+    """Goodput against offered rate per replica count; saturation throughput
+    and p99 TTFT against replicas."""
+    by_k = {}
+    for s in summaries:
+        by_k.setdefault(s["replicas"], []).append(s)
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(12, 3.6))
+    best = {}
+    for k in sorted(by_k):
+        ss = sorted(by_k[k], key=lambda s: s["rate"] or 0)
+        a1.plot([s["rate"] for s in ss], [s["tokens_per_s"] for s in ss], "o-", label="%d" % k)
+        best[k] = max(ss, key=lambda s: s["tokens_per_s"])
+    a1.set_xlabel("offered load (requests/s)")
+    a1.set_ylabel("tokens/s (steady state)")
+    a1.legend(title="replicas", fontsize=8)
+    a1.grid(alpha=0.3)
+    ks = sorted(best)
+    one = best[ks[0]]["tokens_per_s"] / ks[0]
+    a2.plot(ks, [best[k]["tokens_per_s"] for k in ks], "o-", label="measured")
+    a2.plot(ks, [one * k for k in ks], "--", color="0.5", label="linear from %d" % ks[0])
+    for k in ks:
+        a2.annotate("%.2f" % (best[k]["tokens_per_s"] / (one * k)),
+                    (k, best[k]["tokens_per_s"]), textcoords="offset points", xytext=(4, -12),
+                    fontsize=8)
+    a2.set_xlabel("replicas (2 stages each)")
+    a2.set_ylabel("saturation tokens/s")
+    a2.set_xticks(ks)
+    a2.legend(fontsize=8)
+    a2.grid(alpha=0.3)
+    for k in ks:
+        ss = sorted(by_k[k], key=lambda s: s["rate"] or 0)
+        a3.plot([s["rate"] / k for s in ss], [s["ttft_s"]["p99"] or 0 for s in ss], "o-",
+                label="%d" % k)
+    a3.set_xlabel("offered load per replica (requests/s)")
+    a3.set_ylabel("TTFT p99 (s)")
+    a3.set_yscale("log")
+    a3.legend(title="replicas", fontsize=8)
+    a3.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "scaling.png"), dpi=90)
+    plt.close(fig)
+    return {k: {"run": best[k]["run"], "tokens_per_s": best[k]["tokens_per_s"],
+                "answered_per_s": best[k]["answered_per_s"],
+                "efficiency": round(best[k]["tokens_per_s"] / (one * k), 3)} for k in ks}
+
+
+def plot_identity(rows, folder):
+    names = [r["run"] for r in rows]
+    keys = ("identical", "differing", "lost", "duplicated")
+    colors = ("tab:green", "tab:orange", "tab:red", "tab:purple")
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(rows)), 3.4))
+    x = range(len(rows))
+    w = 0.2
+    for j, (k, c) in enumerate(zip(keys, colors)):
+        vals = [r["identity"][k] for r in rows]
+        bars = ax.bar([i + (j - 1.5) * w for i in x], vals, w, label=k, color=c)
+        for b, v in zip(bars, vals):
+            ax.annotate(str(v), (b.get_x() + b.get_width() / 2, b.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(names, rotation=15, fontsize=8)
+    ax.set_ylabel("requests")
+    ax.set_title("token identity against the fault-free run (same seeds)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "identity.png"), dpi=90)
+    plt.close(fig)
