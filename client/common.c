@@ -3,14 +3,25 @@
  */
 #include "common.h"
 
+#include "sa_error.h"
+
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 
 const char *sa_client_coordinator_addr(const char *given) {
   if (given)
     return given;
   const char *env = getenv("SA_COORDINATOR");
   return env && *env ? env : SA_DEFAULT_COORDINATOR;
+}
+
+const char *sa_client_finish_name(int reason) {
+  static const char *const reasons[] = {"running", "eot",   "length",           "cancelled",
+                                        "error",   "client_cancelled", "stop"};
+  return reason >= 0 && reason < 7 ? reasons[reason] : "?";
 }
 
 int sa_client_security(const char *prog, const sa_sec_args_t *a, sa_sec_t *sec, sa_rpc_opts_t *o,
@@ -32,3 +43,32 @@ int sa_client_security(const char *prog, const sa_sec_args_t *a, sa_sec_t *sec, 
   return 0;
 }
 
+
+int sa_client_read_file(const char *path, size_t max_bytes, uint8_t **out, size_t *len, char *err,
+                        size_t cap) {
+  struct stat st;
+  FILE *f = NULL;
+  errno = 0;
+  if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || !(f = fopen(path, "rb"))) {
+    sa_set_err(err, cap, "%s: %s", path, errno ? strerror(errno) : "not a regular file");
+    return SA_EIO;
+  }
+  if (st.st_size == 0 || (uint64_t)st.st_size > max_bytes) {
+    sa_set_err(err, cap, "%s: %lld bytes (must be 1..%zu)", path, (long long)st.st_size,
+               max_bytes);
+    fclose(f);
+    return SA_EINVAL;
+  }
+  uint8_t *buf = malloc((size_t)st.st_size + 1);
+  if (!buf || fread(buf, 1, (size_t)st.st_size, f) != (size_t)st.st_size) {
+    sa_set_err(err, cap, "%s: cannot read", path);
+    free(buf);
+    fclose(f);
+    return SA_EIO;
+  }
+  fclose(f);
+  buf[st.st_size] = 0;
+  *out = buf;
+  *len = (size_t)st.st_size;
+  return 0;
+}

@@ -3,6 +3,7 @@
  *
  *   sa-load --workload mix.json --rate 2 --duration 60 --out run.jsonl
  *   sa-load --workload mix.json --concurrency 8 --requests 100
+ *   sa-load --workload mix.json --rate 2 --duration 60 --http http://127.0.0.1:8000
  *
  * Requests arrive as a Poisson process at --rate per second whatever the
  * cluster does (open loop: a slow cluster sees a queue, not fewer requests),
@@ -12,9 +13,12 @@
  * seed send the same requests in the same order and, on an exact engine,
  * get the same tokens — compare them by "i".
  *
- * Every request goes through stream.h: a coordinator that restarts on its
- * journal is asked again from the bytes held, so a request is lost only if
- * the cluster loses it.
+ * Over our RPC every request goes through stream.h: a coordinator that
+ * restarts on its journal is asked again from the bytes held, so a request
+ * is lost only if the cluster loses it. Over the HTTP API (--http: the
+ * OpenAI-compatible streamed chat completions, http_stream.h) a broken
+ * stream is a failed request, and an SSE chunk's token count is not known
+ * (each counts as one; the request's total comes from its usage).
  *
  * Output: one JSON line per request as it ends (--out): its submit time,
  * first token, the arrival time and token count of every delta, each chain's
@@ -24,6 +28,7 @@
  * seconds since the run started (summary "start_unix" is that instant).
  */
 #include "common.h"
+#include "http_stream.h"
 #include "stream.h"
 #include "workload.h"
 
@@ -54,7 +59,7 @@ static void usage(FILE *f) {
           "usage: sa-load --workload FILE (--rate R | --concurrency C)\n"
           "               (--requests N | --duration S) [options]\n"
           "\n"
-          "  --workload FILE        the request mix (JSON; see docs/experiments.md)\n"
+          "  --workload FILE        the request mix (JSON; see experiments/README.md)\n"
           "  --rate R               open loop: Poisson arrivals, R requests per second\n"
           "  --concurrency C        closed loop: C requests in flight\n"
           "  --requests N           send N requests\n"
@@ -68,6 +73,10 @@ static void usage(FILE *f) {
           "  --max-inflight N       never more in flight (default 4096): arrivals past it\n"
           "                         are sent as soon as one ends and counted as delayed\n"
           "  --quiet                no progress line\n"
+          "  --http URL             send over the OpenAI-compatible HTTP API at URL (e.g.\n"
+          "                         http://127.0.0.1:8000) instead of our RPC\n"
+          "  --api-key-file FILE    HTTP: the API key (Authorization: Bearer)\n"
+          "  --model NAME           HTTP: the model name (default: GET /v1/models)\n"
           "  --coordinator ADDR     default $SA_COORDINATOR or " SA_DEFAULT_COORDINATOR "\n"
           SA_SEC_USAGE
           "  -h, --help\n"
@@ -134,9 +143,13 @@ typedef struct req {
   double t_submit, t_first, t_end; /* since the run started; t_first < 0: none */
   bool delayed;
   sa_submit_stream_t *stream;
+  sa_http_req_t *hreq; /* --http */
   arrival_t *arr;
   int n_arr, cap_arr;
   int64_t tokens;
+  int n_chains;
+  char **text; /* each chain's text as streamed (reasoning, then the answer) */
+  size_t *text_len;
   cJSON *final; /* the FinalResult as JSON */
   struct req *prev, *next;
 } req_t;
@@ -144,6 +157,9 @@ typedef struct req {
 struct load {
   uv_loop_t *loop;
   sa_rpc_channel_t *ch;
+  sa_http_t *http;  /* --http instead of ch */
+  char model[128];
+  char **b64;       /* --http: each item's clip in base64 */
   sa_workload_t w;
   double rate;
   int concurrency, max_inflight;
@@ -181,8 +197,6 @@ static void maybe_finish(load_t *L);
 static void send_one(load_t *L, bool delayed);
 
 static cJSON *final_json(const Sa__FinalResult *f) {
-  static const char *const reasons[] = {"running", "eot", "length", "cancelled",
-                                        "error",   "client_cancelled", "stop"};
   cJSON *o = cJSON_CreateObject();
   cJSON_AddStringToObject(o, "answer", f->answer);
   cJSON_AddNumberToObject(o, "votes", f->votes);
@@ -196,8 +210,7 @@ static cJSON *final_json(const Sa__FinalResult *f) {
     cJSON *co = cJSON_CreateObject();
     cJSON_AddNumberToObject(co, "chain", c->chain);
     cJSON_AddStringToObject(co, "answer", c->normalized_answer);
-    cJSON_AddStringToObject(co, "finish", c->finish_reason >= 0 && c->finish_reason < 7
-                                              ? reasons[c->finish_reason] : "?");
+    cJSON_AddStringToObject(co, "finish", sa_client_finish_name(c->finish_reason));
     cJSON *toks = cJSON_AddArrayToObject(co, "tokens");
     for (size_t k = 0; k < c->n_tokens; k++)
       cJSON_AddItemToArray(toks, cJSON_CreateNumber(c->tokens[k]));
@@ -206,35 +219,49 @@ static cJSON *final_json(const Sa__FinalResult *f) {
   return o;
 }
 
-static void on_event(void *user, Sa__SubmitEvent *ev) {
-  req_t *r = user;
+/* A delta of chain's text covering count tokens arrived now. */
+static void arrival(req_t *r, int chain, int count, const char *text, size_t len) {
   load_t *L = r->L;
   double t = now_rel(L);
+  if (chain < 0 || chain >= r->n_chains)
+    return;
+  if (r->t_first < 0) {
+    r->t_first = t;
+  } else if (count > 0) { /* inter-token: the gap since this chain's last delta, per token */
+    for (int k = r->n_arr - 1; k >= 0; k--)
+      if (r->arr[k].chain == chain && r->arr[k].count > 0) {
+        double gap = (t - r->arr[k].t) / count;
+        for (int j = 0; j < count; j++)
+          vec_push(&L->itl, gap);
+        break;
+      }
+  }
+  char *s = realloc(r->text[chain], r->text_len[chain] + len + 1);
+  if (s) {
+    memcpy(s + r->text_len[chain], text, len);
+    r->text_len[chain] += len;
+    s[r->text_len[chain]] = '\0';
+    r->text[chain] = s;
+  }
+  if (r->n_arr == r->cap_arr) {
+    int cap = r->cap_arr ? r->cap_arr * 2 : 64;
+    arrival_t *a = realloc(r->arr, (size_t)cap * sizeof *a);
+    if (!a)
+      return;
+    r->arr = a;
+    r->cap_arr = cap;
+  }
+  r->arr[r->n_arr++] = (arrival_t){(float)t, chain, count};
+  r->tokens += count;
+  L->tokens_all += count;
+}
+
+static void on_event(void *user, Sa__SubmitEvent *ev) {
+  req_t *r = user;
   if (ev->payload_case == SA__SUBMIT_EVENT__PAYLOAD_DELTA) {
     const Sa__SubmitEvent__Delta *d = ev->delta;
-    int count = d->token_count > 0 ? d->token_count : 0; /* 0: text held back earlier */
-    if (r->t_first < 0) {
-      r->t_first = t;
-    } else if (count > 0) { /* inter-token: the gap since this chain's last delta, per token */
-      for (int k = r->n_arr - 1; k >= 0; k--)
-        if (r->arr[k].chain == d->chain && r->arr[k].count > 0) {
-          double gap = (t - r->arr[k].t) / count;
-          for (int j = 0; j < count; j++)
-            vec_push(&L->itl, gap);
-          break;
-        }
-    }
-    if (r->n_arr == r->cap_arr) {
-      int cap = r->cap_arr ? r->cap_arr * 2 : 64;
-      arrival_t *a = realloc(r->arr, (size_t)cap * sizeof *a);
-      if (!a)
-        return;
-      r->arr = a;
-      r->cap_arr = cap;
-    }
-    r->arr[r->n_arr++] = (arrival_t){(float)t, d->chain, count};
-    r->tokens += count;
-    L->tokens_all += count;
+    /* 0 tokens: text held back earlier (a stop string's prefix) */
+    arrival(r, d->chain, d->token_count > 0 ? d->token_count : 0, d->text, strlen(d->text));
   } else if (ev->payload_case == SA__SUBMIT_EVENT__PAYLOAD_FINAL && !r->final) {
     r->final = final_json(ev->final);
   }
@@ -258,11 +285,18 @@ static void write_record(load_t *L, req_t *r, int status, const char *msg) {
   cJSON_AddNumberToObject(o, "end_s", r->t_end);
   cJSON_AddStringToObject(o, "status", sa_status_name(status));
   cJSON_AddStringToObject(o, "error", status == SA_STATUS_OK ? "" : msg);
-  cJSON_AddNumberToObject(o, "resumes", sa_submit_stream_resumes(r->stream));
-  cJSON_AddNumberToObject(o, "gaps", sa_submit_stream_gaps(r->stream));
+  cJSON_AddStringToObject(o, "transport", r->stream ? "rpc" : "http");
+  cJSON_AddNumberToObject(o, "resumes", r->stream ? sa_submit_stream_resumes(r->stream) : 0);
+  cJSON_AddNumberToObject(o, "gaps", r->stream ? sa_submit_stream_gaps(r->stream) : 0);
   cJSON_AddBoolToObject(o, "delayed", r->delayed);
   cJSON_AddNumberToObject(o, "tokens", (double)r->tokens);
-  if (r->final) {
+  if (r->final) { /* each chain's text as streamed beside its tokens */
+    cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(r->final, "chains")) {
+      int k = cJSON_GetObjectItemCaseSensitive(c, "chain")->valueint;
+      cJSON_AddStringToObject(c, "text", k >= 0 && k < r->n_chains && r->text[k] ? r->text[k]
+                                                                                : "");
+    }
     cJSON_AddItemToObject(o, "result", r->final);
     r->final = NULL;
   } else {
@@ -286,11 +320,10 @@ static void write_record(load_t *L, req_t *r, int status, const char *msg) {
   cJSON_Delete(o);
 }
 
-static void on_end(void *user, int status, const char *msg) {
-  req_t *r = user;
+static void request_done(req_t *r, int status, const char *msg) {
   load_t *L = r->L;
   r->t_end = now_rel(L);
-  if (status == SA_STATUS_OK && sa_submit_stream_gaps(r->stream))
+  if (status == SA_STATUS_OK && r->stream && sa_submit_stream_gaps(r->stream))
     status = SA_STATUS_INTERNAL, msg = "the stream skipped bytes";
   if (status == SA_STATUS_OK && !r->final)
     status = SA_STATUS_INTERNAL, msg = "the stream ended without a result";
@@ -317,6 +350,10 @@ static void on_end(void *user, int status, const char *msg) {
   if (r->next)
     r->next->prev = r->prev;
   sa_submit_stream_free(r->stream);
+  for (int k = 0; k < r->n_chains; k++)
+    free(r->text[k]);
+  free(r->text);
+  free(r->text_len);
   free(r->arr);
   free(r);
   L->inflight--;
@@ -329,24 +366,107 @@ static void on_end(void *user, int status, const char *msg) {
   maybe_finish(L);
 }
 
-/* Request i: its mix draw and seed depend on (seed, i) alone. */
-static void send_one(load_t *L, bool delayed) {
-  req_t *r = calloc(1, sizeof *r);
-  if (!r) {
-    L->failed++;
-    return;
-  }
-  r->L = L;
-  r->delayed = delayed;
-  r->i = L->sent++;
-  r->t_first = -1;
-  r->t_submit = now_rel(L);
-  uint64_t h = L->seed * 0x2545f4914f6cdd1dull + (uint64_t)r->i;
-  const sa_work_item_t *it = sa_workload_pick(&L->w, unit(&h));
-  r->item = (int)(it - L->w.items);
-  r->seed = L->seed + (uint64_t)r->i;
-  snprintf(r->id, sizeof r->id, "%s-%lld", L->prefix, (long long)r->i);
+static void on_end(void *user, int status, const char *msg) { request_done(user, status, msg); }
 
+static void on_http_text(void *user, int choice, const char *text, size_t len, bool reasoning) {
+  (void)reasoning;
+  arrival(user, choice, 1, text, len); /* a chunk's token count is not sent */
+}
+
+/* The HTTP result in the RPC result's shape: vote, usage, chains. */
+static void on_http_end(void *user, int status, const char *msg, cJSON *res) {
+  req_t *r = user;
+  if (res) {
+    cJSON *f = cJSON_CreateObject();
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(res, "sa_vote");
+    const cJSON *u = cJSON_GetObjectItemCaseSensitive(res, "usage");
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(v, "answer");
+    cJSON_AddStringToObject(f, "answer", cJSON_IsString(a) ? a->valuestring : "");
+    cJSON_AddNumberToObject(f, "votes",
+                            cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(v, "votes")));
+    double gen = cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(u, "completion_tokens"));
+    cJSON_AddNumberToObject(f, "prompt_tokens",
+                            cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(u, "prompt_tokens")));
+    cJSON_AddNumberToObject(f, "tokens_generated", isnan(gen) ? 0 : gen);
+    cJSON_AddNumberToObject(f, "tokens_saved",
+                            cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(v, "tokens_saved")));
+    cJSON *chains = cJSON_AddArrayToObject(f, "chains"), *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(res, "choices")) {
+      cJSON *co = cJSON_CreateObject();
+      cJSON_AddNumberToObject(co, "chain",
+                              cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(c, "index")));
+      const cJSON *fr = cJSON_GetObjectItemCaseSensitive(c, "finish_reason");
+      cJSON_AddStringToObject(co, "finish", cJSON_IsString(fr) ? fr->valuestring : "");
+      cJSON_AddItemToArray(chains, co);
+    }
+    if (!isnan(gen)) /* the totals in tokens, not chunks */
+      r->L->tokens_all += (int64_t)gen - r->tokens;
+    r->final = f;
+    cJSON_Delete(res);
+  }
+  request_done(r, status, msg);
+}
+
+/* The JSON body of a streamed chat completion for item it. */
+static char *http_body(load_t *L, const sa_work_item_t *it, uint64_t seed) {
+  cJSON *o = cJSON_CreateObject(), *msgs = cJSON_AddArrayToObject(o, "messages");
+  cJSON_AddStringToObject(o, "model", L->model);
+  if (it->system) {
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "role", "system");
+    cJSON_AddStringToObject(m, "content", it->system);
+    cJSON_AddItemToArray(msgs, m);
+  }
+  cJSON *m = cJSON_CreateObject(), *parts = cJSON_CreateArray();
+  cJSON_AddStringToObject(m, "role", "user");
+  if (it->audio) {
+    cJSON *p = cJSON_CreateObject(), *ia = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, "type", "input_audio");
+    cJSON_AddStringToObject(ia, "data", L->b64[it - L->w.items]);
+    const char *dot = strrchr(it->clip, '.');
+    cJSON_AddStringToObject(ia, "format", dot ? dot + 1 : "wav");
+    cJSON_AddItemToObject(p, "input_audio", ia);
+    cJSON_AddItemToArray(parts, p);
+  }
+  if (it->prompt && it->prompt[0]) {
+    cJSON *p = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, "type", "text");
+    cJSON_AddStringToObject(p, "text", it->prompt);
+    cJSON_AddItemToArray(parts, p);
+  }
+  cJSON_AddItemToObject(m, "content", parts);
+  cJSON_AddItemToArray(msgs, m);
+  cJSON_AddBoolToObject(o, "stream", 1);
+  cJSON_AddItemToObject(o, "stream_options", cJSON_CreateObject());
+  cJSON_AddBoolToObject(cJSON_GetObjectItem(o, "stream_options"), "include_usage", 1);
+  cJSON_AddNumberToObject(o, "n", it->n);
+  cJSON_AddNumberToObject(o, "max_tokens", it->max_tokens);
+  cJSON_AddNumberToObject(o, "temperature", it->temperature);
+  if (it->top_p > 0)
+    cJSON_AddNumberToObject(o, "top_p", it->top_p);
+  if (it->top_k > 0)
+    cJSON_AddNumberToObject(o, "top_k", it->top_k);
+  if (it->min_p > 0)
+    cJSON_AddNumberToObject(o, "min_p", it->min_p);
+  if (it->repetition_penalty > 0)
+    cJSON_AddNumberToObject(o, "repetition_penalty", it->repetition_penalty);
+  if (it->think_budget > 0)
+    cJSON_AddNumberToObject(o, "think_budget", it->think_budget);
+  cJSON_AddNumberToObject(o, "seed", (double)seed); /* exact below 2^53 (--seed's range) */
+  char vote[24];
+  if (it->vote_rule == SA__VOTE_RULE__VOTE_FIRST_K_AGREE)
+    snprintf(vote, sizeof vote, "window:%d", it->vote_k);
+  else
+    snprintf(vote, sizeof vote, "%s", it->vote_rule == SA__VOTE_RULE__VOTE_NONE ? "none"
+                                                                                : "majority");
+  cJSON_AddStringToObject(o, "vote", vote);
+  char *s = cJSON_PrintUnformatted(o);
+  cJSON_Delete(o);
+  return s;
+}
+
+/* Sends request r (item it) over our RPC: 0 or an SA_E* code. */
+static int start_rpc(load_t *L, req_t *r, const sa_work_item_t *it) {
   Sa__SamplingParams sp = SA__SAMPLING_PARAMS__INIT;
   sp.temperature = it->temperature;
   sp.top_p = it->top_p;
@@ -369,18 +489,53 @@ static void send_one(load_t *L, bool delayed) {
   rq.stream_reasoning = true;
   size_t len = sa__submit_request__get_packed_size(&rq);
   uint8_t *buf = malloc(len ? len : 1);
+  if (!buf)
+    return SA_ENOMEM;
+  sa__submit_request__pack(&rq, buf);
   static const sa_submit_stream_cbs_t cbs = {on_event, on_end, NULL};
-  int rc = buf ? 0 : SA_ENOMEM;
-  if (buf) {
-    sa__submit_request__pack(&rq, buf);
-    rc = sa_submit_stream_start(L->loop, L->ch, r->id, buf, len, it->n,
-                                sa_now_s() + L->timeout, &cbs, r, &r->stream);
-    free(buf);
+  int rc = sa_submit_stream_start(L->loop, L->ch, r->id, buf, len, it->n,
+                                  sa_now_s() + L->timeout, &cbs, r, &r->stream);
+  free(buf);
+  return rc;
+}
+
+/* Sends it over the HTTP API: 0 or an SA_E* code. */
+static int start_http(load_t *L, req_t *r, const sa_work_item_t *it) {
+  static const sa_http_cbs_t cbs = {on_http_text, on_http_end};
+  char *body = http_body(L, it, r->seed);
+  int rc = body ? sa_http_start(L->http, body, L->timeout, &cbs, r, &r->hreq) : SA_ENOMEM;
+  free(body);
+  return rc;
+}
+
+/* Request i: its mix draw and seed depend on (seed, i) alone. */
+static void send_one(load_t *L, bool delayed) {
+  req_t *r = calloc(1, sizeof *r);
+  if (!r) {
+    L->failed++;
+    return;
   }
-  if (rc) { /* never started: a failed request, recorded like the others */
-    r->t_end = r->t_submit;
+  r->L = L;
+  r->delayed = delayed;
+  r->i = L->sent++;
+  r->t_first = -1;
+  r->t_submit = now_rel(L);
+  uint64_t h = L->seed * 0x2545f4914f6cdd1dull + (uint64_t)r->i;
+  const sa_work_item_t *it = sa_workload_pick(&L->w, unit(&h));
+  r->item = (int)(it - L->w.items);
+  r->seed = L->seed + (uint64_t)r->i;
+  snprintf(r->id, sizeof r->id, "%s-%lld", L->prefix, (long long)r->i);
+  r->n_chains = it->n;
+  r->text = calloc((size_t)it->n, sizeof *r->text);
+  r->text_len = calloc((size_t)it->n, sizeof *r->text_len);
+  int rc = !r->text || !r->text_len ? SA_ENOMEM
+           : L->http                ? start_http(L, r, it)
+                                    : start_rpc(L, r, it);
+  if (rc) { /* never started: a failed request */
     L->failed++;
     fprintf(stderr, "request %s: cannot send: %s\n", r->id, sa_strerror(rc));
+    free(r->text);
+    free(r->text_len);
     free(r);
     return;
   }
@@ -441,7 +596,10 @@ static void stop(load_t *L, const char *why) {
   L->pending_sends = 0;
   for (req_t *r = L->head, *next; r; r = next) {
     next = r->next; /* on_end may run inside cancel and free r */
-    sa_submit_stream_cancel(r->stream);
+    if (r->hreq)
+      sa_http_cancel(r->hreq);
+    else
+      sa_submit_stream_cancel(r->stream);
   }
   maybe_finish(L);
 }
@@ -527,9 +685,48 @@ static void maybe_finish(load_t *L) {
   uv_close((uv_handle_t *)&L->sigint, NULL);
   uv_close((uv_handle_t *)&L->sigterm, NULL);
   sa_rpc_channel_destroy(&L->ch);
+  sa_http_destroy(L->http);
+  L->http = NULL;
 }
 
 /* --------------------------------------------------------------- main */
+
+/* --http: the API key, the model's name, every clip in base64. 0, or the
+ * exit status after a message. */
+static int http_setup(load_t *L, const char *url, const char *key_file) {
+  char key[600] = "", err[512];
+  if (key_file) {
+    FILE *f = fopen(key_file, "r");
+    if (!f || !fgets(key, sizeof key, f)) {
+      fprintf(stderr, "sa-load: %s: %s\n", key_file, f ? "empty" : strerror(errno));
+      if (f)
+        fclose(f);
+      return 2;
+    }
+    fclose(f);
+    key[strcspn(key, "\r\n")] = '\0';
+  }
+  if (!L->model[0] && sa_http_model_name(url, key, L->model, sizeof L->model, err, sizeof err)) {
+    fprintf(stderr, "sa-load: %s\n", err);
+    return 1;
+  }
+  if (!(L->b64 = calloc((size_t)L->w.n_items, sizeof *L->b64)))
+    return 1;
+  for (int i = 0; i < L->w.n_items; i++) {
+    const sa_work_item_t *it = &L->w.items[i];
+    if (!it->audio)
+      continue;
+    size_t n = sodium_base64_encoded_len(it->audio_len, sodium_base64_VARIANT_ORIGINAL);
+    if (!(L->b64[i] = malloc(n)))
+      return 1;
+    sodium_bin2base64(L->b64[i], n, it->audio, it->audio_len, sodium_base64_VARIANT_ORIGINAL);
+  }
+  if (sa_http_new(L->loop, url, key, &L->http)) {
+    fprintf(stderr, "sa-load: --http %s: not a usable URL\n", url);
+    return 2;
+  }
+  return 0;
+}
 
 static double num_arg(const char *s, const char *name, double lo, double hi) {
   char *end;
@@ -542,40 +739,6 @@ static double num_arg(const char *s, const char *name, double lo, double hi) {
   return v;
 }
 
-static char *read_file(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f)
-    return NULL;
-  char *buf = NULL;
-  size_t cap = 0, n = 0;
-  for (;;) {
-    if (n + 4096 > cap) {
-      if (cap > (16u << 20)) { /* a workload is small */
-        errno = EFBIG;
-        break;
-      }
-      char *b = realloc(buf, cap = cap ? cap * 2 : 8192);
-      if (!b)
-        break;
-      buf = b;
-    }
-    size_t got = fread(buf + n, 1, cap - n, f);
-    n += got;
-    if (got == 0) {
-      bool ok = !ferror(f);
-      fclose(f);
-      if (ok) {
-        *len = n;
-        return buf;
-      }
-      free(buf);
-      return NULL;
-    }
-  }
-  fclose(f);
-  free(buf);
-  return NULL;
-}
 
 int main(int argc, char **argv) {
   static const struct option longopts[] = {
@@ -586,10 +749,12 @@ int main(int argc, char **argv) {
       {"id-prefix", required_argument, 0, 'I'}, {"timeout", required_argument, 0, 'T'},
       {"max-inflight", required_argument, 0, 'M'}, {"quiet", no_argument, 0, 'q'},
       {"coordinator", required_argument, 0, 'c'}, {"help", no_argument, 0, 'h'},
+      {"http", required_argument, 0, 'H'},      {"api-key-file", required_argument, 0, 'K'},
+      {"model", required_argument, 0, 'm'},
       SA_SEC_LONGOPTS,                          {0, 0, 0, 0}};
   static load_t L;
   sa_sec_args_t sa = {0};
-  const char *workload = NULL, *out = NULL, *coord = NULL;
+  const char *workload = NULL, *out = NULL, *coord = NULL, *http = NULL, *key_file = NULL;
   L.seed = 1;
   L.timeout = 600;
   L.max_inflight = 4096;
@@ -615,6 +780,15 @@ int main(int argc, char **argv) {
     case 'M': L.max_inflight = (int)num_arg(optarg, "--max-inflight", 1, 1 << 18); break;
     case 'q': L.quiet = true; break;
     case 'c': coord = optarg; break;
+    case 'H': http = optarg; break;
+    case 'K': key_file = optarg; break;
+    case 'm':
+      if (!optarg[0] || strlen(optarg) >= sizeof L.model) {
+        fprintf(stderr, "sa-load: --model must be 1..127 bytes\n");
+        return 2;
+      }
+      snprintf(L.model, sizeof L.model, "%s", optarg);
+      break;
     case 'h': usage(stdout); return 0;
     default:
       if (sa_sec_args_take(&sa, opt, optarg))
@@ -637,12 +811,13 @@ int main(int argc, char **argv) {
     snprintf(L.prefix, sizeof L.prefix, "load-%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3]);
   }
   size_t len = 0;
-  char *text = read_file(workload, &len), err[512];
-  if (!text) {
-    fprintf(stderr, "sa-load: %s: %s\n", workload, strerror(errno));
+  uint8_t *text;
+  char err[512];
+  if (sa_client_read_file(workload, 16u << 20, &text, &len, err, sizeof err)) {
+    fprintf(stderr, "sa-load: %s\n", err);
     return 2;
   }
-  int rc = sa_workload_parse(text, len, &L.w, err, sizeof err);
+  int rc = sa_workload_parse((const char *)text, len, &L.w, err, sizeof err);
   free(text);
   char *wcopy = strdup(workload);
   if (rc == 0)
@@ -655,21 +830,27 @@ int main(int argc, char **argv) {
     return 2;
   }
   static sa_sec_t sec;
-  sa_rpc_opts_t o;
-  sa_rpc_opts_default(&o);
-  if (sa_client_security("sa-load", &sa, &sec, &o, false))
-    return 2;
-  o.max_msg_bytes = MAX_AUDIO_BYTES + (1u << 20);
-  o.max_inflight = L.max_inflight + 16;
+  L.loop = uv_default_loop();
+  const char *addr = http;
+  if (http) {
+    if ((rc = http_setup(&L, http, key_file)))
+      return rc;
+  } else {
+    sa_rpc_opts_t o;
+    sa_rpc_opts_default(&o);
+    if (sa_client_security("sa-load", &sa, &sec, &o, false))
+      return 2;
+    o.max_msg_bytes = MAX_AUDIO_BYTES + (1u << 20);
+    o.max_inflight = L.max_inflight + 16;
+    addr = sa_client_coordinator_addr(coord);
+    if ((rc = sa_rpc_channel_new(L.loop, addr, &o, &L.ch))) {
+      fprintf(stderr, "sa-load: cannot connect to %s: %s\n", addr, sa_strerror(rc));
+      return 1;
+    }
+  }
   if (out && !(L.out = fopen(out, "w"))) {
     fprintf(stderr, "sa-load: %s: %s\n", out, strerror(errno));
     return 2;
-  }
-  L.loop = uv_default_loop();
-  const char *addr = sa_client_coordinator_addr(coord);
-  if ((rc = sa_rpc_channel_new(L.loop, addr, &o, &L.ch))) {
-    fprintf(stderr, "sa-load: cannot connect to %s: %s\n", addr, sa_strerror(rc));
-    return 1;
   }
   L.tty = isatty(STDERR_FILENO);
   L.arrival_rng = L.seed ^ 0xa0761f62u;
@@ -698,6 +879,10 @@ int main(int argc, char **argv) {
   }
   uv_run(L.loop, UV_RUN_DEFAULT);
   uv_loop_close(L.loop);
+  if (L.b64)
+    for (int i = 0; i < L.w.n_items; i++)
+      free(L.b64[i]);
+  free(L.b64);
   sa_workload_free(&L.w);
   sa_sec_close(&sec);
   if (L.out)

@@ -108,12 +108,6 @@ typedef struct {
   sa_submit_stream_t *stream; /* resumed across coordinator restarts */
 } submit_t;
 
-static const char *finish_name(int reason) {
-  static const char *const reasons[] = {"running", "eot",   "length",           "cancelled",
-                                        "error",   "client_cancelled", "stop"};
-  return reason >= 0 && reason < 7 ? reasons[reason] : "?";
-}
-
 /* ------------------------------------------- -n > 1: chain lines and vote */
 
 /* Copies src for one display line: cut on a UTF-8 boundary with "..." when
@@ -135,7 +129,7 @@ static void copy_trunc(char *dst, size_t cap, const char *src) {
 }
 
 static void chain_line(const submit_t *s, int c, char *buf, size_t cap) {
-  const char *state = s->finish[c] ? finish_name(s->finish[c])
+  const char *state = s->finish[c] ? sa_client_finish_name(s->finish[c])
                                    : s->answering[c] ? "answering" : "thinking";
   int n = snprintf(buf, cap, "chain %2d  %-16s %6lld tokens", c, state, (long long)s->tokens[c]);
   if (s->finish[c] && n > 0 && (size_t)n < cap)
@@ -203,7 +197,7 @@ static void print_json_event(const Sa__SubmitEvent *ev) {
     cJSON_AddNumberToObject(o, "tokens_generated", (double)p->tokens_generated);
     if (!strcmp(p->stage, "chain_done")) {
       cJSON_AddNumberToObject(o, "chain", p->chain);
-      cJSON_AddStringToObject(o, "finish_reason", finish_name(p->finish_reason));
+      cJSON_AddStringToObject(o, "finish_reason", sa_client_finish_name(p->finish_reason));
       cJSON_AddStringToObject(o, "chain_answer", p->chain_answer);
       cJSON_AddNumberToObject(o, "chain_tokens", p->chain_tokens);
       cJSON_AddStringToObject(o, "leading_answer", p->leading_answer);
@@ -227,7 +221,7 @@ static void print_json_event(const Sa__SubmitEvent *ev) {
       cJSON_AddNumberToObject(co, "chain", c->chain);
       cJSON_AddStringToObject(co, "answer", c->answer);
       cJSON_AddStringToObject(co, "normalized_answer", c->normalized_answer);
-      cJSON_AddStringToObject(co, "finish_reason", finish_name(c->finish_reason));
+      cJSON_AddStringToObject(co, "finish_reason", sa_client_finish_name(c->finish_reason));
       cJSON_AddNumberToObject(co, "reasoning_tokens", c->reasoning_tokens);
       cJSON_AddNumberToObject(co, "answer_tokens", c->answer_tokens);
       char seed[24];
@@ -400,39 +394,11 @@ static void on_progress(uv_timer_t *t) {
 }
 
 static int read_all(const char *path, uint8_t **out, size_t *len) {
-  struct stat st;
-  if (stat(path, &st) != 0) {
-    fprintf(stderr, "sa-client: %s: %s\n", path, strerror(errno));
+  char err[512];
+  if (sa_client_read_file(path, MAX_AUDIO_BYTES, out, len, err, sizeof err)) {
+    fprintf(stderr, "sa-client: %s\n", err);
     return -1;
   }
-  if (!S_ISREG(st.st_mode)) {
-    fprintf(stderr, "sa-client: %s is not a regular file\n", path);
-    return -1;
-  }
-  if (st.st_size == 0) {
-    fprintf(stderr, "sa-client: %s is empty; nothing to send\n", path);
-    return -1;
-  }
-  if ((uint64_t)st.st_size > MAX_AUDIO_BYTES) {
-    fprintf(stderr, "sa-client: %s is %lld bytes; the limit is %u\n", path,
-            (long long)st.st_size, MAX_AUDIO_BYTES);
-    return -1;
-  }
-  FILE *f = fopen(path, "rb");
-  if (!f) {
-    fprintf(stderr, "sa-client: %s: %s\n", path, strerror(errno));
-    return -1;
-  }
-  uint8_t *buf = malloc((size_t)st.st_size);
-  if (!buf || fread(buf, 1, (size_t)st.st_size, f) != (size_t)st.st_size) {
-    fprintf(stderr, "sa-client: cannot read %s\n", path);
-    free(buf);
-    fclose(f);
-    return -1;
-  }
-  fclose(f);
-  *out = buf;
-  *len = (size_t)st.st_size;
   return 0;
 }
 
@@ -479,13 +445,7 @@ static char *read_text(const char *path) {
   size_t len;
   if (read_all(path, &buf, &len))
     return NULL;
-  char *text = realloc(buf, len + 1);
-  if (!text) {
-    free(buf);
-    fprintf(stderr, "sa-client: out of memory reading %s\n", path);
-    return NULL;
-  }
-  text[len] = '\0';
+  char *text = (char *)buf; /* NUL-terminated by the reader */
   if (strlen(text) != len) {
     fprintf(stderr, "sa-client: %s holds a NUL byte; a prompt is text\n", path);
     free(text);

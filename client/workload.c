@@ -3,6 +3,8 @@
  */
 #include "workload.h"
 
+#include "common.h"
+
 #include "sa.pb-c.h"
 #include "sa_error.h"
 
@@ -12,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #define MAX_ITEMS 4096
 
@@ -166,34 +167,6 @@ int sa_workload_parse(const char *text, size_t len, sa_workload_t *w, char *err,
   return rc;
 }
 
-static int read_clip(const char *path, size_t max_bytes, uint8_t **out, size_t *len, char *err,
-                     size_t cap) {
-  struct stat st;
-  FILE *f = NULL;
-  errno = 0;
-  if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || !(f = fopen(path, "rb"))) {
-    sa_set_err(err, cap, "%s: %s", path, errno ? strerror(errno) : "not a regular file");
-    return SA_EIO;
-  }
-  if (st.st_size == 0 || (uint64_t)st.st_size > max_bytes) {
-    sa_set_err(err, cap, "%s: %lld bytes (must be 1..%zu)", path, (long long)st.st_size,
-               max_bytes);
-    fclose(f);
-    return SA_EINVAL;
-  }
-  uint8_t *buf = malloc((size_t)st.st_size);
-  if (!buf || fread(buf, 1, (size_t)st.st_size, f) != (size_t)st.st_size) {
-    sa_set_err(err, cap, "%s: cannot read", path);
-    free(buf);
-    fclose(f);
-    return SA_EIO;
-  }
-  fclose(f);
-  *out = buf;
-  *len = (size_t)st.st_size;
-  return 0;
-}
-
 int sa_workload_load_clips(sa_workload_t *w, const char *base_dir, size_t max_bytes, char *err,
                            size_t cap) {
   for (int i = 0; i < w->n_items; i++) {
@@ -205,7 +178,7 @@ int sa_workload_load_clips(sa_workload_t *w, const char *base_dir, size_t max_by
       snprintf(path, sizeof path, "%s/%s", base_dir, it->clip);
     else
       snprintf(path, sizeof path, "%s", it->clip);
-    int rc = read_clip(path, max_bytes, &it->audio, &it->audio_len, err, cap);
+    int rc = sa_client_read_file(path, max_bytes, &it->audio, &it->audio_len, err, cap);
     if (rc)
       return rc;
   }

@@ -203,6 +203,7 @@ struct coord_request {
   int encode_part;     /* the audio part being encoded, -1 */
   int encode_attempts; /* for that part */
   int encoder;         /* worker index of the encoder in use, -1 */
+  uint64_t t_encoder_wait_ms; /* no encoder was up: waiting for one since (0: not) */
   /* the prompt */
   int32_t *prompt; /* token ids, audio patch slots included */
   int prompt_len;

@@ -30,6 +30,7 @@
 
 #define MAX_REPLAYS 3      /* failovers before a request fails */
 #define MAX_ENCODE_TRIES 3 /* encoders tried for one request */
+#define ENCODER_WAIT_MS 30000 /* a request waits this long for an encoder to come up */
 #define MAX_PASS_ROUNDS 16
 
 typedef enum {
@@ -641,14 +642,26 @@ static int next_audio_part(const coord_request_t *r, int after) {
   return -1;
 }
 
-/* Encodes part r->encode_part on an encoder, trying others on failure. */
+/* Encodes part r->encode_part on an encoder, trying others on failure.
+ * With no encoder up (a coordinator just restarted, encoders restarting)
+ * the request waits for one, up to ENCODER_WAIT_MS; each pass asks again
+ * (wait_for_encoders). */
 static void start_encode(coord_requests_t *set, coord_request_t *r) {
   while (r->encode_attempts < MAX_ENCODE_TRIES) {
     int enc = coord_registry_pick_encoder(set->reg, r->encoder);
     if (enc < 0) {
-      request_fail(set, r, SA_STATUS_UNAVAILABLE, "no audio encoder is registered and healthy");
+      uint64_t now = sa_now_ms();
+      if (!r->t_encoder_wait_ms)
+        r->t_encoder_wait_ms = now;
+      if (now - r->t_encoder_wait_ms >= ENCODER_WAIT_MS) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "no audio encoder is registered and healthy (waited %d s)",
+                 ENCODER_WAIT_MS / 1000);
+        request_fail(set, r, SA_STATUS_UNAVAILABLE, msg);
+      }
       return;
     }
+    r->t_encoder_wait_ms = 0;
     r->encoder = enc;
     r->encode_attempts++;
     int rc = set->pl_ops->encode(set->pl, enc, r);
@@ -731,6 +744,15 @@ static void apply_encoded(coord_requests_t *set, coord_request_t *r, coord_encod
   emit(set, r, &ev);
   r->state = COORD_REQ_QUEUED;
   r->t_queued_ns = sa_now_ns();
+}
+
+/* Requests waiting for an encoder to come up: asked again every pass. */
+static void wait_for_encoders(coord_requests_t *set) {
+  for (coord_request_t *r = set->head, *next; r; r = next) {
+    next = r->next; /* start_encode may fail r */
+    if (r->state == COORD_REQ_ENCODING && r->t_encoder_wait_ms && r->pending_ops == 0)
+      start_encode(set, r);
+  }
 }
 
 static void start_new(coord_requests_t *set) {
@@ -1277,6 +1299,7 @@ bool coord_requests_process(coord_requests_t *set) {
     set->dirty = false;
     apply_records(set);
     apply_cancels(set);
+    wait_for_encoders(set);
     start_new(set);
     admit(set);
     if (!set->stopping)

@@ -69,3 +69,19 @@ for _ in $(seq 400); do [[ $(kv_of c2) -gt 0 ]] && { took=1; break; }; sleep 0.0
 echo "the new pipeline took waiting requests $(awk "BEGIN{printf \"%.2f\", $(date +%s.%N) - $t_join}") s after its stages started"
 for p in "${pids[@]}"; do wait "$p" || fail "a request under load failed"; done
 pass "a new pair of stages formed pipeline $(pipe_of c1) under load and ran the $queued waiting requests; all 8 completed"
+
+# no encoder up (encoders restarting, a restarted coordinator before they
+# re-register): a request with audio waits for one instead of failing
+kill -9 "${PIDS[1]}" # encoder0, started second
+encs_up() { "$BIN/sa-client" status --json --coordinator "$COORD" |
+  grep -o '{[^{}]*"role":"encoder"[^{}]*}' | grep -c '"healthy":true' || true; }
+for _ in $(seq 400); do [[ $(encs_up) -eq 0 ]] && break; sleep 0.05; done
+[[ $(encs_up) -eq 0 ]] || fail "the killed encoder is still counted healthy"
+"$BIN/sa-client" submit "$T/clips/clip0.wav" --max-tokens 8 --coordinator "$COORD" \
+  >"$T/wait.out" 2>"$T/wait.err" &
+wp=$!
+sleep 1.5
+kill -0 $wp 2>/dev/null || fail "the request did not wait for an encoder: $(cat "$T/wait.err")"
+start_encoder "$M" encoder1
+wait $wp || fail "the request failed after an encoder came up: $(cat "$T/wait.err")"
+pass "with no encoder up, a request waited for one and completed"

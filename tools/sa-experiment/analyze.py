@@ -3,6 +3,7 @@ faults.jsonl, status.jsonl): throughput over time, latency percentiles,
 fault detection and recovery, token identity against a baseline run; and the
 plots of each.
 """
+import bisect
 import json
 import math
 import os
@@ -11,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 BIN = 1.0  # seconds per throughput bin
 
@@ -82,6 +84,27 @@ class RunData:
         answered = sum(1 for r in self.requests if r["status"] == "OK" and lo <= r["end_s"] < hi)
         return tokens / (hi - lo), answered / (hi - lo), gen / (hi - lo)
 
+    def cumulative(self, step=0.5):
+        """Tokens streamed by time t, every step seconds up to the last arrival."""
+        ts = sorted((a[1], a[2]) for r in self.requests for a in r["arrivals"])
+        end = ts[-1][0] if ts else 0
+        out, k, total = [], 0, 0
+        for j in range(int(end / step) + 2):
+            while k < len(ts) and ts[k][0] <= j * step:
+                total += ts[k][1]
+                k += 1
+            out.append(total)
+        return out
+
+    def behind(self, base, step=0.5):
+        """Tokens this run is behind base (the same requests at the same
+        times: same seeds) at every step seconds."""
+        a, b = self.cumulative(step), base.cumulative(step)
+        n = max(len(a), len(b))
+        a += [a[-1] if a else 0] * (n - len(a))
+        b += [b[-1] if b else 0] * (n - len(b))
+        return [y - x for x, y in zip(a, b)]
+
     def itl(self):
         out = []
         for r in self.requests:
@@ -94,12 +117,15 @@ class RunData:
                 last[chain] = t
         return out
 
-    def fault_times(self):
+    def fault_times(self, base=None):
         """Each fault: its time since the load started, and the measured time
         to detect it (the coordinator's status shows the target unhealthy, or
-        for the coordinator itself: answering again) and for throughput to
-        recover (a 3 s mean back at 80 % of the 10 s before the fault)."""
+        for the coordinator itself: answering again) and to recover: with a
+        baseline run (the same requests), until the tokens this run is behind
+        it are back under a tenth of their peak (peak_behind: that peak); without
+        one, until a 3 s mean of tokens/s is back at 80 % of the 10 s before."""
         tok, _ = self.token_bins()
+        lag = self.behind(base) if base else None
         out = []
         for f in self.faults:
             t = f["unix"] - self.start
@@ -107,33 +133,54 @@ class RunData:
                     "result": f["result"]}
             if f["action"] in ("kill", "stop", "partition", "restart"):
                 item["detect_s"] = self._detect(f)
+                # the longest time no token arrived (from the fault to 60 s
+                # after); with a baseline, counted only while the baseline's
+                # tokens were arriving (a lull in the load is not a stall)
+                ts = sorted(a[1] for r in self.requests for a in r["arrivals"]
+                            if t <= a[1] <= t + 60)
+                if base:
+                    bs = sorted(a[1] for r in base.requests for a in r["arrivals"]
+                                if t <= a[1] <= t + 60)
+                    gaps = [b - (ts[k - 1] if k else t)
+                            for b, k in ((b, bisect.bisect_right(ts, b)) for b in bs)]
+                else:
+                    gaps = [b - a for a, b in zip([t] + ts, ts)]
+                item["longest_stall_s"] = round(max(gaps), 2) if gaps else None
                 before = tok[max(0, int((t - 10) / BIN)):max(0, int(t / BIN))]
-                base = sum(before) / len(before) if before else 0
-                item["throughput_before"] = round(base, 1)
+                level = sum(before) / len(before) if before else 0
+                item["throughput_before"] = round(level, 1)
                 item["recover_s"] = None
-                k0 = int(t / BIN) + 1
-                for k in range(k0, len(tok) - 2):
-                    if k * BIN >= self.duration:
-                        break
-                    if base > 0 and sum(tok[k:k + 3]) / 3 >= 0.8 * base:
-                        item["recover_s"] = round(k * BIN - t, 2)
-                        break
+                if lag is not None:
+                    k0 = int(t / 0.5)
+                    peak_k = max(range(k0, len(lag)), key=lambda k: lag[k], default=k0)
+                    peak = lag[peak_k] if peak_k < len(lag) else 0
+                    item["peak_behind_tokens"] = peak
+                    for k in range(peak_k, len(lag)):
+                        if lag[k] <= 0.1 * peak:
+                            item["recover_s"] = round(max(0.0, k * 0.5 - t), 2)
+                            break
+                else:
+                    for k in range(int(t / BIN) + 1, len(tok) - 2):
+                        if k * BIN >= self.duration:
+                            break
+                        if level > 0 and sum(tok[k:k + 3]) / 3 >= 0.8 * level:
+                            item["recover_s"] = round(k * BIN - t, 2)
+                            break
             out.append(item)
         return out
 
     def _detect(self, f):
+        """Seconds from the fault to the first status, asked after it, that
+        shows it: the target unhealthy, or (the coordinator) an answer again."""
         t0 = f["unix"]
         for s in self.status:
-            if s["unix"] < t0:
+            if s.get("asked", s["unix"]) < t0 or not s["ok"]:
                 continue
-            if f["target"] == "coord":
-                if s["ok"]:
-                    return round(s["unix"] - t0, 2)
-            elif s["ok"] and not s.get("workers", {}).get(f["target"], False):
+            if f["target"] == "coord" or not s.get("workers", {}).get(f["target"], False):
                 return round(s["unix"] - t0, 2)
         return None
 
-    def summary(self):
+    def summary(self, base=None):
         reqs = self.requests
         ok = [r for r in reqs if r["status"] == "OK"]
         tps, aps, gps = self.steady()
@@ -157,8 +204,32 @@ class RunData:
             "ttft_s": pcts([r["ttft_s"] for r in ok if r["ttft_s"] is not None]),
             "itl_s": pcts(self.itl()),
             "e2e_s": pcts([r["end_s"] - r["submit_s"] for r in ok]),
-            "faults": self.fault_times(),
+            "faults": self.fault_times(base),
         }
+
+
+def same_result(a, b):
+    """Two results of the same request (seeds) agree: the same vote, and per
+    chain the same token ids (over HTTP, which sends none: the same text).
+    A chain the vote cancelled stops wherever its last step was when the
+    vote was decided, a point that depends on timing: there one chain's
+    tokens must be a prefix of the other's."""
+    if a["answer"] != b["answer"] or len(a["chains"]) != len(b["chains"]):
+        return False
+    for x, y in zip(sorted(a["chains"], key=lambda c: c["chain"]),
+                    sorted(b["chains"], key=lambda c: c["chain"])):
+        key = "tokens" if "tokens" in x and "tokens" in y else "text"
+        p, q = x.get(key), y.get(key)
+        if p == q:
+            continue
+        cut = {"cancelled", "stop"}  # HTTP says "stop" for a cancelled choice
+        if key == "tokens":
+            cut = {"cancelled"}
+        if (x["finish"] in cut or y["finish"] in cut) and \
+                (p[:len(q)] == q or q[:len(p)] == p):
+            continue
+        return False
+    return True
 
 
 def identity(run, base):
@@ -184,14 +255,12 @@ def identity(run, base):
             out["lost"] += 1
             continue
         out["compared"] += 1
-        bt = [c["tokens"] for c in br["result"]["chains"]]
-        rt = [c["tokens"] for c in r["result"]["chains"]]
-        if bt == rt:
+        if same_result(r["result"], br["result"]):
             out["identical"] += 1
         else:
             out["differing"] += 1
-        gen = r["result"]["tokens_generated"]
-        if sum(len(t) for t in rt) > gen:
+        rt = [c.get("tokens", []) for c in r["result"]["chains"]]
+        if sum(len(t) for t in rt) > r["result"]["tokens_generated"]:
             out["duplicated"] += 1
     out["not_in_baseline"] = sum(1 for r in run.requests if r["status"] == "OK" and r["i"] not in b)
     return out
@@ -207,18 +276,39 @@ def _fault_marks(ax, d):
                     fontsize=7, color="tab:red")
 
 
-def plot_run(d, folder):
+def _log_x(ax):
+    """A log x axis labelled 1, 2, 5 per decade in plain numbers."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: "%g" % v))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def plot_run(d, folder, base=None):
     tok, ans = d.token_bins()
     xs = [k * BIN for k in range(len(tok))]
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
-    a1.plot(xs, tok, lw=1)
+    if base is not None:
+        fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(8, 6.6), sharex=True)
+        lag = d.behind(base)
+        a3.plot([k * 0.5 for k in range(len(lag))], lag, lw=1.2, color="tab:purple")
+        a3.set_ylabel("tokens behind\nthe baseline")
+        a3.grid(alpha=0.3)
+        _fault_marks(a3, d)
+        btok, _ = base.token_bins()
+        a1.plot([k * BIN for k in range(len(btok))], btok, lw=0.8, color="0.7",
+                label="baseline (same requests)")
+    else:
+        fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    a1.plot(xs, tok, lw=1, label="this run")
     a1.set_ylabel("tokens/s")
+    if base is not None:
+        a1.legend(fontsize=7, loc="lower right")
     a1.axvspan(0, d.warmup, color="0.9", lw=0)
     _fault_marks(a1, d)
     a2.step(xs, [sum(ans[max(0, k - 4):k + 1]) / min(k + 1, 5) for k in range(len(ans))],
             where="post", lw=1, color="tab:green")
     a2.set_ylabel("answered/s (5 s mean)")
-    a2.set_xlabel("seconds since the load started (grey: warm-up)")
+    (a3 if base is not None else a2).set_xlabel("seconds since the load started (grey: warm-up)")
     _fault_marks(a2, d)
     load = d.run["load"]
     fig.suptitle("%s: %d replica(s) x %d stages, %s" % (
@@ -236,7 +326,7 @@ def plot_run(d, folder):
         xs = sorted(x for x in xs if x > 0)
         if xs:
             ax.plot(xs, [(k + 1) / len(xs) for k in range(len(xs))], lw=1.2)
-            ax.set_xscale("log")
+            _log_x(ax)
         ax.set_xlabel(name + " (s, log)")
         ax.set_ylabel("fraction")
         ax.grid(alpha=0.3)

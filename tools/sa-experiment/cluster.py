@@ -11,7 +11,7 @@ import time
 
 from scenario import process_names
 
-PORT = {"coord": 7700, "enc": 7710, "stage": 7720}
+PORT = {"coord": 7700, "enc": 7710, "stage": 7720, "http": 8000}
 
 
 class Cluster:
@@ -32,6 +32,22 @@ class Cluster:
             net.add(n, cpu, h["bandwidth"])
         self.coord_addr = "tcp://%s:%d" % (net.hosts["coord"].ip, PORT["coord"])
 
+    def api_key_file(self):
+        """The HTTP API key of the run (made once, 0600)."""
+        path = os.path.join(self.keys, "http-api-key")
+        if not os.path.exists(path):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            os.write(fd, (os.urandom(24).hex() + "\n").encode())
+            os.close(fd)
+        return path
+
+    def load_target(self):
+        """sa-load's arguments that say where to send."""
+        if self.run["load"]["transport"] == "http":
+            return ["--http", "http://%s:%d" % (self.net.hosts["coord"].ip, PORT["http"]),
+                    "--api-key-file", self.api_key_file()]
+        return ["--coordinator", self.coord_addr] + self._sec("client")
+
     def _sec(self, role):
         return ["--key", os.path.join(self.keys, role + ".key"),
                 "--allow", os.path.join(self.keys, "allow")]
@@ -46,6 +62,8 @@ class Cluster:
                  "--heartbeat-timeout-ms", str(c["heartbeat_timeout_ms"])] + self._sec("coordinator")
             if c["state"]:
                 a += ["--state", os.path.join(self.out, "state")]
+            if self.run["load"]["transport"] == "http":
+                a += ["--http", "%s:%d" % (ip, PORT["http"]), "--api-key-file", self.api_key_file()]
             return a
         if name.startswith("enc"):
             return [os.path.join(self.bin, "sa-encoder"), "--model", self.model,
@@ -89,7 +107,7 @@ class Cluster:
     def status(self):
         try:
             r = self.client("status", "--json", timeout=5)
-        except subprocess.TimeoutExpired:
+        except (subprocess.TimeoutExpired, OSError):  # a missed poll, not the end of polling
             return None
         if r.returncode != 0:
             return None
@@ -148,8 +166,8 @@ class Poller(threading.Thread):
         with open(self.path, "w") as f:
             while not self.stopping.is_set():
                 t = time.time()
-                st = self.cluster.status()
-                line = {"unix": t, "ok": st is not None}
+                st = self.cluster.status()  # waits (up to 5 s) for a coordinator restarting
+                line = {"asked": t, "unix": time.time(), "ok": st is not None}
                 if st:
                     line["replicas_ready"] = st.get("replicas_ready")
                     line["requests_running"] = st.get("requests_running")

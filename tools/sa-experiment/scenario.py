@@ -24,7 +24,8 @@ DEFAULTS = {
                 "kv_mem": "64MiB", "state": True, "extra_microbatches": 1,
                 "heartbeat_timeout_ms": 5000},
     "load": {"rate": None, "rate_per_replica": None, "concurrency": None,
-             "duration": 60, "seed": 1, "timeout": 300, "warmup": 10, "drain": True},
+             "duration": 60, "seed": 1, "timeout": 300, "warmup": 10, "drain": True,
+             "transport": "rpc"},
     "faults": [],
 }
 TOP_KEYS = {"name", "description", "model", "threads", "hosts", "cluster", "workload",
@@ -147,6 +148,8 @@ def _check_run(run, path):
     _num(l["seed"], path + ".load.seed", 0, 2 ** 53, True)
     _num(l["timeout"], path + ".load.timeout", 1, 86400)
     _num(l["warmup"], path + ".load.warmup", 0, l["duration"])
+    if l["transport"] not in ("rpc", "http"):
+        raise ScenarioError("%s.load.transport: rpc or http" % path)
     if not isinstance(l["drain"], bool):
         raise ScenarioError("%s.load.drain: true (wait for what is in flight) or false" % path)
     _num(run["threads"], path + ".threads", 1, 64, True)
