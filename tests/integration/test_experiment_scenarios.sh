@@ -89,4 +89,8 @@ matrix: {stages: [1, 2]}"
 bad "load.warmup: 100 is outside" "name: x
 $W
 load: {rate: 1, duration: 10, warmup: 100}"
-echo "ok: the committed scenarios check; 20 malformed ones are refused with the key named"
+bad "cluster.replicas: must be an integer" "name: x
+$W
+load: {rate_per_replica: 1}
+matrix: {replicas: [1x, 2], rate_per_replica: [0.5]}"
+echo "ok: the committed scenarios check; 21 malformed ones are refused with the key named"

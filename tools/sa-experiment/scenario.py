@@ -240,7 +240,6 @@ def parse(doc, base_dir):
             run = _merge(base, over, "matrix")
             run["name"] = "-".join(label)
             out.append(run)
-        out.sort(key=lambda r: r["cluster"]["replicas"])  # stable: rates rise within each
     elif runs is not None:
         if not isinstance(runs, list) or not runs:
             raise ScenarioError("runs: a non-empty list")
@@ -264,6 +263,8 @@ def parse(doc, base_dir):
             raise ScenarioError("runs[%d].name: '%s' twice" % (i, rn))
         seen.add(rn)
         _check_run(run, "runs[%d]" % i if len(out) > 1 else "scenario")
+    if matrix is not None:  # checked: by replicas, stable (rates rise within each)
+        out.sort(key=lambda r: r["cluster"]["replicas"])
     baseline = doc.get("baseline")
     if baseline is not None and baseline not in seen:
         raise ScenarioError("baseline: '%s' is not a run of this scenario" % baseline)
