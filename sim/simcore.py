@@ -26,6 +26,7 @@ delay variance, memory-bandwidth contention between hosts.
 """
 import heapq
 import math
+import random
 
 M64 = (1 << 64) - 1
 
@@ -40,6 +41,11 @@ def splitmix64(state):
 
 def unit(state):
     return (splitmix64(state) >> 11) * 2.0 ** -53
+
+
+def prompt_tokens(audio_s, text):
+    """The prompt: 12.5 audio tokens a second, the template and the text."""
+    return int(math.ceil(audio_s * 12.5) + len((text or "").split()) * 1.5 + 20)
 
 
 class Host:
@@ -81,13 +87,14 @@ class Cost:
     def __init__(self, cal):
         self.c = cal
 
-    def stage(self, layers, tokens, ctx_tokens, last):
+    def stage(self, layers, tokens, ctx_tokens, sampled, first=False, last=False):
+        """A stage's step: its layers' compute, the per-step and per-token
+        costs around it, and (the last stage) sampling."""
         c = self.c["stage"]
-        t = c["per_step"] + layers * (c["per_layer_step"] + c["per_layer_token"] * tokens +
-                                      c["per_layer_ctx_token"] * ctx_tokens)
-        if last:
-            t += c["head_per_token"] * tokens
-        return t
+        return (c["per_step"] + c.get("per_token", 0.0) * tokens +
+                layers * (c["per_layer_step"] + c["per_layer_token"] * tokens +
+                          c["per_layer_ctx_token"] * ctx_tokens) +
+                c.get("sample_per_token", 0.0) * sampled)
 
     def coordinator(self, tokens, decode_tokens):
         c = self.c["coordinator"]
@@ -101,9 +108,9 @@ class Cost:
 class Req:
     __slots__ = ("i", "t_arrive", "n", "max_tokens", "prompt", "audio_s", "t_first", "t_end",
                  "chains", "prefilled", "prefill_inflight", "replica", "arrivals", "done",
-                 "replays")
+                 "replays", "target", "answers", "accuracy", "running")
 
-    def __init__(self, i, t, item):
+    def __init__(self, i, t, item, seed=0):
         self.i, self.t_arrive = i, t
         self.n, self.max_tokens = item["n"], item["max_tokens"]
         self.prompt, self.audio_s = item["prompt_tokens"], item["audio_s"]
@@ -112,47 +119,109 @@ class Req:
         self.prefilled = 0                  # prompt tokens prefilled on its replica
         self.prefill_inflight = False
         self.replica = None
-        self.arrivals = []                  # (t, tokens)
+        self.arrivals = []                  # (chain, t, tokens), as sa-load writes them
         self.done = False
         self.replays = set()                # chains to re-prefill after a move
+        # each chain's length: max_tokens (the random model never stops), or
+        # drawn (a model that thinks and answers: lognormal, capped)
+        self.target = [self.max_tokens] * self.n
+        self.accuracy = item.get("accuracy")  # early consensus: P(a chain answers right)
+        self.answers = []
+        self.running = self.n
+        ln = item.get("length")
+        if ln or self.accuracy is not None:
+            rng = random.Random(seed * 1000003 + i)
+            if ln:
+                self.target = [max(1, min(self.max_tokens, int(ln["median"] * math.exp(
+                    ln.get("sigma", 0.5) * rng.gauss(0, 1))))) for _ in range(self.n)]
+            if self.accuracy is not None:  # answer 0 is right; wrong ones are 1..4
+                self.answers = [0 if rng.random() < self.accuracy else rng.randint(1, 4)
+                                for _ in range(self.n)]
+
+    def finished(self, c):
+        return self.chains[c] >= self.target[c]
+
+    def chain_done(self):
+        """A chain ended; with early consensus (coordinator/vote.c, majority):
+        decided once no answer can overtake the leader even if every running
+        chain gave it. True when the request ends."""
+        self.running -= 1
+        if self.running and self.accuracy is not None:
+            votes = {}
+            for c in range(self.n):
+                if self.finished(c):
+                    votes[self.answers[c]] = votes.get(self.answers[c], 0) + 1
+            top = sorted(votes.values(), reverse=True) + [0]
+            if top[0] > top[1] + self.running:
+                self.target = [min(x, y) for x, y in zip(self.target, self.chains)]
+                self.running = 0
+        return self.running == 0
 
 
 class Sim:
+    """One run. cal["kind"] "gpu" takes the GPU roofline (sim/gpu.py), else
+    the CPU calibration. run["slice"] = f < 1 simulates a slice of a larger
+    cluster: f of its replicas and encoders at f of its load (a Poisson
+    stream split at random stays Poisson); the coordinator is shared, so its
+    busy time is scaled by 1/f to the whole cluster's (its utilisation is
+    reported; its queueing inside the slice is that of the slice)."""
+
     def __init__(self, run, cal, items, seed=1):
-        self.run, self.cost = run, Cost(cal)
-        self.cal = cal
+        self.run, self.cal = run, cal
+        self.gpu = cal.get("kind") == "gpu"
+        if self.gpu:
+            import gpu
+            self.cost = gpu.GpuCost(cal)
+        else:
+            self.cost = Cost(cal)
         c = run["cluster"]
         self.P, self.R = c["stages"], c["replicas"]
         self.slots = c["stages"] + c["extra_microbatches"]
         self.max_batch = cal.get("max_batch", 64)
         self.chunk = cal.get("prefill_chunk", 128)
         self.layers = cal["model"]["layers"]
+        self.per = [self.layers * (s + 1) // self.P - self.layers * s // self.P
+                    for s in range(self.P)]
         h = run["hosts"]
         self.coord = Host(h["coordinator_cpu"])
+        self.coord_busy = 0.0  # coordinator CPU seconds, steps and rows in the window
+        self.steps = self.step_rows = 0
         self.encs = [Host(h["encoder_cpu"]) for _ in range(c["encoders"])]
         self.stages = [[Host(h["stage_cpu"]) for _ in range(self.P)] for _ in range(self.R)]
         self.alive = [True] * self.R
         self.inflight = [0] * self.R
+        self.active = [[] for _ in range(self.R)]   # requests admitted to each replica
         self.items = items
         self.ev = []
         self.seq = 0
         self.reqs = []
         self.queue = []        # encoded, waiting for a replica
-        self.hop = cal["hop"]["latency_s"]
-        # KV blocks per stage from --kv-mem: fp32 K and V of the stage's layers
+        self.hop = cal["hop"]["latency_s"]   # coordinator <-> stage, stage <-> stage on CPU
         self.kv = cal["kv"]
-        mem = c["kv_mem"]
-        mult = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
-        num = int(mem.rstrip("KMGiB"))
-        mem_b = num * mult.get(mem[len(str(num)):], 1)
-        per_block = (self.kv["bytes_per_token_layer"] * self.kv["block_tokens"] *
-                     (self.layers // self.P))
-        self.kv_blocks = mem_b // per_block
+        if self.gpu:  # what each stage's GPU holds beside its weights; the least wins
+            self.kv_blocks = min(self.cost.kv_blocks(self.per[s], s == 0, s == self.P - 1,
+                                                     self.kv["block_tokens"])
+                                 for s in range(self.P))
+        else:  # --kv-mem: fp32 K and V of the stage's layers
+            mem = c["kv_mem"]
+            mult = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+            num = int(mem.rstrip("KMGiB"))
+            mem_b = num * mult.get(mem[len(str(num)):], 1)
+            per_block = (self.kv["bytes_per_token_layer"] * self.kv["block_tokens"] *
+                         (self.layers // self.P))
+            self.kv_blocks = mem_b // per_block
+        self.kv_used = [0] * self.R
         self.inflight_chains = set()
+        self.rejected = 0      # requests no replica can ever hold
 
     def at(self, t, fn, *args):
         self.seq += 1
         heapq.heappush(self.ev, (t, self.seq, fn, args))
+
+    def stage_hop(self, tokens):
+        if self.gpu:
+            return self.cost.hop(tokens, same_host=True)
+        return self.hop
 
     # ------------------------------------------------------------ arrivals
     def arrivals(self):
@@ -172,7 +241,7 @@ class Sim:
             while k < len(w) - 1 and u >= w[k]:
                 u -= w[k]
                 k += 1
-            self.at(t, self.arrive, Req(i, t, self.items[k]))
+            self.at(t, self.arrive, Req(i, t, self.items[k], seed))
             i += 1
             t += -math.log(1.0 - unit(state)) / load["rate"]
 
@@ -199,21 +268,28 @@ class Sim:
 
     def admit(self):
         """Queued requests, in order, to the replica with the most free KV
-        blocks that can hold them; the first that fits nowhere waits."""
+        blocks that can hold them; the first that fits nowhere waits (one
+        that no empty replica could hold is refused, as request.c does)."""
         live = [k for k in range(self.R) if self.alive[k]]
-        used = [0] * self.R
-        for r in self.reqs:
-            if r.replica is not None and not r.done:
-                used[r.replica] += self.blocks(r)
         while self.queue and live:
             r = self.queue[0]
-            k = max(live, key=lambda k: self.kv_blocks - used[k])
-            if self.kv_blocks - used[k] < self.blocks(r):
+            if self.blocks(r) > self.kv_blocks:
+                self.queue.pop(0)
+                self.rejected += 1
+                continue
+            k = min(live, key=lambda k: self.kv_used[k])
+            if self.kv_blocks - self.kv_used[k] < self.blocks(r):
                 return
             self.queue.pop(0)
             r.replica = k
             r.prefilled = 0
-            used[k] += self.blocks(r)
+            self.kv_used[k] += self.blocks(r)
+            self.active[k].append(r)
+
+    def release(self, r):
+        if r.replica is not None:
+            self.kv_used[r.replica] -= self.blocks(r)
+            self.active[r.replica].remove(r)
 
     def schedule(self, t):
         self.admit()
@@ -223,9 +299,9 @@ class Sim:
                     break
 
     def dispatch(self, t, k):
-        mine = [r for r in self.reqs if r.replica == k and not r.done]
+        mine = self.active[k]
         ready = [(r, c) for r in mine if r.prefilled >= r.prompt for c in range(r.n)
-                 if r.chains[c] < r.max_tokens and (r.i, c) not in self.inflight_chains
+                 if not r.finished(c) and (r.i, c) not in self.inflight_chains
                  and c not in r.replays]
         free = self.slots - self.inflight[k]
         share = min(self.max_batch, -(-len(ready) // free)) if ready else 0
@@ -247,34 +323,45 @@ class Sim:
         if not batch and pre is None:
             return False
         ctx = sum(r.prompt + r.chains[c] for r, c in batch)
+        if pre is not None:
+            ctx += pre.prefilled * pre_tokens
         tokens = len(batch) + pre_tokens
         for r, c in batch:
             self.inflight_chains.add((r.i, c))
         if pre is not None:
             pre.prefill_inflight = True
         self.inflight[k] += 1
-        end = t
-        per = self.layers / self.P
+        end = t + self.hop
         for s, host in enumerate(self.stages[k]):
-            end = host.run(end + self.hop, self.cost.stage(per, tokens, ctx, s == self.P - 1))
-        self.at(end + self.hop, self.step_done, k, batch, pre, pre_tokens, tokens)
+            last = s == self.P - 1
+            end = host.run(end, self.cost.stage(self.per[s], tokens, ctx,
+                                                len(batch) + (pre is not None) if last else 0,
+                                                s == 0, last))
+            end += self.hop if last else self.stage_hop(tokens)
+        self.at(end, self.step_done, k, batch, pre, pre_tokens, tokens)
         return True
 
     def step_done(self, t, k, batch, pre, pre_tokens, tokens):
         if not self.alive[k]:
             return  # its results are dropped (an older epoch)
         self.inflight[k] -= 1
-        end = self.coord.run(t, self.cost.coordinator(tokens, len(batch)))
+        cost = self.cost.coordinator(tokens, len(batch))
+        if self.run["load"]["warmup"] <= t < self.run["load"]["duration"]:
+            self.coord_busy += cost
+            self.steps += 1
+            self.step_rows += tokens
+        end = self.coord.run(t, cost)
         for r, c in batch:
             self.inflight_chains.discard((r.i, c))
-            if r.done or r.replica != k:
-                continue
+            if r.done or r.replica != k or r.finished(c):
+                continue  # cancelled by early consensus while in flight
             r.chains[c] += 1
-            r.arrivals.append((end, 1))
+            r.arrivals.append((c, end, 1))
             if r.t_first is None:
                 r.t_first = end
-            if all(x >= r.max_tokens for x in r.chains):
+            if r.finished(c) and r.chain_done():
                 r.done, r.t_end = True, end
+                self.release(r)
         if pre is not None and pre.replica == k:
             pre.prefill_inflight = False
             if pre.prefilled < pre.prompt:
@@ -284,14 +371,19 @@ class Sim:
         self.at(end, self.schedule)
 
     # -------------------------------------------------------------- faults
+    def requeue(self, r):
+        """A request whose replica is lost goes back to the queue's head; its
+        chains re-prefill their prompt and tokens so far where it lands."""
+        self.release(r)
+        r.replica, r.prefill_inflight = None, False
+        r.replays = {c for c in range(r.n) if 0 < r.chains[c] and not r.finished(c)}
+        return r
+
     def lose_replica(self, t, k, back_at=None):
         self.alive[k] = False
         self.inflight[k] = 0
-        for r in self.reqs:
-            if r.replica == k and not r.done:
-                r.replica, r.prefill_inflight = None, False
-                r.replays = {c for c in range(r.n) if 0 < r.chains[c] < r.max_tokens}
-                self.queue.append(r)
+        moved = [self.requeue(r) for r in list(self.active[k])]
+        self.queue[:0] = moved
         self.inflight_chains = {x for x in self.inflight_chains
                                 if self.reqs_by_i[x[0]].replica is not None}
         if back_at is not None:
@@ -314,11 +406,8 @@ class Sim:
             self.alive[k] = True
             self.inflight[k] = 0
         self.inflight_chains = set()
-        for r in self.reqs:
-            if not r.done and r.replica is not None:
-                r.replica, r.prefill_inflight = None, False
-                r.replays = {c for c in range(r.n) if 0 < r.chains[c] < r.max_tokens}
-                self.queue.append(r)
+        moved = [self.requeue(r) for k in range(self.R) for r in list(self.active[k])]
+        self.queue[:0] = moved
         self.schedule(t)
 
     def faults(self):
@@ -331,15 +420,35 @@ class Sim:
                 detect = cal["kill_detect_s"] if a == "kill" else hb
                 back = t + f["for"] + cal["rejoin_s"] if "for" in f else None
                 self.at(t + detect, self.lose_replica, k, back)
+            elif a == "cpu" and tgt.startswith("r") and "s" in tgt[1:]:
+                k, st = (int(x) for x in tgt[1:].split("s"))
+                self.at(t, self.set_cpu, k, st, f["cpu"])
+                if "for" in f:
+                    self.at(t + f["for"], self.set_cpu, k, st, self.run["hosts"]["stage_cpu"])
             elif tgt == "coord" and a == "kill":
                 self.at(t, self.coordinator_down,
                         f.get("restart_after", 0) + cal["coordinator_start_s"])
 
+    def set_cpu(self, t, k, s, cpu):
+        self.stages[k][s].cpu = cpu
+
     # ----------------------------------------------------------------- run
+    def sample(self, t):
+        """Once a simulated second: the work in flight (what a lost replica
+        takes with it), for the fault model of the predictions."""
+        act = [r for rs in self.active for r in rs]
+        self.samples.append({
+            "t": t, "requests": len(act), "queued": len(self.queue),
+            "tokens": sum(sum(r.chains) for r in act),
+            "replay_tokens": sum(r.prompt + sum(r.chains) for r in act)})
+        self.at(t + 1.0, self.sample)
+
     def simulate(self):
         self.arrivals()
         self.faults()
         self.reqs_by_i = {}
+        self.samples = []
+        self.at(0.0, self.sample)
         horizon = self.run["load"]["duration"] + self.run["load"]["timeout"]
         while self.ev:
             t, _, fn, args = heapq.heappop(self.ev)
@@ -354,17 +463,18 @@ class Sim:
 def summarize(run, reqs):
     """The measured summary's keys (tools/sa-experiment/analyze.py)."""
     lo, hi = run["load"]["warmup"], run["load"]["duration"]
-    tokens = sum(c for r in reqs for t, c in r.arrivals if lo <= t < hi)
+    tokens = sum(c for r in reqs for _, t, c in r.arrivals if lo <= t < hi)
     done = [r for r in reqs if r.done]
+    if not run["load"].get("drain", True):  # sa-load cancels what runs at the end
+        done = [r for r in done if r.t_end <= hi]
     ans = sum(1 for r in done if lo <= r.t_end < hi)
     itl = []
-    for r in reqs:  # per chain: tokens of a request's chains arrive together per step
-        ts = [t for t, _ in r.arrivals]
-        per = {}
-        for t in ts:
-            per.setdefault(t, 0)
-        steps = sorted(per)
-        itl += [b - a for a, b in zip(steps, steps[1:])]
+    for r in reqs:  # per chain, as analyze.py measures it
+        last = {}
+        for chain, t, _ in r.arrivals:
+            if chain in last:
+                itl.append(t - last[chain])
+            last[chain] = t
 
     def pcts(xs):
         xs = sorted(xs)

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# sa-sim: the simulator against what was measured and against hand
+# arithmetic. (1) validate: simulated against the runs measured with the
+# committed calibration (sim/results/measured), every throughput within
+# 15 %; (2) the GPU roofline of one decode step against the datasheet
+# arithmetic done here by hand (independent of sim/gpu.py's code paths);
+# (3) a small prediction writes its tables, JSON and plots, and every cluster
+# of R replicas gives R times one replica's tokens/s until a shared server
+# caps it; (4) bad prediction files exit 2 naming the key; --help.
+#   usage: test_sim.sh BIN_DIR
+set -euo pipefail
+SRC=$(cd "$(dirname "$0")/../.." && pwd)
+SIM=$SRC/sim/sa-sim
+T=$(mktemp -d /tmp/sa-sim-test.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+"$SIM" --help | grep -q "calibrate" || fail "--help"
+for c in run validate predict calibrate; do "$SIM" $c --help >/dev/null || fail "$c --help"; done
+
+# (1) throughput within 15 % of every run measured with this calibration
+"$SIM" validate --fresh-only --out "$T/v.json" >"$T/validate.log" || fail "validate"
+python3 - "$T/v.json" <<'PY' || fail "validation: $(cat "$T/validate.log")"
+import json, sys
+rows = json.load(open(sys.argv[1]))["runs"]
+assert len(rows) == 6, len(rows)
+for r in rows:
+    m, s = r["measured"]["tokens_per_s"], r["simulated"]["tokens_per_s"]
+    assert abs(s / m - 1) <= 0.15, (r["run"], m, s)
+print("validation: %d runs within 15 %%" % len(rows))
+PY
+
+# (2) one H100 step by hand: 64 layers of Step-Audio-R1 at batch 1, context
+# 0: weights 64 x (5120 x (5120 + 2 x 1024 + 5120) + 3 x 5120 x 27648) x 2 B
+# + the head 158720 x 5120 x 2 B, over 3.35 TB/s x 0.8; plus 64 x 40 us of
+# launches and the host's per-step time
+python3 - "$SRC/sim" <<'PY' || fail "roofline"
+import sys
+sys.path.insert(0, sys.argv[1])
+import gpu
+c = gpu.GpuCost({"gpu": {"type": "H100", "bw_eff": 0.8, "flop_eff": 0.6,
+                         "launch_per_layer_s": 40e-6},
+                 "host_per_step_s": 0.0, "coordinator": {}})
+layer = 5120 * (5120 + 2 * 1024 + 5120) + 3 * 5120 * 27648
+want = (64 * layer + 158720 * 5120) * 2 / (3.35e12 * 0.8) + 64 * 40e-6
+got = c.stage(64, 1, 0, 1, first=True, last=True)
+assert abs(got / want - 1) < 0.01, (got, want)      # biases and norms: < 1 %
+# batch 512: compute-bound, 2 x params x 512 FLOPs at 989 TFLOPS x 0.6
+want = 2 * 512 * (64 * layer + 158720 * 5120) / (989e12 * 0.6) + 64 * 40e-6
+got = c.stage(64, 512, 0, 512, first=True, last=True)
+assert abs(got / want - 1) < 0.01, (got, want)
+# KV: 2 x 8 x 128 x 2 B a token a layer; a stage of 16 layers on 80 GB x 0.9
+w16 = 16 * layer * 2
+assert c.kv_blocks(16, False, False, 16) == int((80e9 * 0.9 - w16) // (4096 * 16 * 16))
+print("roofline: batch 1 and 512 within 1 % of the hand figures")
+PY
+
+# (3) a small prediction
+sed -e 's/^gpus: .*/gpus: [4, 8, 16]/' -e 's/^stages: .*/stages: [2, 4]/' \
+    -e 's/^chains: .*/chains: [1, 8]/' -e 's/^simulate_s: .*/simulate_s: 60/' \
+    -e 's/^warmup_s: .*/warmup_s: 30/' "$SRC/sim/predict.yaml" >"$T/p.yaml"
+"$SIM" predict "$T/p.yaml" --out "$T/p" >"$T/predict.log" || fail "predict: $(cat "$T/predict.log")"
+for f in README.md predictions.json throughput.png goodput.png coordinator.png; do
+  [[ -s $T/p/$f ]] || fail "predict wrote no $f"
+done
+python3 - "$T/p/predictions.json" <<'PY' || fail "predictions"
+import json, sys
+d = json.load(open(sys.argv[1]))
+rep = d["per_replica"]
+assert len(d["clusters"]) >= 8, len(d["clusters"])
+for r in d["clusters"]:
+    one = rep["P%d-n%d" % (r["stages"], r["chains"])]["saturated"]
+    cap = max(1.0, r["coordinator_util"], r["encoder_util"])
+    assert r["replicas"] == r["gpus"] // r["stages"]
+    assert abs(r["tokens_per_s"] - r["replicas"] * one["tokens_per_s"] / cap) < 1e-6 * max(
+        1, r["tokens_per_s"])
+    assert r["tokens_per_s"] > 0 and r["bottleneck"]
+    for g in r.get("goodput", []):
+        assert 0 <= g["fail_stop"] <= g["replay"] <= 1, g
+print("predict: %d clusters" % len(d["clusters"]))
+PY
+
+# (4) bad prediction files
+bad() {
+  local want=$1
+  set +e
+  "$SIM" predict "$T/bad.yaml" --out "$T/bad" >"$T/out" 2>&1
+  local rc=$?
+  set -e
+  [[ $rc -eq 2 ]] || fail "exit $rc, want 2, for: $(cat "$T/bad.yaml")"
+  grep -q -- "$want" "$T/out" || fail "'$(cat "$T/out")' does not say '$want'"
+}
+echo "- 1" >"$T/bad.yaml"; bad "must be a mapping"
+echo "gpus: [" >"$T/bad.yaml"; bad "bad.yaml: while parsing"
+sed 's/^gpu: H100/gpu: B300/' "$SRC/sim/predict.yaml" >"$T/bad.yaml"; bad "not one of"
+sed 's/^stages: .*/stages: [3]/' "$SRC/sim/predict.yaml" >"$T/bad.yaml"; bad "divide the 64"
+sed 's/^load: .*/load: 2.0/' "$SRC/sim/predict.yaml" >"$T/bad.yaml"; bad "load: 2.0 is outside"
+sed 's/^gpus_per_host: .*/gpus_per_hosts: 8/' "$SRC/sim/predict.yaml" >"$T/bad.yaml"; bad "unknown key"
+sed 's/^chains: .*/chains: [one]/' "$SRC/sim/predict.yaml" >"$T/bad.yaml"; bad "chains:"
+[[ ! -e $T/bad ]] || fail "a refused file wrote results"
+echo "PASS"
