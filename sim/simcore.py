@@ -108,7 +108,7 @@ class Cost:
 class Req:
     __slots__ = ("i", "t_arrive", "n", "max_tokens", "prompt", "audio_s", "t_first", "t_end",
                  "chains", "prefilled", "prefill_inflight", "replica", "arrivals", "done",
-                 "replays", "target", "answers", "accuracy", "running")
+                 "replays", "target", "answers", "accuracy", "running", "kv")
 
     def __init__(self, i, t, item, seed=0):
         self.i, self.t_arrive = i, t
@@ -128,6 +128,7 @@ class Req:
         self.accuracy = item.get("accuracy")  # early consensus: P(a chain answers right)
         self.answers = []
         self.running = self.n
+        self.kv = 0                         # KV blocks reserved on its replica
         ln = item.get("length")
         if ln or self.accuracy is not None:
             rng = random.Random(seed * 1000003 + i)
@@ -211,6 +212,9 @@ class Sim:
                          (self.layers // self.P))
             self.kv_blocks = mem_b // per_block
         self.kv_used = [0] * self.R
+        # KV admission: as built, every chain's max_tokens is reserved; the
+        # what-if "length" reserves what each chain will really use
+        self.reserve_length = c.get("reserve") == "length"
         self.inflight_chains = set()
         self.rejected = 0      # requests no replica can ever hold
 
@@ -264,6 +268,8 @@ class Sim:
         request.c): the prompt once, each chain's max_tokens, one copied
         partial block per chain."""
         b = self.kv["block_tokens"]
+        if self.reserve_length:  # what-if: each chain's real length, known ahead
+            return -(-r.prompt // b) + sum(-(-x // b) + 1 for x in r.target)
         return -(-r.prompt // b) + r.n * (-(-r.max_tokens // b) + 1)
 
     def admit(self):
@@ -283,12 +289,13 @@ class Sim:
             self.queue.pop(0)
             r.replica = k
             r.prefilled = 0
-            self.kv_used[k] += self.blocks(r)
+            r.kv = self.blocks(r)
+            self.kv_used[k] += r.kv
             self.active[k].append(r)
 
     def release(self, r):
         if r.replica is not None:
-            self.kv_used[r.replica] -= self.blocks(r)
+            self.kv_used[r.replica] -= r.kv
             self.active[r.replica].remove(r)
 
     def schedule(self, t):

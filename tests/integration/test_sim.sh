@@ -69,7 +69,7 @@ d = json.load(open(sys.argv[1]))
 rep = d["per_replica"]
 assert len(d["clusters"]) >= 8, len(d["clusters"])
 for r in d["clusters"]:
-    one = rep["P%d-n%d" % (r["stages"], r["chains"])]["saturated"]
+    one = rep[r["admission"]]["P%d-n%d" % (r["stages"], r["chains"])]["saturated"]
     cap = max(1.0, r["coordinator_util"], r["encoder_util"])
     assert r["replicas"] == r["gpus"] // r["stages"]
     assert abs(r["tokens_per_s"] - r["replicas"] * one["tokens_per_s"] / cap) < 1e-6 * max(
@@ -97,5 +97,7 @@ sed 's/^stages: .*/stages: [3]/' "$SRC/sim/predict.yaml" >"$T/bad.yaml"; bad "di
 sed 's/^load: .*/load: 2.0/' "$SRC/sim/predict.yaml" >"$T/bad.yaml"; bad "load: 2.0 is outside"
 sed 's/^gpus_per_host: .*/gpus_per_hosts: 8/' "$SRC/sim/predict.yaml" >"$T/bad.yaml"; bad "unknown key"
 sed 's/^chains: .*/chains: [one]/' "$SRC/sim/predict.yaml" >"$T/bad.yaml"; bad "chains:"
+sed 's/median: 1200/median: .inf/' "$SRC/sim/predict.yaml" >"$T/bad.yaml"; bad "workload.length"
+sed 's/max_tokens: 4096/max_tokens: 4096.5/' "$SRC/sim/predict.yaml" >"$T/bad.yaml"; bad "max_tokens: an integer"
 [[ ! -e $T/bad ]] || fail "a refused file wrote results"
 echo "PASS"
