@@ -91,7 +91,8 @@ class Model:
 
 
 class GpuCost:
-    """The sim's cost interface (see simcore.Cost) for a GPU cluster."""
+    """Stage, encoder and hop costs of a GPU cluster (simcore.Cost's stage and
+    encoder; the coordinator is a CPU process, costed by simcore.Cost)."""
 
     def __init__(self, cal):
         self.c = cal
@@ -103,7 +104,6 @@ class GpuCost:
         self.host = cal.get("host_per_step_s", 150e-6)
         self.model = Model(cal.get("model_shape", STEP_AUDIO_R1))
         self.m = self.model.m
-        self.coord_c = cal["coordinator"]
         self.busy = {"hbm": 0.0, "flops": 0.0, "overhead": 0.0}  # stage seconds by bound
 
     def stage(self, layers, tokens, ctx_tokens, sampled, first=False, last=False):
@@ -121,11 +121,6 @@ class GpuCost:
         self.busy["hbm" if t_mem >= t_fl else "flops"] += max(t_mem, t_fl)
         self.busy["overhead"] += layers * self.launch + self.host
         return max(t_mem, t_fl) + layers * self.launch + self.host
-
-    def coordinator(self, tokens, decode_tokens):
-        c = self.coord_c
-        return c["per_step"] + c.get("per_token", 0.0) * tokens + \
-            c["per_sampled_token"] * decode_tokens
 
     def encoder(self, audio_s):
         """The encoder's blocks run at 50 Hz (100 Hz mel, conv2 stride 2),

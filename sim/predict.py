@@ -162,7 +162,7 @@ def one_replica(cfg, cal, P, n, rate, reserve):
     }
 
 
-def bound(cfg, cal, P):
+def bound(cfg, P):
     """Replica tokens/s no schedule can beat: every stage at its FLOP peak x
     efficiency (each token is 2 x parameters / P FLOPs a stage)."""
     m = gpu.Model()
@@ -177,7 +177,7 @@ def per_replica(cfg, cal, say, reserve):
         cfg["workload"]["length"].get("sigma", 0.5) ** 2 / 2)
     for P in cfg["stages"]:
         for n in cfg["chains"]:
-            over = 1.5 * bound(cfg, cal, P) / (n * mean_len)  # requests/s past any capacity
+            over = 1.5 * bound(cfg, P) / (n * mean_len)  # requests/s past any capacity
             sat = one_replica(cfg, cal, P, n, over, reserve)
             point = None
             if sat["answered_per_s"] > 0:
@@ -207,7 +207,7 @@ def cluster(cfg, cal, rep, admission):
     chunks = 1 + math.ceil(simcore.prompt_tokens(cfg["workload"]["audio_s"],
                                                  cfg["workload"]["prompt"]) / cfg["prefill_chunk"])
     rows = []
-    for key, r in rep.items():
+    for r in rep.values():
         P, n = r["stages"], r["chains"]
         sat, pt = r["saturated"], r["at_load"]
         for G in cfg["gpus"]:

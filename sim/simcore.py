@@ -98,7 +98,8 @@ class Cost:
 
     def coordinator(self, tokens, decode_tokens):
         c = self.c["coordinator"]
-        return c["per_step"] + c["per_token"] * tokens + c["per_sampled_token"] * decode_tokens
+        return (c["per_step"] + c.get("per_token", 0.0) * tokens +
+                c.get("per_sampled_token", 0.0) * decode_tokens)
 
     def encoder(self, audio_s):
         c = self.c["encoder"]
@@ -160,16 +161,15 @@ class Req:
 
 
 class Sim:
-    """One run. cal["kind"] "gpu" takes the GPU roofline (sim/gpu.py), else
-    the CPU calibration. run["slice"] = f < 1 simulates a slice of a larger
-    cluster: f of its replicas and encoders at f of its load (a Poisson
-    stream split at random stays Poisson); the coordinator is shared, so its
-    busy time is scaled by 1/f to the whole cluster's (its utilisation is
-    reported; its queueing inside the slice is that of the slice)."""
+    """One run. cal["kind"] "gpu" takes the GPU roofline (sim/gpu.py) for
+    stages and encoders, else the CPU calibration; the coordinator's cost is
+    cal["coordinator"] either way (sim/predict.py composes clusters from one
+    simulated replica)."""
 
     def __init__(self, run, cal, items, seed=1):
         self.run, self.cal = run, cal
         self.gpu = cal.get("kind") == "gpu"
+        self.coord_cost = Cost(cal).coordinator  # one formula, CPU or GPU cluster
         if self.gpu:
             import gpu
             self.cost = gpu.GpuCost(cal)
@@ -352,7 +352,7 @@ class Sim:
         if not self.alive[k]:
             return  # its results are dropped (an older epoch)
         self.inflight[k] -= 1
-        cost = self.cost.coordinator(tokens, len(batch))
+        cost = self.coord_cost(tokens, len(batch))
         if self.run["load"]["warmup"] <= t < self.run["load"]["duration"]:
             self.coord_busy += cost
             self.steps += 1

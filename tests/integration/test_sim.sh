@@ -100,4 +100,14 @@ sed 's/^chains: .*/chains: [one]/' "$SRC/sim/predict.yaml" >"$T/bad.yaml"; bad "
 sed 's/median: 1200/median: .inf/' "$SRC/sim/predict.yaml" >"$T/bad.yaml"; bad "workload.length"
 sed 's/max_tokens: 4096/max_tokens: 4096.5/' "$SRC/sim/predict.yaml" >"$T/bad.yaml"; bad "max_tokens: an integer"
 [[ ! -e $T/bad ]] || fail "a refused file wrote results"
+
+# a scenario whose clip is not a WAV: a clear error, not a traceback
+mkdir -p "$T/scn/clips" && echo "not audio" >"$T/scn/clips/beeps.wav"
+cp "$SRC/experiments/ci.yaml" "$T/scn/ci.yaml"
+set +e
+"$SIM" run "$T/scn/ci.yaml" --out "$T/scn/out" >"$T/out" 2>&1
+rc=$?
+set -e
+[[ $rc -eq 2 ]] || fail "a non-WAV clip: exit $rc, want 2: $(cat "$T/out")"
+grep -q "WAV clips only" "$T/out" || fail "a non-WAV clip: $(cat "$T/out")"
 echo "PASS"
