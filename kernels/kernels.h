@@ -7,7 +7,8 @@
  * the reference; CUDA builds when a toolkit is found and must match it.
  *
  * Numbers: weights are bf16 (PyTorch layout: a Linear's weight is [N, K],
- * row-major, y = x·Wᵀ + b), activations and KV cache are fp32, every sum
+ * row-major, y = x·Wᵀ + b), activations and KV cache are fp32 (the CPU
+ * backend's amx and avx512bf16 matmuls round x to bf16 on the way in), every sum
  * accumulates in fp32. Pointers passed to ops are backend memory from
  * ops->alloc (host memory for CPU, device memory for CUDA), except where a
  * parameter says "host". Ops are asynchronous on CUDA (one stream per

@@ -18,7 +18,7 @@
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: bench-gemm [--threads N] [--reps N] [--isa NAME] [--quick]\n"
+          "usage: bench-gemm [--threads N] [--reps N] [--isa NAME] [--quick] [--shape MxNxK]\n"
           "  Prints measured memory bandwidth, OpenBLAS sgemm peak, the CPU\n"
           "  backend's bf16 GEMV GB/s at M=1 for 896x896, 4864x896 and\n"
           "  151936x896 (fraction of read bandwidth) and GEMM GFLOP/s at\n"
@@ -27,7 +27,8 @@ static void usage(FILE *f) {
           "  --threads N  worker threads (default 0 = online CPUs)\n"
           "  --reps N     samples per figure (default 21)\n"
           "  --isa NAME   scalar|avx2|avx512|avx512bf16|auto (default auto)\n"
-          "  --quick      smaller bandwidth buffer and fewer sgemm sizes\n");
+          "  --quick      smaller bandwidth buffer and fewer sgemm sizes\n"
+          "  --shape MxNxK  only the GEMM of this shape (e.g. 512x4096x14336)\n");
 }
 
 static double gemv_gbs(sa_backend_t *be, int N, int K, size_t rot_bytes,
@@ -76,6 +77,7 @@ static double gemm_gflops(sa_backend_t *be, int M, int N, int K, int reps,
 
 int main(int argc, char **argv) {
   int threads = 0, reps = 21, quick = 0;
+  int sM = 0, sN = 0, sK = 0;
   const char *isa = "auto";
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -89,6 +91,12 @@ int main(int argc, char **argv) {
       isa = argv[++i];
     } else if (!strcmp(argv[i], "--quick")) {
       quick = 1;
+    } else if (!strcmp(argv[i], "--shape") && i + 1 < argc) {
+      if (sscanf(argv[++i], "%dx%dx%d", &sM, &sN, &sK) != 3 || sM < 1 || sN < 1 ||
+          sK < 1 || (double)sM * sK > 1e9 || (double)sN * sK > 1e9) {
+        fprintf(stderr, "bench-gemm: --shape wants MxNxK, e.g. 512x4096x14336\n");
+        return 2;
+      }
     } else {
       usage(stderr);
       return 2;
@@ -99,6 +107,30 @@ int main(int argc, char **argv) {
   if (reps < 1)
     reps = 1;
 
+  if (sM) { /* one shape, the GEMM figure only */
+    sa_backend_t *be = sa_backend_new("cpu", threads);
+    if (!be || sa_cpu_set_isa(be, isa)) {
+      fprintf(stderr, "bench-gemm: cannot create cpu backend with isa %s\n", isa);
+      sa_backend_destroy(&be);
+      return 1;
+    }
+    float *x = be->ops->alloc(be, sizeof(float) * sM * sK);
+    float *y = be->ops->alloc(be, sizeof(float) * sM * sN);
+    uint16_t *w = be->ops->alloc(be, (size_t)sN * sK * 2);
+    if (!x || !y || !w) {
+      fprintf(stderr, "bench-gemm: out of memory\n");
+      return 1;
+    }
+    for (size_t i = 0; i < (size_t)sM * sK; i++)
+      x[i] = (float)(i % 97) * 0.01f - 0.5f;
+    for (size_t i = 0; i < (size_t)sN * sK; i++)
+      w[i] = sa_f32_to_bf16((float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f);
+    printf("GEMM M=%d N=%d K=%d, %s, %d threads: %.1f GFLOP/s\n", sM, sN, sK,
+           sa_cpu_isa(be), be->threads, gemm_gflops(be, sM, sN, sK, reps, x, y, w));
+    be->ops->free(be, x), be->ops->free(be, y), be->ops->free(be, w);
+    sa_backend_destroy(&be);
+    return 0;
+  }
   sa_bench_bw_t bw;
   if (sa_bench_mem_bandwidth(threads, quick ? (size_t)128 << 20 : 0, 0, &bw)) {
     fprintf(stderr, "bench-gemm: out of memory measuring bandwidth\n");

@@ -2,14 +2,22 @@
  * cpu — the optimised CPU backend ("cpu").
  *
  * What it is: the serving backend for hosts without a GPU. Host memory,
- * fp32 activations, bf16 weights, fp32 accumulation everywhere. Matmuls with
- * few rows (decode, M < sgemm_min_m) use a hand-written kernel that streams
- * each W row once (cpu_avx512.c / cpu_avx2.c / scalar here), so the decode
- * GEMV runs at memory bandwidth. Optionally (sgemm_min_m, off by default to
- * keep results batch-invariant) larger M widens tiles of W to fp32 in
- * per-thread scratch and calls OpenBLAS sgemm. The SIMD path is chosen at run time (__builtin_cpu_supports; the
- * SA_CPU_ISA environment variable or sa_cpu_set_isa override it) and a
- * portable scalar path always exists.
+ * fp32 activations, bf16 weights, fp32 accumulation everywhere. The matmul
+ * kernels are chosen at run time (__builtin_cpu_supports and, for AMX, the
+ * kernel's grant of tile state; the SA_CPU_ISA environment variable or
+ * sa_cpu_set_isa override the pick):
+ *   amx         AMX-BF16 tiles (cpu_amx.c): x rounded to bf16, one
+ *               summation order for every M; the GEMM runs ~10x the fp32
+ *               path, the decode GEMV at memory bandwidth;
+ *   avx512bf16  vdpbf16ps (cpu_avx512bf16.c): x rounded to bf16, one order
+ *               for every M; for CPUs with BF16 but no AMX;
+ *   avx512, avx2, scalar  exact: bf16 W widened to fp32 and fp32 FMA
+ *               (cpu_avx512.c, cpu_avx2.c, here), a streaming kernel that
+ *               reads each W row once, so the decode GEMV runs at memory
+ *               bandwidth.
+ * Optionally (sgemm_min_m, off by default to keep results batch-invariant)
+ * larger M widens tiles of W to fp32 in per-thread scratch and calls
+ * OpenBLAS sgemm. A portable scalar path always exists.
  *
  * Threads: a small persistent pthread pool of `threads` workers (0 = online
  * CPUs), the calling thread being worker 0. Workers spin briefly between ops
@@ -30,11 +38,13 @@
 #include "tensor.h"
 
 #include <cblas.h>
+#include <cpuid.h>
 #include <immintrin.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/syscall.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,6 +154,21 @@ const sa__cpu_kern_t sa__cpu_kern_scalar = {
 /* ------------------------------------------------------------------------ */
 /* ISA selection                                                             */
 
+/* AMX-BF16: the CPU has it (CPUID 7.0 EDX bits 22 and 24) and Linux grants
+ * this process the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM, Linux
+ * 5.16+; the grant is process-wide). Asked once. */
+static int amx_usable(void) {
+  static int usable = -1;
+  if (usable >= 0)
+    return usable;
+  unsigned a, b, c, d;
+  usable = 0;
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 22)) && (d & (1u << 24)))
+    usable = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
+                     18 /* XFEATURE_XTILEDATA */) == 0;
+  return usable;
+}
+
 static int isa_supported(const sa__cpu_kern_t *k) {
   __builtin_cpu_init();
   if (k == &sa__cpu_kern_scalar)
@@ -159,22 +184,28 @@ static int isa_supported(const sa__cpu_kern_t *k) {
     return avx512;
   if (k == &sa__cpu_kern_avx512bf16)
     return avx512 && __builtin_cpu_supports("avx512bf16");
+  if (k == &sa__cpu_kern_amx)
+    return avx512 && __builtin_cpu_supports("avx512bf16") && amx_usable();
   return 0;
 }
 
 static const sa__cpu_kern_t *isa_by_name(const char *name) {
   static const sa__cpu_kern_t *all[] = {&sa__cpu_kern_scalar, &sa__cpu_kern_avx2,
                                         &sa__cpu_kern_avx512,
-                                        &sa__cpu_kern_avx512bf16};
+                                        &sa__cpu_kern_avx512bf16, &sa__cpu_kern_amx};
   for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
     if (strcmp(all[i]->name, name) == 0)
       return all[i];
   return NULL;
 }
 
-/* The fastest exact path: AVX-512F beats the split-x AVX512-BF16 kernel on
- * the machines measured, so "auto" never picks avx512bf16. */
+/* The fastest path: AMX tiles, else the bf16 dot product (both round x to
+ * bf16), else the exact fp32 paths. */
 static const sa__cpu_kern_t *isa_auto(void) {
+  if (isa_supported(&sa__cpu_kern_amx))
+    return &sa__cpu_kern_amx;
+  if (isa_supported(&sa__cpu_kern_avx512bf16))
+    return &sa__cpu_kern_avx512bf16;
   if (isa_supported(&sa__cpu_kern_avx512))
     return &sa__cpu_kern_avx512;
   if (isa_supported(&sa__cpu_kern_avx2))
@@ -335,8 +366,12 @@ static int sgemm_min_m_of(const cpu_t *c) {
 }
 
 static void mm_small_range(void *p, int lo, int hi, int tid) {
-  (void)tid;
   mm_job_t *j = p;
+  if (j->c->kern->mm_dot) {
+    j->c->kern->mm_dot(j->y, j->x, j->w, j->bias, j->M, j->N, j->K, lo, hi,
+                       j->accumulate, j->c->scratch[tid], SCRATCH_BYTES);
+    return;
+  }
   j->c->kern->mm_small(j->y, j->x, j->w, j->bias, j->M, j->N, j->K, lo, hi,
                        j->accumulate);
 }

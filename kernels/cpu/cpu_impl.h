@@ -18,6 +18,14 @@ typedef struct {
   void (*mm_small)(float *y, const float *x, const uint16_t *w,
                    const uint16_t *bias, int M, int N, int K, int n0, int n1,
                    int accumulate);
+  /* Or (when not NULL, instead of mm_small for every M): the bf16
+   * dot-product matmul over columns [n0, n1), x rounded to bf16, one
+   * summation order for every M (cpu_avx512bf16.c); scratch is this
+   * thread's (at least 256 KiB; more lets more rows take the streaming
+   * loop). */
+  void (*mm_dot)(float *y, const float *x, const uint16_t *w,
+                 const uint16_t *bias, int M, int N, int K, int n0, int n1,
+                 int accumulate, void *scratch, size_t scratch_bytes);
   /* sum a[i] * b[i] over n floats (fp32 accumulate). */
   float (*dot)(const float *a, const float *b, int n);
   /* y[i] = y[i] * c + a * x[i] over n floats. */
@@ -40,6 +48,7 @@ extern const sa__cpu_kern_t sa__cpu_kern_scalar;
 extern const sa__cpu_kern_t sa__cpu_kern_avx2;
 extern const sa__cpu_kern_t sa__cpu_kern_avx512;
 extern const sa__cpu_kern_t sa__cpu_kern_avx512bf16;
+extern const sa__cpu_kern_t sa__cpu_kern_amx;
 
 /* Shared by the AVX-512 files. */
 void sa__cpu_mm_small_avx512(float *y, const float *x, const uint16_t *w,

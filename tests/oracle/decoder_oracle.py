@@ -14,6 +14,13 @@ Writes tests/oracle/golden/decoder/:
   case2_embeds.npy             float32 [n, H] the rows
   case{1,2}_logits.npy         float32 [T, V] logits at every prompt position
   case{1,2}_greedy.npy         int32 [64] greedy continuation (argmax, no cache)
+  case{1,2}_greedy_margin.npy  float32 [64] top-1 minus top-2 logit at each
+                               greedy step (a step whose margin a backend's
+                               logit error can cross may flip)
+  case{1,2}_logits_bf16.npy    float32 [T, V] the same model run in bf16 (HF's
+                               bf16 inference: every op's output rounded to
+                               bf16): the error a bf16 reference makes, the
+                               bound for backends that round activations
 
 Regenerate (needs scripts/setup --oracle and a built sa-model):
   .venv-oracle/bin/python tests/oracle/decoder_oracle.py \
@@ -80,7 +87,7 @@ def logits_of(model, ids, embed_pos=None, embeds=None):
     x = model.model.embed_tokens(torch.tensor([ids], dtype=torch.long))
     if embed_pos is not None and len(embed_pos):
         x[0, torch.tensor(embed_pos, dtype=torch.long)] = \
-            torch.tensor(embeds, dtype=torch.float32)
+            torch.tensor(embeds, dtype=torch.float32).to(x.dtype)
     pos = torch.arange(len(ids)).unsqueeze(0)
     out = model(inputs_embeds=x, position_ids=pos, use_cache=False)
     return out.logits[0].float().numpy()
@@ -128,7 +135,15 @@ def main():
     lg2 = logits_of(model, ids2.tolist(), embed_pos.tolist(), embeds)
     g1 = greedy(model, ids1.tolist(), None, None, N_GREEDY)
     g2 = greedy(model, ids2.tolist(), embed_pos.tolist(), embeds, N_GREEDY)
+    mb = model.to(torch.bfloat16)
+    lg1b = logits_of(mb, ids1.tolist())
+    lg2b = logits_of(mb, ids2.tolist(), embed_pos.tolist(), embeds)
+    model = model.to(torch.float32)
+    print("bf16 reference: max |dlogit| case1 %.3g, case2 %.3g"
+          % (np.abs(lg1b - lg1).max(), np.abs(lg2b - lg2).max()))
     save = {
+        "case1_logits_bf16": lg1b.astype(np.float32),
+        "case2_logits_bf16": lg2b.astype(np.float32),
         "case1_ids": ids1, "case1_logits": lg1.astype(np.float32),
         "case1_greedy": g1,
         "case2_ids": ids2, "case2_embed_pos": embed_pos,
@@ -150,6 +165,8 @@ def main():
         seq = list(ids) + list(g)
         lg = logits_of(model, seq[:-1], ep, em)[len(ids) - 1:]
         top2 = np.sort(lg, axis=1)[:, -2:]
+        np.save(os.path.join(args.out, name + "_greedy_margin.npy"),
+                (top2[:, 1] - top2[:, 0]).astype(np.float32))
         print("%s: max|logit| %.3f, smallest greedy top-2 margin %.2e"
               % (name, np.abs(lg).max(), (top2[:, 1] - top2[:, 0]).min()))
     print("wrote", args.out)

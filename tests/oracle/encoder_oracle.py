@@ -21,12 +21,16 @@ Usage (the tiny checkpoint comes from `sa-model init --preset tiny --seed N`):
     /usr/bin/python3 tests/oracle/encoder_oracle.py --model /tmp/tiny \
         --fixtures tests/fixtures/audio --out tests/oracle/golden/encoder
 
+The same modules are also run in bf16; each clip's max |bf16 - float64| is
+recorded as bf16_max_diff (the bound for backends that round activations).
+
 Output: one <clip>.npy per clip (float32 [rows, hidden]: the embedding rows,
 every `row_stride`-th row when the clip has many) and meta.json with the
 chunk token counts, the full shape, the row stride and sum / sum|x| / max|x|
 over all rows.
 """
 import argparse
+import copy
 import json
 import math
 import os
@@ -258,19 +262,19 @@ def build(model_dir):
 
 
 @torch.no_grad()
-def encode_pcm(c, enc, ada, pcm):
+def encode_pcm(c, enc, ada, pcm, dtype=torch.float64):
     rows, counts = [], []
     for off in range(0, len(pcm), CHUNK):
         mel = log_mel(torch.from_numpy(np.ascontiguousarray(pcm[off:off + CHUNK])),
                       c["n_mels"])
-        x, enc_len = enc(mel.double())
+        x, enc_len = enc(mel.to(dtype))
         n = (enc_len - 1) // 2 + 1
         n = max(n, 0)
         counts.append(n)
         if n > 0:
             rows.append(ada(x)[:n])
     emb = torch.cat(rows) if rows else torch.zeros(0, c["hidden"], dtype=torch.float64)
-    return emb.numpy(), counts
+    return emb.double().numpy(), counts
 
 
 def main():
@@ -285,9 +289,15 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     c, enc, ada = build(args.model)
+    # the same modules in bf16 (every op's output rounded to bf16, as bf16
+    # inference runs): its error is the bound for backends that round
+    # activations to bf16
+    enc_b, ada_b = copy.deepcopy(enc).to(torch.bfloat16), copy.deepcopy(ada).to(torch.bfloat16)
     os.makedirs(args.out, exist_ok=True)
     meta = {"model_config": c, "seed": args.seed,
-            "tolerance": "max|c - golden| <= 1e-3 * max|golden| per clip",
+            "tolerance": "max|c - golden| <= 1e-3 * max|golden| per clip (backends "
+                         "that round activations to bf16: <= bf16_max_diff, the error of "
+                         "the same modules run in bf16)",
             "clips": {}}
     for name in sorted(os.listdir(args.fixtures)):
         if not name.endswith(".wav"):
@@ -298,6 +308,8 @@ def main():
         row_bytes = 4 * emb.shape[1]
         stride = max(1, -(-rows * row_bytes // args.max_bytes))
         sub = emb[::stride].astype(np.float32)
+        emb_b, _ = encode_pcm(c, enc_b, ada_b, pcm, torch.bfloat16)
+        bf16_err = float(np.abs(emb_b[::stride] - emb[::stride]).max()) if rows else 0.0
         stem = os.path.splitext(name)[0]
         np.save(os.path.join(args.out, stem + ".npy"), sub)
         meta["clips"][stem] = {
@@ -305,6 +317,7 @@ def main():
             "rows": int(rows), "hidden": int(emb.shape[1]), "row_stride": int(stride),
             "sum": float(emb.sum()), "sum_abs": float(np.abs(emb).sum()),
             "max_abs": float(np.abs(emb).max()) if rows else 0.0,
+            "bf16_max_diff": bf16_err,
         }
         print(f"{name}: {len(pcm)} samples, chunk tokens {counts}, "
               f"rows {rows} (stride {stride})", file=sys.stderr)

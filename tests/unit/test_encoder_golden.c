@@ -4,7 +4,10 @@
  * optimised CPU backends, and is compared with the embeddings of the
  * independent PyTorch oracle (tests/oracle/encoder_oracle.py, committed in
  * tests/oracle/golden/encoder/): max |c - golden| <= 1e-3 * max |golden| per
- * clip, the same per-chunk token counts and the same row count. */
+ * clip, the same per-chunk token counts and the same row count. Kernels that
+ * round activations to bf16 (amx, avx512bf16: the CPU backend's pick where
+ * the CPU has them) are held instead to the oracle's own bf16 error
+ * (bf16_max_diff in meta.json); the exact AVX-512 kernels run too. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +17,7 @@
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "audio.h"
 #include "audio_encoder.h"
@@ -31,6 +35,8 @@ static cJSON *g_meta;
 
 static void run_backend(sa_backend_t *be, const char *label) {
   char err[256];
+  const char *kern = strcmp(label, "cpu") == 0 ? sa_cpu_isa(be) : "";
+  int rounds = !strcmp(kern, "amx") || !strcmp(kern, "avx512bf16");
   sa_model_config_t cfg;
   assert_int_equal(sa_config_load(g_model, &cfg, err, sizeof err), 0);
   sa_st_t *st = NULL;
@@ -93,12 +99,17 @@ static void run_backend(sa_backend_t *be, const char *label) {
       sum += out[i];
     double sum_abs = cJSON_GetObjectItem(c, "sum_abs")->valuedouble;
     double gsum = cJSON_GetObjectItem(c, "sum")->valuedouble;
-    printf("%s %-48s rows %4lld  max|golden| %.4f  max|diff| %.3g (%.2g of "
-           "max)  sum %.4f vs %.4f\n", label, file, (long long)got, gmax, md,
+    double tol = 1e-3 * gmax, stol = 1e-3 * sum_abs;
+    if (rounds) {
+      tol = fmax(tol, cJSON_GetObjectItem(c, "bf16_max_diff")->valuedouble);
+      stol = fmax(stol, tol * (double)total * H); /* every element off by up to tol */
+    }
+    printf("%s %-10s %-48s rows %4lld  max|golden| %.4f  max|diff| %.3g (%.2g of "
+           "max)  sum %.4f vs %.4f\n", label, kern, file, (long long)got, gmax, md,
            md / gmax, sum, gsum);
     assert_true(gmax > 0.1); /* a real signal, not all zeros */
-    assert_true(md <= 1e-3 * gmax);
-    assert_true(fabs(sum - gsum) <= 1e-3 * sum_abs);
+    assert_true(md <= tol);
+    assert_true(fabs(sum - gsum) <= stol);
     free(g);
     free(out);
     free(pcm);
@@ -123,6 +134,10 @@ static void test_golden_cpu(void **state) {
   sa_backend_t *be = sa_backend_new("cpu", 2);
   assert_non_null(be);
   run_backend(be, "cpu");
+  if (sa_cpu_isa_supported("avx512") && strcmp(sa_cpu_isa(be), "avx512") != 0) {
+    assert_int_equal(sa_cpu_set_isa(be, "avx512"), 0); /* the exact path too */
+    run_backend(be, "cpu");
+  }
   sa_backend_destroy(&be);
 }
 

@@ -27,8 +27,8 @@
 #include "sa_error.h"
 #include "tensor.h"
 
-static const char *ISAS[] = {"scalar", "avx2", "avx512", "avx512bf16"};
-#define N_ISAS 4
+static const char *ISAS[] = {"scalar", "avx2", "avx512", "avx512bf16", "amx"};
+#define N_ISAS 5
 
 static sa_backend_t *ref, *cpu1, *cpu3;
 
@@ -90,18 +90,24 @@ static void check_close(const char *what, const float *got, const float *want,
 
 /* --- matmul --------------------------------------------------------------- */
 
-static void matmul_case(int M, int N, int K, int use_bias, int accumulate) {
-  float *x = malloc(sizeof(float) * M * K + 4);
-  uint16_t *w = malloc(sizeof(uint16_t) * N * K + 4);
-  uint16_t *bias = malloc(sizeof(uint16_t) * N);
-  float *y0 = malloc(sizeof(float) * M * N), *yr = malloc(sizeof(float) * M * N);
-  float *y = malloc(sizeof(float) * M * N);
-  double *bound = malloc(sizeof(double) * M * N);
-  fill(x, (size_t)M * K, 2.0f);
-  fill_bf16(w, (size_t)N * K, 0.5f);
-  fill_bf16(bias, N, 1.0f);
-  fill(y0, (size_t)M * N, 1.0f);
-  const uint16_t *b = use_bias ? bias : NULL;
+/* avx512bf16 and amx round x to bf16 before its dot products: it is checked
+ * against the reference on bf16(x), with the same bound. */
+static int isa_rounds_x(const char *isa) {
+  return strcmp(isa, "avx512bf16") == 0 || strcmp(isa, "amx") == 0;
+}
+
+static float *bf16_rounded(const float *x, size_t n) {
+  float *r = malloc(sizeof(float) * n + 4);
+  for (size_t i = 0; i < n; i++)
+    r[i] = sa_bf16_to_f32(sa_f32_to_bf16(x[i]));
+  return r;
+}
+
+/* yr = the reference backend's matmul of x (from y0), bound = the
+ * tolerance 1e-5 S + 1e-6 per output. */
+static void matmul_ref(const float *x, const uint16_t *w, const uint16_t *b,
+                       const float *y0, int M, int N, int K, int accumulate,
+                       float *yr, double *bound) {
   memcpy(yr, y0, sizeof(float) * M * N);
   assert_int_equal(sa_op_matmul_bf16(ref, yr, x, w, b, M, N, K, accumulate), 0);
   for (int m = 0; m < M; m++)
@@ -115,6 +121,23 @@ static void matmul_case(int M, int N, int K, int use_bias, int accumulate) {
         s += fabs(y0[(size_t)m * N + n]);
       bound[(size_t)m * N + n] = 1e-5 * s + 1e-6;
     }
+}
+
+static void matmul_case(int M, int N, int K, int use_bias, int accumulate) {
+  float *x = malloc(sizeof(float) * M * K + 4);
+  uint16_t *w = malloc(sizeof(uint16_t) * N * K + 4);
+  uint16_t *bias = malloc(sizeof(uint16_t) * N);
+  float *y0 = malloc(sizeof(float) * M * N), *yr = malloc(sizeof(float) * M * N);
+  float *yrb = malloc(sizeof(float) * M * N), *y = malloc(sizeof(float) * M * N);
+  double *bound = malloc(sizeof(double) * M * N), *boundb = malloc(sizeof(double) * M * N);
+  fill(x, (size_t)M * K, 2.0f);
+  fill_bf16(w, (size_t)N * K, 0.5f);
+  fill_bf16(bias, N, 1.0f);
+  fill(y0, (size_t)M * N, 1.0f);
+  const uint16_t *b = use_bias ? bias : NULL;
+  float *xb = bf16_rounded(x, (size_t)M * K);
+  matmul_ref(x, w, b, y0, M, N, K, accumulate, yr, bound);
+  matmul_ref(xb, w, b, y0, M, N, K, accumulate, yrb, boundb);
   char what[96];
   for (int path = 0; path < 2; path++) {
     FOR_EACH_CONFIG(be, isa) {
@@ -124,14 +147,50 @@ static void matmul_case(int M, int N, int K, int use_bias, int accumulate) {
       assert_int_equal(sa_op_matmul_bf16(be, y, x, w, b, M, N, K, accumulate), 0);
       snprintf(what, sizeof(what), "matmul %s M%d N%d K%d bias%d acc%d",
                path ? "sgemm" : "stream", M, N, K, use_bias, accumulate);
-      check_close(what, y, yr, bound, (size_t)M * N, 0, 0, isa, be->threads);
+      int rx = !path && isa_rounds_x(isa);
+      check_close(what, y, rx ? yrb : yr, rx ? boundb : bound, (size_t)M * N, 0, 0,
+                  isa, be->threads);
       if (path) /* sgemm does not depend on the SIMD path beyond W widening */
         break;
     }
   }
   sa_cpu_set_sgemm_min_m(cpu1, 0);
   sa_cpu_set_sgemm_min_m(cpu3, 0);
-  free(x), free(w), free(bias), free(y0), free(yr), free(y), free(bound);
+  free(x), free(xb), free(w), free(bias), free(y0), free(yr), free(yrb), free(y);
+  free(bound), free(boundb);
+}
+
+/* Batch invariance (docs/faults.md): every row's outputs are bit-identical
+ * whether the row is multiplied alone or among M = 1 ... 300 rows (both of
+ * avx512bf16's loops), with 1 or 3 threads, on every path. K = 4500 spans
+ * three K blocks with a ragged last one. */
+static void test_matmul_batch_invariant(void **state) {
+  (void)state;
+  enum { MMAX = 300, N = 37, K = 4500 };
+  float *x = malloc(sizeof(float) * MMAX * K);
+  uint16_t *w = malloc(2 * (size_t)N * K), *b = malloc(2 * N);
+  float *alone = malloc(sizeof(float) * MMAX * N), *y = malloc(sizeof(float) * MMAX * N);
+  fill(x, (size_t)MMAX * K, 1.0f);
+  fill_bf16(w, (size_t)N * K, 0.5f);
+  fill_bf16(b, N, 1.0f);
+  static const int Ms[] = {2, 3, 5, 8, 9, 64, 65, 300};
+  FOR_EACH_CONFIG(be, isa) {
+    assert_int_equal(sa_cpu_set_isa(cpu1, isa), 0);
+    for (int m = 0; m < MMAX; m++)
+      assert_int_equal(sa_op_matmul_bf16(cpu1, alone + (size_t)m * N, x + (size_t)m * K,
+                                         w, b, 1, N, K, 0), 0);
+    for (size_t i = 0; i < sizeof(Ms) / sizeof(Ms[0]); i++) {
+      int M = Ms[i];
+      const float *xs = x + (size_t)(MMAX - M) * K; /* the last M rows */
+      assert_int_equal(sa_op_matmul_bf16(be, y, xs, w, b, M, N, K, 0), 0);
+      if (memcmp(y, alone + (size_t)(MMAX - M) * N, sizeof(float) * M * N) != 0) {
+        fprintf(stderr, "matmul [%s, %d threads]: rows differ in a batch of %d\n", isa,
+                be->threads, M);
+        fail();
+      }
+    }
+  }
+  free(x), free(w), free(b), free(alone), free(y);
 }
 
 static void test_matmul(void **state) {
@@ -403,7 +462,10 @@ static void test_conv1d(void **state) {
     fill(x, (size_t)Tin * Cin, 2.0f);
     fill_bf16(w, (size_t)Cout * Cin * Kw, 0.5f);
     fill_bf16(b, Cout, 1.0f);
+    float *xb = bf16_rounded(x, (size_t)Tin * Cin), *yrb = malloc(sizeof(float) * Tout * Cout);
     assert_int_equal(sa_op_conv1d(ref, yr, x, w, b, Tin, Cin, Cout, Kw, st,
+                                      pad, NULL), 0);
+    assert_int_equal(sa_op_conv1d(ref, yrb, xb, w, b, Tin, Cin, Cout, Kw, st,
                                       pad, NULL), 0);
     for (int t = 0; t < Tout; t++)
       for (int co = 0; co < Cout; co++) {
@@ -422,10 +484,10 @@ static void test_conv1d(void **state) {
     FOR_EACH_CONFIG(be, isa) {
       assert_int_equal(sa_op_conv1d(be, y, x, w, b, Tin, Cin, Cout, Kw, st,
                                        pad, ws), 0);
-      check_close("conv1d", y, yr, bound, (size_t)Tout * Cout, 0, 0, isa,
-                  be->threads);
+      check_close("conv1d", y, isa_rounds_x(isa) ? yrb : yr, bound, (size_t)Tout * Cout,
+                  0, 0, isa, be->threads);
     }
-    free(x), free(w), free(b), free(y), free(yr), free(bound), free(ws);
+    free(xb), free(yrb), free(x), free(w), free(b), free(y), free(yr), free(bound), free(ws);
   }
 }
 
@@ -489,6 +551,7 @@ int main(void) {
       cmocka_unit_test(test_rows),       cmocka_unit_test(test_big_elementwise),
       cmocka_unit_test(test_rope),       cmocka_unit_test(test_attention),
       cmocka_unit_test(test_attention_dense), cmocka_unit_test(test_conv1d),
+      cmocka_unit_test(test_matmul_batch_invariant),
       cmocka_unit_test(test_alloc),
   };
   return cmocka_run_group_tests(tests, setup, teardown);

@@ -5,7 +5,11 @@
  * Checks, on the reference and the optimised CPU backends: logits at every
  * prompt position within 1e-3 * max |logit|, for a token prompt and a prompt
  * with given embedding rows; 64 greedy tokens identical, decoded one token
- * per step through the KV cache as sa-model generate does. */
+ * per step through the KV cache as sa-model generate does. The CPU backend
+ * runs twice: with the kernels it picks (on AMX or AVX512-BF16 CPUs those
+ * round activations to bf16: logits within HF's own bf16 error, greedy
+ * tokens identical until a step whose fp32 top-2 margin is within twice that
+ * error) and with the exact fp32 AVX-512 kernels (1e-3, all 64 tokens). */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -60,7 +64,11 @@ static int teardown(void **state) {
   return system(cmd) == 0 ? 0 : -1;
 }
 
-static void run_case(const char *dev, int case_no) {
+/* isa: for "cpu", the kernels to use ("" = what the backend picked). A
+ * path that rounds activations to bf16 (amx, avx512bf16) is held to the
+ * error HF's own bf16 inference makes on the same weights (caseN_logits_bf16
+ * against the fp32 logits), the exact paths to 1e-3 * max |logit|. */
+static void run_case(const char *dev, const char *isa, int case_no) {
   char nm[64];
   sa_tensor_desc_t d_ids, d_lg, d_g, d_ep = {0}, d_em = {0};
   snprintf(nm, sizeof nm, "case%d_ids", case_no);
@@ -69,6 +77,10 @@ static void run_case(const char *dev, int case_no) {
   float *gold = load_npy(nm, SA_DTYPE_F32, &d_lg);
   snprintf(nm, sizeof nm, "case%d_greedy", case_no);
   int32_t *greedy = load_npy(nm, SA_DTYPE_I32, &d_g);
+  sa_tensor_desc_t d_m;
+  snprintf(nm, sizeof nm, "case%d_greedy_margin", case_no);
+  float *margin = load_npy(nm, SA_DTYPE_F32, &d_m);
+  assert_int_equal(d_m.shape[0], N_GREEDY);
   int32_t *epos = NULL;
   float *emb = NULL;
   int n_emb = 0;
@@ -85,6 +97,14 @@ static void run_case(const char *dev, int case_no) {
   sa_backend_t *be = strcmp(dev, "ref") == 0 ? sa_backend_ref_new()
                                              : sa_backend_new(dev, 2);
   assert_non_null(be);
+  if (isa && *isa && sa_cpu_set_isa(be, isa) != 0) {
+    printf("SKIPPED: %s kernels not on this CPU\n", isa);
+    sa_backend_destroy(&be);
+    free(ids), free(gold), free(greedy), free(margin), free(epos), free(emb);
+    return;
+  }
+  const char *kern = strcmp(dev, "cpu") == 0 ? sa_cpu_isa(be) : "";
+  int rounds = !strcmp(kern, "amx") || !strcmp(kern, "avx512bf16");
   sa_decoder_opts_t o = {.first_layer = 0, .last_layer = -1, .max_tokens = T,
                          .max_seqs = 1, .max_logit_rows = T,
                          .max_seq_len = T + N_GREEDY};
@@ -118,10 +138,22 @@ static void run_case(const char *dev, int case_no) {
     mg = fmax(mg, fabs(gold[i]));
     md = fmax(md, fabs(lg[i] - gold[i]));
   }
-  printf("%s case %d: max |dlogit| %.3g, max |logit| %.3g\n", dev, case_no, md,
-         mg);
-  if (!(md <= 1e-3 * mg))
-    fail_msg("%s case %d: max |dlogit| %g > 1e-3 * %g", dev, case_no, md, mg);
+  double tol = 1e-3 * mg;
+  if (rounds) {
+    sa_tensor_desc_t d_b;
+    snprintf(nm, sizeof nm, "case%d_logits_bf16", case_no);
+    float *gb = load_npy(nm, SA_DTYPE_F32, &d_b);
+    assert_int_equal(d_b.shape[0], T);
+    double mb = 0;
+    for (size_t i = 0; i < (size_t)T * V; i++)
+      mb = fmax(mb, fabs(gb[i] - gold[i]));
+    free(gb);
+    tol = fmax(tol, mb);
+  }
+  printf("%s %s case %d: max |dlogit| %.3g, max |logit| %.3g (bound %.3g)\n", dev, kern,
+         case_no, md, mg, tol);
+  if (!(md <= tol))
+    fail_msg("%s %s case %d: max |dlogit| %g > %g", dev, kern, case_no, md, tol);
 
   /* greedy: one token per step through the cache */
   sa_sampler_t *smp = sa_sampler_new(V);
@@ -136,8 +168,19 @@ static void run_case(const char *dev, int case_no) {
     sa_sample_key_t key = {SEED, 0, (uint64_t)(T + g)};
     assert_int_equal(sa_sampler_sample(smp, &sp, last, V, seq, (size_t)(T + g),
                                        key, &t, NULL), 0);
+    if (t != greedy[g] && rounds) {
+      /* a near tie may flip under bf16 rounding; then the prefixes differ
+       * and the comparison ends */
+      if (!(margin[g] <= 2 * tol))
+        fail_msg("%s %s case %d: greedy token %d is %d, oracle says %d with a top-2 "
+                 "margin of %g (> 2 x %g)", dev, kern, case_no, g, t, greedy[g], margin[g],
+                 tol);
+      printf("%s %s case %d: greedy tokens equal up to step %d, where the oracle's top-2 "
+             "margin is %.3g (a tie at bf16 precision)\n", dev, kern, case_no, g, margin[g]);
+      break;
+    }
     if (t != greedy[g])
-      fail_msg("%s case %d: greedy token %d is %d, oracle says %d", dev,
+      fail_msg("%s %s case %d: greedy token %d is %d, oracle says %d", dev, kern,
                case_no, g, t, greedy[g]);
     seq[T + g] = t;
     if (g + 1 == N_GREEDY)
@@ -159,14 +202,17 @@ static void run_case(const char *dev, int case_no) {
   free(ids);
   free(gold);
   free(greedy);
+  free(margin);
   free(epos);
   free(emb);
 }
 
-static void test_case1_ref(void **s) { (void)s; run_case("ref", 1); }
-static void test_case1_cpu(void **s) { (void)s; run_case("cpu", 1); }
-static void test_case2_ref(void **s) { (void)s; run_case("ref", 2); }
-static void test_case2_cpu(void **s) { (void)s; run_case("cpu", 2); }
+static void test_case1_ref(void **s) { (void)s; run_case("ref", NULL, 1); }
+static void test_case1_cpu(void **s) { (void)s; run_case("cpu", NULL, 1); }
+static void test_case1_cpu_fp32(void **s) { (void)s; run_case("cpu", "avx512", 1); }
+static void test_case2_ref(void **s) { (void)s; run_case("ref", NULL, 2); }
+static void test_case2_cpu(void **s) { (void)s; run_case("cpu", NULL, 2); }
+static void test_case2_cpu_fp32(void **s) { (void)s; run_case("cpu", "avx512", 2); }
 
 /* The CUDA backend on the same golden data, when built and a GPU is there. */
 static void test_cuda(void **s) {
@@ -178,8 +224,8 @@ static void test_cuda(void **s) {
     skip();
   }
   sa_backend_destroy(&be);
-  run_case("cuda", 1);
-  run_case("cuda", 2);
+  run_case("cuda", NULL, 1);
+  run_case("cuda", NULL, 2);
 #else
   printf("SKIPPED: built without CUDA\n");
   skip();
@@ -190,8 +236,10 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_case1_ref),
       cmocka_unit_test(test_case1_cpu),
+      cmocka_unit_test(test_case1_cpu_fp32),
       cmocka_unit_test(test_case2_ref),
       cmocka_unit_test(test_case2_cpu),
+      cmocka_unit_test(test_case2_cpu_fp32),
       cmocka_unit_test(test_cuda),
   };
   return cmocka_run_group_tests(tests, setup, teardown);

@@ -1,0 +1,252 @@
+/*
+ * cpu_amx — the AMX-BF16 matmul of the CPU backend (compiled with
+ * -mamx-tile -mamx-bf16 and AVX-512; called only when the CPU has AMX and
+ * the kernel granted this process the tile state: sa__cpu_amx_usable).
+ *
+ * Numbers: as cpu_avx512bf16.c — x rounded to bf16 (nearest even), the
+ * weights as stored, exact bf16 products accumulated in fp32 (TDPBF16PS:
+ * per output, the k pairs in order; denormal inputs and results flushed).
+ *
+ * One summation order for every M (batch invariance): for each output,
+ *   s = (accumulate ? y_old : 0) + (bias ? bias : 0)
+ *   for each K block of KC (= 1024) elements, in order:
+ *     the block's pairs accumulated from zero in a tile; s += that sum
+ * Every M runs the same loop, so a row's outputs are bit-identical alone or
+ * in any batch, however the columns were split across threads.
+ *
+ * Tiles: C[n][m] = W·xᵀ. A = 16 W rows x 32 k, loaded straight from the
+ * weights (row stride K), so W is never repacked and the decode GEMV
+ * streams it once; B = 16 x rows packed as k pairs (VNNI), made per K block
+ * and MC-row block in this thread's scratch; four C tiles (two W groups by
+ * two x groups), so each A and B load feeds two TDPBF16PS. W rows past the
+ * column range's end or a K block with a ragged end are copied into a
+ * zero-padded buffer first (a tile load reads whole 64-byte rows).
+ */
+#include "cpu_impl.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#define KC 1024 /* K block: a multiple of 32, independent of M */
+#define MC 256  /* x rows packed per block: MC * KC * 2 = 512 KiB */
+
+typedef struct {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+} __attribute__((packed)) tilecfg_t;
+
+/* Tile state is per thread: configured on a thread's first matmul. */
+static __thread int tiles_ready;
+
+static void tiles_config(void) {
+  tilecfg_t c;
+  memset(&c, 0, sizeof(c));
+  c.palette = 1;
+  for (int t = 0; t < 8; t++) {
+    c.colsb[t] = 64;
+    c.rows[t] = 16;
+  }
+  _tile_loadconfig(&c);
+  tiles_ready = 1;
+}
+
+static inline float bf16f(uint16_t h) {
+  union { uint32_t u; float f; } v = {.u = (uint32_t)h << 16};
+  return v.f;
+}
+
+/* Packs x rows [0, mc) (stride K, from column k0, kc columns) as B tiles:
+ * group g (16 rows), chunk c (32 columns) is 1 KiB at xp + (g * nch + c) *
+ * 512 bf16, row r holding the pair (2r, 2r + 1) of the chunk for the 16 rows.
+ * Rows past mc and columns past kc are zero. */
+static void pack_x(uint16_t *xp, const float *x, size_t K, int k0, int mc, int kc) {
+  int nch = (kc + 31) / 32, ng = (mc + 15) / 16;
+  uint32_t *d = (uint32_t *)xp;
+  uint16_t row[32] __attribute__((aligned(64)));
+  for (int g = 0; g < ng; g++)
+    for (int c = 0; c < nch; c++) {
+      uint32_t *t = d + ((size_t)g * nch + c) * 256;
+      int kn = kc - c * 32 < 32 ? kc - c * 32 : 32;
+      __mmask32 mk = kn == 32 ? 0xffffffffu : (__mmask32)((1u << kn) - 1u);
+      for (int i = 0; i < 16; i++) {
+        int m = g * 16 + i;
+        if (m >= mc) {
+          for (int r = 0; r < 16; r++)
+            t[r * 16 + i] = 0;
+          continue;
+        }
+        const float *src = x + (size_t)m * K + k0 + c * 32;
+        __m512 lo = _mm512_maskz_loadu_ps((__mmask16)mk, src);
+        __m512 hi = _mm512_maskz_loadu_ps((__mmask16)(mk >> 16), src + 16);
+        _mm512_store_si512(row, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        const uint32_t *rp = (const uint32_t *)row;
+        for (int r = 0; r < 16; r++)
+          t[r * 16 + i] = rp[r];
+      }
+    }
+}
+
+/* Adds the C tile c[n][m] (16 x 16, as stored) into y[m][n] for m < mv,
+ * n < nv; on the block `first`, y = init + c instead. */
+static void add_tile(float *y, size_t N, const float *c, int mv, int nv, int first,
+                     const uint16_t *bias, int accumulate) {
+  for (int m = 0; m < mv; m++) {
+    float *yo = y + (size_t)m * N;
+    for (int n = 0; n < nv; n++) {
+      float h = c[n * 16 + m];
+      if (first) {
+        float s = accumulate ? yo[n] : 0.0f;
+        if (bias)
+          s += bf16f(bias[n]);
+        yo[n] = s + h;
+      } else {
+        yo[n] += h;
+      }
+    }
+  }
+}
+
+/* W rows [n, n + nv) x columns [k0, k0 + kc) into a 16-row buffer of
+ * stride ks (>= kc rounded up to 32) with zeros around. */
+static void pad_w(uint16_t *wp, size_t ks, const uint16_t *w, size_t K, int n, int nv,
+                  int k0, int kc) {
+  memset(wp, 0, 16 * ks * 2);
+  for (int j = 0; j < nv; j++)
+    memcpy(wp + (size_t)j * ks, w + (size_t)(n + j) * K + k0, (size_t)kc * 2);
+}
+
+static void mm_amx(float *y, const float *x, const uint16_t *w, const uint16_t *bias,
+                   int M, int N, int K, int n0, int n1, int accumulate, void *scratch,
+                   size_t scratch_bytes) {
+  (void)scratch_bytes;
+  if (K == 0) { /* y = bias (+ y) */
+    for (int m = 0; m < M; m++)
+      for (int n = n0; n < n1; n++) {
+        float *yo = y + (size_t)m * N + n;
+        float s = accumulate ? *yo : 0.0f;
+        *yo = bias ? s + bf16f(bias[n]) : s;
+      }
+    return;
+  }
+  if (!tiles_ready)
+    tiles_config();
+  uint16_t *xp = scratch;                              /* MC x KC packed: 512 KiB */
+  uint16_t *wpad = xp + (size_t)MC * KC;               /* 2 x 16 x KC: 64 KiB */
+  float *ct = (float *)(wpad + (size_t)2 * 16 * KC);   /* 4 C tiles: 4 KiB */
+  for (int kb = 0; kb < K; kb += KC) {
+    int kc = K - kb < KC ? K - kb : KC;
+    int nch = (kc + 31) / 32;
+    size_t ks = (size_t)nch * 32;
+    for (int mb = 0; mb < M; mb += MC) {
+      int mc = M - mb < MC ? M - mb : MC;
+      int ng = (mc + 15) / 16;
+      pack_x(xp, x + (size_t)mb * K, (size_t)K, kb, mc, kc);
+      for (int n = n0; n < n1; n += 32) {
+        int nv0 = n1 - n < 16 ? n1 - n : 16;
+        int nv1 = n1 - n - 16 < 0 ? 0 : (n1 - n - 16 < 16 ? n1 - n - 16 : 16);
+        /* A tiles: straight from W, or from a padded copy at the edges */
+        const uint16_t *a0 = w + (size_t)n * K + kb, *a1 = a0 + (size_t)16 * K;
+        size_t as0 = (size_t)K * 2, as1 = as0;
+        if (nv0 < 16 || kc % 32) {
+          pad_w(wpad, ks, w, (size_t)K, n, nv0, kb, kc);
+          a0 = wpad, as0 = ks * 2;
+        }
+        if (nv1 < 16 || kc % 32) {
+          if (nv1 > 0)
+            pad_w(wpad + 16 * ks, ks, w, (size_t)K, n + 16, nv1, kb, kc);
+          else
+            memset(wpad + 16 * ks, 0, 16 * ks * 2);
+          a1 = wpad + 16 * ks, as1 = ks * 2;
+        }
+        if (ng == 1) { /* up to 16 x rows: two C tiles, A double-buffered */
+          const uint16_t *b0 = xp;
+          _tile_zero(0);
+          _tile_zero(1);
+          int c = 0;
+          const char *pf = n + 64 <= n1 && kc == K ? (const char *)(w + (size_t)(n + 32) * K) : NULL;
+          size_t pfs = (size_t)K * 64 / (size_t)nch; /* bytes per 2 chunks */
+          for (; c + 2 <= nch; c += 2) {
+            if (pf)
+              for (size_t o = 0; o < pfs; o += 64)
+                _mm_prefetch(pf + (size_t)c / 2 * pfs + o, _MM_HINT_T0);
+            _tile_loadd(4, a0 + c * 32, as0);
+            _tile_loadd(5, a1 + c * 32, as1);
+            _tile_loadd(2, a0 + c * 32 + 32, as0);
+            _tile_loadd(3, a1 + c * 32 + 32, as1);
+            _tile_loadd(6, b0 + (size_t)c * 512, 64);
+            _tile_loadd(7, b0 + (size_t)c * 512 + 512, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 5, 6);
+            _tile_dpbf16ps(0, 2, 7);
+            _tile_dpbf16ps(1, 3, 7);
+          }
+          if (c < nch) {
+            _tile_loadd(4, a0 + c * 32, as0);
+            _tile_loadd(5, a1 + c * 32, as1);
+            _tile_loadd(6, b0 + (size_t)c * 512, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 5, 6);
+          }
+          _tile_stored(0, ct, 64);
+          _tile_stored(1, ct + 512, 64);
+          float *yb = y + (size_t)mb * N + n;
+          const uint16_t *bb = bias ? bias + n : NULL;
+          add_tile(yb, (size_t)N, ct, mc, nv0, kb == 0, bb, accumulate);
+          if (nv1 > 0)
+            add_tile(yb + 16, (size_t)N, ct + 512, mc, nv1, kb == 0, bb ? bb + 16 : NULL,
+                     accumulate);
+          continue;
+        }
+        for (int g = 0; g < ng; g += 2) {
+          const uint16_t *b0 = xp + (size_t)g * nch * 512;
+          const uint16_t *b1 = g + 1 < ng ? b0 + (size_t)nch * 512 : b0;
+          _tile_zero(0);
+          _tile_zero(1);
+          _tile_zero(2);
+          _tile_zero(3);
+          for (int c = 0; c < nch; c++) {
+            _tile_loadd(4, a0 + c * 32, as0);
+            _tile_loadd(5, a1 + c * 32, as1);
+            _tile_loadd(6, b0 + (size_t)c * 512, 64);
+            _tile_loadd(7, b1 + (size_t)c * 512, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+          }
+          _tile_stored(0, ct, 64);
+          _tile_stored(1, ct + 256, 64);
+          _tile_stored(2, ct + 512, 64);
+          _tile_stored(3, ct + 768, 64);
+          int m = mb + g * 16;
+          int mv0 = mc - g * 16 < 16 ? mc - g * 16 : 16;
+          int mv1 = g + 1 < ng ? (mc - g * 16 - 16 < 16 ? mc - g * 16 - 16 : 16) : 0;
+          float *yb = y + (size_t)m * N + n;
+          const uint16_t *bb = bias ? bias + n : NULL;
+          add_tile(yb, (size_t)N, ct, mv0, nv0, kb == 0, bb, accumulate);
+          add_tile(yb + (size_t)16 * N, (size_t)N, ct + 256, mv1, nv0, kb == 0, bb,
+                   accumulate);
+          if (nv1 > 0) {
+            add_tile(yb + 16, (size_t)N, ct + 512, mv0, nv1, kb == 0, bb ? bb + 16 : NULL,
+                     accumulate);
+            add_tile(yb + (size_t)16 * N + 16, (size_t)N, ct + 768, mv1, nv1, kb == 0,
+                     bb ? bb + 16 : NULL, accumulate);
+          }
+        }
+      }
+    }
+  }
+}
+
+const sa__cpu_kern_t sa__cpu_kern_amx = {
+    .name = "amx",
+    .mm_small = NULL,
+    .mm_dot = mm_amx,
+    .dot = sa__cpu_dot_avx512,
+    .scale_axpy = sa__cpu_scale_axpy_avx512,
+    .bf16_to_f32 = sa__cpu_bf16_to_f32_avx512,
+    .exp_sum = sa__cpu_exp_sum_avx512,
+    .silu_mul = sa__cpu_silu_mul_avx512,
+    .gelu = sa__cpu_gelu_avx512,
+};
