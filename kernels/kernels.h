@@ -195,9 +195,10 @@ sa_backend_t *sa_backend_ref_new(void);
 
 /* --- controls of the optimised "cpu" backend (tests and benchmarks) ---
  * Call these only while no op is running on `be`. */
-/* Picks the SIMD path: "scalar", "avx2", "avx512", "avx512bf16" or "auto"
- * (the default; the SA_CPU_ISA environment variable sets the default at
- * creation). Returns 0, SA_EINVAL for an unknown name or a non-"cpu"
+/* Picks the matmul path: "scalar", "avx2", "avx512" (exact fp32),
+ * "avx512bf16", "amx" (x rounded to bf16; docs/model.md) or "auto" (the
+ * default: amx, else avx512bf16, else avx512, avx2, scalar; the SA_CPU_ISA
+ * environment variable sets the default at creation). Returns 0, SA_EINVAL for an unknown name or a non-"cpu"
  * backend, SA_EUNAVAIL when this CPU lacks the instructions. */
 int sa_cpu_set_isa(sa_backend_t *be, const char *isa);
 /* Name of the SIMD path in use (static string); "" for a non-"cpu" backend. */

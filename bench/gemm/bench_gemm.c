@@ -20,13 +20,14 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: bench-gemm [--threads N] [--reps N] [--isa NAME] [--quick] [--shape MxNxK]\n"
           "  Prints measured memory bandwidth, OpenBLAS sgemm peak, the CPU\n"
-          "  backend's bf16 GEMV GB/s at M=1 for 896x896, 4864x896 and\n"
-          "  151936x896 (fraction of read bandwidth) and GEMM GFLOP/s at\n"
+          "  backend's bf16 GEMV GB/s at M=1 for Qwen2.5-0.5B's shapes (896x896,\n"
+          "  1152x896, 9728x896, 896x4864, 151936x896; fraction of read\n"
+          "  bandwidth) and GEMM GFLOP/s at\n"
           "  M=16,32,128,512 on 4864x896 (fraction of sgemm peak), both for the\n"
           "  streaming kernel and the sgemm path. Medians of --reps runs.\n"
           "  --threads N  worker threads (default 0 = online CPUs)\n"
           "  --reps N     samples per figure (default 21)\n"
-          "  --isa NAME   scalar|avx2|avx512|avx512bf16|auto (default auto)\n"
+          "  --isa NAME   scalar|avx2|avx512|avx512bf16|amx|auto (default auto)\n"
           "  --quick      smaller bandwidth buffer and fewer sgemm sizes\n"
           "  --shape MxNxK  only the GEMM of this shape (e.g. 512x4096x14336)\n");
 }
@@ -159,11 +160,14 @@ int main(int argc, char **argv) {
 
   printf("GEMV M=1 (bf16 W, fp32 x/y; W streamed from DRAM)\n");
   printf("  %-14s %10s %10s %10s\n", "N x K", "us", "GB/s", "of read bw");
-  static const int gemv_n[] = {896, 4864, 151936};
-  for (int i = 0; i < 3; i++) {
-    double gbs = gemv_gbs(be, gemv_n[i], K, bw.bytes, reps, x, y);
-    printf("  %6d x %-5d %10.1f %10.1f %9.0f %%\n", gemv_n[i], K,
-           (double)gemv_n[i] * K * 2 / gbs / 1e3, gbs, 100.0 * gbs / bw.read_gbs);
+  /* Qwen2.5-0.5B's shapes: o_proj, qkv, gate_up, down, LM head */
+  static const int gemv_nk[][2] = {{896, 896}, {1152, 896}, {9728, 896}, {896, 4864},
+                                   {151936, 896}};
+  for (int i = 0; i < 5; i++) {
+    int gn = gemv_nk[i][0], gk = gemv_nk[i][1];
+    double gbs = gemv_gbs(be, gn, gk, bw.bytes, reps, x, y);
+    printf("  %6d x %-5d %10.1f %10.1f %9.0f %%\n", gn, gk,
+           (double)gn * gk * 2 / gbs / 1e3, gbs, 100.0 * gbs / bw.read_gbs);
   }
 
   const int N = 4864;
