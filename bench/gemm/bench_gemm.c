@@ -8,6 +8,7 @@
  * is read from DRAM as in real decode, where a layer's weights are long gone
  * from the cache by the time the next step reaches it.
  */
+#include "bf16_peak.h"
 #include "kernels.h"
 #include "sa_bench.h"
 #include "tensor.h"
@@ -19,7 +20,8 @@
 static void usage(FILE *f) {
   fprintf(f,
           "usage: bench-gemm [--threads N] [--reps N] [--isa NAME] [--quick] [--shape MxNxK]\n"
-          "  Prints measured memory bandwidth, OpenBLAS sgemm peak, the CPU\n"
+          "  Prints measured memory bandwidth, OpenBLAS sgemm peak, one core's\n"
+          "  vdpbf16ps and AMX bf16 peaks (where the CPU has them), the CPU\n"
           "  backend's bf16 GEMV GB/s at M=1 for Qwen2.5-0.5B's shapes (896x896,\n"
           "  1152x896, 9728x896, 896x4864, 151936x896; fraction of read\n"
           "  bandwidth) and GEMM GFLOP/s at\n"
@@ -143,6 +145,11 @@ int main(int argc, char **argv) {
          "copy %.1f GB/s\n", bw.bytes >> 20, bw.threads, bw.read_gbs,
          bw.copy_gbs);
   printf("OpenBLAS sgemm peak (%d threads): %.1f GFLOP/s\n", threads, peak);
+  /* one core's bf16 limits: what the amx and avx512bf16 kernels can reach */
+  if (sa_cpu_isa_supported("avx512bf16"))
+    printf("vdpbf16ps peak (1 core, registers only): %.1f GFLOP/s\n", bf16_peak_dpbf16());
+  if (sa_cpu_isa_supported("amx"))
+    printf("AMX TDPBF16PS peak (1 core, tiles only): %.1f GFLOP/s\n", bf16_peak_amx());
 
   sa_backend_t *be = sa_backend_new("cpu", threads); /* sets OpenBLAS to 1 */
   if (!be || sa_cpu_set_isa(be, isa)) {
