@@ -18,7 +18,9 @@
  * weights (row stride K), so W is never repacked and the decode GEMV
  * streams it once; B = 16 x rows packed as k pairs (VNNI), made per K block
  * and MC-row block in this thread's scratch; four C tiles (two W groups by
- * two x groups), so each A and B load feeds two TDPBF16PS. W rows past the
+ * two x groups), so each A and B load feeds two TDPBF16PS; up to 16 x rows
+ * (decode) use two C tiles and load the next chunk's A tiles while the
+ * current ones multiply, and prefetch the next 32 W rows. W rows past the
  * column range's end or a K block with a ragged end are copied into a
  * zero-padded buffer first (a tile load reads whole 64-byte rows).
  */
