@@ -140,6 +140,27 @@ def init_weights(net):
             p.data.mul_(1 / math.sqrt(2 * 4))
 
 
+def check_grads(net, tk):
+    """Refuses to train when this torch's float32 gradients disagree with
+    float64 ones on a small batch (relative error over 1e-3 in any tensor):
+    a CPU kernel returning wrong gradients makes a run that never learns."""
+    import copy
+    rng = np.random.default_rng(12345)
+    audio, ids, _, _ = batch(rng, "compare", 2, tk, T.SpeechCache())
+    grads = []
+    for dt in (torch.float32, torch.float64):
+        m = copy.deepcopy(net).to(dt)
+        m.zero_grad()
+        lg = m(audio.to(dt), ids, tk.special["<audio_patch>"])
+        lg.double().pow(2).mean().backward()
+        grads.append({n: p.grad.double() for n, p in m.named_parameters() if p.grad is not None})
+    for n, g64 in grads[1].items():
+        err = (grads[0][n] - g64).norm() / (g64.norm() + 1e-12)
+        if not err <= 1e-3:
+            raise SystemExit(f"train: float32 gradient of {n} is off by {err:.3g} (relative) "
+                             "against float64 on this machine; refusing to train")
+
+
 def clip_grads(params, max_norm):
     """Scales the gradients to a total norm of at most max_norm; returns the
     norm. Summed in float64 here: torch 1.13's clip_grad_norm_ now and then
@@ -184,6 +205,11 @@ def main():
     if not 0 <= a.seed < T.TRAIN_SEED_BASE:
         raise SystemExit(f"train: --seed must be in [0, {T.TRAIN_SEED_BASE})")
     torch.set_num_threads(a.threads)
+    # torch 1.13's oneDNN (mkldnn) backward returned gradients of ~1e22 for
+    # the encoder and adapter on this Sapphire Rapids CPU (float64 and the
+    # native kernels give ~1), which clipping then turned into no learning
+    # at all: the cause of the chance-level runs. Its forward is fine.
+    torch.backends.mkldnn.enabled = False
     torch.manual_seed(a.seed)
     os.makedirs(a.out, exist_ok=True)
     tk = build_tokenizer(a.out)
@@ -205,6 +231,7 @@ def main():
         export(net, a.out)
         return
     params = list(net.parameters()) + list(aux_head.parameters())
+    check_grads(net, tk)
     opt = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.98), weight_decay=0.01)
     warm = max(1, min(200, a.steps // 10))
     sched = torch.optim.lr_scheduler.LambdaLR(
