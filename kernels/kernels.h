@@ -202,6 +202,9 @@ sa_backend_t *sa_backend_ref_new(void);
  * backend, SA_EUNAVAIL when this CPU lacks the instructions. */
 int sa_cpu_set_isa(sa_backend_t *be, const char *isa);
 /* Name of the SIMD path in use (static string); "" for a non-"cpu" backend. */
+/* 1 when the path in use rounds matmul inputs to bf16 (amx, avx512bf16),
+ * else 0 (also for a non-"cpu" backend). */
+int sa_cpu_rounds_activations(const sa_backend_t *be);
 const char *sa_cpu_isa(const sa_backend_t *be);
 /* 1 when this CPU can run the named SIMD path, else 0. */
 int sa_cpu_isa_supported(const char *isa);

@@ -367,6 +367,15 @@ static int sgemm_min_m_of(const cpu_t *c) {
 
 static void mm_small_range(void *p, int lo, int hi, int tid) {
   mm_job_t *j = p;
+  if (j->c->kern->mm_dot && j->K == 0) { /* y = bias (+ y) */
+    for (int m = 0; m < j->M; m++)
+      for (int n = lo; n < hi; n++) {
+        float *yo = j->y + (size_t)m * j->N + n;
+        float s = j->accumulate ? *yo : 0.0f;
+        *yo = j->bias ? s + bf(j->bias[n]) : s;
+      }
+    return;
+  }
   if (j->c->kern->mm_dot) {
     j->c->kern->mm_dot(j->y, j->x, j->w, j->bias, j->M, j->N, j->K, lo, hi,
                        j->accumulate, j->c->scratch[tid], SCRATCH_BYTES);
@@ -1046,6 +1055,10 @@ int sa_cpu_set_isa(sa_backend_t *be, const char *isa) {
     return SA_EUNAVAIL;
   c->kern = k;
   return 0;
+}
+
+int sa_cpu_rounds_activations(const sa_backend_t *be) {
+  return be && be->ops == &cpu_ops && ((const cpu_t *)be->impl)->kern->mm_dot != NULL;
 }
 
 const char *sa_cpu_isa(const sa_backend_t *be) {

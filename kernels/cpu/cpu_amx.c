@@ -122,15 +122,6 @@ static void mm_amx(float *y, const float *x, const uint16_t *w, const uint16_t *
                    int M, int N, int K, int n0, int n1, int accumulate, void *scratch,
                    size_t scratch_bytes) {
   (void)scratch_bytes;
-  if (K == 0) { /* y = bias (+ y) */
-    for (int m = 0; m < M; m++)
-      for (int n = n0; n < n1; n++) {
-        float *yo = y + (size_t)m * N + n;
-        float s = accumulate ? *yo : 0.0f;
-        *yo = bias ? s + bf16f(bias[n]) : s;
-      }
-    return;
-  }
   if (!tiles_ready)
     tiles_config();
   uint16_t *xp = scratch;                              /* MC x KC packed: 512 KiB */

@@ -160,15 +160,6 @@ static void mm_dot(float *y, const float *x, const uint16_t *w, const uint16_t *
                    size_t scratch_bytes) {
   uint16_t *xb = scratch;
   int N_ = N;
-  if (K == 0) { /* y = bias (+ y) */
-    for (int m = 0; m < M; m++)
-      for (int n = n0; n < n1; n++) {
-        float *yo = y + (size_t)m * N + n;
-        float s = accumulate ? *yo : 0.0f;
-        *yo = bias ? s + bf16f(bias[n]) : s;
-      }
-    return;
-  }
   if (M <= STREAM_MAX_M && (size_t)M * (size_t)pad32(K) * 2 <= scratch_bytes) {
     /* Row-streaming: x in bf16 whole; each W row is read start to end. */
     size_t xs = (size_t)pad32(K);

@@ -22,7 +22,7 @@ typedef struct {
    * dot-product matmul over columns [n0, n1), x rounded to bf16, one
    * summation order for every M (cpu_avx512bf16.c); scratch is this
    * thread's (at least 256 KiB; more lets more rows take the streaming
-   * loop). */
+   * loop). K >= 1 (cpu.c serves K = 0). */
   void (*mm_dot)(float *y, const float *x, const uint16_t *w,
                  const uint16_t *bias, int M, int N, int K, int n0, int n1,
                  int accumulate, void *scratch, size_t scratch_bytes);

@@ -291,8 +291,7 @@ static sa_backend_t *backend(int which) {
  * 0.3-0.6 % of max |logit| through 3 layers; a wrong index or a dropped
  * term moves logits by tens of percent. */
 static double tol_for(sa_backend_t *be) {
-  const char *k = sa_cpu_isa(be);
-  return !strcmp(k, "amx") || !strcmp(k, "avx512bf16") ? 2e-2 : 1e-4;
+  return sa_cpu_rounds_activations(be) ? 2e-2 : 1e-4;
 }
 
 static sa_decoder_t *load(sa_backend_t *be, int tied, int first, int last,

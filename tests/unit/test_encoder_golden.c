@@ -36,7 +36,7 @@ static cJSON *g_meta;
 static void run_backend(sa_backend_t *be, const char *label) {
   char err[256];
   const char *kern = strcmp(label, "cpu") == 0 ? sa_cpu_isa(be) : "";
-  int rounds = !strcmp(kern, "amx") || !strcmp(kern, "avx512bf16");
+  int rounds = sa_cpu_rounds_activations(be);
   sa_model_config_t cfg;
   assert_int_equal(sa_config_load(g_model, &cfg, err, sizeof err), 0);
   sa_st_t *st = NULL;

@@ -90,11 +90,9 @@ static void check_close(const char *what, const float *got, const float *want,
 
 /* --- matmul --------------------------------------------------------------- */
 
-/* avx512bf16 and amx round x to bf16 before its dot products: it is checked
- * against the reference on bf16(x), with the same bound. */
-static int isa_rounds_x(const char *isa) {
-  return strcmp(isa, "avx512bf16") == 0 || strcmp(isa, "amx") == 0;
-}
+/* avx512bf16 and amx round x to bf16 before their dot products
+ * (sa_cpu_rounds_activations): they are checked against the reference on
+ * bf16(x), with the same bound. */
 
 static float *bf16_rounded(const float *x, size_t n) {
   float *r = malloc(sizeof(float) * n + 4);
@@ -147,7 +145,7 @@ static void matmul_case(int M, int N, int K, int use_bias, int accumulate) {
       assert_int_equal(sa_op_matmul_bf16(be, y, x, w, b, M, N, K, accumulate), 0);
       snprintf(what, sizeof(what), "matmul %s M%d N%d K%d bias%d acc%d",
                path ? "sgemm" : "stream", M, N, K, use_bias, accumulate);
-      int rx = !path && isa_rounds_x(isa);
+      int rx = !path && sa_cpu_rounds_activations(be);
       check_close(what, y, rx ? yrb : yr, rx ? boundb : bound, (size_t)M * N, 0, 0,
                   isa, be->threads);
       if (path) /* sgemm does not depend on the SIMD path beyond W widening */
@@ -484,7 +482,7 @@ static void test_conv1d(void **state) {
     FOR_EACH_CONFIG(be, isa) {
       assert_int_equal(sa_op_conv1d(be, y, x, w, b, Tin, Cin, Cout, Kw, st,
                                        pad, ws), 0);
-      check_close("conv1d", y, isa_rounds_x(isa) ? yrb : yr, bound, (size_t)Tout * Cout,
+      check_close("conv1d", y, sa_cpu_rounds_activations(be) ? yrb : yr, bound, (size_t)Tout * Cout,
                   0, 0, isa, be->threads);
     }
     free(xb), free(yrb), free(x), free(w), free(b), free(y), free(yr), free(bound), free(ws);

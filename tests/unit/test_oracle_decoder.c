@@ -104,7 +104,7 @@ static void run_case(const char *dev, const char *isa, int case_no) {
     return;
   }
   const char *kern = strcmp(dev, "cpu") == 0 ? sa_cpu_isa(be) : "";
-  int rounds = !strcmp(kern, "amx") || !strcmp(kern, "avx512bf16");
+  int rounds = sa_cpu_rounds_activations(be);
   sa_decoder_opts_t o = {.first_layer = 0, .last_layer = -1, .max_tokens = T,
                          .max_seqs = 1, .max_logit_rows = T,
                          .max_seq_len = T + N_GREEDY};
