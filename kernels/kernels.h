@@ -53,6 +53,17 @@ typedef struct {
   int max_ctx; /* upper bound of ctx_len over the batch (host value) */
 } sa_attn_batch_t;
 
+/* Quantized weight formats (docs/quantization.md). W[N, K] is cut into
+ * blocks of SA_QK = 32 along K (K % 32 == 0); block b of row n has an fp16
+ * scale wd[n * K/32 + b].
+ *   SA_WQ_Q8_0: wq int8 [N, K], w = d * q (q in -127..127).
+ *   SA_WQ_Q4_0: wq uint8 [N, K/2]: block b of row n is bytes
+ *               [n*K/2 + 16b, +16); element j < 16 of the block is the low
+ *               nibble of byte j, element j + 16 its high nibble;
+ *               w = d * (nibble - 8). */
+#define SA_QK 32
+enum { SA_WQ_Q8_0 = 1, SA_WQ_Q4_0 = 2 };
+
 typedef struct sa_backend_ops {
   const char *name; /* "cpu", "cuda" */
 
@@ -76,6 +87,23 @@ typedef struct sa_backend_ops {
   int (*matmul_bf16)(sa_backend_t *be, float *y, const float *x,
                      const uint16_t *w, const uint16_t *bias, int M, int N,
                      int K, int accumulate);
+  /* Quantized weights (SA_WQ_*, layout above the table): rows of x enter
+   * as q8 blocks made by quantize_q8. For output (m, n), with isum_b the
+   * exact integer dot of block b of row m of xq and block b of W's row n
+   * (Q4_0: nibble - 8), and c_b = xd[m, b] * float(wd[n, b]) rounded to
+   * fp32, the blocks are summed in order from s = 0 as
+   *   s = fmaf((float)isum_b, c_b, s)          for b = 0, 1, ..., K/32 - 1
+   * and y[m, n] = ((y if accumulate else 0) + bf16(bias[n]) or 0) + s.
+   * One order for every M, thread count and backend: a row's outputs are
+   * bit-identical alone or in any batch, on any backend. K % 32 == 0. */
+  int (*matmul_q)(sa_backend_t *be, float *y, const int8_t *xq, const float *xd,
+                  int wtype, const void *wq, const uint16_t *wd,
+                  const uint16_t *bias, int M, int N, int K, int accumulate);
+  /* The q8 blocks of x[M, K] (K % 32 == 0): for each block of 32 of a row,
+   * d = max|x| / 127 (fp32 division), q = round-half-even(x * (1 / d))
+   * (0 where d = 0); xq int8 [M, K], xd fp32 [M, K/32]. */
+  int (*quantize_q8)(sa_backend_t *be, int8_t *xq, float *xd, const float *x,
+                     int M, int K);
   /* y[M,H] = x / sqrt(mean(x²) + eps) * w (w bf16 [H]). y may alias x. */
   int (*rmsnorm)(sa_backend_t *be, float *y, const float *x, const uint16_t *w,
                  int M, int H, float eps);
@@ -155,6 +183,13 @@ struct sa_backend {
  * do, and otherwise what the backend's op returns. --- */
 int sa_op_matmul_bf16(sa_backend_t *be, float *y, const float *x, const uint16_t *w,
                       const uint16_t *bias, int M, int N, int K, int accumulate);
+int sa_op_matmul_q(sa_backend_t *be, float *y, const int8_t *xq, const float *xd, int wtype,
+                   const void *wq, const uint16_t *wd, const uint16_t *bias, int M, int N, int K,
+                   int accumulate);
+int sa_op_quantize_q8(sa_backend_t *be, int8_t *xq, float *xd, const float *x, int M, int K);
+/* Bytes of a quantized W[N, K] of format wtype (the q part; the scales are
+ * N * K/32 fp16), or 0 for an unknown format or K % 32 != 0. */
+size_t sa_wq_bytes(int wtype, int N, int K);
 int sa_op_rmsnorm(sa_backend_t *be, float *y, const float *x, const uint16_t *w, int M, int H,
                   float eps);
 int sa_op_layernorm(sa_backend_t *be, float *y, const float *x, const uint16_t *w,
@@ -201,11 +236,16 @@ sa_backend_t *sa_backend_ref_new(void);
  * environment variable sets the default at creation). Returns 0, SA_EINVAL for an unknown name or a non-"cpu"
  * backend, SA_EUNAVAIL when this CPU lacks the instructions. */
 int sa_cpu_set_isa(sa_backend_t *be, const char *isa);
-/* Name of the SIMD path in use (static string); "" for a non-"cpu" backend. */
 /* 1 when the path in use rounds matmul inputs to bf16 (amx, avx512bf16),
  * else 0 (also for a non-"cpu" backend). */
 int sa_cpu_rounds_activations(const sa_backend_t *be);
+/* Name of the SIMD path in use (static string); "" for a non-"cpu" backend. */
 const char *sa_cpu_isa(const sa_backend_t *be);
+/* Name of the path matmul_q uses ("scalar", "avx2", "avx512vnni", "amx");
+ * "" for a non-"cpu" backend. It follows sa_cpu_set_isa: scalar -> scalar,
+ * avx2 -> avx2, the AVX-512 paths -> avx512vnni where the CPU has VNNI,
+ * amx -> AMX-INT8 tiles for M > 16 (avx512vnni below). */
+const char *sa_cpu_q_isa(const sa_backend_t *be);
 /* 1 when this CPU can run the named SIMD path, else 0. */
 int sa_cpu_isa_supported(const char *isa);
 /* Sets the smallest M that matmul_bf16 serves with fp32 W tiles + OpenBLAS

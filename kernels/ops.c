@@ -26,6 +26,43 @@ int sa_op_matmul_bf16(sa_backend_t *be, float *y, const float *x, const uint16_t
   return be->ops->matmul_bf16(be, y, x, w, bias, M, N, K, accumulate);
 }
 
+size_t sa_wq_bytes(int wtype, int N, int K) {
+  if (N < 0 || K < 0 || K % SA_QK)
+    return 0;
+  if (wtype == SA_WQ_Q8_0)
+    return (size_t)N * (size_t)K;
+  if (wtype == SA_WQ_Q4_0)
+    return (size_t)N * (size_t)K / 2;
+  return 0;
+}
+
+int sa_op_matmul_q(sa_backend_t *be, float *y, const int8_t *xq, const float *xd, int wtype,
+                   const void *wq, const uint16_t *wd, const uint16_t *bias, int M, int N, int K,
+                   int accumulate) {
+  if (!be || M < 0 || N < 0 || K < 0 || K % SA_QK ||
+      (wtype != SA_WQ_Q8_0 && wtype != SA_WQ_Q4_0))
+    return SA_EINVAL;
+  if ((size_t)M * (size_t)N == 0)
+    return 0;
+  if (!y || (K && (!xq || !xd || !wq || !wd)))
+    return SA_EINVAL;
+  if (!be->ops->matmul_q)
+    return SA_EUNIMPL;
+  return be->ops->matmul_q(be, y, xq, xd, wtype, wq, wd, bias, M, N, K, accumulate);
+}
+
+int sa_op_quantize_q8(sa_backend_t *be, int8_t *xq, float *xd, const float *x, int M, int K) {
+  if (!be || M < 0 || K < 0 || K % SA_QK)
+    return SA_EINVAL;
+  if ((size_t)M * (size_t)K == 0)
+    return 0;
+  if (!xq || !xd || !x)
+    return SA_EINVAL;
+  if (!be->ops->quantize_q8)
+    return SA_EUNIMPL;
+  return be->ops->quantize_q8(be, xq, xd, x, M, K);
+}
+
 int sa_op_rmsnorm(sa_backend_t *be, float *y, const float *x, const uint16_t *w, int M, int H,
                   float eps) {
   if (!be || M < 0 || H <= 0 || (M && (!y || !x || !w)))

@@ -423,6 +423,82 @@ static int cpu_matmul_bf16(sa_backend_t *be, float *y, const float *x,
 }
 
 /* ------------------------------------------------------------------------ */
+/* quantized matmul (kernels.h matmul_q; the bits: quant.c)                  */
+
+static void mmq_scalar(float *y, const int8_t *xq, const float *xd, int wtype, const void *wq,
+                       const uint16_t *wd, const uint16_t *bias, int M, int N, int K, int n0,
+                       int n1, int accumulate, void *scratch, size_t scratch_bytes) {
+  (void)scratch;
+  (void)scratch_bytes;
+  sa__mmq_scalar(y, xq, xd, wtype, wq, wd, bias, M, N, K, n0, n1, accumulate);
+}
+
+/* The quantized path that goes with the bf16 path in use: its ISA level,
+ * VNNI where the AVX-512 paths run and the CPU has it. */
+static sa__mmq_fn mmq_of(const sa__cpu_kern_t *k, const char **name) {
+  const char *nm = "scalar";
+  sa__mmq_fn fn = mmq_scalar;
+  if (k != &sa__cpu_kern_scalar) {
+    nm = "avx2";
+    fn = sa__mmq_avx2;
+    if (k != &sa__cpu_kern_avx2 && __builtin_cpu_supports("avx512vnni")) {
+      nm = "avx512vnni";
+      fn = sa__mmq_avx512vnni;
+    }
+  }
+  if (name)
+    *name = nm;
+  return fn;
+}
+
+typedef struct {
+  cpu_t *c;
+  sa__mmq_fn fn;
+  float *y;
+  const int8_t *xq;
+  const float *xd;
+  int wtype;
+  const void *wq;
+  const uint16_t *wd, *bias;
+  int M, N, K, accumulate;
+  float *x;
+} mmq_job_t;
+
+static void mmq_range(void *p, int lo, int hi, int tid) {
+  mmq_job_t *j = p;
+  j->fn(j->y, j->xq, j->xd, j->wtype, j->wq, j->wd, j->bias, j->M, j->N, j->K, lo, hi,
+        j->accumulate, j->c->scratch[tid], SCRATCH_BYTES);
+}
+
+static int cpu_matmul_q(sa_backend_t *be, float *y, const int8_t *xq, const float *xd,
+                        int wtype, const void *wq, const uint16_t *wd, const uint16_t *bias,
+                        int M, int N, int K, int accumulate) {
+  cpu_t *c = be->impl;
+  mmq_job_t j = {c, mmq_of(c->kern, NULL), y, xq, xd, wtype, wq, wd, bias, M, N, K, accumulate,
+                 NULL};
+  /* each thread's columns in whole 16-row groups, so no group is split */
+  run_range(c, N, (double)M * K, 16, mmq_range, &j);
+  return 0;
+}
+
+static void quantize_rows(void *p, int lo, int hi, int tid) {
+  (void)tid;
+  mmq_job_t *j = p;
+  for (int m = lo; m < hi; m++)
+    sa__q8_quantize_row((int8_t *)j->xq + (size_t)m * j->K,
+                        (float *)j->xd + (size_t)m * (j->K / SA_QK), j->x + (size_t)m * j->K,
+                        j->K);
+}
+
+static int cpu_quantize_q8(sa_backend_t *be, int8_t *xq, float *xd, const float *x, int M,
+                           int K) {
+  cpu_t *c = be->impl;
+  mmq_job_t j = {.c = c, .xq = xq, .xd = xd, .K = K, .x = (float *)x};
+  run_range(c, M, 2.0 * K, 1, quantize_rows, &j);
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
 /* row-wise ops                                                              */
 
 typedef struct {
@@ -957,6 +1033,8 @@ static const sa_backend_ops_t cpu_ops = {
     .memset0 = sa__host_memset0,
     .sync = sa__host_sync,
     .matmul_bf16 = cpu_matmul_bf16,
+    .matmul_q = cpu_matmul_q,
+    .quantize_q8 = cpu_quantize_q8,
     .rmsnorm = cpu_rmsnorm,
     .layernorm = cpu_layernorm,
     .rope = cpu_rope,
@@ -1065,6 +1143,14 @@ const char *sa_cpu_isa(const sa_backend_t *be) {
   if (!be || be->ops != &cpu_ops)
     return "";
   return ((const cpu_t *)be->impl)->kern->name;
+}
+
+const char *sa_cpu_q_isa(const sa_backend_t *be) {
+  if (!be || be->ops != &cpu_ops)
+    return "";
+  const char *name;
+  mmq_of(((const cpu_t *)be->impl)->kern, &name);
+  return name;
 }
 
 int sa_cpu_isa_supported(const char *isa) {

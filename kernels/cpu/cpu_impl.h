@@ -83,4 +83,23 @@ static inline void sa__tile_pf_step(sa__tile_pf_t *pf) {
     __builtin_prefetch(pf->p, 0, 2);
 }
 
+/* The quantized matmul over output columns [n0, n1) (kernels.h matmul_q:
+ * the bits are defined by sa__mmq_scalar in quant.c); scratch is this
+ * thread's (at least 256 KiB). */
+typedef void (*sa__mmq_fn)(float *y, const int8_t *xq, const float *xd, int wtype,
+                           const void *wq, const uint16_t *wd, const uint16_t *bias, int M,
+                           int N, int K, int n0, int n1, int accumulate, void *scratch,
+                           size_t scratch_bytes);
+void sa__mmq_scalar(float *y, const int8_t *xq, const float *xd, int wtype, const void *wq,
+                    const uint16_t *wd, const uint16_t *bias, int M, int N, int K, int n0,
+                    int n1, int accumulate);
+void sa__mmq_avx2(float *y, const int8_t *xq, const float *xd, int wtype, const void *wq,
+                  const uint16_t *wd, const uint16_t *bias, int M, int N, int K, int n0, int n1,
+                  int accumulate, void *scratch, size_t scratch_bytes);
+void sa__mmq_avx512vnni(float *y, const int8_t *xq, const float *xd, int wtype, const void *wq,
+                        const uint16_t *wd, const uint16_t *bias, int M, int N, int K, int n0,
+                        int n1, int accumulate, void *scratch, size_t scratch_bytes);
+/* The q8 blocks of one row (kernels.h quantize_q8). */
+void sa__q8_quantize_row(int8_t *q, float *d, const float *x, int K);
+
 #endif

@@ -10,6 +10,7 @@
  * memcpy and sync is a no-op.
  */
 #include "backend_impl.h"
+#include "cpu_impl.h"
 #include "kernels.h"
 #include "log.h"
 #include "sa_error.h"
@@ -36,6 +37,23 @@ static int ref_matmul_bf16(sa_backend_t *be, float *y, const float *x,
         s += y[(size_t)m * N + n];
       y[(size_t)m * N + n] = (float)s;
     }
+  return 0;
+}
+
+static int ref_matmul_q(sa_backend_t *be, float *y, const int8_t *xq, const float *xd,
+                        int wtype, const void *wq, const uint16_t *wd, const uint16_t *bias,
+                        int M, int N, int K, int accumulate) {
+  (void)be;
+  sa__mmq_scalar(y, xq, xd, wtype, wq, wd, bias, M, N, K, 0, N, accumulate);
+  return 0;
+}
+
+static int ref_quantize_q8(sa_backend_t *be, int8_t *xq, float *xd, const float *x, int M,
+                           int K) {
+  (void)be;
+  for (int m = 0; m < M; m++)
+    sa__q8_quantize_row(xq + (size_t)m * K, xd + (size_t)m * (K / SA_QK), x + (size_t)m * K,
+                        K);
   return 0;
 }
 
@@ -329,6 +347,8 @@ static const sa_backend_ops_t ref_ops = {
     .memset0 = sa__host_memset0,
     .sync = sa__host_sync,
     .matmul_bf16 = ref_matmul_bf16,
+    .matmul_q = ref_matmul_q,
+    .quantize_q8 = ref_quantize_q8,
     .rmsnorm = ref_rmsnorm,
     .layernorm = ref_layernorm,
     .rope = ref_rope,

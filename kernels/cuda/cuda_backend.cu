@@ -245,6 +245,21 @@ static int cu_matmul_bf16(sa_backend_t *be, float *y, const float *x,
 
 /* --- row and element ops --------------------------------------------------- */
 
+static int cu_matmul_q(sa_backend_t *be, float *y, const int8_t *xq, const float *xd,
+                       int wtype, const void *wq, const uint16_t *wd, const uint16_t *bias,
+                       int M, int N, int K, int accumulate) {
+  ENTER(be);
+  CK(sa__cuda_matmul_q(cx->stream, y, xq, xd, wtype, wq, wd, bias, M, N, K, accumulate));
+  return 0;
+}
+
+static int cu_quantize_q8(sa_backend_t *be, int8_t *xq, float *xd, const float *x, int M,
+                          int K) {
+  ENTER(be);
+  CK(sa__cuda_quantize_q8(cx->stream, xq, xd, x, M, K));
+  return 0;
+}
+
 static int cu_rmsnorm(sa_backend_t *be, float *y, const float *x,
                       const uint16_t *w, int M, int H, float eps) {
   ENTER(be);
@@ -433,6 +448,8 @@ static const sa_backend_ops_t cuda_ops_table = {
     /* memset0 */ cu_memset0,
     /* sync */ cu_sync,
     /* matmul_bf16 */ cu_matmul_bf16,
+    /* matmul_q */ cu_matmul_q,
+    /* quantize_q8 */ cu_quantize_q8,
     /* rmsnorm */ cu_rmsnorm,
     /* layernorm */ cu_layernorm,
     /* rope */ cu_rope,

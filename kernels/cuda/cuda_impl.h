@@ -59,6 +59,14 @@ cudaError_t sa__cuda_gemv(cudaStream_t st, int sm_count, float *y,
                           const uint16_t *bias, int M, int N, int K,
                           int accumulate);
 
+/* --- launchers (cuda_quant.cu) --- */
+/* kernels.h matmul_q and quantize_q8, bit-identical to the CPU's. */
+cudaError_t sa__cuda_matmul_q(cudaStream_t st, float *y, const int8_t *xq, const float *xd,
+                              int wtype, const void *wq, const uint16_t *wd,
+                              const uint16_t *bias, int M, int N, int K, int accumulate);
+cudaError_t sa__cuda_quantize_q8(cudaStream_t st, int8_t *xq, float *xd, const float *x, int M,
+                                 int K);
+
 /* --- launchers (cuda_elementwise.cu) --- */
 /* hi[m,k] = bf16(x), lo[m,k] = bf16(x - hi) over x[M,K]; hi and lo are
  * [M,K]. lo may be NULL (rounding only). */

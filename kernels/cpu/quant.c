@@ -1,0 +1,72 @@
+/*
+ * quant — the scalar definition of the quantized matmul and of the q8
+ * activation blocks (kernels.h: matmul_q, quantize_q8).
+ *
+ * Every other path (AVX2, AVX-512 VNNI, AMX-INT8, CUDA) computes the same
+ * bits: a block's dot is an exact integer, and the blocks are added to one
+ * fp32 sum per output in order with one fmaf each, so only the integer
+ * part may be computed in any order. The reference backend and the CPU
+ * backend's "scalar" path call these functions.
+ */
+#include "cpu_impl.h"
+#include "kernels.h"
+#include "tensor.h"
+
+#include <math.h>
+
+void sa__q8_quantize_row(int8_t *q, float *d, const float *x, int K) {
+  for (int b = 0; b < K / SA_QK; b++) {
+    const float *xb = x + (size_t)b * SA_QK;
+    float amax = 0.0f;
+    for (int j = 0; j < SA_QK; j++)
+      amax = fmaxf(amax, fabsf(xb[j]));
+    float db = amax / 127.0f;
+    float id = db != 0.0f ? 1.0f / db : 0.0f;
+    for (int j = 0; j < SA_QK; j++) {
+      /* clamped as x86's max(v, -127) then min(v, 127): keeps -128 out,
+       * and a NaN (a broken model's) becomes -127 on every path */
+      float v = nearbyintf(xb[j] * id);
+      v = v > -127.0f ? v : -127.0f;
+      v = v < 127.0f ? v : 127.0f;
+      q[(size_t)b * SA_QK + j] = (int8_t)v;
+    }
+    d[b] = db;
+  }
+}
+
+/* The exact integer dot of a q8 activation block with block b of row n. */
+static int32_t block_dot(const int8_t *xb, int wtype, const void *wq, int n, int b, int K) {
+  int32_t s = 0;
+  if (wtype == SA_WQ_Q8_0) {
+    const int8_t *w = (const int8_t *)wq + (size_t)n * K + (size_t)b * SA_QK;
+    for (int j = 0; j < SA_QK; j++)
+      s += (int32_t)xb[j] * w[j];
+  } else {
+    const uint8_t *w = (const uint8_t *)wq + (size_t)n * (K / 2) + (size_t)b * (SA_QK / 2);
+    for (int j = 0; j < SA_QK / 2; j++) {
+      s += (int32_t)xb[j] * ((w[j] & 15) - 8);
+      s += (int32_t)xb[j + SA_QK / 2] * ((w[j] >> 4) - 8);
+    }
+  }
+  return s;
+}
+
+void sa__mmq_scalar(float *y, const int8_t *xq, const float *xd, int wtype, const void *wq,
+                    const uint16_t *wd, const uint16_t *bias, int M, int N, int K, int n0,
+                    int n1, int accumulate) {
+  int KB = K / SA_QK;
+  for (int m = 0; m < M; m++)
+    for (int n = n0; n < n1; n++) {
+      float s = 0.0f;
+      for (int b = 0; b < KB; b++) {
+        float c = xd[(size_t)m * KB + b] * sa_f16_to_f32(wd[(size_t)n * KB + b]);
+        s = fmaf((float)block_dot(xq + (size_t)m * K + (size_t)b * SA_QK, wtype, wq, n, b, K),
+                 c, s);
+      }
+      float *yo = y + (size_t)m * N + n;
+      float init = accumulate ? *yo : 0.0f;
+      if (bias)
+        init += sa_bf16_to_f32(bias[n]);
+      *yo = init + s;
+    }
+}
