@@ -1,5 +1,6 @@
 /*
- * bench-gemm — bf16-weight GEMV/GEMM of the CPU backend against the
+ * bench-gemm — bf16-weight GEMV/GEMM (and the Q8_0 / Q4_0 decode GEMV) of
+ * the CPU backend against the
  * machine's own limits: measured memory bandwidth for the decode GEMV (M = 1,
  * which must stream W at a large fraction of it) and OpenBLAS sgemm peak for
  * the prefill GEMM. Prints medians.
@@ -20,6 +21,7 @@
 static void usage(FILE *f) {
   fprintf(f,
           "usage: bench-gemm [--threads N] [--reps N] [--isa NAME] [--quick] [--shape MxNxK]\n"
+          "                  [--formats LIST]\n"
           "  Prints measured memory bandwidth, OpenBLAS sgemm peak, one core's\n"
           "  vdpbf16ps and AMX bf16 peaks (where the CPU has them), the CPU\n"
           "  backend's bf16 GEMV GB/s at M=1 for Qwen2.5-0.5B's shapes (896x896,\n"
@@ -31,29 +33,52 @@ static void usage(FILE *f) {
           "  --reps N     samples per figure (default 21)\n"
           "  --isa NAME   scalar|avx2|avx512|avx512bf16|amx|auto (default auto)\n"
           "  --quick      smaller bandwidth buffer and fewer sgemm sizes\n"
+          "  --formats LIST  quantized GEMV formats beside bf16: q8_0,q4_0 (default\n"
+          "               both; \"none\" for bf16 only). Quantized figures are\n"
+          "               bytes of q and scales read, and time against bf16's\n"
           "  --shape MxNxK  only the GEMM of this shape (e.g. 512x4096x14336)\n");
 }
 
-static double gemv_gbs(sa_backend_t *be, int N, int K, size_t rot_bytes,
-                       int reps, const float *x, float *y) {
-  size_t wb = (size_t)N * K * 2;
+/* The weight formats of the GEMV table. */
+enum { FMT_BF16, FMT_Q8_0, FMT_Q4_0, N_FMT };
+static const char *fmt_name[N_FMT] = {"bf16", "q8_0", "q4_0"};
+
+/* Bytes of W[N, K] in a format (quantized: the q part and the fp16 scales). */
+static size_t w_bytes(int fmt, int N, int K) {
+  if (fmt == FMT_BF16)
+    return (size_t)N * K * 2;
+  return sa_wq_bytes(fmt == FMT_Q8_0 ? SA_WQ_Q8_0 : SA_WQ_Q4_0, N, K) + (size_t)N * (K / 32) * 2;
+}
+
+/* Median seconds of one decode GEMV (M = 1) in a format; quantized formats
+ * include making x's q8 blocks, as decode does once per input. */
+static double gemv_s(sa_backend_t *be, int fmt, int N, int K, size_t rot_bytes, int reps,
+                     const float *x, float *y, int8_t *xq, float *xd) {
+  size_t wb = w_bytes(fmt, N, K);
   int copies = (int)((rot_bytes + wb - 1) / wb);
   if (copies < 1)
     copies = 1;
   if (copies > 512)
     copies = 512;
-  uint16_t *w = be->ops->alloc(be, wb * copies);
+  uint8_t *w = be->ops->alloc(be, wb * copies);
   if (!w)
     return -1;
-  for (size_t i = 0; i < (size_t)N * K * copies; i++)
-    w[i] = sa_f32_to_bf16((float)((i * 2654435761u) % 1000) * 1e-3f - 0.5f);
+  for (size_t i = 0; i < wb * copies; i++) /* bf16 / fp16 values in [0.5, 1) */
+    w[i] = (i & 1) ? 0x38 : (uint8_t)(i * 2654435761u >> 24);
   double *t = malloc(sizeof(double) * reps);
   int c = 0;
+  size_t q_off = fmt == FMT_BF16 ? wb : wb - (size_t)N * (K / 32) * 2;
   for (int r = -copies; r < reps; r++) { /* first pass warms the pool */
-    const uint16_t *wc = w + (size_t)N * K * c;
+    const uint8_t *wc = w + wb * c;
     c = (c + 1) % copies;
     double t0 = sa_bench_now();
-    sa_op_matmul_bf16(be, y, x, wc, NULL, 1, N, K, 0);
+    if (fmt == FMT_BF16) {
+      sa_op_matmul_bf16(be, y, x, (const uint16_t *)wc, NULL, 1, N, K, 0);
+    } else {
+      sa_op_quantize_q8(be, xq, xd, x, 1, K);
+      sa_op_matmul_q(be, y, xq, xd, fmt == FMT_Q8_0 ? SA_WQ_Q8_0 : SA_WQ_Q4_0, wc,
+                     (const uint16_t *)(wc + q_off), NULL, 1, N, K, 0);
+    }
     double dt = sa_bench_now() - t0;
     if (r >= 0)
       t[r] = dt;
@@ -61,7 +86,7 @@ static double gemv_gbs(sa_backend_t *be, int N, int K, size_t rot_bytes,
   double med = sa_bench_median(t, reps);
   free(t);
   be->ops->free(be, w);
-  return (double)wb / med / 1e9;
+  return med;
 }
 
 static double gemm_gflops(sa_backend_t *be, int M, int N, int K, int reps,
@@ -82,6 +107,7 @@ int main(int argc, char **argv) {
   int threads = 0, reps = 21, quick = 0;
   int sM = 0, sN = 0, sK = 0;
   const char *isa = "auto";
+  int fmt_on[N_FMT] = {1, 1, 1};
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
       usage(stdout);
@@ -92,6 +118,10 @@ int main(int argc, char **argv) {
       reps = atoi(argv[++i]);
     } else if (!strcmp(argv[i], "--isa") && i + 1 < argc) {
       isa = argv[++i];
+    } else if (!strcmp(argv[i], "--formats") && i + 1 < argc) {
+      const char *f = argv[++i];
+      for (int k = 1; k < N_FMT; k++)
+        fmt_on[k] = strstr(f, fmt_name[k]) != NULL;
     } else if (!strcmp(argv[i], "--quick")) {
       quick = 1;
     } else if (!strcmp(argv[i], "--shape") && i + 1 < argc) {
@@ -165,17 +195,31 @@ int main(int argc, char **argv) {
   for (int i = 0; i < 512 * 4864; i++)
     x[i] = (float)(i % 97) * 0.01f - 0.5f;
 
-  printf("GEMV M=1 (bf16 W, fp32 x/y; W streamed from DRAM)\n");
-  printf("  %-14s %10s %10s %10s\n", "N x K", "us", "GB/s", "of read bw");
+  printf("GEMV M=1 (fp32 x/y; W streamed from DRAM; quantized: %s, x's q8 blocks included)\n",
+         sa_cpu_q_isa(be));
+  printf("  %-14s %-5s %10s %10s %10s %8s\n", "N x K", "W", "us", "GB/s", "of read bw",
+         "x bf16");
   /* Qwen2.5-0.5B's shapes: o_proj, qkv, gate_up, down, LM head */
   static const int gemv_nk[][2] = {{896, 896}, {1152, 896}, {9728, 896}, {896, 4864},
                                    {151936, 896}};
+  int8_t *xq = be->ops->alloc(be, 4864);
+  float *xd = be->ops->alloc(be, sizeof(float) * 4864 / 32);
   for (int i = 0; i < 5; i++) {
     int gn = gemv_nk[i][0], gk = gemv_nk[i][1];
-    double gbs = gemv_gbs(be, gn, gk, bw.bytes, reps, x, y);
-    printf("  %6d x %-5d %10.1f %10.1f %9.0f %%\n", gn, gk,
-           (double)gn * gk * 2 / gbs / 1e3, gbs, 100.0 * gbs / bw.read_gbs);
+    double t_bf16 = 0;
+    for (int f = 0; f < N_FMT; f++) {
+      if (f != FMT_BF16 && !fmt_on[f])
+        continue;
+      double t = gemv_s(be, f, gn, gk, bw.bytes, reps, x, y, xq, xd);
+      double gbs = (double)w_bytes(f, gn, gk) / t / 1e9;
+      if (f == FMT_BF16)
+        t_bf16 = t;
+      printf("  %6d x %-5d %-5s %10.1f %10.1f %9.0f %% %7.2fx\n", gn, gk, fmt_name[f], t * 1e6,
+             gbs, 100.0 * gbs / bw.read_gbs, t_bf16 / t);
+    }
   }
+  be->ops->free(be, xq);
+  be->ops->free(be, xd);
 
   const int N = 4864;
   uint16_t *w = be->ops->alloc(be, (size_t)N * K * 2);
