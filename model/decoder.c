@@ -13,8 +13,17 @@
 #include <string.h>
 #include <time.h>
 
+/* A linear layer's weight W[N, K] in backend memory: bf16, or quantized
+ * (kernels.h SA_WQ_*: the q part and the fp16 scales). */
 typedef struct {
-  uint16_t *ln1, *wqkv, *bqkv, *wo, *ln2, *wgu, *wdown; /* backend, bf16 */
+  int type;     /* 0 = bf16, else SA_WQ_Q8_0 / SA_WQ_Q4_0 */
+  void *w;      /* bf16 [N, K] or the q part */
+  uint16_t *wd; /* quantized: scales [N, K/32] */
+} dec_w_t;
+
+typedef struct {
+  uint16_t *ln1, *bqkv, *ln2; /* backend, bf16 */
+  dec_w_t qkv, o, gu, down;
 } dec_layer_t;
 
 struct sa_decoder {
@@ -25,13 +34,15 @@ struct sa_decoder {
   bool first_stage, last_stage;
   dec_layer_t *layers; /* [last - first] */
   uint16_t *embed;     /* [V, H] (first stage, or tied last stage) */
-  uint16_t *lm_head;   /* [V, H]; == embed when tied */
+  dec_w_t lm_head;     /* [V, H]; .w == embed when tied (and not quantized) */
   uint16_t *norm;      /* [H] */
   sa_decoder_info_t info;
   int max_bpseq;
   /* backend workspaces */
   float *x, *h, *qkv, *att, *gu, *act; /* [Mmax, ...] */
   float *lrow, *logit;                 /* [Rmax, H], [Rmax, V] */
+  int8_t *xq;                          /* q8 blocks of a matmul's x, when any */
+  float *xd;                           /* weight is quantized: [Mmax, Kmax] */
   int32_t *d_ids, *d_pos, *d_slot, *d_qstart, *d_ctx, *d_btab;
   int prof_on;
   sa_decoder_prof_t prof;
@@ -57,8 +68,10 @@ static bool want_tensor(const char *name, void *arg) {
     return f->embed || (f->head && f->tied);
   if (strcmp(name, "model.norm.weight") == 0)
     return f->head;
-  if (strcmp(name, "lm_head.weight") == 0)
-    return f->head && !f->tied;
+  /* a tied head may still come as its own quantized lm_head (sa-model
+   * quantize writes one): then it is used */
+  if (strcmp(name, "lm_head.weight") == 0 || strcmp(name, "lm_head.weight_scale") == 0)
+    return f->head;
   return false;
 }
 
@@ -162,6 +175,91 @@ static int load_fused(sa_decoder_t *d, const sa_st_t *st, int n_parts,
   return d->be->ops->upload(d->be, *out, stage, total * 2);
 }
 
+/* The quantized format a tensor's dtype stands for (docs/quantization.md):
+ * int8 is Q8_0, uint8 Q4_0; 0 for a float tensor. */
+static int q_type_of(const sa_st_tensor_t *t) {
+  return t->desc.dtype == SA_DTYPE_I8 ? SA_WQ_Q8_0 : t->desc.dtype == SA_DTYPE_U8 ? SA_WQ_Q4_0 : 0;
+}
+
+/* Loads the weight made of the rows of n_parts tensors (each [rows_i, K])
+ * into *out: bf16 (converted from f16/f32 as needed), or quantized when the
+ * tensors are (every part in the same format, with its "<name>_scale").
+ * Adds the backend bytes to *bytes. */
+static int load_w(sa_decoder_t *d, const sa_st_t *st, int n_parts, char names[][96],
+                  const int64_t *rows, int64_t K, dec_w_t *out, uint16_t *stage, size_t *bytes,
+                  char *err, size_t cap) {
+  const sa_st_tensor_t *t0 = sa_st_find(st, names[0]);
+  int type = t0 ? q_type_of(t0) : 0;
+  int64_t R = 0;
+  for (int i = 0; i < n_parts; i++)
+    R += rows[i];
+  if (!type) {
+    out->type = 0;
+    *bytes += (size_t)R * (size_t)K * 2;
+    if (n_parts == 1)
+      return load_one(d, st, names[0], 2, rows[0], K, (uint16_t **)&out->w, stage, err, cap);
+    return load_fused(d, st, n_parts, names, rows, K, (uint16_t **)&out->w, stage, err, cap);
+  }
+  if (K % SA_QK) {
+    snprintf(err, cap, "decoder: tensor '%s' is quantized but its rows (%lld) are not a "
+             "multiple of %d", names[0], (long long)K, SA_QK);
+    return SA_EFORMAT;
+  }
+  size_t qrow = sa_wq_bytes(type, 1, (int)K), KB = (size_t)K / SA_QK;
+  uint8_t *q = (uint8_t *)stage; /* the stage holds R * K bf16: more than R * qrow */
+  uint16_t *sc = malloc((size_t)R * KB * 2 + 2);
+  if (!sc) {
+    snprintf(err, cap, "decoder: out of host memory for '%s'", names[0]);
+    return SA_ENOMEM;
+  }
+  int rc = 0;
+  size_t off = 0;
+  for (int i = 0; i < n_parts && !rc; i++) {
+    char sname[112];
+    snprintf(sname, sizeof sname, "%s_scale", names[i]);
+    const sa_st_tensor_t *t = sa_st_find(st, names[i]), *ts = sa_st_find(st, sname);
+    if (!t || q_type_of(t) != type) {
+      snprintf(err, cap, "decoder: tensor '%s' is %s but '%s' is %s: the parts of a fused "
+               "weight must share one format", names[0], sa_dtype_name(t0->desc.dtype),
+               names[i], t ? sa_dtype_name(t->desc.dtype) : "missing");
+      rc = SA_EFORMAT;
+    } else if (t->desc.ndim != 2 || t->desc.shape[0] != rows[i] ||
+               t->desc.shape[1] != (int64_t)qrow) {
+      char have[96];
+      snprintf(err, cap, "decoder: quantized tensor '%s' is %s, expected [%lld,%zu]", names[i],
+               sa_tensor_desc_str(&t->desc, have, sizeof have), (long long)rows[i], qrow);
+      rc = SA_EFORMAT;
+    } else if (!ts || ts->desc.dtype != SA_DTYPE_F16 || ts->desc.ndim != 2 ||
+               ts->desc.shape[0] != rows[i] || ts->desc.shape[1] != (int64_t)KB) {
+      snprintf(err, cap, "decoder: quantized tensor '%s' needs '%s' as f16 [%lld,%zu]",
+               names[i], sname, (long long)rows[i], KB);
+      rc = SA_EFORMAT;
+    } else {
+      memcpy(q + off * qrow, t->data, (size_t)rows[i] * qrow);
+      memcpy(sc + off * KB, ts->data, (size_t)rows[i] * KB * 2);
+      off += (size_t)rows[i];
+    }
+  }
+  if (!rc) {
+    out->type = type;
+    out->w = d->be->ops->alloc(d->be, (size_t)R * qrow);
+    out->wd = d->be->ops->alloc(d->be, (size_t)R * KB * 2);
+    if (!out->w || !out->wd) {
+      snprintf(err, cap, "decoder: cannot allocate %zu bytes for '%s'",
+               (size_t)R * (qrow + KB * 2), names[0]);
+      rc = SA_ENOMEM;
+    }
+  }
+  if (!rc)
+    rc = d->be->ops->upload(d->be, out->w, q, (size_t)R * qrow);
+  if (!rc)
+    rc = d->be->ops->upload(d->be, out->wd, sc, (size_t)R * KB * 2);
+  if (!rc)
+    *bytes += (size_t)R * (qrow + KB * 2);
+  free(sc);
+  return rc;
+}
+
 static void *ws_alloc(sa_decoder_t *d, size_t bytes) {
   d->info.ws_bytes += bytes;
   return d->be->ops->alloc(d->be, bytes ? bytes : 64);
@@ -251,6 +349,8 @@ int sa_decoder_load(sa_backend_t *be, const char *dir,
     goto fail;
   }
 
+  size_t lbytes = 0;
+  int kmax_q = 0; /* longest K of a quantized matmul: the x blocks' row */
   for (int li = 0; li < nl; li++) {
     int l = o->first_layer + li;
     dec_layer_t *w = &d->layers[li];
@@ -267,8 +367,7 @@ int sa_decoder_load(sa_backend_t *be, const char *dir,
     LNAME(nm[0], "self_attn.q_proj.weight");
     LNAME(nm[1], "self_attn.k_proj.weight");
     LNAME(nm[2], "self_attn.v_proj.weight");
-    if ((rc = load_fused(d, st, 3, nm, qkv_rows, d->H, &w->wqkv, stage, err,
-                         err_cap)))
+    if ((rc = load_w(d, st, 3, nm, qkv_rows, d->H, &w->qkv, stage, &lbytes, err, err_cap)))
       goto fail;
     LNAME(nm[0], "self_attn.q_proj.bias");
     LNAME(nm[1], "self_attn.k_proj.bias");
@@ -276,29 +375,31 @@ int sa_decoder_load(sa_backend_t *be, const char *dir,
     if ((rc = load_fused(d, st, 3, nm, qkv_rows, 0, &w->bqkv, stage, err,
                          err_cap)))
       goto fail;
-    LNAME(name, "self_attn.o_proj.weight");
-    if ((rc = load_one(d, st, name, 2, d->H, d->qdim, &w->wo, stage, err,
-                       err_cap)))
+    int64_t o_rows[1] = {d->H};
+    LNAME(nm[0], "self_attn.o_proj.weight");
+    if ((rc = load_w(d, st, 1, nm, o_rows, d->qdim, &w->o, stage, &lbytes, err, err_cap)))
       goto fail;
     int64_t gu_rows[2] = {d->I, d->I};
     LNAME(nm[0], "mlp.gate_proj.weight");
     LNAME(nm[1], "mlp.up_proj.weight");
-    if ((rc = load_fused(d, st, 2, nm, gu_rows, d->H, &w->wgu, stage, err,
-                         err_cap)))
+    if ((rc = load_w(d, st, 2, nm, gu_rows, d->H, &w->gu, stage, &lbytes, err, err_cap)))
       goto fail;
-    LNAME(name, "mlp.down_proj.weight");
-    if ((rc = load_one(d, st, name, 2, d->H, d->I, &w->wdown, stage, err,
-                       err_cap)))
+    LNAME(nm[0], "mlp.down_proj.weight");
+    if ((rc = load_w(d, st, 1, nm, o_rows, d->I, &w->down, stage, &lbytes, err, err_cap)))
       goto fail;
+    lbytes += (2 * H + (size_t)d->qkvdim) * 2; /* norms, qkv bias */
+    kmax_q = w->qkv.type || w->gu.type ? (d->H > kmax_q ? d->H : kmax_q) : kmax_q;
+    kmax_q = w->o.type && d->qdim > kmax_q ? d->qdim : kmax_q;
+    kmax_q = w->down.type && d->I > kmax_q ? d->I : kmax_q;
 #undef LNAME
   }
-  d->info.layer_bytes =
-      (size_t)nl * 2 *
-      (2 * H + (size_t)d->qkvdim * (H + 1) + H * (size_t)d->qdim +
-       3 * H * (size_t)d->I);
+  d->info.layer_bytes = lbytes;
 
   size_t vh = (size_t)d->V * H;
-  if (d->first_stage || (d->last_stage && c->tie_word_embeddings)) {
+  /* a last stage needs the table as its head only when tied without a
+   * quantized lm_head of its own */
+  bool head_is_embed = d->last_stage && c->tie_word_embeddings && !sa_st_find(st, "lm_head.weight");
+  if (d->first_stage || head_is_embed) {
     if ((rc = load_one(d, st, "model.embed_tokens.weight", 2, d->V, d->H,
                        &d->embed, stage, err, err_cap)))
       goto fail;
@@ -309,13 +410,19 @@ int sa_decoder_load(sa_backend_t *be, const char *dir,
                        stage, err, err_cap)))
       goto fail;
     d->info.norm_bytes = H * 2;
-    if (c->tie_word_embeddings) {
-      d->lm_head = d->embed;
-    } else if ((rc = load_one(d, st, "lm_head.weight", 2, d->V, d->H,
-                              &d->lm_head, stage, err, err_cap))) {
+    char hn[1][96] = {"lm_head.weight"};
+    int64_t v_rows[1] = {d->V};
+    size_t hbytes = 0;
+    if (head_is_embed) {
+      d->lm_head = (dec_w_t){0, d->embed, NULL};
+      hbytes = vh * 2;
+    } else if ((rc = load_w(d, st, 1, hn, v_rows, d->H, &d->lm_head, stage, &hbytes, err,
+                            err_cap))) {
       goto fail;
     }
-    d->info.lm_head_bytes = vh * 2;
+    if (d->lm_head.type && d->H > kmax_q)
+      kmax_q = d->H;
+    d->info.lm_head_bytes = hbytes;
   }
   free(stage);
   stage = NULL;
@@ -339,6 +446,17 @@ int sa_decoder_load(sa_backend_t *be, const char *dir,
   if (d->last_stage) {
     d->lrow = ws_alloc(d, R * H * 4);
     d->logit = ws_alloc(d, R * (size_t)d->V * 4);
+  }
+  if (kmax_q) {
+    size_t rows_q = M > R ? M : R;
+    d->xq = ws_alloc(d, rows_q * (size_t)kmax_q);
+    d->xd = ws_alloc(d, rows_q * (size_t)(kmax_q / SA_QK) * 4);
+    if (!d->xq || !d->xd) {
+      snprintf(err, err_cap, "decoder: cannot allocate workspaces (%zu bytes)",
+               d->info.ws_bytes);
+      rc = SA_ENOMEM;
+      goto fail;
+    }
   }
   d->ids = malloc(M * 4);
   d->pos = malloc(M * 4);
@@ -384,17 +502,21 @@ void sa_decoder_destroy(sa_decoder_t **dp) {
     for (int i = 0; i < d->o.last_layer - d->o.first_layer; i++) {
       dec_layer_t *w = &d->layers[i];
       BFREE(w->ln1);
-      BFREE(w->wqkv);
       BFREE(w->bqkv);
-      BFREE(w->wo);
       BFREE(w->ln2);
-      BFREE(w->wgu);
-      BFREE(w->wdown);
+      dec_w_t *ws[4] = {&w->qkv, &w->o, &w->gu, &w->down};
+      for (int k = 0; k < 4; k++) {
+        BFREE(ws[k]->w);
+        BFREE(ws[k]->wd);
+      }
     }
     free(d->layers);
   }
-  if (d->lm_head != d->embed)
-    BFREE(d->lm_head);
+  if (d->lm_head.w != d->embed)
+    BFREE(d->lm_head.w);
+  BFREE(d->lm_head.wd);
+  BFREE(d->xq);
+  BFREE(d->xd);
   BFREE(d->embed);
   BFREE(d->norm);
   BFREE(d->x);
@@ -441,6 +563,17 @@ void sa_decoder_destroy(sa_decoder_t **dp) {
       d->prof.seconds[cls] += sa_now_s() - t0_;                                   \
     }                                                                          \
   } while (0)
+
+/* y[M,N] (+)= x[M,K] · Wᵀ (+ bias) in W's format: a quantized W takes x's
+ * q8 blocks, made here into the decoder's workspace. */
+static int matmul(sa_decoder_t *d, float *y, const float *x, const dec_w_t *w,
+                  const uint16_t *bias, int M, int N, int K, int accumulate) {
+  if (!w->type)
+    return sa_op_matmul_bf16(d->be, y, x, w->w, bias, M, N, K, accumulate);
+  int rc = sa_op_quantize_q8(d->be, d->xq, d->xd, x, M, K);
+  return rc ? rc : sa_op_matmul_q(d->be, y, d->xq, d->xd, w->type, w->w, w->wd, bias, M, N, K,
+                                  accumulate);
+}
 
 int sa_decoder_step(sa_decoder_t *d, sa_kv_t *kv,
                     const sa_decoder_batch_t *b) {
@@ -574,7 +707,7 @@ int sa_decoder_step(sa_decoder_t *d, sa_kv_t *kv,
     float *kc, *vc;
     CK(sa_kv_layer(kv, d->o.first_layer + li, &kc, &vc));
     OP(SA_DEC_PROF_NORM, sa_op_rmsnorm(be, d->h, d->x, w->ln1, M, H, eps));
-    OP(SA_DEC_PROF_QKV, sa_op_matmul_bf16(be, d->qkv, d->h, w->wqkv, w->bqkv, M, d->qkvdim, H, 0));
+    OP(SA_DEC_PROF_QKV, matmul(d, d->qkv, d->h, &w->qkv, w->bqkv, M, d->qkvdim, H, 0));
     OP(SA_DEC_PROF_ROPE, sa_op_rope(be, d->qkv, d->d_pos, M, d->nh, d->hd, d->qkvdim, theta));
     OP(SA_DEC_PROF_ROPE, sa_op_rope(be, d->qkv + d->qdim, d->d_pos, M, d->nkv, d->hd, d->qkvdim,
                 theta));
@@ -582,11 +715,11 @@ int sa_decoder_step(sa_decoder_t *d, sa_kv_t *kv,
                     d->qkvdim, d->d_slot, M, d->kvdim));
     OP(SA_DEC_PROF_ATTENTION, sa_op_attention(be, d->att, d->qkv, d->qkvdim, kc, vc, &ab, d->nh, d->nkv,
                      d->hd, scale));
-    OP(SA_DEC_PROF_O_PROJ, sa_op_matmul_bf16(be, d->x, d->att, w->wo, NULL, M, H, d->qdim, 1));
+    OP(SA_DEC_PROF_O_PROJ, matmul(d, d->x, d->att, &w->o, NULL, M, H, d->qdim, 1));
     OP(SA_DEC_PROF_NORM, sa_op_rmsnorm(be, d->h, d->x, w->ln2, M, H, eps));
-    OP(SA_DEC_PROF_GATE_UP, sa_op_matmul_bf16(be, d->gu, d->h, w->wgu, NULL, M, 2 * d->I, H, 0));
+    OP(SA_DEC_PROF_GATE_UP, matmul(d, d->gu, d->h, &w->gu, NULL, M, 2 * d->I, H, 0));
     OP(SA_DEC_PROF_SILU_MUL, sa_op_silu_mul(be, d->act, d->gu, M, d->I));
-    OP(SA_DEC_PROF_DOWN, sa_op_matmul_bf16(be, d->x, d->act, w->wdown, NULL, M, H, d->I, 1));
+    OP(SA_DEC_PROF_DOWN, matmul(d, d->x, d->act, &w->down, NULL, M, H, d->I, 1));
   }
 
   if (d->last_stage) {
@@ -596,7 +729,7 @@ int sa_decoder_step(sa_decoder_t *d, sa_kv_t *kv,
         OP(SA_DEC_PROF_LM_HEAD, op->copy(be, d->lrow + (size_t)r * H,
                     d->x + (size_t)b->logit_rows[r] * H, (size_t)H * 4));
       OP(SA_DEC_PROF_LM_HEAD, sa_op_rmsnorm(be, d->lrow, d->lrow, d->norm, R, H, eps));
-      OP(SA_DEC_PROF_LM_HEAD, sa_op_matmul_bf16(be, d->logit, d->lrow, d->lm_head, NULL, R, d->V, H,
+      OP(SA_DEC_PROF_LM_HEAD, matmul(d, d->logit, d->lrow, &d->lm_head, NULL, R, d->V, H,
                          0));
       OP(SA_DEC_PROF_OUTPUT, op->download(be, b->logits, d->logit, (size_t)R * d->V * 4));
     }

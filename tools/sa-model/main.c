@@ -28,6 +28,7 @@ static cmd_t g_cmds[] = {
     {"tokenize", sa_model_cmd_tokenize, "print the token ids of a text"},
     {"logits", sa_model_cmd_logits, "dump logits over a prompt as .npy"},
     {"generate", sa_model_cmd_generate, "reference generation (one process)"},
+    {"quantize", sa_model_cmd_quantize, "write a Q8_0 or Q4_0 copy of a checkpoint"},
     {"pcm", NULL, "decode audio to 16 kHz mono PCM (.npy)"},
     {"mel", NULL, "dump the log-mel spectrogram (.npy)"},
     {"encode", NULL, "dump audio encoder embeddings (.npy)"},
@@ -43,9 +44,9 @@ static void usage(FILE *f) {
 
 int main(int argc, char **argv) {
   sa_log_init("sa-model");
-  g_cmds[5].fn = sa_model_cmd_pcm;
-  g_cmds[6].fn = sa_model_cmd_mel;
-  g_cmds[7].fn = sa_model_cmd_encode;
+  g_cmds[6].fn = sa_model_cmd_pcm;
+  g_cmds[7].fn = sa_model_cmd_mel;
+  g_cmds[8].fn = sa_model_cmd_encode;
   if (argc < 2 || sa_model_is_help(argv[1])) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

@@ -17,6 +17,7 @@ int sa_model_cmd_inspect(int argc, char **argv);
 int sa_model_cmd_tokenize(int argc, char **argv);
 int sa_model_cmd_logits(int argc, char **argv);
 int sa_model_cmd_generate(int argc, char **argv);
+int sa_model_cmd_quantize(int argc, char **argv);
 /* Audio commands live in cmd_audio.c (the audio helper's); weak so that
  * either order of landing builds. */
 int sa_model_cmd_pcm(int argc, char **argv) __attribute__((weak));
