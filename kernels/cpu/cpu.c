@@ -169,6 +169,13 @@ static int amx_usable(void) {
   return usable;
 }
 
+/* AMX-INT8 (CPUID 7.0 EDX bit 25) besides the tile state amx_usable asks
+ * for. */
+static int amx_int8_usable(void) {
+  unsigned a, b, c, d;
+  return amx_usable() && __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 25));
+}
+
 static int isa_supported(const sa__cpu_kern_t *k) {
   __builtin_cpu_init();
   if (k == &sa__cpu_kern_scalar)
@@ -444,6 +451,10 @@ static sa__mmq_fn mmq_of(const sa__cpu_kern_t *k, const char **name) {
     if (k != &sa__cpu_kern_avx2 && __builtin_cpu_supports("avx512vnni")) {
       nm = "avx512vnni";
       fn = sa__mmq_avx512vnni;
+      if (k == &sa__cpu_kern_amx && amx_int8_usable()) {
+        nm = "amx";
+        fn = sa__mmq_amx;
+      }
     }
   }
   if (name)

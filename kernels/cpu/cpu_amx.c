@@ -25,6 +25,7 @@
  * zero-padded buffer first (a tile load reads whole 64-byte rows).
  */
 #include "cpu_impl.h"
+#include "kernels.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -225,6 +226,172 @@ static void mm_amx(float *y, const float *x, const uint16_t *w, const uint16_t *
                      accumulate);
             add_tile(yb + (size_t)16 * N + 16, (size_t)N, ct + 768, mv1, nv1, kb == 0,
                      bb ? bb + 16 : NULL, accumulate);
+          }
+        }
+      }
+    }
+  }
+}
+
+/* ------------------------------------------------------------------------ */
+/* The quantized matmul (kernels.h matmul_q) with AMX-INT8 for more than 16
+ * rows of x; up to 16 rows (decode) go to the VNNI kernel. Same bits as
+ * sa__mmq_scalar: the tiles give each block's exact integer sum, then one
+ * fmaf per block in order.
+ *
+ * Tiles: C[n][m]. A = 16 W rows x 64 bytes = a pair of blocks (b, b + 1):
+ * Q8_0 straight from the weights; Q4_0 unpacked to unsigned nibbles (low
+ * nibbles of both blocks, then high nibbles) in a buffer, multiplied by
+ * TDPBUSD with the -8 taken off as 8 sum(x). B = 16 x rows packed as k
+ * quads in the A row's k order, twice per pair: once with only block b's k
+ * (block b + 1's zero) and once the other way, so two TDPBxxD on one A tile
+ * give the two blocks' sums apart. Per block the C tile is stored and
+ * folded into 16 fp32 accumulators (one per W row, lanes over x rows). */
+
+#define MCQ 128 /* x rows packed per pass */
+
+/* The pair's k order: for k in 0..63 of the A row, which block (0: b,
+ * 1: b + 1) and which element of it. */
+static inline void pair_k(int wtype, int k, int *blk, int *el) {
+  if (wtype == SA_WQ_Q8_0) {
+    *blk = k >> 5, *el = k & 31;
+  } else { /* [b 0..15, b+1 0..15, b 16..31, b+1 16..31] */
+    *blk = (k >> 4) & 1, *el = (k & 15) + (k >= 32 ? 16 : 0);
+  }
+}
+
+/* Packs rows [0, mc) of xq (K columns) as B tiles: m-tile g, pair p,
+ * half h (block 2p + h alone) is 1 KiB at bp + ((g * np + p) * 2 + h) *
+ * 1024, row r holding for each of the 16 rows the bytes of k 4r..4r+3.
+ * Also xd and (Q4_0) the block sums of x transposed per m-tile:
+ * xdt[(g * KB + b) * 16 + i], sxt likewise. Rows past mc are zero. */
+static void pack_xq(int8_t *bp, float *xdt, int32_t *sxt, const int8_t *xq, const float *xd,
+                    int K, int mc, int wtype) {
+  int KB = K / 32, np = (KB + 1) / 2, ng = (mc + 15) / 16;
+  for (int g = 0; g < ng; g++)
+    for (int i = 0; i < 16; i++) {
+      int m = g * 16 + i;
+      const int8_t *xr = xq + (size_t)m * K;
+      for (int b = 0; b < KB; b++) {
+        xdt[((size_t)g * KB + b) * 16 + i] = m < mc ? xd[(size_t)m * KB + b] : 0.0f;
+        int32_t t = 0;
+        if (m < mc)
+          for (int j = 0; j < 32; j++)
+            t += xr[b * 32 + j];
+        sxt[((size_t)g * KB + b) * 16 + i] = t;
+      }
+      for (int p = 0; p < np; p++)
+        for (int h = 0; h < 2; h++) {
+          int8_t *t = bp + (((size_t)g * np + p) * 2 + h) * 1024;
+          for (int k = 0; k < 64; k++) {
+            int blk, el;
+            pair_k(wtype, k, &blk, &el);
+            int b = 2 * p + blk;
+            int8_t v = m < mc && blk == h && b < KB ? xr[b * 32 + el] : 0;
+            t[(k >> 2) * 64 + i * 4 + (k & 3)] = v;
+          }
+        }
+    }
+}
+
+void sa__mmq_amx(float *y, const int8_t *xq, const float *xd, int wtype, const void *wq,
+                 const uint16_t *wd, const uint16_t *bias, int M, int N, int K, int n0, int n1,
+                 int accumulate, void *scratch, size_t scratch_bytes) {
+  int KB = K / 32, np = (KB + 1) / 2;
+  size_t need = (size_t)MCQ * np * 128 + (size_t)2 * (MCQ / 16) * KB * 64 + (size_t)KB * 64 +
+                4096 + 2048;
+  if (M <= 16 || K == 0 || need > scratch_bytes) {
+    sa__mmq_avx512vnni(y, xq, xd, wtype, wq, wd, bias, M, N, K, n0, n1, accumulate, scratch,
+                       scratch_bytes);
+    return;
+  }
+  if (!tiles_ready)
+    tiles_config();
+  int8_t *bp = scratch;                                      /* MCQ x np x 128 */
+  float *xdt = (float *)(bp + (size_t)MCQ * np * 128);       /* (MCQ/16) x KB x 16 */
+  int32_t *sxt = (int32_t *)(xdt + (size_t)(MCQ / 16) * KB * 16);
+  float *wdt = (float *)(sxt + (size_t)(MCQ / 16) * KB * 16); /* KB x 16 */
+  int32_t *ct = (int32_t *)(wdt + (size_t)KB * 16);          /* 2 C tiles */
+  uint8_t *abuf = (uint8_t *)(ct + 512);                     /* 16 x 64 A */
+  size_t row_bytes = sa_wq_bytes(wtype, 1, K);
+  for (int mb = 0; mb < M; mb += MCQ) {
+    int mc = M - mb < MCQ ? M - mb : MCQ, ng = (mc + 15) / 16;
+    pack_xq(bp, xdt, sxt, xq + (size_t)mb * K, xd + (size_t)mb * KB, K, mc, wtype);
+    for (int n = n0; n < n1; n += 16) {
+      int nv = n1 - n < 16 ? n1 - n : 16;
+      for (int b = 0; b < KB; b++)
+        for (int i = 0; i < 16; i++)
+          wdt[b * 16 + i] = i < nv ? _cvtsh_ss(wd[(size_t)(n + i) * KB + b]) : 0.0f;
+      for (int g = 0; g < ng; g++) {
+        __m512 acc[16];
+        for (int i = 0; i < 16; i++)
+          acc[i] = _mm512_setzero_ps();
+        for (int p = 0; p < np; p++) {
+          int b = 2 * p, two = b + 1 < KB;
+          const void *a = (const uint8_t *)wq + (size_t)n * row_bytes + (size_t)b * 32;
+          size_t as = row_bytes;
+          if (wtype == SA_WQ_Q4_0) {
+            const __m256i m15 = _mm256_set1_epi8(15);
+            for (int i = 0; i < 16; i++) {
+              __m256i v = _mm256_setzero_si256();
+              const uint8_t *src = (const uint8_t *)wq + (size_t)(n + i) * row_bytes + b * 16;
+              if (i < nv)
+                v = two ? _mm256_loadu_si256((const __m256i *)src)
+                        : _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)src));
+              _mm256_storeu_si256((__m256i *)(abuf + i * 64), _mm256_and_si256(v, m15));
+              _mm256_storeu_si256((__m256i *)(abuf + i * 64 + 32),
+                                  _mm256_and_si256(_mm256_srli_epi16(v, 4), m15));
+            }
+            a = abuf, as = 64;
+          } else if (nv < 16 || !two) { /* a tile row reads 64 bytes: pad the edges */
+            memset(abuf, 0, 16 * 64);
+            for (int i = 0; i < nv; i++)
+              memcpy(abuf + i * 64, (const uint8_t *)wq + (size_t)(n + i) * row_bytes + b * 32,
+                     two ? 64 : 32);
+            a = abuf, as = 64;
+          }
+          const int8_t *bt = bp + ((size_t)g * np + p) * 2048;
+          _tile_zero(0);
+          _tile_zero(1);
+          _tile_loadd(4, a, as);
+          _tile_loadd(6, bt, 64);
+          _tile_loadd(7, bt + 1024, 64);
+          if (wtype == SA_WQ_Q8_0) {
+            _tile_dpbssd(0, 4, 6);
+            _tile_dpbssd(1, 4, 7);
+          } else {
+            _tile_dpbusd(0, 4, 6);
+            _tile_dpbusd(1, 4, 7);
+          }
+          _tile_stored(0, ct, 64);
+          _tile_stored(1, ct + 256, 64);
+          for (int h = 0; h < 1 + two; h++) {
+            int bb = b + h;
+            __m512 xv = _mm512_loadu_ps(xdt + ((size_t)g * KB + bb) * 16);
+            __m512i corr = _mm512_setzero_si512();
+            if (wtype == SA_WQ_Q4_0)
+              corr = _mm512_slli_epi32(_mm512_loadu_si512(sxt + ((size_t)g * KB + bb) * 16), 3);
+            const int32_t *c = ct + h * 256;
+#pragma GCC unroll 16
+            for (int i = 0; i < 16; i++) {
+              __m512i is = _mm512_sub_epi32(_mm512_loadu_si512(c + i * 16), corr);
+              __m512 cb = _mm512_mul_ps(_mm512_set1_ps(wdt[bb * 16 + i]), xv);
+              acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), cb, acc[i]);
+            }
+          }
+        }
+        /* acc[i] lane j = output (m = mb + 16 g + j, n + i) */
+        float out[16 * 16];
+        for (int i = 0; i < 16; i++)
+          _mm512_storeu_ps(out + i * 16, acc[i]);
+        int mv = mc - g * 16 < 16 ? mc - g * 16 : 16;
+        for (int j = 0; j < mv; j++) {
+          float *yo = y + (size_t)(mb + g * 16 + j) * N + n;
+          for (int i = 0; i < nv; i++) {
+            float init = accumulate ? yo[i] : 0.0f;
+            if (bias)
+              init += bf16f(bias[n + i]);
+            yo[i] = init + out[i * 16 + j];
           }
         }
       }

@@ -99,6 +99,9 @@ void sa__mmq_avx2(float *y, const int8_t *xq, const float *xd, int wtype, const 
 void sa__mmq_avx512vnni(float *y, const int8_t *xq, const float *xd, int wtype, const void *wq,
                         const uint16_t *wd, const uint16_t *bias, int M, int N, int K, int n0,
                         int n1, int accumulate, void *scratch, size_t scratch_bytes);
+void sa__mmq_amx(float *y, const int8_t *xq, const float *xd, int wtype, const void *wq,
+                 const uint16_t *wd, const uint16_t *bias, int M, int N, int K, int n0, int n1,
+                 int accumulate, void *scratch, size_t scratch_bytes);
 /* The q8 blocks of one row (kernels.h quantize_q8). */
 void sa__q8_quantize_row(int8_t *q, float *d, const float *x, int K);
 
