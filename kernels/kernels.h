@@ -62,6 +62,11 @@ typedef struct {
  *               nibble of byte j, element j + 16 its high nibble;
  *               w = d * (nibble - 8). */
 #define SA_QK 32
+
+/* KV cache element types (kv_write, attention). */
+enum { SA_KV_F32 = 0, SA_KV_BF16 = 1 };
+/* Bytes of one cached value of kv_type (0 for an unknown type). */
+size_t sa_kv_type_size(int kv_type);
 enum { SA_WQ_Q8_0 = 1, SA_WQ_Q4_0 = 2 };
 
 typedef struct sa_backend_ops {
@@ -139,16 +144,19 @@ typedef struct sa_backend_ops {
   /* --- attention --- */
   /* Writes new keys/values into the paged cache: for row m, slot[m] is
    * block * block_size + offset; k_cache/v_cache are
-   * [n_blocks, block_size, kv_dim] fp32; k, v rows are read with row_stride
-   * (floats) so they can sit inside a fused qkv buffer. */
-  int (*kv_write)(sa_backend_t *be, float *k_cache, float *v_cache,
+   * [n_blocks, block_size, kv_dim] of kv_type (SA_KV_F32, or SA_KV_BF16:
+   * rounded to nearest even); k, v rows are read with row_stride (floats)
+   * so they can sit inside a fused qkv buffer. */
+  int (*kv_write)(sa_backend_t *be, void *k_cache, void *v_cache, int kv_type,
                   const float *k, const float *v, int row_stride,
                   const int32_t *slot, int M, int kv_dim);
   /* Causal GQA attention over the paged cache (see sa_attn_batch_t).
    * q rows are read with q_stride floats; out is [M, nh * hd] contiguous.
-   * Query head h uses KV head h / (nh / nkv). scale = 1/sqrt(hd) usually. */
+   * Query head h uses KV head h / (nh / nkv). scale = 1/sqrt(hd) usually.
+   * The cache is of kv_type (as kv_write wrote it); bf16 keys and values
+   * are widened exactly, the arithmetic stays fp32. */
   int (*attention)(sa_backend_t *be, float *out, const float *q, int q_stride,
-                   const float *k_cache, const float *v_cache,
+                   const void *k_cache, const void *v_cache, int kv_type,
                    const sa_attn_batch_t *batch, int nh, int nkv, int hd,
                    float scale);
   /* Dense non-causal multi-head attention for the audio encoder:
@@ -203,10 +211,11 @@ int sa_op_add(sa_backend_t *be, float *y, const float *x, size_t n);
 int sa_op_softmax(sa_backend_t *be, float *x, int M, int N);
 int sa_op_embed(sa_backend_t *be, float *y, const uint16_t *table, const int32_t *ids, int M,
                 int H, int V);
-int sa_op_kv_write(sa_backend_t *be, float *k_cache, float *v_cache, const float *k,
+int sa_op_kv_write(sa_backend_t *be, void *k_cache, void *v_cache, int kv_type, const float *k,
                    const float *v, int row_stride, const int32_t *slot, int M, int kv_dim);
 int sa_op_attention(sa_backend_t *be, float *out, const float *q, int q_stride,
-                    const float *k_cache, const float *v_cache, const sa_attn_batch_t *batch,
+                    const void *k_cache, const void *v_cache, int kv_type,
+                    const sa_attn_batch_t *batch,
                     int nh, int nkv, int hd, float scale);
 int sa_op_attention_dense(sa_backend_t *be, float *out, const float *q, const float *k,
                           const float *v, int T, int nh, int hd, int n_valid, float scale);

@@ -126,18 +126,23 @@ int sa_op_embed(sa_backend_t *be, float *y, const uint16_t *table, const int32_t
   return M ? be->ops->embed(be, y, table, ids, M, H, V) : 0;
 }
 
-int sa_op_kv_write(sa_backend_t *be, float *k_cache, float *v_cache, const float *k,
+size_t sa_kv_type_size(int kv_type) {
+  return kv_type == SA_KV_F32 ? 4 : kv_type == SA_KV_BF16 ? 2 : 0;
+}
+
+int sa_op_kv_write(sa_backend_t *be, void *k_cache, void *v_cache, int kv_type, const float *k,
                    const float *v, int row_stride, const int32_t *slot, int M, int kv_dim) {
-  if (!be || M < 0 || kv_dim <= 0 || row_stride < kv_dim ||
+  if (!be || M < 0 || kv_dim <= 0 || row_stride < kv_dim || !sa_kv_type_size(kv_type) ||
       (M && (!k_cache || !v_cache || !k || !v || !slot)))
     return SA_EINVAL;
-  return M ? be->ops->kv_write(be, k_cache, v_cache, k, v, row_stride, slot, M, kv_dim) : 0;
+  return M ? be->ops->kv_write(be, k_cache, v_cache, kv_type, k, v, row_stride, slot, M, kv_dim)
+           : 0;
 }
 
 int sa_op_attention(sa_backend_t *be, float *out, const float *q, int q_stride,
-                    const float *k_cache, const float *v_cache, const sa_attn_batch_t *batch,
-                    int nh, int nkv, int hd, float scale) {
-  if (!be || !batch || nh <= 0 || nkv <= 0 || hd <= 0 || nh % nkv ||
+                    const void *k_cache, const void *v_cache, int kv_type,
+                    const sa_attn_batch_t *batch, int nh, int nkv, int hd, float scale) {
+  if (!be || !batch || !sa_kv_type_size(kv_type) || nh <= 0 || nkv <= 0 || hd <= 0 || nh % nkv ||
       q_stride < (long long)nh * hd || batch->n_seqs < 0 || batch->block_size <= 0 ||
       batch->max_blocks < 0 || batch->max_ctx < 0)
     return SA_EINVAL;
@@ -146,7 +151,8 @@ int sa_op_attention(sa_backend_t *be, float *out, const float *q, int q_stride,
   if (!out || !q || !k_cache || !v_cache || !batch->q_start || !batch->ctx_len ||
       !batch->block_table)
     return SA_EINVAL;
-  return be->ops->attention(be, out, q, q_stride, k_cache, v_cache, batch, nh, nkv, hd, scale);
+  return be->ops->attention(be, out, q, q_stride, k_cache, v_cache, kv_type, batch, nh, nkv, hd,
+                           scale);
 }
 
 int sa_op_attention_dense(sa_backend_t *be, float *out, const float *q, const float *k,

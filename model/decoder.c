@@ -702,18 +702,19 @@ int sa_decoder_step(sa_decoder_t *d, sa_kv_t *kv,
 
   const float eps = d->cfg.rms_norm_eps, theta = d->cfg.rope_theta;
   const float scale = 1.0f / sqrtf((float)d->hd);
+  const int kvt = sa_kv_type(kv);
   for (int li = 0; li < d->o.last_layer - d->o.first_layer; li++) {
     const dec_layer_t *w = &d->layers[li];
-    float *kc, *vc;
+    void *kc, *vc;
     CK(sa_kv_layer(kv, d->o.first_layer + li, &kc, &vc));
     OP(SA_DEC_PROF_NORM, sa_op_rmsnorm(be, d->h, d->x, w->ln1, M, H, eps));
     OP(SA_DEC_PROF_QKV, matmul(d, d->qkv, d->h, &w->qkv, w->bqkv, M, d->qkvdim, H, 0));
     OP(SA_DEC_PROF_ROPE, sa_op_rope(be, d->qkv, d->d_pos, M, d->nh, d->hd, d->qkvdim, theta));
     OP(SA_DEC_PROF_ROPE, sa_op_rope(be, d->qkv + d->qdim, d->d_pos, M, d->nkv, d->hd, d->qkvdim,
                 theta));
-    OP(SA_DEC_PROF_KV_WRITE, sa_op_kv_write(be, kc, vc, d->qkv + d->qdim, d->qkv + d->qdim + d->kvdim,
+    OP(SA_DEC_PROF_KV_WRITE, sa_op_kv_write(be, kc, vc, kvt, d->qkv + d->qdim, d->qkv + d->qdim + d->kvdim,
                     d->qkvdim, d->d_slot, M, d->kvdim));
-    OP(SA_DEC_PROF_ATTENTION, sa_op_attention(be, d->att, d->qkv, d->qkvdim, kc, vc, &ab, d->nh, d->nkv,
+    OP(SA_DEC_PROF_ATTENTION, sa_op_attention(be, d->att, d->qkv, d->qkvdim, kc, vc, kvt, &ab, d->nh, d->nkv,
                      d->hd, scale));
     OP(SA_DEC_PROF_O_PROJ, matmul(d, d->x, d->att, &w->o, NULL, M, H, d->qdim, 1));
     OP(SA_DEC_PROF_NORM, sa_op_rmsnorm(be, d->h, d->x, w->ln2, M, H, eps));
@@ -759,6 +760,14 @@ void sa_decoder_kv_opts(const sa_decoder_t *d, size_t budget_bytes,
   out->n_blocks = n_blocks;
   out->max_seqs = max_seqs;
   out->max_seq_len = d->o.max_seq_len;
+  out->kv_type = sa_kv_type_default();
+}
+
+int sa_kv_type_default(void) {
+  const char *e = getenv("SA_KV_TYPE");
+  if (e && !strcmp(e, "f32"))
+    return SA_KV_F32;
+  return SA_KV_BF16;
 }
 
 void *sa_decoder_hidden_dev(sa_decoder_t *dec) { return dec ? dec->x : NULL; }

@@ -18,8 +18,10 @@ struct sa_kv {
   sa_backend_t *be;
   int first, last, n_layers, kv_dim, bs;
   int n_blocks, max_seqs, max_seq_len, max_bpseq;
-  float *pool;  /* backend: [n_layers][2][n_blocks, bs, kv_dim] */
-  size_t layer_floats; /* n_blocks * bs * kv_dim */
+  char *pool;  /* backend: [n_layers][2][n_blocks, bs, kv_dim] of kv_type */
+  size_t layer_bytes;  /* n_blocks * bs * kv_dim * elem */
+  size_t elem;         /* bytes of one value */
+  int kv_type;
   int32_t *refs;       /* [n_blocks] */
   int32_t *free_stack; /* [n_blocks] */
   int n_free, n_shared, n_seqs;
@@ -31,9 +33,9 @@ struct sa_kv {
   uint32_t hmask;
 };
 
-size_t sa_kv_block_bytes(int n_layers, int block_size, int kv_dim) {
+size_t sa_kv_block_bytes(int n_layers, int block_size, int kv_dim, int kv_type) {
   return (size_t)n_layers * 2u * (size_t)block_size * (size_t)kv_dim *
-         sizeof(float);
+         sa_kv_type_size(kv_type);
 }
 
 /* ------------------------------------------------------- id -> seq slot */
@@ -102,7 +104,11 @@ int sa_kv_new(sa_backend_t *be, const sa_kv_opts_t *o, sa_kv_t **out) {
                  o->max_seq_len, bs);
     return SA_EINVAL;
   }
-  size_t per_block = sa_kv_block_bytes(nl, bs, o->kv_dim);
+  if (!sa_kv_type_size(o->kv_type)) {
+    SA_LOG_ERROR("kv: unknown kv_type %d", o->kv_type);
+    return SA_EINVAL;
+  }
+  size_t per_block = sa_kv_block_bytes(nl, bs, o->kv_dim, o->kv_type);
   size_t nb = o->n_blocks > 0 ? (size_t)o->n_blocks : o->budget_bytes / per_block;
   if (nb == 0 || nb > INT32_MAX / (size_t)bs) {
     SA_LOG_ERROR("kv: a budget of %zu bytes holds %zu blocks of %zu bytes",
@@ -122,7 +128,9 @@ int sa_kv_new(sa_backend_t *be, const sa_kv_opts_t *o, sa_kv_t **out) {
   kv->max_seqs = o->max_seqs;
   kv->max_seq_len = o->max_seq_len;
   kv->max_bpseq = (o->max_seq_len + bs - 1) / bs;
-  kv->layer_floats = nb * (size_t)bs * (size_t)o->kv_dim;
+  kv->kv_type = o->kv_type;
+  kv->elem = sa_kv_type_size(o->kv_type);
+  kv->layer_bytes = nb * (size_t)bs * (size_t)o->kv_dim * kv->elem;
   size_t pool_bytes = nb * per_block;
   kv->pool = be->ops->alloc(be, pool_bytes);
   if (!kv->pool) {
@@ -207,10 +215,10 @@ static int block_copy(sa_kv_t *kv, int dst, int src, int n) {
   size_t row = (size_t)kv->kv_dim, blk = (size_t)kv->bs * row;
   for (int l = 0; l < kv->n_layers; l++) {
     for (int kvsel = 0; kvsel < 2; kvsel++) {
-      float *base = kv->pool + ((size_t)l * 2 + kvsel) * kv->layer_floats;
-      int rc = kv->be->ops->copy(kv->be, base + (size_t)dst * blk,
-                                 base + (size_t)src * blk,
-                                 (size_t)n * row * sizeof(float));
+      char *base = kv->pool + ((size_t)l * 2 + kvsel) * kv->layer_bytes;
+      int rc = kv->be->ops->copy(kv->be, base + (size_t)dst * blk * kv->elem,
+                                 base + (size_t)src * blk * kv->elem,
+                                 (size_t)n * row * kv->elem);
       if (rc)
         return rc;
     }
@@ -391,16 +399,18 @@ const int32_t *sa_kv_block_table(const sa_kv_t *kv, uint64_t id,
   return table_of(kv, si);
 }
 
-int sa_kv_layer(const sa_kv_t *kv, int layer, float **k, float **v) {
+int sa_kv_layer(const sa_kv_t *kv, int layer, void **k, void **v) {
   if (layer < kv->first || layer >= kv->last)
     return SA_ERANGE;
   size_t l = (size_t)(layer - kv->first);
   if (k)
-    *k = kv->pool + (l * 2) * kv->layer_floats;
+    *k = kv->pool + (l * 2) * kv->layer_bytes;
   if (v)
-    *v = kv->pool + (l * 2 + 1) * kv->layer_floats;
+    *v = kv->pool + (l * 2 + 1) * kv->layer_bytes;
   return 0;
 }
+
+int sa_kv_type(const sa_kv_t *kv) { return kv->kv_type; }
 
 void sa_kv_stats(const sa_kv_t *kv, sa_kv_stats_t *st) {
   st->blocks_total = kv->n_blocks;
@@ -408,7 +418,7 @@ void sa_kv_stats(const sa_kv_t *kv, sa_kv_stats_t *st) {
   st->blocks_used = kv->n_blocks - kv->n_free;
   st->blocks_shared = kv->n_shared;
   st->n_seqs = kv->n_seqs;
-  st->bytes_per_block = sa_kv_block_bytes(kv->n_layers, kv->bs, kv->kv_dim);
+  st->bytes_per_block = sa_kv_block_bytes(kv->n_layers, kv->bs, kv->kv_dim, kv->kv_type);
 }
 
 int sa_kv_block_size(const sa_kv_t *kv) { return kv->bs; }

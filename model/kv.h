@@ -3,8 +3,9 @@
  *
  * A pool of fixed-size blocks (block_size tokens, 16 by default) for the
  * decoder layers [first, last) of one stage. For each layer the pool holds K
- * and V as fp32 [n_blocks, block_size, kv_dim] in backend memory, the layout
- * kernels.h's kv_write and attention read. The pool is sized once from a
+ * and V as [n_blocks, block_size, kv_dim] of the pool's kv_type (fp32 or
+ * bf16, kernels.h SA_KV_*) in backend memory, the layout kernels.h's
+ * kv_write and attention read. The pool is sized once from a
  * memory budget in bytes (or a block count) and never grows.
  *
  * Sequences are named by a uint64 id and own a block table. Appending tokens
@@ -40,6 +41,7 @@ typedef struct {
   int n_blocks;        /* if > 0, the block count (budget_bytes ignored) */
   int max_seqs;        /* sequences alive at once */
   int max_seq_len;     /* longest sequence, in tokens */
+  int kv_type;         /* SA_KV_F32 (0) or SA_KV_BF16 */
 } sa_kv_opts_t;
 
 typedef struct {
@@ -51,8 +53,8 @@ typedef struct {
   size_t bytes_per_block; /* K and V over all the stage's layers */
 } sa_kv_stats_t;
 
-/* Bytes one block takes over n_layers layers (K and V, fp32). */
-size_t sa_kv_block_bytes(int n_layers, int block_size, int kv_dim);
+/* Bytes one block takes over n_layers layers (K and V of kv_type). */
+size_t sa_kv_block_bytes(int n_layers, int block_size, int kv_dim, int kv_type);
 
 /* Creates the pool in be's memory. Returns 0, SA_EINVAL (bad options, or a
  * budget below one block), SA_ENOMEM. Caller owns *out (sa_kv_destroy); `be`
@@ -104,9 +106,11 @@ int sa_kv_free_all(sa_kv_t *kv);
 const int32_t *sa_kv_block_table(const sa_kv_t *kv, uint64_t id,
                                  int *n_blocks);
 /* K and V pools of decoder layer `layer` (absolute index in [first, last)),
- * fp32 [n_blocks, block_size, kv_dim] backend memory; borrowed. Returns 0 or
- * SA_ERANGE. */
-int sa_kv_layer(const sa_kv_t *kv, int layer, float **k, float **v);
+ * [n_blocks, block_size, kv_dim] of sa_kv_type(kv) in backend memory;
+ * borrowed. Returns 0 or SA_ERANGE. */
+int sa_kv_layer(const sa_kv_t *kv, int layer, void **k, void **v);
+/* The pool's element type (SA_KV_F32 or SA_KV_BF16). */
+int sa_kv_type(const sa_kv_t *kv);
 
 void sa_kv_stats(const sa_kv_t *kv, sa_kv_stats_t *st);
 int sa_kv_block_size(const sa_kv_t *kv);

@@ -204,7 +204,7 @@ static void bench_attention(sa_backend_t *be, int n_seqs, int ctx) {
   OK(be->ops->upload(be, cl, h_cl, sizeof(int32_t) * n_seqs));
   sa_attn_batch_t b = {n_seqs, qs, cl, bt, max_blocks, bs, ctx};
   double t = time_it(st, 10, [&](int) {
-    OK(sa_op_attention(be, out, q, nh * hd, kc, vc, &b, nh, nkv, hd,
+    OK(sa_op_attention(be, out, q, nh * hd, kc, vc, SA_KV_F32, &b, nh, nkv, hd,
                           1.f / sqrtf((float)hd)));
   });
   OK(be->ops->sync(be));

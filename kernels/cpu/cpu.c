@@ -140,11 +140,25 @@ static void gelu_scalar(float *x, size_t n) {
     x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
 }
 
+static float dot_bf16_scalar(const float *a, const uint16_t *b, int n) {
+  float s = 0.f;
+  for (int i = 0; i < n; i++)
+    s += a[i] * bf(b[i]);
+  return s;
+}
+
+static void scale_axpy_bf16_scalar(float *y, float c, float a, const uint16_t *x, int n) {
+  for (int i = 0; i < n; i++)
+    y[i] = y[i] * c + a * bf(x[i]);
+}
+
 const sa__cpu_kern_t sa__cpu_kern_scalar = {
     .name = "scalar",
     .mm_small = mm_small_scalar,
     .dot = dot_scalar,
     .scale_axpy = scale_axpy_scalar,
+    .dot_bf16 = dot_bf16_scalar,
+    .scale_axpy_bf16 = scale_axpy_bf16_scalar,
     .exp_sum = exp_sum_scalar,
     .silu_mul = silu_mul_scalar,
     .gelu = gelu_scalar,
@@ -748,7 +762,7 @@ static int cpu_embed(sa_backend_t *be, float *y, const uint16_t *table,
   return 0;
 }
 
-static int cpu_kv_write(sa_backend_t *be, float *k_cache, float *v_cache,
+static int cpu_kv_write(sa_backend_t *be, void *k_cache, void *v_cache, int kv_type,
                         const float *k, const float *v, int row_stride,
                         const int32_t *slot, int M, int kv_dim) {
   (void)be;
@@ -756,10 +770,15 @@ static int cpu_kv_write(sa_backend_t *be, float *k_cache, float *v_cache,
     if (slot[m] < 0)
       return SA_ERANGE;
   for (int m = 0; m < M; m++) {
-    memcpy(k_cache + (size_t)slot[m] * kv_dim, k + (size_t)m * row_stride,
-           sizeof(float) * kv_dim);
-    memcpy(v_cache + (size_t)slot[m] * kv_dim, v + (size_t)m * row_stride,
-           sizeof(float) * kv_dim);
+    size_t at = (size_t)slot[m] * kv_dim;
+    const float *kr = k + (size_t)m * row_stride, *vr = v + (size_t)m * row_stride;
+    if (kv_type == SA_KV_BF16) {
+      sa_f32_to_bf16_n((uint16_t *)k_cache + at, kr, (size_t)kv_dim);
+      sa_f32_to_bf16_n((uint16_t *)v_cache + at, vr, (size_t)kv_dim);
+    } else {
+      memcpy((float *)k_cache + at, kr, sizeof(float) * kv_dim);
+      memcpy((float *)v_cache + at, vr, sizeof(float) * kv_dim);
+    }
   }
   return 0;
 }
@@ -779,7 +798,7 @@ static int cpu_kv_write(sa_backend_t *be, float *k_cache, float *v_cache,
  * scale-axpy. Each head's arithmetic does not depend on G or on the other
  * rows of the batch. */
 static void attend(const sa__cpu_kern_t *kn, float *out, const float *q, int G,
-                   const float *kc, const float *vc, const int32_t *table,
+                   const void *kc, const void *vc, int bf16, const int32_t *table,
                    int bs, size_t row, size_t off, int n_keys, int hd,
                    float scale, float *sc) {
   float mx[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP], corr[ATTN_MAX_GROUP];
@@ -792,9 +811,12 @@ static void attend(const sa__cpu_kern_t *kn, float *out, const float *q, int G,
       cmax[g] = -INFINITY;
     for (int i = 0; i < n; i++) {
       int p = p0 + i;
-      const float *kp = kc + ((size_t)table[p / bs] * bs + p % bs) * row + off;
+      size_t at = ((size_t)table[p / bs] * bs + p % bs) * row + off;
+      const float *kp = (const float *)kc + at;
+      const uint16_t *kb = (const uint16_t *)kc + at;
       for (int g = 0; g < G; g++) {
-        float v = kn->dot(q + (size_t)g * hd, kp, hd) * scale;
+        float v = (bf16 ? kn->dot_bf16(q + (size_t)g * hd, kb, hd)
+                        : kn->dot(q + (size_t)g * hd, kp, hd)) * scale;
         sc[g * ATTN_CHUNK + i] = v;
         cmax[g] = v > cmax[g] ? v : cmax[g];
       }
@@ -808,12 +830,19 @@ static void attend(const sa__cpu_kern_t *kn, float *out, const float *q, int G,
     }
     for (int i = 0; i < n; i++) {
       int p = p0 + i;
-      const float *vp = vc + ((size_t)table[p / bs] * bs + p % bs) * row + off;
+      size_t at = ((size_t)table[p / bs] * bs + p % bs) * row + off;
+      const float *vp = (const float *)vc + at;
+      const uint16_t *vb = (const uint16_t *)vc + at;
       for (int g = 0; g < G; g++) {
         float e = sc[g * ATTN_CHUNK + i], *o = out + (size_t)g * hd;
-        if (p == 0)
+        if (p == 0 && bf16)
+          for (int d = 0; d < hd; d++)
+            o[d] = e * bf(vb[d]);
+        else if (p == 0)
           for (int d = 0; d < hd; d++)
             o[d] = e * vp[d];
+        else if (bf16)
+          kn->scale_axpy_bf16(o, i == 0 ? corr[g] : 1.0f, e, vb, hd);
         else
           kn->scale_axpy(o, i == 0 ? corr[g] : 1.0f, e, vp, hd);
       }
@@ -829,7 +858,9 @@ static void attend(const sa__cpu_kern_t *kn, float *out, const float *q, int G,
 typedef struct {
   cpu_t *c;
   float *out;
-  const float *q, *kc, *vc;
+  const float *q, *kc, *vc; /* dense: fp32 k, v */
+  const void *pkc, *pvc;    /* paged cache, of kv_type */
+  int kv_type;
   const sa_attn_batch_t *b;
   int q_stride, nh, nkv, hd, M;
   float scale;
@@ -895,7 +926,8 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
       int h = kh * group + g0;
       attend(kn, j->out + (size_t)row * nh * hd + (size_t)h * hd,
              j->q + (size_t)row * j->q_stride + (size_t)h * hd,
-             group - g0 < ATTN_MAX_GROUP ? group - g0 : ATTN_MAX_GROUP, j->kc, j->vc,
+             group - g0 < ATTN_MAX_GROUP ? group - g0 : ATTN_MAX_GROUP, j->pkc, j->pvc,
+             j->kv_type == SA_KV_BF16,
              b->block_table + (size_t)s * b->max_blocks, b->block_size, kv_dim,
              (size_t)kh * hd, pos + 1, hd, j->scale, sc);
     }
@@ -912,8 +944,8 @@ static void attn_dispatch(cpu_t *c, attn_job_t *j, double keys_per_row) {
 }
 
 static int cpu_attention(sa_backend_t *be, float *out, const float *q,
-                         int q_stride, const float *k_cache,
-                         const float *v_cache, const sa_attn_batch_t *batch,
+                         int q_stride, const void *k_cache, const void *v_cache,
+                         int kv_type, const sa_attn_batch_t *batch,
                          int nh, int nkv, int hd, float scale) {
   cpu_t *c = be->impl;
   if (batch->q_start[0] != 0) /* host memory here: checked where it is read */
@@ -934,8 +966,8 @@ static int cpu_attention(sa_backend_t *be, float *out, const float *q,
   int M = batch->q_start[batch->n_seqs];
   if (M == 0)
     return 0;
-  attn_job_t j = {.c = c, .out = out, .q = q, .kc = k_cache, .vc = v_cache,
-                  .b = batch, .q_stride = q_stride, .nh = nh, .nkv = nkv,
+  attn_job_t j = {.c = c, .out = out, .q = q, .pkc = k_cache, .pvc = v_cache,
+                  .kv_type = kv_type, .b = batch, .q_stride = q_stride, .nh = nh, .nkv = nkv,
                   .hd = hd, .M = M, .scale = scale};
   attn_dispatch(c, &j, (double)keys / M);
   return 0;

@@ -145,6 +145,31 @@ static void scale_axpy(float *y, float c, float a, const float *x, int n) {
     y[i] = y[i] * c + a * x[i];
 }
 
+static float dot_bf16(const float *a, const uint16_t *b, int n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), ldw(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), ldw(b + i + 8), s1);
+  }
+  for (; i + 8 <= n; i += 8)
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), ldw(b + i), s0);
+  float s = hsum(_mm256_add_ps(s0, s1));
+  for (; i < n; i++)
+    s += a[i] * bf16f(b[i]);
+  return s;
+}
+
+static void scale_axpy_bf16(float *y, float c, float a, const uint16_t *x, int n) {
+  __m256 vc = _mm256_set1_ps(c), va = _mm256_set1_ps(a);
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, ldw(x + i),
+                                            _mm256_mul_ps(vc, _mm256_loadu_ps(y + i))));
+  for (; i < n; i++)
+    y[i] = y[i] * c + a * bf16f(x[i]);
+}
+
 static void bf16_to_f32(float *dst, const uint16_t *src, size_t n) {
   size_t i = 0;
   for (; i + 8 <= n; i += 8)
@@ -251,6 +276,8 @@ const sa__cpu_kern_t sa__cpu_kern_avx2 = {
     .mm_small = mm_small,
     .dot = dot,
     .scale_axpy = scale_axpy,
+    .dot_bf16 = dot_bf16,
+    .scale_axpy_bf16 = scale_axpy_bf16,
     .bf16_to_f32 = bf16_to_f32,
     .exp_sum = exp_sum,
     .silu_mul = silu_mul,

@@ -191,6 +191,32 @@ void sa__cpu_scale_axpy_avx512(float *y, float c, float a, const float *x,
   }
 }
 
+float sa__cpu_dot_bf16_avx512(const float *a, const uint16_t *b, int n) {
+  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+  int i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), ldw(b + i), s0);
+    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), ldw(b + i + 16), s1);
+  }
+  for (; i < n; i += 16) {
+    int r = n - i;
+    __mmask16 mk = r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << r) - 1u);
+    s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a + i), ldw_mask(b + i, mk), s0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+void sa__cpu_scale_axpy_bf16_avx512(float *y, float c, float a, const uint16_t *x, int n) {
+  __m512 vc = _mm512_set1_ps(c), va = _mm512_set1_ps(a);
+  for (int i = 0; i < n; i += 16) {
+    int r = n - i;
+    __mmask16 mk = r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << r) - 1u);
+    __m512 yv = _mm512_maskz_loadu_ps(mk, y + i);
+    _mm512_mask_storeu_ps(y + i, mk, _mm512_fmadd_ps(va, ldw_mask(x + i, mk),
+                                                     _mm512_mul_ps(vc, yv)));
+  }
+}
+
 void sa__cpu_bf16_to_f32_avx512(float *dst, const uint16_t *src, size_t n) {
   size_t i = 0;
   for (; i + 16 <= n; i += 16)
@@ -285,6 +311,8 @@ const sa__cpu_kern_t sa__cpu_kern_avx512 = {
     .mm_small = sa__cpu_mm_small_avx512,
     .dot = sa__cpu_dot_avx512,
     .scale_axpy = sa__cpu_scale_axpy_avx512,
+    .dot_bf16 = sa__cpu_dot_bf16_avx512,
+    .scale_axpy_bf16 = sa__cpu_scale_axpy_bf16_avx512,
     .bf16_to_f32 = sa__cpu_bf16_to_f32_avx512,
     .exp_sum = sa__cpu_exp_sum_avx512,
     .silu_mul = sa__cpu_silu_mul_avx512,

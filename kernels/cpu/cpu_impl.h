@@ -30,6 +30,9 @@ typedef struct {
   float (*dot)(const float *a, const float *b, int n);
   /* y[i] = y[i] * c + a * x[i] over n floats. */
   void (*scale_axpy)(float *y, float c, float a, const float *x, int n);
+  /* The same two with b / x bf16 (a bf16 KV cache), widened exactly. */
+  float (*dot_bf16)(const float *a, const uint16_t *b, int n);
+  void (*scale_axpy_bf16)(float *y, float c, float a, const uint16_t *x, int n);
   /* dst[i] = bf16 src[i] widened to fp32 (exact). */
   void (*bf16_to_f32)(float *dst, const uint16_t *src, size_t n);
   /* x[i] = exp(x[i] - mx) over n floats (x[i] <= mx), returns their sum.
@@ -57,6 +60,8 @@ void sa__cpu_mm_small_avx512(float *y, const float *x, const uint16_t *w,
 float sa__cpu_dot_avx512(const float *a, const float *b, int n);
 void sa__cpu_scale_axpy_avx512(float *y, float c, float a, const float *x,
                                int n);
+float sa__cpu_dot_bf16_avx512(const float *a, const uint16_t *b, int n);
+void sa__cpu_scale_axpy_bf16_avx512(float *y, float c, float a, const uint16_t *x, int n);
 void sa__cpu_bf16_to_f32_avx512(float *dst, const uint16_t *src, size_t n);
 float sa__cpu_exp_sum_avx512(float *x, int n, float mx);
 void sa__cpu_silu_mul_avx512(float *y, const float *g, const float *u, int n);

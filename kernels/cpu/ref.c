@@ -179,7 +179,7 @@ static int ref_embed(sa_backend_t *be, float *y, const uint16_t *table,
   return 0;
 }
 
-static int ref_kv_write(sa_backend_t *be, float *k_cache, float *v_cache,
+static int ref_kv_write(sa_backend_t *be, void *k_cache, void *v_cache, int kv_type,
                         const float *k, const float *v, int row_stride,
                         const int32_t *slot, int M, int kv_dim) {
   (void)be;
@@ -187,8 +187,15 @@ static int ref_kv_write(sa_backend_t *be, float *k_cache, float *v_cache,
     if (slot[m] < 0)
       return SA_ERANGE;
     for (int i = 0; i < kv_dim; i++) {
-      k_cache[(size_t)slot[m] * kv_dim + i] = k[(size_t)m * row_stride + i];
-      v_cache[(size_t)slot[m] * kv_dim + i] = v[(size_t)m * row_stride + i];
+      size_t at = (size_t)slot[m] * kv_dim + i;
+      float kx = k[(size_t)m * row_stride + i], vx = v[(size_t)m * row_stride + i];
+      if (kv_type == SA_KV_BF16) {
+        ((uint16_t *)k_cache)[at] = sa_f32_to_bf16(kx);
+        ((uint16_t *)v_cache)[at] = sa_f32_to_bf16(vx);
+      } else {
+        ((float *)k_cache)[at] = kx;
+        ((float *)v_cache)[at] = vx;
+      }
     }
   }
   return 0;
@@ -227,12 +234,13 @@ static void ref_attend(float *out, const float *q, const float *const *kp,
 }
 
 static int ref_attention(sa_backend_t *be, float *out, const float *q,
-                         int q_stride, const float *k_cache,
-                         const float *v_cache, const sa_attn_batch_t *batch,
+                         int q_stride, const void *k_cache, const void *v_cache,
+                         int kv_type, const sa_attn_batch_t *batch,
                          int nh, int nkv, int hd, float scale) {
   (void)be;
   int group = nh / nkv, kv_dim = nkv * hd, bs = batch->block_size;
   const float **kp = NULL, **vp = NULL;
+  float *kw = NULL, *vw = NULL; /* bf16 cache: the rows widened */
   int cap = 0, rc = 0;
   for (int s = 0; s < batch->n_seqs; s++) {
     int r0 = batch->q_start[s], r1 = batch->q_start[s + 1];
@@ -245,10 +253,14 @@ static int ref_attention(sa_backend_t *be, float *out, const float *q,
     if (ctx > cap) { /* the reference may allocate: it is not a hot path */
       free(kp);
       free(vp);
+      free(kw);
+      free(vw);
       cap = ctx;
       kp = malloc(sizeof(*kp) * cap);
       vp = malloc(sizeof(*vp) * cap);
-      if (!kp || !vp) {
+      kw = malloc(sizeof(float) * (size_t)cap * hd);
+      vw = malloc(sizeof(float) * (size_t)cap * hd);
+      if (!kp || !vp || !kw || !vw) {
         rc = SA_ENOMEM;
         goto done;
       }
@@ -264,8 +276,17 @@ static int ref_attention(sa_backend_t *be, float *out, const float *q,
             goto done;
           }
           size_t off = ((size_t)blk * bs + p % bs) * kv_dim + (size_t)kvh * hd;
-          kp[p] = k_cache + off;
-          vp[p] = v_cache + off;
+          if (kv_type == SA_KV_BF16) {
+            for (int d = 0; d < hd; d++) {
+              kw[(size_t)p * hd + d] = bf(((const uint16_t *)k_cache)[off + d]);
+              vw[(size_t)p * hd + d] = bf(((const uint16_t *)v_cache)[off + d]);
+            }
+            kp[p] = kw + (size_t)p * hd;
+            vp[p] = vw + (size_t)p * hd;
+          } else {
+            kp[p] = (const float *)k_cache + off;
+            vp[p] = (const float *)v_cache + off;
+          }
         }
         ref_attend(out + (size_t)row * nh * hd + (size_t)h * hd,
                    q + (size_t)row * q_stride + (size_t)h * hd, kp, vp,
@@ -276,6 +297,8 @@ static int ref_attention(sa_backend_t *be, float *out, const float *q,
 done:
   free(kp);
   free(vp);
+  free(kw);
+  free(vw);
   return rc;
 }
 

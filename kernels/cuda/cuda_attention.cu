@@ -2,7 +2,8 @@
  * cuda_attention — attention kernels of the CUDA backend: causal GQA over the
  * paged KV cache (prefill and decode) and the encoder's dense attention with
  * a key-validity bound. Not flash attention: one warp per (query row, head)
- * with an online softmax over tiles of 32 keys, fp32 throughout.
+ * with an online softmax over tiles of 32 keys, fp32 arithmetic (a bf16
+ * paged cache is widened on load).
  *
  * How it works: the warp's query (pre-scaled) sits in shared memory; each
  * lane scores one key of the tile (a full dot product, q read by broadcast),
@@ -34,7 +35,7 @@ struct attn_args {
   float *out;
   const float *q;
   int q_stride;
-  const float *k, *v;
+  const void *k, *v; /* float, or bf16 (paged cache of SA_KV_BF16) */
   /* paged */
   int paged;
   int n_seqs;
@@ -62,7 +63,14 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+__device__ __forceinline__ float kv_ld(const float *p) { return __ldg(p); }
+__device__ __forceinline__ float kv_ld(const uint16_t *p) {
+  return __uint_as_float((unsigned)__ldg(p) << 16);
+}
+
+template <typename T>
 __global__ void __launch_bounds__(kWarps * 32) attn_kernel(attn_args a) {
+  const T *ak = (const T *)a.k, *av = (const T *)a.v;
   __shared__ float qs[kWarps][SA_CUDA_ATTN_MAX_HD];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int hd = a.hd;
@@ -120,11 +128,11 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(attn_args a) {
         }
       }
       if (off >= 0) {
-        const float *kp = a.k + off;
+        const T *kp = ak + off;
         float s = 0.f;
-        if (a.vec4) {
+        if (sizeof(T) == 4 && a.vec4) {
           for (int d = 0; d < hd; d += 4) {
-            const float4 kv4 = __ldg(reinterpret_cast<const float4 *>(kp + d));
+            const float4 kv4 = __ldg(reinterpret_cast<const float4 *>((const float *)kp + d));
             s = fmaf(qs[warp][d], kv4.x, s);
             s = fmaf(qs[warp][d + 1], kv4.y, s);
             s = fmaf(qs[warp][d + 2], kv4.z, s);
@@ -132,7 +140,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(attn_args a) {
           }
         } else {
           for (int d = 0; d < hd; d++)
-            s = fmaf(qs[warp][d], kp[d], s);
+            s = fmaf(qs[warp][d], kv_ld(kp + d), s);
         }
         sc = s;
       }
@@ -151,12 +159,12 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(attn_args a) {
         const long long oj = __shfl_sync(0xffffffffu, off, jj);
         if (oj < 0)
           continue;
-        const float *vp = a.v + oj;
+        const T *vp = av + oj;
 #pragma unroll
         for (int i = 0; i < kMaxD; i++) {
           const int d = lane + 32 * i;
           if (d < hd)
-            acc[i] = fmaf(pj, __ldg(vp + d), acc[i]);
+            acc[i] = fmaf(pj, kv_ld(vp + d), acc[i]);
         }
       }
       m = m_new;
@@ -178,8 +186,8 @@ int aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 } // namespace
 
 cudaError_t sa__cuda_attention(cudaStream_t st, int sm_count, float *out,
-                               const float *q, int q_stride, const float *kc,
-                               const float *vc, const sa_attn_batch_t *b,
+                               const float *q, int q_stride, const void *kc,
+                               const void *vc, int kv_type, const sa_attn_batch_t *b,
                                int nh, int nkv, int hd, float scale,
                                unsigned *flag) {
   attn_args a = {};
@@ -202,7 +210,10 @@ cudaError_t sa__cuda_attention(cudaStream_t st, int sm_count, float *out,
   a.scale = scale;
   a.vec4 = hd % 4 == 0 && aligned16(kc) && aligned16(vc);
   /* Rows are unknown on the host: a persistent grid of a full wave. */
-  attn_kernel<<<(unsigned)(sm_count * 16), kWarps * 32, 0, st>>>(a);
+  if (kv_type == SA_KV_BF16)
+    attn_kernel<uint16_t><<<(unsigned)(sm_count * 16), kWarps * 32, 0, st>>>(a);
+  else
+    attn_kernel<float><<<(unsigned)(sm_count * 16), kWarps * 32, 0, st>>>(a);
   return cudaGetLastError();
 }
 
@@ -230,6 +241,6 @@ cudaError_t sa__cuda_attention_dense(cudaStream_t st, int sm_count, float *out,
   long blocks = (items + kWarps - 1) / kWarps;
   if (blocks > (long)sm_count * 16)
     blocks = (long)sm_count * 16;
-  attn_kernel<<<(unsigned)blocks, kWarps * 32, 0, st>>>(a);
+  attn_kernel<float><<<(unsigned)blocks, kWarps * 32, 0, st>>>(a);
   return cudaGetLastError();
 }

@@ -355,24 +355,24 @@ static int cu_embed(sa_backend_t *be, float *y, const uint16_t *table,
 
 /* --- attention ------------------------------------------------------------- */
 
-static int cu_kv_write(sa_backend_t *be, float *k_cache, float *v_cache,
+static int cu_kv_write(sa_backend_t *be, void *k_cache, void *v_cache, int kv_type,
                        const float *k, const float *v, int row_stride,
                        const int32_t *slot, int M, int kv_dim) {
   ENTER(be);
-  CK(sa__cuda_kv_write(cx->stream, k_cache, v_cache, k, v, row_stride, slot,
+  CK(sa__cuda_kv_write(cx->stream, k_cache, v_cache, kv_type, k, v, row_stride, slot,
                        M, kv_dim, cx->dflag));
   return 0;
 }
 
 static int cu_attention(sa_backend_t *be, float *out, const float *q,
-                        int q_stride, const float *k_cache,
-                        const float *v_cache, const sa_attn_batch_t *batch,
+                        int q_stride, const void *k_cache, const void *v_cache,
+                        int kv_type, const sa_attn_batch_t *batch,
                         int nh, int nkv, int hd, float scale) {
   ENTER(be);
   if (hd > SA_CUDA_ATTN_MAX_HD) /* this kernel's limit */
     return SA_EINVAL;
   CK(sa__cuda_attention(cx->stream, cx->sm_count, out, q, q_stride, k_cache,
-                        v_cache, batch, nh, nkv, hd, scale, cx->dflag));
+                        v_cache, kv_type, batch, nh, nkv, hd, scale, cx->dflag));
   return 0;
 }
 

@@ -201,7 +201,14 @@ __global__ void embed_kernel(float *y, const uint16_t *table,
     yr[i] = ok ? bf(tr[i]) : 0.f;
 }
 
-__global__ void kv_write_kernel(float *kc, float *vc, const float *k,
+template <typename T> __device__ __forceinline__ T kv_store(float x);
+template <> __device__ __forceinline__ float kv_store<float>(float x) { return x; }
+template <> __device__ __forceinline__ uint16_t kv_store<uint16_t>(float x) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+}
+
+template <typename T>
+__global__ void kv_write_kernel(T *kc, T *vc, const float *k,
                                 const float *v, int row_stride,
                                 const int32_t *slot, int kv_dim,
                                 unsigned *flag) {
@@ -213,8 +220,8 @@ __global__ void kv_write_kernel(float *kc, float *vc, const float *k,
     return;
   }
   for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
-    kc[(size_t)s * kv_dim + i] = k[(size_t)m * row_stride + i];
-    vc[(size_t)s * kv_dim + i] = v[(size_t)m * row_stride + i];
+    kc[(size_t)s * kv_dim + i] = kv_store<T>(k[(size_t)m * row_stride + i]);
+    vc[(size_t)s * kv_dim + i] = kv_store<T>(v[(size_t)m * row_stride + i]);
   }
 }
 
@@ -317,14 +324,18 @@ cudaError_t sa__cuda_embed(cudaStream_t st, float *y, const uint16_t *table,
   return cudaGetLastError();
 }
 
-cudaError_t sa__cuda_kv_write(cudaStream_t st, float *kc, float *vc,
+cudaError_t sa__cuda_kv_write(cudaStream_t st, void *kc, void *vc, int kv_type,
                               const float *k, const float *v, int row_stride,
                               const int32_t *slot, int M, int kv_dim,
                               unsigned *flag) {
   if (M == 0)
     return cudaSuccess;
-  kv_write_kernel<<<M, kRowThreads, 0, st>>>(kc, vc, k, v, row_stride, slot,
-                                             kv_dim, flag);
+  if (kv_type == SA_KV_BF16)
+    kv_write_kernel<uint16_t><<<M, kRowThreads, 0, st>>>(
+        (uint16_t *)kc, (uint16_t *)vc, k, v, row_stride, slot, kv_dim, flag);
+  else
+    kv_write_kernel<float><<<M, kRowThreads, 0, st>>>((float *)kc, (float *)vc, k, v,
+                                                      row_stride, slot, kv_dim, flag);
   return cudaGetLastError();
 }
 

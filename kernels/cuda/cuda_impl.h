@@ -94,7 +94,7 @@ cudaError_t sa__cuda_add(cudaStream_t st, float *y, const float *x, size_t n);
 cudaError_t sa__cuda_softmax(cudaStream_t st, float *x, int M, int N);
 cudaError_t sa__cuda_embed(cudaStream_t st, float *y, const uint16_t *table,
                            const int32_t *ids, int M, int H, int V);
-cudaError_t sa__cuda_kv_write(cudaStream_t st, float *kc, float *vc,
+cudaError_t sa__cuda_kv_write(cudaStream_t st, void *kc, void *vc, int kv_type,
                               const float *k, const float *v, int row_stride,
                               const int32_t *slot, int M, int kv_dim,
                               unsigned *flag);
@@ -108,8 +108,8 @@ cudaError_t sa__cuda_im2col(cudaStream_t st, uint16_t *col, const float *x,
 /* Paged causal GQA attention (kernels.h); rows come from q_start on the
  * device, so the grid is persistent and loops over (row, head) items. */
 cudaError_t sa__cuda_attention(cudaStream_t st, int sm_count, float *out,
-                               const float *q, int q_stride, const float *kc,
-                               const float *vc, const sa_attn_batch_t *b,
+                               const float *q, int q_stride, const void *kc,
+                               const void *vc, int kv_type, const sa_attn_batch_t *b,
                                int nh, int nkv, int hd, float scale,
                                unsigned *flag);
 cudaError_t sa__cuda_attention_dense(cudaStream_t st, int sm_count, float *out,

@@ -288,9 +288,10 @@ static void test_embed(void) {
   free(t);
 }
 
-/* Writes n_pos keys per sequence with kv_write, then runs attention. */
-static void test_attention_case(int nh, int nkv, int hd, int bs, int n_seqs,
-                                const int *ctx, const int *n_new) {
+/* Writes n_pos keys per sequence with kv_write, then runs attention, with
+ * the cache in kv_type (a bf16 cache is checked through attention). */
+static void test_attention_case_t(int nh, int nkv, int hd, int bs, int n_seqs,
+                                  const int *ctx, const int *n_new, int kvt) {
   int kv_dim = nkv * hd, max_blocks = 0, total_pos = 0, rows = 0;
   for (int s = 0; s < n_seqs; s++) {
     int nb = (ctx[s] + bs - 1) / bs;
@@ -341,29 +342,37 @@ static void test_attention_case(int nh, int nkv, int hd, int bs, int n_seqs,
   pair_t pout = mk(NULL, sizeof(float) * rows * nh * hd);
   char name[128];
   BOTH("kv_write", 0,
-       sa_op_kv_write(be, X(pkc), X(pvc),
+       sa_op_kv_write(be, X(pkc), X(pvc), kvt,
                          (float *)X(pkv) + nh * hd,
                          (float *)X(pkv) + nh * hd + kv_dim, kstride,
                          X(pslot), total_pos, kv_dim));
-  snprintf(name, sizeof name, "kv_write k M=%d kv_dim=%d", total_pos, kv_dim);
-  cmp(name, &pkc, cache_f, 0, 0);
-  snprintf(name, sizeof name, "kv_write v M=%d kv_dim=%d", total_pos, kv_dim);
-  cmp(name, &pvc, cache_f, 0, 0);
+  if (kvt == SA_KV_F32) {
+    snprintf(name, sizeof name, "kv_write k M=%d kv_dim=%d", total_pos, kv_dim);
+    cmp(name, &pkc, cache_f, 0, 0);
+    snprintf(name, sizeof name, "kv_write v M=%d kv_dim=%d", total_pos, kv_dim);
+    cmp(name, &pvc, cache_f, 0, 0);
+  }
   for (int side = 0; side < 2; side++) {
     sa_backend_t *be = side ? C : R;
     sa_attn_batch_t b = {n_seqs,     X(pqs), X(pcl), X(pbt),
                          max_blocks, bs,     max_ctx};
-    int rc = sa_op_attention(be, X(pout), X(pq), q_stride, X(pkc), X(pvc),
+    int rc = sa_op_attention(be, X(pout), X(pq), q_stride, X(pkc), X(pvc), kvt,
                                 &b, nh, nkv, hd, 1.f / sqrtf((float)hd));
     expect_rc(side ? "attention (cuda)" : "attention (ref)", rc, 0);
   }
   snprintf(name, sizeof name,
-           "attention nh=%d nkv=%d hd=%d bs=%d seqs=%d rows=%d", nh, nkv, hd,
-           bs, n_seqs, rows);
+           "attention nh=%d nkv=%d hd=%d bs=%d seqs=%d rows=%d kv %s", nh, nkv, hd,
+           bs, n_seqs, rows, kvt == SA_KV_BF16 ? "bf16" : "f32");
   cmp(name, &pout, (size_t)rows * nh * hd, 2e-6 * sqrt((double)hd), 1e-4);
   fr(&pkc), fr(&pvc), fr(&pkv), fr(&pslot), fr(&pq), fr(&pbt), fr(&pqs),
       fr(&pcl), fr(&pout);
   free(perm), free(bt), free(slot), free(qs), free(cl), free(kv), free(q);
+}
+
+static void test_attention_case(int nh, int nkv, int hd, int bs, int n_seqs,
+                                const int *ctx, const int *n_new) {
+  test_attention_case_t(nh, nkv, hd, bs, n_seqs, ctx, n_new, SA_KV_F32);
+  test_attention_case_t(nh, nkv, hd, bs, n_seqs, ctx, n_new, SA_KV_BF16);
 }
 
 static void test_attention(void) {
@@ -380,9 +389,9 @@ static void test_attention(void) {
   float row[8] = {0};
   pair_t pc = mk(NULL, 64), ps = mk(&slot, 4), pr = mk(row, sizeof row);
   expect_rc("kv_write slot<0 (ref)",
-            sa_op_kv_write(R, pc.r, pc.r, pr.r, pr.r, 8, ps.r, 1, 8),
+            sa_op_kv_write(R, pc.r, pc.r, SA_KV_F32, pr.r, pr.r, 8, ps.r, 1, 8),
             SA_ERANGE);
-  int rc = sa_op_kv_write(C, pc.c, pc.c, pr.c, pr.c, 8, ps.c, 1, 8);
+  int rc = sa_op_kv_write(C, pc.c, pc.c, SA_KV_F32, pr.c, pr.c, 8, ps.c, 1, 8);
   if (rc == 0)
     rc = C->ops->sync(C);
   expect_rc("kv_write slot<0 (cuda, at sync)", rc, SA_ERANGE);

@@ -7,6 +7,8 @@
 # pipeline without restarting anything, and the running requests complete.
 BIN=$1
 source "$(dirname "$0")/lib.sh"
+# the load below is sized to overflow one pipeline's KV (8 MiB) in fp32
+export SA_KV_TYPE=f32
 
 M=$T/model
 make_model "$M" 95

@@ -315,6 +315,8 @@ static void run_prefill_decode(int which, int tied) {
   sa_decoder_t *d = load(be, tied, 0, L, 64, 4);
   sa_kv_opts_t ko;
   sa_decoder_kv_opts(d, 0, 64, 4, &ko);
+  /* exact kernels keep an exact (fp32) KV cache; rounding ones bf16 */
+  ko.kv_type = sa_cpu_rounds_activations(be) ? SA_KV_BF16 : SA_KV_F32;
   sa_kv_t *kv = NULL;
   assert_int_equal(sa_kv_new(be, &ko, &kv), 0);
   enum { T = 45 };
@@ -367,6 +369,8 @@ static sa_kv_t *kv_of(sa_backend_t *be, const sa_decoder_t *d) {
   sa_kv_opts_t ko;
   sa_kv_t *kv = NULL;
   sa_decoder_kv_opts(d, 0, 64, 8, &ko);
+  /* exact kernels keep an exact (fp32) KV cache; rounding ones bf16 */
+  ko.kv_type = sa_cpu_rounds_activations(be) ? SA_KV_BF16 : SA_KV_F32;
   assert_int_equal(sa_kv_new(be, &ko, &kv), 0);
   return kv;
 }
@@ -572,6 +576,8 @@ static void test_batch_invariance(void **state) {
   sa_decoder_t *d = load(be, 0, 0, L, 64, 8);
   sa_kv_opts_t ko;
   sa_decoder_kv_opts(d, 0, 64, 8, &ko);
+  /* exact kernels keep an exact (fp32) KV cache; rounding ones bf16 */
+  ko.kv_type = sa_cpu_rounds_activations(be) ? SA_KV_BF16 : SA_KV_F32;
   sa_kv_t *kv = NULL;
   assert_int_equal(sa_kv_new(be, &ko, &kv), 0);
   enum { T = 20 };
@@ -644,6 +650,8 @@ static void test_errors(void **state) {
   sa_decoder_t *d = load(be, 0, 0, L, 8, 2);
   sa_kv_opts_t ko;
   sa_decoder_kv_opts(d, 0, 2, 4, &ko); /* 32 tokens of KV */
+  /* exact kernels keep an exact (fp32) KV cache; rounding ones bf16 */
+  ko.kv_type = sa_cpu_rounds_activations(be) ? SA_KV_BF16 : SA_KV_F32;
   sa_kv_t *kv = NULL;
   assert_int_equal(sa_kv_new(be, &ko, &kv), 0);
   uint64_t id = 5, id2 = 6;

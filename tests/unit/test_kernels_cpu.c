@@ -328,9 +328,11 @@ typedef struct {
 } seq_t;
 
 /* Builds a paged batch, writes every cached token with kv_write on both
- * backends (checking the caches match exactly), and compares attention. */
-static void attention_case(const seq_t *seqs, int n_seqs, int nh, int nkv,
-                           int hd, int bs) {
+ * backends (checking the caches match exactly), and compares attention;
+ * with the cache in kv_type (fp32, or bf16: the same tolerance, the
+ * reference reading the same rounded values). */
+static void attention_case_t(const seq_t *seqs, int n_seqs, int nh, int nkv,
+                             int hd, int bs, int kvt) {
   int kv_dim = nkv * hd, max_ctx = 0, M = 0, total = 0;
   for (int s = 0; s < n_seqs; s++) {
     max_ctx = seqs[s].ctx > max_ctx ? seqs[s].ctx : max_ctx;
@@ -340,8 +342,9 @@ static void attention_case(const seq_t *seqs, int n_seqs, int nh, int nkv,
   int max_blocks = (max_ctx + bs - 1) / bs + 1;
   int n_blocks = n_seqs * max_blocks + 3;
   size_t cache_n = (size_t)n_blocks * bs * kv_dim;
-  float *kc = calloc(cache_n, sizeof(float)), *vc = calloc(cache_n, sizeof(float));
-  float *kc2 = calloc(cache_n, sizeof(float)), *vc2 = calloc(cache_n, sizeof(float));
+  size_t esz = sa_kv_type_size(kvt);
+  void *kc = calloc(cache_n, esz), *vc = calloc(cache_n, esz);
+  void *kc2 = calloc(cache_n, esz), *vc2 = calloc(cache_n, esz);
   int32_t *table = malloc(sizeof(int32_t) * n_seqs * max_blocks);
   int32_t q_start[64], ctx[64];
   /* blocks handed out in a scrambled order */
@@ -358,14 +361,14 @@ static void attention_case(const seq_t *seqs, int n_seqs, int nh, int nkv,
   for (int s = 0; s < n_seqs; s++)
     for (int p = 0; p < seqs[s].ctx; p++, r++)
       slot[r] = table[s * max_blocks + p / bs] * bs + p % bs;
-  assert_int_equal(sa_op_kv_write(ref, kc, vc, qkv + nh * hd,
+  assert_int_equal(sa_op_kv_write(ref, kc, vc, kvt, qkv + nh * hd,
                                       qkv + nh * hd + kv_dim, stride, slot,
                                       total, kv_dim), 0);
-  assert_int_equal(sa_op_kv_write(cpu3, kc2, vc2, qkv + nh * hd,
+  assert_int_equal(sa_op_kv_write(cpu3, kc2, vc2, kvt, qkv + nh * hd,
                                        qkv + nh * hd + kv_dim, stride, slot,
                                        total, kv_dim), 0);
-  assert_memory_equal(kc, kc2, sizeof(float) * cache_n);
-  assert_memory_equal(vc, vc2, sizeof(float) * cache_n);
+  assert_memory_equal(kc, kc2, esz * cache_n);
+  assert_memory_equal(vc, vc2, esz * cache_n);
   /* queries: the last n_new tokens of each sequence, packed */
   float *q = malloc(sizeof(float) * ((size_t)M + 1) * stride);
   int row = 0;
@@ -383,18 +386,24 @@ static void attention_case(const seq_t *seqs, int n_seqs, int nh, int nkv,
   size_t on = (size_t)M * nh * hd;
   float *out = malloc(sizeof(float) * on + 4), *outr = malloc(sizeof(float) * on + 4);
   float scale = 1.0f / sqrtf((float)hd);
-  assert_int_equal(sa_op_attention(ref, outr, q, stride, kc, vc, &b, nh, nkv,
+  assert_int_equal(sa_op_attention(ref, outr, q, stride, kc, vc, kvt, &b, nh, nkv,
                                        hd, scale), 0);
   FOR_EACH_CONFIG(be, isa) {
     memset(out, 0xff, sizeof(float) * on);
-    assert_int_equal(sa_op_attention(be, out, q, stride, kc, vc, &b, nh, nkv,
+    assert_int_equal(sa_op_attention(be, out, q, stride, kc, vc, kvt, &b, nh, nkv,
                                         hd, scale), 0);
     char what[64];
-    snprintf(what, sizeof(what), "attention nh%d nkv%d hd%d bs%d", nh, nkv, hd, bs);
+    snprintf(what, sizeof(what), "attention nh%d nkv%d hd%d bs%d kv%s", nh, nkv, hd, bs,
+             kvt == SA_KV_BF16 ? "bf16" : "f32");
     check_close(what, out, outr, NULL, on, 2e-5, 1e-4, isa, be->threads);
   }
   free(kc), free(vc), free(kc2), free(vc2), free(table), free(qkv), free(slot);
   free(q), free(out), free(outr);
+}
+
+static void attention_case(const seq_t *seqs, int n_seqs, int nh, int nkv, int hd, int bs) {
+  attention_case_t(seqs, n_seqs, nh, nkv, hd, bs, SA_KV_F32);
+  attention_case_t(seqs, n_seqs, nh, nkv, hd, bs, SA_KV_BF16);
 }
 
 static void test_attention(void **state) {

@@ -186,7 +186,7 @@ static void test_attention(void **state) {
   int32_t slot[3] = {0 * 2 + 0, 3 * 2 + 1, 1 * 2 + 0};
   kc[(3 * 2 + 0) * 2 + 0] = 1; /* seq1 pos0: k = (1, 0), v = (10, 0) */
   vc[(3 * 2 + 0) * 2 + 0] = 10;
-  assert_int_equal(sa_op_kv_write(be, kc, vc, k, v, 2, slot, 3, 2), 0);
+  assert_int_equal(sa_op_kv_write(be, kc, vc, SA_KV_F32, k, v, 2, slot, 3, 2), 0);
   NEAR(kc[(3 * 2 + 1) * 2 + 1], 1, 0);
   NEAR(vc[(1 * 2 + 0) * 2 + 1], 8, 0);
 
@@ -197,7 +197,7 @@ static void test_attention(void **state) {
   int32_t table[2 * 2] = {0, -1, 3, 1};
   sa_attn_batch_t b = {2, q_start, ctx, table, 2, 2, 3};
   float out[3 * 4];
-  assert_int_equal(sa_op_attention(be, out, q, 4, kc, vc, &b, 2, 1, 2, 1.0f),
+  assert_int_equal(sa_op_attention(be, out, q, 4, kc, vc, SA_KV_F32, &b, 2, 1, 2, 1.0f),
                    0);
   /* one key: the output is v whatever q is */
   NEAR(out[0], 7, 1e-6);
@@ -217,10 +217,10 @@ static void test_attention(void **state) {
   /* the cache must hold the sequence: ctx beyond the table is invalid */
   ctx[1] = 5;
   b.max_ctx = 5;
-  assert_int_equal(sa_op_attention(be, out, q, 4, kc, vc, &b, 2, 1, 2, 1.0f),
+  assert_int_equal(sa_op_attention(be, out, q, 4, kc, vc, SA_KV_F32, &b, 2, 1, 2, 1.0f),
                    SA_EINVAL);
   ctx[1] = 3;
-  assert_int_equal(sa_op_attention(be, out, q, 4, kc, vc, &b, 3, 2, 2, 1.0f),
+  assert_int_equal(sa_op_attention(be, out, q, 4, kc, vc, SA_KV_F32, &b, 3, 2, 2, 1.0f),
                    SA_EINVAL); /* nh not a multiple of nkv */
 }
 

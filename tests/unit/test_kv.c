@@ -43,8 +43,9 @@ static float val(int l, int kvsel, int slot, int d) {
 
 static void write_slots(sa_kv_t *kv, const int32_t *slot, int n) {
   for (int l = 3; l < 3 + NL; l++) {
-    float *k, *v;
-    assert_int_equal(sa_kv_layer(kv, l, &k, &v), 0);
+    void *kp, *vp;
+    assert_int_equal(sa_kv_layer(kv, l, &kp, &vp), 0);
+    float *k = kp, *v = vp;
     for (int i = 0; i < n; i++) {
       float rk[KVD], rv[KVD];
       for (int d = 0; d < KVD; d++) {
@@ -64,8 +65,9 @@ static void check_tokens(sa_kv_t *kv, uint64_t id, int n) {
   const int32_t *t = sa_kv_block_table(kv, id, &nb);
   assert_non_null(t);
   for (int l = 3; l < 3 + NL; l++) {
-    float *k, *v;
-    sa_kv_layer(kv, l, &k, &v);
+    void *kp, *vp;
+    sa_kv_layer(kv, l, &kp, &vp);
+    float *k = kp, *v = vp;
     for (int i = 0; i < n; i++) {
       int slot = t[i / BS] * BS + i % BS;
       float rk[KVD], rv[KVD];
@@ -182,8 +184,9 @@ static void test_exhaustion(void **state) {
 
 static void test_budget(void **state) {
   (void)state;
-  size_t per = sa_kv_block_bytes(NL, BS, KVD);
+  size_t per = sa_kv_block_bytes(NL, BS, KVD, SA_KV_F32);
   assert_int_equal(per, (size_t)NL * 2 * BS * KVD * 4);
+  assert_int_equal(sa_kv_block_bytes(NL, BS, KVD, SA_KV_BF16), (size_t)NL * 2 * BS * KVD * 2);
   sa_kv_opts_t o = {.first_layer = 0, .last_layer = NL, .kv_dim = KVD,
                     .block_size = 0, .budget_bytes = per * 10 + per / 2,
                     .max_seqs = 2, .max_seq_len = 64};

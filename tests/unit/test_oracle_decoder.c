@@ -117,6 +117,8 @@ static void run_case(const char *dev, const char *isa, int case_no) {
     assert_int_equal(d_em.shape[1], sa_decoder_config(dec)->hidden_size);
   sa_kv_opts_t ko;
   sa_decoder_kv_opts(dec, 0, (T + N_GREEDY + 15) / 16, 1, &ko);
+  /* exact kernels keep an exact (fp32) KV cache; rounding ones bf16 */
+  ko.kv_type = sa_cpu_rounds_activations(be) ? SA_KV_BF16 : SA_KV_F32;
   sa_kv_t *kv = NULL;
   assert_int_equal(sa_kv_new(be, &ko, &kv), 0);
   uint64_t sid = 1;
