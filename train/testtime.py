@@ -99,6 +99,15 @@ class Cluster:
         raise RuntimeError(f"sa-client failed ({r.returncode}): {r.stderr.strip()[-400:]}")
 
 
+def voted(final):
+    """The coordinator's answer, normalised as it compared them: the final
+    event carries the winning chain's raw text (e.g. "\\n6")."""
+    for c in final["chains"]:
+        if c["answer"] == final["answer"] and c["normalized_answer"]:
+            return c["normalized_answer"]
+    return ""
+
+
 def majority(answers):
     """Plurality, ties to the earliest answer (vote.c's rule, chain order)."""
     count, first = {}, {}
@@ -151,7 +160,7 @@ def main():
                 f = cl.submit(os.path.join(clips_dir, r["file"]), r["question"], n, temp, i, vote,
                               a.max_tokens)
                 chains = [c["normalized_answer"] for c in f["chains"]]
-                ans = f["answer"] if vote != "none" else majority(chains)
+                ans = voted(f) if vote != "none" else majority(chains)
                 return {"run": label, "n": n, "temperature": temp, "clip": r["file"],
                         "task": r["task"], "expected": r["answer"], "answer": ans,
                         "correct": ans == r["answer"], "votes": f["votes"],
