@@ -452,6 +452,41 @@ static void test_conv1d(void) {
   }
 }
 
+/* Quantized weights (kernels.h matmul_q): the definition fixes every fp32
+ * operation, so the q8 blocks of x and the outputs must equal the
+ * reference's bit for bit (tolerance 0), Q8_0 and Q4_0, decode and batch. */
+static void test_matmul_q(void) {
+  static const int shapes[][3] = {{1, 70, 896}, {5, 33, 4864}, {20, 17, 96}, {1, 1, 32}};
+  for (int wt = SA_WQ_Q8_0; wt <= SA_WQ_Q4_0; wt++)
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+      int M = shapes[i][0], N = shapes[i][1], K = shapes[i][2], KB = K / SA_QK;
+      size_t wb = sa_wq_bytes(wt, N, K);
+      uint8_t *w = malloc(wb);
+      for (size_t j = 0; j < wb; j++)
+        w[j] = wt == SA_WQ_Q8_0 ? (uint8_t)(int8_t)(irand(255) - 127) : (uint8_t)irand(256);
+      uint16_t *wd = malloc(sizeof(uint16_t) * (size_t)N * KB);
+      for (size_t j = 0; j < (size_t)N * KB; j++)
+        wd[j] = sa_f32_to_f16(frand() * 0.02f);
+      float *x = frandv((size_t)M * K, 2.f);
+      uint16_t *bias = brandv((size_t)N, 1.f);
+      pair_t px = mk(x, sizeof(float) * M * K), pw = mk(w, wb);
+      pair_t pwd = mk(wd, sizeof(uint16_t) * N * KB), pb = mk(bias, sizeof(uint16_t) * N);
+      pair_t pxq = mk(NULL, (size_t)M * K), pxd = mk(NULL, sizeof(float) * M * KB);
+      pair_t py = mk(NULL, sizeof(float) * M * N);
+      char name[96];
+      BOTH("quantize_q8", 0, sa_op_quantize_q8(be, X(pxq), X(pxd), X(px), M, K));
+      snprintf(name, sizeof name, "quantize_q8 scales M=%d K=%d", M, K);
+      cmp(name, &pxd, (size_t)M * KB, 0, 0);
+      BOTH("matmul_q", 0,
+           sa_op_matmul_q(be, X(py), X(pxq), X(pxd), wt, X(pw), X(pwd), X(pb), M, N, K, 0));
+      snprintf(name, sizeof name, "matmul_q %s M=%d N=%d K=%d", wt == SA_WQ_Q8_0 ? "q8_0" : "q4_0",
+               M, N, K);
+      cmp(name, &py, (size_t)M * N, 0, 0);
+      fr(&px), fr(&pw), fr(&pwd), fr(&pb), fr(&pxq), fr(&pxd), fr(&py);
+      free(w), free(wd), free(x), free(bias);
+    }
+}
+
 int main(void) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   /* SA_TEST_BACKEND=cpu runs this harness against the CPU backend instead
@@ -489,6 +524,7 @@ int main(void) {
   test_embed();
   test_attention();
   test_conv1d();
+  test_matmul_q();
   sa_backend_destroy(&C);
   sa_backend_destroy(&R);
   printf("%d of %d checks failed\n", g_fail, g_checks);
