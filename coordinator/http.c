@@ -724,7 +724,7 @@ static void chat_completions(coord_http_t *h, h2o_req_t *req) {
   sr.sampling = &oa.p.sampling;
   sr.think_budget = oa.p.think_budget;
   sr.vote_k = oa.p.vote_k;
-  rc = coord_submit_validate(h->copts, &sr, h->set->n, h->set->audio_held, err, sizeof err);
+  rc = coord_submit_validate(h->copts, &sr, h->set->n_live, h->set->audio_held, err, sizeof err);
   if (rc) {
     const char *p = strstr(err, "max_tokens") ? "max_tokens"
                     : strstr(err, "n must") ? "n"

@@ -172,6 +172,7 @@ void coord_requests_close(coord_requests_t *set) {
   }
   set->head = set->tail = NULL;
   set->n = 0;
+  set->n_live = 0;
 }
 
 coord_request_t *coord_request_new(coord_requests_t *set, const coord_request_params_t *p,
@@ -253,6 +254,7 @@ coord_request_t *coord_request_new(coord_requests_t *set, const coord_request_pa
     set->head = r;
   set->tail = r;
   set->n++;
+  set->n_live++;
   set->requests_total++;
   set->dirty = true;
   if (!set->replaying)
@@ -326,6 +328,7 @@ static void request_end(coord_requests_t *set, coord_request_t *r, sa_status_t s
   if (r->ended)
     return;
   r->ended = true;
+  set->n_live--;
   r->end_status = st;
   snprintf(r->end_msg, sizeof r->end_msg, "%s", msg ? msg : "");
   if (!r->cbs && set->keep_ms > 0) /* nobody to take the result yet */

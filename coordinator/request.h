@@ -89,7 +89,8 @@ typedef struct coord_requests {
   const coord_pipeline_ops_t *pl_ops;
   void *pl;
   coord_request_t *head, *tail; /* oldest first */
-  int n;
+  int n;      /* request objects, ended ones kept for a resume included */
+  int n_live; /* of them not ended: what --max-requests bounds */
   size_t audio_held; /* audio bytes of requests, received and not yet encoded */
   uint64_t next_id, next_seq_id;
   int64_t requests_total;

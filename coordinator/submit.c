@@ -279,7 +279,7 @@ static void submit_handler(sa_rpc_call_t *call, void *user) {
     return;
   }
   char msg[512];
-  int rc = coord_submit_validate(sub->opts, rq, sub->set->n, sub->set->audio_held, msg,
+  int rc = coord_submit_validate(sub->opts, rq, sub->set->n_live, sub->set->audio_held, msg,
                                  sizeof msg);
   if (rc) {
     SA_LOG_INFO("refused a request: %s", msg);

@@ -174,3 +174,19 @@ done
 [[ $(streamed "$T/again.out" 0) == $(streamed "$T/ref-3.out" 0) ]] ||
   fail "the kept text of crash-3 differs"
 pass "a request that ended while its client was away: its whole stream and result are given again by id"
+
+# ended requests kept for a resume hold no KV and are not running: they do
+# not count against --max-requests (a restart on a busy journal restores
+# hundreds of them; new requests must still get in)
+kill -9 "$CPID"
+# shellcheck disable=SC2046
+"$BIN/sa-coordinator" --model "$M" --listen "$EP" $(sec coordinator) --state "$STATE" \
+  --max-requests 1 >"$T/coordinator-max1.log" 2>&1 &
+CPID=$!
+PIDS+=($CPID)
+wait_ready 1 1
+kept=$(grep -o '[0-9]* ended kept' "$T/coordinator-max1.log" | head -n 1 | grep -o '^[0-9]*' || true)
+[[ ${kept:-0} -ge 2 ]] || fail "the journal restored ${kept:-0} ended requests, want 2 or more"
+"$BIN/sa-client" submit "$T/clips/clip0.wav" --max-tokens 4 --json --coordinator "$COORD" \
+  >"$T/max1.out" 2>"$T/max1.err" || fail "a new request was refused: $(cat "$T/max1.err")"
+pass "with $kept ended requests kept and --max-requests 1, a new request still runs"
