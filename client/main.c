@@ -84,6 +84,7 @@ typedef struct {
   bool json, quiet_reasoning, tty;
   int n_chains;
   int last_kind[64];      /* per chain: -1 none yet, else DeltaKind printed last */
+  bool at_heading[64];    /* per chain: nothing printed since the last heading */
   int64_t tokens[64];
   /* -n > 1: one progress line per chain */
   bool live;              /* redraw the chain lines in place (stdout is a TTY) */
@@ -292,8 +293,16 @@ static void on_event(void *user, Sa__SubmitEvent *ev) {
              d->kind == SA__DELTA_KIND__DELTA_ANSWER ? "── answer ──" : "── reasoning ──",
              "");
       s->last_kind[c] = (int)d->kind;
+      s->at_heading[c] = true;
     }
-    printf("%s%s%s", d->kind == SA__DELTA_KIND__DELTA_ANSWER ? bold : dim, d->text, reset);
+    /* the heading ends a line: the newlines the model writes after
+       "<think>" or "</think>" would only leave a blank one */
+    const char *text = d->text;
+    if (s->at_heading[c])
+      text += strspn(text, "\n");
+    if (*text)
+      s->at_heading[c] = false;
+    printf("%s%s%s", d->kind == SA__DELTA_KIND__DELTA_ANSWER ? bold : dim, text, reset);
     fflush(stdout);
     break;
   }

@@ -75,8 +75,10 @@ class SpeechCache:
                 ["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
                 check=True, capture_output=True).stdout
             raw = subprocess.run(
-                ["sox", "-t", "wav", "-", "-t", "raw", "-r", str(SR), "-e", "signed", "-b", "16",
-                 "-c", "1", "-"], input=es, check=True, capture_output=True).stdout
+                # -D: no dither (sox's default dither is random noise: the same
+                # seed made different clips, and a run's numbers moved)
+                ["sox", "-D", "-t", "wav", "-", "-t", "raw", "-r", str(SR), "-e", "signed",
+                 "-b", "16", "-c", "1", "-"], input=es, check=True, capture_output=True).stdout
             x = np.frombuffer(raw, dtype="<i2").astype(np.float32) / 32768.0
             nz = np.nonzero(np.abs(x) > 0.01)[0]  # espeak pads with silence: trim it
             self.cache[key] = x[nz[0]:nz[-1] + 1] if len(nz) else x

@@ -1,7 +1,7 @@
 """testtime — the test-time scaling experiment, run on the cluster.
 
     /usr/bin/python3 train/testtime.py [--model models/r1-mini] [--clips 200]
-        [--temperature 1.0] [--ns 1,2,4,8,16] [--out train/results/testtime]
+        [--temperature 1.5] [--ns 1,2,4,8,16] [--out train/results/testtime]
 
 Makes a held-out set (train/tasks.py, seed --seed: never a training seed),
 starts a local cluster on the model (sa-cluster up: coordinator, encoder,
@@ -25,6 +25,7 @@ import argparse
 import concurrent.futures as cf
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -68,7 +69,7 @@ replicas:
 
 class Cluster:
     def __init__(self, bin_dir, yaml_path, coordinator, run_dir):
-        self.bin, self.yaml, self.co = bin_dir, yaml_path, coordinator
+        self.bin, self.yaml, self.co, self.run_dir = bin_dir, yaml_path, coordinator, run_dir
         self.env = dict(os.environ, SA_KEY=os.path.join(run_dir, "keys", "client.key"),
                         SA_ALLOW=os.path.join(run_dir, "keys", "allow"),
                         OPENBLAS_NUM_THREADS="1")
@@ -76,6 +77,8 @@ class Cluster:
     def up(self):
         subprocess.run([os.path.join(self.bin, "sa-cluster"), "down", self.yaml],
                        capture_output=True)
+        # a fresh journal: an earlier run's requests are not this run's
+        shutil.rmtree(os.path.join(self.run_dir, "state"), ignore_errors=True)
         r = subprocess.run([os.path.join(self.bin, "sa-cluster"), "up", self.yaml, "--timeout",
                             "120"], capture_output=True, text=True, env=self.env)
         if r.returncode:
@@ -126,7 +129,7 @@ def main():
     ap.add_argument("--bin", default=os.path.join(ROOT, "build", "bin"))
     ap.add_argument("--clips", type=int, default=200)
     ap.add_argument("--seed", type=int, default=9001, help="held-out set seed")
-    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--temperature", type=float, default=1.5)
     ap.add_argument("--ns", default="1,2,4,8,16")
     ap.add_argument("--max-tokens", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=8, help="requests in flight")

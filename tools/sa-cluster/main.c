@@ -69,7 +69,7 @@ static void usage(FILE *f) {
           "\n"
           "Starts a local sa-cluster (coordinator, encoders, stage workers) from a\n"
           "topology file; without FILE the embedded default deploy/local/default.yaml\n"
-          "is used (the tiny model, 1 encoder, 1 replica x 2 stages).\n"
+          "is used (models/r1-mini, 1 encoder, 1 replica x 2 stages).\n"
           "\n"
           "  up       start everything, wait until every encoder and stage has\n"
           "           registered with the coordinator, print where to connect;\n"
@@ -88,7 +88,7 @@ static void usage(FILE *f) {
 /* The embedded default topology, kept identical to deploy/local/default.yaml
  * (a test checks they parse to the same thing). */
 static const char k_default_yaml[] =
-    "model: models/tiny\n"
+    "model: models/r1-mini\n"
     "run_dir: build/cluster\n"
     "threads: 1\n"
     "coordinator:\n"
@@ -721,7 +721,8 @@ int main(int argc, char **argv) {
     char err[512];
     if (sa_config_load(topo.model, &cfg, err, sizeof err)) {
       fprintf(stderr,
-              "sa-cluster: model %s: %s\n  (create a test model with: sa-model "
+              "sa-cluster: model %s: %s\n  (run from the repository's top folder, "
+              "which ships models/r1-mini; or a random test model: sa-model "
               "init --preset tiny --out %s)\n",
               topo.model, err, topo.model);
       return 1;
