@@ -253,7 +253,7 @@ const char *sa_cpu_isa(const sa_backend_t *be);
 /* Name of the path matmul_q uses ("scalar", "avx2", "avx512vnni", "amx");
  * "" for a non-"cpu" backend. It follows sa_cpu_set_isa: scalar -> scalar,
  * avx2 -> avx2, the AVX-512 paths -> avx512vnni where the CPU has VNNI,
- * amx -> AMX-INT8 tiles for M > 16 (avx512vnni below). */
+ * amx -> AMX-INT8 tiles from M = 4 on (avx512vnni below). */
 const char *sa_cpu_q_isa(const sa_backend_t *be);
 /* 1 when this CPU can run the named SIMD path, else 0. */
 int sa_cpu_isa_supported(const char *isa);

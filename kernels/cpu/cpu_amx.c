@@ -234,8 +234,9 @@ static void mm_amx(float *y, const float *x, const uint16_t *w, const uint16_t *
 }
 
 /* ------------------------------------------------------------------------ */
-/* The quantized matmul (kernels.h matmul_q) with AMX-INT8 for more than 16
- * rows of x; up to 16 rows (decode) go to the VNNI kernel. Same bits as
+/* The quantized matmul (kernels.h matmul_q) with AMX-INT8 from
+ * SA__MMQ_AMX_MIN_M rows of x on; fewer (decode of one to three sequences)
+ * go to the VNNI kernel, which streams W once per row of x. Same bits as
  * sa__mmq_scalar: the tiles give each block's exact integer sum, then one
  * fmaf per block in order.
  *
@@ -249,6 +250,9 @@ static void mm_amx(float *y, const float *x, const uint16_t *w, const uint16_t *
  * folded into 16 fp32 accumulators (one per W row, lanes over x rows). */
 
 #define MCQ 128 /* x rows packed per pass */
+#ifndef SA__MMQ_AMX_MIN_M
+#define SA__MMQ_AMX_MIN_M 4 /* fewer rows of x: the VNNI kernel (measured crossover) */
+#endif
 
 /* The pair's k order: for k in 0..63 of the A row, which block (0: b,
  * 1: b + 1) and which element of it. */
@@ -300,7 +304,7 @@ void sa__mmq_amx(float *y, const int8_t *xq, const float *xd, int wtype, const v
   int KB = K / 32, np = (KB + 1) / 2;
   size_t need = (size_t)MCQ * np * 128 + (size_t)2 * (MCQ / 16) * KB * 64 + (size_t)KB * 64 +
                 4096 + 2048;
-  if (M <= 16 || K == 0 || need > scratch_bytes) {
+  if (M < SA__MMQ_AMX_MIN_M || K == 0 || need > scratch_bytes) {
     sa__mmq_avx512vnni(y, xq, xd, wtype, wq, wd, bias, M, N, K, n0, n1, accumulate, scratch,
                        scratch_bytes);
     return;
