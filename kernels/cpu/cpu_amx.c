@@ -298,12 +298,35 @@ static void pack_xq(int8_t *bp, float *xdt, int32_t *sxt, const int8_t *xq, cons
     }
 }
 
+/* Folds the stored C tiles of blocks b .. b + nb - 1 (c: 256 int32 each,
+ * [n][m]) into acc[i] (W row i, lanes over x rows): acc = fma(isum,
+ * wd[n, b] * xd[m, b], acc), blocks in order. */
+static inline __attribute__((always_inline)) void fold(__m512 *acc, const int32_t *c,
+                                                       const float *xdt, const int32_t *sxt,
+                                                       const float *wdt, int g, int KB, int b,
+                                                       int nb, int wtype) {
+  for (int h = 0; h < nb; h++) {
+    int bb = b + h;
+    __m512 xv = _mm512_loadu_ps(xdt + ((size_t)g * KB + bb) * 16);
+    __m512i corr = _mm512_setzero_si512();
+    if (wtype == SA_WQ_Q4_0)
+      corr = _mm512_slli_epi32(_mm512_loadu_si512(sxt + ((size_t)g * KB + bb) * 16), 3);
+    const int32_t *ch = c + h * 256;
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) {
+      __m512i is = _mm512_sub_epi32(_mm512_loadu_si512(ch + i * 16), corr);
+      __m512 cb = _mm512_mul_ps(_mm512_set1_ps(wdt[bb * 16 + i]), xv);
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), cb, acc[i]);
+    }
+  }
+}
+
 void sa__mmq_amx(float *y, const int8_t *xq, const float *xd, int wtype, const void *wq,
                  const uint16_t *wd, const uint16_t *bias, int M, int N, int K, int n0, int n1,
                  int accumulate, void *scratch, size_t scratch_bytes) {
   int KB = K / 32, np = (KB + 1) / 2;
   size_t need = (size_t)MCQ * np * 128 + (size_t)2 * (MCQ / 16) * KB * 64 + (size_t)KB * 64 +
-                4096 + 2048;
+                8192 + 2048;
   if (M < SA__MMQ_AMX_MIN_M || K == 0 || need > scratch_bytes) {
     sa__mmq_avx512vnni(y, xq, xd, wtype, wq, wd, bias, M, N, K, n0, n1, accumulate, scratch,
                        scratch_bytes);
@@ -315,8 +338,8 @@ void sa__mmq_amx(float *y, const int8_t *xq, const float *xd, int wtype, const v
   float *xdt = (float *)(bp + (size_t)MCQ * np * 128);       /* (MCQ/16) x KB x 16 */
   int32_t *sxt = (int32_t *)(xdt + (size_t)(MCQ / 16) * KB * 16);
   float *wdt = (float *)(sxt + (size_t)(MCQ / 16) * KB * 16); /* KB x 16 */
-  int32_t *ct = (int32_t *)(wdt + (size_t)KB * 16);          /* 2 C tiles */
-  uint8_t *abuf = (uint8_t *)(ct + 512);                     /* 16 x 64 A */
+  int32_t *ct = (int32_t *)(wdt + (size_t)KB * 16);          /* 2 x 2 C tiles */
+  uint8_t *abuf = (uint8_t *)(ct + 1024);                    /* 16 x 64 A */
   size_t row_bytes = sa_wq_bytes(wtype, 1, K);
   for (int mb = 0; mb < M; mb += MCQ) {
     int mc = M - mb < MCQ ? M - mb : MCQ, ng = (mc + 15) / 16;
@@ -354,35 +377,52 @@ void sa__mmq_amx(float *y, const int8_t *xq, const float *xd, int wtype, const v
                      two ? 64 : 32);
             a = abuf, as = 64;
           }
+          if (g == 0) /* the 16 rows' next pairs, ahead of the tile loads */
+            for (int i = 0; i < nv; i++)
+              _mm_prefetch((const char *)wq + (size_t)(n + i) * row_bytes +
+                               (size_t)(b + 8) * (wtype == SA_WQ_Q8_0 ? 32 : 16),
+                           _MM_HINT_T0);
+          /* C tiles 0, 1 for even pairs and 2, 3 for odd ones: the fold of
+           * the previous pair runs while this pair's products are made */
           const int8_t *bt = bp + ((size_t)g * np + p) * 2048;
-          _tile_zero(0);
-          _tile_zero(1);
           _tile_loadd(4, a, as);
           _tile_loadd(6, bt, 64);
           _tile_loadd(7, bt + 1024, 64);
-          if (wtype == SA_WQ_Q8_0) {
-            _tile_dpbssd(0, 4, 6);
-            _tile_dpbssd(1, 4, 7);
+          if (p & 1) {
+            _tile_zero(2);
+            _tile_zero(3);
+            if (wtype == SA_WQ_Q8_0) {
+              _tile_dpbssd(2, 4, 6);
+              _tile_dpbssd(3, 4, 7);
+            } else {
+              _tile_dpbusd(2, 4, 6);
+              _tile_dpbusd(3, 4, 7);
+            }
           } else {
-            _tile_dpbusd(0, 4, 6);
-            _tile_dpbusd(1, 4, 7);
-          }
-          _tile_stored(0, ct, 64);
-          _tile_stored(1, ct + 256, 64);
-          for (int h = 0; h < 1 + two; h++) {
-            int bb = b + h;
-            __m512 xv = _mm512_loadu_ps(xdt + ((size_t)g * KB + bb) * 16);
-            __m512i corr = _mm512_setzero_si512();
-            if (wtype == SA_WQ_Q4_0)
-              corr = _mm512_slli_epi32(_mm512_loadu_si512(sxt + ((size_t)g * KB + bb) * 16), 3);
-            const int32_t *c = ct + h * 256;
-#pragma GCC unroll 16
-            for (int i = 0; i < 16; i++) {
-              __m512i is = _mm512_sub_epi32(_mm512_loadu_si512(c + i * 16), corr);
-              __m512 cb = _mm512_mul_ps(_mm512_set1_ps(wdt[bb * 16 + i]), xv);
-              acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is), cb, acc[i]);
+            _tile_zero(0);
+            _tile_zero(1);
+            if (wtype == SA_WQ_Q8_0) {
+              _tile_dpbssd(0, 4, 6);
+              _tile_dpbssd(1, 4, 7);
+            } else {
+              _tile_dpbusd(0, 4, 6);
+              _tile_dpbusd(1, 4, 7);
             }
           }
+          if (p > 0)
+            fold(acc, ct + ((p - 1) & 1) * 512, xdt, sxt, wdt, g, KB, 2 * (p - 1), 2, wtype);
+          if (p & 1) {
+            _tile_stored(2, ct + 512, 64);
+            _tile_stored(3, ct + 768, 64);
+          } else {
+            _tile_stored(0, ct, 64);
+            _tile_stored(1, ct + 256, 64);
+          }
+        }
+        {
+          int b = 2 * (np - 1);
+          fold(acc, ct + ((np - 1) & 1) * 512, xdt, sxt, wdt, g, KB, b, b + 1 < KB ? 2 : 1,
+               wtype);
         }
         /* acc[i] lane j = output (m = mb + 16 g + j, n + i) */
         float out[16 * 16];
