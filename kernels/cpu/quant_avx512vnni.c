@@ -25,6 +25,10 @@
 #include <immintrin.h>
 #include <string.h>
 
+#ifndef PF_AHEAD
+#define PF_AHEAD 512 /* bytes of a W row prefetched ahead of the step */
+#endif
+
 /* Q8_0: row p's blocks b, b + 1 (b alone when `one`: the upper half is
  * zero), in element order. */
 static inline __m512i load_q8(const uint8_t *p, int b, int one) {
@@ -83,6 +87,11 @@ static inline __attribute__((always_inline)) void group(
       __m512i xv = one ? _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)xb))
                        : _mm512_loadu_si512(xb);
       __m512i p[8];
+      if (m == 0) /* W comes from DRAM once: the 16 rows, PF_AHEAD bytes ahead */
+        for (int r = 0; r < 16; r++)
+          _mm_prefetch((const char *)wr[r] + (size_t)b * (wtype == SA_WQ_Q8_0 ? 32 : 16) +
+                           PF_AHEAD,
+                       _MM_HINT_T0);
       if (wtype == SA_WQ_Q8_0) { /* |x| times w with x's sign */
         __m512i xa = _mm512_abs_epi8(xv);
         __mmask64 neg = _mm512_movepi8_mask(xv);
