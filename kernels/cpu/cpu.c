@@ -255,6 +255,8 @@ typedef struct {
 struct cpu {
   sa_backend_t be;
   const sa__cpu_kern_t *kern;
+  sa__mmq_fn mmq;       /* the quantized path that goes with kern (mmq_of) */
+  const char *mmq_name;
   int nt;
   int sgemm_min_m; /* 0: per ISA (sgemm_min_m_of) */
   float **scratch; /* [nt] of SCRATCH_BYTES each */
@@ -454,8 +456,9 @@ static void mmq_scalar(float *y, const int8_t *xq, const float *xd, int wtype, c
   sa__mmq_scalar(y, xq, xd, wtype, wq, wd, bias, M, N, K, n0, n1, accumulate);
 }
 
-/* The quantized path that goes with the bf16 path in use: its ISA level,
- * VNNI where the AVX-512 paths run and the CPU has it. */
+/* The quantized path that goes with the bf16 path k: its ISA level, VNNI
+ * where the AVX-512 paths run and the CPU has it, AMX-INT8 with amx. Asked
+ * when the path is picked (set_kern), not per matmul. */
 static sa__mmq_fn mmq_of(const sa__cpu_kern_t *k, const char **name) {
   const char *nm = "scalar";
   sa__mmq_fn fn = mmq_scalar;
@@ -471,9 +474,13 @@ static sa__mmq_fn mmq_of(const sa__cpu_kern_t *k, const char **name) {
       }
     }
   }
-  if (name)
-    *name = nm;
+  *name = nm;
   return fn;
+}
+
+static void set_kern(cpu_t *c, const sa__cpu_kern_t *k) {
+  c->kern = k;
+  c->mmq = mmq_of(k, &c->mmq_name);
 }
 
 typedef struct {
@@ -486,7 +493,6 @@ typedef struct {
   const void *wq;
   const uint16_t *wd, *bias;
   int M, N, K, accumulate;
-  float *x;
 } mmq_job_t;
 
 static void mmq_range(void *p, int lo, int hi, int tid) {
@@ -499,27 +505,31 @@ static int cpu_matmul_q(sa_backend_t *be, float *y, const int8_t *xq, const floa
                         int wtype, const void *wq, const uint16_t *wd, const uint16_t *bias,
                         int M, int N, int K, int accumulate) {
   cpu_t *c = be->impl;
-  mmq_job_t j = {c, mmq_of(c->kern, NULL), y, xq, xd, wtype, wq, wd, bias, M, N, K, accumulate,
-                 NULL};
+  mmq_job_t j = {c, c->mmq, y, xq, xd, wtype, wq, wd, bias, M, N, K, accumulate};
   /* each thread's columns in whole 16-row groups, so no group is split */
   run_range(c, N, (double)M * K, 16, mmq_range, &j);
   return 0;
 }
 
+typedef struct {
+  int8_t *xq;
+  float *xd;
+  const float *x;
+  int K;
+} q8_job_t;
+
 static void quantize_rows(void *p, int lo, int hi, int tid) {
   (void)tid;
-  mmq_job_t *j = p;
+  q8_job_t *j = p;
   for (int m = lo; m < hi; m++)
-    sa__q8_quantize_row((int8_t *)j->xq + (size_t)m * j->K,
-                        (float *)j->xd + (size_t)m * (j->K / SA_QK), j->x + (size_t)m * j->K,
-                        j->K);
+    sa__q8_quantize_row(j->xq + (size_t)m * j->K, j->xd + (size_t)m * (j->K / SA_QK),
+                        j->x + (size_t)m * j->K, j->K);
 }
 
 static int cpu_quantize_q8(sa_backend_t *be, int8_t *xq, float *xd, const float *x, int M,
                            int K) {
-  cpu_t *c = be->impl;
-  mmq_job_t j = {.c = c, .xq = xq, .xd = xd, .K = K, .x = (float *)x};
-  run_range(c, M, 2.0 * K, 1, quantize_rows, &j);
+  q8_job_t j = {xq, xd, x, K};
+  run_range(be->impl, M, 2.0 * K, 1, quantize_rows, &j);
   return 0;
 }
 
@@ -1115,12 +1125,12 @@ sa_backend_t *sa__backend_cpu_new(int threads) {
   c->be.impl = c;
   c->be.threads = threads;
   c->nt = threads;
-  c->kern = isa_auto();
+  set_kern(c, isa_auto());
   const char *env = getenv("SA_CPU_ISA");
   if (env && *env && strcmp(env, "auto") != 0) {
     const sa__cpu_kern_t *k = isa_by_name(env);
     if (k && isa_supported(k))
-      c->kern = k;
+      set_kern(c, k);
     else
       SA_LOG_WARN("SA_CPU_ISA=%s is %s here; using %s", env,
                   k ? "not supported" : "unknown", c->kern->name);
@@ -1166,7 +1176,7 @@ int sa_cpu_set_isa(sa_backend_t *be, const char *isa) {
     return SA_EINVAL;
   cpu_t *c = be->impl;
   if (strcmp(isa, "auto") == 0) {
-    c->kern = isa_auto();
+    set_kern(c, isa_auto());
     return 0;
   }
   const sa__cpu_kern_t *k = isa_by_name(isa);
@@ -1174,7 +1184,7 @@ int sa_cpu_set_isa(sa_backend_t *be, const char *isa) {
     return SA_EINVAL;
   if (!isa_supported(k))
     return SA_EUNAVAIL;
-  c->kern = k;
+  set_kern(c, k);
   return 0;
 }
 
@@ -1191,9 +1201,7 @@ const char *sa_cpu_isa(const sa_backend_t *be) {
 const char *sa_cpu_q_isa(const sa_backend_t *be) {
   if (!be || be->ops != &cpu_ops)
     return "";
-  const char *name;
-  mmq_of(((const cpu_t *)be->impl)->kern, &name);
-  return name;
+  return ((const cpu_t *)be->impl)->mmq_name;
 }
 
 int sa_cpu_isa_supported(const char *isa) {

@@ -279,7 +279,7 @@ static void pack_xq(int8_t *bp, float *xdt, int32_t *sxt, const int8_t *xq, cons
       for (int b = 0; b < KB; b++) {
         xdt[((size_t)g * KB + b) * 16 + i] = m < mc ? xd[(size_t)m * KB + b] : 0.0f;
         int32_t t = 0;
-        if (m < mc)
+        if (m < mc && wtype == SA_WQ_Q4_0) /* only Q4_0's -8 needs them */
           for (int j = 0; j < 32; j++)
             t += xr[b * 32 + j];
         sxt[((size_t)g * KB + b) * 16 + i] = t;

@@ -121,7 +121,7 @@ static int push(out_list_t *o, const char *name, sa_dtype_t dt, int64_t d0, int6
   if (o->n == o->cap) {
     size_t cap = o->cap ? 2 * o->cap : 256;
     sa_st_tensor_t *t = realloc(o->t, cap * sizeof *t);
-    void **ow = realloc(o->owned, cap * 2 * sizeof *ow);
+    void **ow = realloc(o->owned, cap * sizeof *ow);
     if (!t || !ow)
       return SA_ENOMEM;
     o->t = t, o->owned = ow, o->cap = cap;
@@ -159,8 +159,12 @@ static int push_quantized(out_list_t *o, const char *name, const sa_st_tensor_t 
       quant_q4_row(q + n * qrow, sc + n * (K / 32), row, (int)K);
   }
   free(row);
-  char sname[160];
-  snprintf(sname, sizeof sname, "%s_scale", name);
+  char sname[512];
+  if (snprintf(sname, sizeof sname, "%s_scale", name) >= (int)sizeof sname) {
+    fprintf(stderr, "quantize: tensor name too long: %.80s...\n", name);
+    free(q), free(sc);
+    return SA_EINVAL;
+  }
   int rc = push(o, name, fmt == SA_WQ_Q8_0 ? SA_DTYPE_I8 : SA_DTYPE_U8, N, (int64_t)qrow, q, 1);
   if (!rc)
     rc = push(o, sname, SA_DTYPE_F16, N, K / 32, sc, 1);
