@@ -49,13 +49,21 @@ def prompt_tokens(audio_s, text):
 
 
 class Host:
-    """CPU time on a cgroup quota: cpu CPUs per period (None: one full core)."""
+    """CPU time on a cgroup quota: cpu CPUs per period (None: one full core).
 
-    def __init__(self, cpu, period=0.010):
-        self.cpu, self.period = cpu, period
+    As the kernel's CFS bandwidth control does it (measured by `sa-sim
+    calibrate`, calibration "cfs"): a budget of cpu x period per period, but
+    a running thread's use is charged at the scheduler's ticks, so it is
+    stopped only at the first tick after its budget ran out; what it overran
+    is paid from the next period's budget. tick 0 is the strict model (stopped
+    the moment the budget is gone)."""
+
+    def __init__(self, cpu, period=0.010, tick=0.0, phase=0.0):
+        self.cpu, self.period, self.tick = cpu, period, tick
+        self.phase = phase     # where its periods start: each cgroup's own timer
         self.free_at = 0.0     # the host's single runnable thread is busy until
         self.win = -1          # the period whose budget is tracked
-        self.used = 0.0
+        self.used = 0.0        # of it (more than the budget: an overrun)
 
     def run(self, t, cost):
         """Runs cost CPU-seconds from t (after earlier work); returns the end."""
@@ -65,20 +73,42 @@ class Host:
             return self.free_at
         budget = self.cpu * self.period
         while cost > 1e-12:
-            w = int(t / self.period + 1e-9)  # a boundary belongs to the next period
-            if w != self.win:
-                self.win, self.used = w, 0.0
-            left = budget - self.used
-            end_of_period = (w + 1) * self.period
-            if left <= 1e-12 or end_of_period - t <= 1e-12:
+            w = int((t - self.phase) / self.period + 1e-9)  # a boundary: the next period
+            if w != self.win:  # a new period: its budget less the last one's overrun
+                over = max(0.0, self.used - budget) if w == self.win + 1 else 0.0
+                self.win, self.used = w, over
+            end_of_period = (w + 1) * self.period + self.phase
+            if self.used >= budget - 1e-12 or end_of_period - t <= 1e-12:
                 t = max(t, end_of_period)
                 continue
-            step = min(cost, left, end_of_period - t)
+            out = t + budget - self.used  # the budget runs out here ...
+            if self.tick:                 # ... and is noticed at the next tick
+                out = (math.floor((out - self.phase) / self.tick + 1e-9) + 1) * self.tick + \
+                    self.phase
+            step = min(cost, out - t, end_of_period - t)
             t += step
             self.used += step
             cost -= step
         self.free_at = t
         return t
+
+
+def _interp(xs, ys, x):
+    """Piecewise linear through (xs, ys), extended by the end segments."""
+    k = 1
+    while k < len(xs) - 1 and x > xs[k]:
+        k += 1
+    x0, x1, y0, y1 = xs[k - 1], xs[k], ys[k - 1], ys[k]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+def table_step(t, rows, ctx):
+    """A whole-model step of `rows` rows at mean context ctx from the table
+    {"batch": [...], "ctx": [c0, c1], "step_s": [[at c0], [at c1]]}: linear
+    in rows between measured batches and in context between c0 and c1 (past
+    them by the end segments; never below a quarter of the c0 figure)."""
+    at = [_interp(t["batch"], row, rows) for row in t["step_s"]]
+    return max(0.25 * at[0], _interp(t["ctx"], at, ctx))
 
 
 class Cost:
@@ -92,9 +122,21 @@ class Cost:
         costs around it, and (the last stage) sampling."""
         c = self.c["stage"]
         return (c["per_step"] + c.get("per_token", 0.0) * tokens +
-                layers * (c["per_layer_step"] + c["per_layer_token"] * tokens +
-                          c["per_layer_ctx_token"] * ctx_tokens) +
+                self.compute(layers, tokens, ctx_tokens) +
                 c.get("sample_per_token", 0.0) * sampled)
+
+    def compute(self, layers, tokens, ctx_tokens):
+        """The layers' share of a whole-model step over `tokens` rows that
+        attend to ctx_tokens positions in all: bench-decode's table
+        (calibration "decode_table"), interpolated, else the linear fit."""
+        t = self.c.get("decode_table")
+        if not t:
+            c = self.c["stage"]
+            return layers * (c["per_layer_step"] + c["per_layer_token"] * tokens +
+                             c["per_layer_ctx_token"] * ctx_tokens)
+        if tokens <= 0:
+            return 0.0
+        return layers / self.c["model"]["layers"] * table_step(t, tokens, ctx_tokens / tokens)
 
     def coordinator(self, tokens, decode_tokens):
         c = self.c["coordinator"]
@@ -109,13 +151,14 @@ class Cost:
 class Req:
     __slots__ = ("i", "t_arrive", "n", "max_tokens", "prompt", "audio_s", "t_first", "t_end",
                  "chains", "prefilled", "prefill_inflight", "replica", "arrivals", "done",
-                 "replays", "target", "answers", "accuracy", "running", "kv")
+                 "replays", "target", "answers", "accuracy", "running", "kv",
+                 "t_encoded", "t_admitted")
 
     def __init__(self, i, t, item, seed=0):
         self.i, self.t_arrive = i, t
         self.n, self.max_tokens = item["n"], item["max_tokens"]
         self.prompt, self.audio_s = item["prompt_tokens"], item["audio_s"]
-        self.t_first = self.t_end = None
+        self.t_first = self.t_end = self.t_encoded = self.t_admitted = None
         self.chains = [0] * self.n          # tokens so far
         self.prefilled = 0                  # prompt tokens prefilled on its replica
         self.prefill_inflight = False
@@ -168,6 +211,7 @@ class Sim:
 
     def __init__(self, run, cal, items, seed=1):
         self.run, self.cal = run, cal
+        self.now = 0.0         # the event being run
         self.gpu = cal.get("kind") == "gpu"
         self.coord_cost = Cost(cal).coordinator  # one formula, CPU or GPU cluster
         if self.gpu:
@@ -184,11 +228,16 @@ class Sim:
         self.per = [self.layers * (s + 1) // self.P - self.layers * s // self.P
                     for s in range(self.P)]
         h = run["hosts"]
-        self.coord = Host(h["coordinator_cpu"])
+        tick = cal.get("cfs", {}).get("tick_s", 0.0)
+        # each cgroup's period timer starts when it first runs: the hosts'
+        # periods are not aligned (aligned, they throttle in lockstep)
+        phases = random.Random(seed)
+        self.host = lambda cpu: Host(cpu, tick=tick, phase=phases.random() * 0.010)
+        self.coord = self.host(h["coordinator_cpu"])
         self.coord_busy = 0.0  # coordinator CPU seconds, steps and rows in the window
         self.steps = self.step_rows = 0
-        self.encs = [Host(h["encoder_cpu"]) for _ in range(c["encoders"])]
-        self.stages = [[Host(h["stage_cpu"]) for _ in range(self.P)] for _ in range(self.R)]
+        self.encs = [self.host(h["encoder_cpu"]) for _ in range(c["encoders"])]
+        self.stages = [[self.host(h["stage_cpu"]) for _ in range(self.P)] for _ in range(self.R)]
         self.alive = [True] * self.R
         self.inflight = [0] * self.R
         self.active = [[] for _ in range(self.R)]   # requests admitted to each replica
@@ -203,7 +252,7 @@ class Sim:
             self.kv_blocks = min(self.cost.kv_blocks(self.per[s], s == 0, s == self.P - 1,
                                                      self.kv["block_tokens"])
                                  for s in range(self.P))
-        else:  # --kv-mem: fp32 K and V of the stage's layers
+        else:  # --kv-mem: K and V of the stage's layers (calibration kv)
             mem = c["kv_mem"]
             mult = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
             num = int(mem.rstrip("KMGiB"))
@@ -232,22 +281,36 @@ class Sim:
         """sa-load's own arrival process and mix draw (client/load.c), so a
         simulated run sends the requests the measured one sent, when it did."""
         load = self.run["load"]
-        seed = load["seed"]
-        w = [it["weight"] for it in self.items]
-        tot = sum(w)
-        state = [(seed ^ 0xa0761f62) & M64]
-        t, i = 0.0, 0
-        while load["rate"]:
-            if t >= load["duration"]:
-                break
-            h = [(seed * 0x2545f4914f6cdd1d + i) & M64]
-            u, k = unit(h) * tot, 0
-            while k < len(w) - 1 and u >= w[k]:
-                u -= w[k]
-                k += 1
-            self.at(t, self.arrive, Req(i, t, self.items[k], seed))
-            i += 1
+        state = [(load["seed"] ^ 0xa0761f62) & M64]
+        t, self.sent = 0.0, 0
+        if not load["rate"]:  # closed loop: concurrency in flight, one sent as one ends
+            for _ in range(load.get("concurrency") or 0):
+                self.send(t)
+            return
+        while t < load["duration"]:
+            self.send(t)
             t += -math.log(1.0 - unit(state)) / load["rate"]
+
+    def send(self, t):
+        """Request number self.sent at t: its item by sa-load's mix draw,
+        which depends on (seed, i) alone."""
+        seed, i = self.run["load"]["seed"], self.sent
+        w = [it["weight"] for it in self.items]
+        h = [(seed * 0x2545f4914f6cdd1d + i) & M64]
+        u, k = unit(h) * sum(w), 0
+        while k < len(w) - 1 and u >= w[k]:
+            u -= w[k]
+            k += 1
+        self.at(t, self.arrive, Req(i, t, self.items[k], seed))
+        self.sent += 1
+
+    def ended(self, t, r):
+        """A request is answered: closed loop sends the next one then."""
+        r.done, r.t_end = True, t
+        self.release(r)
+        load = self.run["load"]
+        if not load["rate"] and t < load["duration"]:
+            self.send(t)
 
     def arrive(self, t, r):
         self.reqs.append(r)
@@ -259,6 +322,7 @@ class Sim:
             self.encoded(t, r)
 
     def encoded(self, t, r):
+        r.t_encoded = t
         self.queue.append(r)
         self.schedule(t)
 
@@ -287,6 +351,8 @@ class Sim:
             if self.kv_blocks - self.kv_used[k] < self.blocks(r):
                 return
             self.queue.pop(0)
+            if r.t_admitted is None:
+                r.t_admitted = self.now
             r.replica = k
             r.prefilled = 0
             r.kv = self.blocks(r)
@@ -367,8 +433,7 @@ class Sim:
             if r.t_first is None:
                 r.t_first = end
             if r.finished(c) and r.chain_done():
-                r.done, r.t_end = True, end
-                self.release(r)
+                self.ended(end, r)
         if pre is not None and pre.replica == k:
             pre.prefill_inflight = False
             if pre.prefilled < pre.prompt:
@@ -399,7 +464,7 @@ class Sim:
 
     def replica_back(self, t, k):
         self.alive[k] = True
-        self.stages[k] = [Host(self.run["hosts"]["stage_cpu"]) for _ in range(self.P)]
+        self.stages[k] = [self.host(self.run["hosts"]["stage_cpu"]) for _ in range(self.P)]
         self.schedule(t)
 
     def coordinator_down(self, t, restart_s):
@@ -461,6 +526,7 @@ class Sim:
             t, _, fn, args = heapq.heappop(self.ev)
             if t > horizon:
                 break
+            self.now = t
             if fn == self.arrive:
                 self.reqs_by_i[args[0].i] = args[0]
             fn(t, *args)
@@ -499,4 +565,22 @@ def summarize(run, reqs):
         "ttft_s": pcts([r.t_first - r.t_arrive for r in done if r.t_first is not None]),
         "itl_s": pcts(itl),
         "e2e_s": pcts([r.t_end - r.t_arrive for r in done]),
+        "coordinator": coordinator_view(reqs, lo, hi),
+    }
+
+
+def coordinator_view(reqs, lo, hi):
+    """The means the coordinator's own histograms give (analyze.py's
+    coordinator_view), over the requests that arrived in [lo, hi)."""
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return round(sum(xs) / len(xs), 5) if xs else None
+    rs = [r for r in reqs if lo <= r.t_arrive < hi]
+    return {
+        "encode_duration_mean_s": mean([r.t_encoded - r.t_arrive for r in rs
+                                        if r.audio_s > 0 and r.t_encoded is not None]),
+        "queue_duration_mean_s": mean([r.t_admitted - r.t_encoded for r in rs
+                                       if r.t_admitted is not None and r.t_encoded is not None]),
+        "time_to_first_token_mean_s": mean([r.t_first - r.t_arrive for r in rs
+                                            if r.t_first is not None]),
     }

@@ -30,6 +30,54 @@ for r in rows:
 print("validation: %d runs within 15 %%" % len(rows))
 PY
 
+# (1b) the CPU quota model against hand arithmetic: 3.6 ms of CPU on a 0.15
+# quota (1.5 ms per 10 ms period) from a period's start. Strict: 1.5 + wait,
+# 1.5 + wait, 0.6 -> 20.6 ms. Charged at 1 ms ticks: runs out at 1.5, stopped
+# at the 2 ms tick (0.5 overrun, paid next period: 1.0 left at 10 ms), the
+# last 1.6 ms end at 11.6 ms, before the 12 ms tick that would stop it.
+# Closed-loop load (sa-load --concurrency) keeps that many in flight.
+python3 - "$SRC/sim" <<'PY' || fail "quota model"
+import sys
+sys.path.insert(0, sys.argv[1])
+import simcore
+got = simcore.Host(0.15).run(0.0, 0.0036)
+assert abs(got - 0.0206) < 1e-9, got
+got = simcore.Host(0.15, tick=0.001).run(0.0, 0.0036)
+assert abs(got - 0.0116) < 1e-9, got
+h = simcore.Host(0.15, tick=0.001, phase=0.004)  # periods start at 4, 14, 24 ms
+assert abs(h.run(0.004, 0.0036) - 0.0156) < 1e-9
+assert abs(simcore.Host(None).run(0.5, 0.0036) - 0.5036) < 1e-9  # no quota
+cal = {"stage": {"per_step": 0, "sample_per_token": 0}, "model": {"layers": 8},
+       "decode_table": {"ctx": [64, 512], "batch": [1, 2, 4], "step_s": [[1, 2, 4], [3, 4, 8]]}}
+c = simcore.Cost(cal)
+assert abs(c.compute(8, 2, 2 * 64) - 2) < 1e-9             # a measured point
+assert abs(c.compute(4, 3, 3 * 288) - 0.5 * 4.5) < 1e-9    # half the layers, midway
+print("quota model and decode table: as computed by hand")
+PY
+python3 - "$SRC/sim" "$SRC/experiments/clips/beeps.wav" <<'PY' || fail "closed loop"
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import simcore
+cal = json.load(open(sys.argv[1] + "/calibration/cpu-medium.json"))
+run = {"name": "c2", "cluster": {"replicas": 1, "stages": 2, "encoders": 1, "kv_mem": "64MiB",
+       "extra_microbatches": 1, "heartbeat_timeout_ms": 5000},
+       "hosts": {"stage_cpu": 0.15, "coordinator_cpu": 0.4, "encoder_cpu": 0.2},
+       "load": {"rate": None, "concurrency": 2, "duration": 30, "warmup": 5, "seed": 1,
+                "timeout": 60, "drain": False}, "faults": []}
+item = {"n": 8, "max_tokens": 64, "audio_s": 2.0, "prompt_tokens": 54, "weight": 1}
+sim = simcore.Sim(run, cal, [item])
+reqs = sim.simulate()
+# never more than 2 in flight: each request after the first two starts when one ends
+ends = sorted(r.t_end for r in reqs if r.done)
+starts = sorted(r.t_arrive for r in reqs)
+assert starts[:2] == [0.0, 0.0] and len(reqs) > 10, starts[:3]
+for k, t in enumerate(starts[2:]):
+    assert abs(t - ends[k]) < 1e-9, (k, t, ends[k])
+s = simcore.summarize(run, reqs)
+assert s["tokens_per_s"] > 0 and s["coordinator"]["time_to_first_token_mean_s"] > 0, s
+print("closed loop: %d requests, 2 in flight" % len(reqs))
+PY
+
 # (2) one H100 step by hand: 64 layers of Step-Audio-R1 at batch 1, context
 # 0: weights 64 x (5120 x (5120 + 2 x 1024 + 5120) + 3 x 5120 x 27648) x 2 B
 # + the head 158720 x 5120 x 2 B, over 3.35 TB/s x 0.8; plus 64 x 40 us of

@@ -33,6 +33,25 @@ def read_jsonl(path):
     return out
 
 
+def read_metrics(path):
+    """{name: value} of a Prometheus text file, each name summed over its
+    labels (None if the file is missing)."""
+    if not os.path.exists(path):
+        return None
+    out = {}
+    with open(path) as f:
+        for line in f:
+            if line.startswith("#") or not line.strip():
+                continue
+            name, _, rest = line.partition(" ")
+            name = name.split("{", 1)[0]
+            try:
+                out[name] = out.get(name, 0.0) + float(rest.split()[0])
+            except (ValueError, IndexError):
+                pass
+    return out
+
+
 def pct(xs, p):
     """Nearest-rank percentile (None when empty)."""
     if not xs:
@@ -205,7 +224,23 @@ class RunData:
             "itl_s": pcts(self.itl()),
             "e2e_s": pcts([r["end_s"] - r["submit_s"] for r in ok]),
             "faults": self.fault_times(base),
+            "coordinator": self.coordinator_view(),
         }
+
+    def coordinator_view(self):
+        """Means over the load of the coordinator's own histograms (the
+        metrics scraped before and after it): where a request's time went
+        before its first token, from the coordinator's side."""
+        m0, m1 = (read_metrics(os.path.join(self.folder, "metrics-%s.txt" % w))
+                  for w in ("start", "end"))
+        if m0 is None or m1 is None:
+            return None
+        d = lambda k: m1.get(k, 0.0) - m0.get(k, 0.0)
+        out = {"steps": d("sa_step_duration_seconds_count"), "step_tokens": d("sa_step_tokens_total")}
+        for h in ("encode_duration", "queue_duration", "time_to_first_token", "step_duration"):
+            n = d("sa_%s_seconds_count" % h)
+            out[h + "_mean_s"] = round(d("sa_%s_seconds_sum" % h) / n, 5) if n else None
+        return out
 
 
 def same_result(a, b):

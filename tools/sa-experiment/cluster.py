@@ -8,6 +8,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 
 from scenario import process_names
 
@@ -62,8 +63,8 @@ class Cluster:
                  "--heartbeat-timeout-ms", str(c["heartbeat_timeout_ms"])] + self._sec("coordinator")
             if c["state"]:
                 a += ["--state", os.path.join(self.out, "state")]
-            if self.run["load"]["transport"] == "http":
-                a += ["--http", "%s:%d" % (ip, PORT["http"]), "--api-key-file", self.api_key_file()]
+            # HTTP always: the API when the load uses it, /metrics for every run
+            a += ["--http", "%s:%d" % (ip, PORT["http"]), "--api-key-file", self.api_key_file()]
             return a
         if name.startswith("enc"):
             return [os.path.join(self.bin, "sa-encoder"), "--model", self.model,
@@ -98,6 +99,18 @@ class Cluster:
                 p.wait()
             return True
         return False
+
+    def metrics(self, timeout=5):
+        """The coordinator's /metrics text (None if it does not answer)."""
+        with open(self.api_key_file()) as f:
+            key = f.read().strip()
+        req = urllib.request.Request("http://%s:%d/metrics" % (self.net.hosts["coord"].ip,
+                                                              PORT["http"]),
+                                     headers={"Authorization": "Bearer " + key})
+        try:
+            return urllib.request.urlopen(req, timeout=timeout).read().decode()
+        except (OSError, ValueError):
+            return None
 
     def client(self, *args, role="client", timeout=10):
         argv = [os.path.join(self.bin, "sa-client")] + list(args) + [
