@@ -63,10 +63,17 @@ typedef struct {
  *               w = d * (nibble - 8). */
 #define SA_QK 32
 
-/* KV cache element types (kv_write, attention). */
-enum { SA_KV_F32 = 0, SA_KV_BF16 = 1 };
-/* Bytes of one cached value of kv_type (0 for an unknown type). */
-size_t sa_kv_type_size(int kv_type);
+/* KV cache element types (kv_write, attention). A cached row (one token's
+ * kv_dim keys or values) is kv_dim fp32 (SA_KV_F32), kv_dim bf16 rounded to
+ * nearest even (SA_KV_BF16), or kv_dim / 32 blocks of SA_KV_Q8_0_BLOCK bytes
+ * (SA_KV_Q8_0): an fp32 scale d, then 32 int8 q, value = d * q, made by the
+ * q8 rule of quantize_q8 (d = max|x| / 127, q = round-half-even(x / d));
+ * kv_dim and the head dim % 32 == 0. */
+enum { SA_KV_F32 = 0, SA_KV_BF16 = 1, SA_KV_Q8_0 = 2 };
+#define SA_KV_Q8_0_BLOCK (4 + SA_QK)
+/* Bytes of one cached row of kv_dim values of kv_type (0 for an unknown
+ * type, or a kv_dim the type cannot hold). */
+size_t sa_kv_row_bytes(int kv_type, int kv_dim);
 enum { SA_WQ_Q8_0 = 1, SA_WQ_Q4_0 = 2 };
 
 typedef struct sa_backend_ops {
@@ -144,17 +151,18 @@ typedef struct sa_backend_ops {
   /* --- attention --- */
   /* Writes new keys/values into the paged cache: for row m, slot[m] is
    * block * block_size + offset; k_cache/v_cache are
-   * [n_blocks, block_size, kv_dim] of kv_type (SA_KV_F32, or SA_KV_BF16:
-   * rounded to nearest even); k, v rows are read with row_stride (floats)
-   * so they can sit inside a fused qkv buffer. */
+   * [n_blocks, block_size] rows of kv_type (sa_kv_row_bytes each); k, v
+   * rows are read with row_stride (floats) so they can sit inside a fused
+   * qkv buffer. */
   int (*kv_write)(sa_backend_t *be, void *k_cache, void *v_cache, int kv_type,
                   const float *k, const float *v, int row_stride,
                   const int32_t *slot, int M, int kv_dim);
   /* Causal GQA attention over the paged cache (see sa_attn_batch_t).
    * q rows are read with q_stride floats; out is [M, nh * hd] contiguous.
    * Query head h uses KV head h / (nh / nkv). scale = 1/sqrt(hd) usually.
-   * The cache is of kv_type (as kv_write wrote it); bf16 keys and values
-   * are widened exactly, the arithmetic stays fp32. */
+   * The cache is of kv_type (as kv_write wrote it); bf16 and q8 keys and
+   * values are read in place (bf16 widened exactly, q8 as d * q per block),
+   * the arithmetic stays fp32. */
   int (*attention)(sa_backend_t *be, float *out, const float *q, int q_stride,
                    const void *k_cache, const void *v_cache, int kv_type,
                    const sa_attn_batch_t *batch, int nh, int nkv, int hd,

@@ -126,13 +126,20 @@ int sa_op_embed(sa_backend_t *be, float *y, const uint16_t *table, const int32_t
   return M ? be->ops->embed(be, y, table, ids, M, H, V) : 0;
 }
 
-size_t sa_kv_type_size(int kv_type) {
-  return kv_type == SA_KV_F32 ? 4 : kv_type == SA_KV_BF16 ? 2 : 0;
+size_t sa_kv_row_bytes(int kv_type, int kv_dim) {
+  if (kv_dim <= 0)
+    return 0;
+  switch (kv_type) {
+  case SA_KV_F32: return (size_t)kv_dim * 4;
+  case SA_KV_BF16: return (size_t)kv_dim * 2;
+  case SA_KV_Q8_0: return kv_dim % SA_QK ? 0 : (size_t)kv_dim / SA_QK * SA_KV_Q8_0_BLOCK;
+  default: return 0;
+  }
 }
 
 int sa_op_kv_write(sa_backend_t *be, void *k_cache, void *v_cache, int kv_type, const float *k,
                    const float *v, int row_stride, const int32_t *slot, int M, int kv_dim) {
-  if (!be || M < 0 || kv_dim <= 0 || row_stride < kv_dim || !sa_kv_type_size(kv_type) ||
+  if (!be || M < 0 || kv_dim <= 0 || row_stride < kv_dim || !sa_kv_row_bytes(kv_type, kv_dim) ||
       (M && (!k_cache || !v_cache || !k || !v || !slot)))
     return SA_EINVAL;
   return M ? be->ops->kv_write(be, k_cache, v_cache, kv_type, k, v, row_stride, slot, M, kv_dim)
@@ -142,7 +149,8 @@ int sa_op_kv_write(sa_backend_t *be, void *k_cache, void *v_cache, int kv_type, 
 int sa_op_attention(sa_backend_t *be, float *out, const float *q, int q_stride,
                     const void *k_cache, const void *v_cache, int kv_type,
                     const sa_attn_batch_t *batch, int nh, int nkv, int hd, float scale) {
-  if (!be || !batch || !sa_kv_type_size(kv_type) || nh <= 0 || nkv <= 0 || hd <= 0 || nh % nkv ||
+  if (!be || !batch || nh <= 0 || nkv <= 0 || hd <= 0 || nh % nkv ||
+      !sa_kv_row_bytes(kv_type, nkv * hd) || (kv_type == SA_KV_Q8_0 && hd % SA_QK) ||
       q_stride < (long long)nh * hd || batch->n_seqs < 0 || batch->block_size <= 0 ||
       batch->max_blocks < 0 || batch->max_ctx < 0)
     return SA_EINVAL;

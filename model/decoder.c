@@ -761,13 +761,28 @@ void sa_decoder_kv_opts(const sa_decoder_t *d, size_t budget_bytes,
   out->max_seqs = max_seqs;
   out->max_seq_len = d->o.max_seq_len;
   out->kv_type = sa_kv_type_default();
+  if (out->kv_type == SA_KV_Q8_0 && d->hd % SA_QK) {
+    SA_LOG_ERROR("SA_KV_TYPE=q8_0 needs a head dim that is a multiple of %d; this model's is "
+                 "%d (use bf16 or f32)", SA_QK, d->hd);
+    out->kv_type = -1; /* the pool refuses it */
+  }
 }
 
 int sa_kv_type_default(void) {
   const char *e = getenv("SA_KV_TYPE");
-  if (e && !strcmp(e, "f32"))
+  if (!e || !*e || !strcmp(e, "bf16"))
+    return SA_KV_BF16;
+  if (!strcmp(e, "f32"))
     return SA_KV_F32;
-  return SA_KV_BF16;
+  if (!strcmp(e, "q8_0"))
+    return SA_KV_Q8_0;
+  SA_LOG_ERROR("SA_KV_TYPE=%s: not one of bf16 (the default), f32, q8_0", e);
+  return -1;
+}
+
+const char *sa_kv_type_name(int kv_type) {
+  return kv_type == SA_KV_F32 ? "f32" : kv_type == SA_KV_BF16 ? "bf16"
+                                   : kv_type == SA_KV_Q8_0 ? "q8_0" : "?";
 }
 
 void *sa_decoder_hidden_dev(sa_decoder_t *dec) { return dec ? dec->x : NULL; }

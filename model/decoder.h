@@ -146,10 +146,13 @@ const char *sa_decoder_prof_name(int op);
  * budget_bytes (or n_blocks if > 0) and max_seqs sequences. */
 void sa_decoder_kv_opts(const sa_decoder_t *dec, size_t budget_bytes,
                         int n_blocks, int max_seqs, sa_kv_opts_t *out);
-/* The KV cache element type sa_decoder_kv_opts picks: bf16, or fp32 when
- * the environment variable SA_KV_TYPE is "f32" (exact KV for tests and
- * comparisons). */
+/* The KV cache element type sa_decoder_kv_opts picks, from the environment
+ * variable SA_KV_TYPE: "bf16" or unset (the default), "f32" (exact KV for
+ * tests and comparisons) or "q8_0" (half of bf16's bytes; docs/quantization.md).
+ * Another value is logged and gives -1, which the KV pool refuses. */
 int sa_kv_type_default(void);
+/* "f32", "bf16", "q8_0" ("?" for another value). */
+const char *sa_kv_type_name(int kv_type);
 
 /* The decoder's activation rows in backend memory ([max_tokens, H] f32;
  * device memory on CUDA): see sa_decoder_batch_t.hidden_device. Borrowed,

@@ -19,8 +19,8 @@ struct sa_kv {
   int first, last, n_layers, kv_dim, bs;
   int n_blocks, max_seqs, max_seq_len, max_bpseq;
   char *pool;  /* backend: [n_layers][2][n_blocks, bs, kv_dim] of kv_type */
-  size_t layer_bytes;  /* n_blocks * bs * kv_dim * elem */
-  size_t elem;         /* bytes of one value */
+  size_t layer_bytes;  /* n_blocks * bs * row_bytes */
+  size_t row_bytes;    /* of one token's kv_dim values (sa_kv_row_bytes) */
   int kv_type;
   int32_t *refs;       /* [n_blocks] */
   int32_t *free_stack; /* [n_blocks] */
@@ -34,8 +34,7 @@ struct sa_kv {
 };
 
 size_t sa_kv_block_bytes(int n_layers, int block_size, int kv_dim, int kv_type) {
-  return (size_t)n_layers * 2u * (size_t)block_size * (size_t)kv_dim *
-         sa_kv_type_size(kv_type);
+  return (size_t)n_layers * 2u * (size_t)block_size * sa_kv_row_bytes(kv_type, kv_dim);
 }
 
 /* ------------------------------------------------------- id -> seq slot */
@@ -104,8 +103,8 @@ int sa_kv_new(sa_backend_t *be, const sa_kv_opts_t *o, sa_kv_t **out) {
                  o->max_seq_len, bs);
     return SA_EINVAL;
   }
-  if (!sa_kv_type_size(o->kv_type)) {
-    SA_LOG_ERROR("kv: unknown kv_type %d", o->kv_type);
+  if (!sa_kv_row_bytes(o->kv_type, o->kv_dim)) {
+    SA_LOG_ERROR("kv: kv_type %d cannot hold rows of %d values", o->kv_type, o->kv_dim);
     return SA_EINVAL;
   }
   size_t per_block = sa_kv_block_bytes(nl, bs, o->kv_dim, o->kv_type);
@@ -129,8 +128,8 @@ int sa_kv_new(sa_backend_t *be, const sa_kv_opts_t *o, sa_kv_t **out) {
   kv->max_seq_len = o->max_seq_len;
   kv->max_bpseq = (o->max_seq_len + bs - 1) / bs;
   kv->kv_type = o->kv_type;
-  kv->elem = sa_kv_type_size(o->kv_type);
-  kv->layer_bytes = nb * (size_t)bs * (size_t)o->kv_dim * kv->elem;
+  kv->row_bytes = sa_kv_row_bytes(o->kv_type, o->kv_dim);
+  kv->layer_bytes = nb * (size_t)bs * kv->row_bytes;
   size_t pool_bytes = nb * per_block;
   kv->pool = be->ops->alloc(be, pool_bytes);
   if (!kv->pool) {
@@ -212,13 +211,12 @@ static void block_unref(sa_kv_t *kv, int b) {
 
 /* Copies the first n token slots of block src to block dst in every layer. */
 static int block_copy(sa_kv_t *kv, int dst, int src, int n) {
-  size_t row = (size_t)kv->kv_dim, blk = (size_t)kv->bs * row;
+  size_t row = kv->row_bytes, blk = (size_t)kv->bs * row;
   for (int l = 0; l < kv->n_layers; l++) {
     for (int kvsel = 0; kvsel < 2; kvsel++) {
       char *base = kv->pool + ((size_t)l * 2 + kvsel) * kv->layer_bytes;
-      int rc = kv->be->ops->copy(kv->be, base + (size_t)dst * blk * kv->elem,
-                                 base + (size_t)src * blk * kv->elem,
-                                 (size_t)n * row * kv->elem);
+      int rc = kv->be->ops->copy(kv->be, base + (size_t)dst * blk, base + (size_t)src * blk,
+                                 (size_t)n * row);
       if (rc)
         return rc;
     }

@@ -41,7 +41,7 @@ typedef struct {
   int n_blocks;        /* if > 0, the block count (budget_bytes ignored) */
   int max_seqs;        /* sequences alive at once */
   int max_seq_len;     /* longest sequence, in tokens */
-  int kv_type;         /* SA_KV_F32 (0) or SA_KV_BF16 */
+  int kv_type;         /* SA_KV_F32 (0), SA_KV_BF16 or SA_KV_Q8_0 */
 } sa_kv_opts_t;
 
 typedef struct {
@@ -106,10 +106,10 @@ int sa_kv_free_all(sa_kv_t *kv);
 const int32_t *sa_kv_block_table(const sa_kv_t *kv, uint64_t id,
                                  int *n_blocks);
 /* K and V pools of decoder layer `layer` (absolute index in [first, last)),
- * [n_blocks, block_size, kv_dim] of sa_kv_type(kv) in backend memory;
+ * [n_blocks, block_size] rows of sa_kv_type(kv) in backend memory;
  * borrowed. Returns 0 or SA_ERANGE. */
 int sa_kv_layer(const sa_kv_t *kv, int layer, void **k, void **v);
-/* The pool's element type (SA_KV_F32 or SA_KV_BF16). */
+/* The pool's element type (SA_KV_F32, SA_KV_BF16 or SA_KV_Q8_0). */
 int sa_kv_type(const sa_kv_t *kv);
 
 void sa_kv_stats(const sa_kv_t *kv, sa_kv_stats_t *st);

@@ -826,9 +826,9 @@ int main(int argc, char **argv) {
   sa_sec_guard(W.srv, &W.sec, rules, (int)(sizeof rules / sizeof rules[0]));
   printf("listening %s\n", sa_rpc_server_endpoint(W.srv));
   fflush(stdout);
-  SA_LOG_INFO("serving layers %d:%d of %d on %s (%s, %lld KV blocks of %d tokens)", W.st.first,
-              W.st.last, W.st.n_layers, W.advertise, device, (long long)W.kv_total,
-              W.block_tokens);
+  SA_LOG_INFO("serving layers %d:%d of %d on %s (%s, %lld KV blocks of %d tokens, %s)",
+              W.st.first, W.st.last, W.st.n_layers, W.advertise, device, (long long)W.kv_total,
+              W.block_tokens, sa_kv_type_name(sa_kv_type(W.st.kv)));
   if (W.coordinator[0]) {
     sa_registrar_opts_t ro = {
         .role = SA_REGISTRAR_STAGE,

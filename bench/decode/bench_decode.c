@@ -45,7 +45,7 @@ static void usage(FILE *f) {
           "  --steps N      decode steps timed per batch size (16)\n"
           "  --prefill N    prefill chunk timed for GEMM GFLOP/s (256; 0 = skip)\n"
           "  --profile      time each matmul shape alone (M = 1 and 16)\n"
-          "  The KV cache is bf16 (SA_KV_TYPE=f32: fp32); the weights' format\n"
+          "  The KV cache is bf16 (SA_KV_TYPE=f32: fp32, q8_0: q8 blocks); the weights' format\n"
           "  is the checkpoint's (sa-model quantize makes Q8_0 / Q4_0 copies).\n");
 }
 
@@ -208,7 +208,7 @@ int main(int argc, char **argv) {
   printf("weights read per decode step: %.1f MB (layers %.1f MB + LM head "
          "%.1f MB)\n", wbytes / 1e6, info.layer_bytes / 1e6,
          info.lm_head_bytes / 1e6);
-  printf("KV cache: %s, context %d%s\n", sa_kv_type_default() == SA_KV_BF16 ? "bf16" : "fp32",
+  printf("KV cache: %s (SA_KV_TYPE), context %d%s\n", sa_kv_type_name(sa_kv_type_default()),
          ctx, ctx > PREFILL_MAX ? " (allocated, not prefilled)" : "");
 
   sa_kv_opts_t ko;
@@ -294,7 +294,7 @@ int main(int argc, char **argv) {
     }
     double med = sa_bench_median(ts, steps);
     double avg_ctx = ctx + 2 + steps / 2.0;
-    double kvbytes = (double)B * avg_ctx * kvd * (double)sa_kv_type_size(ko.kv_type) * 2.0 * L;
+    double kvbytes = (double)B * avg_ctx * (double)sa_kv_row_bytes(ko.kv_type, kvd) * 2.0 * L;
     double bytes = (double)wbytes + kvbytes;
     double roof_bw = bytes / (bw.read_gbs * 1e9);
     double flops = 2.0 * mparams * B;

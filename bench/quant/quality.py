@@ -4,7 +4,8 @@
 
 For each model below, writes its Q8_0 and Q4_0 copies with `sa-model
 quantize` (LM head Q8_0), runs the whole decoder over the prompt with
-`sa-model logits` (bf16 weights, then each copy) and prints, over every
+`sa-model logits` (bf16 weights, then each copy, then bf16 weights with a
+q8_0 KV cache: SA_KV_TYPE=q8_0) and prints, over every
 position: the mean KL(p_bf16 || p_quant) in nats, the largest, and how
 often the top-1 token agrees.
   oracle   the golden decoder case's model (tiny preset, seed 1234) over
@@ -16,6 +17,7 @@ Numbers come from our engine for both sides (the bf16 logits are checked
 against HF Qwen2 by tests/test_oracle_decoder).
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -25,17 +27,17 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run(cmd):
+def run(cmd, env=None):
     r = subprocess.run(cmd, capture_output=True, text=True,
-                       env=dict(os.environ, OPENBLAS_NUM_THREADS="1"))
+                       env=dict(os.environ, OPENBLAS_NUM_THREADS="1", **(env or {})))
     if r.returncode:
         raise SystemExit(f"quality: {' '.join(cmd)} failed:\n{r.stderr[-600:]}")
     return r.stdout
 
 
-def logits(bin_dir, model, prompt_args, out):
+def logits(bin_dir, model, prompt_args, out, kv="bf16"):
     run([os.path.join(bin_dir, "sa-model"), "logits", "--model", model, *prompt_args,
-         "--out", out, "--threads", "2"])
+         "--out", out, "--threads", "2"], env={"SA_KV_TYPE": kv})
     return np.load(out).astype(np.float64)
 
 
@@ -75,17 +77,28 @@ def main():
                                        "rate of 25 Hz and is frozen during the entire training "
                                        "process. An audio adaptor with a downsampling rate of "
                                        "2 connects it to the decoder."]))
-    print(f"{'model':8s} {'format':6s} {'positions':>9s} {'mean KL':>10s} {'max KL':>10s} "
+    print(f"{'model':8s} {'format':7s} {'positions':>9s} {'mean KL':>10s} {'max KL':>10s} "
           f"{'top-1 agree':>11s}")
     for name, model, prompt in cases:
         ref = log_softmax(logits(a.bin, model, prompt, os.path.join(a.work, f"{name}-bf16.npy")))
-        for fmt in ("q8_0", "q4_0"):
-            qdir = os.path.join(a.work, f"{name}-{fmt}")
-            run([sam, "quantize", model, qdir, "--type", fmt])
-            q = log_softmax(logits(a.bin, qdir, prompt, os.path.join(a.work, f"{name}-{fmt}.npy")))
+        for fmt in ("q8_0", "q4_0", "kv-q8_0"):
+            if fmt.startswith("kv-"):  # bf16 weights, the KV cache quantized
+                with open(os.path.join(model, "config.json")) as f:
+                    cfg = json.load(f)
+                hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+                if hd % 32:  # a q8 block must not straddle two heads
+                    print(f"{name:8s} {fmt:7s} (head dim {hd}: not a multiple of 32)")
+                    continue
+                q = logits(a.bin, model, prompt, os.path.join(a.work, f"{name}-{fmt}.npy"),
+                           kv=fmt[3:])
+            else:
+                qdir = os.path.join(a.work, f"{name}-{fmt}")
+                run([sam, "quantize", model, qdir, "--type", fmt])
+                q = logits(a.bin, qdir, prompt, os.path.join(a.work, f"{name}-{fmt}.npy"))
+            q = log_softmax(q)
             kl = (np.exp(ref) * (ref - q)).sum(axis=-1)
             agree = (ref.argmax(-1) == q.argmax(-1)).mean()
-            print(f"{name:8s} {fmt:6s} {len(kl):9d} {kl.mean():10.2e} {kl.max():10.2e} "
+            print(f"{name:8s} {fmt:7s} {len(kl):9d} {kl.mean():10.2e} {kl.max():10.2e} "
                   f"{100 * agree:10.1f} %", flush=True)
 
 

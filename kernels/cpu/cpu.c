@@ -152,6 +152,31 @@ static void scale_axpy_bf16_scalar(float *y, float c, float a, const uint16_t *x
     y[i] = y[i] * c + a * bf(x[i]);
 }
 
+static float kv_q8_scale(const uint8_t *blk) {
+  float d;
+  memcpy(&d, blk, 4);
+  return d;
+}
+
+static float dot_q8_scalar(const float *a, const uint8_t *b, int n) {
+  float s = 0.f;
+  for (int k = 0; k < n / SA_QK; k++, a += SA_QK, b += SA_KV_Q8_0_BLOCK) {
+    float t = 0.f;
+    for (int j = 0; j < SA_QK; j++)
+      t += a[j] * (float)(int8_t)b[4 + j];
+    s += kv_q8_scale(b) * t;
+  }
+  return s;
+}
+
+static void scale_axpy_q8_scalar(float *y, float c, float a, const uint8_t *x, int n) {
+  for (int k = 0; k < n / SA_QK; k++, y += SA_QK, x += SA_KV_Q8_0_BLOCK) {
+    float ad = a * kv_q8_scale(x);
+    for (int j = 0; j < SA_QK; j++)
+      y[j] = y[j] * c + ad * (float)(int8_t)x[4 + j];
+  }
+}
+
 const sa__cpu_kern_t sa__cpu_kern_scalar = {
     .name = "scalar",
     .mm_small = mm_small_scalar,
@@ -159,6 +184,8 @@ const sa__cpu_kern_t sa__cpu_kern_scalar = {
     .scale_axpy = scale_axpy_scalar,
     .dot_bf16 = dot_bf16_scalar,
     .scale_axpy_bf16 = scale_axpy_bf16_scalar,
+    .dot_q8 = dot_q8_scalar,
+    .scale_axpy_q8 = scale_axpy_q8_scalar,
     .exp_sum = exp_sum_scalar,
     .silu_mul = silu_mul_scalar,
     .gelu = gelu_scalar,
@@ -779,10 +806,14 @@ static int cpu_kv_write(sa_backend_t *be, void *k_cache, void *v_cache, int kv_t
   for (int m = 0; m < M; m++)
     if (slot[m] < 0)
       return SA_ERANGE;
+  size_t row = sa_kv_row_bytes(kv_type, kv_dim);
   for (int m = 0; m < M; m++) {
     size_t at = (size_t)slot[m] * kv_dim;
     const float *kr = k + (size_t)m * row_stride, *vr = v + (size_t)m * row_stride;
-    if (kv_type == SA_KV_BF16) {
+    if (kv_type == SA_KV_Q8_0) {
+      sa__kv_q8_write_row((uint8_t *)k_cache + (size_t)slot[m] * row, kr, kv_dim);
+      sa__kv_q8_write_row((uint8_t *)v_cache + (size_t)slot[m] * row, vr, kv_dim);
+    } else if (kv_type == SA_KV_BF16) {
       sa_f32_to_bf16_n((uint16_t *)k_cache + at, kr, (size_t)kv_dim);
       sa_f32_to_bf16_n((uint16_t *)v_cache + at, vr, (size_t)kv_dim);
     } else {
@@ -798,8 +829,9 @@ static int cpu_kv_write(sa_backend_t *be, void *k_cache, void *v_cache, int kv_t
 
 /* One query row of the G query heads that share one KV head (GQA group;
  * q and out hold G consecutive head vectors of hd) against keys
- * 0..n_keys-1, where key p lives at base + (table[p / bs] * bs + p % bs) *
- * row + off. Each key and value row is loaded once for the whole group (it
+ * 0..n_keys-1, where key p's slice of the cache (of kv_type) starts
+ * (table[p / bs] * bs + p % bs) * row + off bytes in. Each key and value
+ * row is loaded once for the whole group (it
  * stays in L1 for the G heads): with 7 query heads per KV head this cut the
  * KV traffic sevenfold. Per head: online softmax over chunks of ATTN_CHUNK
  * keys, scores as vector dots into scratch (sc: G * ATTN_CHUNK floats),
@@ -808,7 +840,7 @@ static int cpu_kv_write(sa_backend_t *be, void *k_cache, void *v_cache, int kv_t
  * scale-axpy. Each head's arithmetic does not depend on G or on the other
  * rows of the batch. */
 static void attend(const sa__cpu_kern_t *kn, float *out, const float *q, int G,
-                   const void *kc, const void *vc, int bf16, const int32_t *table,
+                   const void *kc, const void *vc, int kv_type, const int32_t *table,
                    int bs, size_t row, size_t off, int n_keys, int hd,
                    float scale, float *sc) {
   float mx[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP], corr[ATTN_MAX_GROUP];
@@ -821,12 +853,13 @@ static void attend(const sa__cpu_kern_t *kn, float *out, const float *q, int G,
       cmax[g] = -INFINITY;
     for (int i = 0; i < n; i++) {
       int p = p0 + i;
-      size_t at = ((size_t)table[p / bs] * bs + p % bs) * row + off;
-      const float *kp = (const float *)kc + at;
-      const uint16_t *kb = (const uint16_t *)kc + at;
+      const void *kp = (const char *)kc + ((size_t)table[p / bs] * bs + p % bs) * row + off;
       for (int g = 0; g < G; g++) {
-        float v = (bf16 ? kn->dot_bf16(q + (size_t)g * hd, kb, hd)
-                        : kn->dot(q + (size_t)g * hd, kp, hd)) * scale;
+        const float *qg = q + (size_t)g * hd;
+        float v = (kv_type == SA_KV_BF16   ? kn->dot_bf16(qg, kp, hd)
+                   : kv_type == SA_KV_Q8_0 ? kn->dot_q8(qg, kp, hd)
+                                           : kn->dot(qg, kp, hd)) *
+                  scale;
         sc[g * ATTN_CHUNK + i] = v;
         cmax[g] = v > cmax[g] ? v : cmax[g];
       }
@@ -840,21 +873,18 @@ static void attend(const sa__cpu_kern_t *kn, float *out, const float *q, int G,
     }
     for (int i = 0; i < n; i++) {
       int p = p0 + i;
-      size_t at = ((size_t)table[p / bs] * bs + p % bs) * row + off;
-      const float *vp = (const float *)vc + at;
-      const uint16_t *vb = (const uint16_t *)vc + at;
+      const void *vp = (const char *)vc + ((size_t)table[p / bs] * bs + p % bs) * row + off;
       for (int g = 0; g < G; g++) {
         float e = sc[g * ATTN_CHUNK + i], *o = out + (size_t)g * hd;
-        if (p == 0 && bf16)
-          for (int d = 0; d < hd; d++)
-            o[d] = e * bf(vb[d]);
-        else if (p == 0)
-          for (int d = 0; d < hd; d++)
-            o[d] = e * vp[d];
-        else if (bf16)
-          kn->scale_axpy_bf16(o, i == 0 ? corr[g] : 1.0f, e, vb, hd);
+        float c = i == 0 ? corr[g] : 1.0f;
+        if (p == 0) /* o is not yet written: c = 0 would keep a NaN there */
+          memset(o, 0, sizeof(float) * hd);
+        if (kv_type == SA_KV_BF16)
+          kn->scale_axpy_bf16(o, c, e, vp, hd);
+        else if (kv_type == SA_KV_Q8_0)
+          kn->scale_axpy_q8(o, c, e, vp, hd);
         else
-          kn->scale_axpy(o, i == 0 ? corr[g] : 1.0f, e, vp, hd);
+          kn->scale_axpy(o, c, e, vp, hd);
       }
     }
   }
@@ -924,7 +954,7 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
   }
   const sa_attn_batch_t *b = j->b;
   int nkv = j->nkv, group = nh / nkv;
-  size_t kv_dim = (size_t)nkv * hd;
+  size_t kv_row = sa_kv_row_bytes(j->kv_type, nkv * hd), kv_head = kv_row / nkv; /* bytes */
   int s = 0;
   for (int it = lo; it < hi; it++) { /* items: (row, KV head) */
     int row = it / nkv, kh = it % nkv;
@@ -937,9 +967,8 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
       attend(kn, j->out + (size_t)row * nh * hd + (size_t)h * hd,
              j->q + (size_t)row * j->q_stride + (size_t)h * hd,
              group - g0 < ATTN_MAX_GROUP ? group - g0 : ATTN_MAX_GROUP, j->pkc, j->pvc,
-             j->kv_type == SA_KV_BF16,
-             b->block_table + (size_t)s * b->max_blocks, b->block_size, kv_dim,
-             (size_t)kh * hd, pos + 1, hd, j->scale, sc);
+             j->kv_type, b->block_table + (size_t)s * b->max_blocks, b->block_size, kv_row,
+             (size_t)kh * kv_head, pos + 1, hd, j->scale, sc);
     }
   }
 }

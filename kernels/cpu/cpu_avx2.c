@@ -7,6 +7,7 @@
  * rows (8 ymm accumulators + 4 weight vectors fit the 16 registers).
  */
 #include "cpu_impl.h"
+#include "kernels.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -170,6 +171,37 @@ static void scale_axpy_bf16(float *y, float c, float a, const uint16_t *x, int n
     y[i] = y[i] * c + a * bf16f(x[i]);
 }
 
+/* 8 int8 of a q8 KV block, widened to fp32 (exact). */
+static inline __m256 ldq8(const uint8_t *q) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
+}
+
+static float dot_q8(const float *a, const uint8_t *b, int n) {
+  __m256 s = _mm256_setzero_ps();
+  for (int k = 0; k < n / SA_QK; k++, a += SA_QK, b += SA_KV_Q8_0_BLOCK) {
+    float d;
+    memcpy(&d, b, 4);
+    __m256 t = _mm256_mul_ps(_mm256_loadu_ps(a), ldq8(b + 4));
+    t = _mm256_fmadd_ps(_mm256_loadu_ps(a + 8), ldq8(b + 12), t);
+    t = _mm256_fmadd_ps(_mm256_loadu_ps(a + 16), ldq8(b + 20), t);
+    t = _mm256_fmadd_ps(_mm256_loadu_ps(a + 24), ldq8(b + 28), t);
+    s = _mm256_fmadd_ps(_mm256_set1_ps(d), t, s);
+  }
+  return hsum(s);
+}
+
+static void scale_axpy_q8(float *y, float c, float a, const uint8_t *x, int n) {
+  __m256 vc = _mm256_set1_ps(c);
+  for (int k = 0; k < n / SA_QK; k++, y += SA_QK, x += SA_KV_Q8_0_BLOCK) {
+    float d;
+    memcpy(&d, x, 4);
+    __m256 ad = _mm256_set1_ps(a * d);
+    for (int h = 0; h < SA_QK; h += 8)
+      _mm256_storeu_ps(y + h, _mm256_fmadd_ps(ad, ldq8(x + 4 + h),
+                                              _mm256_mul_ps(vc, _mm256_loadu_ps(y + h))));
+  }
+}
+
 static void bf16_to_f32(float *dst, const uint16_t *src, size_t n) {
   size_t i = 0;
   for (; i + 8 <= n; i += 8)
@@ -278,6 +310,8 @@ const sa__cpu_kern_t sa__cpu_kern_avx2 = {
     .scale_axpy = scale_axpy,
     .dot_bf16 = dot_bf16,
     .scale_axpy_bf16 = scale_axpy_bf16,
+    .dot_q8 = dot_q8,
+    .scale_axpy_q8 = scale_axpy_q8,
     .bf16_to_f32 = bf16_to_f32,
     .exp_sum = exp_sum,
     .silu_mul = silu_mul,

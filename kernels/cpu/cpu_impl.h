@@ -33,6 +33,11 @@ typedef struct {
   /* The same two with b / x bf16 (a bf16 KV cache), widened exactly. */
   float (*dot_bf16)(const float *a, const uint16_t *b, int n);
   void (*scale_axpy_bf16)(float *y, float c, float a, const uint16_t *x, int n);
+  /* And with b / x a row of q8 KV blocks (kernels.h SA_KV_Q8_0, n % 32 ==
+   * 0): per block d * (the block's fp32 sum of a[i] * q[i]), and
+   * y[i] = y[i] * c + (a * d) * q[i]. */
+  float (*dot_q8)(const float *a, const uint8_t *b, int n);
+  void (*scale_axpy_q8)(float *y, float c, float a, const uint8_t *x, int n);
   /* dst[i] = bf16 src[i] widened to fp32 (exact). */
   void (*bf16_to_f32)(float *dst, const uint16_t *src, size_t n);
   /* x[i] = exp(x[i] - mx) over n floats (x[i] <= mx), returns their sum.
@@ -62,6 +67,8 @@ void sa__cpu_scale_axpy_avx512(float *y, float c, float a, const float *x,
                                int n);
 float sa__cpu_dot_bf16_avx512(const float *a, const uint16_t *b, int n);
 void sa__cpu_scale_axpy_bf16_avx512(float *y, float c, float a, const uint16_t *x, int n);
+float sa__cpu_dot_q8_avx512(const float *a, const uint8_t *b, int n);
+void sa__cpu_scale_axpy_q8_avx512(float *y, float c, float a, const uint8_t *x, int n);
 void sa__cpu_bf16_to_f32_avx512(float *dst, const uint16_t *src, size_t n);
 float sa__cpu_exp_sum_avx512(float *x, int n, float mx);
 void sa__cpu_silu_mul_avx512(float *y, const float *g, const float *u, int n);
@@ -109,5 +116,10 @@ void sa__mmq_amx(float *y, const int8_t *xq, const float *xd, int wtype, const v
                  int accumulate, void *scratch, size_t scratch_bytes);
 /* The q8 blocks of one row (kernels.h quantize_q8). */
 void sa__q8_quantize_row(int8_t *q, float *d, const float *x, int K);
+/* A q8 KV cache row (kernels.h SA_KV_Q8_0): kv_dim / 32 blocks of an fp32
+ * scale then 32 int8, by sa__q8_quantize_row's rule; and a row's n values
+ * back (d * q), for the reference backend. */
+void sa__kv_q8_write_row(uint8_t *dst, const float *x, int kv_dim);
+void sa__kv_q8_read_row(float *dst, const uint8_t *src, int n);
 
 #endif

@@ -13,6 +13,7 @@
 #include "tensor.h"
 
 #include <math.h>
+#include <string.h>
 
 void sa__q8_quantize_row(int8_t *q, float *d, const float *x, int K) {
   for (int b = 0; b < K / SA_QK; b++) {
@@ -31,6 +32,25 @@ void sa__q8_quantize_row(int8_t *q, float *d, const float *x, int K) {
       q[(size_t)b * SA_QK + j] = (int8_t)v;
     }
     d[b] = db;
+  }
+}
+
+void sa__kv_q8_write_row(uint8_t *dst, const float *x, int kv_dim) {
+  for (int b = 0; b < kv_dim / SA_QK; b++) {
+    uint8_t *blk = dst + (size_t)b * SA_KV_Q8_0_BLOCK;
+    float d;
+    sa__q8_quantize_row((int8_t *)(blk + 4), &d, x + (size_t)b * SA_QK, SA_QK);
+    memcpy(blk, &d, 4);
+  }
+}
+
+void sa__kv_q8_read_row(float *dst, const uint8_t *src, int n) {
+  for (int b = 0; b < n / SA_QK; b++) {
+    const uint8_t *blk = src + (size_t)b * SA_KV_Q8_0_BLOCK;
+    float d;
+    memcpy(&d, blk, 4);
+    for (int j = 0; j < SA_QK; j++)
+      dst[b * SA_QK + j] = d * (float)(int8_t)blk[4 + j];
   }
 }
 

@@ -186,6 +186,12 @@ static int ref_kv_write(sa_backend_t *be, void *k_cache, void *v_cache, int kv_t
   for (int m = 0; m < M; m++) {
     if (slot[m] < 0)
       return SA_ERANGE;
+    if (kv_type == SA_KV_Q8_0) {
+      size_t row = sa_kv_row_bytes(kv_type, kv_dim), at = (size_t)slot[m] * row;
+      sa__kv_q8_write_row((uint8_t *)k_cache + at, k + (size_t)m * row_stride, kv_dim);
+      sa__kv_q8_write_row((uint8_t *)v_cache + at, v + (size_t)m * row_stride, kv_dim);
+      continue;
+    }
     for (int i = 0; i < kv_dim; i++) {
       size_t at = (size_t)slot[m] * kv_dim + i;
       float kx = k[(size_t)m * row_stride + i], vx = v[(size_t)m * row_stride + i];
@@ -240,7 +246,7 @@ static int ref_attention(sa_backend_t *be, float *out, const float *q,
   (void)be;
   int group = nh / nkv, kv_dim = nkv * hd, bs = batch->block_size;
   const float **kp = NULL, **vp = NULL;
-  float *kw = NULL, *vw = NULL; /* bf16 cache: the rows widened */
+  float *kw = NULL, *vw = NULL; /* bf16 or q8 cache: the rows widened */
   int cap = 0, rc = 0;
   for (int s = 0; s < batch->n_seqs; s++) {
     int r0 = batch->q_start[s], r1 = batch->q_start[s + 1];
@@ -276,7 +282,14 @@ static int ref_attention(sa_backend_t *be, float *out, const float *q,
             goto done;
           }
           size_t off = ((size_t)blk * bs + p % bs) * kv_dim + (size_t)kvh * hd;
-          if (kv_type == SA_KV_BF16) {
+          if (kv_type == SA_KV_Q8_0) {
+            size_t at = ((size_t)blk * bs + p % bs) * sa_kv_row_bytes(kv_type, kv_dim) +
+                        (size_t)kvh * (hd / SA_QK) * SA_KV_Q8_0_BLOCK;
+            sa__kv_q8_read_row(kw + (size_t)p * hd, (const uint8_t *)k_cache + at, hd);
+            sa__kv_q8_read_row(vw + (size_t)p * hd, (const uint8_t *)v_cache + at, hd);
+            kp[p] = kw + (size_t)p * hd;
+            vp[p] = vw + (size_t)p * hd;
+          } else if (kv_type == SA_KV_BF16) {
             for (int d = 0; d < hd; d++) {
               kw[(size_t)p * hd + d] = bf(((const uint16_t *)k_cache)[off + d]);
               vw[(size_t)p * hd + d] = bf(((const uint16_t *)v_cache)[off + d]);

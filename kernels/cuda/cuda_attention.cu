@@ -35,7 +35,7 @@ struct attn_args {
   float *out;
   const float *q;
   int q_stride;
-  const void *k, *v; /* float, or bf16 (paged cache of SA_KV_BF16) */
+  const void *k, *v; /* float, bf16 or q8 blocks (paged cache of kv_type) */
   /* paged */
   int paged;
   int n_seqs;
@@ -63,9 +63,17 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-__device__ __forceinline__ float kv_ld(const float *p) { return __ldg(p); }
-__device__ __forceinline__ float kv_ld(const uint16_t *p) {
-  return __uint_as_float((unsigned)__ldg(p) << 16);
+/* Value i of a cache of element type T (i counts values, as in fp32). */
+struct kv_q8 { /* a q8 cache (kernels.h SA_KV_Q8_0): blocks of d, then 32 int8 */
+  uint8_t byte;
+};
+__device__ __forceinline__ float kv_at(const float *p, long long i) { return __ldg(p + i); }
+__device__ __forceinline__ float kv_at(const uint16_t *p, long long i) {
+  return __uint_as_float((unsigned)__ldg(p + i) << 16);
+}
+__device__ __forceinline__ float kv_at(const kv_q8 *p, long long i) {
+  const uint8_t *blk = (const uint8_t *)p + (i >> 5) * SA_KV_Q8_0_BLOCK;
+  return __ldg((const float *)blk) * (float)(int8_t)__ldg(blk + 4 + (i & 31));
 }
 
 template <typename T>
@@ -128,11 +136,11 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(attn_args a) {
         }
       }
       if (off >= 0) {
-        const T *kp = ak + off;
         float s = 0.f;
         if (sizeof(T) == 4 && a.vec4) {
           for (int d = 0; d < hd; d += 4) {
-            const float4 kv4 = __ldg(reinterpret_cast<const float4 *>((const float *)kp + d));
+            const float4 kv4 =
+                __ldg(reinterpret_cast<const float4 *>((const float *)ak + off + d));
             s = fmaf(qs[warp][d], kv4.x, s);
             s = fmaf(qs[warp][d + 1], kv4.y, s);
             s = fmaf(qs[warp][d + 2], kv4.z, s);
@@ -140,7 +148,7 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(attn_args a) {
           }
         } else {
           for (int d = 0; d < hd; d++)
-            s = fmaf(qs[warp][d], kv_ld(kp + d), s);
+            s = fmaf(qs[warp][d], kv_at(ak, off + d), s);
         }
         sc = s;
       }
@@ -159,12 +167,11 @@ __global__ void __launch_bounds__(kWarps * 32) attn_kernel(attn_args a) {
         const long long oj = __shfl_sync(0xffffffffu, off, jj);
         if (oj < 0)
           continue;
-        const T *vp = av + oj;
 #pragma unroll
         for (int i = 0; i < kMaxD; i++) {
           const int d = lane + 32 * i;
           if (d < hd)
-            acc[i] = fmaf(pj, kv_ld(vp + d), acc[i]);
+            acc[i] = fmaf(pj, kv_at(av, oj + d), acc[i]);
         }
       }
       m = m_new;
@@ -210,7 +217,9 @@ cudaError_t sa__cuda_attention(cudaStream_t st, int sm_count, float *out,
   a.scale = scale;
   a.vec4 = hd % 4 == 0 && aligned16(kc) && aligned16(vc);
   /* Rows are unknown on the host: a persistent grid of a full wave. */
-  if (kv_type == SA_KV_BF16)
+  if (kv_type == SA_KV_Q8_0)
+    attn_kernel<kv_q8><<<(unsigned)(sm_count * 16), kWarps * 32, 0, st>>>(a);
+  else if (kv_type == SA_KV_BF16)
     attn_kernel<uint16_t><<<(unsigned)(sm_count * 16), kWarps * 32, 0, st>>>(a);
   else
     attn_kernel<float><<<(unsigned)(sm_count * 16), kWarps * 32, 0, st>>>(a);

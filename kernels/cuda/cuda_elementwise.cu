@@ -225,6 +225,35 @@ __global__ void kv_write_kernel(T *kc, T *vc, const float *k,
   }
 }
 
+/* q8 KV rows (kernels.h SA_KV_Q8_0): one warp per block of 32 values, the
+ * CPU's rule to the bit (IEEE division, round-half-even, NaN -> -127). */
+__global__ void kv_write_q8_kernel(uint8_t *kc, uint8_t *vc, const float *k, const float *v,
+                                   int row_stride, const int32_t *slot, int kv_dim,
+                                   unsigned *flag) {
+  const int m = blockIdx.x, lane = threadIdx.x & 31;
+  const int s = slot[m];
+  if (s < 0) {
+    if (threadIdx.x == 0)
+      atomicOr(flag, SA_CUDA_FLAG_SLOT);
+    return;
+  }
+  const int nb = kv_dim / SA_QK;
+  const size_t row = (size_t)nb * SA_KV_Q8_0_BLOCK;
+  for (int w = threadIdx.x >> 5; w < 2 * nb; w += blockDim.x >> 5) {
+    const int b = w % nb;
+    const float x = (w < nb ? k : v)[(size_t)m * row_stride + (size_t)b * SA_QK + lane];
+    float amax = fabsf(x);
+    for (int o = 16; o > 0; o >>= 1)
+      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    const float q = fminf(fmaxf(rintf(x * id), -127.0f), 127.0f);
+    uint8_t *blk = (w < nb ? kc : vc) + (size_t)s * row + (size_t)b * SA_KV_Q8_0_BLOCK;
+    blk[4 + lane] = (uint8_t)(int8_t)q;
+    if (lane < 4)
+      blk[lane] = ((const uint8_t *)&d)[lane];
+  }
+}
+
 __global__ void im2col_kernel(uint16_t *col, const float *x, int Tin, int Cin,
                               int Kw, int stride, int pad, int Tout,
                               int split) {
@@ -330,7 +359,10 @@ cudaError_t sa__cuda_kv_write(cudaStream_t st, void *kc, void *vc, int kv_type,
                               unsigned *flag) {
   if (M == 0)
     return cudaSuccess;
-  if (kv_type == SA_KV_BF16)
+  if (kv_type == SA_KV_Q8_0)
+    kv_write_q8_kernel<<<M, kRowThreads, 0, st>>>((uint8_t *)kc, (uint8_t *)vc, k, v,
+                                                  row_stride, slot, kv_dim, flag);
+  else if (kv_type == SA_KV_BF16)
     kv_write_kernel<uint16_t><<<M, kRowThreads, 0, st>>>(
         (uint16_t *)kc, (uint16_t *)vc, k, v, row_stride, slot, kv_dim, flag);
   else

@@ -122,6 +122,29 @@ out:
   free(b);
 }
 
+/* The n bytes of both sides equal (a quantized cache: no float view). */
+static void cmp_bytes(const char *what, pair_t *p, size_t n) {
+  unsigned char *a = malloc(n ? n : 1), *b = malloc(n ? n : 1);
+  expect_rc("sync", C->ops->sync(C), 0);
+  R->ops->download(R, a, p->r, n);
+  int rc = C->ops->download(C, b, p->c, n);
+  g_checks++;
+  size_t at = n;
+  for (size_t i = 0; i < n && !rc; i++)
+    if (a[i] != b[i]) {
+      at = i;
+      break;
+    }
+  if (rc || at < n) {
+    printf("FAIL %s: rc %d, first differing byte %zu of %zu\n", what, rc, at, n);
+    g_fail++;
+  } else {
+    printf("ok   %-48s n=%-8zu bytes equal\n", what, n);
+  }
+  free(a);
+  free(b);
+}
+
 /* Runs `call` on both backends (expression using be and X(p) for the pair's
  * pointer on be) and checks both return want. */
 #define BOTH(what, want, call)                                                 \
@@ -331,7 +354,7 @@ static void test_attention_case_t(int nh, int nkv, int hd, int bs, int n_seqs,
   float *kv = frandv((size_t)total_pos * kstride, 1.f);
   int q_stride = nh * hd + 5;
   float *q = frandv((size_t)rows * q_stride, 1.f);
-  size_t cache_f = (size_t)n_blocks * bs * kv_dim;
+  size_t cache_f = (size_t)n_blocks * bs * kv_dim; /* values; fp32 bytes >= any type's */
   pair_t pkc = mk(NULL, cache_f * 4), pvc = mk(NULL, cache_f * 4);
   pair_t pkv = mk(kv, sizeof(float) * total_pos * kstride);
   pair_t pslot = mk(slot, sizeof(int32_t) * total_pos);
@@ -351,6 +374,12 @@ static void test_attention_case_t(int nh, int nkv, int hd, int bs, int n_seqs,
     cmp(name, &pkc, cache_f, 0, 0);
     snprintf(name, sizeof name, "kv_write v M=%d kv_dim=%d", total_pos, kv_dim);
     cmp(name, &pvc, cache_f, 0, 0);
+  } else if (kvt == SA_KV_Q8_0) { /* the same rule to the bit */
+    size_t nbytes = (size_t)n_blocks * bs * sa_kv_row_bytes(kvt, kv_dim);
+    snprintf(name, sizeof name, "kv_write q8 k M=%d kv_dim=%d", total_pos, kv_dim);
+    cmp_bytes(name, &pkc, nbytes);
+    snprintf(name, sizeof name, "kv_write q8 v M=%d kv_dim=%d", total_pos, kv_dim);
+    cmp_bytes(name, &pvc, nbytes);
   }
   for (int side = 0; side < 2; side++) {
     sa_backend_t *be = side ? C : R;
@@ -362,7 +391,7 @@ static void test_attention_case_t(int nh, int nkv, int hd, int bs, int n_seqs,
   }
   snprintf(name, sizeof name,
            "attention nh=%d nkv=%d hd=%d bs=%d seqs=%d rows=%d kv %s", nh, nkv, hd,
-           bs, n_seqs, rows, kvt == SA_KV_BF16 ? "bf16" : "f32");
+           bs, n_seqs, rows, kvt == SA_KV_BF16 ? "bf16" : kvt == SA_KV_Q8_0 ? "q8_0" : "f32");
   cmp(name, &pout, (size_t)rows * nh * hd, 2e-6 * sqrt((double)hd), 1e-4);
   fr(&pkc), fr(&pvc), fr(&pkv), fr(&pslot), fr(&pq), fr(&pbt), fr(&pqs),
       fr(&pcl), fr(&pout);
@@ -373,6 +402,8 @@ static void test_attention_case(int nh, int nkv, int hd, int bs, int n_seqs,
                                 const int *ctx, const int *n_new) {
   test_attention_case_t(nh, nkv, hd, bs, n_seqs, ctx, n_new, SA_KV_F32);
   test_attention_case_t(nh, nkv, hd, bs, n_seqs, ctx, n_new, SA_KV_BF16);
+  if (hd % 32 == 0)
+    test_attention_case_t(nh, nkv, hd, bs, n_seqs, ctx, n_new, SA_KV_Q8_0);
 }
 
 static void test_attention(void) {

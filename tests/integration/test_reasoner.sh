@@ -6,7 +6,8 @@
 # checked against the generator's ground truth, not against our own output;
 # the floor sits well under what the model measured (models/r1-mini/README.md)
 # and well over chance, so broken weights, a broken encoder or adaptor, a
-# broken pipeline or tokenizer fail it.   usage: test_reasoner.sh BIN_DIR
+# broken pipeline or tokenizer fail it. Stage 1 runs a q8_0 KV cache, stage 0
+# the default bf16.   usage: test_reasoner.sh BIN_DIR
 BIN=$1
 source "$(dirname "$0")/lib.sh"
 
@@ -22,8 +23,13 @@ L=$(grep -o '"num_hidden_layers": *[0-9]*' "$M/config.json" | grep -o '[0-9]*$')
 start_coordinator "$M"
 start_encoder "$M" encoder
 start_worker "$M" "0:$((L / 2))" r0 stage0
-start_worker "$M" "$((L / 2)):$L" r0 stage1
+# the second stage keeps its KV cache in q8_0 (the opt-in format,
+# docs/quantization.md): each stage picks its own, and the answers must hold
+SA_KV_TYPE=q8_0 start_worker "$M" "$((L / 2)):$L" r0 stage1
 wait_ready 1 1
+grep -q "KV blocks of [0-9]* tokens, q8_0)" "$T/stage1.log" ||
+  fail "stage 1 did not take SA_KV_TYPE=q8_0: $(grep 'serving layers' "$T/stage1.log")"
+grep -q "KV blocks of [0-9]* tokens, bf16)" "$T/stage0.log" || fail "stage 0 is not bf16"
 
 # every clip greedily, 4 requests in flight; one JSON final line per clip
 python3 - "$BIN" "$COORD" "$T/clips" "$T/answers.jsonl" <<'PY' || fail "submitting the clips"

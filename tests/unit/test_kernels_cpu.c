@@ -341,8 +341,7 @@ static void attention_case_t(const seq_t *seqs, int n_seqs, int nh, int nkv,
   }
   int max_blocks = (max_ctx + bs - 1) / bs + 1;
   int n_blocks = n_seqs * max_blocks + 3;
-  size_t cache_n = (size_t)n_blocks * bs * kv_dim;
-  size_t esz = sa_kv_type_size(kvt);
+  size_t cache_n = (size_t)n_blocks * bs, esz = sa_kv_row_bytes(kvt, kv_dim); /* rows */
   void *kc = calloc(cache_n, esz), *vc = calloc(cache_n, esz);
   void *kc2 = calloc(cache_n, esz), *vc2 = calloc(cache_n, esz);
   int32_t *table = malloc(sizeof(int32_t) * n_seqs * max_blocks);
@@ -394,7 +393,7 @@ static void attention_case_t(const seq_t *seqs, int n_seqs, int nh, int nkv,
                                         hd, scale), 0);
     char what[64];
     snprintf(what, sizeof(what), "attention nh%d nkv%d hd%d bs%d kv%s", nh, nkv, hd, bs,
-             kvt == SA_KV_BF16 ? "bf16" : "f32");
+             kvt == SA_KV_BF16 ? "bf16" : kvt == SA_KV_Q8_0 ? "q8_0" : "f32");
     check_close(what, out, outr, NULL, on, 2e-5, 1e-4, isa, be->threads);
   }
   free(kc), free(vc), free(kc2), free(vc2), free(table), free(qkv), free(slot);
@@ -404,6 +403,56 @@ static void attention_case_t(const seq_t *seqs, int n_seqs, int nh, int nkv,
 static void attention_case(const seq_t *seqs, int n_seqs, int nh, int nkv, int hd, int bs) {
   attention_case_t(seqs, n_seqs, nh, nkv, hd, bs, SA_KV_F32);
   attention_case_t(seqs, n_seqs, nh, nkv, hd, bs, SA_KV_BF16);
+  if (hd % 32 == 0) /* q8 blocks must not straddle heads */
+    attention_case_t(seqs, n_seqs, nh, nkv, hd, bs, SA_KV_Q8_0);
+}
+
+/* The q8 KV cache row against its documented layout (kernels.h SA_KV_Q8_0),
+ * read here byte by byte: per block of 32, an fp32 d = max|x| / 127, then 32
+ * int8 with |d * q - x| <= d / 2; an all-zero block has d = 0 and q = 0;
+ * every ISA writes the same bytes. */
+static void test_kv_q8_layout(void **state) {
+  (void)state;
+  enum { KVD = 96, ROWS = 3 };
+  float x[ROWS * KVD];
+  fill(x, sizeof x / sizeof x[0], 3.0f);
+  for (int j = 0; j < SA_QK; j++)
+    x[KVD + 32 + j] = 0.0f; /* row 1, block 1: zeros */
+  x[2 * KVD + 5] = -40.0f; /* row 2, block 0: one large value sets d */
+  size_t row = sa_kv_row_bytes(SA_KV_Q8_0, KVD);
+  assert_int_equal(row, (size_t)KVD / 32 * 36);
+  assert_int_equal(sa_kv_row_bytes(SA_KV_Q8_0, 48), 0); /* not whole blocks */
+  uint8_t kc[ROWS * KVD / 32 * 36], vc[sizeof kc];
+  int32_t slot[ROWS] = {2, 0, 1};
+  assert_int_equal(sa_op_kv_write(ref, kc, vc, SA_KV_Q8_0, x, x, KVD, slot, ROWS, KVD), 0);
+  for (int m = 0; m < ROWS; m++)
+    for (int b = 0; b < KVD / 32; b++) {
+      const uint8_t *blk = kc + (size_t)slot[m] * row + (size_t)b * 36;
+      const float *xb = x + (size_t)m * KVD + b * 32;
+      float d, amax = 0.0f;
+      memcpy(&d, blk, 4);
+      for (int j = 0; j < 32; j++)
+        amax = fmaxf(amax, fabsf(xb[j]));
+      assert_true(d == amax / 127.0f);
+      for (int j = 0; j < 32; j++) {
+        int q = (int8_t)blk[4 + j];
+        assert_true(q >= -127 && q <= 127);
+        assert_true(fabsf(d * (float)q - xb[j]) <= d * 0.5f * 1.0001f);
+        if (amax == 0.0f)
+          assert_int_equal(q, 0);
+      }
+    }
+  assert_memory_equal(kc, vc, sizeof kc);
+  FOR_EACH_CONFIG(be, isa) {
+    uint8_t kc2[sizeof kc], vc2[sizeof kc];
+    assert_int_equal(sa_op_kv_write(be, kc2, vc2, SA_KV_Q8_0, x, x, KVD, slot, ROWS, KVD), 0);
+    assert_memory_equal(kc, kc2, sizeof kc);
+  }
+  /* attention refuses a head dim that would split a block */
+  sa_attn_batch_t b = {1, (int32_t[]){0, 1}, (int32_t[]){1}, (int32_t[]){0}, 1, 4, 1};
+  float q[2 * 48] = {0}, out[2 * 48];
+  assert_int_equal(sa_op_attention(ref, out, q, 96, kc, vc, SA_KV_Q8_0, &b, 2, 2, 48, 1.0f),
+                   SA_EINVAL);
 }
 
 static void test_attention(void **state) {
@@ -557,6 +606,7 @@ int main(void) {
       cmocka_unit_test(test_controls),   cmocka_unit_test(test_matmul),
       cmocka_unit_test(test_rows),       cmocka_unit_test(test_big_elementwise),
       cmocka_unit_test(test_rope),       cmocka_unit_test(test_attention),
+      cmocka_unit_test(test_kv_q8_layout),
       cmocka_unit_test(test_attention_dense), cmocka_unit_test(test_conv1d),
       cmocka_unit_test(test_matmul_batch_invariant),
       cmocka_unit_test(test_alloc),

@@ -187,6 +187,9 @@ static void test_budget(void **state) {
   size_t per = sa_kv_block_bytes(NL, BS, KVD, SA_KV_F32);
   assert_int_equal(per, (size_t)NL * 2 * BS * KVD * 4);
   assert_int_equal(sa_kv_block_bytes(NL, BS, KVD, SA_KV_BF16), (size_t)NL * 2 * BS * KVD * 2);
+  /* q8: 36 bytes a block of 32 values; 8 values a row cannot be held */
+  assert_int_equal(sa_kv_block_bytes(NL, BS, 64, SA_KV_Q8_0), (size_t)NL * 2 * BS * 2 * 36);
+  assert_int_equal(sa_kv_block_bytes(NL, BS, KVD, SA_KV_Q8_0), 0);
   sa_kv_opts_t o = {.first_layer = 0, .last_layer = NL, .kv_dim = KVD,
                     .block_size = 0, .budget_bytes = per * 10 + per / 2,
                     .max_seqs = 2, .max_seq_len = 64};
