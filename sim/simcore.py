@@ -7,10 +7,11 @@ What is modelled, as built (coordinator/request.c, sched.c, pipeline.c):
   per chain per step until max_tokens;
 - per replica, stages + extra_microbatches micro-batches are in flight; each
   takes the ready chains split evenly over the free slots (at most max_batch);
-- every stage is a FIFO server whose step costs CPU (per-step overhead + per
-  token compute, calibrated) on a host with a CPU quota, modelled as CFS does
-  it: a budget of quota x period per period, a step that runs out waits for
-  the next period;
+- every stage is a FIFO server whose step costs CPU (per-step overhead + the
+  measured whole-model step at its batch and context, its share of the
+  layers) on a host with a CPU quota, modelled as this kernel's CFS does it
+  (measured): a budget of quota x period per period, charged at scheduler
+  ticks, the overrun paid from the next period (Host);
 - the coordinator is one server on its own quota: each returning step costs
   it per-step and per-token CPU before the next micro-batch of that slot goes;
 - hops cost a latency and bytes/bandwidth;
