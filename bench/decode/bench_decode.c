@@ -292,8 +292,8 @@ int main(int argc, char **argv) {
       /* past PREFILL_MAX tokens the context is not computed (an O(ctx²)
        * prefill of 16k tokens would take minutes on a small CPU) but
        * written with rows of noise: a cache never written reads the
-       * kernel's zero page, which sits in cache and made 16k figures
-       * of 2026-12-05/06 measure nothing real */
+       * kernel's zero page, which sits in cache, and measures nothing
+       * real */
       int rc = ctx > PREFILL_MAX ? fill_context(be, kv, ids[s], ctx, kvd, L)
                                  : sa_decoder_step(dec, kv, &b);
       if (rc) {
