@@ -129,15 +129,11 @@ class Cost:
     def compute(self, layers, tokens, ctx_tokens):
         """The layers' share of a whole-model step over `tokens` rows that
         attend to ctx_tokens positions in all: bench-decode's table
-        (calibration "decode_table"), interpolated, else the linear fit."""
-        t = self.c.get("decode_table")
-        if not t:
-            c = self.c["stage"]
-            return layers * (c["per_layer_step"] + c["per_layer_token"] * tokens +
-                             c["per_layer_ctx_token"] * ctx_tokens)
+        (calibration "decode_table"), interpolated."""
         if tokens <= 0:
             return 0.0
-        return layers / self.c["model"]["layers"] * table_step(t, tokens, ctx_tokens / tokens)
+        return layers / self.c["model"]["layers"] * table_step(self.c["decode_table"], tokens,
+                                                               ctx_tokens / tokens)
 
     def coordinator(self, tokens, decode_tokens):
         c = self.c["coordinator"]

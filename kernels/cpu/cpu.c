@@ -152,26 +152,20 @@ static void scale_axpy_bf16_scalar(float *y, float c, float a, const uint16_t *x
     y[i] = y[i] * c + a * bf(x[i]);
 }
 
-static float kv_q8_scale(const uint8_t *blk) {
-  float d;
-  memcpy(&d, blk, 4);
-  return d;
-}
-
 static float dot_q8_scalar(const float *a, const uint8_t *b, int n) {
   float s = 0.f;
   for (int k = 0; k < n / SA_QK; k++, a += SA_QK, b += SA_KV_Q8_0_BLOCK) {
     float t = 0.f;
     for (int j = 0; j < SA_QK; j++)
       t += a[j] * (float)(int8_t)b[4 + j];
-    s += kv_q8_scale(b) * t;
+    s += sa__kv_q8_d(b) * t;
   }
   return s;
 }
 
 static void scale_axpy_q8_scalar(float *y, float c, float a, const uint8_t *x, int n) {
   for (int k = 0; k < n / SA_QK; k++, y += SA_QK, x += SA_KV_Q8_0_BLOCK) {
-    float ad = a * kv_q8_scale(x);
+    float ad = a * sa__kv_q8_d(x);
     for (int j = 0; j < SA_QK; j++)
       y[j] = y[j] * c + ad * (float)(int8_t)x[4 + j];
   }

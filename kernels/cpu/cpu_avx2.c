@@ -179,8 +179,7 @@ static inline __m256 ldq8(const uint8_t *q) {
 static float dot_q8(const float *a, const uint8_t *b, int n) {
   __m256 s = _mm256_setzero_ps();
   for (int k = 0; k < n / SA_QK; k++, a += SA_QK, b += SA_KV_Q8_0_BLOCK) {
-    float d;
-    memcpy(&d, b, 4);
+    float d = sa__kv_q8_d(b);
     __m256 t = _mm256_mul_ps(_mm256_loadu_ps(a), ldq8(b + 4));
     t = _mm256_fmadd_ps(_mm256_loadu_ps(a + 8), ldq8(b + 12), t);
     t = _mm256_fmadd_ps(_mm256_loadu_ps(a + 16), ldq8(b + 20), t);
@@ -193,8 +192,7 @@ static float dot_q8(const float *a, const uint8_t *b, int n) {
 static void scale_axpy_q8(float *y, float c, float a, const uint8_t *x, int n) {
   __m256 vc = _mm256_set1_ps(c);
   for (int k = 0; k < n / SA_QK; k++, y += SA_QK, x += SA_KV_Q8_0_BLOCK) {
-    float d;
-    memcpy(&d, x, 4);
+    float d = sa__kv_q8_d(x);
     __m256 ad = _mm256_set1_ps(a * d);
     for (int h = 0; h < SA_QK; h += 8)
       _mm256_storeu_ps(y + h, _mm256_fmadd_ps(ad, ldq8(x + 4 + h),

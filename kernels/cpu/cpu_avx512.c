@@ -235,8 +235,7 @@ static inline __m512 ldq8(const uint8_t *q) {
 float sa__cpu_dot_q8_avx512(const float *a, const uint8_t *b, int n) {
   __m512 s = _mm512_setzero_ps();
   for (int k = 0; k < n / SA_QK; k++, a += SA_QK, b += SA_KV_Q8_0_BLOCK) {
-    float d;
-    memcpy(&d, b, 4);
+    float d = sa__kv_q8_d(b);
     __m512 t = _mm512_mul_ps(_mm512_loadu_ps(a), ldq8(b + 4));
     t = _mm512_fmadd_ps(_mm512_loadu_ps(a + 16), ldq8(b + 20), t);
     s = _mm512_fmadd_ps(_mm512_set1_ps(d), t, s);
@@ -247,8 +246,7 @@ float sa__cpu_dot_q8_avx512(const float *a, const uint8_t *b, int n) {
 void sa__cpu_scale_axpy_q8_avx512(float *y, float c, float a, const uint8_t *x, int n) {
   __m512 vc = _mm512_set1_ps(c);
   for (int k = 0; k < n / SA_QK; k++, y += SA_QK, x += SA_KV_Q8_0_BLOCK) {
-    float d;
-    memcpy(&d, x, 4);
+    float d = sa__kv_q8_d(x);
     __m512 ad = _mm512_set1_ps(a * d);
     _mm512_storeu_ps(y, _mm512_fmadd_ps(ad, ldq8(x + 4), _mm512_mul_ps(vc, _mm512_loadu_ps(y))));
     _mm512_storeu_ps(y + 16, _mm512_fmadd_ps(ad, ldq8(x + 20),

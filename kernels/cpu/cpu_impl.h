@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 typedef struct {
   const char *name;
@@ -121,5 +122,11 @@ void sa__q8_quantize_row(int8_t *q, float *d, const float *x, int K);
  * back (d * q), for the reference backend. */
 void sa__kv_q8_write_row(uint8_t *dst, const float *x, int kv_dim);
 void sa__kv_q8_read_row(float *dst, const uint8_t *src, int n);
+/* The scale d of a q8 KV block (its first 4 bytes, fp32). */
+static inline float sa__kv_q8_d(const uint8_t *blk) {
+  float d;
+  memcpy(&d, blk, sizeof d);
+  return d;
+}
 
 #endif

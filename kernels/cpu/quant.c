@@ -47,8 +47,7 @@ void sa__kv_q8_write_row(uint8_t *dst, const float *x, int kv_dim) {
 void sa__kv_q8_read_row(float *dst, const uint8_t *src, int n) {
   for (int b = 0; b < n / SA_QK; b++) {
     const uint8_t *blk = src + (size_t)b * SA_KV_Q8_0_BLOCK;
-    float d;
-    memcpy(&d, blk, 4);
+    float d = sa__kv_q8_d(blk);
     for (int j = 0; j < SA_QK; j++)
       dst[b * SA_QK + j] = d * (float)(int8_t)blk[4 + j];
   }

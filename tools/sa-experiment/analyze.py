@@ -14,6 +14,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
+import metrics  # noqa: E402
+
 BIN = 1.0  # seconds per throughput bin
 
 
@@ -30,25 +32,6 @@ def read_jsonl(path):
                 out.append(json.loads(line))
             except ValueError:
                 print("sa-experiment: %s:%d: not JSON (skipped)" % (path, n + 1))
-    return out
-
-
-def read_metrics(path):
-    """{name: value} of a Prometheus text file, each name summed over its
-    labels (None if the file is missing)."""
-    if not os.path.exists(path):
-        return None
-    out = {}
-    with open(path) as f:
-        for line in f:
-            if line.startswith("#") or not line.strip():
-                continue
-            name, _, rest = line.partition(" ")
-            name = name.split("{", 1)[0]
-            try:
-                out[name] = out.get(name, 0.0) + float(rest.split()[0])
-            except (ValueError, IndexError):
-                pass
     return out
 
 
@@ -231,15 +214,16 @@ class RunData:
         """Means over the load of the coordinator's own histograms (the
         metrics scraped before and after it): where a request's time went
         before its first token, from the coordinator's side."""
-        m0, m1 = (read_metrics(os.path.join(self.folder, "metrics-%s.txt" % w))
-                  for w in ("start", "end"))
-        if m0 is None or m1 is None:
-            return None
-        d = lambda k: m1.get(k, 0.0) - m0.get(k, 0.0)
-        out = {"steps": d("sa_step_duration_seconds_count"), "step_tokens": d("sa_step_tokens_total")}
-        for h in ("encode_duration", "queue_duration", "time_to_first_token", "step_duration"):
-            n = d("sa_%s_seconds_count" % h)
-            out[h + "_mean_s"] = round(d("sa_%s_seconds_sum" % h) / n, 5) if n else None
+        scraped = []
+        for w in ("start", "end"):
+            path = os.path.join(self.folder, "metrics-%s.txt" % w)
+            if not os.path.exists(path):
+                return None
+            with open(path) as f:
+                scraped.append(metrics.parse(f.read()))
+        d = metrics.delta(*scraped)
+        out = {"steps": d["steps"], "step_tokens": d["tokens"]}
+        out.update({h + "_mean_s": d[h + "_mean_s"] for h in metrics.HISTOGRAMS})
         return out
 
 
