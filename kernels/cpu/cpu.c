@@ -56,6 +56,7 @@
 #define ATTN_CHUNK 512
 #define DENSE_QB 32 /* query rows per dense-attention block */
 #define ATTN_MAX_GROUP 16 /* query heads attended together per KV head */
+#define ATTN_SUB 64       /* keys per kernel call (widened bf16 / q8: 16 KiB at hd 64) */
 /* Below this many multiply-adds (or elements) an op runs on the caller. */
 #define PAR_MIN_WORK 32768
 /* Default first M served by sgemm: on the Zen 4 VM measured with bench-gemm
@@ -110,10 +111,26 @@ static float dot_scalar(const float *a, const float *b, int n) {
   return s0 + s1;
 }
 
-static void scale_axpy_scalar(float *y, float c, float a, const float *x,
-                              int n) {
-  for (int i = 0; i < n; i++)
-    y[i] = y[i] * c + a * x[i];
+static void attn_scores_scalar(float *s, size_t ss, const float *q, int G, int hd,
+                               const float *const *k, int n, float scale) {
+  for (int g = 0; g < G; g++)
+    for (int i = 0; i < n; i++)
+      s[(size_t)g * ss + i] = dot_scalar(q + (size_t)g * hd, k[i], hd) * scale;
+}
+
+static void attn_values_scalar(float *o, const float *c, const float *e, size_t es, int G,
+                               int hd, const float *const *v, int n) {
+  for (int g = 0; g < G; g++) {
+    float *og = o + (size_t)g * hd;
+    if (c)
+      for (int d = 0; d < hd; d++)
+        og[d] *= c[g];
+    for (int i = 0; i < n; i++) {
+      float a = e[(size_t)g * es + i];
+      for (int d = 0; d < hd; d++)
+        og[d] += a * v[i][d];
+    }
+  }
 }
 
 static void bf16_to_f32_scalar(float *dst, const uint16_t *src, size_t n) {
@@ -140,46 +157,12 @@ static void gelu_scalar(float *x, size_t n) {
     x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
 }
 
-static float dot_bf16_scalar(const float *a, const uint16_t *b, int n) {
-  float s = 0.f;
-  for (int i = 0; i < n; i++)
-    s += a[i] * bf(b[i]);
-  return s;
-}
-
-static void scale_axpy_bf16_scalar(float *y, float c, float a, const uint16_t *x, int n) {
-  for (int i = 0; i < n; i++)
-    y[i] = y[i] * c + a * bf(x[i]);
-}
-
-static float dot_q8_scalar(const float *a, const uint8_t *b, int n) {
-  float s = 0.f;
-  for (int k = 0; k < n / SA_QK; k++, a += SA_QK, b += SA_KV_Q8_0_BLOCK) {
-    float t = 0.f;
-    for (int j = 0; j < SA_QK; j++)
-      t += a[j] * (float)(int8_t)b[4 + j];
-    s += sa__kv_q8_d(b) * t;
-  }
-  return s;
-}
-
-static void scale_axpy_q8_scalar(float *y, float c, float a, const uint8_t *x, int n) {
-  for (int k = 0; k < n / SA_QK; k++, y += SA_QK, x += SA_KV_Q8_0_BLOCK) {
-    float ad = a * sa__kv_q8_d(x);
-    for (int j = 0; j < SA_QK; j++)
-      y[j] = y[j] * c + ad * (float)(int8_t)x[4 + j];
-  }
-}
-
 const sa__cpu_kern_t sa__cpu_kern_scalar = {
     .name = "scalar",
     .mm_small = mm_small_scalar,
-    .dot = dot_scalar,
-    .scale_axpy = scale_axpy_scalar,
-    .dot_bf16 = dot_bf16_scalar,
-    .scale_axpy_bf16 = scale_axpy_bf16_scalar,
-    .dot_q8 = dot_q8_scalar,
-    .scale_axpy_q8 = scale_axpy_q8_scalar,
+    .attn_scores = attn_scores_scalar,
+    .attn_values = attn_values_scalar,
+    .q8_to_f32 = sa__kv_q8_read_row,
     .exp_sum = exp_sum_scalar,
     .silu_mul = silu_mul_scalar,
     .gelu = gelu_scalar,
@@ -821,65 +804,76 @@ static int cpu_kv_write(sa_backend_t *be, void *k_cache, void *v_cache, int kv_t
 /* ------------------------------------------------------------------------ */
 /* attention                                                                 */
 
+/* Pointers to the fp32 head slices of keys p0 .. p0+n-1 (key p's slice
+ * starts (table[p / bs] * bs + p % bs) * row + off bytes into the cache):
+ * into the cache itself when it is fp32, else widened into wide (n * hd
+ * floats). The slices of the next block of keys (up to n_keys) are
+ * prefetched meanwhile: the cache's blocks are scattered pages, and the
+ * hardware prefetcher starts cold on every one of them. */
+static void kv_slices(const sa__cpu_kern_t *kn, const float **rp, float *wide,
+                      const void *cache, int kv_type, const int32_t *table, int bs,
+                      size_t row, size_t off, int p0, int n, int n_keys, int hd) {
+  size_t bytes = sa_kv_row_bytes(kv_type, hd);
+  for (int i = 0; i < n; i++) {
+    int p = p0 + i, pf = p + ATTN_SUB;
+    if (pf < n_keys) {
+      const char *a = (const char *)cache + ((size_t)table[pf / bs] * bs + pf % bs) * row + off;
+      for (size_t b = 0; b < bytes; b += 64)
+        __builtin_prefetch(a + b, 0, 3);
+    }
+    const char *src = (const char *)cache + ((size_t)table[p / bs] * bs + p % bs) * row + off;
+    float *w = wide + (size_t)i * hd;
+    if (kv_type == SA_KV_F32)
+      rp[i] = (const float *)src;
+    else if (kv_type == SA_KV_BF16)
+      kn->bf16_to_f32(w, (const uint16_t *)src, (size_t)hd), rp[i] = w;
+    else
+      kn->q8_to_f32(w, (const uint8_t *)src, hd), rp[i] = w;
+  }
+}
+
 /* One query row of the G query heads that share one KV head (GQA group;
  * q and out hold G consecutive head vectors of hd) against keys
- * 0..n_keys-1, where key p's slice of the cache (of kv_type) starts
- * (table[p / bs] * bs + p % bs) * row + off bytes in. Each key and value
- * row is loaded once for the whole group (it
- * stays in L1 for the G heads): with 7 query heads per KV head this cut the
- * KV traffic sevenfold. Per head: online softmax over chunks of ATTN_CHUNK
- * keys, scores as vector dots into scratch (sc: G * ATTN_CHUNK floats),
- * turned into exponentials in one SIMD pass (exp_sum), the running output
- * rescaled once per chunk and the chunk's values added with fused
- * scale-axpy. Each head's arithmetic does not depend on G or on the other
- * rows of the batch. */
+ * 0..n_keys-1 of the paged cache (kv_slices). Online softmax over chunks
+ * of ATTN_CHUNK keys: the chunk's scores for all G heads into scratch (sc:
+ * G * ATTN_CHUNK floats), turned into exponentials in one SIMD pass
+ * (exp_sum), then the running outputs rescaled once and the chunk's values
+ * added. Keys go to the kernels in blocks of at most ATTN_SUB: a bf16 or q8
+ * block is widened to fp32 once (into wide, in L1) for all G heads, and
+ * each key and value row is read once for the group (7 query heads per KV
+ * head: a sevenfold cut of the KV traffic). Each head's arithmetic depends
+ * neither on G, the blocks, nor the other rows of the batch. */
 static void attend(const sa__cpu_kern_t *kn, float *out, const float *q, int G,
                    const void *kc, const void *vc, int kv_type, const int32_t *table,
                    int bs, size_t row, size_t off, int n_keys, int hd,
-                   float scale, float *sc) {
+                   float scale, float *sc, float *wide) {
   float mx[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP], corr[ATTN_MAX_GROUP];
+  const float *rp[ATTN_SUB];
   for (int g = 0; g < G; g++)
     mx[g] = -INFINITY, l[g] = 0.f;
+  memset(out, 0, sizeof(float) * G * hd);
   for (int p0 = 0; p0 < n_keys; p0 += ATTN_CHUNK) {
     int n = n_keys - p0 < ATTN_CHUNK ? n_keys - p0 : ATTN_CHUNK;
-    float cmax[ATTN_MAX_GROUP];
-    for (int g = 0; g < G; g++)
-      cmax[g] = -INFINITY;
-    for (int i = 0; i < n; i++) {
-      int p = p0 + i;
-      const void *kp = (const char *)kc + ((size_t)table[p / bs] * bs + p % bs) * row + off;
-      for (int g = 0; g < G; g++) {
-        const float *qg = q + (size_t)g * hd;
-        float v = (kv_type == SA_KV_BF16   ? kn->dot_bf16(qg, kp, hd)
-                   : kv_type == SA_KV_Q8_0 ? kn->dot_q8(qg, kp, hd)
-                                           : kn->dot(qg, kp, hd)) *
-                  scale;
-        sc[g * ATTN_CHUNK + i] = v;
-        cmax[g] = v > cmax[g] ? v : cmax[g];
-      }
+    for (int i = 0; i < n; i += ATTN_SUB) {
+      int nb = n - i < ATTN_SUB ? n - i : ATTN_SUB;
+      kv_slices(kn, rp, wide, kc, kv_type, table, bs, row, off, p0 + i, nb, n_keys, hd);
+      kn->attn_scores(sc + i, ATTN_CHUNK, q, G, hd, rp, nb, scale);
     }
     for (int g = 0; g < G; g++) {
-      float nm = cmax[g] > mx[g] ? cmax[g] : mx[g];
+      const float *sg = sc + g * ATTN_CHUNK;
+      float nm = mx[g];
+      for (int i = 0; i < n; i++)
+        nm = sg[i] > nm ? sg[i] : nm;
       corr[g] = p0 == 0 ? 0.f : expf(mx[g] - nm);
       /* sc = exp(sc - nm) */
       l[g] = l[g] * corr[g] + kn->exp_sum(sc + g * ATTN_CHUNK, n, nm);
       mx[g] = nm;
     }
-    for (int i = 0; i < n; i++) {
-      int p = p0 + i;
-      const void *vp = (const char *)vc + ((size_t)table[p / bs] * bs + p % bs) * row + off;
-      for (int g = 0; g < G; g++) {
-        float e = sc[g * ATTN_CHUNK + i], *o = out + (size_t)g * hd;
-        float c = i == 0 ? corr[g] : 1.0f;
-        if (p == 0) /* o is not yet written: c = 0 would keep a NaN there */
-          memset(o, 0, sizeof(float) * hd);
-        if (kv_type == SA_KV_BF16)
-          kn->scale_axpy_bf16(o, c, e, vp, hd);
-        else if (kv_type == SA_KV_Q8_0)
-          kn->scale_axpy_q8(o, c, e, vp, hd);
-        else
-          kn->scale_axpy(o, c, e, vp, hd);
-      }
+    for (int i = 0; i < n; i += ATTN_SUB) {
+      int nb = n - i < ATTN_SUB ? n - i : ATTN_SUB;
+      kv_slices(kn, rp, wide, vc, kv_type, table, bs, row, off, p0 + i, nb, n_keys, hd);
+      /* the first chunk starts from zeros (corr 0 would keep a NaN) */
+      kn->attn_values(out, i == 0 && p0 > 0 ? corr : NULL, sc + i, ATTN_CHUNK, G, hd, rp, nb);
     }
   }
   for (int g = 0; g < G; g++) {
@@ -962,7 +956,7 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
              j->q + (size_t)row * j->q_stride + (size_t)h * hd,
              group - g0 < ATTN_MAX_GROUP ? group - g0 : ATTN_MAX_GROUP, j->pkc, j->pvc,
              j->kv_type, b->block_table + (size_t)s * b->max_blocks, b->block_size, kv_row,
-             (size_t)kh * kv_head, pos + 1, hd, j->scale, sc);
+             (size_t)kh * kv_head, pos + 1, hd, j->scale, sc, sc + ATTN_MAX_GROUP * ATTN_CHUNK);
     }
   }
 }
@@ -999,6 +993,8 @@ static int cpu_attention(sa_backend_t *be, float *out, const float *q,
   int M = batch->q_start[batch->n_seqs];
   if (M == 0)
     return 0;
+  if ((size_t)ATTN_MAX_GROUP * ATTN_CHUNK + (size_t)ATTN_SUB * hd > c->scratch_floats)
+    return SA_EINVAL; /* a head dim past 8064: the widened keys would not fit */
   attn_job_t j = {.c = c, .out = out, .q = q, .pkc = k_cache, .pvc = v_cache,
                   .kv_type = kv_type, .b = batch, .q_stride = q_stride, .nh = nh, .nkv = nkv,
                   .hd = hd, .M = M, .scale = scale};

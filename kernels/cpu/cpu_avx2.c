@@ -120,55 +120,129 @@ static void mm_small(float *y, const float *x, const uint16_t *w,
   }
 }
 
-static float dot(const float *a, const float *b, int n) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  int i = 0;
-  for (; i + 16 <= n; i += 16) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8),
-                         s1);
+/* The sums of 8 accumulators as one vector: lane p = the sum of the 8
+ * lanes of a[KMAP[p]] (the tree's output order; KMAP is its own inverse),
+ * every lane by the same tree. */
+static const int KMAP[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+
+static inline __m256 sum8(const __m256 *a) {
+  __m256 x[4], w[2];
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; j++) /* 128-bit lanes: a[j]'s in the low, a[j + 4]'s in the high */
+    x[j] = _mm256_add_ps(_mm256_permute2f128_ps(a[j], a[j + 4], 0x20),
+                         _mm256_permute2f128_ps(a[j], a[j + 4], 0x31));
+#pragma GCC unroll 2
+  for (int j = 0; j < 2; j++)
+    w[j] = _mm256_add_ps(_mm256_shuffle_ps(x[j], x[j + 2], 0x44),
+                         _mm256_shuffle_ps(x[j], x[j + 2], 0xee));
+  return _mm256_add_ps(_mm256_shuffle_ps(w[0], w[1], 0x88), _mm256_shuffle_ps(w[0], w[1], 0xdd));
+}
+
+static inline __attribute__((always_inline)) void
+scores_block(__m256 *acc, const float *qg, const float *const *kb, int d0, const int NV) {
+  __m256 qv[4];
+#pragma GCC unroll 4
+  for (int t = 0; t < NV; t++)
+    qv[t] = _mm256_loadu_ps(qg + d0 + 8 * t);
+#pragma GCC unroll 8
+  for (int a = 0; a < 8; a++) {
+    const float *p = kb[a] + d0;
+#pragma GCC unroll 4
+    for (int t = 0; t < NV; t++)
+      acc[a] = _mm256_fmadd_ps(qv[t], _mm256_loadu_ps(p + 8 * t), acc[a]);
   }
-  for (; i + 8 <= n; i += 8)
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-  float s = hsum(_mm256_add_ps(s0, s1));
-  for (; i < n; i++)
-    s += a[i] * b[i];
-  return s;
 }
 
-static void scale_axpy(float *y, float c, float a, const float *x, int n) {
-  __m256 vc = _mm256_set1_ps(c), va = _mm256_set1_ps(a);
-  int i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i),
-                                            _mm256_mul_ps(vc, _mm256_loadu_ps(y + i))));
-  for (; i < n; i++)
-    y[i] = y[i] * c + a * x[i];
-}
-
-static float dot_bf16(const float *a, const uint16_t *b, int n) {
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  int i = 0;
-  for (; i + 16 <= n; i += 16) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), ldw(b + i), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), ldw(b + i + 8), s1);
+/* As sa__cpu_attn_scores_avx512, 8 keys at a time. */
+static void attn_scores(float *s, size_t ss, const float *q, int G, int hd,
+                        const float *const *k, int n, float scale) {
+  if (hd % 8) {
+    sa__cpu_kern_scalar.attn_scores(s, ss, q, G, hd, k, n, scale);
+    return;
   }
-  for (; i + 8 <= n; i += 8)
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), ldw(b + i), s0);
-  float s = hsum(_mm256_add_ps(s0, s1));
-  for (; i < n; i++)
-    s += a[i] * bf16f(b[i]);
-  return s;
+  __m256 vs = _mm256_set1_ps(scale);
+  for (int i = 0; i < n; i += 8) {
+    int nb = n - i < 8 ? n - i : 8;
+    const float *kb[8];
+#pragma GCC unroll 8
+    for (int p = 0; p < 8; p++) /* a short block repeats its first key */
+      kb[KMAP[p]] = k[i + (p < nb ? p : 0)];
+    for (int g = 0; g < G; g++) {
+      const float *qg = q + (size_t)g * hd;
+      __m256 acc[8];
+#pragma GCC unroll 8
+      for (int a = 0; a < 8; a++)
+        acc[a] = _mm256_setzero_ps();
+      for (int d0 = 0; d0 < hd; d0 += 32) {
+        switch ((hd - d0) / 8 < 4 ? (hd - d0) / 8 : 4) {
+        case 4: scores_block(acc, qg, kb, d0, 4); break;
+        case 3: scores_block(acc, qg, kb, d0, 3); break;
+        case 2: scores_block(acc, qg, kb, d0, 2); break;
+        default: scores_block(acc, qg, kb, d0, 1); break;
+        }
+      }
+      float r[8];
+      _mm256_storeu_ps(r, _mm256_mul_ps(sum8(acc), vs));
+      memcpy(s + (size_t)g * ss + i, r, sizeof(float) * nb);
+    }
+  }
 }
 
-static void scale_axpy_bf16(float *y, float c, float a, const uint16_t *x, int n) {
-  __m256 vc = _mm256_set1_ps(c), va = _mm256_set1_ps(a);
-  int i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, ldw(x + i),
-                                            _mm256_mul_ps(vc, _mm256_loadu_ps(y + i))));
-  for (; i < n; i++)
-    y[i] = y[i] * c + a * bf16f(x[i]);
+/* As the AVX-512 values_block: NG heads x NV vectors of 8 in registers. */
+static inline __attribute__((always_inline)) void
+values_block(float *o, const float *c, const float *e, size_t es, int hd,
+             const float *const *v, int n, int g0, int d0, const int NG, const int NV) {
+  __m256 acc[4][2];
+#pragma GCC unroll 4
+  for (int g = 0; g < NG; g++)
+#pragma GCC unroll 2
+    for (int t = 0; t < NV; t++) {
+      acc[g][t] = _mm256_loadu_ps(o + (size_t)(g0 + g) * hd + d0 + 8 * t);
+      if (c)
+        acc[g][t] = _mm256_mul_ps(acc[g][t], _mm256_set1_ps(c[g0 + g]));
+    }
+  for (int i = 0; i < n; i++) {
+    __m256 vv[2];
+#pragma GCC unroll 2
+    for (int t = 0; t < NV; t++)
+      vv[t] = _mm256_loadu_ps(v[i] + d0 + 8 * t);
+#pragma GCC unroll 4
+    for (int g = 0; g < NG; g++) {
+      __m256 eb = _mm256_set1_ps(e[(size_t)(g0 + g) * es + i]);
+#pragma GCC unroll 2
+      for (int t = 0; t < NV; t++)
+        acc[g][t] = _mm256_fmadd_ps(eb, vv[t], acc[g][t]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int g = 0; g < NG; g++)
+#pragma GCC unroll 2
+    for (int t = 0; t < NV; t++)
+      _mm256_storeu_ps(o + (size_t)(g0 + g) * hd + d0 + 8 * t, acc[g][t]);
+}
+
+static void attn_values(float *o, const float *c, const float *e, size_t es, int G, int hd,
+                        const float *const *v, int n) {
+  if (hd % 8) {
+    sa__cpu_kern_scalar.attn_values(o, c, e, es, G, hd, v, n);
+    return;
+  }
+  for (int d0 = 0; d0 < hd; d0 += 16) {
+    int two = hd - d0 >= 16;
+    for (int g0 = 0; g0 < G; g0 += 4) {
+      int ng = G - g0 < 4 ? G - g0 : 4;
+#define VB(NG)                                                                 \
+  (two ? values_block(o, c, e, es, hd, v, n, g0, d0, NG, 2)                   \
+       : values_block(o, c, e, es, hd, v, n, g0, d0, NG, 1))
+      switch (ng) {
+      case 4: VB(4); break;
+      case 3: VB(3); break;
+      case 2: VB(2); break;
+      default: VB(1); break;
+      }
+#undef VB
+    }
+  }
 }
 
 /* 8 int8 of a q8 KV block, widened to fp32 (exact). */
@@ -176,27 +250,11 @@ static inline __m256 ldq8(const uint8_t *q) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
 }
 
-static float dot_q8(const float *a, const uint8_t *b, int n) {
-  __m256 s = _mm256_setzero_ps();
-  for (int k = 0; k < n / SA_QK; k++, a += SA_QK, b += SA_KV_Q8_0_BLOCK) {
-    float d = sa__kv_q8_d(b);
-    __m256 t = _mm256_mul_ps(_mm256_loadu_ps(a), ldq8(b + 4));
-    t = _mm256_fmadd_ps(_mm256_loadu_ps(a + 8), ldq8(b + 12), t);
-    t = _mm256_fmadd_ps(_mm256_loadu_ps(a + 16), ldq8(b + 20), t);
-    t = _mm256_fmadd_ps(_mm256_loadu_ps(a + 24), ldq8(b + 28), t);
-    s = _mm256_fmadd_ps(_mm256_set1_ps(d), t, s);
-  }
-  return hsum(s);
-}
-
-static void scale_axpy_q8(float *y, float c, float a, const uint8_t *x, int n) {
-  __m256 vc = _mm256_set1_ps(c);
-  for (int k = 0; k < n / SA_QK; k++, y += SA_QK, x += SA_KV_Q8_0_BLOCK) {
-    float d = sa__kv_q8_d(x);
-    __m256 ad = _mm256_set1_ps(a * d);
+static void q8_to_f32(float *dst, const uint8_t *src, int n) {
+  for (int b = 0; b < n / SA_QK; b++, dst += SA_QK, src += SA_KV_Q8_0_BLOCK) {
+    __m256 d = _mm256_set1_ps(sa__kv_q8_d(src));
     for (int h = 0; h < SA_QK; h += 8)
-      _mm256_storeu_ps(y + h, _mm256_fmadd_ps(ad, ldq8(x + 4 + h),
-                                              _mm256_mul_ps(vc, _mm256_loadu_ps(y + h))));
+      _mm256_storeu_ps(dst + h, _mm256_mul_ps(d, ldq8(src + 4 + h)));
   }
 }
 
@@ -304,12 +362,9 @@ static void gelu_n(float *x, size_t n) {
 const sa__cpu_kern_t sa__cpu_kern_avx2 = {
     .name = "avx2",
     .mm_small = mm_small,
-    .dot = dot,
-    .scale_axpy = scale_axpy,
-    .dot_bf16 = dot_bf16,
-    .scale_axpy_bf16 = scale_axpy_bf16,
-    .dot_q8 = dot_q8,
-    .scale_axpy_q8 = scale_axpy_q8,
+    .attn_scores = attn_scores,
+    .attn_values = attn_values,
+    .q8_to_f32 = q8_to_f32,
     .bf16_to_f32 = bf16_to_f32,
     .exp_sum = exp_sum,
     .silu_mul = silu_mul,

@@ -163,67 +163,139 @@ void sa__cpu_mm_small_avx512(float *y, const float *x, const uint16_t *w,
     }
 }
 
-float sa__cpu_dot_avx512(const float *a, const float *b, int n) {
-  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-  int i = 0;
-  for (; i + 32 <= n; i += 32) {
-    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
-    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16),
-                         _mm512_loadu_ps(b + i + 16), s1);
-  }
-  for (; i < n; i += 16) {
-    int r = n - i;
-    __mmask16 mk = r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << r) - 1u);
-    s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a + i),
-                         _mm512_maskz_loadu_ps(mk, b + i), s0);
-  }
-  return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+/* The sums of 16 accumulators as one vector: lane p = the sum of the 16
+ * lanes of a[KMAP[p]] (the tree's output order; KMAP is its own inverse).
+ * Every lane's sum takes the same tree: (l0+l8 + l4+l12) + ... in the same
+ * order whichever accumulator it came from. */
+static const int KMAP[16] = {0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15};
+
+static inline __m512 sum16(const __m512 *a) {
+  __m512 x[8], z[4], w[2];
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; j++) /* 256-bit halves: a[j]'s in the low, a[j + 8]'s in the high */
+    x[j] = _mm512_add_ps(_mm512_shuffle_f32x4(a[j], a[j + 8], 0x44),
+                         _mm512_shuffle_f32x4(a[j], a[j + 8], 0xee));
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; j++) /* 128-bit lanes: a[j], a[j + 8], a[j + 4], a[j + 12] */
+    z[j] = _mm512_add_ps(_mm512_shuffle_f32x4(x[j], x[j + 4], 0x88),
+                         _mm512_shuffle_f32x4(x[j], x[j + 4], 0xdd));
+#pragma GCC unroll 2
+  for (int j = 0; j < 2; j++)
+    w[j] = _mm512_add_ps(_mm512_shuffle_ps(z[j], z[j + 2], 0x44),
+                         _mm512_shuffle_ps(z[j], z[j + 2], 0xee));
+  return _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xdd));
 }
 
-void sa__cpu_scale_axpy_avx512(float *y, float c, float a, const float *x,
-                               int n) {
-  __m512 vc = _mm512_set1_ps(c), va = _mm512_set1_ps(a);
-  int i = 0;
-  /* whole vectors unmasked: attention calls this once per key on the same
-   * y, and a load is not forwarded from a masked store (it waits for the
-   * store to reach L1: the value pass ran ~4x slower with masks) */
-  for (; i + 16 <= n; i += 16)
-    _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i),
-                                            _mm512_mul_ps(vc, _mm512_loadu_ps(y + i))));
-  if (i < n) {
-    __mmask16 mk = (__mmask16)((1u << (n - i)) - 1u);
-    __m512 yv = _mm512_maskz_loadu_ps(mk, y + i);
-    __m512 xv = _mm512_maskz_loadu_ps(mk, x + i);
-    _mm512_mask_storeu_ps(y + i, mk, _mm512_fmadd_ps(va, xv, _mm512_mul_ps(vc, yv)));
+/* acc[a] += q's NV vectors from d0 on against key kb[a]'s (q in registers,
+ * each key's pointer read once). */
+static inline __attribute__((always_inline)) void
+scores_block(__m512 *acc, const float *qg, const float *const *kb, int d0, const int NV) {
+  __m512 qv[4];
+#pragma GCC unroll 4
+  for (int t = 0; t < NV; t++)
+    qv[t] = _mm512_loadu_ps(qg + d0 + 16 * t);
+#pragma GCC unroll 16
+  for (int a = 0; a < 16; a++) {
+    const float *p = kb[a] + d0;
+#pragma GCC unroll 4
+    for (int t = 0; t < NV; t++)
+      acc[a] = _mm512_fmadd_ps(qv[t], _mm512_loadu_ps(p + 16 * t), acc[a]);
   }
 }
 
-float sa__cpu_dot_bf16_avx512(const float *a, const uint16_t *b, int n) {
-  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-  int i = 0;
-  for (; i + 32 <= n; i += 32) {
-    s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), ldw(b + i), s0);
-    s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), ldw(b + i + 16), s1);
+/* Scores of 16 keys at a time per head: one accumulator per key (q's
+ * vectors against the key's, in order of d), the 16 sums by sum16. */
+void sa__cpu_attn_scores_avx512(float *s, size_t ss, const float *q, int G, int hd,
+                                const float *const *k, int n, float scale) {
+  if (hd % 16) {
+    sa__cpu_kern_scalar.attn_scores(s, ss, q, G, hd, k, n, scale);
+    return;
   }
-  for (; i < n; i += 16) {
-    int r = n - i;
-    __mmask16 mk = r >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << r) - 1u);
-    s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, a + i), ldw_mask(b + i, mk), s0);
+  __m512 vs = _mm512_set1_ps(scale);
+  for (int i = 0; i < n; i += 16) {
+    int nb = n - i < 16 ? n - i : 16;
+    const float *kb[16];
+#pragma GCC unroll 16
+    for (int p = 0; p < 16; p++) /* a short block repeats its first key */
+      kb[KMAP[p]] = k[i + (p < nb ? p : 0)];
+    for (int g = 0; g < G; g++) {
+      const float *qg = q + (size_t)g * hd;
+      __m512 acc[16];
+#pragma GCC unroll 16
+      for (int a = 0; a < 16; a++)
+        acc[a] = _mm512_setzero_ps();
+      for (int d0 = 0; d0 < hd; d0 += 64) {
+        switch ((hd - d0) / 16 < 4 ? (hd - d0) / 16 : 4) {
+        case 4: scores_block(acc, qg, kb, d0, 4); break;
+        case 3: scores_block(acc, qg, kb, d0, 3); break;
+        case 2: scores_block(acc, qg, kb, d0, 2); break;
+        default: scores_block(acc, qg, kb, d0, 1); break;
+        }
+      }
+      __mmask16 mk = nb == 16 ? (__mmask16)0xffff : (__mmask16)((1u << nb) - 1u);
+      _mm512_mask_storeu_ps(s + (size_t)g * ss + i, mk, _mm512_mul_ps(sum16(acc), vs));
+    }
   }
-  return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
-void sa__cpu_scale_axpy_bf16_avx512(float *y, float c, float a, const uint16_t *x, int n) {
-  __m512 vc = _mm512_set1_ps(c), va = _mm512_set1_ps(a);
-  int i = 0;
-  for (; i + 16 <= n; i += 16) /* unmasked: see sa__cpu_scale_axpy_avx512 */
-    _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, ldw(x + i),
-                                            _mm512_mul_ps(vc, _mm512_loadu_ps(y + i))));
-  if (i < n) {
-    __mmask16 mk = (__mmask16)((1u << (n - i)) - 1u);
-    __m512 yv = _mm512_maskz_loadu_ps(mk, y + i);
-    _mm512_mask_storeu_ps(y + i, mk, _mm512_fmadd_ps(va, ldw_mask(x + i, mk),
-                                                     _mm512_mul_ps(vc, yv)));
+/* NG heads x NV vectors (16 floats each) of the output held in registers
+ * over all n keys: each value vector is loaded once for the NG heads. */
+static inline __attribute__((always_inline)) void
+values_block(float *o, const float *c, const float *e, size_t es, int hd,
+             const float *const *v, int n, int g0, int d0, const int NG, const int NV) {
+  __m512 acc[4][4];
+#pragma GCC unroll 4
+  for (int g = 0; g < NG; g++)
+#pragma GCC unroll 4
+    for (int t = 0; t < NV; t++) {
+      acc[g][t] = _mm512_loadu_ps(o + (size_t)(g0 + g) * hd + d0 + 16 * t);
+      if (c)
+        acc[g][t] = _mm512_mul_ps(acc[g][t], _mm512_set1_ps(c[g0 + g]));
+    }
+  for (int i = 0; i < n; i++) {
+    __m512 vv[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < NV; t++)
+      vv[t] = _mm512_loadu_ps(v[i] + d0 + 16 * t);
+#pragma GCC unroll 4
+    for (int g = 0; g < NG; g++) {
+      __m512 eb = _mm512_set1_ps(e[(size_t)(g0 + g) * es + i]);
+#pragma GCC unroll 4
+      for (int t = 0; t < NV; t++)
+        acc[g][t] = _mm512_fmadd_ps(eb, vv[t], acc[g][t]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int g = 0; g < NG; g++)
+#pragma GCC unroll 4
+    for (int t = 0; t < NV; t++)
+      _mm512_storeu_ps(o + (size_t)(g0 + g) * hd + d0 + 16 * t, acc[g][t]);
+}
+
+#define NV_SWITCH(NG)                                                          \
+  switch (nv) {                                                                \
+  case 4: values_block(o, c, e, es, hd, v, n, g0, d0, NG, 4); break;          \
+  case 3: values_block(o, c, e, es, hd, v, n, g0, d0, NG, 3); break;          \
+  case 2: values_block(o, c, e, es, hd, v, n, g0, d0, NG, 2); break;          \
+  default: values_block(o, c, e, es, hd, v, n, g0, d0, NG, 1); break;         \
+  }
+
+void sa__cpu_attn_values_avx512(float *o, const float *c, const float *e, size_t es, int G,
+                                int hd, const float *const *v, int n) {
+  if (hd % 16) {
+    sa__cpu_kern_scalar.attn_values(o, c, e, es, G, hd, v, n);
+    return;
+  }
+  for (int d0 = 0; d0 < hd; d0 += 64) {
+    int nv = (hd - d0) / 16 < 4 ? (hd - d0) / 16 : 4;
+    for (int g0 = 0; g0 < G; g0 += 4) {
+      switch (G - g0 < 4 ? G - g0 : 4) {
+      case 4: NV_SWITCH(4) break;
+      case 3: NV_SWITCH(3) break;
+      case 2: NV_SWITCH(2) break;
+      default: NV_SWITCH(1) break;
+      }
+    }
   }
 }
 
@@ -232,25 +304,11 @@ static inline __m512 ldq8(const uint8_t *q) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
 }
 
-float sa__cpu_dot_q8_avx512(const float *a, const uint8_t *b, int n) {
-  __m512 s = _mm512_setzero_ps();
-  for (int k = 0; k < n / SA_QK; k++, a += SA_QK, b += SA_KV_Q8_0_BLOCK) {
-    float d = sa__kv_q8_d(b);
-    __m512 t = _mm512_mul_ps(_mm512_loadu_ps(a), ldq8(b + 4));
-    t = _mm512_fmadd_ps(_mm512_loadu_ps(a + 16), ldq8(b + 20), t);
-    s = _mm512_fmadd_ps(_mm512_set1_ps(d), t, s);
-  }
-  return _mm512_reduce_add_ps(s);
-}
-
-void sa__cpu_scale_axpy_q8_avx512(float *y, float c, float a, const uint8_t *x, int n) {
-  __m512 vc = _mm512_set1_ps(c);
-  for (int k = 0; k < n / SA_QK; k++, y += SA_QK, x += SA_KV_Q8_0_BLOCK) {
-    float d = sa__kv_q8_d(x);
-    __m512 ad = _mm512_set1_ps(a * d);
-    _mm512_storeu_ps(y, _mm512_fmadd_ps(ad, ldq8(x + 4), _mm512_mul_ps(vc, _mm512_loadu_ps(y))));
-    _mm512_storeu_ps(y + 16, _mm512_fmadd_ps(ad, ldq8(x + 20),
-                                             _mm512_mul_ps(vc, _mm512_loadu_ps(y + 16))));
+void sa__cpu_q8_to_f32_avx512(float *dst, const uint8_t *src, int n) {
+  for (int b = 0; b < n / SA_QK; b++, dst += SA_QK, src += SA_KV_Q8_0_BLOCK) {
+    __m512 d = _mm512_set1_ps(sa__kv_q8_d(src));
+    _mm512_storeu_ps(dst, _mm512_mul_ps(d, ldq8(src + 4)));
+    _mm512_storeu_ps(dst + 16, _mm512_mul_ps(d, ldq8(src + 20)));
   }
 }
 
@@ -346,12 +404,9 @@ void sa__cpu_gelu_avx512(float *x, size_t n) {
 const sa__cpu_kern_t sa__cpu_kern_avx512 = {
     .name = "avx512",
     .mm_small = sa__cpu_mm_small_avx512,
-    .dot = sa__cpu_dot_avx512,
-    .scale_axpy = sa__cpu_scale_axpy_avx512,
-    .dot_bf16 = sa__cpu_dot_bf16_avx512,
-    .scale_axpy_bf16 = sa__cpu_scale_axpy_bf16_avx512,
-    .dot_q8 = sa__cpu_dot_q8_avx512,
-    .scale_axpy_q8 = sa__cpu_scale_axpy_q8_avx512,
+    .attn_scores = sa__cpu_attn_scores_avx512,
+    .attn_values = sa__cpu_attn_values_avx512,
+    .q8_to_f32 = sa__cpu_q8_to_f32_avx512,
     .bf16_to_f32 = sa__cpu_bf16_to_f32_avx512,
     .exp_sum = sa__cpu_exp_sum_avx512,
     .silu_mul = sa__cpu_silu_mul_avx512,

@@ -27,18 +27,22 @@ typedef struct {
   void (*mm_dot)(float *y, const float *x, const uint16_t *w,
                  const uint16_t *bias, int M, int N, int K, int n0, int n1,
                  int accumulate, void *scratch, size_t scratch_bytes);
-  /* sum a[i] * b[i] over n floats (fp32 accumulate). */
-  float (*dot)(const float *a, const float *b, int n);
-  /* y[i] = y[i] * c + a * x[i] over n floats. */
-  void (*scale_axpy)(float *y, float c, float a, const float *x, int n);
-  /* The same two with b / x bf16 (a bf16 KV cache), widened exactly. */
-  float (*dot_bf16)(const float *a, const uint16_t *b, int n);
-  void (*scale_axpy_bf16)(float *y, float c, float a, const uint16_t *x, int n);
-  /* And with b / x a row of q8 KV blocks (kernels.h SA_KV_Q8_0, n % 32 ==
-   * 0): per block d * (the block's fp32 sum of a[i] * q[i]), and
-   * y[i] = y[i] * c + (a * d) * q[i]. */
-  float (*dot_q8)(const float *a, const uint8_t *b, int n);
-  void (*scale_axpy_q8)(float *y, float c, float a, const uint8_t *x, int n);
+  /* Attention over n keys for the G query heads of one KV head (cpu.c
+   * attend): q holds G head vectors of hd floats; k[i], v[i] point at key
+   * i's fp32 head slice (in the cache, or widened into scratch).
+   * Scores: s[g * ss + i] = scale * sum_d q[g * hd + d] * k[i][d]; each
+   * key's sum in an order that does not depend on i or n (SIMD versions
+   * score blocks of keys, a short block padded with repeats of its first
+   * key).
+   * Values: o[g * hd + d] = o[g * hd + d] * (c ? c[g] : 1) + e[g * es + i] *
+   * v[i][d] for keys i = 0 .. n-1 in order (fused in the SIMD versions). */
+  void (*attn_scores)(float *s, size_t ss, const float *q, int G, int hd,
+                      const float *const *k, int n, float scale);
+  void (*attn_values)(float *o, const float *c, const float *e, size_t es, int G, int hd,
+                      const float *const *v, int n);
+  /* dst[i] = a q8 KV row (kernels.h SA_KV_Q8_0, n % 32 == 0) widened to
+   * fp32: d * q[i] per block (the bits of sa__kv_q8_read_row). */
+  void (*q8_to_f32)(float *dst, const uint8_t *src, int n);
   /* dst[i] = bf16 src[i] widened to fp32 (exact). */
   void (*bf16_to_f32)(float *dst, const uint16_t *src, size_t n);
   /* x[i] = exp(x[i] - mx) over n floats (x[i] <= mx), returns their sum.
@@ -63,13 +67,11 @@ extern const sa__cpu_kern_t sa__cpu_kern_amx;
 void sa__cpu_mm_small_avx512(float *y, const float *x, const uint16_t *w,
                              const uint16_t *bias, int M, int N, int K, int n0,
                              int n1, int accumulate);
-float sa__cpu_dot_avx512(const float *a, const float *b, int n);
-void sa__cpu_scale_axpy_avx512(float *y, float c, float a, const float *x,
-                               int n);
-float sa__cpu_dot_bf16_avx512(const float *a, const uint16_t *b, int n);
-void sa__cpu_scale_axpy_bf16_avx512(float *y, float c, float a, const uint16_t *x, int n);
-float sa__cpu_dot_q8_avx512(const float *a, const uint8_t *b, int n);
-void sa__cpu_scale_axpy_q8_avx512(float *y, float c, float a, const uint8_t *x, int n);
+void sa__cpu_attn_scores_avx512(float *s, size_t ss, const float *q, int G, int hd,
+                                const float *const *k, int n, float scale);
+void sa__cpu_attn_values_avx512(float *o, const float *c, const float *e, size_t es, int G,
+                                int hd, const float *const *v, int n);
+void sa__cpu_q8_to_f32_avx512(float *dst, const uint8_t *src, int n);
 void sa__cpu_bf16_to_f32_avx512(float *dst, const uint16_t *src, size_t n);
 float sa__cpu_exp_sum_avx512(float *x, int n, float mx);
 void sa__cpu_silu_mul_avx512(float *y, const float *g, const float *u, int n);
