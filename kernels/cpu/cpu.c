@@ -56,6 +56,7 @@
 #define ATTN_CHUNK 512
 #define DENSE_QB 32 /* query rows per dense-attention block */
 #define ATTN_MAX_GROUP 16 /* query heads attended together per KV head */
+#define ATTN_MAX_UNITS 64 /* groups of one row attended chunk by chunk together */
 #define ATTN_SUB 64       /* keys per kernel call (widened bf16 / q8: 16 KiB at hd 64) */
 /* Below this many multiply-adds (or elements) an op runs on the caller. */
 #define PAR_MIN_WORK 32768
@@ -804,80 +805,121 @@ static int cpu_kv_write(sa_backend_t *be, void *k_cache, void *v_cache, int kv_t
 /* ------------------------------------------------------------------------ */
 /* attention                                                                 */
 
+/* The running state of one GQA group of one query row (attend_*). */
+typedef struct {
+  float *out;
+  const float *q;
+  int G;
+  size_t off;   /* bytes into a cache row: its KV head's slice */
+  int prefetch; /* the first group of its KV head: prefetches for all */
+  float mx[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP];
+} attn_group_t;
+
+/* What the groups of one query row share: its keys and the scratch. */
+typedef struct {
+  const sa__cpu_kern_t *kn;
+  const void *kc, *vc;
+  int kv_type, bs, n_keys, hd;
+  const int32_t *table;
+  size_t row;
+  float scale, *sc, *wide;
+} attn_row_t;
+
 /* Pointers to the fp32 head slices of keys p0 .. p0+n-1 (key p's slice
  * starts (table[p / bs] * bs + p % bs) * row + off bytes into the cache):
  * into the cache itself when it is fp32, else widened into wide (n * hd
  * floats). The slices of the next block of keys (up to n_keys) are
  * prefetched meanwhile: the cache's blocks are scattered pages, and the
  * hardware prefetcher starts cold on every one of them. */
-static void kv_slices(const sa__cpu_kern_t *kn, const float **rp, float *wide,
-                      const void *cache, int kv_type, const int32_t *table, int bs,
-                      size_t row, size_t off, int p0, int n, int n_keys, int hd) {
-  size_t bytes = sa_kv_row_bytes(kv_type, hd);
+static void kv_slices(const attn_row_t *r, const attn_group_t *a, const void *cache,
+                      const float **rp, int p0, int n) {
+  const char *base = cache;
+  const int32_t *table = r->table;
+  int bs = r->bs, hd = r->hd;
+  size_t bytes = sa_kv_row_bytes(r->kv_type, hd);
   for (int i = 0; i < n; i++) {
     int p = p0 + i, pf = p + ATTN_SUB;
-    if (pf < n_keys) {
-      const char *a = (const char *)cache + ((size_t)table[pf / bs] * bs + pf % bs) * row + off;
-      for (size_t b = 0; b < bytes; b += 64)
-        __builtin_prefetch(a + b, 0, 3);
+    if (pf < r->n_keys) {
+      const char *at = base + ((size_t)table[pf / bs] * bs + pf % bs) * r->row + a->off;
+      for (size_t b = 0; a->prefetch && b < bytes; b += 64)
+        __builtin_prefetch(at + b, 0, 3);
     }
-    const char *src = (const char *)cache + ((size_t)table[p / bs] * bs + p % bs) * row + off;
-    float *w = wide + (size_t)i * hd;
-    if (kv_type == SA_KV_F32)
+    const char *src = base + ((size_t)table[p / bs] * bs + p % bs) * r->row + a->off;
+    float *w = r->wide + (size_t)i * hd;
+    if (r->kv_type == SA_KV_F32)
       rp[i] = (const float *)src;
-    else if (kv_type == SA_KV_BF16)
-      kn->bf16_to_f32(w, (const uint16_t *)src, (size_t)hd), rp[i] = w;
+    else if (r->kv_type == SA_KV_BF16)
+      r->kn->bf16_to_f32(w, (const uint16_t *)src, (size_t)hd), rp[i] = w;
     else
-      kn->q8_to_f32(w, (const uint8_t *)src, hd), rp[i] = w;
+      r->kn->q8_to_f32(w, (const uint8_t *)src, hd), rp[i] = w;
   }
 }
 
-/* One query row of the G query heads that share one KV head (GQA group;
- * q and out hold G consecutive head vectors of hd) against keys
- * 0..n_keys-1 of the paged cache (kv_slices). Online softmax over chunks
- * of ATTN_CHUNK keys: the chunk's scores for all G heads into scratch (sc:
- * G * ATTN_CHUNK floats), turned into exponentials in one SIMD pass
- * (exp_sum), then the running outputs rescaled once and the chunk's values
- * added. Keys go to the kernels in blocks of at most ATTN_SUB: a bf16 or q8
- * block is widened to fp32 once (into wide, in L1) for all G heads, and
+/* One query row's attention for the G query heads that share one KV head
+ * (GQA group; q and out hold G consecutive head vectors of hd) against
+ * keys 0..n_keys-1 of the paged cache (kv_slices; the head's slice of each
+ * row starts off bytes in). Online softmax over chunks of ATTN_CHUNK keys:
+ * attend_chunk takes the chunk's scores for all G heads into scratch (sc:
+ * G * ATTN_CHUNK floats), turns them into exponentials in one SIMD pass
+ * (exp_sum), rescales the running outputs once and adds the chunk's
+ * values. Keys go to the kernels in blocks of at most ATTN_SUB: a bf16 or
+ * q8 block is widened to fp32 once (into wide, in L1) for all G heads, and
  * each key and value row is read once for the group (7 query heads per KV
  * head: a sevenfold cut of the KV traffic). Each head's arithmetic depends
- * neither on G, the blocks, nor the other rows of the batch. */
-static void attend(const sa__cpu_kern_t *kn, float *out, const float *q, int G,
-                   const void *kc, const void *vc, int kv_type, const int32_t *table,
-                   int bs, size_t row, size_t off, int n_keys, int hd,
-                   float scale, float *sc, float *wide) {
-  float mx[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP], corr[ATTN_MAX_GROUP];
+ * neither on G, the blocks, the order in which groups take their chunks,
+ * nor the other rows of the batch. */
+static void attend_begin(attn_group_t *a, int hd) {
+  for (int g = 0; g < a->G; g++)
+    a->mx[g] = -INFINITY, a->l[g] = 0.f;
+  memset(a->out, 0, sizeof(float) * a->G * hd);
+}
+
+/* The largest of m and x[0..n-1] (x > m ? x : m, as eight interleaved
+ * maxima: the max is exact in any order, and a chain of n dependent
+ * compares cost ~8 % of a 16k decode step). */
+static float row_max(const float *x, int n, float m) {
+  float a[8];
+  for (int k = 0; k < 8; k++)
+    a[k] = m;
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; k++)
+      a[k] = x[i + k] > a[k] ? x[i + k] : a[k];
+  for (; i < n; i++)
+    a[0] = x[i] > a[0] ? x[i] : a[0];
+  for (int k = 0; k < 8; k++)
+    m = a[k] > m ? a[k] : m;
+  return m;
+}
+
+static void attend_chunk(const attn_row_t *r, attn_group_t *a, int p0) {
+  const sa__cpu_kern_t *kn = r->kn;
   const float *rp[ATTN_SUB];
-  for (int g = 0; g < G; g++)
-    mx[g] = -INFINITY, l[g] = 0.f;
-  memset(out, 0, sizeof(float) * G * hd);
-  for (int p0 = 0; p0 < n_keys; p0 += ATTN_CHUNK) {
-    int n = n_keys - p0 < ATTN_CHUNK ? n_keys - p0 : ATTN_CHUNK;
-    for (int i = 0; i < n; i += ATTN_SUB) {
-      int nb = n - i < ATTN_SUB ? n - i : ATTN_SUB;
-      kv_slices(kn, rp, wide, kc, kv_type, table, bs, row, off, p0 + i, nb, n_keys, hd);
-      kn->attn_scores(sc + i, ATTN_CHUNK, q, G, hd, rp, nb, scale);
-    }
-    for (int g = 0; g < G; g++) {
-      const float *sg = sc + g * ATTN_CHUNK;
-      float nm = mx[g];
-      for (int i = 0; i < n; i++)
-        nm = sg[i] > nm ? sg[i] : nm;
-      corr[g] = p0 == 0 ? 0.f : expf(mx[g] - nm);
-      /* sc = exp(sc - nm) */
-      l[g] = l[g] * corr[g] + kn->exp_sum(sc + g * ATTN_CHUNK, n, nm);
-      mx[g] = nm;
-    }
-    for (int i = 0; i < n; i += ATTN_SUB) {
-      int nb = n - i < ATTN_SUB ? n - i : ATTN_SUB;
-      kv_slices(kn, rp, wide, vc, kv_type, table, bs, row, off, p0 + i, nb, n_keys, hd);
-      /* the first chunk starts from zeros (corr 0 would keep a NaN) */
-      kn->attn_values(out, i == 0 && p0 > 0 ? corr : NULL, sc + i, ATTN_CHUNK, G, hd, rp, nb);
-    }
+  float corr[ATTN_MAX_GROUP], *sc = r->sc;
+  int G = a->G, hd = r->hd, n = r->n_keys - p0 < ATTN_CHUNK ? r->n_keys - p0 : ATTN_CHUNK;
+  for (int i = 0; i < n; i += ATTN_SUB) {
+    int nb = n - i < ATTN_SUB ? n - i : ATTN_SUB;
+    kv_slices(r, a, r->kc, rp, p0 + i, nb);
+    kn->attn_scores(sc + i, ATTN_CHUNK, a->q, G, hd, rp, nb, r->scale);
   }
   for (int g = 0; g < G; g++) {
-    float inv = 1.0f / l[g], *o = out + (size_t)g * hd;
+    float nm = row_max(sc + g * ATTN_CHUNK, n, a->mx[g]);
+    corr[g] = p0 == 0 ? 0.f : expf(a->mx[g] - nm);
+    /* sc = exp(sc - nm) */
+    a->l[g] = a->l[g] * corr[g] + kn->exp_sum(sc + g * ATTN_CHUNK, n, nm);
+    a->mx[g] = nm;
+  }
+  for (int i = 0; i < n; i += ATTN_SUB) {
+    int nb = n - i < ATTN_SUB ? n - i : ATTN_SUB;
+    kv_slices(r, a, r->vc, rp, p0 + i, nb);
+    /* the first chunk starts from zeros (corr 0 would keep a NaN) */
+    kn->attn_values(a->out, i == 0 && p0 > 0 ? corr : NULL, sc + i, ATTN_CHUNK, G, hd, rp, nb);
+  }
+}
+
+static void attend_end(const attn_group_t *a, int hd) {
+  for (int g = 0; g < a->G; g++) {
+    float inv = 1.0f / a->l[g], *o = a->out + (size_t)g * hd;
     for (int d = 0; d < hd; d++)
       o[d] *= inv;
   }
@@ -894,6 +936,7 @@ typedef struct {
   float scale;
   /* dense */
   int dense, n_valid;
+  int by_row; /* paged: one item a row (all its KV heads), else (row, KV head) */
 } attn_job_t;
 
 /* Dense attention of query rows [t0, t0 + qb) of head h as two sgemms:
@@ -941,23 +984,37 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
     return;
   }
   const sa_attn_batch_t *b = j->b;
-  int nkv = j->nkv, group = nh / nkv;
+  int nkv = j->nkv, group = nh / nkv, per_kv = (group + ATTN_MAX_GROUP - 1) / ATTN_MAX_GROUP;
+  int units = j->by_row ? nkv * per_kv : per_kv; /* groups attended together */
   size_t kv_row = sa_kv_row_bytes(j->kv_type, nkv * hd), kv_head = kv_row / nkv; /* bytes */
+  attn_group_t grp[ATTN_MAX_UNITS];
   int s = 0;
-  for (int it = lo; it < hi; it++) { /* items: (row, KV head) */
-    int row = it / nkv, kh = it % nkv;
+  for (int it = lo; it < hi; it++) { /* items: a row (by_row), else (row, KV head) */
+    int row = j->by_row ? it : it / nkv, kh0 = j->by_row ? 0 : it % nkv;
     while (b->q_start[s + 1] <= row)
       s++;
     int n_new = b->q_start[s + 1] - b->q_start[s];
     int pos = b->ctx_len[s] - n_new + (row - b->q_start[s]);
-    for (int g0 = 0; g0 < group; g0 += ATTN_MAX_GROUP) {
-      int h = kh * group + g0;
-      attend(kn, j->out + (size_t)row * nh * hd + (size_t)h * hd,
-             j->q + (size_t)row * j->q_stride + (size_t)h * hd,
-             group - g0 < ATTN_MAX_GROUP ? group - g0 : ATTN_MAX_GROUP, j->pkc, j->pvc,
-             j->kv_type, b->block_table + (size_t)s * b->max_blocks, b->block_size, kv_row,
-             (size_t)kh * kv_head, pos + 1, hd, j->scale, sc, sc + ATTN_MAX_GROUP * ATTN_CHUNK);
+    attn_row_t r = {.kn = kn, .kc = j->pkc, .vc = j->pvc, .kv_type = j->kv_type,
+                    .bs = b->block_size, .n_keys = pos + 1, .hd = hd,
+                    .table = b->block_table + (size_t)s * b->max_blocks, .row = kv_row,
+                    .scale = j->scale, .sc = sc, .wide = sc + ATTN_MAX_GROUP * ATTN_CHUNK};
+    for (int u = 0; u < units; u++) {
+      int kh = kh0 + u / per_kv, g0 = (u % per_kv) * ATTN_MAX_GROUP, h = kh * group + g0;
+      grp[u] = (attn_group_t){.out = j->out + (size_t)row * nh * hd + (size_t)h * hd,
+                              .q = j->q + (size_t)row * j->q_stride + (size_t)h * hd,
+                              .G = group - g0 < ATTN_MAX_GROUP ? group - g0 : ATTN_MAX_GROUP,
+                              .off = (size_t)kh * kv_head, .prefetch = u % per_kv == 0};
+      attend_begin(&grp[u], hd);
     }
+    /* chunk by chunk across the groups: a KV head's slice is part of every
+     * cache row, and the hardware prefetcher fetches the rest of the row
+     * too; the other heads read it while it is in L2 (by_row) */
+    for (int p0 = 0; p0 < r.n_keys; p0 += ATTN_CHUNK)
+      for (int u = 0; u < units; u++)
+        attend_chunk(&r, &grp[u], p0);
+    for (int u = 0; u < units; u++)
+      attend_end(&grp[u], hd);
   }
 }
 
@@ -966,8 +1023,17 @@ static void attn_range(void *p, int lo, int hi, int tid) {
   attn_run(j, j->c->scratch[tid], lo, hi);
 }
 
+/* A row's KV heads go to one thread when there are rows enough to keep
+ * every thread busy (they share the row's cache lines); else each (row, KV
+ * head) is an item of its own. The arithmetic is the same either way. */
 static void attn_dispatch(cpu_t *c, attn_job_t *j, double keys_per_row) {
-  run_range(c, j->M * j->nkv, keys_per_row * j->hd * (j->nh / j->nkv), 1, attn_range, j);
+  int group = j->nh / j->nkv, per_kv = (group + ATTN_MAX_GROUP - 1) / ATTN_MAX_GROUP;
+  j->by_row = (c->nt == 1 || j->M >= 2 * c->nt) && j->nkv * per_kv <= ATTN_MAX_UNITS;
+  double cost = keys_per_row * j->hd * group;
+  if (j->by_row)
+    run_range(c, j->M, cost * j->nkv, 1, attn_range, j);
+  else
+    run_range(c, j->M * j->nkv, cost, 1, attn_range, j);
 }
 
 static int cpu_attention(sa_backend_t *be, float *out, const float *q,
@@ -995,6 +1061,8 @@ static int cpu_attention(sa_backend_t *be, float *out, const float *q,
     return 0;
   if ((size_t)ATTN_MAX_GROUP * ATTN_CHUNK + (size_t)ATTN_SUB * hd > c->scratch_floats)
     return SA_EINVAL; /* a head dim past 8064: the widened keys would not fit */
+  if (nh / nkv > ATTN_MAX_GROUP * ATTN_MAX_UNITS)
+    return SA_EINVAL; /* over 1024 query heads per KV head */
   attn_job_t j = {.c = c, .out = out, .q = q, .pkc = k_cache, .pvc = v_cache,
                   .kv_type = kv_type, .b = batch, .q_stride = q_stride, .nh = nh, .nkv = nkv,
                   .hd = hd, .M = M, .scale = scale};

@@ -395,6 +395,15 @@ static void attention_case_t(const seq_t *seqs, int n_seqs, int nh, int nkv,
     snprintf(what, sizeof(what), "attention nh%d nkv%d hd%d bs%d kv%s", nh, nkv, hd, bs,
              kvt == SA_KV_BF16 ? "bf16" : kvt == SA_KV_Q8_0 ? "q8_0" : "f32");
     check_close(what, out, outr, NULL, on, 2e-5, 1e-4, isa, be->threads);
+    /* the first sequence alone gives the same bits: a batch of many rows
+     * takes each row's KV heads together, a small one each (row, head) */
+    sa_attn_batch_t b1 = {1, q_start, ctx, table, max_blocks, bs, max_ctx};
+    size_t on1 = (size_t)q_start[1] * nh * hd;
+    float *out1 = malloc(sizeof(float) * on1 + 4);
+    assert_int_equal(sa_op_attention(be, out1, q, stride, kc, vc, kvt, &b1, nh, nkv, hd, scale),
+                     0);
+    assert_memory_equal(out1, out, sizeof(float) * on1);
+    free(out1);
   }
   free(kc), free(vc), free(kc2), free(vc2), free(table), free(qkv), free(slot);
   free(q), free(out), free(outr);
