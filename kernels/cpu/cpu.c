@@ -57,7 +57,8 @@
 #define DENSE_QB 32 /* query rows per dense-attention block */
 #define ATTN_MAX_GROUP 16 /* query heads attended together per KV head */
 #define ATTN_MAX_UNITS 64 /* groups of one row attended chunk by chunk together */
-#define ATTN_SUB 64       /* keys per kernel call (widened bf16 / q8: 16 KiB at hd 64) */
+#define ATTN_PF 64        /* rows prefetched ahead of the one read (kv_slices) */
+#define ATTN_SUB 16       /* keys per kernel call (widened bf16 / q8: 4 KiB at hd 64) */
 /* Below this many multiply-adds (or elements) an op runs on the caller. */
 #define PAR_MIN_WORK 32768
 /* Default first M served by sgemm: on the Zen 4 VM measured with bench-gemm
@@ -828,20 +829,28 @@ typedef struct {
 /* Pointers to the fp32 head slices of keys p0 .. p0+n-1 (key p's slice
  * starts (table[p / bs] * bs + p % bs) * row + off bytes into the cache):
  * into the cache itself when it is fp32, else widened into wide (n * hd
- * floats). The slices of the next block of keys (up to n_keys) are
- * prefetched meanwhile: the cache's blocks are scattered pages, and the
- * hardware prefetcher starts cold on every one of them. */
+ * floats). The row ATTN_PF ahead in the group's reading order is prefetched
+ * meanwhile (the cache's blocks are scattered pages, and the hardware
+ * prefetcher starts cold on every one of them): in this pass up to end, then
+ * the next pass's rows from next_p0 (below next_end) in next, so a chunk's
+ * value pass and the next chunk's key pass start warm. Small blocks
+ * (ATTN_SUB) keep the prefetches spread between the kernel calls: 64 keys a
+ * call issued 128 lines a call, more than a core keeps in flight. */
 static void kv_slices(const attn_row_t *r, const attn_group_t *a, const void *cache,
-                      const float **rp, int p0, int n) {
+                      const float **rp, int p0, int n, int end, const void *next,
+                      int next_p0, int next_end) {
   const char *base = cache;
   const int32_t *table = r->table;
   int bs = r->bs, hd = r->hd;
   size_t bytes = sa_kv_row_bytes(r->kv_type, hd);
   for (int i = 0; i < n; i++) {
-    int p = p0 + i, pf = p + ATTN_SUB;
-    if (pf < r->n_keys) {
-      const char *at = base + ((size_t)table[pf / bs] * bs + pf % bs) * r->row + a->off;
-      for (size_t b = 0; a->prefetch && b < bytes; b += 64)
+    int p = p0 + i, pf = p + ATTN_PF;
+    const char *pb = base;
+    if (pf >= end) /* past this pass: into the next one */
+      pf = next_p0 + (pf - end), pb = next;
+    if (a->prefetch && pf < (pb == base ? end : next_end)) {
+      const char *at = pb + ((size_t)table[pf / bs] * bs + pf % bs) * r->row + a->off;
+      for (size_t b = 0; b < bytes; b += 64)
         __builtin_prefetch(at + b, 0, 3);
     }
     const char *src = base + ((size_t)table[p / bs] * bs + p % bs) * r->row + a->off;
@@ -899,7 +908,7 @@ static void attend_chunk(const attn_row_t *r, attn_group_t *a, int p0) {
   int G = a->G, hd = r->hd, n = r->n_keys - p0 < ATTN_CHUNK ? r->n_keys - p0 : ATTN_CHUNK;
   for (int i = 0; i < n; i += ATTN_SUB) {
     int nb = n - i < ATTN_SUB ? n - i : ATTN_SUB;
-    kv_slices(r, a, r->kc, rp, p0 + i, nb);
+    kv_slices(r, a, r->kc, rp, p0 + i, nb, p0 + n, r->vc, p0, p0 + n);
     kn->attn_scores(sc + i, ATTN_CHUNK, a->q, G, hd, rp, nb, r->scale);
   }
   for (int g = 0; g < G; g++) {
@@ -911,7 +920,7 @@ static void attend_chunk(const attn_row_t *r, attn_group_t *a, int p0) {
   }
   for (int i = 0; i < n; i += ATTN_SUB) {
     int nb = n - i < ATTN_SUB ? n - i : ATTN_SUB;
-    kv_slices(r, a, r->vc, rp, p0 + i, nb);
+    kv_slices(r, a, r->vc, rp, p0 + i, nb, p0 + n, r->kc, p0 + n, r->n_keys);
     /* the first chunk starts from zeros (corr 0 would keep a NaN) */
     kn->attn_values(a->out, i == 0 && p0 > 0 ? corr : NULL, sc + i, ATTN_CHUNK, G, hd, rp, nb);
   }
