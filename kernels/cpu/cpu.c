@@ -834,8 +834,9 @@ typedef struct {
  * prefetcher starts cold on every one of them): in this pass up to end, then
  * the next pass's rows from next_p0 (below next_end) in next, so a chunk's
  * value pass and the next chunk's key pass start warm. Small blocks
- * (ATTN_SUB) keep the prefetches spread between the kernel calls: 64 keys a
- * call issued 128 lines a call, more than a core keeps in flight. */
+ * (ATTN_SUB) keep the prefetches spread between the kernel calls (at 64
+ * keys a call, 128 lines went out at once: more than a core keeps in
+ * flight). */
 static void kv_slices(const attn_row_t *r, const attn_group_t *a, const void *cache,
                       const float **rp, int p0, int n, int end, const void *next,
                       int next_p0, int next_end) {
@@ -1069,7 +1070,7 @@ static int cpu_attention(sa_backend_t *be, float *out, const float *q,
   if (M == 0)
     return 0;
   if ((size_t)ATTN_MAX_GROUP * ATTN_CHUNK + (size_t)ATTN_SUB * hd > c->scratch_floats)
-    return SA_EINVAL; /* a head dim past 8064: the widened keys would not fit */
+    return SA_EINVAL; /* a head dim past 32256: the widened keys would not fit */
   if (nh / nkv > ATTN_MAX_GROUP * ATTN_MAX_UNITS)
     return SA_EINVAL; /* over 1024 query heads per KV head */
   attn_job_t j = {.c = c, .out = out, .q = q, .pkc = k_cache, .pvc = v_cache,
