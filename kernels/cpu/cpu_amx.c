@@ -119,6 +119,94 @@ static void pad_w(uint16_t *wp, size_t ks, const uint16_t *w, size_t K, int n, i
     memcpy(wp + (size_t)j * ks, w + (size_t)(n + j) * K + k0, (size_t)kc * 2);
 }
 
+/* A tiles of W rows [n, n + 32) x columns [kb, kb + kc): straight from W,
+ * or from a padded copy in wpad at the edges. */
+static void a_tiles(const uint16_t **a0, size_t *as0, const uint16_t **a1, size_t *as1,
+                    uint16_t *wpad, const uint16_t *w, int K, int n, int nv0, int nv1, int kb,
+                    int kc) {
+  size_t ks = (size_t)(kc + 31) / 32 * 32;
+  *a0 = w + (size_t)n * K + kb, *a1 = *a0 + (size_t)16 * K;
+  *as0 = (size_t)K * 2, *as1 = *as0;
+  if (nv0 < 16 || kc % 32) {
+    pad_w(wpad, ks, w, (size_t)K, n, nv0, kb, kc);
+    *a0 = wpad, *as0 = ks * 2;
+  }
+  if (nv1 < 16 || kc % 32) {
+    if (nv1 > 0)
+      pad_w(wpad + 16 * ks, ks, w, (size_t)K, n + 16, nv1, kb, kc);
+    else
+      memset(wpad + 16 * ks, 0, 16 * ks * 2);
+    *a1 = wpad + 16 * ks, *as1 = ks * 2;
+  }
+}
+
+/* Up to 16 x rows (packed at b0, nch chunks of one K block) against 32 W
+ * rows: two C tiles, A double-buffered, stored to ct; pfs bytes from pf
+ * prefetched per chunk pair (pf NULL: none). */
+static void tiles16(float *ct, const uint16_t *a0, size_t as0, const uint16_t *a1, size_t as1,
+                    const uint16_t *b0, int nch, const char *pf, size_t pfs) {
+  _tile_zero(0);
+  _tile_zero(1);
+  int c = 0;
+  for (; c + 2 <= nch; c += 2) {
+    if (pf)
+      for (size_t o = 0; o < pfs; o += 64)
+        _mm_prefetch(pf + (size_t)c / 2 * pfs + o, _MM_HINT_T0);
+    _tile_loadd(4, a0 + c * 32, as0);
+    _tile_loadd(5, a1 + c * 32, as1);
+    _tile_loadd(2, a0 + c * 32 + 32, as0);
+    _tile_loadd(3, a1 + c * 32 + 32, as1);
+    _tile_loadd(6, b0 + (size_t)c * 512, 64);
+    _tile_loadd(7, b0 + (size_t)c * 512 + 512, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 5, 6);
+    _tile_dpbf16ps(0, 2, 7);
+    _tile_dpbf16ps(1, 3, 7);
+  }
+  if (c < nch) {
+    _tile_loadd(4, a0 + c * 32, as0);
+    _tile_loadd(5, a1 + c * 32, as1);
+    _tile_loadd(6, b0 + (size_t)c * 512, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 5, 6);
+  }
+  _tile_stored(0, ct, 64);
+  _tile_stored(1, ct + 512, 64);
+}
+
+/* Few x rows (M <= 16) and rows of W longer than one K block: x packed
+ * whole (block kb at xp + 16 kb), then for each 32 W rows their K blocks in
+ * order, so W streams row after row (block-major, it read a KC slice of
+ * each row per pass: strided, and no hardware prefetcher followed; the
+ * down projection ran at ~60 % of the other shapes' bandwidth). Each
+ * block's tiles and its add into y are those of the block-major loop: the
+ * same bits. */
+static void mm_amx_rows(float *y, const float *x, const uint16_t *w, const uint16_t *bias,
+                        int M, int N, int K, int n0, int n1, int accumulate, uint16_t *xp,
+                        uint16_t *wpad, float *ct) {
+  for (int kb = 0; kb < K; kb += KC)
+    pack_x(xp + (size_t)kb * 16, x, (size_t)K, kb, M, K - kb < KC ? K - kb : KC);
+  size_t pfs = (size_t)K * 64 / (size_t)((K + 31) / 32); /* bytes per 2 chunks */
+  for (int n = n0; n < n1; n += 32) {
+    int nv0 = n1 - n < 16 ? n1 - n : 16;
+    int nv1 = n1 - n - 16 < 0 ? 0 : (n1 - n - 16 < 16 ? n1 - n - 16 : 16);
+    const char *pf = n + 64 <= n1 ? (const char *)(w + (size_t)(n + 32) * K) : NULL;
+    for (int kb = 0; kb < K; kb += KC) {
+      int kc = K - kb < KC ? K - kb : KC;
+      const uint16_t *a0, *a1;
+      size_t as0, as1;
+      a_tiles(&a0, &as0, &a1, &as1, wpad, w, K, n, nv0, nv1, kb, kc);
+      tiles16(ct, a0, as0, a1, as1, xp + (size_t)kb * 16, (kc + 31) / 32,
+              pf ? pf + (size_t)kb / 64 * pfs : NULL, pfs);
+      const uint16_t *bb = bias ? bias + n : NULL;
+      add_tile(y + n, (size_t)N, ct, M, nv0, kb == 0, bb, accumulate);
+      if (nv1 > 0)
+        add_tile(y + n + 16, (size_t)N, ct + 512, M, nv1, kb == 0, bb ? bb + 16 : NULL,
+                 accumulate);
+    }
+  }
+}
+
 static void mm_amx(float *y, const float *x, const uint16_t *w, const uint16_t *bias,
                    int M, int N, int K, int n0, int n1, int accumulate, void *scratch,
                    size_t scratch_bytes) {
@@ -128,10 +216,13 @@ static void mm_amx(float *y, const float *x, const uint16_t *w, const uint16_t *
   uint16_t *xp = scratch;                              /* MC x KC packed: 512 KiB */
   uint16_t *wpad = xp + (size_t)MC * KC;               /* 2 x 16 x KC: 64 KiB */
   float *ct = (float *)(wpad + (size_t)2 * 16 * KC);   /* 4 C tiles: 4 KiB */
+  if (M <= 16 && K > KC && (size_t)16 * ((size_t)(K + 31) / 32 * 32) <= (size_t)MC * KC) {
+    mm_amx_rows(y, x, w, bias, M, N, K, n0, n1, accumulate, xp, wpad, ct);
+    return;
+  }
   for (int kb = 0; kb < K; kb += KC) {
     int kc = K - kb < KC ? K - kb : KC;
     int nch = (kc + 31) / 32;
-    size_t ks = (size_t)nch * 32;
     for (int mb = 0; mb < M; mb += MC) {
       int mc = M - mb < MC ? M - mb : MC;
       int ng = (mc + 15) / 16;
@@ -139,51 +230,12 @@ static void mm_amx(float *y, const float *x, const uint16_t *w, const uint16_t *
       for (int n = n0; n < n1; n += 32) {
         int nv0 = n1 - n < 16 ? n1 - n : 16;
         int nv1 = n1 - n - 16 < 0 ? 0 : (n1 - n - 16 < 16 ? n1 - n - 16 : 16);
-        /* A tiles: straight from W, or from a padded copy at the edges */
-        const uint16_t *a0 = w + (size_t)n * K + kb, *a1 = a0 + (size_t)16 * K;
-        size_t as0 = (size_t)K * 2, as1 = as0;
-        if (nv0 < 16 || kc % 32) {
-          pad_w(wpad, ks, w, (size_t)K, n, nv0, kb, kc);
-          a0 = wpad, as0 = ks * 2;
-        }
-        if (nv1 < 16 || kc % 32) {
-          if (nv1 > 0)
-            pad_w(wpad + 16 * ks, ks, w, (size_t)K, n + 16, nv1, kb, kc);
-          else
-            memset(wpad + 16 * ks, 0, 16 * ks * 2);
-          a1 = wpad + 16 * ks, as1 = ks * 2;
-        }
-        if (ng == 1) { /* up to 16 x rows: two C tiles, A double-buffered */
-          const uint16_t *b0 = xp;
-          _tile_zero(0);
-          _tile_zero(1);
-          int c = 0;
+        const uint16_t *a0, *a1;
+        size_t as0, as1;
+        a_tiles(&a0, &as0, &a1, &as1, wpad, w, K, n, nv0, nv1, kb, kc);
+        if (ng == 1) { /* up to 16 x rows (K in one block: mm_amx_rows else) */
           const char *pf = n + 64 <= n1 && kc == K ? (const char *)(w + (size_t)(n + 32) * K) : NULL;
-          size_t pfs = (size_t)K * 64 / (size_t)nch; /* bytes per 2 chunks */
-          for (; c + 2 <= nch; c += 2) {
-            if (pf)
-              for (size_t o = 0; o < pfs; o += 64)
-                _mm_prefetch(pf + (size_t)c / 2 * pfs + o, _MM_HINT_T0);
-            _tile_loadd(4, a0 + c * 32, as0);
-            _tile_loadd(5, a1 + c * 32, as1);
-            _tile_loadd(2, a0 + c * 32 + 32, as0);
-            _tile_loadd(3, a1 + c * 32 + 32, as1);
-            _tile_loadd(6, b0 + (size_t)c * 512, 64);
-            _tile_loadd(7, b0 + (size_t)c * 512 + 512, 64);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 5, 6);
-            _tile_dpbf16ps(0, 2, 7);
-            _tile_dpbf16ps(1, 3, 7);
-          }
-          if (c < nch) {
-            _tile_loadd(4, a0 + c * 32, as0);
-            _tile_loadd(5, a1 + c * 32, as1);
-            _tile_loadd(6, b0 + (size_t)c * 512, 64);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 5, 6);
-          }
-          _tile_stored(0, ct, 64);
-          _tile_stored(1, ct + 512, 64);
+          tiles16(ct, a0, as0, a1, as1, xp, nch, pf, (size_t)K * 64 / (size_t)nch);
           float *yb = y + (size_t)mb * N + n;
           const uint16_t *bb = bias ? bias + n : NULL;
           add_tile(yb, (size_t)N, ct, mc, nv0, kb == 0, bb, accumulate);
