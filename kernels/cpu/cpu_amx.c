@@ -233,8 +233,9 @@ static void mm_amx(float *y, const float *x, const uint16_t *w, const uint16_t *
         const uint16_t *a0, *a1;
         size_t as0, as1;
         a_tiles(&a0, &as0, &a1, &as1, wpad, w, K, n, nv0, nv1, kb, kc);
-        if (ng == 1) { /* up to 16 x rows (K in one block: mm_amx_rows else) */
-          const char *pf = n + 64 <= n1 && kc == K ? (const char *)(w + (size_t)(n + 32) * K) : NULL;
+        if (ng == 1) { /* up to 16 x rows, K in one block (or too long for mm_amx_rows) */
+          const char *pf =
+              n + 64 <= n1 && kc == K ? (const char *)(w + (size_t)(n + 32) * K) : NULL;
           tiles16(ct, a0, as0, a1, as1, xp, nch, pf, (size_t)K * 64 / (size_t)nch);
           float *yb = y + (size_t)mb * N + n;
           const uint16_t *bb = bias ? bias + n : NULL;
