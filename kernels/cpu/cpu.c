@@ -845,11 +845,11 @@ static void kv_slices(const attn_row_t *r, const attn_group_t *a, const void *ca
   int bs = r->bs, hd = r->hd;
   size_t bytes = sa_kv_row_bytes(r->kv_type, hd);
   for (int i = 0; i < n; i++) {
-    int p = p0 + i, pf = p + ATTN_PF;
+    int p = p0 + i, pf = p + ATTN_PF, lim = end;
     const char *pb = base;
     if (pf >= end) /* past this pass: into the next one */
-      pf = next_p0 + (pf - end), pb = next;
-    if (a->prefetch && pf < (pb == base ? end : next_end)) {
+      pf = next_p0 + (pf - end), pb = next, lim = next_end;
+    if (a->prefetch && pf < lim) {
       const char *at = pb + ((size_t)table[pf / bs] * bs + pf % bs) * r->row + a->off;
       for (size_t b = 0; b < bytes; b += 64)
         __builtin_prefetch(at + b, 0, 3);
@@ -886,7 +886,7 @@ static void attend_begin(attn_group_t *a, int hd) {
 
 /* The largest of m and x[0..n-1] (x > m ? x : m, as eight interleaved
  * maxima: the max is exact in any order, and a chain of n dependent
- * compares cost ~8 % of a 16k decode step). */
+ * compares cost ~15 % of a 16k decode step). */
 static float row_max(const float *x, int n, float m) {
   float a[8];
   for (int k = 0; k < 8; k++)
@@ -947,6 +947,7 @@ typedef struct {
   /* dense */
   int dense, n_valid;
   int by_row; /* paged: one item a row (all its KV heads), else (row, KV head) */
+  int per_kv; /* groups of at most ATTN_MAX_GROUP query heads per KV head */
 } attn_job_t;
 
 /* Dense attention of query rows [t0, t0 + qb) of head h as two sgemms:
@@ -994,7 +995,7 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
     return;
   }
   const sa_attn_batch_t *b = j->b;
-  int nkv = j->nkv, group = nh / nkv, per_kv = (group + ATTN_MAX_GROUP - 1) / ATTN_MAX_GROUP;
+  int nkv = j->nkv, group = nh / nkv, per_kv = j->per_kv;
   int units = j->by_row ? nkv * per_kv : per_kv; /* groups attended together */
   size_t kv_row = sa_kv_row_bytes(j->kv_type, nkv * hd), kv_head = kv_row / nkv; /* bytes */
   attn_group_t grp[ATTN_MAX_UNITS];
@@ -1037,8 +1038,9 @@ static void attn_range(void *p, int lo, int hi, int tid) {
  * every thread busy (they share the row's cache lines); else each (row, KV
  * head) is an item of its own. The arithmetic is the same either way. */
 static void attn_dispatch(cpu_t *c, attn_job_t *j, double keys_per_row) {
-  int group = j->nh / j->nkv, per_kv = (group + ATTN_MAX_GROUP - 1) / ATTN_MAX_GROUP;
-  j->by_row = (c->nt == 1 || j->M >= 2 * c->nt) && j->nkv * per_kv <= ATTN_MAX_UNITS;
+  int group = j->nh / j->nkv;
+  j->per_kv = (group + ATTN_MAX_GROUP - 1) / ATTN_MAX_GROUP;
+  j->by_row = (c->nt == 1 || j->M >= 2 * c->nt) && j->nkv * j->per_kv <= ATTN_MAX_UNITS;
   double cost = keys_per_row * j->hd * group;
   if (j->by_row)
     run_range(c, j->M, cost * j->nkv, 1, attn_range, j);

@@ -174,13 +174,12 @@ static void tiles16(float *ct, const uint16_t *a0, size_t as0, const uint16_t *a
   _tile_stored(1, ct + 512, 64);
 }
 
-/* Few x rows (M <= 16) and rows of W longer than one K block: x packed
- * whole (block kb at xp + 16 kb), then for each 32 W rows their K blocks in
- * order, so W streams row after row (block-major, it read a KC slice of
- * each row per pass: strided, and no hardware prefetcher followed; the
- * down projection ran at ~60 % of the other shapes' bandwidth). Each
- * block's tiles and its add into y are those of the block-major loop: the
- * same bits. */
+/* Few x rows (M <= 16, decode): x packed whole (block kb at xp + 16 kb),
+ * then for each 32 W rows their K blocks in order, so W streams row after
+ * row (block-major, rows longer than one block were read a KC slice per
+ * pass: strided, and no hardware prefetcher followed; the down projection
+ * ran at ~60 % of the other shapes' bandwidth). Each block's tiles and its
+ * add into y are those of the block-major loop: the same bits. */
 static void mm_amx_rows(float *y, const float *x, const uint16_t *w, const uint16_t *bias,
                         int M, int N, int K, int n0, int n1, int accumulate, uint16_t *xp,
                         uint16_t *wpad, float *ct) {
@@ -216,7 +215,7 @@ static void mm_amx(float *y, const float *x, const uint16_t *w, const uint16_t *
   uint16_t *xp = scratch;                              /* MC x KC packed: 512 KiB */
   uint16_t *wpad = xp + (size_t)MC * KC;               /* 2 x 16 x KC: 64 KiB */
   float *ct = (float *)(wpad + (size_t)2 * 16 * KC);   /* 4 C tiles: 4 KiB */
-  if (M <= 16 && K > KC && (size_t)16 * ((size_t)(K + 31) / 32 * 32) <= (size_t)MC * KC) {
+  if (M <= 16 && (size_t)16 * ((size_t)(K + 31) / 32 * 32) <= (size_t)MC * KC) {
     mm_amx_rows(y, x, w, bias, M, N, K, n0, n1, accumulate, xp, wpad, ct);
     return;
   }
@@ -233,10 +232,8 @@ static void mm_amx(float *y, const float *x, const uint16_t *w, const uint16_t *
         const uint16_t *a0, *a1;
         size_t as0, as1;
         a_tiles(&a0, &as0, &a1, &as1, wpad, w, K, n, nv0, nv1, kb, kc);
-        if (ng == 1) { /* up to 16 x rows, K in one block (or too long for mm_amx_rows) */
-          const char *pf =
-              n + 64 <= n1 && kc == K ? (const char *)(w + (size_t)(n + 32) * K) : NULL;
-          tiles16(ct, a0, as0, a1, as1, xp, nch, pf, (size_t)K * 64 / (size_t)nch);
+        if (ng == 1) { /* up to 16 x rows, K too long for mm_amx_rows to pack */
+          tiles16(ct, a0, as0, a1, as1, xp, nch, NULL, 0);
           float *yb = y + (size_t)mb * N + n;
           const uint16_t *bb = bias ? bias + n : NULL;
           add_tile(yb, (size_t)N, ct, mc, nv0, kb == 0, bb, accumulate);
