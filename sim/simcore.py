@@ -6,7 +6,9 @@ What is modelled, as built (coordinator/request.c, sched.c, pipeline.c):
   tokens (one chunk per micro-batch), forked into n chains, decoded one token
   per chain per step until max_tokens;
 - per replica, stages + extra_microbatches micro-batches are in flight; each
-  takes the ready chains split evenly over the free slots (at most max_batch);
+  takes its even share of the ready sequences over the free slots (at most
+  max_batch; a request to prefill counts one), decode steps first, a prefill
+  chunk only if the share leaves room (sched.c's plan);
 - every stage is a FIFO server whose step costs CPU (per-step overhead + the
   measured whole-model step at its batch and context, its share of the
   layers) on a host with a CPU quota, modelled as this kernel's CFS does it
@@ -115,16 +117,20 @@ def table_step(t, rows, ctx):
 class Cost:
     """The calibrated costs (sim/calibration/*.json), CPU-seconds."""
 
-    def __init__(self, cal):
+    def __init__(self, cal, replicas=1):
         self.c = cal
+        # the replicas of an experiment share this machine's cores and caches:
+        # a stage's CPU times the measured factor at 2 replicas, linear in R
+        co = (cal.get("stage") or {}).get("colocated") or {"replicas": 2, "factor": 1.0}
+        self.colocated = 1.0 + (co["factor"] - 1.0) * (replicas - 1) / (co["replicas"] - 1)
 
     def stage(self, layers, tokens, ctx_tokens, sampled, first=False, last=False):
         """A stage's step: its layers' compute, the per-step and per-token
         costs around it, and (the last stage) sampling."""
         c = self.c["stage"]
-        return (c["per_step"] + c.get("per_token", 0.0) * tokens +
-                self.compute(layers, tokens, ctx_tokens) +
-                c.get("sample_per_token", 0.0) * sampled)
+        return self.colocated * (c["per_step"] + c.get("per_token", 0.0) * tokens +
+                                 self.compute(layers, tokens, ctx_tokens) +
+                                 c.get("sample_per_token", 0.0) * sampled)
 
     def compute(self, layers, tokens, ctx_tokens):
         """The layers' share of a whole-model step over `tokens` rows that
@@ -215,7 +221,7 @@ class Sim:
             import gpu
             self.cost = gpu.GpuCost(cal)
         else:
-            self.cost = Cost(cal)
+            self.cost = Cost(cal, run["cluster"]["replicas"])
         c = run["cluster"]
         self.P, self.R = c["stages"], c["replicas"]
         self.slots = c["stages"] + c["extra_microbatches"]
@@ -369,24 +375,26 @@ class Sim:
                     break
 
     def dispatch(self, t, k):
+        """One micro-batch for replica k, as sched.c plans it: the free slots'
+        even share of the ready sequences (a request to prefill, or a chain
+        to replay, counts one), decode steps first, then one prefill or
+        replay chunk if the share leaves room."""
         mine = self.active[k]
-        ready = [(r, c) for r in mine if r.prefilled >= r.prompt for c in range(r.n)
-                 if not r.finished(c) and (r.i, c) not in self.inflight_chains
-                 and c not in r.replays]
+        ready = [(r, c) for r in mine if r.prefilled >= r.prompt and not r.replays
+                 for c in range(r.n)
+                 if not r.finished(c) and (r.i, c) not in self.inflight_chains]
+        waiting = [r for r in mine if not r.prefill_inflight and
+                   (r.prefilled < r.prompt or r.replays)]
         free = self.slots - self.inflight[k]
-        share = min(self.max_batch, -(-len(ready) // free)) if ready else 0
+        n_ready = len(ready) + sum(1 if r.prefilled < r.prompt else len(r.replays)
+                                   for r in waiting)
+        share = min(self.max_batch, -(-n_ready // free)) if n_ready else 0
         batch = ready[:share]
-        # one prefill chunk (or a replay of a moved request's prompt + tokens)
         pre, pre_tokens = None, 0
-        for r in mine:
-            if r.prefill_inflight:
-                continue
-            if r.prefilled < r.prompt:
-                pre, pre_tokens = r, min(self.chunk, r.prompt - r.prefilled)
-                break
-            if r.replays:
-                pre, pre_tokens = r, 0
-                break
+        if len(batch) < share and waiting:
+            pre = waiting[0]
+            if pre.prefilled < pre.prompt:
+                pre_tokens = min(self.chunk, pre.prompt - pre.prefilled)
         if pre is not None and pre_tokens == 0:  # replay: a chain's prompt + tokens
             c = min(pre.replays)
             pre_tokens = min(self.chunk, pre.prompt + pre.chains[c])

@@ -3,7 +3,8 @@
 # arithmetic. (1) validate: simulated against the runs measured with the
 # committed calibration (sim/results/measured), every throughput within
 # 15 %; (2) the GPU roofline of one decode step against the datasheet
-# arithmetic done here by hand (independent of sim/gpu.py's code paths);
+# arithmetic done here by hand (independent of sim/gpu.py's code paths), the
+# quota model and sched.c's micro-batch plan against hand-made cases;
 # (3) a small prediction writes its tables, JSON and plots, and every cluster
 # of R replicas gives R times one replica's tokens/s until a shared server
 # caps it; (4) bad prediction files exit 2 naming the key; --help.
@@ -76,6 +77,34 @@ for k, t in enumerate(starts[2:]):
 s = simcore.summarize(run, reqs)
 assert s["tokens_per_s"] > 0 and s["coordinator"]["time_to_first_token_mean_s"] > 0, s
 print("closed loop: %d requests, 2 in flight" % len(reqs))
+PY
+# (1c) a micro-batch as sched.c plans it: the free slots' even share of the
+# ready sequences (a request to prefill counts one), decode first, a prefill
+# chunk only where the share leaves room. 3 slots, 8 decoding chains and one
+# request to prefill: shares 3, 3 (full: no prefill), then 2 decode + prefill.
+python3 - "$SRC/sim" <<'PY' || fail "sched.c's plan"
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import simcore
+cal = json.load(open(sys.argv[1] + "/calibration/cpu-medium.json"))
+run = {"name": "plan", "cluster": {"replicas": 1, "stages": 2, "encoders": 1, "kv_mem": "64MiB",
+       "extra_microbatches": 1, "heartbeat_timeout_ms": 5000},
+       "hosts": {"stage_cpu": 0.15, "coordinator_cpu": 0.4, "encoder_cpu": 0.2},
+       "load": {"rate": None, "concurrency": 0, "duration": 30, "warmup": 5, "seed": 1,
+                "timeout": 60, "drain": False}, "faults": []}
+item = {"n": 8, "max_tokens": 64, "audio_s": 2.0, "prompt_tokens": 54, "weight": 1}
+sim = simcore.Sim(run, cal, [item])
+dec, pre = simcore.Req(0, 0.0, item), simcore.Req(1, 0.0, item)
+dec.prefilled = dec.prompt
+for r in (dec, pre):
+    r.replica = 0
+    sim.active[0].append(r)
+sim.schedule(0.0)
+plans = sorted((a for _, _, fn, a in sim.ev if fn == sim.step_done), key=lambda a: len(a[1]),
+               reverse=True)
+got = [(len(b), p is not None and p.i, pt) for _, b, p, pt, _ in plans]
+assert got == [(3, False, 0), (3, False, 0), (2, 1, 54)], got
+print("plan: decode shares 3, 3, then 2 + a prefill chunk of 54")
 PY
 
 # (2) one H100 step by hand: 64 layers of Step-Audio-R1 at batch 1, context

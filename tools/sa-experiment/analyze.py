@@ -361,13 +361,17 @@ def plot_scaling(summaries, folder):
     by_k = {}
     for s in summaries:
         by_k.setdefault(s["replicas"], []).append(s)
+    # open loop: the offered rate; closed loop (no rate): the concurrency
+    closed = all(s["rate"] is None for s in summaries)
+    load = lambda s: (s["concurrency"] if closed else s["rate"]) or 0
+    unit = "concurrency" if closed else "requests/s"
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(12, 3.6))
     best = {}
     for k in sorted(by_k):
-        ss = sorted(by_k[k], key=lambda s: s["rate"] or 0)
-        a1.plot([s["rate"] for s in ss], [s["tokens_per_s"] for s in ss], "o-", label="%d" % k)
+        ss = sorted(by_k[k], key=load)
+        a1.plot([load(s) for s in ss], [s["tokens_per_s"] for s in ss], "o-", label="%d" % k)
         best[k] = max(ss, key=lambda s: s["tokens_per_s"])
-    a1.set_xlabel("offered load (requests/s)")
+    a1.set_xlabel("offered load (%s)" % unit)
     a1.set_ylabel("tokens/s (steady state)")
     a1.legend(title="replicas", fontsize=8)
     a1.grid(alpha=0.3)
@@ -385,10 +389,10 @@ def plot_scaling(summaries, folder):
     a2.legend(fontsize=8)
     a2.grid(alpha=0.3)
     for k in ks:
-        ss = sorted(by_k[k], key=lambda s: s["rate"] or 0)
-        a3.plot([s["rate"] / k for s in ss], [s["ttft_s"]["p99"] or 0 for s in ss], "o-",
+        ss = sorted(by_k[k], key=load)
+        a3.plot([load(s) / k for s in ss], [s["ttft_s"]["p99"] or 0 for s in ss], "o-",
                 label="%d" % k)
-    a3.set_xlabel("offered load per replica (requests/s)")
+    a3.set_xlabel("offered load per replica (%s)" % unit)
     a3.set_ylabel("TTFT p99 (s)")
     a3.set_yscale("log")
     a3.legend(title="replicas", fontsize=8)
