@@ -23,9 +23,13 @@ What is modelled, as built (coordinator/request.c, sched.c, pipeline.c):
   back at t + for (stop, partition) or never (kill); a killed coordinator
   stops everything for its restart time, then every running request re-prefills.
 
-What is not: KV-cache admission limits (the runs here never fill the pools),
-early-consensus stops (the random model's chains run to max_tokens), network
-delay variance, memory-bandwidth contention between hosts.
+- KV admission (request.c's reservation rule) and early consensus (vote.c's
+  majority rule, where the scenario gives chains an accuracy);
+- replicas that share one machine (the emulated hosts of the experiments):
+  their stages' CPU times a measured factor (Cost.colocated).
+
+What is not: network delay variance and loss, link contention, the encoder's
+queue limit.
 """
 import heapq
 import math
