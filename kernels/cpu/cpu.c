@@ -512,8 +512,15 @@ static int cpu_matmul_q(sa_backend_t *be, float *y, const int8_t *xq, const floa
                         int M, int N, int K, int accumulate) {
   cpu_t *c = be->impl;
   mmq_job_t j = {c, c->mmq, y, xq, xd, wtype, wq, wd, bias, M, N, K, accumulate};
-  /* each thread's columns in whole 16-row groups, so no group is split */
-  run_range(c, N, (double)M * K, 16, mmq_range, &j);
+  /* each thread's columns in whole 16-row groups, so no group is split. From
+   * 16 rows of x on, one range per thread: the AMX-INT8 kernel packs all of
+   * x on every call, and at 4 chunks a thread that packing took longer than
+   * the products (2 threads prefilled Q4_0 slower than one). Every output's
+   * sum is the same whichever range it falls in. */
+  int align = 16;
+  if (M >= 16 && c->nt > 1)
+    align = 16 * ((N + 16 * c->nt - 1) / (16 * c->nt));
+  run_range(c, N, (double)M * K, align, mmq_range, &j);
   return 0;
 }
 

@@ -209,7 +209,9 @@ static void matmul_q_case(int wtype, int M, int N, int K, int use_bias, int accu
 static void test_matmul_q(void **state) {
   (void)state;
   static const int shapes[][3] = {{1, 1, 32},   {1, 17, 64},   {3, 40, 96},  {1, 33, 4864},
-                                  {2, 16, 4512}, {5, 31, 160}, {1, 130, 896}, {20, 9, 288}};
+                                  {2, 16, 4512}, {5, 31, 160}, {1, 130, 896}, {20, 9, 288},
+                                  /* 16+ rows over 3 threads: one column range a thread */
+                                  {40, 200, 1024}};
   for (int wt = SA_WQ_Q8_0; wt <= SA_WQ_Q4_0; wt++)
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
       matmul_q_case(wt, shapes[i][0], shapes[i][1], shapes[i][2], (int)(i & 1), (int)(i / 2 & 1));
