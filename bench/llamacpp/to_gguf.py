@@ -16,9 +16,6 @@ import os
 import struct
 import sys
 
-import numpy as np
-import gguf
-
 NAMES = {  # ours (after model.layers.N.) -> llama.cpp's (after blk.N.)
     "input_layernorm.weight": "attn_norm.weight",
     "self_attn.q_proj.weight": "attn_q.weight", "self_attn.q_proj.bias": "attn_q.bias",
@@ -68,6 +65,13 @@ def main():
         print(__doc__.strip())
         return 0 if len(sys.argv) == 2 else 2
     model, out = sys.argv[1], sys.argv[2]
+    global np, gguf
+    try:
+        import numpy as np
+        import gguf
+    except ImportError as e:
+        die("%s (numpy: apt-get install python3-numpy; gguf: PYTHONPATH=<llama.cpp>/gguf-py)"
+            % e)
     with open(os.path.join(model, "config.json")) as f:
         cfg = json.load(f)
     need = ("max_position_embeddings", "hidden_size", "num_hidden_layers", "intermediate_size",
