@@ -9,8 +9,8 @@ What it does, each step printed as it goes:
  1. llama.cpp's source from PyPI: the llama-cpp-python sdist (pinned below)
     vendors a llama.cpp release; built with cmake for this CPU's AVX-512,
     VNNI and BF16 (not AMX: its AMX matmul segfaults on these Q8_0/Q4_0
-    weights), targets llama-bench, llama-batched-bench and llama-quantize. Nothing is downloaded but the
-    sdist; it is built once into --work.
+    weights), targets llama-bench, llama-batched-bench and llama-quantize.
+    Nothing is downloaded but the sdist; it is built once into --work.
  2. Our checkpoint (bf16) written as a GGUF by to_gguf.py with llama.cpp's own
     gguf-py (needs numpy: apt-get install python3-numpy), then quantized by
     llama-quantize (Q8_0, Q4_0: each project's defaults for the LM head: ours
@@ -41,6 +41,7 @@ import time
 HERE = os.path.dirname(os.path.realpath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 SDIST = "llama-cpp-python==0.3.36"  # vendors llama.cpp (its commit is printed)
+MEASURES = ("prefill", "decode1", "decode16")
 
 
 def say(msg):
@@ -60,12 +61,12 @@ def run(argv, **kw):
     return r.stdout
 
 
-def cpu_has(flag):
+def cpu_flags():
     with open("/proc/cpuinfo") as f:
         for line in f:
             if line.startswith("flags"):
-                return flag in line.split()
-    return False
+                return set(line.split(":", 1)[1].split())
+    return set()
 
 
 def fetch_and_build(work):
@@ -97,7 +98,8 @@ def fetch_and_build(work):
         # (ggml_backend_amx_mul_mat) segfaults on this model's Q8_0 and Q4_0
         # weights (release vendored by the sdist above); the AVX-512 paths
         # and its weight repacking stay on. Its bf16 matmul has no AMX path.
-        isa = ["-DGGML_%s=%s" % (f, "ON" if cpu_has(flag) else "OFF") for f, flag in (
+        have = cpu_flags()
+        isa = ["-DGGML_%s=%s" % (f, "ON" if flag in have else "OFF") for f, flag in (
             ("AVX", "avx"), ("AVX2", "avx2"), ("FMA", "fma"), ("F16C", "f16c"),
             ("BMI2", "bmi2"), ("AVX512", "avx512f"), ("AVX512_VBMI", "avx512vbmi"),
             ("AVX512_VNNI", "avx512_vnni"), ("AVX512_BF16", "avx512_bf16"))]
@@ -138,25 +140,42 @@ def ours(a, model, threads):
     o = run([os.path.join(a.bin, "bench-decode"), "--model", model, "--threads", str(threads),
              "--batches", "1,16", "--ctx", "128", "--steps", "32", "--prefill", "512"],
             env=dict(os.environ, OPENBLAS_NUM_THREADS=str(threads)))
-    r = {"prefill": float(re.search(r"prefill 512 tokens: [\d.]+ s \(best of 3\), (\d+) tok",
-                                    o).group(1))}
+    r = {}
+    m = re.search(r"prefill 512 tokens: [\d.]+ s \(best of 3\), (\d+) tok", o)
+    if m:
+        r["prefill"] = float(m.group(1))
     for m in re.finditer(r"batch\s+(\d+): step [\d.]+ ms, ([\d.]+) tokens/s", o):
         r["decode%s" % m.group(1)] = float(m.group(2))
-    return r
+    return complete(r, "bench-decode", o)
 
 
 def theirs(tools, gguf, threads):
     o = run([os.path.join(tools, "llama-bench"), "-m", gguf, "-p", "512", "-n", "0", "-r", "3",
              "-t", str(threads), "-o", "json"])
-    pp = json.loads(o)[0]
-    r = {"prefill": max(pp["samples_ts"])}
+    r = {}
+    try:
+        r["prefill"] = max(json.loads(o)[0]["samples_ts"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        pass
     o = run([os.path.join(tools, "llama-batched-bench"), "-m", gguf, "-c", "4096", "-b", "2048",
              "-ub", "512", "-npp", "128", "-ntg", "32", "-npl", "1,16", "-t", str(threads),
              "--output-format", "jsonl"])
     for line in o.splitlines():
-        if line.startswith("{"):
-            j = json.loads(line)
-            r["decode%d" % j["pl"]] = j["speed_tg"]
+        try:
+            j = json.loads(line) if line.startswith("{") else None
+            if j:
+                r["decode%d" % j["pl"]] = float(j["speed_tg"])
+        except (ValueError, KeyError, TypeError):
+            pass
+    return complete(r, "llama-bench / llama-batched-bench", o)
+
+
+def complete(r, who, out):
+    """r when it holds every measure, else a clear stop (the tool's output
+    changed, or it printed something else)."""
+    missing = [k for k in MEASURES if k not in r]
+    if missing:
+        die("%s: no %s in its output:\n%s" % (who, ", ".join(missing), out[-1500:]))
     return r
 
 
@@ -198,13 +217,14 @@ def main():
     with open(os.path.join(a.work, "results.json"), "w") as fo:
         json.dump({"llama.cpp": commit, "rounds": rows}, fo, indent=1)
     med = statistics.median
-    print("\n| format | threads | measure | ours tokens/s | llama.cpp tokens/s | ours ÷ llama.cpp |")
+    print("\n| format | threads | measure | ours tokens/s | llama.cpp tokens/s "
+          "| ours ÷ llama.cpp |")
     print("|---|---|---|---|---|---|")
     for f in a.formats:
         for t in a.threads:
             rs = [r for r in rows if r["format"] == f and r["threads"] == t]
-            for m, label in (("prefill", "prefill 512"), ("decode1", "decode batch 1"),
-                             ("decode16", "decode batch 16")):
+            for m, label in zip(MEASURES, ("prefill 512", "decode batch 1",
+                                           "decode batch 16")):
                 o = med(r["ours"][m] for r in rs)
                 l = med(r["llama.cpp"][m] for r in rs)
                 q = med(r["ours"][m] / r["llama.cpp"][m] for r in rs)
