@@ -11,6 +11,10 @@
  *               path, the decode GEMV at memory bandwidth;
  *   avx512bf16  vdpbf16ps (cpu_avx512bf16.c): x rounded to bf16, one order
  *               for every M; for CPUs with BF16 but no AMX;
+ *   avx512bf16-fma  the same bits by two fp32 FMAs per vdpbf16ps (same
+ *               file): picked instead where a timing at first use finds
+ *               vdpbf16ps issuing fewer flops than FMA (Sapphire Rapids
+ *               without AMX tile state: half);
  *   avx512, avx2, scalar  exact: bf16 W widened to fp32 and fp32 FMA
  *               (cpu_avx512.c, cpu_avx2.c, here), a streaming kernel that
  *               reads each W row once, so the decode GEMV runs at memory
@@ -209,7 +213,7 @@ static int isa_supported(const sa__cpu_kern_t *k) {
                __builtin_cpu_supports("fma");
   if (k == &sa__cpu_kern_avx512)
     return avx512;
-  if (k == &sa__cpu_kern_avx512bf16)
+  if (k == &sa__cpu_kern_avx512bf16 || k == &sa__cpu_kern_avx512bf16_fma)
     return avx512 && __builtin_cpu_supports("avx512bf16");
   if (k == &sa__cpu_kern_amx)
     return avx512 && __builtin_cpu_supports("avx512bf16") && amx_usable();
@@ -219,20 +223,33 @@ static int isa_supported(const sa__cpu_kern_t *k) {
 static const sa__cpu_kern_t *isa_by_name(const char *name) {
   static const sa__cpu_kern_t *all[] = {&sa__cpu_kern_scalar, &sa__cpu_kern_avx2,
                                         &sa__cpu_kern_avx512,
-                                        &sa__cpu_kern_avx512bf16, &sa__cpu_kern_amx};
+                                        &sa__cpu_kern_avx512bf16,
+                                        &sa__cpu_kern_avx512bf16_fma, &sa__cpu_kern_amx};
   for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
     if (strcmp(all[i]->name, name) == 0)
       return all[i];
   return NULL;
 }
 
+/* Which bf16 dot-product table this core runs faster (same bits): timed
+ * once per process. */
+static pthread_once_t dot_once = PTHREAD_ONCE_INIT;
+static const sa__cpu_kern_t *dot_kern;
+static void dot_pick(void) {
+  dot_kern = sa__cpu_dpbf16_full_rate() ? &sa__cpu_kern_avx512bf16
+                                        : &sa__cpu_kern_avx512bf16_fma;
+}
+
 /* The fastest path: AMX tiles, else the bf16 dot product (both round x to
- * bf16), else the exact fp32 paths. */
+ * bf16; by vdpbf16ps or, where that is half rate, by FMA with the same
+ * bits), else the exact fp32 paths. */
 static const sa__cpu_kern_t *isa_auto(void) {
   if (isa_supported(&sa__cpu_kern_amx))
     return &sa__cpu_kern_amx;
-  if (isa_supported(&sa__cpu_kern_avx512bf16))
-    return &sa__cpu_kern_avx512bf16;
+  if (isa_supported(&sa__cpu_kern_avx512bf16)) {
+    pthread_once(&dot_once, dot_pick);
+    return dot_kern;
+  }
   if (isa_supported(&sa__cpu_kern_avx512))
     return &sa__cpu_kern_avx512;
   if (isa_supported(&sa__cpu_kern_avx2))

@@ -61,6 +61,10 @@ extern const sa__cpu_kern_t sa__cpu_kern_scalar;
 extern const sa__cpu_kern_t sa__cpu_kern_avx2;
 extern const sa__cpu_kern_t sa__cpu_kern_avx512;
 extern const sa__cpu_kern_t sa__cpu_kern_avx512bf16;
+extern const sa__cpu_kern_t sa__cpu_kern_avx512bf16_fma;
+/* 1 when vdpbf16ps issues at least the flops of fp32 FMA on this core
+ * (cpu_avx512bf16.c; call only where AVX512-BF16 is present). */
+int sa__cpu_dpbf16_full_rate(void);
 extern const sa__cpu_kern_t sa__cpu_kern_amx;
 
 /* Shared by the AVX-512 files. */

@@ -27,8 +27,8 @@
 #include "sa_error.h"
 #include "tensor.h"
 
-static const char *ISAS[] = {"scalar", "avx2", "avx512", "avx512bf16", "amx"};
-#define N_ISAS 5
+static const char *ISAS[] = {"scalar", "avx2", "avx512", "avx512bf16", "avx512bf16-fma", "amx"};
+#define N_ISAS 6
 
 static sa_backend_t *ref, *cpu1, *cpu3;
 
@@ -189,6 +189,46 @@ static void test_matmul_batch_invariant(void **state) {
     }
   }
   free(x), free(w), free(b), free(alone), free(y);
+}
+
+/* avx512bf16-fma computes vdpbf16ps's bits by FMA (cpu_avx512bf16.c): the
+ * two tables agree bit for bit on both loops (M = 5 streams, M = 70 takes
+ * the blocked loop), with 1 and 3 threads, also where products and sums
+ * fall into the denormal range (vdpbf16ps flushes them). */
+static void test_matmul_fma_same_bits(void **state) {
+  (void)state;
+  if (!sa_cpu_isa_supported("avx512bf16"))
+    skip();
+  enum { M = 70, N = 23, K = 2500 };
+  float *x = malloc(sizeof(float) * M * K), *y0 = malloc(sizeof(float) * M * N), *y[2];
+  uint16_t *w = malloc(2 * (size_t)N * K), *b = malloc(2 * N);
+  y[0] = malloc(sizeof(float) * M * N), y[1] = malloc(sizeof(float) * M * N);
+  static const float xs[] = {1.0f, 1e-19f}, ws[] = {0.5f, 1e-19f};
+  static const int Ms[] = {5, M};
+  static const char *isas[] = {"avx512bf16", "avx512bf16-fma"};
+  for (int sc = 0; sc < 2; sc++) {
+    fill(x, (size_t)M * K, xs[sc]);
+    fill_bf16(w, (size_t)N * K, ws[sc]);
+    fill_bf16(b, N, xs[sc] * ws[sc]);
+    fill(y0, (size_t)M * N, xs[sc] * ws[sc]);
+    for (int bt = 0; bt < 2; bt++)
+      for (int mi = 0; mi < 2; mi++) {
+        sa_backend_t *be = bt ? cpu3 : cpu1;
+        for (int t = 0; t < 2; t++) {
+          assert_int_equal(sa_cpu_set_isa(be, isas[t]), 0);
+          memcpy(y[t], y0, sizeof(float) * M * N);
+          assert_int_equal(sa_op_matmul_bf16(be, y[t], x, w, b, Ms[mi], N, K, 1), 0);
+        }
+        if (memcmp(y[0], y[1], sizeof(float) * Ms[mi] * N) != 0) {
+          fprintf(stderr, "matmul M%d scale %g, %d threads: avx512bf16-fma differs from "
+                  "avx512bf16\n", Ms[mi], xs[sc] * ws[sc], be->threads);
+          fail();
+        }
+      }
+  }
+  sa_cpu_set_isa(cpu1, "auto");
+  sa_cpu_set_isa(cpu3, "auto");
+  free(x), free(y0), free(w), free(b), free(y[0]), free(y[1]);
 }
 
 static void test_matmul(void **state) {
@@ -618,6 +658,7 @@ int main(void) {
       cmocka_unit_test(test_kv_q8_layout),
       cmocka_unit_test(test_attention_dense), cmocka_unit_test(test_conv1d),
       cmocka_unit_test(test_matmul_batch_invariant),
+      cmocka_unit_test(test_matmul_fma_same_bits),
       cmocka_unit_test(test_alloc),
   };
   return cmocka_run_group_tests(tests, setup, teardown);

@@ -30,8 +30,8 @@
 #include "sa_error.h"
 #include "tensor.h"
 
-static const char *ISAS[] = {"scalar", "avx2", "avx512", "avx512bf16", "amx"};
-#define N_ISAS 5
+static const char *ISAS[] = {"scalar", "avx2", "avx512", "avx512bf16", "avx512bf16-fma", "amx"};
+#define N_ISAS 6
 
 static sa_backend_t *ref, *cpu1, *cpu3;
 
