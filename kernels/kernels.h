@@ -248,12 +248,14 @@ sa_backend_t *sa_backend_ref_new(void);
 /* --- controls of the optimised "cpu" backend (tests and benchmarks) ---
  * Call these only while no op is running on `be`. */
 /* Picks the matmul path: "scalar", "avx2", "avx512" (exact fp32),
- * "avx512bf16", "amx" (x rounded to bf16; docs/model.md) or "auto" (the
- * default: amx, else avx512bf16, else avx512, avx2, scalar; the SA_CPU_ISA
- * environment variable sets the default at creation). Returns 0, SA_EINVAL for an unknown name or a non-"cpu"
- * backend, SA_EUNAVAIL when this CPU lacks the instructions. */
+ * "avx512bf16", "avx512bf16-fma" (the same bits on fp32 FMA), "amx" (x
+ * rounded to bf16; docs/model.md) or "auto" (the default: amx, else
+ * whichever of avx512bf16 and avx512bf16-fma issues more flops here, else
+ * avx512, avx2, scalar; the SA_CPU_ISA environment variable sets the
+ * default at creation). Returns 0, SA_EINVAL for an unknown name or a
+ * non-"cpu" backend, SA_EUNAVAIL when this CPU lacks the instructions. */
 int sa_cpu_set_isa(sa_backend_t *be, const char *isa);
-/* 1 when the path in use rounds matmul inputs to bf16 (amx, avx512bf16),
+/* 1 when the path in use rounds matmul inputs to bf16 (amx, avx512bf16*),
  * else 0 (also for a non-"cpu" backend). */
 int sa_cpu_rounds_activations(const sa_backend_t *be);
 /* Name of the SIMD path in use (static string); "" for a non-"cpu" backend. */

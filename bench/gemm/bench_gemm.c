@@ -31,7 +31,8 @@ static void usage(FILE *f) {
           "  streaming kernel and the sgemm path. Medians of --reps runs.\n"
           "  --threads N  worker threads (default 0 = online CPUs)\n"
           "  --reps N     samples per figure (default 21)\n"
-          "  --isa NAME   scalar|avx2|avx512|avx512bf16|amx|auto (default auto)\n"
+          "  --isa NAME   scalar|avx2|avx512|avx512bf16|avx512bf16-fma|amx|auto\n"
+          "               (default auto)\n"
           "  --quick      smaller bandwidth buffer and fewer sgemm sizes\n"
           "  --formats LIST  quantized GEMV formats beside bf16: q8_0,q4_0 (default\n"
           "               both; \"none\" for bf16 only). Quantized figures are\n"
@@ -176,8 +177,11 @@ int main(int argc, char **argv) {
          bw.copy_gbs);
   printf("OpenBLAS sgemm peak (%d threads): %.1f GFLOP/s\n", threads, peak);
   /* one core's bf16 limits: what the amx and avx512bf16 kernels can reach */
-  if (sa_cpu_isa_supported("avx512bf16"))
+  if (sa_cpu_isa_supported("avx512bf16")) {
     printf("vdpbf16ps peak (1 core, registers only): %.1f GFLOP/s\n", bf16_peak_dpbf16());
+    printf("fp32 FMA peak (1 core, registers only; avx512bf16-fma): %.1f GFLOP/s\n",
+           bf16_peak_fma());
+  }
   if (sa_cpu_isa_supported("amx"))
     printf("AMX TDPBF16PS peak (1 core, tiles only): %.1f GFLOP/s\n", bf16_peak_amx());
 

@@ -1,6 +1,7 @@
 /*
  * bf16_peak — the core's own bf16 compute limits for bench-gemm: vdpbf16ps
- * (AVX512-BF16) and TDPBF16PS (AMX-BF16) issued back to back on register or
+ * (AVX512-BF16), fp32 FMA (the avx512bf16-fma path's instruction) and
+ * TDPBF16PS (AMX-BF16) issued back to back on register or
  * tile operands with independent accumulators, so nothing but the execution
  * units bounds them. Compiled with the BF16/AMX target flags; call only when
  * sa_cpu_isa_supported() says the CPU (and, for AMX, the kernel) allows it.
@@ -14,26 +15,36 @@
 #include <stdint.h>
 #include <string.h>
 
+/* 24 independent accumulators updated by `op` n times over; flops per
+ * instruction `per`. */
+#define REG_PEAK(op, per)                                                      \
+  do {                                                                         \
+    __m512 acc[24];                                                            \
+    for (int i = 0; i < 24; i++)                                               \
+      acc[i] = _mm512_setzero_ps();                                            \
+    __m512 a = _mm512_set1_ps(1.0f), b = _mm512_set1_ps(0.5f);                \
+    const long n = 4000000;                                                    \
+    double t0 = sa_bench_now();                                                \
+    for (long it = 0; it < n; it++) {                                          \
+      _Pragma("GCC unroll 24") for (int i = 0; i < 24; i++) acc[i] = op;       \
+      __asm__ volatile("" : "+v"(a), "+v"(b));                                 \
+    }                                                                          \
+    double dt = sa_bench_now() - t0;                                           \
+    float s = 0;                                                               \
+    for (int i = 0; i < 24; i++)                                               \
+      s += _mm512_reduce_add_ps(acc[i]);                                       \
+    __asm__ volatile("" ::"x"(s));                                             \
+    return (double)n * 24 * (per) / dt / 1e9;                                  \
+  } while (0)
+
+/* 32 products + 32 adds each */
 double bf16_peak_dpbf16(void) {
-  __m512 acc[24];
-  for (int i = 0; i < 24; i++)
-    acc[i] = _mm512_setzero_ps();
-  __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3f00);
-  const long n = 4000000;
-  double t0 = sa_bench_now();
-  for (long it = 0; it < n; it++) {
-#pragma GCC unroll 24
-    for (int i = 0; i < 24; i++)
-      acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
-    __asm__ volatile("" : "+v"(a), "+v"(b));
-  }
-  double dt = sa_bench_now() - t0;
-  float s = 0;
-  for (int i = 0; i < 24; i++)
-    s += _mm512_reduce_add_ps(acc[i]);
-  __asm__ volatile("" ::"x"(s));
-  return (double)n * 24 * 64 / dt / 1e9; /* 32 products + 32 adds each */
+  REG_PEAK(_mm512_dpbf16_ps(acc[i], (__m512bh)a, (__m512bh)b), 64);
 }
+
+/* 16 products + 16 adds each: what avx512bf16-fma's two FMAs per
+ * vdpbf16ps can reach */
+double bf16_peak_fma(void) { REG_PEAK(_mm512_fmadd_ps(a, b, acc[i]), 32); }
 
 typedef struct {
   uint8_t palette, start_row, reserved[14];

@@ -4,6 +4,7 @@
 #define SA_BF16_PEAK_H
 
 double bf16_peak_dpbf16(void);
+double bf16_peak_fma(void);
 double bf16_peak_amx(void);
 
 #endif
