@@ -454,7 +454,7 @@ static void mm_fma(float *y, const float *x, const uint16_t *w, const uint16_t *
 /* 1 when vdpbf16ps issues at least as many flops per second as fp32 FMA on
  * this core (one vdpbf16ps = 64 flops, one FMA = 32): the pick between the
  * two tables below, whose bits are the same. Timed on registers, best of 3
- * short runs of each (~0.2 ms in all). */
+ * short runs of each (under 0.1 ms in all). */
 int sa__cpu_dpbf16_full_rate(void) {
   double best[2] = {1e30, 1e30};
   for (int rep = 0; rep < 3; rep++)
