@@ -837,6 +837,7 @@ typedef struct {
   int G;
   size_t off;   /* bytes into a cache row: its KV head's slice */
   int prefetch; /* the first group of its KV head: prefetches for all */
+  uint16_t *qp; /* q packed for attn_scores_bf16 (NULL: keys are widened) */
   float mx[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP];
 } attn_group_t;
 
@@ -848,12 +849,14 @@ typedef struct {
   const int32_t *table;
   size_t row;
   float scale, *sc, *wide;
+  uint16_t *kt; /* attn_scores_bf16's key tile */
 } attn_row_t;
 
 /* Pointers to the fp32 head slices of keys p0 .. p0+n-1 (key p's slice
  * starts (table[p / bs] * bs + p % bs) * row + off bytes into the cache):
  * into the cache itself when it is fp32, else widened into wide (n * hd
- * floats). The row ATTN_PF ahead in the group's reading order is prefetched
+ * floats); or, for a bf16 cache when raw is given, the bf16 slices in the
+ * cache, into raw. The row ATTN_PF ahead in the group's reading order is prefetched
  * meanwhile (the cache's blocks are scattered pages, and the hardware
  * prefetcher starts cold on every one of them): in this pass up to end, then
  * the next pass's rows from next_p0 (below next_end) in next, so a chunk's
@@ -862,8 +865,8 @@ typedef struct {
  * keys a call, 128 lines went out at once: more than a core keeps in
  * flight). */
 static void kv_slices(const attn_row_t *r, const attn_group_t *a, const void *cache,
-                      const float **rp, int p0, int n, int end, const void *next,
-                      int next_p0, int next_end) {
+                      const float **rp, const uint16_t **raw, int p0, int n, int end,
+                      const void *next, int next_p0, int next_end) {
   const char *base = cache;
   const int32_t *table = r->table;
   int bs = r->bs, hd = r->hd;
@@ -882,6 +885,8 @@ static void kv_slices(const attn_row_t *r, const attn_group_t *a, const void *ca
     float *w = r->wide + (size_t)i * hd;
     if (r->kv_type == SA_KV_F32)
       rp[i] = (const float *)src;
+    else if (r->kv_type == SA_KV_BF16 && raw) /* scored in place */
+      raw[i] = (const uint16_t *)src;
     else if (r->kv_type == SA_KV_BF16)
       r->kn->bf16_to_f32(w, (const uint16_t *)src, (size_t)hd), rp[i] = w;
     else
@@ -897,7 +902,8 @@ static void kv_slices(const attn_row_t *r, const attn_group_t *a, const void *ca
  * G * ATTN_CHUNK floats), turns them into exponentials in one SIMD pass
  * (exp_sum), rescales the running outputs once and adds the chunk's
  * values. Keys go to the kernels in blocks of at most ATTN_SUB: a bf16 or
- * q8 block is widened to fp32 once (into wide, in L1) for all G heads, and
+ * q8 block is widened to fp32 once (into wide, in L1) for all G heads
+ * (where the kernels score bf16 in place, a bf16 block's keys are not), and
  * each key and value row is read once for the group (7 query heads per KV
  * head: a sevenfold cut of the KV traffic). Each head's arithmetic depends
  * neither on G, the blocks, the order in which groups take their chunks,
@@ -929,12 +935,17 @@ static float row_max(const float *x, int n, float m) {
 static void attend_chunk(const attn_row_t *r, attn_group_t *a, int p0) {
   const sa__cpu_kern_t *kn = r->kn;
   const float *rp[ATTN_SUB];
+  const uint16_t *kp[ATTN_SUB];
   float corr[ATTN_MAX_GROUP], *sc = r->sc;
   int G = a->G, hd = r->hd, n = r->n_keys - p0 < ATTN_CHUNK ? r->n_keys - p0 : ATTN_CHUNK;
+  int in_place = a->qp != NULL;
   for (int i = 0; i < n; i += ATTN_SUB) {
     int nb = n - i < ATTN_SUB ? n - i : ATTN_SUB;
-    kv_slices(r, a, r->kc, rp, p0 + i, nb, p0 + n, r->vc, p0, p0 + n);
-    kn->attn_scores(sc + i, ATTN_CHUNK, a->q, G, hd, rp, nb, r->scale);
+    kv_slices(r, a, r->kc, rp, in_place ? kp : NULL, p0 + i, nb, p0 + n, r->vc, p0, p0 + n);
+    if (in_place)
+      kn->attn_scores_bf16(sc + i, ATTN_CHUNK, a->qp, G, hd, kp, nb, r->scale, r->kt);
+    else
+      kn->attn_scores(sc + i, ATTN_CHUNK, a->q, G, hd, rp, nb, r->scale);
   }
   for (int g = 0; g < G; g++) {
     float nm = row_max(sc + g * ATTN_CHUNK, n, a->mx[g]);
@@ -945,7 +956,7 @@ static void attend_chunk(const attn_row_t *r, attn_group_t *a, int p0) {
   }
   for (int i = 0; i < n; i += ATTN_SUB) {
     int nb = n - i < ATTN_SUB ? n - i : ATTN_SUB;
-    kv_slices(r, a, r->vc, rp, p0 + i, nb, p0 + n, r->kc, p0 + n, r->n_keys);
+    kv_slices(r, a, r->vc, rp, NULL, p0 + i, nb, p0 + n, r->kc, p0 + n, r->n_keys);
     /* the first chunk starts from zeros (corr 0 would keep a NaN) */
     kn->attn_values(a->out, i == 0 && p0 > 0 ? corr : NULL, sc + i, ATTN_CHUNK, G, hd, rp, nb);
   }
@@ -1023,6 +1034,13 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
   int units = j->by_row ? nkv * per_kv : per_kv; /* groups attended together */
   size_t kv_row = sa_kv_row_bytes(j->kv_type, nkv * hd), kv_head = kv_row / nkv; /* bytes */
   attn_group_t grp[ATTN_MAX_UNITS];
+  /* A bf16 cache is scored in place (attn_scores_bf16) when the scratch
+   * holds the key tile and the packed queries of the most groups a row can
+   * have: a choice of hd alone, so every batch takes the same arithmetic. */
+  size_t in_place_bytes = ((size_t)ATTN_MAX_GROUP * ATTN_CHUNK + (size_t)ATTN_SUB * hd) * 4 +
+                          16 * ATTN_KT_STRIDE(hd) + ATTN_MAX_UNITS * ATTN_QP_BYTES(hd);
+  int in_place = j->kv_type == SA_KV_BF16 && kn->attn_scores_bf16 &&
+                 in_place_bytes <= SCRATCH_BYTES;
   int s = 0;
   for (int it = lo; it < hi; it++) { /* items: a row (by_row), else (row, KV head) */
     int row = j->by_row ? it : it / nkv, kh0 = j->by_row ? 0 : it % nkv;
@@ -1034,13 +1052,18 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
                     .bs = b->block_size, .n_keys = pos + 1, .hd = hd,
                     .table = b->block_table + (size_t)s * b->max_blocks, .row = kv_row,
                     .scale = j->scale, .sc = sc, .wide = sc + ATTN_MAX_GROUP * ATTN_CHUNK};
+    r.kt = (uint16_t *)(r.wide + (size_t)ATTN_SUB * hd);
+    uint16_t *qp = in_place ? (uint16_t *)((char *)r.kt + 16 * ATTN_KT_STRIDE(hd)) : NULL;
     for (int u = 0; u < units; u++) {
       int kh = kh0 + u / per_kv, g0 = (u % per_kv) * ATTN_MAX_GROUP, h = kh * group + g0;
       grp[u] = (attn_group_t){.out = j->out + (size_t)row * nh * hd + (size_t)h * hd,
                               .q = j->q + (size_t)row * j->q_stride + (size_t)h * hd,
                               .G = group - g0 < ATTN_MAX_GROUP ? group - g0 : ATTN_MAX_GROUP,
-                              .off = (size_t)kh * kv_head, .prefetch = u % per_kv == 0};
+                              .off = (size_t)kh * kv_head, .prefetch = u % per_kv == 0,
+                              .qp = qp ? qp + (size_t)u * ATTN_QP_BYTES(hd) / 2 : NULL};
       attend_begin(&grp[u], hd);
+      if (qp)
+        kn->attn_qpack(grp[u].qp, grp[u].q, grp[u].G, hd);
     }
     /* chunk by chunk across the groups: a KV head's slice is part of every
      * cache row, and the hardware prefetcher fetches the rest of the row

@@ -26,6 +26,7 @@
  */
 #include "cpu_impl.h"
 #include "kernels.h"
+#include "tensor.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -493,12 +494,71 @@ void sa__mmq_amx(float *y, const int8_t *xq, const float *xd, int wtype, const v
   }
 }
 
+/* --- attention scores from a bf16 cache ------------------------------------
+ * C[key][head] = K · qᵀ on tiles: A = 16 keys x 32 dims (the keys' bf16
+ * slices copied into kt, zero-padded), B = the group's queries as bf16
+ * pairs (attn_qpack: chunk c is 1 KiB, row r holding dims (32c + 2r, 32c +
+ * 2r + 1) of heads 0..15, zeros past G and hd). Each key's sum runs over
+ * the chunks in order, whatever keys share its tile. */
+
+static void attn_qpack_amx(uint16_t *qp, const float *q, int G, int hd) {
+  uint32_t *d = (uint32_t *)qp;
+  memset(qp, 0, ATTN_QP_BYTES(hd));
+  for (int g = 0; g < G; g++)
+    for (int k = 0; k < hd; k += 2) {
+      uint32_t lo = sa_f32_to_bf16(q[(size_t)g * hd + k]);
+      uint32_t hi = k + 1 < hd ? sa_f32_to_bf16(q[(size_t)g * hd + k + 1]) : 0;
+      d[(k / 32) * 256 + (k % 32) / 2 * 16 + g] = lo | hi << 16;
+    }
+}
+
+static void attn_scores_bf16_amx(float *s, size_t ss, const uint16_t *qp, int G, int hd,
+                                 const uint16_t *const *k, int n, float scale, uint16_t *kt) {
+  if (!tiles_ready)
+    tiles_config();
+  int nch = (hd + 31) / 32;
+  /* 16 keys at one stride (a cache block's rows) load straight from the
+   * cache; others are copied into kt first. The same tiles either way. */
+  const char *k0 = (const char *)k[0];
+  ptrdiff_t st = n == 16 && hd % 32 == 0 ? (const char *)k[1] - k0 : 0;
+  for (int i = 2; st && i < 16; i++)
+    if ((const char *)k[i] - k0 != st * i)
+      st = 0;
+  const uint16_t *a = (const uint16_t *)k0;
+  if (!st || st < 0) {
+    size_t ks = ATTN_KT_STRIDE(hd) / 2; /* bf16 per key row */
+    for (int i = 0; i < 16; i++) {
+      uint16_t *d = kt + (size_t)i * ks;
+      if (i < n) {
+        memcpy(d, k[i], (size_t)hd * 2);
+        memset(d + hd, 0, (ks - (size_t)hd) * 2);
+      } else {
+        memset(d, 0, ks * 2);
+      }
+    }
+    a = kt, st = (ptrdiff_t)ks * 2;
+  }
+  _tile_zero(0);
+  for (int c = 0; c < nch; c++) {
+    _tile_loadd(1, a + (size_t)c * 32, (long)st);
+    _tile_loadd(2, qp + (size_t)c * 512, 64);
+    _tile_dpbf16ps(0, 1, 2);
+  }
+  float C[16 * 16] __attribute__((aligned(64)));
+  _tile_stored(0, C, 64);
+  for (int g = 0; g < G; g++)
+    for (int i = 0; i < n; i++)
+      s[(size_t)g * ss + i] = scale * C[i * 16 + g];
+}
+
 const sa__cpu_kern_t sa__cpu_kern_amx = {
     .name = "amx",
     .mm_small = NULL,
     .mm_dot = mm_amx,
     .attn_scores = sa__cpu_attn_scores_avx512,
     .attn_values = sa__cpu_attn_values_avx512,
+    .attn_qpack = attn_qpack_amx,
+    .attn_scores_bf16 = attn_scores_bf16_amx,
     .q8_to_f32 = sa__cpu_q8_to_f32_avx512,
     .bf16_to_f32 = sa__cpu_bf16_to_f32_avx512,
     .exp_sum = sa__cpu_exp_sum_avx512,

@@ -40,6 +40,17 @@ typedef struct {
                       const float *const *k, int n, float scale);
   void (*attn_values)(float *o, const float *c, const float *e, size_t es, int G, int hd,
                       const float *const *v, int n);
+  /* Optional (NULL: bf16 keys are widened and go to attn_scores): scores
+   * straight from a bf16 cache, the queries rounded to bf16 as bf16
+   * inference holds them (cpu_amx.c). attn_qpack packs the G head vectors
+   * of q (hd floats each) into qp (ATTN_QP_BYTES(hd), 64-byte aligned);
+   * attn_scores_bf16 then does s[g * ss + i] = scale * sum_d bf16(q[g][d]) *
+   * k[i][d] for n <= 16 keys (k[i]: key i's bf16 head slice in the cache;
+   * kt: 16 * ATTN_KT_STRIDE(hd) bytes of 64-byte aligned scratch). Each
+   * key's sum in an order that depends on neither i nor n. */
+  void (*attn_qpack)(uint16_t *qp, const float *q, int G, int hd);
+  void (*attn_scores_bf16)(float *s, size_t ss, const uint16_t *qp, int G, int hd,
+                           const uint16_t *const *k, int n, float scale, uint16_t *kt);
   /* dst[i] = a q8 KV row (kernels.h SA_KV_Q8_0, n % 32 == 0) widened to
    * fp32: d * q[i] per block (the bits of sa__kv_q8_read_row). */
   void (*q8_to_f32)(float *dst, const uint8_t *src, int n);
@@ -56,6 +67,11 @@ typedef struct {
    * one libm's erff. */
   void (*gelu)(float *x, size_t n);
 } sa__cpu_kern_t;
+
+/* Bytes of a packed query group (attn_qpack) and of one key's row in kt
+ * (attn_scores_bf16): the head dim in chunks of 32. */
+#define ATTN_QP_BYTES(hd) ((size_t)((hd) + 31) / 32 * 1024)
+#define ATTN_KT_STRIDE(hd) ((size_t)((hd) + 31) / 32 * 64)
 
 extern const sa__cpu_kern_t sa__cpu_kern_scalar;
 extern const sa__cpu_kern_t sa__cpu_kern_avx2;
