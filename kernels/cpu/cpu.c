@@ -63,6 +63,7 @@
 #define ATTN_MAX_UNITS 64 /* groups of one row attended chunk by chunk together */
 #define ATTN_PF 64        /* rows prefetched ahead of the one read (kv_slices) */
 #define ATTN_SUB 16       /* keys per kernel call (widened bf16 / q8: 4 KiB at hd 64) */
+#define ATTN_VSUB 32      /* keys per attn_values_bf16 call (one tile's k) */
 /* Below this many multiply-adds (or elements) an op runs on the caller. */
 #define PAR_MIN_WORK 32768
 /* Default first M served by sgemm: on the Zen 4 VM measured with bench-gemm
@@ -849,7 +850,7 @@ typedef struct {
   const int32_t *table;
   size_t row;
   float scale, *sc, *wide;
-  uint16_t *kt; /* attn_scores_bf16's key tile */
+  uint16_t *kt, *vt; /* attn_scores_bf16's key tile, attn_values_bf16's tiles */
 } attn_row_t;
 
 /* Pointers to the fp32 head slices of keys p0 .. p0+n-1 (key p's slice
@@ -935,7 +936,7 @@ static float row_max(const float *x, int n, float m) {
 static void attend_chunk(const attn_row_t *r, attn_group_t *a, int p0) {
   const sa__cpu_kern_t *kn = r->kn;
   const float *rp[ATTN_SUB];
-  const uint16_t *kp[ATTN_SUB];
+  const uint16_t *kp[ATTN_VSUB];
   float corr[ATTN_MAX_GROUP], *sc = r->sc;
   int G = a->G, hd = r->hd, n = r->n_keys - p0 < ATTN_CHUNK ? r->n_keys - p0 : ATTN_CHUNK;
   int in_place = a->qp != NULL;
@@ -954,11 +955,17 @@ static void attend_chunk(const attn_row_t *r, attn_group_t *a, int p0) {
     a->l[g] = a->l[g] * corr[g] + kn->exp_sum(sc + g * ATTN_CHUNK, n, nm);
     a->mx[g] = nm;
   }
-  for (int i = 0; i < n; i += ATTN_SUB) {
-    int nb = n - i < ATTN_SUB ? n - i : ATTN_SUB;
-    kv_slices(r, a, r->vc, rp, NULL, p0 + i, nb, p0 + n, r->kc, p0 + n, r->n_keys);
+  int vsub = in_place ? ATTN_VSUB : ATTN_SUB;
+  for (int i = 0; i < n; i += vsub) {
+    int nb = n - i < vsub ? n - i : vsub;
+    kv_slices(r, a, r->vc, rp, in_place ? kp : NULL, p0 + i, nb, p0 + n, r->kc, p0 + n,
+              r->n_keys);
     /* the first chunk starts from zeros (corr 0 would keep a NaN) */
-    kn->attn_values(a->out, i == 0 && p0 > 0 ? corr : NULL, sc + i, ATTN_CHUNK, G, hd, rp, nb);
+    const float *c = i == 0 && p0 > 0 ? corr : NULL;
+    if (in_place)
+      kn->attn_values_bf16(a->out, c, sc + i, ATTN_CHUNK, G, hd, kp, nb, r->vt);
+    else
+      kn->attn_values(a->out, c, sc + i, ATTN_CHUNK, G, hd, rp, nb);
   }
 }
 
@@ -1038,8 +1045,9 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
    * holds the key tile and the packed queries of the most groups a row can
    * have: a choice of hd alone, so every batch takes the same arithmetic. */
   size_t in_place_bytes = ((size_t)ATTN_MAX_GROUP * ATTN_CHUNK + (size_t)ATTN_SUB * hd) * 4 +
-                          16 * ATTN_KT_STRIDE(hd) + ATTN_MAX_UNITS * ATTN_QP_BYTES(hd);
-  int in_place = j->kv_type == SA_KV_BF16 && kn->attn_scores_bf16 &&
+                          16 * ATTN_KT_STRIDE(hd) + ATTN_VT_BYTES(hd) +
+                          ATTN_MAX_UNITS * ATTN_QP_BYTES(hd);
+  int in_place = j->kv_type == SA_KV_BF16 && kn->attn_scores_bf16 && kn->attn_values_bf16 &&
                  in_place_bytes <= SCRATCH_BYTES;
   int s = 0;
   for (int it = lo; it < hi; it++) { /* items: a row (by_row), else (row, KV head) */
@@ -1053,7 +1061,8 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
                     .table = b->block_table + (size_t)s * b->max_blocks, .row = kv_row,
                     .scale = j->scale, .sc = sc, .wide = sc + ATTN_MAX_GROUP * ATTN_CHUNK};
     r.kt = (uint16_t *)(r.wide + (size_t)ATTN_SUB * hd);
-    uint16_t *qp = in_place ? (uint16_t *)((char *)r.kt + 16 * ATTN_KT_STRIDE(hd)) : NULL;
+    r.vt = (uint16_t *)((char *)r.kt + 16 * ATTN_KT_STRIDE(hd));
+    uint16_t *qp = in_place ? (uint16_t *)((char *)r.vt + ATTN_VT_BYTES(hd)) : NULL;
     for (int u = 0; u < units; u++) {
       int kh = kh0 + u / per_kv, g0 = (u % per_kv) * ATTN_MAX_GROUP, h = kh * group + g0;
       grp[u] = (attn_group_t){.out = j->out + (size_t)row * nh * hd + (size_t)h * hd,

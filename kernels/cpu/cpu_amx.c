@@ -551,6 +551,69 @@ static void attn_scores_bf16_amx(float *s, size_t ss, const uint16_t *qp, int G,
       s[(size_t)g * ss + i] = scale * C[i * 16 + g];
 }
 
+/* Values: C[head][dim] = bf16(e) · V on tiles, 32 keys a block. A = the
+ * G heads' weights of the block's keys as bf16 (rows past G and keys past
+ * n zero); B, one tile per 16 dims: row r holds keys 2r and 2r + 1
+ * interleaved dim by dim (vpermt2w of the two cache rows); the block's sums
+ * from zero, then added into o (after the running correction c). */
+static void attn_values_bf16_amx(float *o, const float *c, const float *e, size_t es, int G,
+                                 int hd, const uint16_t *const *v, int n, uint16_t *vt) {
+  if (!tiles_ready)
+    tiles_config();
+  int nch = (hd + 31) / 32, nt = (hd + 15) / 16;
+  uint16_t *at = vt, *bt = vt + 512;
+  float *ct = (float *)(bt + (size_t)nt * 512);
+  __mmask16 m0 = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1u);
+  __mmask16 m1 = n >= 32 ? 0xffff : n > 16 ? (__mmask16)((1u << (n - 16)) - 1u) : 0;
+  for (int g = 0; g < 16; g++) {
+    __m512i row = _mm512_setzero_si512();
+    if (g < G) {
+      __m512 lo = _mm512_maskz_loadu_ps(m0, e + (size_t)g * es);
+      __m512 hi = _mm512_maskz_loadu_ps(m1, e + (size_t)g * es + 16);
+      row = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+    }
+    _mm512_store_si512(at + g * 32, row);
+  }
+  /* word i of lo: key a's dim i / 2 (i even) or key b's (odd); hi: dims
+   * 16 + i / 2 */
+  static const uint16_t IL[32] __attribute__((aligned(64))) = {
+      0, 32, 1, 33, 2, 34, 3, 35, 4, 36, 5, 37, 6, 38, 7, 39,
+      8, 40, 9, 41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  static const uint16_t IH[32] __attribute__((aligned(64))) = {
+      16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+      24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+  __m512i il = _mm512_load_si512(IL), ih = _mm512_load_si512(IH);
+  for (int r = 0; r < 16; r++)
+    for (int h = 0; h < nch; h++) {
+      int dn = hd - 32 * h;
+      __mmask32 dm = dn >= 32 ? 0xffffffffu : (__mmask32)((1u << dn) - 1u);
+      __m512i a = 2 * r < n ? _mm512_maskz_loadu_epi16(dm, v[2 * r] + 32 * h)
+                            : _mm512_setzero_si512();
+      __m512i b = 2 * r + 1 < n ? _mm512_maskz_loadu_epi16(dm, v[2 * r + 1] + 32 * h)
+                                : _mm512_setzero_si512();
+      _mm512_store_si512(bt + (size_t)(2 * h) * 512 + r * 32, _mm512_permutex2var_epi16(a, il, b));
+      if (2 * h + 1 < nt)
+        _mm512_store_si512(bt + (size_t)(2 * h + 1) * 512 + r * 32,
+                           _mm512_permutex2var_epi16(a, ih, b));
+    }
+  _tile_loadd(0, at, 64);
+  for (int t = 0; t < nt; t++) {
+    _tile_zero(2);
+    _tile_loadd(1, bt + (size_t)t * 512, 64);
+    _tile_dpbf16ps(2, 0, 1);
+    _tile_stored(2, ct, 64);
+    int dn = hd - 16 * t;
+    __mmask16 dm = dn >= 16 ? 0xffff : (__mmask16)((1u << dn) - 1u);
+    for (int g = 0; g < G; g++) {
+      float *og = o + (size_t)g * hd + 16 * t;
+      __m512 ov = _mm512_maskz_loadu_ps(dm, og);
+      if (c)
+        ov = _mm512_mul_ps(ov, _mm512_set1_ps(c[g]));
+      _mm512_mask_storeu_ps(og, dm, _mm512_add_ps(ov, _mm512_load_ps(ct + g * 16)));
+    }
+  }
+}
+
 const sa__cpu_kern_t sa__cpu_kern_amx = {
     .name = "amx",
     .mm_small = NULL,
@@ -559,6 +622,7 @@ const sa__cpu_kern_t sa__cpu_kern_amx = {
     .attn_values = sa__cpu_attn_values_avx512,
     .attn_qpack = attn_qpack_amx,
     .attn_scores_bf16 = attn_scores_bf16_amx,
+    .attn_values_bf16 = attn_values_bf16_amx,
     .q8_to_f32 = sa__cpu_q8_to_f32_avx512,
     .bf16_to_f32 = sa__cpu_bf16_to_f32_avx512,
     .exp_sum = sa__cpu_exp_sum_avx512,

@@ -51,6 +51,13 @@ typedef struct {
   void (*attn_qpack)(uint16_t *qp, const float *q, int G, int hd);
   void (*attn_scores_bf16)(float *s, size_t ss, const uint16_t *qp, int G, int hd,
                            const uint16_t *const *k, int n, float scale, uint16_t *kt);
+  /* With them: the values straight from a bf16 cache, for n <= 32 keys
+   * (v[i]: key i's bf16 head slice), the weights e rounded to bf16:
+   * o[g * hd + d] = o[g * hd + d] * (c ? c[g] : 1) + (the block's sum over
+   * keys of bf16(e[g * es + i]) * v[i][d], summed from zero). vt:
+   * ATTN_VT_BYTES(hd) of 64-byte aligned scratch. */
+  void (*attn_values_bf16)(float *o, const float *c, const float *e, size_t es, int G,
+                           int hd, const uint16_t *const *v, int n, uint16_t *vt);
   /* dst[i] = a q8 KV row (kernels.h SA_KV_Q8_0, n % 32 == 0) widened to
    * fp32: d * q[i] per block (the bits of sa__kv_q8_read_row). */
   void (*q8_to_f32)(float *dst, const uint8_t *src, int n);
@@ -72,6 +79,9 @@ typedef struct {
  * (attn_scores_bf16): the head dim in chunks of 32. */
 #define ATTN_QP_BYTES(hd) ((size_t)((hd) + 31) / 32 * 1024)
 #define ATTN_KT_STRIDE(hd) ((size_t)((hd) + 31) / 32 * 64)
+/* attn_values_bf16's scratch: the weights' tile, the values' tiles (one per
+ * 16 dims) and one tile of sums. */
+#define ATTN_VT_BYTES(hd) ((size_t)((hd) + 15) / 16 * 1024 + 2048)
 
 extern const sa__cpu_kern_t sa__cpu_kern_scalar;
 extern const sa__cpu_kern_t sa__cpu_kern_avx2;
