@@ -242,6 +242,8 @@ class Sim:
         self.host = lambda cpu: Host(cpu, tick=tick, phase=phases.random() * 0.010)
         self.coord = self.host(h["coordinator_cpu"])
         self.coord_busy = 0.0  # coordinator CPU seconds, steps and rows in the window
+        self.stage_cpu = [0.0] * self.P  # CPU seconds per stage index (all replicas), window
+        self.step_s = 0.0  # dispatch to results back, summed over the window's steps
         self.steps = self.step_rows = 0
         self.encs = [self.host(h["encoder_cpu"]) for _ in range(c["encoders"])]
         self.stages = [[self.host(h["stage_cpu"]) for _ in range(self.P)] for _ in range(self.R)]
@@ -414,12 +416,17 @@ class Sim:
             pre.prefill_inflight = True
         self.inflight[k] += 1
         end = t + self.hop
+        in_window = self.run["load"]["warmup"] <= t < self.run["load"]["duration"]
         for s, host in enumerate(self.stages[k]):
             last = s == self.P - 1
-            end = host.run(end, self.cost.stage(self.per[s], tokens, ctx,
-                                                len(batch) + (pre is not None) if last else 0,
-                                                s == 0, last))
+            cpu = self.cost.stage(self.per[s], tokens, ctx,
+                                  len(batch) + (pre is not None) if last else 0, s == 0, last)
+            if in_window:
+                self.stage_cpu[s] += cpu
+            end = host.run(end, cpu)
             end += self.hop if last else self.stage_hop(tokens)
+        if in_window:
+            self.step_s += end - t
         self.at(end, self.step_done, k, batch, pre, pre_tokens, tokens)
         return True
 

@@ -496,10 +496,11 @@ void sa__mmq_amx(float *y, const int8_t *xq, const float *xd, int wtype, const v
 
 /* --- attention scores from a bf16 cache ------------------------------------
  * C[key][head] = K · qᵀ on tiles: A = 16 keys x 32 dims (the keys' bf16
- * slices copied into kt, zero-padded), B = the group's queries as bf16
- * pairs (attn_qpack: chunk c is 1 KiB, row r holding dims (32c + 2r, 32c +
- * 2r + 1) of heads 0..15, zeros past G and hd). Each key's sum runs over
- * the chunks in order, whatever keys share its tile. */
+ * slices where they lie, else copied into kt, zero-padded), B = the
+ * group's queries as bf16 pairs (attn_qpack: chunk c is 1 KiB, row r
+ * holding dims (32c + 2r, 32c + 2r + 1) of heads 0..15, zeros past G and
+ * hd). Each key's sum runs over the chunks in order, whatever keys share
+ * its tile. */
 
 static void attn_qpack_amx(uint16_t *qp, const float *q, int G, int hd) {
   uint32_t *d = (uint32_t *)qp;
@@ -525,7 +526,7 @@ static void attn_scores_bf16_amx(float *s, size_t ss, const uint16_t *qp, int G,
     if ((const char *)k[i] - k0 != st * i)
       st = 0;
   const uint16_t *a = (const uint16_t *)k0;
-  if (!st || st < 0) {
+  if (st <= 0) {
     size_t ks = ATTN_KT_STRIDE(hd) / 2; /* bf16 per key row */
     for (int i = 0; i < 16; i++) {
       uint16_t *d = kt + (size_t)i * ks;

@@ -4,8 +4,8 @@
 # killed (-9) mid-run. Checked from what sa-experiment wrote (what its plots
 # show): every request of the fault run completed, none lost, none
 # duplicated, every token identical to the fault-free run; the fault was
-# logged, detected and throughput recovered; the plots exist; nothing of the
-# hosts is left behind. Skips (77) without root or network namespaces.
+# logged, detected and throughput recovered; each host's CPU use was
+# recorded; the plots exist; nothing of the hosts is left behind. Skips (77) without root or network namespaces.
 #   usage: test_experiment.sh BIN_DIR
 set -euo pipefail
 BIN=$1
@@ -42,6 +42,12 @@ fault = f["faults"]
 assert len(fault) == 1 and fault[0]["action"] == "kill" and fault[0]["result"] == "killed", fault
 assert fault[0]["detect_s"] is not None and fault[0]["detect_s"] < 15, fault
 assert fault[0]["recover_s"] is not None, fault
+# what each host used over the load (hosts.json): every host's processes
+# ran and were charged, within its quota; its CFS periods were counted
+hosts = b["hosts"]
+assert set(hosts) == {"coord", "enc0", "r0s0", "r1s0"}, hosts
+for h in hosts.values():
+    assert 0 < h["cpu_s"] <= h["cpu"] * 30 and 0 <= h["throttled_share"] <= 1, hosts
 for p in ("baseline/throughput.png", "baseline/latency_cdf.png",
           "stage-killed/throughput.png", "identity.png"):
     assert os.path.getsize(os.path.join(out, p)) > 5000, p
@@ -53,5 +59,6 @@ PY
 ip netns list | grep -q '^sax-' && fail "namespaces left behind"
 ip link show sax-br0 >/dev/null 2>&1 && fail "bridge left behind"
 [[ -d /sys/fs/cgroup/cpu/sax ]] && fail "cgroups left behind"
+[[ -d /sys/fs/cgroup/cpuacct/sax ]] && fail "cpuacct groups left behind"
 rm -rf "$OUT"
 echo "ok: hosts torn down"

@@ -208,7 +208,24 @@ class RunData:
             "e2e_s": pcts([r["end_s"] - r["submit_s"] for r in ok]),
             "faults": self.fault_times(base),
             "coordinator": self.coordinator_view(),
+            "hosts": self.host_view(),
         }
+
+    def host_view(self):
+        """Each emulated host's use of its quota over the load (hosts.json):
+        CPUs used, the share of CFS periods that throttled it."""
+        path = os.path.join(self.folder, "hosts.json")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            hosts = json.load(f)
+        out = {}
+        for name, h in sorted(hosts.items()):
+            v = {"cpu": h.get("cpu"), "cpu_s": h.get("cpu_s")}
+            if h.get("periods"):
+                v["throttled_share"] = round(h.get("throttled", 0) / h["periods"], 4)
+            out[name] = v
+        return out
 
     def coordinator_view(self):
         """Means over the load of the coordinator's own histograms (the

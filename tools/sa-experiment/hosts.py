@@ -19,6 +19,9 @@ BRIDGE = PREFIX + "-br0"
 SUBNET = "10.88.0"
 GATEWAY = SUBNET + ".1"
 CGROOT = "/sys/fs/cgroup/cpu/" + PREFIX
+# Each host's processes also join a cpuacct group of the same name (where
+# that hierarchy is mounted on its own): the CPU they used, the dead included
+ACROOT = "/sys/fs/cgroup/cpuacct/" + PREFIX
 PERIOD_US = 10000  # CFS period: short, so a small quota is not a 100 ms stall
 LOCK = "/run/sa-experiment.lock"  # one run at a time: hosts share names
 
@@ -70,6 +73,13 @@ def _cg_procs(path):
         return []
 
 
+def _acct():
+    """The cpuacct hierarchy when mounted apart from cpu (else None)."""
+    root = os.path.dirname(ACROOT)
+    return root if os.path.isdir(root) and not os.path.samefile(
+        root, os.path.dirname(CGROOT)) else None
+
+
 def clean():
     """Removes every host of an earlier run: kills what runs in its cgroups,
     deletes its namespaces, links and cgroups. Safe to call at any time."""
@@ -105,9 +115,20 @@ def clean():
     out = _run("ip", "-o", "link", "show", check=False).stdout
     for m in re.finditer(r"^\d+: (%s-[^:@]+)" % PREFIX, out, re.M):
         _run("ip", "link", "del", m.group(1), check=False)
-    if os.path.isdir(CGROOT):
+    # the cpuacct groups hold the same processes, killed above
+    for root in (ACROOT if _acct() else None, CGROOT):
+        if not root or not os.path.isdir(root):
+            continue
+        for name in os.listdir(root):
+            path = os.path.join(root, name)
+            for _ in range(50 if os.path.isdir(path) else 0):  # a dead process leaves late
+                try:
+                    os.rmdir(path)
+                    break
+                except OSError:
+                    time.sleep(0.05)
         try:
-            os.rmdir(CGROOT)
+            os.rmdir(root)
         except OSError:
             pass
 
@@ -125,6 +146,7 @@ class Host:
         self.link = "%s-%s" % (PREFIX, name)  # the root side of its veth
         self.ip = "%s.%d" % (SUBNET, 10 + index)
         self.cgroup = os.path.join(CGROOT, name)
+        self.acct = os.path.join(ACROOT, name) if _acct() else None
 
     def create(self):
         _run("ip", "netns", "add", self.ns)
@@ -135,6 +157,8 @@ class Host:
         _run("ip", "-n", self.ns, "link", "set", "eth0", "up")
         _run("ip", "-n", self.ns, "link", "set", "lo", "up")
         os.makedirs(self.cgroup, exist_ok=True)
+        if self.acct:
+            os.makedirs(self.acct, exist_ok=True)
         self.set_cpu(self.cpu)
         if self.bandwidth:
             for args in (("tc", "qdisc", "add", "dev", self.link),
@@ -153,6 +177,27 @@ class Host:
                 f.write(str(max(1000, int(cpu * PERIOD_US))))
         self.cpu = cpu
 
+    def usage(self):
+        """What the host's processes used so far: CPU seconds (None without
+        cpuacct) and the CFS periods, throttled periods and throttled seconds
+        of its quota."""
+        u = {"cpu_s": None}
+        if self.acct:
+            try:
+                with open(os.path.join(self.acct, "cpuacct.usage")) as f:
+                    u["cpu_s"] = int(f.read()) / 1e9
+            except (OSError, ValueError):
+                pass
+        try:
+            with open(os.path.join(self.cgroup, "cpu.stat")) as f:
+                st = dict(line.split()[:2] for line in f if len(line.split()) >= 2)
+            u.update(periods=int(st.get("nr_periods", 0)),
+                     throttled=int(st.get("nr_throttled", 0)),
+                     throttled_s=int(st.get("throttled_time", 0)) / 1e9)
+        except (OSError, ValueError):
+            pass
+        return u
+
     def link_up(self, up):
         """Connects (True) or cuts (False) the host from the bridge."""
         _run("ip", "link", "set", self.link, "up" if up else "down")
@@ -160,8 +205,9 @@ class Host:
     def command(self, argv):
         """argv run inside the host: its namespace and its cgroup."""
         # the cgroup first: inside, `ip netns exec` mounts its own /sys
-        return ["sh", "-c", 'echo $$ > "%s/cgroup.procs" && exec ip netns exec %s "$@"' % (
-            self.cgroup, self.ns), "sh"] + list(argv)
+        acct = ' && echo $$ > "%s/cgroup.procs"' % self.acct if self.acct else ""
+        return ["sh", "-c", 'echo $$ > "%s/cgroup.procs"%s && exec ip netns exec %s "$@"' % (
+            self.cgroup, acct, self.ns), "sh"] + list(argv)
 
 
 class Network:
@@ -180,7 +226,13 @@ class Network:
         _run("ip", "addr", "add", GATEWAY + "/24", "dev", BRIDGE)
         _run("ip", "link", "set", BRIDGE, "up")
         os.makedirs(CGROOT, exist_ok=True)
+        if _acct():
+            os.makedirs(ACROOT, exist_ok=True)
         return self
+
+    def usage(self):
+        """Every host's usage() now, by name."""
+        return {name: h.usage() for name, h in self.hosts.items()}
 
     def add(self, name, cpu=None, bandwidth=None):
         h = Host(name, len(self.hosts), cpu, bandwidth)
