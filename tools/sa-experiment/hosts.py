@@ -74,10 +74,12 @@ def _cg_procs(path):
 
 
 def _acct():
-    """The cpuacct hierarchy when mounted apart from cpu (else None)."""
-    root = os.path.dirname(ACROOT)
-    return root if os.path.isdir(root) and not os.path.samefile(
-        root, os.path.dirname(CGROOT)) else None
+    """The cpuacct hierarchy when mounted apart from cpu (else None: absent,
+    or the same hierarchy as cpu, whose groups then count CPU themselves)."""
+    root, cpu = os.path.dirname(ACROOT), os.path.dirname(CGROOT)
+    if not os.path.isdir(root) or (os.path.isdir(cpu) and os.path.samefile(root, cpu)):
+        return None
+    return root
 
 
 def clean():
@@ -179,15 +181,14 @@ class Host:
 
     def usage(self):
         """What the host's processes used so far: CPU seconds (None without
-        cpuacct) and the CFS periods, throttled periods and throttled seconds
-        of its quota."""
+        the cpuacct controller) and the CFS periods, throttled periods and
+        throttled seconds of its quota."""
         u = {"cpu_s": None}
-        if self.acct:
-            try:
-                with open(os.path.join(self.acct, "cpuacct.usage")) as f:
-                    u["cpu_s"] = int(f.read()) / 1e9
-            except (OSError, ValueError):
-                pass
+        try:  # a cpuacct group of its own, or cpu and cpuacct mounted together
+            with open(os.path.join(self.acct or self.cgroup, "cpuacct.usage")) as f:
+                u["cpu_s"] = int(f.read()) / 1e9
+        except (OSError, ValueError):
+            pass
         try:
             with open(os.path.join(self.cgroup, "cpu.stat")) as f:
                 st = dict(line.split()[:2] for line in f if len(line.split()) >= 2)
