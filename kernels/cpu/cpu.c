@@ -1041,9 +1041,10 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
   int units = j->by_row ? nkv * per_kv : per_kv; /* groups attended together */
   size_t kv_row = sa_kv_row_bytes(j->kv_type, nkv * hd), kv_head = kv_row / nkv; /* bytes */
   attn_group_t grp[ATTN_MAX_UNITS];
-  /* A bf16 cache is scored in place (attn_scores_bf16) when the scratch
-   * holds the key tile and the packed queries of the most groups a row can
-   * have: a choice of hd alone, so every batch takes the same arithmetic. */
+  /* A bf16 cache is read in place (attn_scores_bf16, attn_values_bf16)
+   * when the scratch holds their tiles and the packed queries of the most
+   * groups a row can have: a choice of hd alone, so every batch takes the
+   * same arithmetic. */
   size_t in_place_bytes = ((size_t)ATTN_MAX_GROUP * ATTN_CHUNK + (size_t)ATTN_SUB * hd) * 4 +
                           16 * ATTN_KT_STRIDE(hd) + ATTN_VT_BYTES(hd) +
                           ATTN_MAX_UNITS * ATTN_QP_BYTES(hd);

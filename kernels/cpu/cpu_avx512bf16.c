@@ -64,21 +64,20 @@ static inline void put_sum(float *yo, float h, int first, const uint16_t *bias,
   }
 }
 
+/* The first n <= 32 of src rounded to bf16 (nearest even), zeros after. */
+static inline __m512i bf16x32(const float *src, int n) {
+  __mmask32 mk = n >= 32 ? 0xffffffffu : (__mmask32)((1u << n) - 1u);
+  __m512 lo = _mm512_maskz_loadu_ps((__mmask16)mk, src);
+  __m512 hi = _mm512_maskz_loadu_ps((__mmask16)(mk >> 16), src + 16);
+  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+
 /* dst[0, n) = bf16(src[0, n)) (round to nearest even), then zeros up to
  * npad (a multiple of 32). */
 static void to_bf16(uint16_t *dst, const float *src, int n, int npad) {
   int i = 0;
-  for (; i + 32 <= n; i += 32) {
-    __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + i + 16), _mm512_loadu_ps(src + i));
-    _mm512_storeu_si512(dst + i, (__m512i)v);
-  }
-  if (i < n) {
-    __mmask32 mk = (__mmask32)((1ull << (n - i)) - 1u);
-    __m512 lo = _mm512_maskz_loadu_ps((__mmask16)mk, src + i);
-    __m512 hi = _mm512_maskz_loadu_ps((__mmask16)(mk >> 16), src + i + 16);
-    _mm512_storeu_si512(dst + i, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-    i += 32;
-  }
+  for (; i < n; i += 32)
+    _mm512_storeu_si512(dst + i, bf16x32(src + i, n - i));
   for (; i < npad; i += 32)
     _mm512_storeu_si512(dst + i, _mm512_setzero_si512());
 }
@@ -256,11 +255,8 @@ static void split_x(float *xf, size_t xs, const float *x, size_t K, int k0, int 
     const float *src = x + (size_t)m * K + k0;
     float *d = xf + (size_t)m * xs;
     for (int k = 0; k < kc; k += 32, d += 32) {
-      __mmask32 mk = kc - k >= 32 ? 0xffffffffu : (__mmask32)((1u << (kc - k)) - 1u);
-      __m512 lo = _mm512_maskz_loadu_ps((__mmask16)mk, src + k);
-      __m512 hi = _mm512_maskz_loadu_ps((__mmask16)(mk >> 16), src + k + 16);
       __m512 o, e;
-      split_bf16((__m512i)_mm512_cvtne2ps_pbh(hi, lo), &o, &e);
+      split_bf16(bf16x32(src + k, kc - k), &o, &e);
       _mm512_store_ps(d, o);
       _mm512_store_ps(d + 16, e);
     }
