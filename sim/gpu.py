@@ -122,6 +122,11 @@ class GpuCost:
         self.busy["overhead"] += layers * self.launch + self.host
         return max(t_mem, t_fl) + layers * self.launch + self.host
 
+    def message(self):
+        """Stage/Fork or Stage/Free: the host's handling of a message and a
+        kernel (a fork copies one partial KV block per child)."""
+        return self.host + self.launch
+
     def encoder(self, audio_s):
         """The encoder's blocks run at 50 Hz (100 Hz mel, conv2 stride 2),
         attention within 25 s chunks (1250 frames)."""

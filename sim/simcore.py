@@ -3,8 +3,10 @@
 What is modelled, as built (coordinator/request.c, sched.c, pipeline.c):
 - requests arrive as the scenario's Poisson process (or closed loop); each is
   encoded on the least busy encoder, prefilled in chunks of at most 128 prompt
-  tokens (one chunk per micro-batch), forked into n chains, decoded one token
-  per chain per step until max_tokens;
+  tokens (one chunk per micro-batch), forked into n chains (Stage/Fork on
+  every stage, queued behind the steps there), decoded one token per chain
+  per step until max_tokens, each chain's sequence freed on every stage
+  (Stage/Free, queued alike);
 - per replica, stages + extra_microbatches micro-batches are in flight; each
   takes its even share of the ready sequences over the free slots (at most
   max_batch; a request to prefill counts one), decode steps first, a prefill
@@ -15,7 +17,8 @@ What is modelled, as built (coordinator/request.c, sched.c, pipeline.c):
   (measured): a budget of quota x period per period, charged at scheduler
   ticks, the overrun paid from the next period (Host);
 - the coordinator is one server on its own quota: each returning step costs
-  it per-step and per-token CPU before the next micro-batch of that slot goes;
+  it per-step and per-token CPU before the next micro-batch of that slot goes,
+  each arriving request its own CPU;
 - hops cost a latency and bytes/bandwidth;
 - faults: a stage lost at t is noticed after detect_s (0.5 s for a kill, the
   heartbeat timeout for a stop or a partition); its replica's requests re-
@@ -145,10 +148,22 @@ class Cost:
         return layers / self.c["model"]["layers"] * table_step(self.c["decode_table"], tokens,
                                                                ctx_tokens / tokens)
 
+    def message(self):
+        """A stage's Stage/Fork or Stage/Free: a job of its own in the
+        stage's queue (calibration stage.message; a calibration without it
+        counted them in per_step)."""
+        return self.colocated * self.c["stage"].get("message", 0.0)
+
     def coordinator(self, tokens, decode_tokens):
         c = self.c["coordinator"]
         return (c["per_step"] + c.get("per_token", 0.0) * tokens +
                 c.get("per_sampled_token", 0.0) * decode_tokens)
+
+    def coordinator_request(self):
+        """A request's own work in the coordinator (its submission, its
+        encoding's result, its prompt, its end): calibration
+        coordinator.per_request, where measured."""
+        return self.c["coordinator"].get("per_request", 0.0)
 
     def encoder(self, audio_s):
         c = self.c["encoder"]
@@ -159,7 +174,7 @@ class Req:
     __slots__ = ("i", "t_arrive", "n", "max_tokens", "prompt", "audio_s", "t_first", "t_end",
                  "chains", "prefilled", "prefill_inflight", "replica", "arrivals", "done",
                  "replays", "target", "answers", "accuracy", "running", "kv",
-                 "t_encoded", "t_admitted")
+                 "t_encoded", "t_admitted", "forking", "moves", "freed")
 
     def __init__(self, i, t, item, seed=0):
         self.i, self.t_arrive = i, t
@@ -169,6 +184,9 @@ class Req:
         self.chains = [0] * self.n          # tokens so far
         self.prefilled = 0                  # prompt tokens prefilled on its replica
         self.prefill_inflight = False
+        self.forking = False                # its n chains being forked on every stage
+        self.moves = 0                      # times it left a replica (a stale fork's check)
+        self.freed = 0                      # chains whose sequences were freed
         self.replica = None
         self.arrivals = []                  # (chain, t, tokens), as sa-load writes them
         self.done = False
@@ -221,6 +239,7 @@ class Sim:
         self.now = 0.0         # the event being run
         self.gpu = cal.get("kind") == "gpu"
         self.coord_cost = Cost(cal).coordinator  # one formula, CPU or GPU cluster
+        self.coord_request = Cost(cal).coordinator_request()
         if self.gpu:
             import gpu
             self.cost = gpu.GpuCost(cal)
@@ -316,6 +335,9 @@ class Sim:
     def ended(self, t, r):
         """A request is answered: closed loop sends the next one then."""
         r.done, r.t_end = True, t
+        if r.replica is not None and r.freed < r.n:  # chains cancelled by consensus
+            self.free(t, r.replica, r.n - r.freed)
+            r.freed = r.n
         self.release(r)
         load = self.run["load"]
         if not load["rate"] and t < load["duration"]:
@@ -323,6 +345,7 @@ class Sim:
 
     def arrive(self, t, r):
         self.reqs.append(r)
+        t = self.coord.run(t, self.coord_request)
         if r.audio_s > 0:
             e = min(self.encs, key=lambda h: h.free_at)
             end = e.run(t + self.hop, self.cost.encoder(r.audio_s))
@@ -386,7 +409,8 @@ class Sim:
         to replay, counts one), decode steps first, then one prefill or
         replay chunk if the share leaves room."""
         mine = self.active[k]
-        ready = [(r, c) for r in mine if r.prefilled >= r.prompt and not r.replays
+        ready = [(r, c) for r in mine
+                 if r.prefilled >= r.prompt and not r.replays and not r.forking
                  for c in range(r.n)
                  if not r.finished(c) and (r.i, c) not in self.inflight_chains]
         waiting = [r for r in mine if not r.prefill_inflight and
@@ -448,22 +472,61 @@ class Sim:
             r.arrivals.append((c, end, 1))
             if r.t_first is None:
                 r.t_first = end
+            if r.finished(c):
+                r.freed += 1
+                self.free(end, k, 1)
             if r.finished(c) and r.chain_done():
                 self.ended(end, r)
         if pre is not None and pre.replica == k:
             pre.prefill_inflight = False
             if pre.prefilled < pre.prompt:
                 pre.prefilled += pre_tokens
+                if pre.prefilled >= pre.prompt and pre.n > 1:
+                    self.fork(end, k, pre)
             elif pre.replays:
                 pre.replays.discard(min(pre.replays))  # one chunk per chain (approx.)
         self.at(end, self.schedule)
+
+    def fork(self, t, k, r):
+        """The prompt is in: request.c's start_fork sends Stage/Fork to every
+        stage at once; each waits in its stage's queue behind the steps
+        there (worker/stage.c runs jobs in order), and the chains decode once
+        every stage has answered."""
+        r.forking = True
+        end = max(self.message(t + self.hop, k, s) for s in range(self.P))
+        self.at(end + self.hop, self.fork_done, k, r, r.moves)
+
+    def free(self, t, k, chains):
+        """request.c's chain_free: a Stage/Free per chain to every stage of
+        its replica, each a job in the stage's queue (their answers change
+        nothing the coordinator waits for)."""
+        for s in range(self.P):
+            for _ in range(chains):
+                self.message(t + self.hop, k, s)
+
+    def message(self, t, k, s):
+        """Stage s of replica k runs a fork or a free that reaches it at t;
+        returns when it is done."""
+        cpu = self.cost.message()
+        if self.run["load"]["warmup"] <= t < self.run["load"]["duration"]:
+            self.stage_cpu[s] += cpu
+        return self.stages[k][s].run(t, cpu)
+
+    def fork_done(self, t, k, r, moves):
+        """The coordinator takes the answers when its thread is free (their
+        CPU is in its per-request cost)."""
+        if r.moves != moves or r.replica != k:
+            return  # the request moved meanwhile: it re-prefills where it went
+        r.forking = False
+        self.at(self.coord.run(t, 0.0), self.schedule)
 
     # -------------------------------------------------------------- faults
     def requeue(self, r):
         """A request whose replica is lost goes back to the queue's head; its
         chains re-prefill their prompt and tokens so far where it lands."""
         self.release(r)
-        r.replica, r.prefill_inflight = None, False
+        r.replica, r.prefill_inflight, r.forking = None, False, False
+        r.moves += 1
         r.replays = {c for c in range(r.n) if 0 < r.chains[c] and not r.finished(c)}
         return r
 

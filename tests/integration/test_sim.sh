@@ -106,6 +106,51 @@ got = [(len(b), p is not None and p.i, pt) for _, b, p, pt, _ in plans]
 assert got == [(3, False, 0), (3, False, 0), (2, 1, 54)], got
 print("plan: decode shares 3, 3, then 2 + a prefill chunk of 54")
 PY
+# (1d) the fork and the frees (request.c's start_fork, chain_free): once the
+# prompt is in, Stage/Fork goes to both stages at once and waits in each
+# stage's queue; the chains decode only when both answered. Stages on full
+# cores, a message 1 ms, hops 0.2 ms: the prefill's result at 0.1 s, stage 1
+# busy until 0.5 s -> its fork ends at 0.5002 + 0.001, answered at 0.5012.
+# A chain that ends frees its sequence on both stages: 1 ms each.
+python3 - "$SRC/sim" <<'PY' || fail "fork and free"
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import simcore
+cal = json.load(open(sys.argv[1] + "/calibration/cpu-medium.json"))
+cal["stage"]["message"] = 0.001
+run = {"name": "fork", "cluster": {"replicas": 1, "stages": 2, "encoders": 1, "kv_mem": "64MiB",
+       "extra_microbatches": 1, "heartbeat_timeout_ms": 5000},
+       "hosts": {"stage_cpu": None, "coordinator_cpu": None, "encoder_cpu": None},
+       "load": {"rate": None, "concurrency": 0, "duration": 30, "warmup": 0, "seed": 1,
+                "timeout": 60, "drain": False}, "faults": []}
+item = {"n": 8, "max_tokens": 1, "audio_s": 2.0, "prompt_tokens": 54, "weight": 1}
+sim = simcore.Sim(run, cal, [item])
+sim.coord_cost = lambda *a: 0.0
+r = simcore.Req(0, 0.0, item)
+r.replica, r.prefill_inflight = 0, True
+sim.active[0].append(r)
+sim.inflight[0] = 1
+sim.stages[0][1].free_at = 0.5
+sim.step_done(0.1, 0, [], r, 54, 54)
+forks = [(t, a) for t, _, fn, a in sim.ev if fn == sim.fork_done]
+assert r.forking and len(forks) == 1 and abs(forks[0][0] - 0.5012) < 1e-9, forks
+assert abs(sim.stages[0][0].free_at - 0.1012) < 1e-9, sim.stages[0][0].free_at
+assert not sim.dispatch(0.2, 0), "a chain decoded before its fork was answered"
+sim.ev.clear()
+sim.fork_done(0.5012, 0, r, r.moves)
+sim.now = 0.5012
+sim.schedule(0.5012)
+steps = [a for _, _, fn, a in sim.ev if fn == sim.step_done]
+assert sorted(len(a[1]) for a in steps) == [2, 3, 3], steps
+before = [h.free_at for h in sim.stages[0]]
+_, b, p, pt, tok = steps[0]
+t_done = max(t for t, _, fn, _ in sim.ev if fn == sim.step_done)
+sim.step_done(t_done, 0, b, p, pt, tok)
+after = [h.free_at for h in sim.stages[0]]
+assert all(abs(a - max(x, t_done + 0.0002) - 0.001 * len(b)) < 1e-9
+           for a, x in zip(after, before)), (before, after, len(b))
+print("fork: the chains wait for both stages' answers; frees: a message per chain per stage")
+PY
 
 # (2) one H100 step by hand: 64 layers of Step-Audio-R1 at batch 1, context
 # 0: weights 64 x (5120 x (5120 + 2 x 1024 + 5120) + 3 x 5120 x 27648) x 2 B
@@ -187,4 +232,32 @@ rc=$?
 set -e
 [[ $rc -eq 2 ]] || fail "a non-WAV clip: exit $rc, want 2: $(cat "$T/out")"
 grep -q "WAV clips only" "$T/out" || fail "a non-WAV clip: $(cat "$T/out")"
+# calibrate --refit on a file that is not a calibration, or whose loads lack
+# a figure the fit needs: exit 2, saying so, the file untouched
+refit_bad() {
+  set +e
+  "$SIM" calibrate --refit --out "$T/cal.json" >"$T/out" 2>&1
+  local rc=$?
+  set -e
+  [[ $rc -eq 2 ]] || fail "calibrate --refit: exit $rc, want 2: $(cat "$T/out")"
+  grep -q -- "$1" "$T/out" || fail "calibrate --refit: '$(cat "$T/out")' does not say '$1'"
+  cmp -s "$T/cal.json" "$T/cal.before" || fail "calibrate --refit wrote a bad calibration"
+}
+echo "not json" >"$T/cal.json"; cp "$T/cal.json" "$T/cal.before"; refit_bad "needs a calibration"
+python3 - "$SRC/sim/calibration/cpu-medium.json" "$T/cal.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+del c["cluster_runs"][0]["messages"]
+json.dump(c, open(sys.argv[2], "w"))
+PY
+cp "$T/cal.json" "$T/cal.before"; refit_bad "cannot be fitted"
+# and on the committed calibration it gives back the committed costs
+cp "$SRC/sim/calibration/cpu-medium.json" "$T/cal.json"
+"$SIM" calibrate --refit --out "$T/cal.json" >/dev/null || fail "calibrate --refit"
+python3 - "$SRC/sim/calibration/cpu-medium.json" "$T/cal.json" <<'PY' || fail "refit differs"
+import json, sys
+a, b = (json.load(open(f)) for f in sys.argv[1:])
+for k in ("stage", "coordinator", "encoder"):
+    assert a[k] == b[k], (k, a[k], b[k])
+PY
 echo "PASS"

@@ -24,10 +24,11 @@ def parse(text):
 
 def delta(m0, m1):
     """What happened between scrapes m0 and m1 (parsed): steps, step tokens,
-    generated tokens, requests, and each histogram's sum, count and mean."""
+    generated tokens, requests, their prompt tokens, and each histogram's sum, count and mean."""
     d = lambda k: m1.get(k, 0.0) - m0.get(k, 0.0)
     out = {"steps": d("sa_step_duration_seconds_count"), "tokens": d("sa_step_tokens_total"),
-           "generated": d("sa_generated_tokens_total"), "requests": d("sa_requests_total")}
+           "generated": d("sa_generated_tokens_total"), "requests": d("sa_requests_total"),
+           "prompt_tokens": d("sa_prompt_tokens_total")}
     for h in HISTOGRAMS:
         s, n = d("sa_%s_seconds_sum" % h), d("sa_%s_seconds_count" % h)
         out[h + "_sum"], out[h + "_count"] = s, n
