@@ -481,8 +481,8 @@ class Sim:
             pre.prefill_inflight = False
             if pre.prefilled < pre.prompt:
                 pre.prefilled += pre_tokens
-                if pre.prefilled >= pre.prompt and pre.n > 1:
-                    self.fork(end, k, pre)
+                if pre.prefilled >= pre.prompt and pre.n > 1 and not pre.replays:
+                    self.fork(end, k, pre)  # (after a move each chain replays its own)
             elif pre.replays:
                 pre.replays.discard(min(pre.replays))  # one chunk per chain (approx.)
         self.at(end, self.schedule)
