@@ -866,8 +866,12 @@ static void schedule(coord_requests_t *set) {
         break;
       mark_inflight(plan, true);
       int rc = set->pl_ops->step(set->pl, plan);
-      if (rc == 0)
+      if (rc == 0) {
+        SA_LOG_DEBUG("replica %s: step of %d tokens (%d sequences%s), %d ready over %d free "
+                     "slots", rp->name, (int)plan->total_tokens, plan->n,
+                     plan->has_prefill ? ", a prefill chunk" : "", ready, free_slots);
         continue;
+      }
       mark_inflight(plan, false);
       SA_LOG_WARN("replica %s: could not send a step: %s", rp->name, sa_strerror(rc));
       if (rc == SA_EFULL) /* the sequences wait for the next pass */
