@@ -238,8 +238,8 @@ class Sim:
         self.run, self.cal = run, cal
         self.now = 0.0         # the event being run
         self.gpu = cal.get("kind") == "gpu"
-        self.coord_cost = Cost(cal).coordinator  # one formula, CPU or GPU cluster
-        self.coord_request = Cost(cal).coordinator_request()
+        coord = Cost(cal)  # one formula, CPU or GPU cluster
+        self.coord_cost, self.coord_request = coord.coordinator, coord.coordinator_request()
         if self.gpu:
             import gpu
             self.cost = gpu.GpuCost(cal)
@@ -298,6 +298,10 @@ class Sim:
     def at(self, t, fn, *args):
         self.seq += 1
         heapq.heappush(self.ev, (t, self.seq, fn, args))
+
+    def in_window(self, t):
+        """t is inside the load's measured window (past its warm-up)."""
+        return self.run["load"]["warmup"] <= t < self.run["load"]["duration"]
 
     def stage_hop(self, tokens):
         if self.gpu:
@@ -440,7 +444,7 @@ class Sim:
             pre.prefill_inflight = True
         self.inflight[k] += 1
         end = t + self.hop
-        in_window = self.run["load"]["warmup"] <= t < self.run["load"]["duration"]
+        in_window = self.in_window(t)
         for s, host in enumerate(self.stages[k]):
             last = s == self.P - 1
             cpu = self.cost.stage(self.per[s], tokens, ctx,
@@ -459,7 +463,7 @@ class Sim:
             return  # its results are dropped (an older epoch)
         self.inflight[k] -= 1
         cost = self.coord_cost(tokens, len(batch))
-        if self.run["load"]["warmup"] <= t < self.run["load"]["duration"]:
+        if self.in_window(t):
             self.coord_busy += cost
             self.steps += 1
             self.step_rows += tokens
@@ -475,8 +479,8 @@ class Sim:
             if r.finished(c):
                 r.freed += 1
                 self.free(end, k, 1)
-            if r.finished(c) and r.chain_done():
-                self.ended(end, r)
+                if r.chain_done():
+                    self.ended(end, r)
         if pre is not None and pre.replica == k:
             pre.prefill_inflight = False
             if pre.prefilled < pre.prompt:
@@ -508,14 +512,14 @@ class Sim:
         """Stage s of replica k runs a fork or a free that reaches it at t;
         returns when it is done."""
         cpu = self.cost.message()
-        if self.run["load"]["warmup"] <= t < self.run["load"]["duration"]:
+        if self.in_window(t):
             self.stage_cpu[s] += cpu
         return self.stages[k][s].run(t, cpu)
 
     def fork_done(self, t, k, r, moves):
         """The coordinator takes the answers when its thread is free (their
         CPU is in its per-request cost)."""
-        if r.moves != moves or r.replica != k:
+        if r.moves != moves:
             return  # the request moved meanwhile: it re-prefills where it went
         r.forking = False
         self.at(self.coord.run(t, 0.0), self.schedule)
