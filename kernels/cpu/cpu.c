@@ -61,7 +61,7 @@
 #define DENSE_QB 32 /* query rows per dense-attention block */
 #define ATTN_MAX_GROUP 16 /* query heads attended together per KV head */
 #define ATTN_MAX_UNITS 64 /* groups of one row attended chunk by chunk together */
-#define ATTN_PF 32        /* rows prefetched ahead of the one read (kv_slices) */
+#define ATTN_PF_BYTES 2048 /* of a head's slices prefetched ahead of the reading (kv_slices) */
 #define ATTN_SUB 16       /* keys per kernel call (widened bf16 / q8: 4 KiB at hd 64) */
 #define ATTN_VSUB 32      /* keys per attn_values_bf16 call (one tile's k) */
 /* Below this many multiply-adds (or elements) an op runs on the caller. */
@@ -839,7 +839,8 @@ typedef struct {
   size_t off;   /* bytes into a cache row: its KV head's slice */
   int prefetch; /* the first group of its KV head: prefetches for all */
   uint16_t *qp; /* q packed for attn_scores_bf16 (NULL: keys are widened) */
-  float mx[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP];
+  float *sc;    /* the chunk's scores, G rows of ATTN_CHUNK */
+  float mx[ATTN_MAX_GROUP], l[ATTN_MAX_GROUP], corr[ATTN_MAX_GROUP];
 } attn_group_t;
 
 /* What the groups of one query row share: its keys and the scratch. */
@@ -849,53 +850,79 @@ typedef struct {
   int kv_type, bs, n_keys, hd;
   const int32_t *table;
   size_t row;
-  float scale, *sc, *wide;
+  float scale, *wide;
   uint16_t *kt, *vt; /* attn_scores_bf16's key tile, attn_values_bf16's tiles */
 } attn_row_t;
+
+/* Prefetches (into L2) the head slices of rows p .. p+n-1 of a pass that
+ * ends at end, past it the next pass's rows from next_p0 (in next, below
+ * next_end). */
+static void kv_prefetch(const attn_row_t *r, const attn_group_t *a, const char *base, int p,
+                        int n, int end, const char *next, int next_p0, int next_end) {
+  size_t bytes = sa_kv_row_bytes(r->kv_type, r->hd);
+  while (n > 0) {
+    if (p >= end && next) /* past this pass: into the next one */
+      p = next_p0 + (p - end), end = next_end, base = next, next = NULL;
+    if (p >= end)
+      return;
+    int in = p % r->bs, run = r->bs - in;
+    run = run < n ? run : n;
+    run = run < end - p ? run : end - p;
+    const char *at = base + ((size_t)r->table[p / r->bs] * r->bs + in) * r->row + a->off;
+    for (int k = 0; k < run; k++, at += r->row)
+      for (size_t b = 0; b < bytes; b += 64)
+        __builtin_prefetch(at + b, 0, 2);
+    p += run, n -= run;
+  }
+}
 
 /* Pointers to the fp32 head slices of keys p0 .. p0+n-1 (key p's slice
  * starts (table[p / bs] * bs + p % bs) * row + off bytes into the cache):
  * into the cache itself when it is fp32, else widened into wide (n * hd
  * floats); or, for a bf16 cache when raw is given, the bf16 slices in the
- * cache, into raw. The row ATTN_PF ahead in the group's reading order is prefetched
- * meanwhile (the cache's blocks are scattered pages, and the hardware
- * prefetcher starts cold on every one of them): in this pass up to end, then
- * the next pass's rows from next_p0 (below next_end) in next, so a chunk's
- * value pass and the next chunk's key pass start warm. Small blocks
- * (ATTN_SUB) keep the prefetches spread between the kernel calls (at 64
- * keys a call, 128 lines went out at once: more than a core keeps in
- * flight). Into L2 (prefetcht1): at 16k context and batch 16 a step took
- * 3 % less with a bf16 cache and 7 % less with fp32 than into L1, 32 rows
- * ahead 2 % less than 64 (bf16; fp32 the same at 16 to 64). Tried and
- * slower: one group prefetching whole cache rows for a row's KV heads
- * (10 %), the KV heads reading each key block in turn (3 %). */
+ * cache, into raw. One table lookup per run of rows within a block (per
+ * row, the lookup and its divisions were a fifth of a 16k step's attention
+ * arithmetic). The group's rows ATTN_PF_BYTES of slices ahead in its
+ * reading order are prefetched first (the cache's blocks are scattered
+ * pages, and the hardware prefetcher starts cold on every one of them): in
+ * this pass up to end, then the next pass's rows from next_p0 (below
+ * next_end) in next, so a chunk's value pass and the next chunk's key pass
+ * start warm. Into L2 (prefetcht1): at 16k context and batch 16 a step
+ * took 3 % less with a bf16 cache and 7 % less with fp32 than into L1.
+ * 1 to 2 KiB ahead was best for both formats (16 bf16 or 8 fp32 rows of
+ * hd 64; 4 KiB was 2 % (bf16) and 9 % (fp32) slower, none 20 %). Tried
+ * and slower: one group prefetching whole cache rows for a row's KV heads
+ * (10 %). */
 static void kv_slices(const attn_row_t *r, const attn_group_t *a, const void *cache,
                       const float **rp, const uint16_t **raw, int p0, int n, int end,
                       const void *next, int next_p0, int next_end) {
   const char *base = cache;
-  const int32_t *table = r->table;
   int bs = r->bs, hd = r->hd;
-  size_t bytes = sa_kv_row_bytes(r->kv_type, hd);
-  for (int i = 0; i < n; i++) {
-    int p = p0 + i, pf = p + ATTN_PF, lim = end;
-    const char *pb = base;
-    if (pf >= end) /* past this pass: into the next one */
-      pf = next_p0 + (pf - end), pb = next, lim = next_end;
-    if (a->prefetch && pf < lim) {
-      const char *at = pb + ((size_t)table[pf / bs] * bs + pf % bs) * r->row + a->off;
-      for (size_t b = 0; b < bytes; b += 64)
-        __builtin_prefetch(at + b, 0, 2);
-    }
-    const char *src = base + ((size_t)table[p / bs] * bs + p % bs) * r->row + a->off;
-    float *w = r->wide + (size_t)i * hd;
+  if (a->prefetch) {
+    size_t bytes = sa_kv_row_bytes(r->kv_type, hd);
+    int ahead = ATTN_PF_BYTES / (int)bytes;
+    kv_prefetch(r, a, base, p0 + (ahead > 0 ? ahead : 1), n, end, next, next_p0, next_end);
+  }
+  for (int i = 0; i < n;) {
+    int p = p0 + i, in = p % bs, run = bs - in;
+    run = run < n - i ? run : n - i;
+    const char *src = base + ((size_t)r->table[p / bs] * bs + in) * r->row + a->off;
     if (r->kv_type == SA_KV_F32)
-      rp[i] = (const float *)src;
+      for (int k = 0; k < run; k++, src += r->row)
+        rp[i + k] = (const float *)src;
     else if (r->kv_type == SA_KV_BF16 && raw) /* scored in place */
-      raw[i] = (const uint16_t *)src;
-    else if (r->kv_type == SA_KV_BF16)
-      r->kn->bf16_to_f32(w, (const uint16_t *)src, (size_t)hd), rp[i] = w;
+      for (int k = 0; k < run; k++, src += r->row)
+        raw[i + k] = (const uint16_t *)src;
     else
-      r->kn->q8_to_f32(w, (const uint8_t *)src, hd), rp[i] = w;
+      for (int k = 0; k < run; k++, src += r->row) {
+        float *w = r->wide + (size_t)(i + k) * hd;
+        if (r->kv_type == SA_KV_BF16)
+          r->kn->bf16_to_f32(w, (const uint16_t *)src, (size_t)hd);
+        else
+          r->kn->q8_to_f32(w, (const uint8_t *)src, hd);
+        rp[i + k] = w;
+      }
+    i += run;
   }
 }
 
@@ -904,7 +931,11 @@ static void kv_slices(const attn_row_t *r, const attn_group_t *a, const void *ca
  * keys 0..n_keys-1 of the paged cache (kv_slices; the head's slice of each
  * row starts off bytes in). Online softmax over chunks of ATTN_CHUNK keys:
  * attend_chunk takes the chunk's scores for all G heads into scratch (sc:
- * G * ATTN_CHUNK floats), turns them into exponentials in one SIMD pass
+ * G * ATTN_CHUNK floats), for several groups at once (a wave: each block
+ * of keys, then of values, goes to every group in turn, so the groups of a
+ * row's KV heads read each block's cache rows whole and in order; heads
+ * one after the other over a chunk read half of every row, and a step at
+ * 16k context took 35 % longer), turns them into exponentials in one SIMD pass
  * (exp_sum), rescales the running outputs once and adds the chunk's
  * values. Keys go to the kernels in blocks of at most ATTN_SUB: a bf16 or
  * q8 block is widened to fp32 once (into wide, in L1) for all G heads
@@ -937,39 +968,47 @@ static float row_max(const float *x, int n, float m) {
   return m;
 }
 
-static void attend_chunk(const attn_row_t *r, attn_group_t *a, int p0) {
+static void attend_chunk(const attn_row_t *r, attn_group_t *grp, int nu, int p0) {
   const sa__cpu_kern_t *kn = r->kn;
   const float *rp[ATTN_SUB];
   const uint16_t *kp[ATTN_VSUB];
-  float corr[ATTN_MAX_GROUP], *sc = r->sc;
-  int G = a->G, hd = r->hd, n = r->n_keys - p0 < ATTN_CHUNK ? r->n_keys - p0 : ATTN_CHUNK;
-  int in_place = a->qp != NULL;
+  int hd = r->hd, n = r->n_keys - p0 < ATTN_CHUNK ? r->n_keys - p0 : ATTN_CHUNK;
+  int in_place = grp[0].qp != NULL;
   for (int i = 0; i < n; i += ATTN_SUB) {
     int nb = n - i < ATTN_SUB ? n - i : ATTN_SUB;
-    kv_slices(r, a, r->kc, rp, in_place ? kp : NULL, p0 + i, nb, p0 + n, r->vc, p0, p0 + n);
-    if (in_place)
-      kn->attn_scores_bf16(sc + i, ATTN_CHUNK, a->qp, G, hd, kp, nb, r->scale, r->kt);
-    else
-      kn->attn_scores(sc + i, ATTN_CHUNK, a->q, G, hd, rp, nb, r->scale);
+    for (int u = 0; u < nu; u++) {
+      attn_group_t *a = &grp[u];
+      kv_slices(r, a, r->kc, rp, in_place ? kp : NULL, p0 + i, nb, p0 + n, r->vc, p0, p0 + n);
+      if (in_place)
+        kn->attn_scores_bf16(a->sc + i, ATTN_CHUNK, a->qp, a->G, hd, kp, nb, r->scale, r->kt);
+      else
+        kn->attn_scores(a->sc + i, ATTN_CHUNK, a->q, a->G, hd, rp, nb, r->scale);
+    }
   }
-  for (int g = 0; g < G; g++) {
-    float nm = row_max(sc + g * ATTN_CHUNK, n, a->mx[g]);
-    corr[g] = p0 == 0 ? 0.f : expf(a->mx[g] - nm);
-    /* sc = exp(sc - nm) */
-    a->l[g] = a->l[g] * corr[g] + kn->exp_sum(sc + g * ATTN_CHUNK, n, nm);
-    a->mx[g] = nm;
+  for (int u = 0; u < nu; u++) {
+    attn_group_t *a = &grp[u];
+    for (int g = 0; g < a->G; g++) {
+      float *sg = a->sc + g * ATTN_CHUNK, nm = row_max(sg, n, a->mx[g]);
+      a->corr[g] = p0 == 0 ? 0.f : expf(a->mx[g] - nm);
+      /* sc = exp(sc - nm) */
+      a->l[g] = a->l[g] * a->corr[g] + kn->exp_sum(sg, n, nm);
+      a->mx[g] = nm;
+    }
   }
   int vsub = in_place ? ATTN_VSUB : ATTN_SUB;
   for (int i = 0; i < n; i += vsub) {
     int nb = n - i < vsub ? n - i : vsub;
-    kv_slices(r, a, r->vc, rp, in_place ? kp : NULL, p0 + i, nb, p0 + n, r->kc, p0 + n,
-              r->n_keys);
-    /* the first chunk starts from zeros (corr 0 would keep a NaN) */
-    const float *c = i == 0 && p0 > 0 ? corr : NULL;
-    if (in_place)
-      kn->attn_values_bf16(a->out, c, sc + i, ATTN_CHUNK, G, hd, kp, nb, r->vt);
-    else
-      kn->attn_values(a->out, c, sc + i, ATTN_CHUNK, G, hd, rp, nb);
+    for (int u = 0; u < nu; u++) {
+      attn_group_t *a = &grp[u];
+      kv_slices(r, a, r->vc, rp, in_place ? kp : NULL, p0 + i, nb, p0 + n, r->kc, p0 + n,
+                r->n_keys);
+      /* the first chunk starts from zeros (corr 0 would keep a NaN) */
+      const float *c = i == 0 && p0 > 0 ? a->corr : NULL;
+      if (in_place)
+        kn->attn_values_bf16(a->out, c, a->sc + i, ATTN_CHUNK, a->G, hd, kp, nb, r->vt);
+      else
+        kn->attn_values(a->out, c, a->sc + i, ATTN_CHUNK, a->G, hd, rp, nb);
+    }
   }
 }
 
@@ -1054,6 +1093,14 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
                           ATTN_MAX_UNITS * ATTN_QP_BYTES(hd);
   int in_place = j->kv_type == SA_KV_BF16 && kn->attn_scores_bf16 && kn->attn_values_bf16 &&
                  in_place_bytes <= SCRATCH_BYTES;
+  /* Groups whose chunks are attended together, key block by key block
+   * (attend_chunk): as many as the scratch holds the scores of, after the
+   * widened keys and the tiles. */
+  size_t unit_bytes = (size_t)ATTN_MAX_GROUP * ATTN_CHUNK * 4;
+  size_t fixed = in_place ? in_place_bytes - unit_bytes : (size_t)ATTN_SUB * hd * 4;
+  int wave = (int)((SCRATCH_BYTES - fixed) / unit_bytes);
+  wave = wave < units ? wave : units;
+  float *wide = sc + (size_t)wave * ATTN_MAX_GROUP * ATTN_CHUNK;
   int s = 0;
   for (int it = lo; it < hi; it++) { /* items: a row (by_row), else (row, KV head) */
     int row = j->by_row ? it : it / nkv, kh0 = j->by_row ? 0 : it % nkv;
@@ -1064,7 +1111,7 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
     attn_row_t r = {.kn = kn, .kc = j->pkc, .vc = j->pvc, .kv_type = j->kv_type,
                     .bs = b->block_size, .n_keys = pos + 1, .hd = hd,
                     .table = b->block_table + (size_t)s * b->max_blocks, .row = kv_row,
-                    .scale = j->scale, .sc = sc, .wide = sc + ATTN_MAX_GROUP * ATTN_CHUNK};
+                    .scale = j->scale, .wide = wide};
     r.kt = (uint16_t *)(r.wide + (size_t)ATTN_SUB * hd);
     r.vt = (uint16_t *)((char *)r.kt + 16 * ATTN_KT_STRIDE(hd));
     uint16_t *qp = in_place ? (uint16_t *)((char *)r.vt + ATTN_VT_BYTES(hd)) : NULL;
@@ -1074,17 +1121,18 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
                               .q = j->q + (size_t)row * j->q_stride + (size_t)h * hd,
                               .G = group - g0 < ATTN_MAX_GROUP ? group - g0 : ATTN_MAX_GROUP,
                               .off = (size_t)kh * kv_head, .prefetch = u % per_kv == 0,
-                              .qp = qp ? qp + (size_t)u * ATTN_QP_BYTES(hd) / 2 : NULL};
+                              .qp = qp ? qp + (size_t)u * ATTN_QP_BYTES(hd) / 2 : NULL,
+                              .sc = sc + (size_t)(u % wave) * ATTN_MAX_GROUP * ATTN_CHUNK};
       attend_begin(&grp[u], hd);
       if (qp)
         kn->attn_qpack(grp[u].qp, grp[u].q, grp[u].G, hd);
     }
-    /* chunk by chunk across the groups: a KV head's slice is part of every
-     * cache row, and the hardware prefetcher fetches the rest of the row
-     * too; the other heads read it while it is in L2 (by_row) */
-    for (int p0 = 0; p0 < r.n_keys; p0 += ATTN_CHUNK)
-      for (int u = 0; u < units; u++)
-        attend_chunk(&r, &grp[u], p0);
+    /* chunk by chunk, a wave of groups together: a KV head's slice is part
+     * of every cache row, and the groups of a row's KV heads read each
+     * block of rows in turn, so the cache streams in order (by_row) */
+    for (int u0 = 0; u0 < units; u0 += wave)
+      for (int p0 = 0; p0 < r.n_keys; p0 += ATTN_CHUNK)
+        attend_chunk(&r, grp + u0, units - u0 < wave ? units - u0 : wave, p0);
     for (int u = 0; u < units; u++)
       attend_end(&grp[u], hd);
   }
