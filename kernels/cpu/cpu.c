@@ -1097,7 +1097,8 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
    * (attend_chunk): as many as the scratch holds the scores of, after the
    * widened keys and the tiles. */
   size_t unit_bytes = (size_t)ATTN_MAX_GROUP * ATTN_CHUNK * 4;
-  size_t fixed = in_place ? in_place_bytes - unit_bytes : (size_t)ATTN_SUB * hd * 4;
+  size_t fixed = in_place_bytes <= SCRATCH_BYTES ? in_place_bytes - unit_bytes
+                                                 : (size_t)ATTN_SUB * hd * 4;
   int wave = (int)((SCRATCH_BYTES - fixed) / unit_bytes);
   wave = wave < units ? wave : units;
   float *wide = sc + (size_t)wave * ATTN_MAX_GROUP * ATTN_CHUNK;

@@ -533,7 +533,7 @@ static void test_attention(void **state) {
   const seq_t mix[] = {{1, 1}, {37, 37}, {1, 50}, {5, 33}, {0, 17}, {1, 16}};
   /* nh, nkv, hd; 40/2: groups of 20 query heads, more than the kernel
    * attends at once (16); 64/64: more KV heads a row than the scratch holds
-   * the scores of at once (waves of 61 or 63 groups) */
+   * the scores of at once (waves of 61 groups) */
   static const int heads[][3] = {{2, 2, 16}, {4, 2, 24}, {7, 1, 64}, {14, 2, 64}, {40, 2, 8},
                                  {64, 64, 32}};
   for (size_t h = 0; h < sizeof heads / sizeof heads[0]; h++) {
