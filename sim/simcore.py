@@ -122,10 +122,12 @@ def table_step(t, rows, ctx):
 
 
 class Cost:
-    """The calibrated costs (sim/calibration/*.json), CPU-seconds."""
+    """The calibrated costs (sim/calibration/*.json), CPU-seconds, times
+    speed: how much slower the machine ran than at the calibration (the
+    speed probes' ratio, tools/sa-experiment/speed.py)."""
 
-    def __init__(self, cal, replicas=1):
-        self.c = cal
+    def __init__(self, cal, replicas=1, speed=1.0):
+        self.c, self.speed = cal, speed
         # the replicas of an experiment share this machine's cores and caches:
         # a stage's CPU times the measured factor at 2 replicas, linear in R
         co = (cal.get("stage") or {}).get("colocated") or {"replicas": 2, "factor": 1.0}
@@ -135,9 +137,9 @@ class Cost:
         """A stage's step: its layers' compute, the per-step and per-token
         costs around it, and (the last stage) sampling."""
         c = self.c["stage"]
-        return self.colocated * (c["per_step"] + c.get("per_token", 0.0) * tokens +
-                                 self.compute(layers, tokens, ctx_tokens) +
-                                 c.get("sample_per_token", 0.0) * sampled)
+        return self.speed * self.colocated * (c["per_step"] + c.get("per_token", 0.0) * tokens +
+                                              self.compute(layers, tokens, ctx_tokens) +
+                                              c.get("sample_per_token", 0.0) * sampled)
 
     def compute(self, layers, tokens, ctx_tokens):
         """The layers' share of a whole-model step over `tokens` rows that
@@ -152,22 +154,22 @@ class Cost:
         """A stage's Stage/Fork or Stage/Free: a job of its own in the
         stage's queue (calibration stage.message; a calibration without it
         counted them in per_step)."""
-        return self.colocated * self.c["stage"].get("message", 0.0)
+        return self.speed * self.colocated * self.c["stage"].get("message", 0.0)
 
     def coordinator(self, tokens, decode_tokens):
         c = self.c["coordinator"]
-        return (c["per_step"] + c.get("per_token", 0.0) * tokens +
-                c.get("per_sampled_token", 0.0) * decode_tokens)
+        return self.speed * (c["per_step"] + c.get("per_token", 0.0) * tokens +
+                             c.get("per_sampled_token", 0.0) * decode_tokens)
 
     def coordinator_request(self):
         """A request's own work in the coordinator (its submission, its
         encoding's result, its prompt, its end): calibration
         coordinator.per_request, where measured."""
-        return self.c["coordinator"].get("per_request", 0.0)
+        return self.speed * self.c["coordinator"].get("per_request", 0.0)
 
     def encoder(self, audio_s):
         c = self.c["encoder"]
-        return c["per_request"] + c["per_audio_s"] * audio_s
+        return self.speed * (c["per_request"] + c["per_audio_s"] * audio_s)
 
 
 class Req:
@@ -234,17 +236,17 @@ class Sim:
     cal["coordinator"] either way (sim/predict.py composes clusters from one
     simulated replica)."""
 
-    def __init__(self, run, cal, items, seed=1):
+    def __init__(self, run, cal, items, seed=1, speed=1.0):
         self.run, self.cal = run, cal
         self.now = 0.0         # the event being run
         self.gpu = cal.get("kind") == "gpu"
-        coord = Cost(cal)  # one formula, CPU or GPU cluster
+        coord = Cost(cal, speed=speed)  # one formula, CPU or GPU cluster
         self.coord_cost, self.coord_request = coord.coordinator, coord.coordinator_request()
         if self.gpu:
             import gpu
             self.cost = gpu.GpuCost(cal)
         else:
-            self.cost = Cost(cal, run["cluster"]["replicas"])
+            self.cost = Cost(cal, run["cluster"]["replicas"], speed)
         c = run["cluster"]
         self.P, self.R = c["stages"], c["replicas"]
         self.slots = c["stages"] + c["extra_microbatches"]

@@ -4,8 +4,8 @@
 # killed (-9) mid-run. Checked from what sa-experiment wrote (what its plots
 # show): every request of the fault run completed, none lost, none
 # duplicated, every token identical to the fault-free run; the fault was
-# logged, detected and throughput recovered; each host's CPU use was
-# recorded; the plots exist; nothing of the hosts is left behind. Skips (77) without root or network namespaces.
+# logged, detected and throughput recovered; each host's CPU use and the
+# machine's speed were recorded; the plots exist; nothing of the hosts is left behind. Skips (77) without root or network namespaces.
 #   usage: test_experiment.sh BIN_DIR
 set -euo pipefail
 BIN=$1
@@ -48,6 +48,10 @@ hosts = b["hosts"]
 assert set(hosts) == {"coord", "enc0", "r0s0", "r1s0"}, hosts
 for h in hosts.values():
     assert 0 < h["cpu_s"] <= h["cpu"] * 30 and 0 <= h["throttled_share"] <= 1, hosts
+# the machine's speed before and after each run (speed.json, speed.py)
+for r in runs:
+    sp = json.load(open(os.path.join(out, r, "speed.json")))
+    assert 0 < sp["before"]["step_s"] < 1 and 0 < sp["after"]["step_s"] < 1, sp
 for p in ("baseline/throughput.png", "baseline/latency_cdf.png",
           "stage-killed/throughput.png", "identity.png"):
     assert os.path.getsize(os.path.join(out, p)) > 5000, p

@@ -55,6 +55,31 @@ assert abs(c.compute(8, 2, 2 * 64) - 2) < 1e-9             # a measured point
 assert abs(c.compute(4, 3, 3 * 288) - 0.5 * 4.5) < 1e-9    # half the layers, midway
 print("quota model and decode table: as computed by hand")
 PY
+
+# (1c) the machine's speed: a run's probes over the calibration's scale every
+# CPU cost; a probe file that is not what speed.py writes scales nothing
+python3 - "$SRC/sim" "$SRC/tools/sa-experiment" <<'PY' || fail "speed factor"
+import sys
+sys.path[:0] = sys.argv[1:3]
+import simcore, speed
+f = speed.factor({"before": {"step_s": 0.003}, "after": {"step_s": 0.005}}, {"step_s": 0.002})
+assert abs(f - 2.0) < 1e-12, f
+assert speed.factor({"before": {"error": "x"}, "after": {"step_s": 0.003}}, {"step_s": 0.002}) == 1.5
+for bad_run, bad_cal in (("x", {"step_s": 0.002}), ({"before": {"step_s": "fast"}}, {"step_s": 0.002}),
+                         ({"before": {"step_s": 0.003}}, {"step_s": 0}), ({"before": 3}, None),
+                         ([1, 2], {"step_s": True}), (None, {"step_s": 0.002})):
+    assert speed.factor(bad_run, bad_cal) == 1.0, (bad_run, bad_cal)
+cal = {"stage": {"per_step": 0.001, "per_token": 1e-5, "sample_per_token": 5e-5, "message": 3e-5},
+       "model": {"layers": 8}, "coordinator": {"per_step": 4e-4, "per_sampled_token": 1e-5,
+       "per_request": 2e-3}, "encoder": {"per_request": 0.0, "per_audio_s": 4e-3},
+       "decode_table": {"ctx": [64, 512], "batch": [1, 2, 4], "step_s": [[1, 2, 4], [3, 4, 8]]}}
+a, b = simcore.Cost(cal), simcore.Cost(cal, speed=1.5)
+for x, y in ((a.stage(4, 3, 300, 3, last=True), b.stage(4, 3, 300, 3, last=True)),
+             (a.message(), b.message()), (a.coordinator(10, 8), b.coordinator(10, 8)),
+             (a.coordinator_request(), b.coordinator_request()), (a.encoder(2.0), b.encoder(2.0))):
+    assert x > 0 and abs(y - 1.5 * x) < 1e-12, (x, y)
+print("speed factor: as computed by hand; bad probe files scale nothing")
+PY
 python3 - "$SRC/sim" "$SRC/experiments/clips/beeps.wav" <<'PY' || fail "closed loop"
 import json, sys
 sys.path.insert(0, sys.argv[1])

@@ -1,0 +1,50 @@
+"""The machine's speed at a moment, as one figure.
+
+This machine is shared, and its speed moves by 10-20 % within an hour. A
+short, fixed decode benchmark (bench-decode over the run's own model, one
+thread, batch 8 at 64 tokens of context) taken before and after each run
+(sa-experiment: speed.json) and around a calibration (sa-sim calibrate:
+"speed") lets the simulator scale the calibration's CPU costs to the speed
+each run met, instead of taking a drift of the machine for an error of the
+model."""
+import os
+import re
+import subprocess
+
+ARGS = ["--threads", "1", "--batches", "8", "--ctx", "64", "--steps", "300", "--prefill", "0"]
+
+
+def probe(bin_dir, model, repeats=3):
+    """Seconds per step of bench-decode ARGS on model: the median of
+    `repeats` runs; None (and why) if it cannot run."""
+    exe = os.path.join(bin_dir, "bench-decode")
+    xs = []
+    for _ in range(repeats):
+        try:
+            out = subprocess.run([exe, "--model", model] + ARGS, capture_output=True, text=True,
+                                 check=True, timeout=120,
+                                 env=dict(os.environ, OPENBLAS_NUM_THREADS="1")).stdout
+        except (OSError, subprocess.SubprocessError) as e:
+            return None, "bench-decode: %s" % e
+        m = re.search(r"batch\s+8: step ([\d.]+) ms", out)
+        if not m:
+            return None, "bench-decode printed no step time"
+        xs.append(float(m.group(1)) / 1e3)
+    return sorted(xs)[len(xs) // 2], None
+
+
+def record(bin_dir, model):
+    """{"step_s": ...} for speed.json or a calibration, or {"error": why}."""
+    s, why = probe(bin_dir, model)
+    return {"probe": "bench-decode " + " ".join(ARGS), "step_s": s} if s else {"error": why}
+
+
+def factor(run_speed, cal_speed):
+    """How much slower (> 1) or faster the machine ran a run than its
+    calibration: the mean of the run's probes (before, after) over the
+    calibration's; 1.0 when either is missing."""
+    ok = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+    runs = run_speed.values() if isinstance(run_speed, dict) else ()
+    got = [x.get("step_s") for x in runs if isinstance(x, dict) and ok(x.get("step_s"))]
+    ref = cal_speed.get("step_s") if isinstance(cal_speed, dict) else None
+    return sum(got) / len(got) / ref if got and ok(ref) else 1.0
