@@ -67,7 +67,9 @@ assert abs(f - 2.0) < 1e-12, f
 assert speed.factor({"before": {"error": "x"}, "after": {"step_s": 0.003}}, {"step_s": 0.002}) == 1.5
 for bad_run, bad_cal in (("x", {"step_s": 0.002}), ({"before": {"step_s": "fast"}}, {"step_s": 0.002}),
                          ({"before": {"step_s": 0.003}}, {"step_s": 0}), ({"before": 3}, None),
-                         ([1, 2], {"step_s": True}), (None, {"step_s": 0.002})):
+                         ([1, 2], {"step_s": True}), (None, {"step_s": 0.002}),
+                         ({"before": {"step_s": float("inf")}}, {"step_s": 0.002}),
+                         ({"before": {"step_s": 0.003}}, {"step_s": float("nan")})):
     assert speed.factor(bad_run, bad_cal) == 1.0, (bad_run, bad_cal)
 cal = {"stage": {"per_step": 0.001, "per_token": 1e-5, "sample_per_token": 5e-5, "message": 3e-5},
        "model": {"layers": 8}, "coordinator": {"per_step": 4e-4, "per_sampled_token": 1e-5,

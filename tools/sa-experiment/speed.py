@@ -7,6 +7,7 @@ thread, batch 8 at 64 tokens of context) taken before and after each run
 "speed") lets the simulator scale the calibration's CPU costs to the speed
 each run met, instead of taking a drift of the machine for an error of the
 model."""
+import math
 import os
 import re
 import subprocess
@@ -43,7 +44,8 @@ def factor(run_speed, cal_speed):
     """How much slower (> 1) or faster the machine ran a run than its
     calibration: the mean of the run's probes (before, after) over the
     calibration's; 1.0 when either is missing."""
-    ok = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+    ok = lambda x: (isinstance(x, (int, float)) and not isinstance(x, bool) and
+                    math.isfinite(x) and x > 0)
     runs = run_speed.values() if isinstance(run_speed, dict) else ()
     got = [x.get("step_s") for x in runs if isinstance(x, dict) and ok(x.get("step_s"))]
     ref = cal_speed.get("step_s") if isinstance(cal_speed, dict) else None
