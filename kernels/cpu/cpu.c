@@ -854,12 +854,12 @@ typedef struct {
   uint16_t *kt, *vt; /* attn_scores_bf16's key tile, attn_values_bf16's tiles */
 } attn_row_t;
 
-/* Prefetches (into L2) the head slices of rows p .. p+n-1 of a pass that
- * ends at end, past it the next pass's rows from next_p0 (in next, below
- * next_end). */
-static void kv_prefetch(const attn_row_t *r, const attn_group_t *a, const char *base, int p,
-                        int n, int end, const char *next, int next_p0, int next_end) {
-  size_t bytes = sa_kv_row_bytes(r->kv_type, r->hd);
+/* Prefetches (into L2) the head slices (bytes each) of rows p .. p+n-1 of
+ * a pass that ends at end, past it the next pass's rows from next_p0 (in
+ * next, below next_end). */
+static void kv_prefetch(const attn_row_t *r, const attn_group_t *a, size_t bytes,
+                        const char *base, int p, int n, int end, const char *next, int next_p0,
+                        int next_end) {
   while (n > 0) {
     if (p >= end && next) /* past this pass: into the next one */
       p = next_p0 + (p - end), end = next_end, base = next, next = NULL;
@@ -901,7 +901,8 @@ static void kv_slices(const attn_row_t *r, const attn_group_t *a, const void *ca
   if (a->prefetch) {
     size_t bytes = sa_kv_row_bytes(r->kv_type, hd);
     int ahead = ATTN_PF_BYTES / (int)bytes;
-    kv_prefetch(r, a, base, p0 + (ahead > 0 ? ahead : 1), n, end, next, next_p0, next_end);
+    kv_prefetch(r, a, bytes, base, p0 + (ahead > 0 ? ahead : 1), n, end, next, next_p0,
+                next_end);
   }
   for (int i = 0; i < n;) {
     int p = p0 + i, in = p % bs, run = bs - in;

@@ -62,14 +62,15 @@ python3 - "$SRC/sim" "$SRC/tools/sa-experiment" <<'PY' || fail "speed factor"
 import sys
 sys.path[:0] = sys.argv[1:3]
 import simcore, speed
-f = speed.factor({"before": {"step_s": 0.003}, "after": {"step_s": 0.005}}, {"step_s": 0.002})
+cal_speed = {"before": {"step_s": 0.002}}
+f = speed.factor({"before": {"step_s": 0.003}, "after": {"step_s": 0.005}}, cal_speed)
 assert abs(f - 2.0) < 1e-12, f
-assert speed.factor({"before": {"error": "x"}, "after": {"step_s": 0.003}}, {"step_s": 0.002}) == 1.5
-for bad_run, bad_cal in (("x", {"step_s": 0.002}), ({"before": {"step_s": "fast"}}, {"step_s": 0.002}),
-                         ({"before": {"step_s": 0.003}}, {"step_s": 0}), ({"before": 3}, None),
-                         ([1, 2], {"step_s": True}), (None, {"step_s": 0.002}),
-                         ({"before": {"step_s": float("inf")}}, {"step_s": 0.002}),
-                         ({"before": {"step_s": 0.003}}, {"step_s": float("nan")})):
+assert speed.factor({"before": {"error": "x"}, "after": {"step_s": 0.003}}, cal_speed) == 1.5
+for bad_run, bad_cal in (("x", cal_speed), ({"before": {"step_s": "fast"}}, cal_speed),
+                         ({"before": {"step_s": 0.003}}, {"before": {"step_s": 0}}),
+                         ({"before": 3}, None), ([1, 2], {"after": {"step_s": True}}),
+                         (None, cal_speed), ({"before": {"step_s": float("inf")}}, cal_speed),
+                         ({"before": {"step_s": 0.003}}, {"before": {"step_s": float("nan")}})):
     assert speed.factor(bad_run, bad_cal) == 1.0, (bad_run, bad_cal)
 cal = {"stage": {"per_step": 0.001, "per_token": 1e-5, "sample_per_token": 5e-5, "message": 3e-5},
        "model": {"layers": 8}, "coordinator": {"per_step": 4e-4, "per_sampled_token": 1e-5,

@@ -40,13 +40,20 @@ def record(bin_dir, model):
     return {"probe": "bench-decode " + " ".join(ARGS), "step_s": s} if s else {"error": why}
 
 
-def factor(run_speed, cal_speed):
-    """How much slower (> 1) or faster the machine ran a run than its
-    calibration: the mean of the run's probes (before, after) over the
-    calibration's; 1.0 when either is missing."""
+def mean(probes):
+    """The mean step_s of {"before": record(), "after": record()} (a run's
+    speed.json, a calibration's "speed"), over the probes that ran; None if
+    none did or the value is not such a dict."""
     ok = lambda x: (isinstance(x, (int, float)) and not isinstance(x, bool) and
                     math.isfinite(x) and x > 0)
-    runs = run_speed.values() if isinstance(run_speed, dict) else ()
-    got = [x.get("step_s") for x in runs if isinstance(x, dict) and ok(x.get("step_s"))]
-    ref = cal_speed.get("step_s") if isinstance(cal_speed, dict) else None
-    return sum(got) / len(got) / ref if got and ok(ref) else 1.0
+    xs = probes.values() if isinstance(probes, dict) else ()
+    got = [x.get("step_s") for x in xs if isinstance(x, dict) and ok(x.get("step_s"))]
+    return sum(got) / len(got) if got else None
+
+
+def factor(run_speed, cal_speed):
+    """How much slower (> 1) or faster the machine ran a run than its
+    calibration: the mean of the run's probes over the calibration's; 1.0
+    when either is missing."""
+    got, ref = mean(run_speed), mean(cal_speed)
+    return got / ref if got and ref else 1.0
