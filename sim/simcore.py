@@ -193,19 +193,25 @@ class Req:
         self.arrivals = []                  # (chain, t, tokens), as sa-load writes them
         self.done = False
         self.replays = set()                # chains to re-prefill after a move
-        # each chain's length: max_tokens (the random model never stops), or
-        # drawn (a model that thinks and answers: lognormal, capped)
+        # each chain's length: max_tokens, or drawn -- a model that thinks
+        # and answers: lognormal ("length"); the random model: an EOT at
+        # each token with the calibration's probability ("eot_per_token",
+        # geometric) -- capped at max_tokens
         self.target = [self.max_tokens] * self.n
         self.accuracy = item.get("accuracy")  # early consensus: P(a chain answers right)
         self.answers = []
         self.running = self.n
         self.kv = 0                         # KV blocks reserved on its replica
-        ln = item.get("length")
-        if ln or self.accuracy is not None:
+        ln, eot = item.get("length"), item.get("eot_per_token")
+        if ln or eot or self.accuracy is not None:
             rng = random.Random(seed * 1000003 + i)
             if ln:
                 self.target = [max(1, min(self.max_tokens, int(ln["median"] * math.exp(
                     ln.get("sigma", 0.5) * rng.gauss(0, 1))))) for _ in range(self.n)]
+            elif eot:  # the first EOT's position, 1 on (1 - random() is in (0, 1])
+                q = math.log1p(-min(eot, 1 - 1e-9))
+                self.target = [min(self.max_tokens, 1 + int(math.log(1.0 - rng.random()) / q))
+                               for _ in range(self.n)]
             if self.accuracy is not None:  # answer 0 is right; wrong ones are 1..4
                 self.answers = [0 if rng.random() < self.accuracy else rng.randint(1, 4)
                                 for _ in range(self.n)]

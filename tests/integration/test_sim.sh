@@ -106,6 +106,37 @@ s = simcore.summarize(run, reqs)
 assert s["tokens_per_s"] > 0 and s["coordinator"]["time_to_first_token_mean_s"] > 0, s
 print("closed loop: %d requests, 2 in flight" % len(reqs))
 PY
+# (1c) the random model's EOT hazard: calibrate takes EOTs over tokens from
+# sa-load's records (finished requests only; the EOT itself a token), and a
+# chain of the simulator stops at the first EOT of that hazard or at
+# max_tokens -- a mean length of (1 - (1 - h)^M) / h (h 0.02, M 64: 36.29)
+python3 - "$SRC/sim" "$SRC/tools/sa-experiment" "$T" <<'PY' || fail "EOT hazard"
+import importlib.machinery, importlib.util, json, sys
+sys.path[:0] = sys.argv[1:3]
+import simcore
+ld = importlib.machinery.SourceFileLoader("sasim", sys.argv[1] + "/sa-sim")
+sasim = importlib.util.module_from_spec(importlib.util.spec_from_loader("sasim", ld))
+ld.exec_module(sasim)
+ch = lambda f, k: {"chain": 0, "answer": "", "finish": f, "tokens": list(range(k))}
+recs = [{"status": "OK", "result": {"chains": [ch("eot", 10), ch("length", 64)]}},
+        {"status": "OK", "result": {"chains": [ch("eot", 1), ch("eot", 5)]}},
+        {"status": "DEADLINE_EXCEEDED", "result": None},
+        {"status": "CANCELLED", "result": {"chains": [ch("eot", 3)]}}]
+with open(sys.argv[3] + "/load.jsonl", "w") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in recs))
+got = sasim.chain_lengths(sys.argv[3] + "/load.jsonl")
+assert got == {"chains_eot": 3, "chain_tokens": 80}, got
+rows = [dict(got, max_tokens=64), {"chains_eot": 7, "chain_tokens": 7, "max_tokens": 1}]
+assert sasim.eot_per_token(rows) == 3 / 80
+assert sasim.eot_per_token([{"max_tokens": 64}]) is None  # a load from before the figure
+item = {"n": 8, "max_tokens": 64, "audio_s": 2.0, "prompt_tokens": 54, "eot_per_token": 0.02}
+lens = [t for i in range(2000) for t in simcore.Req(i, 0.0, item).target]
+mean = sum(lens) / len(lens)
+assert min(lens) >= 1 and max(lens) == 64 and abs(mean - (1 - 0.98 ** 64) / 0.02) < 0.6, mean
+assert simcore.Req(0, 0.0, dict(item, eot_per_token=None)).target == [64] * 8
+assert set(simcore.Req(0, 0.0, dict(item, eot_per_token=1.0)).target) == {1}
+print("EOT hazard: %d chains, mean %.2f tokens (36.29 by hand)" % (len(lens), mean))
+PY
 # (1c) a micro-batch as sched.c plans it: the free slots' even share of the
 # ready sequences (a request to prefill counts one), decode first, a prefill
 # chunk only where the share leaves room. 3 slots, 8 decoding chains and one
