@@ -19,12 +19,13 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 "$SIM" --help | grep -q "calibrate" || fail "--help"
 for c in run validate predict calibrate; do "$SIM" $c --help >/dev/null || fail "$c --help"; done
 
-# (1) throughput within 15 % of every run measured with this calibration
+# (1) throughput within 15 % of every run measured with this calibration, in
+# every round
 "$SIM" validate --fresh-only --out "$T/v.json" >"$T/validate.log" || fail "validate"
 python3 - "$T/v.json" <<'PY' || fail "validation: $(cat "$T/validate.log")"
 import json, sys
 rows = json.load(open(sys.argv[1]))["runs"]
-assert len(rows) == 6, len(rows)
+assert rows and len(rows) % 6 == 0, len(rows)  # 6 runs a round (measured, measured-2 ...)
 for r in rows:
     m, s = r["measured"]["tokens_per_s"], r["simulated"]["tokens_per_s"]
     assert abs(s / m - 1) <= 0.15, (r["run"], m, s)
