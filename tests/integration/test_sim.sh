@@ -25,7 +25,8 @@ for c in run validate predict calibrate; do "$SIM" $c --help >/dev/null || fail 
 python3 - "$T/v.json" <<'PY' || fail "validation: $(cat "$T/validate.log")"
 import json, sys
 rows = json.load(open(sys.argv[1]))["runs"]
-assert rows and len(rows) % 6 == 0, len(rows)  # 6 runs a round (measured, measured-2 ...)
+val = [r for r in rows if r["scenario"].startswith("validation")]
+assert val and len(val) % 6 == 0, len(val)  # 6 runs a round (measured, measured-2 ...)
 for r in rows:
     m, s = r["measured"]["tokens_per_s"], r["simulated"]["tokens_per_s"]
     assert abs(s / m - 1) <= 0.15, (r["run"], m, s)
@@ -111,7 +112,7 @@ PY
 # sa-load's records (finished requests only; the EOT itself a token), and a
 # chain of the simulator stops at the first EOT of that hazard or at
 # max_tokens -- a mean length of (1 - (1 - h)^M) / h (h 0.02, M 64: 36.29)
-python3 - "$SRC/sim" "$SRC/tools/sa-experiment" "$T" <<'PY' || fail "EOT hazard"
+/usr/bin/python3 - "$SRC/sim" "$SRC/tools/sa-experiment" "$T" <<'PY' || fail "EOT hazard"
 import importlib.machinery, importlib.util, json, sys
 sys.path[:0] = sys.argv[1:3]
 import simcore
@@ -137,6 +138,39 @@ assert min(lens) >= 1 and max(lens) == 64 and abs(mean - (1 - 0.98 ** 64) / 0.02
 assert simcore.Req(0, 0.0, dict(item, eot_per_token=None)).target == [64] * 8
 assert set(simcore.Req(0, 0.0, dict(item, eot_per_token=1.0)).target) == {1}
 print("EOT hazard: %d chains, mean %.2f tokens (36.29 by hand)" % (len(lens), mean))
+PY
+# (1c) a simulated fault's times, by analyze.py's code as for a measured run:
+# the baseline streams a token every 0.1 s (at 0.05 + 0.1 k); the faulted run
+# streams none from 20 s and the 50 it owes at 25.01 s. Its longest stall is
+# the baseline's last token before then (24.95 - 20 = 4.95 s); it is 50
+# tokens behind at 25.0 s and none at 25.5, the first half second under a
+# tenth of the peak: recovered 5.5 s after the fault. Detection: a stage kill
+# 0.5 s (the calibration), a stop the heartbeat timeout; the coordinator's
+# kill its restart_after + start, its restart its start. (/usr/bin/python3:
+# sa-sim's interpreter, with Debian's matplotlib, which analyze.py imports.)
+/usr/bin/python3 - "$SRC/sim" "$SRC/tools/sa-experiment" <<'PY' || fail "fault times"
+import importlib.machinery, importlib.util, sys, types
+sys.path[:0] = sys.argv[1:3]
+ld = importlib.machinery.SourceFileLoader("sasim", sys.argv[1] + "/sa-sim")
+sasim = importlib.util.module_from_spec(importlib.util.spec_from_loader("sasim", ld))
+ld.exec_module(sasim)
+cal = {"faults": {"kill_detect_s": 0.5, "coordinator_start_s": 0.75}}
+run = {"load": {"duration": 60, "warmup": 10}, "cluster": {"heartbeat_timeout_ms": 5000},
+       "faults": [{"at": 20, "action": "kill", "target": "r1s1"}]}
+ts = [0.05 + 0.1 * k for k in range(600)]
+req = lambda arr: types.SimpleNamespace(arrivals=arr, done=True, t_end=60.0)
+base = sasim.SimRun(run, [req([(0, t, 1) for t in ts])], cal)
+hit = sasim.SimRun(run, [req([(0, t if not 20 <= t < 25 else 25.01, 1) for t in ts])], cal)
+(f,) = hit.fault_times(base)
+assert (f["detect_s"], f["longest_stall_s"], f["recover_s"], f["peak_behind_tokens"]) == \
+    (0.5, 4.95, 5.5, 50), f
+run["faults"] = [{"at": 20, "action": "stop", "target": "r0s1", "for": 20},
+                 {"at": 30, "action": "kill", "target": "coord", "restart_after": 1},
+                 {"at": 35, "action": "drain", "target": "r1", "for": 5}]
+got = [(f["unix"], f["action"], f["detect"]) for f in sasim.SimRun(run, [], cal).faults]
+assert got == [(20, "stop", 5.0), (30, "kill", 1.75), (31, "restart", 0.75),
+               (35, "drain", None)], got
+print("fault times: stall 4.95 s, recovered 5.5 s, detection as the calibration says")
 PY
 # (1c) a micro-batch as sched.c plans it: the free slots' even share of the
 # ready sequences (a request to prefill counts one), decode first, a prefill
