@@ -24,7 +24,10 @@ What is modelled, as built (coordinator/request.c, sched.c, pipeline.c):
   heartbeat timeout for a stop or a partition); its replica's requests re-
   prefill their prompt and tokens so far on another replica; the replica comes
   back at t + for (stop, partition) or never (kill); a killed coordinator
-  stops everything for its restart time, then every running request re-prefills.
+  stops everything for its restart time, then every running request re-prefills;
+  a killed encoder leaves the pool when noticed (kill_detect_s) and the
+  encodings it had not answered go to another; a drained replica admits
+  nothing new; an added replica (a spare) serves from t + rejoin_s.
 
 - KV admission (request.c's reservation rule) and early consensus (vote.c's
   majority rule, where the scenario gives chains an accuracy);
@@ -176,7 +179,7 @@ class Req:
     __slots__ = ("i", "t_arrive", "n", "max_tokens", "prompt", "audio_s", "t_first", "t_end",
                  "chains", "prefilled", "prefill_inflight", "replica", "arrivals", "done",
                  "replays", "target", "answers", "accuracy", "running", "kv",
-                 "t_encoded", "t_admitted", "forking", "moves", "freed")
+                 "t_encoded", "t_admitted", "forking", "moves", "freed", "enc", "enc_gen")
 
     def __init__(self, i, t, item, seed=0):
         self.i, self.t_arrive = i, t
@@ -189,6 +192,7 @@ class Req:
         self.forking = False                # its n chains being forked on every stage
         self.moves = 0                      # times it left a replica (a stale fork's check)
         self.freed = 0                      # chains whose sequences were freed
+        self.enc, self.enc_gen = None, 0    # its encoder, and which call to it counts
         self.replica = None
         self.arrivals = []                  # (chain, t, tokens), as sa-load writes them
         self.done = False
@@ -254,7 +258,8 @@ class Sim:
         else:
             self.cost = Cost(cal, run["cluster"]["replicas"], speed)
         c = run["cluster"]
-        self.P, self.R = c["stages"], c["replicas"]
+        # replicas past c["replicas"] are spares, out until an add_replica
+        self.P, self.R = c["stages"], c["replicas"] + c.get("spare_replicas", 0)
         self.slots = c["stages"] + c["extra_microbatches"]
         self.max_batch = cal.get("max_batch", 64)
         self.chunk = cal.get("prefill_chunk", 128)
@@ -273,8 +278,12 @@ class Sim:
         self.step_s = 0.0  # dispatch to results back, summed over the window's steps
         self.steps = self.step_rows = 0
         self.encs = [self.host(h["encoder_cpu"]) for _ in range(c["encoders"])]
+        self.enc_alive = [True] * len(self.encs)      # in the coordinator's pool
+        self.enc_dead_at = [None] * len(self.encs)    # killed: no result past this
         self.stages = [[self.host(h["stage_cpu"]) for _ in range(self.P)] for _ in range(self.R)]
-        self.alive = [True] * self.R
+        self.joined = [k < c["replicas"] for k in range(self.R)]
+        self.alive = list(self.joined)
+        self.draining = [False] * self.R
         self.inflight = [0] * self.R
         self.active = [[] for _ in range(self.R)]   # requests admitted to each replica
         self.items = items
@@ -359,13 +368,26 @@ class Sim:
         self.reqs.append(r)
         t = self.coord.run(t, self.coord_request)
         if r.audio_s > 0:
-            e = min(self.encs, key=lambda h: h.free_at)
-            end = e.run(t + self.hop, self.cost.encoder(r.audio_s))
-            self.at(end + self.hop, self.encoded, r)
+            self.encode(t, r)
         else:
             self.encoded(t, r)
 
-    def encoded(self, t, r):
+    def encode(self, t, r):
+        """On the least busy encoder of the pool; with none left the request
+        is never answered (the coordinator would wait 30 s and fail it)."""
+        live = [e for e in range(len(self.encs)) if self.enc_alive[e]]
+        if not live:
+            return
+        e = min(live, key=lambda e: self.encs[e].free_at)
+        r.enc, r.enc_gen = e, r.enc_gen + 1
+        end = self.encs[e].run(t + self.hop, self.cost.encoder(r.audio_s))
+        self.at(end + self.hop, self.encoded, r, r.enc_gen)
+
+    def encoded(self, t, r, gen=None):
+        if gen is not None:  # an encoder's answer: the current call's, sent before a kill
+            dead = self.enc_dead_at[r.enc]
+            if gen != r.enc_gen or (dead is not None and t - self.hop > dead):
+                return
         r.t_encoded = t
         self.queue.append(r)
         self.schedule(t)
@@ -384,7 +406,7 @@ class Sim:
         """Queued requests, in order, to the replica with the most free KV
         blocks that can hold them; the first that fits nowhere waits (one
         that no empty replica could hold is refused, as request.c does)."""
-        live = [k for k in range(self.R) if self.alive[k]]
+        live = [k for k in range(self.R) if self.alive[k] and not self.draining[k]]
         while self.queue and live:
             r = self.queue[0]
             if self.blocks(r) > self.kv_blocks:
@@ -554,7 +576,7 @@ class Sim:
         self.schedule(t)
 
     def replica_back(self, t, k):
-        self.alive[k] = True
+        self.alive[k] = self.joined[k] = True
         self.stages[k] = [self.host(self.run["hosts"]["stage_cpu"]) for _ in range(self.P)]
         self.schedule(t)
 
@@ -566,7 +588,7 @@ class Sim:
 
     def coordinator_up(self, t):
         for k in range(self.R):
-            self.alive[k] = True
+            self.alive[k] = self.joined[k]
             self.inflight[k] = 0
         self.inflight_chains = set()
         moved = [self.requeue(r) for k in range(self.R) for r in list(self.active[k])]
@@ -591,6 +613,33 @@ class Sim:
             elif tgt == "coord" and a == "kill":
                 self.at(t, self.coordinator_down,
                         f.get("restart_after", 0) + cal["coordinator_start_s"])
+            elif tgt.startswith("enc") and a == "kill":
+                e = int(tgt[3:])
+                self.at(t, self.kill_encoder, e)
+                self.at(t + cal["kill_detect_s"], self.lose_encoder, e)
+            elif a in ("drain", "undrain"):  # a replica, or the replica of a stage
+                k = int(tgt[1:].split("s")[0])
+                self.at(t, self.set_draining, k, a == "drain")
+                if a == "drain" and "for" in f:
+                    self.at(t + f["for"], self.set_draining, k, False)
+            elif a == "add_replica":  # a spare's stages start and register
+                self.at(t + cal["rejoin_s"], self.replica_back, int(tgt[1:]))
+
+    def kill_encoder(self, t, e):
+        self.enc_dead_at[e] = t
+
+    def lose_encoder(self, t, e):
+        """A killed encoder noticed: out of the pool, and the requests whose
+        encoding it had not answered go to another (request.c's retry)."""
+        self.enc_alive[e] = False
+        for r in self.reqs:
+            if r.enc == e and r.t_encoded is None:
+                self.encode(t, r)
+
+    def set_draining(self, t, k, on):
+        """A drained replica takes no new requests; its own finish in place."""
+        self.draining[k] = on
+        self.schedule(t)
 
     def set_cpu(self, t, k, s, cpu):
         self.stages[k][s].cpu = cpu

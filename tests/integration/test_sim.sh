@@ -126,6 +126,7 @@ recs = [{"status": "OK", "result": {"chains": [ch("eot", 10), ch("length", 64)]}
         {"status": "CANCELLED", "result": {"chains": [ch("eot", 3)]}}]
 with open(sys.argv[3] + "/load.jsonl", "w") as f:
     f.write("".join(json.dumps(r) + "\n" for r in recs))
+    f.write('{"status": "OK", "result": {"chains": [{"finish": "eot"}]}}\nnot json\n[1]\n')
 got = sasim.chain_lengths(sys.argv[3] + "/load.jsonl")
 assert got == {"chains_eot": 3, "chain_tokens": 80}, got
 rows = [dict(got, max_tokens=64), {"chains_eot": 7, "chain_tokens": 7, "max_tokens": 1}]
@@ -171,6 +172,40 @@ got = [(f["unix"], f["action"], f["detect"]) for f in sasim.SimRun(run, [], cal)
 assert got == [(20, "stop", 5.0), (30, "kill", 1.75), (31, "restart", 0.75),
                (35, "drain", None)], got
 print("fault times: stall 4.95 s, recovered 5.5 s, detection as the calibration says")
+PY
+# (1c) the faults of the fault experiment the simulator models beside a
+# stage's or the coordinator's: a killed encoder (the encodings it had not
+# answered go to the other one once the kill is noticed), a drained replica
+# (admits nothing new, finishes its own), an added spare (serves from
+# t + rejoin_s).
+python3 - "$SRC/sim" <<'PY' || fail "encoder, drain and add_replica"
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import simcore
+cal = json.load(open(sys.argv[1] + "/calibration/cpu-medium.json"))
+fc = cal["faults"]
+def run(faults, replicas=2, spare=0):
+    return {"name": "f", "cluster": {"replicas": replicas, "spare_replicas": spare, "stages": 2,
+            "encoders": 2, "kv_mem": "64MiB", "extra_microbatches": 1,
+            "heartbeat_timeout_ms": 5000},
+            "hosts": {"stage_cpu": 0.15, "coordinator_cpu": 0.4, "encoder_cpu": 0.2},
+            "load": {"rate": 2.0, "concurrency": None, "duration": 30, "warmup": 5, "seed": 3,
+                     "timeout": 60, "drain": True}, "faults": faults}
+item = {"n": 2, "max_tokens": 16, "audio_s": 2.0, "prompt_tokens": 54, "weight": 1}
+reqs = simcore.Sim(run([{"at": 10, "action": "kill", "target": "enc1"}]), cal, [item]).simulate()
+moved = [r for r in reqs if r.enc_gen > 1]
+assert moved and all(r.enc == 0 for r in moved), [(r.i, r.enc, r.enc_gen) for r in reqs]
+assert all(r.done for r in reqs) and not [r for r in reqs if r.enc == 1 and r.t_arrive > 10.5]
+reqs = simcore.Sim(run([{"at": 10, "action": "drain", "target": "r0", "for": 10}]), cal,
+                   [item]).simulate()
+assert all(r.done for r in reqs)
+assert not [r for r in reqs if r.replica == 0 and 10 <= r.t_admitted < 20]
+assert [r for r in reqs if r.replica == 0 and r.t_admitted >= 20]
+reqs = simcore.Sim(run([{"at": 10, "action": "add_replica", "target": "r1"}], 1, 1), cal,
+                   [item]).simulate()
+on1 = [r.t_admitted for r in reqs if r.replica == 1]
+assert on1 and min(on1) >= 10 + fc["rejoin_s"], on1
+print("faults: %d encodings moved, drain and add_replica as built" % len(moved))
 PY
 # (1c) a micro-batch as sched.c plans it: the free slots' even share of the
 # ready sequences (a request to prefill counts one), decode first, a prefill
