@@ -40,6 +40,7 @@ queue limit.
 import heapq
 import math
 import random
+import re
 
 M64 = (1 << 64) - 1
 
@@ -617,8 +618,8 @@ class Sim:
                 e = int(tgt[3:])
                 self.at(t, self.kill_encoder, e)
                 self.at(t + cal["kill_detect_s"], self.lose_encoder, e)
-            elif a in ("drain", "undrain"):  # a replica, or the replica of a stage
-                k = int(tgt[1:].split("s")[0])
+            elif a in ("drain", "undrain") and re.fullmatch(r"r\d+(s\d+)?", tgt):
+                k = int(tgt[1:].split("s")[0])  # a replica, or the replica of a stage
                 self.at(t, self.set_draining, k, a == "drain")
                 if a == "drain" and "for" in f:
                     self.at(t + f["for"], self.set_draining, k, False)
