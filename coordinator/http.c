@@ -806,21 +806,27 @@ static void health(coord_http_t *h, h2o_req_t *req) {
   send_json(req, 503, body);
 }
 
-/* One histogram's series; labels "" or `name="value"` (without braces). */
-static void print_hist(FILE *f, const char *name, const char *labels, const coord_hist_t *hs) {
+/* One histogram's series (n cumulative buckets at le); labels "" or
+ * `name="value"` (without braces). */
+static void print_buckets(FILE *f, const char *name, const char *labels, const double *le,
+                          const int64_t *bucket, int n, double sum, int64_t count) {
   const char *sep = labels[0] ? "," : "";
-  for (int i = 0; i < COORD_HIST_BUCKETS; i++) {
-    char le[32];
-    if (isinf(coord_hist_le[i]))
-      snprintf(le, sizeof le, "+Inf");
+  for (int i = 0; i < n; i++) {
+    char b[32];
+    if (isinf(le[i]))
+      snprintf(b, sizeof b, "+Inf");
     else
-      snprintf(le, sizeof le, "%g", coord_hist_le[i]);
-    fprintf(f, "%s_bucket{%s%sle=\"%s\"} %lld\n", name, labels, sep, le,
-            (long long)hs->bucket[i]);
+      snprintf(b, sizeof b, "%g", le[i]);
+    fprintf(f, "%s_bucket{%s%sle=\"%s\"} %lld\n", name, labels, sep, b, (long long)bucket[i]);
   }
   fprintf(f, "%s_sum%s%s%s %.6f\n%s_count%s%s%s %lld\n", name, labels[0] ? "{" : "", labels,
-          labels[0] ? "}" : "", hs->sum, name, labels[0] ? "{" : "", labels, labels[0] ? "}" : "",
-          (long long)hs->count);
+          labels[0] ? "}" : "", sum, name, labels[0] ? "{" : "", labels, labels[0] ? "}" : "",
+          (long long)count);
+}
+
+static void print_hist(FILE *f, const char *name, const char *labels, const coord_hist_t *hs) {
+  print_buckets(f, name, labels, coord_hist_le, hs->bucket, COORD_HIST_BUCKETS, hs->sum,
+                hs->count);
 }
 
 static void metrics(coord_http_t *h, h2o_req_t *req) {
@@ -917,6 +923,19 @@ static void metrics(coord_http_t *h, h2o_req_t *req) {
     char label[96];
     snprintf(label, sizeof label, "replica=\"%s\"", rp->name);
     print_hist(f, "sa_step_duration_seconds", label, &h->pl->stats[ri].step);
+  }
+  fprintf(f, "# HELP sa_step_rows Tokens (rows of the stages' matmuls: one per decoding "
+             "sequence, a prefill chunk's prompt tokens) in one completed pipeline step, per "
+             "replica.\n# TYPE sa_step_rows histogram\n");
+  for (int ri = 0; ri < COORD_MAX_REPLICAS; ri++) {
+    const coord_replica_t *rp = coord_registry_replica(h->reg, ri);
+    const coord_rows_hist_t *rh = &h->pl->stats[ri].rows;
+    if (!rp || rh->count == 0)
+      continue;
+    char label[96];
+    snprintf(label, sizeof label, "replica=\"%s\"", rp->name);
+    print_buckets(f, "sa_step_rows", label, coord_rows_le, rh->bucket, COORD_ROWS_BUCKETS,
+                  rh->sum, rh->count);
   }
   fprintf(f, "# HELP sa_step_tokens_total Tokens through completed pipeline steps, per "
              "replica (prefill, replay and decode).\n# TYPE sa_step_tokens_total counter\n");

@@ -210,9 +210,11 @@ static void on_step_done(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void 
     return;
   }
   coord_replica_stats_t *stats = &pl->stats[st->replica];
+  int rows = 0;
   for (int i = 0; i < st->n; i++) {
     coord_step_entry_t *e = &st->e[i];
     stats->tokens += (uint64_t)e->n_tokens;
+    rows += e->n_tokens;
     if (e->kind != COORD_STEP_DECODE)
       continue;
     for (size_t k = 0; k < sr->n_results; k++)
@@ -222,6 +224,7 @@ static void on_step_done(sa_rpc_channel_t *ch, const sa_rpc_result_t *res, void 
         break;
       }
   }
+  coord_rows_observe(&stats->rows, rows);
   const coord_replica_t *rp = coord_registry_replica(pl->reg, st->replica);
   if (rp) /* every stage's compute time, the last stage first */
     for (size_t j = 0; j < sr->n_stage_compute_ms && (int)j < rp->n_stages; j++) {

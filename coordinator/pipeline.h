@@ -96,6 +96,7 @@ extern const coord_pipeline_ops_t coord_pipeline_ops;
 typedef struct {
   uint64_t tokens;        /* tokens through completed steps */
   coord_hist_t step;      /* Stage/Step sent -> its result back */
+  coord_rows_hist_t rows; /* tokens of each completed step */
 } coord_replica_stats_t;
 
 /* The protobuf message of one micro-batch while it is built (reused for

@@ -270,6 +270,13 @@ metric() { grep "^$1 " "$T/body" | awk '{print $2}'; }
    $(metric 'sa_stage_compute_seconds_count{replica="r0",layers="1:3"}') -ge 10 &&
    $(metric 'sa_inter_token_latency_seconds_bucket{le="+Inf"}') -eq $(metric sa_inter_token_latency_seconds_count) ]] ||
   fail "histograms missing or inconsistent: $(grep -E '_count|Inf' "$T/body" | head -n 12)"
+# rows per step: as many steps as the step durations, the rows summing to the
+# tokens through the steps; decode steps of one row each fall in le="1"
+[[ $(metric 'sa_step_rows_count{replica="r0"}') -eq $(metric 'sa_step_duration_seconds_count{replica="r0"}') &&
+   $(metric 'sa_step_rows_sum{replica="r0"}' | cut -d. -f1) -eq $(metric 'sa_step_tokens_total{replica="r0"}') &&
+   $(metric 'sa_step_rows_bucket{replica="r0",le="1"}') -ge 1 &&
+   $(metric 'sa_step_rows_bucket{replica="r0",le="+Inf"}') -eq $(metric 'sa_step_rows_count{replica="r0"}') ]] ||
+  fail "sa_step_rows inconsistent: $(grep -E '^sa_step_(rows|tokens|duration_seconds_count)' "$T/body" | head -n 22)"
 pass "/metrics: sa_requests_total{outcome=\"ok\"} $ok"
 
 # --- the cluster still serves
