@@ -48,6 +48,11 @@ hosts = b["hosts"]
 assert set(hosts) == {"coord", "enc0", "r0s0", "r1s0"}, hosts
 for h in hosts.values():
     assert 0 < h["cpu_s"] <= h["cpu"] * 30 and 0 <= h["throttled_share"] <= 1, hosts
+# the steps' batch sizes over the load (the coordinator's sa_step_rows):
+# cumulative, ending at every step of the load
+rows = b["coordinator"]["step_rows"]
+assert rows and rows[-1][0] == "+Inf" and rows[-1][1] == b["coordinator"]["steps"], rows
+assert all(x[1] <= y[1] for x, y in zip(rows, rows[1:])), rows
 # the machine's speed before and after each run (speed.json, speed.py)
 for r in runs:
     sp = json.load(open(os.path.join(out, r, "speed.json")))

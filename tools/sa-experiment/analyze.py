@@ -239,7 +239,7 @@ class RunData:
             with open(path) as f:
                 scraped.append(metrics.parse(f.read()))
         d = metrics.delta(*scraped)
-        out = {"steps": d["steps"], "step_tokens": d["tokens"]}
+        out = {"steps": d["steps"], "step_tokens": d["tokens"], "step_rows": d["step_rows"]}
         out.update({h + "_mean_s": d[h + "_mean_s"] for h in metrics.HISTOGRAMS})
         return out
 

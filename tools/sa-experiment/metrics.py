@@ -7,19 +7,34 @@ HISTOGRAMS = ("encode_duration", "queue_duration", "time_to_first_token", "step_
 
 
 def parse(text):
-    """{metric name: value}, each name summed over its label sets; lines
+    """{metric name: value}, each name summed over its label sets, and each
+    histogram bucket as 'name{le="x"}' summed over its other labels; lines
     that are not samples (comments, malformed) are skipped."""
     out = {}
     for line in text.splitlines():
         if line.startswith("#") or not line.strip():
             continue
-        name, _, rest = line.partition(" ")
-        name = name.split("{", 1)[0]
+        series, _, rest = line.partition(" ")
+        name, _, labels = series.partition("{")
         try:
-            out[name] = out.get(name, 0.0) + float(rest.split()[0])
+            v = float(rest.split()[0])
         except (ValueError, IndexError):
-            pass
+            continue
+        keys = [name]
+        if name.endswith("_bucket") and 'le="' in labels:
+            keys.append('%s{le="%s"}' % (name, labels.split('le="', 1)[1].split('"', 1)[0]))
+        for k in keys:
+            out[k] = out.get(k, 0.0) + v
     return out
+
+
+def buckets(m0, m1, name):
+    """A histogram's cumulative buckets between scrapes m0 and m1 (parsed):
+    [(upper bound, observations at or under it)], in order of the bound."""
+    pre = name + '_bucket{le="'
+    les = [k[len(pre):-2] for k in m1 if k.startswith(pre)]
+    return sorted(((float(le), m1[pre + le + '"}'] - m0.get(pre + le + '"}', 0.0)) for le in les),
+                  key=lambda b: b[0])
 
 
 def delta(m0, m1):
@@ -33,4 +48,7 @@ def delta(m0, m1):
         s, n = d("sa_%s_seconds_sum" % h), d("sa_%s_seconds_count" % h)
         out[h + "_sum"], out[h + "_count"] = s, n
         out[h + "_mean_s"] = round(s / n, 5) if n else None
+    # the steps' rows (batch sizes), all replicas: [[bound, steps at or under]]
+    out["step_rows"] = [[le if le != float("inf") else "+Inf", n]
+                        for le, n in buckets(m0, m1, "sa_step_rows")]
     return out
