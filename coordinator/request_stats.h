@@ -1,7 +1,7 @@
 /*
- * request_stats — the latency histogram the coordinator's modules keep for
- * /metrics (Prometheus' cumulative buckets, in seconds). Each histogram has
- * one writer: the module that holds it.
+ * request_stats — the histograms the coordinator's modules keep for /metrics
+ * (Prometheus' cumulative buckets): latencies in seconds, and the rows of
+ * each pipeline step. Each histogram has one writer: the module that holds it.
  */
 #ifndef SA_COORD_REQUEST_STATS_H
 #define SA_COORD_REQUEST_STATS_H
