@@ -85,6 +85,24 @@ for x, y in ((a.stage(4, 3, 300, 3, last=True), b.stage(4, 3, 300, 3, last=True)
     assert x > 0 and abs(y - 1.5 * x) < 1e-12, (x, y)
 print("speed factor: as computed by hand; bad probe files scale nothing")
 PY
+# (1c) /metrics buckets (metrics.py, which sa-experiment and calibrate read):
+# per bound over the label sets, between two scrapes; a bound that is not a
+# number (or a line cut short) is not a bucket and never breaks the reading
+python3 - "$SRC/tools/sa-experiment" <<'PY' || fail "metrics buckets"
+import sys
+sys.path.insert(0, sys.argv[1])
+import metrics
+m0 = metrics.parse('sa_step_rows_bucket{replica="r0",le="4"} 1\n'
+                   'sa_step_rows_bucket{replica="r0",le="+Inf"} 2\n')
+m1 = metrics.parse('sa_step_rows_bucket{replica="r0",le="4"} 3\n'
+                   'sa_step_rows_bucket{replica="r1",le="4"} 2\n'
+                   'sa_step_rows_bucket{replica="r0",le="+Inf"} 9\n'
+                   'sa_step_rows_bucket{le="four"} 7\nsa_step_rows_bucket{le="8} 1\n'
+                   'sa_step_rows_bucket{le="8"}\n')
+assert metrics.buckets(m0, m1, "sa_step_rows") == [(4.0, 4.0), (float("inf"), 7.0)]
+assert metrics.delta(m0, m1)["step_rows"] == [[4.0, 4.0], ["+Inf", 7.0]]
+print("metrics buckets: summed over replicas, bad bounds skipped")
+PY
 python3 - "$SRC/sim" "$SRC/experiments/clips/beeps.wav" <<'PY' || fail "closed loop"
 import json, sys
 sys.path.insert(0, sys.argv[1])

@@ -22,7 +22,12 @@ def parse(text):
             continue
         keys = [name]
         if name.endswith("_bucket") and 'le="' in labels:
-            keys.append('%s{le="%s"}' % (name, labels.split('le="', 1)[1].split('"', 1)[0]))
+            le = labels.split('le="', 1)[1].split('"', 1)[0]
+            try:  # a bound buckets() can order ("+Inf" included); else not a bucket
+                float(le)
+                keys.append('%s{le="%s"}' % (name, le))
+            except ValueError:
+                pass
         for k in keys:
             out[k] = out.get(k, 0.0) + v
     return out
