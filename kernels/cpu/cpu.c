@@ -63,7 +63,7 @@
 #define ATTN_MAX_UNITS 64 /* groups of one row attended chunk by chunk together */
 #define ATTN_PF_BYTES 2048 /* of a head's slices prefetched ahead of the reading (kv_slices) */
 #define ATTN_SUB 16       /* keys per kernel call (widened bf16 / q8: 4 KiB at hd 64) */
-#define ATTN_VSUB 32      /* keys per attn_values_bf16 call (one tile's k) */
+#define ATTN_VSUB 32      /* keys per attn_values_bf16 (one tile's k) or _widen call */
 /* Below this many multiply-adds (or elements) an op runs on the caller. */
 #define PAR_MIN_WORK 32768
 /* Default first M served by sgemm: on the Zen 4 VM measured with bench-gemm
@@ -852,6 +852,7 @@ typedef struct {
   size_t row;
   float scale, *wide;
   uint16_t *kt, *vt; /* attn_scores_bf16's key tile, attn_values_bf16's tiles */
+  int widen;         /* a bf16 cache goes to attn_scores_widen, attn_values_widen */
 } attn_row_t;
 
 /* Prefetches (into L2) the head slices (bytes each) of rows p .. p+n-1 of
@@ -940,7 +941,8 @@ static void kv_slices(const attn_row_t *r, const attn_group_t *a, const void *ca
  * (exp_sum), rescales the running outputs once and adds the chunk's
  * values. Keys go to the kernels in blocks of at most ATTN_SUB: a bf16 or
  * q8 block is widened to fp32 once (into wide, in L1) for all G heads
- * (where the kernels score bf16 in place, a bf16 block's keys are not), and
+ * (where the kernels score bf16 in place or widen it in registers, a bf16
+ * block's keys are not), and
  * each key and value row is read once for the group (7 query heads per KV
  * head: a sevenfold cut of the KV traffic). Each head's arithmetic depends
  * neither on G, the blocks, the order in which groups take their chunks,
@@ -974,14 +976,16 @@ static void attend_chunk(const attn_row_t *r, attn_group_t *grp, int nu, int p0)
   const float *rp[ATTN_SUB];
   const uint16_t *kp[ATTN_VSUB];
   int hd = r->hd, n = r->n_keys - p0 < ATTN_CHUNK ? r->n_keys - p0 : ATTN_CHUNK;
-  int in_place = grp[0].qp != NULL;
+  int in_place = grp[0].qp != NULL, raw = in_place || r->widen; /* kp, not rp */
   for (int i = 0; i < n; i += ATTN_SUB) {
     int nb = n - i < ATTN_SUB ? n - i : ATTN_SUB;
     for (int u = 0; u < nu; u++) {
       attn_group_t *a = &grp[u];
-      kv_slices(r, a, r->kc, rp, in_place ? kp : NULL, p0 + i, nb, p0 + n, r->vc, p0, p0 + n);
+      kv_slices(r, a, r->kc, rp, raw ? kp : NULL, p0 + i, nb, p0 + n, r->vc, p0, p0 + n);
       if (in_place)
         kn->attn_scores_bf16(a->sc + i, ATTN_CHUNK, a->qp, a->G, hd, kp, nb, r->scale, r->kt);
+      else if (raw)
+        kn->attn_scores_widen(a->sc + i, ATTN_CHUNK, a->q, a->G, hd, kp, nb, r->scale);
       else
         kn->attn_scores(a->sc + i, ATTN_CHUNK, a->q, a->G, hd, rp, nb, r->scale);
     }
@@ -996,17 +1000,19 @@ static void attend_chunk(const attn_row_t *r, attn_group_t *grp, int nu, int p0)
       a->mx[g] = nm;
     }
   }
-  int vsub = in_place ? ATTN_VSUB : ATTN_SUB;
+  int vsub = raw ? ATTN_VSUB : ATTN_SUB;
   for (int i = 0; i < n; i += vsub) {
     int nb = n - i < vsub ? n - i : vsub;
     for (int u = 0; u < nu; u++) {
       attn_group_t *a = &grp[u];
-      kv_slices(r, a, r->vc, rp, in_place ? kp : NULL, p0 + i, nb, p0 + n, r->kc, p0 + n,
+      kv_slices(r, a, r->vc, rp, raw ? kp : NULL, p0 + i, nb, p0 + n, r->kc, p0 + n,
                 r->n_keys);
       /* the first chunk starts from zeros (corr 0 would keep a NaN) */
       const float *c = i == 0 && p0 > 0 ? a->corr : NULL;
       if (in_place)
         kn->attn_values_bf16(a->out, c, a->sc + i, ATTN_CHUNK, a->G, hd, kp, nb, r->vt);
+      else if (raw)
+        kn->attn_values_widen(a->out, c, a->sc + i, ATTN_CHUNK, a->G, hd, kp, nb);
       else
         kn->attn_values(a->out, c, a->sc + i, ATTN_CHUNK, a->G, hd, rp, nb);
     }
@@ -1094,6 +1100,9 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
                           ATTN_MAX_UNITS * ATTN_QP_BYTES(hd);
   int in_place = j->kv_type == SA_KV_BF16 && kn->attn_scores_bf16 && kn->attn_values_bf16 &&
                  in_place_bytes <= SCRATCH_BYTES;
+  /* else the kernels may widen it in registers (same bits as into scratch) */
+  int widen = j->kv_type == SA_KV_BF16 && !in_place && kn->attn_scores_widen &&
+              kn->attn_values_widen;
   /* Groups whose chunks are attended together, key block by key block
    * (attend_chunk): as many as the scratch holds the scores of, after the
    * widened keys and the tiles. */
@@ -1113,7 +1122,7 @@ static void attn_run(attn_job_t *j, float *sc, int lo, int hi) {
     attn_row_t r = {.kn = kn, .kc = j->pkc, .vc = j->pvc, .kv_type = j->kv_type,
                     .bs = b->block_size, .n_keys = pos + 1, .hd = hd,
                     .table = b->block_table + (size_t)s * b->max_blocks, .row = kv_row,
-                    .scale = j->scale, .wide = wide};
+                    .scale = j->scale, .wide = wide, .widen = widen};
     r.kt = (uint16_t *)(r.wide + (size_t)ATTN_SUB * hd);
     r.vt = (uint16_t *)((char *)r.kt + 16 * ATTN_KT_STRIDE(hd));
     uint16_t *qp = in_place ? (uint16_t *)((char *)r.vt + ATTN_VT_BYTES(hd)) : NULL;

@@ -5,6 +5,8 @@
  * Same scheme as cpu_avx512.c at 8 lanes: bf16 weights are widened to fp32
  * exactly and multiplied with fp32 FMA. Register block 4 W rows x up to 2 x
  * rows (8 ymm accumulators + 4 weight vectors fit the 16 registers).
+ * Attention differs: scores put keys, not dims, in the lanes (scores_all),
+ * and a bf16 KV cache is widened in registers, never into scratch.
  */
 #include "cpu_impl.h"
 #include "kernels.h"
@@ -120,78 +122,144 @@ static void mm_small(float *y, const float *x, const uint16_t *w,
   }
 }
 
-/* The sums of 8 accumulators as one vector: lane p = the sum of the 8
- * lanes of a[KMAP[p]] (the tree's output order; KMAP is its own inverse),
- * every lane by the same tree. */
-static const int KMAP[8] = {0, 2, 1, 3, 4, 6, 5, 7};
-
-static inline __m256 sum8(const __m256 *a) {
-  __m256 x[4], w[2];
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; j++) /* 128-bit lanes: a[j]'s in the low, a[j + 4]'s in the high */
-    x[j] = _mm256_add_ps(_mm256_permute2f128_ps(a[j], a[j + 4], 0x20),
-                         _mm256_permute2f128_ps(a[j], a[j + 4], 0x31));
-#pragma GCC unroll 2
-  for (int j = 0; j < 2; j++)
-    w[j] = _mm256_add_ps(_mm256_shuffle_ps(x[j], x[j + 2], 0x44),
-                         _mm256_shuffle_ps(x[j], x[j + 2], 0xee));
-  return _mm256_add_ps(_mm256_shuffle_ps(w[0], w[1], 0x88), _mm256_shuffle_ps(w[0], w[1], 0xdd));
-}
-
+/* Dims d..d+3 of 8 keys as 4 columns, lane p = key p: kb[p] are fp32
+ * head slices, or (BF) bf16 ones widened on the way (exact). Rows p and
+ * p + 4 share a register, and two 4x4 transposes (one per 128-bit lane)
+ * turn the rows into columns. */
 static inline __attribute__((always_inline)) void
-scores_block(__m256 *acc, const float *qg, const float *const *kb, int d0, const int NV) {
-  __m256 qv[4];
+columns4(__m256 *c, const void *const *kb, int d, const int BF) {
+  __m256 r[4];
 #pragma GCC unroll 4
-  for (int t = 0; t < NV; t++)
-    qv[t] = _mm256_loadu_ps(qg + d0 + 8 * t);
-#pragma GCC unroll 8
-  for (int a = 0; a < 8; a++) {
-    const float *p = kb[a] + d0;
-#pragma GCC unroll 4
-    for (int t = 0; t < NV; t++)
-      acc[a] = _mm256_fmadd_ps(qv[t], _mm256_loadu_ps(p + 8 * t), acc[a]);
-  }
+  for (int j = 0; j < 4; j++)
+    if (BF) {
+      __m128i lo = _mm_loadl_epi64((const __m128i *)((const uint16_t *)kb[j] + d));
+      __m128i hi = _mm_loadl_epi64((const __m128i *)((const uint16_t *)kb[j + 4] + d));
+      r[j] = _mm256_castsi256_ps(
+          _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_unpacklo_epi64(lo, hi)), 16));
+    } else {
+      r[j] = _mm256_loadu2_m128((const float *)kb[j + 4] + d, (const float *)kb[j] + d);
+    }
+  __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  c[0] = _mm256_shuffle_ps(t0, t2, 0x44);
+  c[1] = _mm256_shuffle_ps(t0, t2, 0xee);
+  c[2] = _mm256_shuffle_ps(t1, t3, 0x44);
+  c[3] = _mm256_shuffle_ps(t1, t3, 0xee);
 }
 
-/* As sa__cpu_attn_scores_avx512, 8 keys at a time. */
-static void attn_scores(float *s, size_t ss, const float *q, int G, int hd,
-                        const float *const *k, int n, float scale) {
-  if (hd % 8) {
-    sa__cpu_kern_scalar.attn_scores(s, ss, q, G, hd, k, n, scale);
-    return;
+/* NH <= 4 heads' scores of 16 keys from their columns (kt: dim d's 16
+ * keys at kt + 16 d): two accumulators a head with the keys in their lanes,
+ * q[g][d] broadcast once for both. */
+static inline __attribute__((always_inline)) void
+scores_heads(float *s, size_t ss, const float *q, int hd, const float *kt, int g0, int i,
+             int nb, __m256 vs, const int NH) {
+  __m256 acc[4][2];
+#pragma GCC unroll 4
+  for (int h = 0; h < NH; h++)
+    acc[h][0] = acc[h][1] = _mm256_setzero_ps();
+  for (int d = 0; d < hd; d++) {
+    __m256 c0 = _mm256_load_ps(kt + 16 * d), c1 = _mm256_load_ps(kt + 16 * d + 8);
+#pragma GCC unroll 4
+    for (int h = 0; h < NH; h++) {
+      __m256 b = _mm256_broadcast_ss(q + (size_t)(g0 + h) * hd + d);
+      acc[h][0] = _mm256_fmadd_ps(b, c0, acc[h][0]);
+      acc[h][1] = _mm256_fmadd_ps(b, c1, acc[h][1]);
+    }
   }
-  __m256 vs = _mm256_set1_ps(scale);
-  for (int i = 0; i < n; i += 8) {
-    int nb = n - i < 8 ? n - i : 8;
-    const float *kb[8];
-#pragma GCC unroll 8
-    for (int p = 0; p < 8; p++) /* a short block repeats its first key */
-      kb[KMAP[p]] = k[i + (p < nb ? p : 0)];
-    for (int g = 0; g < G; g++) {
-      const float *qg = q + (size_t)g * hd;
-      __m256 acc[8];
-#pragma GCC unroll 8
-      for (int a = 0; a < 8; a++)
-        acc[a] = _mm256_setzero_ps();
-      for (int d0 = 0; d0 < hd; d0 += 32) {
-        switch ((hd - d0) / 8 < 4 ? (hd - d0) / 8 : 4) {
-        case 4: scores_block(acc, qg, kb, d0, 4); break;
-        case 3: scores_block(acc, qg, kb, d0, 3); break;
-        case 2: scores_block(acc, qg, kb, d0, 2); break;
-        default: scores_block(acc, qg, kb, d0, 1); break;
-        }
-      }
-      float r[8];
-      _mm256_storeu_ps(r, _mm256_mul_ps(sum8(acc), vs));
-      memcpy(s + (size_t)g * ss + i, r, sizeof(float) * nb);
+#pragma GCC unroll 4
+  for (int h = 0; h < NH; h++) {
+    float *o = s + (size_t)(g0 + h) * ss + i, t[16];
+    __m256 v0 = _mm256_mul_ps(acc[h][0], vs), v1 = _mm256_mul_ps(acc[h][1], vs);
+    if (nb == 16) {
+      _mm256_storeu_ps(o, v0);
+      _mm256_storeu_ps(o + 8, v1);
+    } else {
+      _mm256_storeu_ps(t, v0);
+      _mm256_storeu_ps(t + 8, v1);
+      memcpy(o, t, sizeof(float) * (size_t)nb);
     }
   }
 }
 
-/* As the AVX-512 values_block: NG heads x NV vectors of 8 in registers. */
+/* Scores as the scalar kernel defines them, 16 keys at a time: the keys
+ * turned into columns on the stack (kt, in L1), then up to 4 heads
+ * together with the keys in the lanes of their accumulators, so each key's
+ * sum runs over d in order, one FMA a dim, whatever the block -- no
+ * horizontal sums (the kernel before this one, dims in the lanes and a tree
+ * across them at the end, spent a third of its time on those sums and
+ * their scalar stores). A short block repeats its first key. BF: the keys
+ * are bf16 slices (attn_scores_widen), widened in registers: the same bits
+ * as an fp32 cache of the same values. */
+static inline __attribute__((always_inline)) void
+scores_all(float *s, size_t ss, const float *q, int G, int hd, const void *const *k, int n,
+           float scale, const int BF) {
+  __m256 vs = _mm256_set1_ps(scale);
+  float kt[16 * hd] __attribute__((aligned(32)));
+  for (int i = 0; i < n; i += 16) {
+    int nb = n - i < 16 ? n - i : 16;
+    const void *kb[16];
+#pragma GCC unroll 16
+    for (int p = 0; p < 16; p++)
+      kb[p] = k[i + (p < nb ? p : 0)];
+    for (int d = 0; d < hd; d += 4) {
+      __m256 c[4], c8[4];
+      columns4(c, kb, d, BF);
+      columns4(c8, kb + 8, d, BF);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; j++) {
+        _mm256_store_ps(kt + 16 * (d + j), c[j]);
+        _mm256_store_ps(kt + 16 * (d + j) + 8, c8[j]);
+      }
+    }
+    for (int g0 = 0; g0 < G; g0 += 4) {
+      switch (G - g0 < 4 ? G - g0 : 4) {
+      case 4: scores_heads(s, ss, q, hd, kt, g0, i, nb, vs, 4); break;
+      case 3: scores_heads(s, ss, q, hd, kt, g0, i, nb, vs, 3); break;
+      case 2: scores_heads(s, ss, q, hd, kt, g0, i, nb, vs, 2); break;
+      default: scores_heads(s, ss, q, hd, kt, g0, i, nb, vs, 1); break;
+      }
+    }
+  }
+}
+
+static void attn_scores(float *s, size_t ss, const float *q, int G, int hd,
+                        const float *const *k, int n, float scale) {
+  if (hd % 4) {
+    sa__cpu_kern_scalar.attn_scores(s, ss, q, G, hd, k, n, scale);
+    return;
+  }
+  scores_all(s, ss, q, G, hd, (const void *const *)k, n, scale, 0);
+}
+
+/* Rows whose hd the SIMD kernels do not take: widened into wide (n * hd
+ * floats), with p[i] pointing at them, for the scalar kernels. */
+static void widen_rows(float *wide, const float **p, const uint16_t *const *k, int n, int hd) {
+  for (int i = 0; i < n; i++) {
+    for (int d = 0; d < hd; d++)
+      wide[(size_t)i * hd + d] = bf16f(k[i][d]);
+    p[i] = wide + (size_t)i * hd;
+  }
+}
+
+static void attn_scores_widen(float *s, size_t ss, const float *q, int G, int hd,
+                              const uint16_t *const *k, int n, float scale) {
+  if (hd % 4) {
+    float wide[(size_t)n * hd + 1];
+    const float *p[n + 1];
+    widen_rows(wide, p, k, n, hd);
+    sa__cpu_kern_scalar.attn_scores(s, ss, q, G, hd, p, n, scale);
+    return;
+  }
+  scores_all(s, ss, q, G, hd, (const void *const *)k, n, scale, 1);
+}
+
+/* As the AVX-512 values_block: NG heads x NV vectors of 8 in registers;
+ * BF: v[i] are bf16 slices (attn_values_widen), each vector widened in
+ * registers once for the NG heads, else fp32. */
 static inline __attribute__((always_inline)) void
 values_block(float *o, const float *c, const float *e, size_t es, int hd,
-             const float *const *v, int n, int g0, int d0, const int NG, const int NV) {
+             const void *const *v, int n, int g0, int d0, const int NG, const int NV,
+             const int BF) {
   __m256 acc[4][2];
 #pragma GCC unroll 4
   for (int g = 0; g < NG; g++)
@@ -205,7 +273,8 @@ values_block(float *o, const float *c, const float *e, size_t es, int hd,
     __m256 vv[2];
 #pragma GCC unroll 2
     for (int t = 0; t < NV; t++)
-      vv[t] = _mm256_loadu_ps(v[i] + d0 + 8 * t);
+      vv[t] = BF ? ldw((const uint16_t *)v[i] + d0 + 8 * t)
+                 : _mm256_loadu_ps((const float *)v[i] + d0 + 8 * t);
 #pragma GCC unroll 4
     for (int g = 0; g < NG; g++) {
       __m256 eb = _mm256_set1_ps(e[(size_t)(g0 + g) * es + i]);
@@ -221,19 +290,16 @@ values_block(float *o, const float *c, const float *e, size_t es, int hd,
       _mm256_storeu_ps(o + (size_t)(g0 + g) * hd + d0 + 8 * t, acc[g][t]);
 }
 
-static void attn_values(float *o, const float *c, const float *e, size_t es, int G, int hd,
-                        const float *const *v, int n) {
-  if (hd % 8) {
-    sa__cpu_kern_scalar.attn_values(o, c, e, es, G, hd, v, n);
-    return;
-  }
+static inline __attribute__((always_inline)) void
+values_all(float *o, const float *c, const float *e, size_t es, int G, int hd,
+           const void *const *v, int n, const int BF) {
   for (int d0 = 0; d0 < hd; d0 += 16) {
     int two = hd - d0 >= 16;
     for (int g0 = 0; g0 < G; g0 += 4) {
       int ng = G - g0 < 4 ? G - g0 : 4;
 #define VB(NG)                                                                 \
-  (two ? values_block(o, c, e, es, hd, v, n, g0, d0, NG, 2)                   \
-       : values_block(o, c, e, es, hd, v, n, g0, d0, NG, 1))
+  (two ? values_block(o, c, e, es, hd, v, n, g0, d0, NG, 2, BF)               \
+       : values_block(o, c, e, es, hd, v, n, g0, d0, NG, 1, BF))
       switch (ng) {
       case 4: VB(4); break;
       case 3: VB(3); break;
@@ -243,6 +309,27 @@ static void attn_values(float *o, const float *c, const float *e, size_t es, int
 #undef VB
     }
   }
+}
+
+static void attn_values(float *o, const float *c, const float *e, size_t es, int G, int hd,
+                        const float *const *v, int n) {
+  if (hd % 8) {
+    sa__cpu_kern_scalar.attn_values(o, c, e, es, G, hd, v, n);
+    return;
+  }
+  values_all(o, c, e, es, G, hd, (const void *const *)v, n, 0);
+}
+
+static void attn_values_widen(float *o, const float *c, const float *e, size_t es, int G,
+                              int hd, const uint16_t *const *v, int n) {
+  if (hd % 8) {
+    float wide[(size_t)n * hd + 1];
+    const float *p[n + 1];
+    widen_rows(wide, p, v, n, hd);
+    sa__cpu_kern_scalar.attn_values(o, c, e, es, G, hd, p, n);
+    return;
+  }
+  values_all(o, c, e, es, G, hd, (const void *const *)v, n, 1);
 }
 
 /* 8 int8 of a q8 KV block, widened to fp32 (exact). */
@@ -364,6 +451,8 @@ const sa__cpu_kern_t sa__cpu_kern_avx2 = {
     .mm_small = mm_small,
     .attn_scores = attn_scores,
     .attn_values = attn_values,
+    .attn_scores_widen = attn_scores_widen,
+    .attn_values_widen = attn_values_widen,
     .q8_to_f32 = q8_to_f32,
     .bf16_to_f32 = bf16_to_f32,
     .exp_sum = exp_sum,

@@ -58,6 +58,15 @@ typedef struct {
    * ATTN_VT_BYTES(hd) of 64-byte aligned scratch. */
   void (*attn_values_bf16)(float *o, const float *c, const float *e, size_t es, int G,
                            int hd, const uint16_t *const *v, int n, uint16_t *vt);
+  /* Optional, where attn_scores_bf16 is not (NULL: bf16 keys and values are
+   * widened into scratch first): attn_scores over n <= 16 keys and
+   * attn_values over n <= 32 whose k[i], v[i] are bf16 head slices in the
+   * cache, widened in registers -- the same bits as widening them and
+   * calling attn_scores, attn_values (cpu_avx2.c). */
+  void (*attn_scores_widen)(float *s, size_t ss, const float *q, int G, int hd,
+                            const uint16_t *const *k, int n, float scale);
+  void (*attn_values_widen)(float *o, const float *c, const float *e, size_t es, int G,
+                            int hd, const uint16_t *const *v, int n);
   /* dst[i] = a q8 KV row (kernels.h SA_KV_Q8_0, n % 32 == 0) widened to
    * fp32: d * q[i] per block (the bits of sa__kv_q8_read_row). */
   void (*q8_to_f32)(float *dst, const uint8_t *src, int n);

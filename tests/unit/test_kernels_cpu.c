@@ -467,6 +467,22 @@ static void attention_case_t(const seq_t *seqs, int n_seqs, int nh, int nkv,
                      0);
     assert_memory_equal(out1, out, sizeof(float) * on1);
     free(out1);
+    /* a bf16 cache, widened into scratch or in registers (avx2's
+     * attn_scores_widen), gives the bits of an fp32 cache holding the
+     * same values -- every path but amx, which rounds q and e */
+    if (kvt == SA_KV_BF16 && strcmp(isa, "amx") != 0) {
+      size_t nv = esz * cache_n / 2;
+      float *kf = malloc(sizeof(float) * nv), *vf = malloc(sizeof(float) * nv);
+      float *outf = malloc(sizeof(float) * on + 4);
+      for (size_t i = 0; i < nv; i++) {
+        kf[i] = sa_bf16_to_f32(((const uint16_t *)kc)[i]);
+        vf[i] = sa_bf16_to_f32(((const uint16_t *)vc)[i]);
+      }
+      assert_int_equal(sa_op_attention(be, outf, q, stride, kf, vf, SA_KV_F32, &b, nh, nkv, hd,
+                                       scale), 0);
+      assert_memory_equal(outf, out, sizeof(float) * on);
+      free(kf), free(vf), free(outf);
+    }
   }
   free(kc), free(vc), free(kc2), free(vc2), free(table), free(qkv), free(slot);
   free(q), free(qb), free(out), free(outr), free(outrb), free(outabs), free(boundb);
@@ -533,9 +549,11 @@ static void test_attention(void **state) {
   const seq_t mix[] = {{1, 1}, {37, 37}, {1, 50}, {5, 33}, {0, 17}, {1, 16}};
   /* nh, nkv, hd; 40/2: groups of 20 query heads, more than the kernel
    * attends at once (16); 64/64: more KV heads a row than the scratch holds
-   * the scores of at once (waves of 61 groups) */
+   * the scores of at once (waves of 61 groups); hd 24 and 6: head dims
+   * the 8-lane kernels take only in part (avx2's scores take 4 dims a step,
+   * its values 8) or not at all */
   static const int heads[][3] = {{2, 2, 16}, {4, 2, 24}, {7, 1, 64}, {14, 2, 64}, {40, 2, 8},
-                                 {64, 64, 32}};
+                                 {64, 64, 32}, {3, 1, 6}};
   for (size_t h = 0; h < sizeof heads / sizeof heads[0]; h++) {
     attention_case(mix, 6, heads[h][0], heads[h][1], heads[h][2], 16);
     attention_case(mix, 6, heads[h][0], heads[h][1], heads[h][2], 5);
