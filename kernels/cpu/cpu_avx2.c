@@ -158,7 +158,7 @@ scores_heads(float *s, size_t ss, const float *q, int hd, const float *kt, int g
   for (int h = 0; h < NH; h++)
     acc[h][0] = acc[h][1] = _mm256_setzero_ps();
   for (int d = 0; d < hd; d++) {
-    __m256 c0 = _mm256_load_ps(kt + 16 * d), c1 = _mm256_load_ps(kt + 16 * d + 8);
+    __m256 c0 = _mm256_loadu_ps(kt + 16 * d), c1 = _mm256_loadu_ps(kt + 16 * d + 8);
 #pragma GCC unroll 4
     for (int h = 0; h < NH; h++) {
       __m256 b = _mm256_broadcast_ss(q + (size_t)(g0 + h) * hd + d);
@@ -194,7 +194,7 @@ static inline __attribute__((always_inline)) void
 scores_all(float *s, size_t ss, const float *q, int G, int hd, const void *const *k, int n,
            float scale, const int BF) {
   __m256 vs = _mm256_set1_ps(scale);
-  float kt[16 * hd] __attribute__((aligned(32)));
+  float kt[16 * hd];
   for (int i = 0; i < n; i += 16) {
     int nb = n - i < 16 ? n - i : 16;
     const void *kb[16];
@@ -207,8 +207,8 @@ scores_all(float *s, size_t ss, const float *q, int G, int hd, const void *const
       columns4(c8, kb + 8, d, BF);
 #pragma GCC unroll 4
       for (int j = 0; j < 4; j++) {
-        _mm256_store_ps(kt + 16 * (d + j), c[j]);
-        _mm256_store_ps(kt + 16 * (d + j) + 8, c8[j]);
+        _mm256_storeu_ps(kt + 16 * (d + j), c[j]);
+        _mm256_storeu_ps(kt + 16 * (d + j) + 8, c8[j]);
       }
     }
     for (int g0 = 0; g0 < G; g0 += 4) {

@@ -33,6 +33,23 @@ for r in rows:
 print("validation: %d runs within 15 %%" % len(rows))
 PY
 
+# (1a) a second machine's calibration against its own rounds (--results):
+# the Zen 3 validation's throughput within 15 % in every round; a results
+# folder that is not there exits 2, named
+"$SIM" validate --calibration "$SRC/sim/calibration/cpu-medium-zen3.json" \
+  --results "$SRC/sim/results/zen3" --fresh-only --out "$T/v3.json" >"$T/validate3.log" ||
+  fail "validate zen3"
+python3 - "$T/v3.json" <<'PY' || fail "zen3 validation: $(cat "$T/validate3.log")"
+import json, sys
+val = [r for r in json.load(open(sys.argv[1]))["runs"] if r["scenario"].startswith("validation")]
+assert val and len(val) % 6 == 0, len(val)
+for r in val:
+    m, s = r["measured"]["tokens_per_s"], r["simulated"]["tokens_per_s"]
+    assert abs(s / m - 1) <= 0.15, (r["run"], m, s)
+PY
+if "$SIM" validate --results "$T/none" --out "$T/x.json" 2>"$T/err"; then fail "--results none"; fi
+grep -q "no results folder" "$T/err" || fail "--results none: $(cat "$T/err")"
+
 # (1b) the CPU quota model against hand arithmetic: 3.6 ms of CPU on a 0.15
 # quota (1.5 ms per 10 ms period) from a period's start. Strict: 1.5 + wait,
 # 1.5 + wait, 0.6 -> 20.6 ms. Charged at 1 ms ticks: runs out at 1.5, stopped
