@@ -985,7 +985,7 @@ static void attend_chunk(const attn_row_t *r, attn_group_t *grp, int nu, int p0)
       if (in_place)
         kn->attn_scores_bf16(a->sc + i, ATTN_CHUNK, a->qp, a->G, hd, kp, nb, r->scale, r->kt);
       else if (raw)
-        kn->attn_scores_widen(a->sc + i, ATTN_CHUNK, a->q, a->G, hd, kp, nb, r->scale);
+        kn->attn_scores_widen(a->sc + i, ATTN_CHUNK, a->q, a->G, hd, kp, nb, r->scale, r->wide);
       else
         kn->attn_scores(a->sc + i, ATTN_CHUNK, a->q, a->G, hd, rp, nb, r->scale);
     }
@@ -1012,7 +1012,7 @@ static void attend_chunk(const attn_row_t *r, attn_group_t *grp, int nu, int p0)
       if (in_place)
         kn->attn_values_bf16(a->out, c, a->sc + i, ATTN_CHUNK, a->G, hd, kp, nb, r->vt);
       else if (raw)
-        kn->attn_values_widen(a->out, c, a->sc + i, ATTN_CHUNK, a->G, hd, kp, nb);
+        kn->attn_values_widen(a->out, c, a->sc + i, ATTN_CHUNK, a->G, hd, kp, nb, r->wide);
       else
         kn->attn_values(a->out, c, a->sc + i, ATTN_CHUNK, a->G, hd, rp, nb);
     }

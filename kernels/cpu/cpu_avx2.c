@@ -147,23 +147,48 @@ columns4(__m256 *c, const void *const *kb, int d, const int BF) {
   c[3] = _mm256_shuffle_ps(t1, t3, 0xee);
 }
 
-/* NH <= 4 heads' scores of 16 keys from their columns (kt: dim d's 16
- * keys at kt + 16 d): two accumulators a head with the keys in their lanes,
- * q[g][d] broadcast once for both. */
+/* The scores' key columns on the stack: COLS_HD dims of 16 keys (8 KiB). */
+#define COLS_HD 128
+
+/* Dims [d0, d1) of 16 keys as columns into kt (dim d's 16 keys at
+ * kt + 16 (d - d0)). */
 static inline __attribute__((always_inline)) void
-scores_heads(float *s, size_t ss, const float *q, int hd, const float *kt, int g0, int i,
-             int nb, __m256 vs, const int NH) {
+fill_columns(float *kt, const void *const *kb, int d0, int d1, const int BF) {
+  for (int d = d0; d < d1; d += 4) {
+    __m256 c[4], c8[4];
+    columns4(c, kb, d, BF);
+    columns4(c8, kb + 8, d, BF);
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) {
+      _mm256_storeu_ps(kt + 16 * (d - d0 + j), c[j]);
+      _mm256_storeu_ps(kt + 16 * (d - d0 + j) + 8, c8[j]);
+    }
+  }
+}
+
+/* NH <= 4 heads' scores of 16 keys from their columns: two accumulators a
+ * head with the keys in their lanes, q[g][d] broadcast once for both. kt
+ * holds all hd dims when filled (hd <= COLS_HD), else each COLS_HD dims
+ * are turned into columns here in turn, the sums going on in registers. */
+static inline __attribute__((always_inline)) void
+scores_heads(float *s, size_t ss, const float *q, int hd, const void *const *kb, float *kt,
+             int filled, int g0, int i, int nb, __m256 vs, const int NH, const int BF) {
   __m256 acc[4][2];
 #pragma GCC unroll 4
   for (int h = 0; h < NH; h++)
     acc[h][0] = acc[h][1] = _mm256_setzero_ps();
-  for (int d = 0; d < hd; d++) {
-    __m256 c0 = _mm256_loadu_ps(kt + 16 * d), c1 = _mm256_loadu_ps(kt + 16 * d + 8);
+  for (int d0 = 0; d0 < hd; d0 += COLS_HD) {
+    int d1 = hd - d0 < COLS_HD ? hd : d0 + COLS_HD;
+    if (!filled)
+      fill_columns(kt, kb, d0, d1, BF);
+    for (int d = d0; d < d1; d++) {
+      __m256 c0 = _mm256_loadu_ps(kt + 16 * (d - d0)), c1 = _mm256_loadu_ps(kt + 16 * (d - d0) + 8);
 #pragma GCC unroll 4
-    for (int h = 0; h < NH; h++) {
-      __m256 b = _mm256_broadcast_ss(q + (size_t)(g0 + h) * hd + d);
-      acc[h][0] = _mm256_fmadd_ps(b, c0, acc[h][0]);
-      acc[h][1] = _mm256_fmadd_ps(b, c1, acc[h][1]);
+      for (int h = 0; h < NH; h++) {
+        __m256 b = _mm256_broadcast_ss(q + (size_t)(g0 + h) * hd + d);
+        acc[h][0] = _mm256_fmadd_ps(b, c0, acc[h][0]);
+        acc[h][1] = _mm256_fmadd_ps(b, c1, acc[h][1]);
+      }
     }
   }
 #pragma GCC unroll 4
@@ -182,42 +207,37 @@ scores_heads(float *s, size_t ss, const float *q, int hd, const float *kt, int g
 }
 
 /* Scores as the scalar kernel defines them, 16 keys at a time: the keys
- * turned into columns on the stack (kt, in L1), then up to 4 heads
- * together with the keys in the lanes of their accumulators, so each key's
- * sum runs over d in order, one FMA a dim, whatever the block -- no
- * horizontal sums (the kernel before this one, dims in the lanes and a tree
- * across them at the end, spent a third of its time on those sums and
- * their scalar stores). A short block repeats its first key. BF: the keys
- * are bf16 slices (attn_scores_widen), widened in registers: the same bits
- * as an fp32 cache of the same values. */
+ * turned into columns on the stack (kt, in L1; once for all heads when hd
+ * <= COLS_HD), then up to 4 heads together with the keys in the lanes of
+ * their accumulators, so each key's sum runs over d in order, one FMA a
+ * dim, whatever the block -- no horizontal sums (the kernel before this
+ * one, dims in the lanes and a tree across them at the end, spent a third
+ * of its time on those sums and their scalar stores). A short block
+ * repeats its first key. BF: the keys are bf16 slices (attn_scores_widen),
+ * widened in registers: the same bits as an fp32 cache of the same values. */
 static inline __attribute__((always_inline)) void
 scores_all(float *s, size_t ss, const float *q, int G, int hd, const void *const *k, int n,
            float scale, const int BF) {
   __m256 vs = _mm256_set1_ps(scale);
-  float kt[16 * hd];
+  float kt[16 * COLS_HD];
+  int filled = hd <= COLS_HD;
   for (int i = 0; i < n; i += 16) {
     int nb = n - i < 16 ? n - i : 16;
     const void *kb[16];
 #pragma GCC unroll 16
     for (int p = 0; p < 16; p++)
       kb[p] = k[i + (p < nb ? p : 0)];
-    for (int d = 0; d < hd; d += 4) {
-      __m256 c[4], c8[4];
-      columns4(c, kb, d, BF);
-      columns4(c8, kb + 8, d, BF);
-#pragma GCC unroll 4
-      for (int j = 0; j < 4; j++) {
-        _mm256_storeu_ps(kt + 16 * (d + j), c[j]);
-        _mm256_storeu_ps(kt + 16 * (d + j) + 8, c8[j]);
-      }
-    }
+    if (filled)
+      fill_columns(kt, kb, 0, hd, BF);
     for (int g0 = 0; g0 < G; g0 += 4) {
+#define SH(NH) scores_heads(s, ss, q, hd, kb, kt, filled, g0, i, nb, vs, NH, BF)
       switch (G - g0 < 4 ? G - g0 : 4) {
-      case 4: scores_heads(s, ss, q, hd, kt, g0, i, nb, vs, 4); break;
-      case 3: scores_heads(s, ss, q, hd, kt, g0, i, nb, vs, 3); break;
-      case 2: scores_heads(s, ss, q, hd, kt, g0, i, nb, vs, 2); break;
-      default: scores_heads(s, ss, q, hd, kt, g0, i, nb, vs, 1); break;
+      case 4: SH(4); break;
+      case 3: SH(3); break;
+      case 2: SH(2); break;
+      default: SH(1); break;
       }
+#undef SH
     }
   }
 }
@@ -231,8 +251,9 @@ static void attn_scores(float *s, size_t ss, const float *q, int G, int hd,
   scores_all(s, ss, q, G, hd, (const void *const *)k, n, scale, 0);
 }
 
-/* Rows whose hd the SIMD kernels do not take: widened into wide (n * hd
- * floats), with p[i] pointing at them, for the scalar kernels. */
+/* Rows whose hd the SIMD kernels do not take: n <= 16 of them widened into
+ * wide (n * hd floats of the caller's scratch), p[i] pointing at them, for
+ * the scalar kernels. */
 static void widen_rows(float *wide, const float **p, const uint16_t *const *k, int n, int hd) {
   for (int i = 0; i < n; i++) {
     for (int d = 0; d < hd; d++)
@@ -242,10 +263,9 @@ static void widen_rows(float *wide, const float **p, const uint16_t *const *k, i
 }
 
 static void attn_scores_widen(float *s, size_t ss, const float *q, int G, int hd,
-                              const uint16_t *const *k, int n, float scale) {
+                              const uint16_t *const *k, int n, float scale, float *wide) {
   if (hd % 4) {
-    float wide[(size_t)n * hd + 1];
-    const float *p[n + 1];
+    const float *p[16];
     widen_rows(wide, p, k, n, hd);
     sa__cpu_kern_scalar.attn_scores(s, ss, q, G, hd, p, n, scale);
     return;
@@ -321,12 +341,14 @@ static void attn_values(float *o, const float *c, const float *e, size_t es, int
 }
 
 static void attn_values_widen(float *o, const float *c, const float *e, size_t es, int G,
-                              int hd, const uint16_t *const *v, int n) {
-  if (hd % 8) {
-    float wide[(size_t)n * hd + 1];
-    const float *p[n + 1];
-    widen_rows(wide, p, v, n, hd);
-    sa__cpu_kern_scalar.attn_values(o, c, e, es, G, hd, p, n);
+                              int hd, const uint16_t *const *v, int n, float *wide) {
+  if (hd % 8) { /* 16 keys a call, the scale with the first (the same bits) */
+    for (int i = 0; i < n; i += 16) {
+      const float *p[16];
+      int nb = n - i < 16 ? n - i : 16;
+      widen_rows(wide, p, v + i, nb, hd);
+      sa__cpu_kern_scalar.attn_values(o, i ? NULL : c, e + i, es, G, hd, p, nb);
+    }
     return;
   }
   values_all(o, c, e, es, G, hd, (const void *const *)v, n, 1);

@@ -62,11 +62,12 @@ typedef struct {
    * widened into scratch first): attn_scores over n <= 16 keys and
    * attn_values over n <= 32 whose k[i], v[i] are bf16 head slices in the
    * cache, widened in registers -- the same bits as widening them and
-   * calling attn_scores, attn_values (cpu_avx2.c). */
+   * calling attn_scores, attn_values (cpu_avx2.c). wide: 16 * hd floats of
+   * scratch, for head dims the SIMD loops do not take. */
   void (*attn_scores_widen)(float *s, size_t ss, const float *q, int G, int hd,
-                            const uint16_t *const *k, int n, float scale);
+                            const uint16_t *const *k, int n, float scale, float *wide);
   void (*attn_values_widen)(float *o, const float *c, const float *e, size_t es, int G,
-                            int hd, const uint16_t *const *v, int n);
+                            int hd, const uint16_t *const *v, int n, float *wide);
   /* dst[i] = a q8 KV row (kernels.h SA_KV_Q8_0, n % 32 == 0) widened to
    * fp32: d * q[i] per block (the bits of sa__kv_q8_read_row). */
   void (*q8_to_f32)(float *dst, const uint8_t *src, int n);

@@ -551,9 +551,10 @@ static void test_attention(void **state) {
    * attends at once (16); 64/64: more KV heads a row than the scratch holds
    * the scores of at once (waves of 61 groups); hd 24 and 6: head dims
    * the 8-lane kernels take only in part (avx2's scores take 4 dims a step,
-   * its values 8) or not at all */
+   * its values 8) or not at all; hd 136: past the 128 dims avx2's scores
+   * turn into columns at once */
   static const int heads[][3] = {{2, 2, 16}, {4, 2, 24}, {7, 1, 64}, {14, 2, 64}, {40, 2, 8},
-                                 {64, 64, 32}, {3, 1, 6}};
+                                 {64, 64, 32}, {3, 1, 6}, {6, 1, 136}};
   for (size_t h = 0; h < sizeof heads / sizeof heads[0]; h++) {
     attention_case(mix, 6, heads[h][0], heads[h][1], heads[h][2], 16);
     attention_case(mix, 6, heads[h][0], heads[h][1], heads[h][2], 5);
