@@ -1,12 +1,29 @@
 /*
  * quant_avx2 — the quantized matmul (Q8_0, Q4_0 weights; q8 rows of x)
  * with AVX2 for CPUs without AVX-512 VNNI. Same bits as sa__mmq_scalar
- * (quant.c): exact integer block dots, then one fmaf per block in order.
+ * (quant.c): the block dots are exact integers, and each output adds its
+ * blocks in order with one fmaf per block.
  *
- * Vectorised over 8 output rows, one block per step: |x| (u8) times w with
- * x's sign (vpsignb) by vpmaddubsw (pairs; |x|, |w| <= 127 cannot saturate
- * int16) and vpmaddwd into 8 int32 lanes per row; a vphaddd tree turns the
- * 8 rows' lanes into their 8 block sums in row order.
+ * Vectorised over 8 output rows n at once, one block per step:
+ *   - Q8_0: x's block as |x| (u8) once per step for all 8 rows; each row's
+ *     32 bytes take x's sign (vpsignb), and vpmaddubsw |x|·±w then
+ *     vpmaddwd by ones leave 8 int32 partial sums per row (|x| <= 127 and
+ *     |w| <= 127, which the loader checks, cannot saturate a pair in int16);
+ *   - Q4_0: each row's 16 bytes loaded into both halves, the upper half
+ *     shifted by 4 (vpsrlvq), masked to nibbles: [low 16 | high 16] is the
+ *     element order of x's block, so vpmaddubsw nibble·x (15 · 127 · 2 fits
+ *     int16) needs no permute; the -8 of every nibble comes off the block
+ *     sums as 8 · sum(x) (made once per row of x);
+ *   - a vphaddd tree turns the 8 rows' lanes into their 8 block sums in row
+ *     order;
+ *   - s = fma(float(isum), xd[b] · wd[n, b], s) per block, in order; the 8
+ *     rows' fp16 scales are turned into fp32 columns [b][8] once per group
+ *     of rows (an 8 x 8 transpose of 16-bit lanes, 8 blocks at a time).
+ * The format is a constant in each instance of group(), so the row loop
+ * unrolls with the 8 sums in registers. The W rows are read once per row
+ * of x; on the first, each step prefetches the next group's rows (one
+ * contiguous stream, as much a step as the step reads: cpu_avx2.c's GEMV
+ * does the same) and a line of its scales every 4 blocks.
  */
 #include "cpu_impl.h"
 #include "kernels.h"
@@ -14,62 +31,159 @@
 
 #include <immintrin.h>
 
-static inline __m256i load_w(int wtype, const void *wq, size_t n, int K, int b) {
-  if (wtype == SA_WQ_Q8_0)
-    return _mm256_loadu_si256(
-        (const __m256i *)((const int8_t *)wq + n * (size_t)K + (size_t)b * SA_QK));
-  __m128i v = _mm_loadu_si128(
-      (const __m128i *)((const uint8_t *)wq + n * (size_t)(K / 2) + (size_t)b * (SA_QK / 2)));
-  __m128i m = _mm_set1_epi8(15);
-  __m256i w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
-  return _mm256_sub_epi8(w, _mm256_set1_epi8(8));
+#ifndef PF_AHEAD
+#define PF_AHEAD 2048 /* bytes of a W row prefetched ahead of the step */
+#endif
+
+/* The 8 block sums of rows 0..7 (p[r]: row r's 8 int32 partial sums). */
+static inline __m256i reduce8(const __m256i *p) {
+  __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
+  __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
+  return _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20),
+                          _mm256_permute2x128_si256(h0, h1, 0x31));
+}
+
+/* sc[b][r] = float(wdr[r][b]) for the blocks [0, KB): 8 blocks at a time by
+ * a transpose of the rows' 8 fp16 scales, the rest one by one. */
+static void scales8(float *sc, const uint16_t *const *wdr, int KB) {
+  int b = 0;
+  for (; b + 8 <= KB; b += 8) {
+    __m128i r[8], a[8], c[8];
+    for (int i = 0; i < 8; i++)
+      r[i] = _mm_loadu_si128((const __m128i *)(wdr[i] + b));
+    for (int i = 0; i < 4; i++) { /* a[2i]: rows 2i, 2i+1 of blocks 0..3; a[2i+1]: 4..7 */
+      a[2 * i] = _mm_unpacklo_epi16(r[2 * i], r[2 * i + 1]);
+      a[2 * i + 1] = _mm_unpackhi_epi16(r[2 * i], r[2 * i + 1]);
+    }
+    for (int h = 0; h < 2; h++) { /* rows 4h..4h+3: c[4h + j] holds blocks 2j, 2j+1 */
+      c[4 * h + 0] = _mm_unpacklo_epi32(a[4 * h + 0], a[4 * h + 2]);
+      c[4 * h + 1] = _mm_unpackhi_epi32(a[4 * h + 0], a[4 * h + 2]);
+      c[4 * h + 2] = _mm_unpacklo_epi32(a[4 * h + 1], a[4 * h + 3]);
+      c[4 * h + 3] = _mm_unpackhi_epi32(a[4 * h + 1], a[4 * h + 3]);
+    }
+    for (int j = 0; j < 4; j++) {
+      _mm256_storeu_ps(sc + (size_t)(b + 2 * j) * 8,
+                       _mm256_cvtph_ps(_mm_unpacklo_epi64(c[j], c[4 + j])));
+      _mm256_storeu_ps(sc + (size_t)(b + 2 * j + 1) * 8,
+                       _mm256_cvtph_ps(_mm_unpackhi_epi64(c[j], c[4 + j])));
+    }
+  }
+  for (; b < KB; b++)
+    for (int r = 0; r < 8; r++)
+      sc[(size_t)b * 8 + r] = _cvtsh_ss(wdr[r][b]);
+}
+
+void sa__q8_block_sums(int32_t *sx, const int8_t *xq, int M, int K) {
+  const __m256i flip = _mm256_set1_epi8((char)0x80);
+  for (size_t i = 0; i < (size_t)M * (K / SA_QK); i++) {
+    /* sum of (x + 128) by 8-byte groups, less 32 * 128 */
+    __m256i v = _mm256_sad_epu8(
+        _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(xq + i * SA_QK)), flip),
+        _mm256_setzero_si256());
+    __m128i t = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    t = _mm_add_epi64(t, _mm_unpackhi_epi64(t, t));
+    sx[i] = (int32_t)_mm_cvtsi128_si32(t) - 32 * 128;
+  }
+}
+
+/* One group of 8 rows (row pointers wr, their scales sc [KB][8]) against
+ * every row of x; wtype is a constant in each caller. */
+static inline __attribute__((always_inline)) void group(
+    const int wtype, float *y, const int8_t *xq, const float *xd, const uint8_t *const *wr,
+    const float *sc, const uint16_t *bias, int M, int N, int K, int n, int rows,
+    int accumulate, const int32_t *sx, const char *pf, const char *pfd) {
+  int KB = K / SA_QK;
+  const size_t bb = wtype == SA_WQ_Q8_0 ? SA_QK : SA_QK / 2; /* a block's bytes */
+  const __m256i ones = _mm256_set1_epi16(1), nib = _mm256_set1_epi8(15);
+  const __m256i hi4 = _mm256_setr_epi64x(0, 0, 4, 4);
+  for (int m = 0; m < M; m++) {
+    const int8_t *xr = xq + (size_t)m * K;
+    const float *dr = xd + (size_t)m * KB;
+    __m256 s = _mm256_setzero_ps();
+    for (int b = 0; b < KB; b++) {
+      __m256i xv = _mm256_loadu_si256((const __m256i *)(xr + (size_t)b * SA_QK));
+      __m256i p[8];
+      if (m == 0) { /* the next group's 8 rows (8 * bb bytes a step) and scales */
+        for (size_t o = 0; o < 8 * bb; o += 64)
+          _mm_prefetch(pf + (size_t)b * 8 * bb + o, _MM_HINT_T0);
+        if (b % 4 == 0)
+          _mm_prefetch(pfd + (size_t)b * 16, _MM_HINT_T0);
+      }
+      if (wtype == SA_WQ_Q8_0) {
+        __m256i xa = _mm256_abs_epi8(xv);
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; r++) {
+          __m256i w = _mm256_loadu_si256((const __m256i *)(wr[r] + (size_t)b * bb));
+          p[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(xa, _mm256_sign_epi8(w, xv)), ones);
+        }
+      } else {
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; r++) {
+          __m256i v = _mm256_broadcastsi128_si256(
+              _mm_loadu_si128((const __m128i *)(wr[r] + (size_t)b * bb)));
+          __m256i w = _mm256_and_si256(_mm256_srlv_epi64(v, hi4), nib);
+          p[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), ones);
+        }
+      }
+      __m256i is = reduce8(p);
+      if (wtype == SA_WQ_Q4_0) /* sum (nibble - 8) x = sum nibble x - 8 sum x */
+        is = _mm256_sub_epi32(is, _mm256_set1_epi32(8 * sx[(size_t)m * KB + b]));
+      __m256 c = _mm256_mul_ps(_mm256_set1_ps(dr[b]), _mm256_loadu_ps(sc + (size_t)b * 8));
+      s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), c, s);
+    }
+    float out[8], *yo = y + (size_t)m * N + n;
+    _mm256_storeu_ps(out, s);
+    for (int r = 0; r < rows; r++) {
+      float init = accumulate ? yo[r] : 0.0f;
+      if (bias)
+        init += sa_bf16_to_f32(bias[n + r]);
+      yo[r] = init + out[r];
+    }
+  }
 }
 
 void sa__mmq_avx2(float *y, const int8_t *xq, const float *xd, int wtype, const void *wq,
                   const uint16_t *wd, const uint16_t *bias, int M, int N, int K, int n0, int n1,
                   int accumulate, void *scratch, size_t scratch_bytes) {
   int KB = K / SA_QK;
-  if (K == 0 || (size_t)KB * 8 * sizeof(float) > scratch_bytes) {
+  size_t sc_bytes = (size_t)KB * 8 * sizeof(float);
+  /* rows of x per pass: as many as scratch holds block sums for (Q4_0) */
+  int mc = K && sc_bytes < scratch_bytes
+               ? (int)((scratch_bytes - sc_bytes) / ((size_t)KB * sizeof(int32_t)))
+               : 0;
+  if (K == 0 || mc < 1) {
     sa__mmq_scalar(y, xq, xd, wtype, wq, wd, bias, M, N, K, n0, n1, accumulate);
     return;
   }
   float *sc = scratch; /* [KB][8] */
-  const __m256i ones = _mm256_set1_epi16(1);
-  for (int n = n0; n < n1; n += 8) {
-    int rows = n1 - n < 8 ? n1 - n : 8;
-    size_t row[8];
-    for (int r = 0; r < 8; r++)
-      row[r] = (size_t)n + (size_t)(r < rows ? r : rows - 1);
-    for (int b = 0; b < KB; b++)
-      for (int r = 0; r < 8; r++)
-        sc[(size_t)b * 8 + r] = _cvtsh_ss(wd[row[r] * KB + b]);
-    for (int m = 0; m < M; m++) {
-      const int8_t *xr = xq + (size_t)m * K;
-      const float *dr = xd + (size_t)m * KB;
-      __m256 s = _mm256_setzero_ps();
-      for (int b = 0; b < KB; b++) {
-        __m256i xv = _mm256_loadu_si256((const __m256i *)(xr + (size_t)b * SA_QK));
-        __m256i xa = _mm256_abs_epi8(xv);
-        __m256i p[8];
-        for (int r = 0; r < 8; r++) {
-          __m256i w = _mm256_sign_epi8(load_w(wtype, wq, row[r], K, b), xv);
-          p[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(xa, w), ones);
-        }
-        __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
-        __m256i h1 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[4], p[5]), _mm256_hadd_epi32(p[6], p[7]));
-        __m256i is = _mm256_add_epi32(_mm256_permute2x128_si256(h0, h1, 0x20),
-                                      _mm256_permute2x128_si256(h0, h1, 0x31));
-        __m256 c = _mm256_mul_ps(_mm256_set1_ps(dr[b]), _mm256_loadu_ps(sc + (size_t)b * 8));
-        s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), c, s);
+  int32_t *sx = (int32_t *)((char *)scratch + sc_bytes);
+  size_t row_bytes = sa_wq_bytes(wtype, 1, K);
+  for (int m0 = 0; m0 < M; m0 += mc) {
+    int mn = M - m0 < mc ? M - m0 : mc;
+    const int8_t *xqc = xq + (size_t)m0 * K;
+    const float *xdc = xd + (size_t)m0 * KB;
+    float *yc = y + (size_t)m0 * N;
+    if (wtype == SA_WQ_Q4_0)
+      sa__q8_block_sums(sx, xqc, mn, K);
+    for (int n = n0; n < n1; n += 8) {
+      int rows = n1 - n < 8 ? n1 - n : 8;
+      const uint8_t *wr[8];
+      const uint16_t *wdr[8];
+      for (int r = 0; r < 8; r++) { /* rows past the end repeat the last one */
+        size_t row = (size_t)n + (size_t)(r < rows ? r : rows - 1);
+        wr[r] = (const uint8_t *)wq + row * row_bytes;
+        wdr[r] = wd + row * KB;
       }
-      float out[8], *yo = y + (size_t)m * N + n;
-      _mm256_storeu_ps(out, s);
-      for (int r = 0; r < rows; r++) {
-        float init = accumulate ? yo[r] : 0.0f;
-        if (bias)
-          init += sa_bf16_to_f32(bias[n + r]);
-        yo[r] = init + out[r];
-      }
+      scales8(sc, wdr, KB);
+      /* the next group's rows and scales (a prefetch past the end is dropped) */
+      const char *pf = (const char *)wq + (size_t)(n + 8) * row_bytes;
+      const char *pfd = (const char *)(wd + (size_t)(n + 8) * KB);
+      if (wtype == SA_WQ_Q8_0)
+        group(SA_WQ_Q8_0, yc, xqc, xdc, wr, sc, bias, mn, N, K, n, rows, accumulate, sx, pf,
+              pfd);
+      else
+        group(SA_WQ_Q4_0, yc, xqc, xdc, wr, sc, bias, mn, N, K, n, rows, accumulate, sx, pf,
+              pfd);
     }
   }
 }

@@ -158,20 +158,6 @@ static inline __attribute__((always_inline)) void group(
   }
 }
 
-/* Each block's sum of x for rows [0, M) of xq: sx [M, K/32]. */
-static void block_sums(int32_t *sx, const int8_t *xq, int M, int K) {
-  const __m256i flip = _mm256_set1_epi8((char)0x80);
-  for (size_t i = 0; i < (size_t)M * (K / SA_QK); i++) {
-    /* sum of (x + 128) by 8-byte groups, less 32 * 128 */
-    __m256i v = _mm256_sad_epu8(
-        _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(xq + i * SA_QK)), flip),
-        _mm256_setzero_si256());
-    __m128i t = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    t = _mm_add_epi64(t, _mm_unpackhi_epi64(t, t));
-    sx[i] = (int32_t)_mm_cvtsi128_si32(t) - 32 * 128;
-  }
-}
-
 void sa__mmq_avx512vnni(float *y, const int8_t *xq, const float *xd, int wtype, const void *wq,
                         const uint16_t *wd, const uint16_t *bias, int M, int N, int K, int n0,
                         int n1, int accumulate, void *scratch, size_t scratch_bytes) {
@@ -199,7 +185,7 @@ void sa__mmq_avx512vnni(float *y, const int8_t *xq, const float *xd, int wtype, 
     const float *xdc = xd + (size_t)m0 * KB;
     float *yc = y + (size_t)m0 * N;
     if (wtype == SA_WQ_Q4_0)
-      block_sums(sx, xqc, mn, K);
+      sa__q8_block_sums(sx, xqc, mn, K);
     for (int n = n0; n < n1; n += 16) {
       int rows = n1 - n < 16 ? n1 - n : 16;
       const uint8_t *wr[16];
