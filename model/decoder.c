@@ -218,6 +218,7 @@ static int load_w(sa_decoder_t *d, const sa_st_t *st, int n_parts, char names[][
     char sname[112];
     snprintf(sname, sizeof sname, "%s_scale", names[i]);
     const sa_st_tensor_t *t = sa_st_find(st, names[i]), *ts = sa_st_find(st, sname);
+    const uint8_t *bad;
     if (!t || q_type_of(t) != type) {
       snprintf(err, cap, "decoder: tensor '%s' is %s but '%s' is %s: the parts of a fused "
                "weight must share one format", names[0], sa_dtype_name(t0->desc.dtype),
@@ -233,6 +234,12 @@ static int load_w(sa_decoder_t *d, const sa_st_t *st, int n_parts, char names[][
                ts->desc.shape[0] != rows[i] || ts->desc.shape[1] != (int64_t)KB) {
       snprintf(err, cap, "decoder: quantized tensor '%s' needs '%s' as f16 [%lld,%zu]",
                names[i], sname, (long long)rows[i], KB);
+      rc = SA_EFORMAT;
+    } else if (type == SA_WQ_Q8_0 && (bad = memchr(t->data, 0x80, (size_t)rows[i] * qrow))) {
+      /* the kernels negate w by x's sign: -(-128) does not fit a byte */
+      size_t at = (size_t)(bad - (const uint8_t *)t->data);
+      snprintf(err, cap, "decoder: Q8_0 tensor '%s' holds -128 at row %zu, column %zu; Q8_0 "
+               "values lie in -127..127 (docs/quantization.md)", names[i], at / qrow, at % qrow);
       rc = SA_EFORMAT;
     } else {
       memcpy(q + off * qrow, t->data, (size_t)rows[i] * qrow);

@@ -44,14 +44,16 @@ for mode in "--temperature 0" "--temperature 0.9 --seed 11"; do
 done
 pass "stage 0 in Q4_0 and stage 1 in Q8_0: the cluster's tokens equal generate on the mixed model"
 
-# malformed quantized checkpoints: a scale tensor dropped, a q tensor's shape cut
+# malformed quantized checkpoints: a scale tensor dropped, a q tensor's shape
+# cut, a Q8_0 value of -128 (outside -127..127: the kernels negate w by x's
+# sign, and -(-128) does not fit a byte)
 python3 - "$T/q8/model.safetensors" "$T" <<'PY'
 import json, os, shutil, struct, sys
 src, T = sys.argv[1], sys.argv[2]
 raw = open(src, "rb").read()
 n = struct.unpack("<Q", raw[:8])[0]
 hdr, data = json.loads(raw[8:8 + n]), raw[8 + n:]
-def write(name, h):
+def write(name, h, data=data):
     d = os.path.join(T, name)
     os.makedirs(d, exist_ok=True)
     for f in os.listdir(os.path.dirname(src)):
@@ -67,11 +69,15 @@ t = h["model.layers.0.self_attn.o_proj.weight"]
 t["shape"] = [t["shape"][0] // 2, t["shape"][1]]
 a, b = t["data_offsets"]; t["data_offsets"] = [a, a + (b - a) // 2]
 write("badshape", h)
+t = hdr["model.layers.0.mlp.down_proj.weight"]
+assert t["dtype"] == "I8", t
+a = t["data_offsets"][0] + 37
+write("minus128", hdr, data[:a] + b"\x80" + data[a + 1:])
 PY
-for bad in noscale badshape; do
+for bad in noscale badshape minus128; do
   if "$Q" generate --model "$T/$bad" --prompt hi --max-tokens 2 >"$T/$bad.out" 2>&1; then
     fail "$bad: generate accepted a malformed checkpoint"
   fi
   grep -q "model.layers.0" "$T/$bad.out" || fail "$bad: error does not name the tensor: $(cat "$T/$bad.out")"
 done
-pass "a missing scale or a wrong shape: the load fails naming the tensor ($(grep -m1 -o 'decoder: [^;]*' "$T/noscale.out"))"
+pass "a missing scale, a wrong shape or a Q8_0 -128: the load fails naming the tensor ($(grep -m1 -o 'decoder: [^;]*' "$T/noscale.out"); $(grep -m1 -o 'decoder: [^;]*' "$T/minus128.out"))"
