@@ -9,13 +9,15 @@
  *     32 bytes take x's sign (vpsignb), and vpmaddubsw |x|·±w then
  *     vpmaddwd by ones leave 8 int32 partial sums per row (|x| <= 127 and
  *     |w| <= 127, which the loader checks, cannot saturate a pair in int16);
- *   - Q4_0: each row's 16 bytes loaded into both halves, the upper half
- *     shifted by 4 (vpsrlvq), masked to nibbles: [low 16 | high 16] is the
- *     element order of x's block, so vpmaddubsw nibble·x (15 · 127 · 2 fits
- *     int16) needs no permute; the -8 of every nibble comes off the block
- *     sums as 8 · sum(x) (made once per row of x);
- *   - a vphaddd tree turns the 8 rows' lanes into their 8 block sums in row
+ *     a vphaddd tree turns the 8 rows' lanes into their 8 block sums in row
  *     order;
+ *   - Q4_0: rows j and j + 4 share a vector (16 bytes each); its low
+ *     nibbles times x[0..15] and high nibbles times x[16..31] (x's halves
+ *     broadcast) by vpmaddubsw (pairs of 15 · 127: no saturation) add up
+ *     in 16-bit lanes, two vphaddw levels sum 16 products a lane (at most
+ *     16 · 15 · 127 = 30480: exact), and vpmaddwd by ones the block's 32
+ *     into int32, rows in order; the -8 of every nibble comes off the
+ *     block sums as 8 · sum(x) (made once per row of x);
  *   - s = fma(float(isum), xd[b] · wd[n, b], s) per block, in order; the 8
  *     rows' fp16 scales are turned into fp32 columns [b][8] once per group
  *     of rows (an 8 x 8 transpose of 16-bit lanes, 8 blocks at a time).
@@ -95,14 +97,13 @@ static inline __attribute__((always_inline)) void group(
   int KB = K / SA_QK;
   const size_t bb = wtype == SA_WQ_Q8_0 ? SA_QK : SA_QK / 2; /* a block's bytes */
   const __m256i ones = _mm256_set1_epi16(1), nib = _mm256_set1_epi8(15);
-  const __m256i hi4 = _mm256_setr_epi64x(0, 0, 4, 4);
   for (int m = 0; m < M; m++) {
     const int8_t *xr = xq + (size_t)m * K;
     const float *dr = xd + (size_t)m * KB;
     __m256 s = _mm256_setzero_ps();
     for (int b = 0; b < KB; b++) {
-      __m256i xv = _mm256_loadu_si256((const __m256i *)(xr + (size_t)b * SA_QK));
-      __m256i p[8];
+      const int8_t *xb = xr + (size_t)b * SA_QK;
+      __m256i is;
       if (m == 0) { /* the next group's 8 rows (8 * bb bytes a step) and scales */
         for (size_t o = 0; o < 8 * bb; o += 64)
           _mm_prefetch(pf + (size_t)b * 8 * bb + o, _MM_HINT_T0);
@@ -110,22 +111,34 @@ static inline __attribute__((always_inline)) void group(
           _mm_prefetch(pfd + (size_t)b * 16, _MM_HINT_T0);
       }
       if (wtype == SA_WQ_Q8_0) {
-        __m256i xa = _mm256_abs_epi8(xv);
+        __m256i xv = _mm256_loadu_si256((const __m256i *)xb), xa = _mm256_abs_epi8(xv);
+        __m256i p[8];
 #pragma GCC unroll 8
         for (int r = 0; r < 8; r++) {
           __m256i w = _mm256_loadu_si256((const __m256i *)(wr[r] + (size_t)b * bb));
           p[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(xa, _mm256_sign_epi8(w, xv)), ones);
         }
-      } else {
-#pragma GCC unroll 8
-        for (int r = 0; r < 8; r++) {
-          __m256i v = _mm256_broadcastsi128_si256(
-              _mm_loadu_si128((const __m128i *)(wr[r] + (size_t)b * bb)));
-          __m256i w = _mm256_and_si256(_mm256_srlv_epi64(v, hi4), nib);
-          p[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), ones);
+        is = reduce8(p);
+      } else { /* rows j and j + 4 in one vector's halves */
+        __m256i xlo = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)xb));
+        __m256i xhi = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(xb + 16)));
+        __m256i v[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+          __m256i w = _mm256_inserti128_si256(
+              _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(wr[j] + (size_t)b * bb))),
+              _mm_loadu_si128((const __m128i *)(wr[j + 4] + (size_t)b * bb)), 1);
+          /* 16-bit lanes of 4 products each (<= 4 * 15 * 127) */
+          v[j] = _mm256_add_epi16(
+              _mm256_maddubs_epi16(_mm256_and_si256(w, nib), xlo),
+              _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(w, 4), nib), xhi));
         }
+        /* 8, then 16 products a lane (<= 30480: exact in int16), then the
+         * block's 32 in int32: [rows 0..3 | rows 4..7] */
+        is = _mm256_madd_epi16(_mm256_hadd_epi16(_mm256_hadd_epi16(v[0], v[1]),
+                                                 _mm256_hadd_epi16(v[2], v[3])),
+                               ones);
       }
-      __m256i is = reduce8(p);
       if (wtype == SA_WQ_Q4_0) /* sum (nibble - 8) x = sum nibble x - 8 sum x */
         is = _mm256_sub_epi32(is, _mm256_set1_epi32(8 * sx[(size_t)m * KB + b]));
       __m256 c = _mm256_mul_ps(_mm256_set1_ps(dr[b]), _mm256_loadu_ps(sc + (size_t)b * 8));

@@ -12,6 +12,7 @@
  *  - Every CPU path this machine has (scalar, avx2, avx512vnni; 1 and 3
  *    threads) bit-identical to the reference backend: the definition fixes
  *    the order of every fp32 operation.
+ *  - The largest block sums (x and w at their extremes): no path may wrap.
  *  - Batch invariance: a row's outputs are bit-identical alone or in a
  *    batch of 2..40 rows.
  *  - Bad arguments: K % 32 != 0, an unknown format. */
@@ -79,6 +80,13 @@ typedef struct {
   float *xd;
 } qcase_t;
 
+/* Set for qcase_make to build the largest integer sums instead of random
+ * ones: x at +-127 (row 0 all +, the others random signs), Q8_0 weights at
+ * +-127 (even rows with x row 0's signs), Q4_0 bytes at 0xff or 0x00
+ * (nibbles 15 and 0). A kernel that sums in 16 bits where a block's sums
+ * do not fit would wrap. */
+static int qcase_extreme;
+
 static void qcase_make(qcase_t *c, int wtype, int M, int N, int K, int use_bias) {
   c->wtype = wtype, c->M = M, c->N = N, c->K = K;
   size_t wb = sa_wq_bytes(wtype, N, K);
@@ -86,6 +94,12 @@ static void qcase_make(qcase_t *c, int wtype, int M, int N, int K, int use_bias)
   for (size_t i = 0; i < wb; i++)
     ((uint8_t *)c->wq)[i] = wtype == SA_WQ_Q8_0 ? (uint8_t)(int8_t)((int)(urand() % 255) - 127)
                                                 : (uint8_t)urand();
+  if (qcase_extreme)
+    for (size_t i = 0; i < wb; i++) {
+      int hi = (i / (wtype == SA_WQ_Q8_0 ? K : K / 2)) % 2 == 0 || urand() % 2;
+      ((uint8_t *)c->wq)[i] = wtype == SA_WQ_Q8_0 ? (uint8_t)(int8_t)(hi ? 127 : -127)
+                                                  : (hi ? 0xff : 0x00);
+    }
   c->wd = malloc(sizeof(uint16_t) * (size_t)N * (K / 32) + 2);
   for (size_t i = 0; i < (size_t)N * (K / 32); i++)
     c->wd[i] = sa_f32_to_f16(frand() * 0.02f);
@@ -98,7 +112,10 @@ static void qcase_make(qcase_t *c, int wtype, int M, int N, int K, int use_bias)
   c->x = malloc(sizeof(float) * (size_t)M * K + 4);
   for (size_t i = 0; i < (size_t)M * K; i++)
     c->x[i] = frand() * (i % 97 == 0 ? 20.0f : 2.0f); /* some outliers per block */
-  if (M * K >= 64) { /* an all-zero block, an exact -0 and a NaN-free extreme */
+  if (qcase_extreme)
+    for (size_t i = 0; i < (size_t)M * K; i++)
+      c->x[i] = i < (size_t)K || urand() % 2 ? 1.0f : -1.0f;
+  else if (M * K >= 64) { /* an all-zero block, an exact -0 and a NaN-free extreme */
     for (int j = 0; j < 32; j++)
       c->x[j] = 0.0f;
     c->x[33] = -0.0f;
@@ -217,6 +234,16 @@ static void test_matmul_q(void **state) {
       matmul_q_case(wt, shapes[i][0], shapes[i][1], shapes[i][2], (int)(i & 1), (int)(i / 2 & 1));
 }
 
+static void test_matmul_q_extremes(void **state) {
+  (void)state;
+  qcase_extreme = 1;
+  for (int wt = SA_WQ_Q8_0; wt <= SA_WQ_Q4_0; wt++) {
+    matmul_q_case(wt, 3, 17, 96, 0, 0);
+    matmul_q_case(wt, 2, 9, 4864, 1, 1);
+  }
+  qcase_extreme = 0;
+}
+
 static void test_matmul_q_batch_invariant(void **state) {
   (void)state;
   for (int wt = SA_WQ_Q8_0; wt <= SA_WQ_Q4_0; wt++) {
@@ -268,6 +295,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_quantize_rows),
       cmocka_unit_test(test_matmul_q),
+      cmocka_unit_test(test_matmul_q_extremes),
       cmocka_unit_test(test_matmul_q_batch_invariant),
       cmocka_unit_test(test_bad_args),
   };
