@@ -102,6 +102,40 @@ for x, y in ((a.stage(4, 3, 300, 3, last=True), b.stage(4, 3, 300, 3, last=True)
     assert x > 0 and abs(y - 1.5 * x) < 1e-12, (x, y)
 print("speed factor: as computed by hand; bad probe files scale nothing")
 PY
+# (1c) a calibration's loads, each at its own speed (its probe before it):
+# brought to the calibration's speed, a load measured 1.3x slower counts
+# 1/1.3 of its CPU; the fit of loads so scaled equals the fit of the loads as
+# measured at the reference speed; a load without a usable probe stays as
+# measured
+/usr/bin/python3 - "$SRC/sim" "$SRC/tools/sa-experiment" <<'PY' || fail "per-load speed"
+import importlib.machinery, importlib.util, json, os, sys
+sys.path[:0] = sys.argv[1:3]
+import simcore
+ld = importlib.machinery.SourceFileLoader("sasim", os.path.join(sys.argv[1], "sa-sim"))
+S = importlib.util.module_from_spec(importlib.util.spec_from_loader("sasim", ld))
+ld.exec_module(S)
+got = S.at_speed([{"cpu_s0": 2.6, "steps": 10, "speed_s": 0.0026}, {"cpu_s0": 1.0, "speed_s": "x"},
+                  {"cpu_s0": 1.0}, {"cpu_s0": 1.0, "speed_s": 0}], 0.002)
+assert abs(got[0]["cpu_s0"] - 2.0) < 1e-12 and got[0]["steps"] == 10, got
+assert [g["cpu_s0"] for g in got[1:]] == [1.0, 1.0, 1.0], got
+with open(os.path.join(sys.argv[1], "calibration", "cpu-medium-zen3.json")) as f:
+    c = json.load(f)
+cost = simcore.Cost({"decode_table": c["decode_table"], "model": {"layers": 8}})
+plain = S.fit_cluster(c["cluster_runs"], c["cluster_runs_2_replicas"], 8, cost)
+def slowed(rows, k0):
+    out = []
+    for i, r in enumerate(rows):
+        f = 1 + 0.1 * (i + k0)
+        out.append(dict({k: v * f if k.startswith("cpu_") else v for k, v in r.items()},
+                        speed_s=0.006 * f))
+    return out
+fit = S.fit_cluster(slowed(c["cluster_runs"], 0), slowed(c["cluster_runs_2_replicas"], 7), 8,
+                    cost, 0.006)
+for k, v in plain.items():
+    if not k.startswith("rows"):
+        assert abs(fit[k] - v) <= 1e-9 * max(1.0, abs(v)), (k, fit[k], v)
+print("per-load speed: each load's CPU brought to the calibration's speed before the fit")
+PY
 # (1c) /metrics buckets (metrics.py, which sa-experiment and calibrate read):
 # per bound over the label sets, between two scrapes; a bound that is not a
 # number (or a line cut short) is not a bucket and never breaks the reading
