@@ -33,19 +33,30 @@ for r in rows:
 print("validation: %d runs within 15 %%" % len(rows))
 PY
 
-# (1a) a second machine's calibration against its own rounds (--results):
-# the Zen 3 validation's throughput within 15 % in every round; a results
+# (1a) a second machine's calibrations against their own rounds (--results):
+# the Zen 3 validations' throughput within 15 % in every round; a results
 # folder that is not there exits 2, named
-"$SIM" validate --calibration "$SRC/sim/calibration/cpu-medium-zen3.json" \
-  --results "$SRC/sim/results/zen3" --fresh-only --out "$T/v3.json" >"$T/validate3.log" ||
-  fail "validate zen3"
-python3 - "$T/v3.json" <<'PY' || fail "zen3 validation: $(cat "$T/validate3.log")"
+for z in zen3 zen3-2; do
+  "$SIM" validate --calibration "$SRC/sim/calibration/cpu-medium-$z.json" \
+    --results "$SRC/sim/results/$z" --fresh-only --out "$T/v-$z.json" >"$T/validate-$z.log" ||
+    fail "validate $z"
+  python3 - "$T/v-$z.json" <<'PY' || fail "$z validation: $(cat "$T/validate-$z.log")"
 import json, sys
 val = [r for r in json.load(open(sys.argv[1]))["runs"] if r["scenario"].startswith("validation")]
 assert val and len(val) % 6 == 0, len(val)
 for r in val:
     m, s = r["measured"]["tokens_per_s"], r["simulated"]["tokens_per_s"]
     assert abs(s / m - 1) <= 0.15, (r["run"], m, s)
+PY
+done
+# --no-speed: every run at the calibration's speed, its probes ignored
+"$SIM" validate --calibration "$SRC/sim/calibration/cpu-medium-zen3-2.json" --no-speed \
+  --results "$SRC/sim/results/zen3-2" --fresh-only --out "$T/v-ns.json" >/dev/null ||
+  fail "validate --no-speed"
+python3 - "$T/v-ns.json" <<'PY' || fail "--no-speed"
+import json, sys
+runs = json.load(open(sys.argv[1]))["runs"]
+assert runs and all(r["speed"] == 1.0 for r in runs), [r["speed"] for r in runs]
 PY
 if "$SIM" validate --results "$T/none" --out "$T/x.json" 2>"$T/err"; then fail "--results none"; fi
 grep -q "no results folder" "$T/err" || fail "--results none: $(cat "$T/err")"
