@@ -33,10 +33,6 @@
 
 #include <immintrin.h>
 
-#ifndef PF_AHEAD
-#define PF_AHEAD 2048 /* bytes of a W row prefetched ahead of the step */
-#endif
-
 /* The 8 block sums of rows 0..7 (p[r]: row r's 8 int32 partial sums). */
 static inline __m256i reduce8(const __m256i *p) {
   __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
