@@ -121,9 +121,11 @@ ld = importlib.machinery.SourceFileLoader("sasim", os.path.join(sys.argv[1], "sa
 S = importlib.util.module_from_spec(importlib.util.spec_from_loader("sasim", ld))
 ld.exec_module(S)
 got = S.at_speed([{"cpu_s0": 2.6, "steps": 10, "speed_s": 0.0026}, {"cpu_s0": 1.0, "speed_s": "x"},
-                  {"cpu_s0": 1.0}, {"cpu_s0": 1.0, "speed_s": 0}], 0.002)
+                  {"cpu_s0": 1.0}, {"cpu_s0": 1.0, "speed_s": 0},
+                  {"cpu_s0": 1.0, "speed_s": float("inf")}, {"cpu_s0": 1.0, "speed_s": True},
+                  {"cpu_s0": 1.0, "speed_s": float("nan")}], 0.002)
 assert abs(got[0]["cpu_s0"] - 2.0) < 1e-12 and got[0]["steps"] == 10, got
-assert [g["cpu_s0"] for g in got[1:]] == [1.0, 1.0, 1.0], got
+assert [g["cpu_s0"] for g in got[1:]] == [1.0] * 6, got
 with open(os.path.join(sys.argv[1], "calibration", "cpu-medium-zen3.json")) as f:
     c = json.load(f)
 cost = simcore.Cost({"decode_table": c["decode_table"], "model": {"layers": 8}})

@@ -40,14 +40,18 @@ def record(bin_dir, model):
     return {"probe": "bench-decode " + " ".join(ARGS), "step_s": s} if s else {"error": why}
 
 
+def valid(step_s):
+    """Whether step_s is a probe's figure: a finite number of seconds > 0."""
+    return (isinstance(step_s, (int, float)) and not isinstance(step_s, bool) and
+            math.isfinite(step_s) and step_s > 0)
+
+
 def mean(probes):
     """The mean step_s of {"before": record(), "after": record()} (a run's
     speed.json, a calibration's "speed"), over the probes that ran; None if
     none did or the value is not such a dict."""
-    ok = lambda x: (isinstance(x, (int, float)) and not isinstance(x, bool) and
-                    math.isfinite(x) and x > 0)
     xs = probes.values() if isinstance(probes, dict) else ()
-    got = [x.get("step_s") for x in xs if isinstance(x, dict) and ok(x.get("step_s"))]
+    got = [x.get("step_s") for x in xs if isinstance(x, dict) and valid(x.get("step_s"))]
     return sum(got) / len(got) if got else None
 
 
