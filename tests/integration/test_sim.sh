@@ -17,7 +17,7 @@ trap 'rm -rf "$T"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 "$SIM" --help | grep -q "calibrate" || fail "--help"
-for c in run validate predict calibrate; do "$SIM" $c --help >/dev/null || fail "$c --help"; done
+for c in run validate predict calibrate plan; do "$SIM" $c --help >/dev/null || fail "$c --help"; done
 
 # (1) throughput within 15 % of every run measured with this calibration, in
 # every round
@@ -55,6 +55,38 @@ PY
 done
 if "$SIM" validate --results "$T/none" --out "$T/x.json" 2>"$T/err"; then fail "--results none"; fi
 grep -q "no results folder" "$T/err" || fail "--results none: $(cat "$T/err")"
+
+# (1a) plan: the validation's loads as shares of one replica's simulated
+# capacity. Against what was measured: the Zen 3 calibration's capacity,
+# times a request's tokens (8 chains of 64), is within 15 % of the tokens/s
+# one replica streamed past saturation (k1-x2.5 of both rounds); the rates
+# are the shares of it to two digits; the scenario written parses from where
+# it is (its clip found). Bad shares, or a scenario with no
+# rate_per_replica, exit 2 named.
+"$SIM" plan --calibration "$SRC/sim/calibration/cpu-medium-zen3-2.json" --shares 0.25,0.7,2 \
+  --out "$T/plan/validation.yaml" >"$T/plan.log" 2>&1 || fail "plan: $(cat "$T/plan.log")"
+/usr/bin/python3 - "$T/plan/validation.yaml" "$T/plan.log" "$SRC" <<'PY' || fail "plan: $(cat "$T/plan.log")"
+import json, os, re, sys
+sys.path.insert(0, os.path.join(sys.argv[3], "tools", "sa-experiment"))
+import scenario
+cap = float(re.search(r"capacity ([0-9.]+) requests/s", open(sys.argv[2]).read()).group(1))
+for rnd in ("measured", "measured-2"):
+    m = json.load(open(os.path.join(sys.argv[3], "sim/results/zen3-2", rnd, "k1-x2.5/summary.json")))
+    assert abs(cap * 8 * 64 / m["tokens_per_s"] - 1) <= 0.15, (cap, m["tokens_per_s"])
+sc = scenario.load(sys.argv[1])
+rates = sorted({r["load"]["rate_per_replica"] for r in sc["runs"]})
+assert rates == [float("%.2g" % (f * cap)) for f in (0.25, 0.7, 2)], (rates, cap)
+assert [r["cluster"]["replicas"] for r in sc["runs"]] == [1, 1, 1, 2, 2, 2]
+assert all(os.path.exists(it["clip"]) for it in sc["runs"][0]["workload"]["items"])
+PY
+for bad in 0 -1 nan abc 0.5,,1; do
+  if "$SIM" plan --shares "$bad" --out "$T/p.yaml" 2>"$T/err"; then fail "plan --shares $bad"; fi
+  grep -q "shares of capacity" "$T/err" || fail "plan --shares $bad: $(cat "$T/err")"
+done
+if "$SIM" plan --scenario "$SRC/experiments/faults.yaml" --out "$T/p.yaml" 2>"$T/err"; then
+  fail "plan faults.yaml"
+fi
+grep -q "faults.yaml: plan sets matrix.rate_per_replica" "$T/err" || fail "plan faults: $(cat "$T/err")"
 
 # (1b) the CPU quota model against hand arithmetic: 3.6 ms of CPU on a 0.15
 # quota (1.5 ms per 10 ms period) from a period's start. Strict: 1.5 + wait,
