@@ -704,6 +704,8 @@ def summarize(run, reqs):
         "completed": len(done), "tokens_per_s": round(tokens / (hi - lo), 2),
         "answered_per_s": round(ans / (hi - lo), 4),
         "ttft_s": pcts([r.t_first - r.t_arrive for r in done if r.t_first is not None]),
+        "ttft_by_request": sorted([r.i, round(r.t_first - r.t_arrive, 4)] for r in done
+                                  if r.t_first is not None),
         "itl_s": pcts(itl),
         "e2e_s": pcts([r.t_end - r.t_arrive for r in done]),
         "coordinator": coordinator_view(reqs, lo, hi),

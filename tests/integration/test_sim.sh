@@ -35,11 +35,13 @@ PY
 
 # (1a) a second machine's calibrations against their own rounds (--results):
 # the Zen 3 validations' throughput within 15 % in every round -- the second
-# calibration's with --no-speed (every run at the calibration's speed, its
-# probes ignored: sim/README.md, "A second calibration"); a results folder
-# that is not there exits 2, named
-for z in zen3 zen3-2; do
-  ns=; [[ $z == zen3-2 ]] && ns=--no-speed
+# and third calibrations' with --no-speed (every run at the calibration's
+# speed, its probes ignored: sim/README.md, "A second calibration"; the
+# third's rounds ran the loads `sa-sim plan` wrote into its folder, which
+# validate reads from there); a results folder that is not there exits 2,
+# named
+for z in zen3 zen3-2 zen3-3; do
+  ns=; [[ $z != zen3 ]] && ns=--no-speed
   "$SIM" validate --calibration "$SRC/sim/calibration/cpu-medium-$z.json" $ns \
     --results "$SRC/sim/results/$z" --fresh-only --out "$T/v-$z.json" >"$T/validate-$z.log" ||
     fail "validate $z"
@@ -55,6 +57,30 @@ PY
 done
 if "$SIM" validate --results "$T/none" --out "$T/x.json" 2>"$T/err"; then fail "--results none"; fi
 grep -q "no results folder" "$T/err" || fail "--results none: $(cat "$T/err")"
+
+# (1a) a request's TTFT against its own (paired_ttft): the median of the
+# simulated over the measured, by request index, less 1 -- ratios 0.5, 0.9,
+# 1.0, 1.2, 2.0 (a request answered in one run only, or with a TTFT that is
+# no number, left out): median 1.0 -> 0; with a sixth, 1.1, the mean of the
+# middle two (1.0, 1.1) -> +0.05. A closed loop, or fewer than 5 pairs: None
+/usr/bin/python3 - "$SRC/sim" <<'PY' || fail "paired TTFT"
+import importlib.machinery, importlib.util, os, sys
+ld = importlib.machinery.SourceFileLoader("sasim", os.path.join(sys.argv[1], "sa-sim"))
+S = importlib.util.module_from_spec(importlib.util.spec_from_loader("sasim", ld))
+ld.exec_module(S)
+run = {"load": {"rate": 0.5}}
+m = {"ttft_by_request": [[0, 1.0], [1, 2.0], [2, 1.0], [3, 0.5], [4, 0.5], [7, 1.0],
+                         [8, "x"], [9, None], [10, float("nan")], [11, -1], [[12], 1.0], 5]}
+s = {"ttft_by_request": [[0, 0.5], [1, 1.8], [2, 1.0], [3, 0.6], [4, 1.0], [6, 9.0], [8, 1.0],
+                         [9, 1.0], [10, 1.0], [11, 1.0]]}
+assert S.paired_ttft(run, m, s) == 0.0, S.paired_ttft(run, m, s)
+m["ttft_by_request"].append([5, 1.0]); s["ttft_by_request"].append([5, 1.1])
+assert abs(S.paired_ttft(run, m, s) - 0.05) < 1e-9, S.paired_ttft(run, m, s)
+assert S.paired_ttft({"load": {"rate": None, "concurrency": 2}}, m, s) is None
+assert S.paired_ttft(run, {"ttft_by_request": m["ttft_by_request"][:4]}, s) is None
+assert S.paired_ttft(run, {}, s) is None and S.paired_ttft(run, {"ttft_by_request": 3}, s) is None
+print("paired TTFT: as computed by hand")
+PY
 
 # (1a) plan: the validation's loads as shares of one replica's simulated
 # capacity. Against what was measured: the Zen 3 calibration's capacity,

@@ -204,6 +204,10 @@ class RunData:
             "generated_tokens_per_s": round(gps, 2),
             "answered_per_s": round(aps, 4),
             "ttft_s": pcts([r["ttft_s"] for r in ok if r["ttft_s"] is not None]),
+            # each answered request's TTFT by its index in the load (the same
+            # seed sends the same arrivals: sa-sim validate pairs them)
+            "ttft_by_request": sorted([r["i"], round(r["ttft_s"], 4)] for r in ok
+                                      if r["ttft_s"] is not None and "i" in r),
             "itl_s": pcts(self.itl()),
             "e2e_s": pcts([r["end_s"] - r["submit_s"] for r in ok]),
             "faults": self.fault_times(base),

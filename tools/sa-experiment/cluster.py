@@ -82,7 +82,7 @@ class Cluster:
     def start(self, name):
         argv = self.argv.setdefault(name, self._argv(name))
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(self.run["threads"]),
-                   SA_LOG_LEVEL="info")
+                   SA_LOG_LEVEL=os.environ.get("SA_LOG_LEVEL") or "info")
         log = open(os.path.join(self.logs, name + ".log"), "a")
         log.write("=== %.3f start %s\n" % (time.time(), " ".join(argv)))
         log.flush()
