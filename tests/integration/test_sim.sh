@@ -115,6 +115,25 @@ for bad in 0 -1 nan abc 0.5,,1; do
   if "$SIM" plan --shares "$bad" --out "$T/p.yaml" 2>"$T/err"; then fail "plan --shares $bad"; fi
   grep -q "shares of capacity" "$T/err" || fail "plan --shares $bad: $(cat "$T/err")"
 done
+# a calibration file that is not one (run, validate, plan, predict read it
+# through one check): exit 2 naming what is wrong, no traceback
+CAL=$SRC/sim/calibration/cpu-medium-zen3-3.json
+bad_cal() {  # NAME PYTHON-EXPR-ON-c EXPECTED-TEXT
+  /usr/bin/python3 -c "import json,sys; c=json.load(open('$CAL')); $2; json.dump(c, open('$T/$1.json','w'))"
+  for cmd in "plan --out $T/p.yaml" "validate --results $SRC/sim/results/zen3-3 --fresh-only --out $T/x.json" \
+             "run $SRC/experiments/faults.yaml --out $T/r" "predict --out $T/pr"; do
+    if "$SIM" $cmd --calibration "$T/$1.json" 2>"$T/err"; then fail "$1: $cmd took it"; fi
+    grep -q "$3" "$T/err" && ! grep -q Traceback "$T/err" || fail "$1: $cmd: $(cat "$T/err")"
+  done
+}
+bad_cal list "c = [c]" "a calibration is a JSON object"
+bad_cal nostage "del c['stage']" "stage.per_step: a number >= 0"
+bad_cal strcost "c['coordinator']['per_step'] = 'x'" "coordinator.per_step: a number >= 0"
+bad_cal negmsg "c['stage']['message'] = -1" "stage.message: a number >= 0"
+bad_cal inf "c['encoder']['per_audio_s'] = float('inf')" "encoder.per_audio_s: a number >= 0"
+bad_cal layers "c['model']['layers'] = 0" "model.layers: a number > 0"
+bad_cal table "c['decode_table']['step_s'][1] = c['decode_table']['step_s'][1][:2]" "decode_table:"
+bad_cal coloc "c['stage']['colocated']['replicas'] = 1" "stage.colocated:"
 if "$SIM" plan --scenario "$SRC/experiments/faults.yaml" --out "$T/p.yaml" 2>"$T/err"; then
   fail "plan faults.yaml"
 fi
