@@ -29,16 +29,21 @@ int sa_bench_cpus(void);
 size_t sa_bench_llc_bytes(void);
 
 typedef struct {
-  double read_gbs; /* streaming read, 1e9 bytes/s */
-  double copy_gbs; /* memcpy, counting bytes read + bytes written (STREAM) */
-  size_t bytes;    /* buffer size used */
+  double read_gbs;       /* streaming read, 1e9 bytes/s: the best pattern's */
+  const char *read_how;  /* that pattern, in words */
+  double read_plain_gbs; /* a plain loop's (one stream, no prefetch) */
+  double copy_gbs;       /* memcpy, counting bytes read + bytes written (STREAM) */
+  size_t bytes;          /* buffer size used */
   int threads;
 } sa_bench_bw_t;
 
 /* Measures memory bandwidth STREAM-style over a buffer of `bytes` (0: 4x the
- * LLC, at least 256 MiB, at most 1 GiB) with `threads` threads (0: online
- * CPUs), each on its own slice; median of `reps` (0: 7) passes. Returns 0
- * or a negative SA_E* code (SA_ENOMEM). */
+ * LLC, at least 256 MiB, at most 1 GiB; 2 MiB-aligned, huge pages asked
+ * for) with `threads` threads (0: online CPUs), each on its own slice. The
+ * read figure is the best median of `reps` (0: 7) passes over a few read
+ * patterns (one or two streams a thread, software prefetch at a few
+ * distances): what the machine can stream, which a kernel's rate is a
+ * fraction of. Returns 0 or a negative SA_E* code (SA_ENOMEM). */
 int sa_bench_mem_bandwidth(int threads, size_t bytes, int reps,
                            sa_bench_bw_t *out);
 

@@ -188,9 +188,9 @@ int main(int argc, char **argv) {
     return 1;
   }
   double peak = sa_bench_sgemm_peak(nthr);
-  printf("machine: %d threads, memory read %.2f GB/s (copy %.2f GB/s, "
+  printf("machine: %d threads, memory read %.2f GB/s (%s; a plain loop %.2f; copy %.2f GB/s, "
          "%zu MiB buffer), OpenBLAS sgemm peak %.1f GFLOP/s\n",
-         nthr, bw.read_gbs, bw.copy_gbs, bw.bytes >> 20, peak);
+         nthr, bw.read_gbs, bw.read_how, bw.read_plain_gbs, bw.copy_gbs, bw.bytes >> 20, peak);
 
   sa_backend_t *be = sa_backend_new(dev, threads);
   if (!be)

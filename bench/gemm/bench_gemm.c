@@ -172,9 +172,9 @@ int main(int argc, char **argv) {
   }
   double peak = sa_bench_sgemm_peak(threads);
   printf("machine: %d threads, LLC %zu MiB\n", threads, sa_bench_llc_bytes() >> 20);
-  printf("memory bandwidth (%zu MiB buffer, %d threads): read %.1f GB/s, "
-         "copy %.1f GB/s\n", bw.bytes >> 20, bw.threads, bw.read_gbs,
-         bw.copy_gbs);
+  printf("memory bandwidth (%zu MiB buffer, %d threads): read %.1f GB/s (%s; a plain loop "
+         "%.1f), copy %.1f GB/s\n", bw.bytes >> 20, bw.threads, bw.read_gbs, bw.read_how,
+         bw.read_plain_gbs, bw.copy_gbs);
   printf("OpenBLAS sgemm peak (%d threads): %.1f GFLOP/s\n", threads, peak);
   /* one core's bf16 limits: what the amx and avx512bf16 kernels can reach */
   if (sa_cpu_isa_supported("avx512bf16")) {

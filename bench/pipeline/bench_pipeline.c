@@ -380,9 +380,9 @@ int main(int argc, char **argv) {
     return 1;
   }
   double peak = sa_bench_sgemm_peak(threads);
-  printf("machine: memory read %.2f GB/s, copy %.2f GB/s (%zu MiB, %d threads); OpenBLAS "
-         "sgemm peak %.1f GFLOP/s (%d threads)\n", bw.read_gbs, bw.copy_gbs, bw.bytes >> 20,
-         bw.threads, peak, threads);
+  printf("machine: memory read %.2f GB/s (%s), copy %.2f GB/s (%zu MiB, %d threads); "
+         "OpenBLAS sgemm peak %.1f GFLOP/s (%d threads)\n", bw.read_gbs, bw.read_how,
+         bw.copy_gbs, bw.bytes >> 20, bw.threads, peak, threads);
   fflush(stdout);
 
   /* ---- one hop: raw ZeroMQ round trips ---- */
