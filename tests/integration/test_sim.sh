@@ -88,6 +88,35 @@ assert S.paired_ttft(run, {}, s) is None and S.paired_ttft(run, {"ttft_by_reques
 print("paired TTFT: as computed by hand")
 PY
 
+# (1a) the median of the rounds (median_rounds): three rounds of one run,
+# each figure's median over them (tokens/s 90, 100, 130 -> 100; a round that
+# measured no ITL is left out of that median: 0.2, 0.4 -> 0.3); each
+# request's TTFT as its median over the rounds that all answered it (request
+# 3 is missing in one round: out), then against the simulation's own
+/usr/bin/python3 - "$SRC/sim" <<'PY' || fail "median of rounds"
+import importlib.machinery, importlib.util, os, sys
+ld = importlib.machinery.SourceFileLoader("sasim", os.path.join(sys.argv[1], "sa-sim"))
+S = importlib.util.module_from_spec(importlib.util.spec_from_loader("sasim", ld))
+ld.exec_module(S)
+req = lambda *t: [[i, x] for i, x in enumerate(t)]
+ms = [{"tokens_per_s": 90, "ttft_s": {"p50": 1.0}, "itl_s": {"p50": 0.2},
+       "ttft_by_request": req(1.0, 2.0, 1.0, 5.0, 1.0, 1.0)},
+      {"tokens_per_s": 130, "ttft_s": {"p50": 3.0}, "itl_s": {"p50": None},
+       "ttft_by_request": req(2.0, 2.0, 2.0)[:3] + [[4, 2.0], [5, 2.0]]},
+      {"tokens_per_s": 100, "ttft_s": {"p50": 2.0}, "itl_s": {"p50": 0.4},
+       "ttft_by_request": req(3.0, 2.0, 3.0, 5.0, 3.0, 3.0)}]
+sim = {"tokens_per_s": 110, "ttft_s": {"p50": 2.2}, "itl_s": {"p50": 0.3}, "saturated": False,
+       "ttft_by_request": req(2.0, 4.0, 2.0, 1.0, 2.0, 2.0)}
+val = [("validation%s" % k, "k1-x0.1", m, sim) for k, m in zip(("", "-2", "-3"), ms)]
+[(_, name, m, s)] = S.median_rounds(val, {"k1-x0.1": {"load": {"rate": 0.1}}})
+assert name == "k1-x0.1" and m["tokens_per_s"] == 100, m
+assert m["ttft_s"]["p50"] == 2.0 and abs(m["itl_s"]["p50"] - 0.3) < 1e-12, m
+assert sorted(m["ttft_by_request"]) == [[0, 2.0], [1, 2.0], [2, 2.0], [4, 2.0], [5, 2.0]], m
+assert s["tokens_per_s"] == 110 and s["saturated"] is False
+assert s["ttft_paired"] == 0.0, s  # 2/2, 4/2, 2/2, 2/2, 2/2: median 1
+print("median of rounds: as computed by hand")
+PY
+
 # (1a) plan: the validation's loads as shares of one replica's simulated
 # capacity. Against what was measured: the Zen 3 calibration's capacity,
 # times a request's tokens (8 chains of 64), is within 15 % of the tokens/s
