@@ -106,7 +106,8 @@ class GpuCost:
         self.m = self.model.m
         self.busy = {"hbm": 0.0, "flops": 0.0, "overhead": 0.0}  # stage seconds by bound
 
-    def stage(self, layers, tokens, ctx_tokens, sampled, first=False, last=False):
+    def stage(self, layers, tokens, ctx_tokens, sampled, first=False, last=False, prompt=0):
+        # (prompt: of the tokens, a prefill chunk's; the roofline counts them alike)
         m, md = self.m, self.model
         bytes_ = md.weights_bytes(layers, False, last)
         bytes_ += layers * md.kv_bytes_token_layer * (ctx_tokens + tokens)

@@ -137,11 +137,16 @@ class Cost:
         co = (cal.get("stage") or {}).get("colocated") or {"replicas": 2, "factor": 1.0}
         self.colocated = 1.0 + (co["factor"] - 1.0) * (replicas - 1) / (co["replicas"] - 1)
 
-    def stage(self, layers, tokens, ctx_tokens, sampled, first=False, last=False):
+    def stage(self, layers, tokens, ctx_tokens, sampled, first=False, last=False, prompt=0):
         """A stage's step: its layers' compute, the per-step and per-token
-        costs around it, and (the last stage) sampling."""
+        costs around it (prompt of the tokens a prefill chunk's, at
+        per_prompt_token where the calibration has one), and (the last
+        stage) sampling."""
         c = self.c["stage"]
-        return self.speed * self.colocated * (c["per_step"] + c.get("per_token", 0.0) * tokens +
+        per_token = c.get("per_token", 0.0)
+        rows = (per_token * (tokens - prompt) + c["per_prompt_token"] * prompt
+                if "per_prompt_token" in c else per_token * tokens)
+        return self.speed * self.colocated * (c["per_step"] + rows +
                                               self.compute(layers, tokens, ctx_tokens) +
                                               c.get("sample_per_token", 0.0) * sampled)
 
@@ -479,7 +484,8 @@ class Sim:
         for s, host in enumerate(self.stages[k]):
             last = s == self.P - 1
             cpu = self.cost.stage(self.per[s], tokens, ctx,
-                                  len(batch) + (pre is not None) if last else 0, s == 0, last)
+                                  len(batch) + (pre is not None) if last else 0, s == 0, last,
+                                  prompt=pre_tokens)
             if in_window:
                 self.stage_cpu[s] += cpu
             end = host.run(end, cpu)

@@ -578,4 +578,33 @@ a, b = (json.load(open(f)) for f in sys.argv[1:])
 for k in ("stage", "coordinator", "encoder"):
     assert a[k] == b[k], (k, a[k], b[k])
 PY
+# --prompt-term: the committed Zen 3 calibration's loads fitted with a
+# prompt token's own cost, every cost >= 0 -- the file committed beside it
+cp "$SRC/sim/calibration/cpu-medium-zen3-3.json" "$T/cal.json"
+"$SIM" calibrate --refit --no-speed --prompt-term --out "$T/cal.json" >/dev/null ||
+  fail "calibrate --refit --prompt-term"
+python3 - "$SRC/sim/calibration/cpu-medium-zen3-3p.json" "$T/cal.json" <<'PY' || fail "prompt term"
+import json, sys
+a, b = (json.load(open(f)) for f in sys.argv[1:])
+assert a["stage"] == b["stage"], (a["stage"], b["stage"])
+assert b["stage"]["per_prompt_token"] > b["stage"]["per_token"] > 0 and b["stage"]["message"] == 0
+PY
+# fit_nonneg, by hand: these rows fit best with c at -0.4 (a 1.33, b 2.27);
+# with every cost >= 0, c is dropped and a, b are the fit on them alone
+# (1.33, 2.0); a lone column that fits negative comes out 0
+/usr/bin/python3 - "$SRC/sim" <<'PY' || fail "fit_nonneg"
+import importlib.machinery, importlib.util, os, sys
+ld = importlib.machinery.SourceFileLoader("sasim", os.path.join(sys.argv[1], "sa-sim"))
+S = importlib.util.module_from_spec(importlib.util.spec_from_loader("sasim", ld))
+ld.exec_module(S)
+rows = [{"a": 1, "b": 0, "c": 1, "y": 1}, {"a": 0, "b": 1, "c": 1, "y": 2},
+        {"a": 1, "b": 1, "c": 1, "y": 3}, {"a": 2, "b": 1, "c": 0, "y": 5}]
+f = S.fit(rows, ["a", "b", "c"])
+assert min(f) < 0, f  # unconstrained, c goes negative
+g = S.fit_nonneg(rows, ["a", "b", "c"])
+assert g[2] == 0 and all(x >= 0 for x in g), g
+assert all(abs(x - y) < 1e-9 for x, y in zip(g[:2], S.fit(rows, ["a", "b"]))), g
+assert S.fit_nonneg([{"a": 1, "y": -1}, {"a": 2, "y": -2}], ["a"]) == [0.0]
+print("fit_nonneg: as computed by hand")
+PY
 echo "PASS"
