@@ -64,8 +64,7 @@ size_t sa_bench_llc_bytes(void) {
 /* The ways a read pass walks its slice. The machine's read bandwidth is the
  * best of them: a limit our kernels beat is not a limit. A plain loop alone
  * (the first) read 12-16 GB/s on a 2-core Zen 3 VM where the decode GEMVs,
- * which prefetch, streamed 20; 32-byte loads over huge pages with software
- * prefetch read 23-28 there. */
+ * which prefetch, streamed 20; the best of these read 18-25 there. */
 static const struct {
   int streams;     /* 1: the slice in order; 2: its two halves side by side */
   size_t prefetch; /* bytes ahead of each stream (0: none) */
@@ -154,8 +153,8 @@ static double bw_pass(int nt, const char *src, char *dst, size_t per, int copy, 
 }
 
 /* bytes, 2 MiB-aligned and marked for transparent huge pages as the CPU
- * backend allocates its buffers (kernels/backend.c), so the probe walks the same
- * kind of pages the kernels do. */
+ * backend's buffers are (kernels/backend.c): the probe walks the kind of
+ * pages the kernels do. */
 static char *bw_alloc(size_t bytes) {
   void *p = NULL;
   if (posix_memalign(&p, (size_t)2 << 20, bytes))
