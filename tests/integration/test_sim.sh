@@ -334,7 +334,7 @@ PY
 # streams none from 20 s and the 50 it owes at 25.01 s. Its longest stall is
 # the baseline's last token before then (24.95 - 20 = 4.95 s); it is 50
 # tokens behind at 25.0 s and none at 25.5, the first half second under a
-# tenth of the peak: recovered 5.5 s after the fault. Detection: a stage kill
+# tenth of the peak (or at one token): recovered 5.5 s after the fault. Detection: a stage kill
 # 0.5 s (the calibration), a stop the heartbeat timeout; the coordinator's
 # kill its restart_after + start, its restart its start. (/usr/bin/python3:
 # sa-sim's interpreter, with Debian's matplotlib, which analyze.py imports.)
@@ -354,6 +354,11 @@ hit = sasim.SimRun(run, [req([(0, t if not 20 <= t < 25 else 25.01, 1) for t in 
 (f,) = hit.fault_times(base)
 assert (f["detect_s"], f["longest_stall_s"], f["recover_s"], f["peak_behind_tokens"]) == \
     (0.5, 4.95, 5.5, 50), f
+# a run one token behind from 20.05 s to 40.05 s has nothing to catch up:
+# recovered in the half second of its peak, not when that token comes
+one = sasim.SimRun(run, [req([(0, t if abs(t - 20.05) > 1e-9 else 40.05, 1) for t in ts])], cal)
+(f,) = one.fault_times(base)
+assert (f["recover_s"], f["peak_behind_tokens"]) == (0.5, 1), f
 run["faults"] = [{"at": 20, "action": "stop", "target": "r0s1", "for": 20},
                  {"at": 30, "action": "kill", "target": "coord", "restart_after": 1},
                  {"at": 35, "action": "drain", "target": "r1", "for": 5}]

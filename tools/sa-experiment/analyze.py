@@ -124,7 +124,9 @@ class RunData:
         to detect it (the coordinator's status shows the target unhealthy, or
         for the coordinator itself: answering again) and to recover: with a
         baseline run (the same requests), until the tokens this run is behind
-        it are back under a tenth of their peak (peak_behind: that peak); without
+        it are back under a tenth of their peak, or at one token (peak_behind:
+        that peak; a run never more than one token behind has nothing to
+        catch up, where a tenth of its peak would ask for none); without
         one, until a 3 s mean of tokens/s is back at 80 % of the 10 s before."""
         tok, _ = self.token_bins()
         lag = self.behind(base) if base else None
@@ -158,7 +160,7 @@ class RunData:
                     peak = lag[peak_k] if peak_k < len(lag) else 0
                     item["peak_behind_tokens"] = peak
                     for k in range(peak_k, len(lag)):
-                        if lag[k] <= 0.1 * peak:
+                        if lag[k] <= max(0.1 * peak, 1):
                             item["recover_s"] = round(max(0.0, k * 0.5 - t), 2)
                             break
                 else:
