@@ -69,7 +69,7 @@ grep -q "no results folder" "$T/err" || fail "--results none: $(cat "$T/err")"
 # 1.0, 1.2, 2.0 (a request answered in one run only, or with a TTFT that is
 # no number, left out): median 1.0 -> 0; with a sixth, 1.1, the mean of the
 # middle two (1.0, 1.1) -> +0.05. A closed loop, or fewer than 5 pairs: None
-/usr/bin/python3 - "$SRC/sim" <<'PY' || fail "paired TTFT"
+/usr/bin/python3 - "$SRC/sim" <<'PY' || fail "paired TTFT, median of rounds, fit_nonneg"
 import importlib.machinery, importlib.util, os, sys
 ld = importlib.machinery.SourceFileLoader("sasim", os.path.join(sys.argv[1], "sa-sim"))
 S = importlib.util.module_from_spec(importlib.util.spec_from_loader("sasim", ld))
@@ -86,18 +86,11 @@ assert S.paired_ttft({"load": {"rate": None, "concurrency": 2}}, m, s) is None
 assert S.paired_ttft(run, {"ttft_by_request": m["ttft_by_request"][:4]}, s) is None
 assert S.paired_ttft(run, {}, s) is None and S.paired_ttft(run, {"ttft_by_request": 3}, s) is None
 print("paired TTFT: as computed by hand")
-PY
-
-# (1a) the median of the rounds (median_rounds): three rounds of one run,
+# the median of the rounds (median_rounds): three rounds of one run,
 # each figure's median over them (tokens/s 90, 100, 130 -> 100; a round that
 # measured no ITL is left out of that median: 0.2, 0.4 -> 0.3); each
 # request's TTFT as its median over the rounds that all answered it (request
 # 3 is missing in one round: out), then against the simulation's own
-/usr/bin/python3 - "$SRC/sim" <<'PY' || fail "median of rounds"
-import importlib.machinery, importlib.util, os, sys
-ld = importlib.machinery.SourceFileLoader("sasim", os.path.join(sys.argv[1], "sa-sim"))
-S = importlib.util.module_from_spec(importlib.util.spec_from_loader("sasim", ld))
-ld.exec_module(S)
 req = lambda *t: [[i, x] for i, x in enumerate(t)]
 ms = [{"tokens_per_s": 90, "ttft_s": {"p50": 1.0}, "itl_s": {"p50": 0.2},
        "ttft_by_request": req(1.0, 2.0, 1.0, 5.0, 1.0, 1.0)},
@@ -114,7 +107,27 @@ assert m["ttft_s"]["p50"] == 2.0 and abs(m["itl_s"]["p50"] - 0.3) < 1e-12, m
 assert sorted(m["ttft_by_request"]) == [[0, 2.0], [1, 2.0], [2, 2.0], [4, 2.0], [5, 2.0]], m
 assert s["tokens_per_s"] == 110 and s["saturated"] is False
 assert s["ttft_paired"] == 0.0, s  # 2/2, 4/2, 2/2, 2/2, 2/2: median 1
+# a round's malformed figures (a request id that is a list, a TTFT that is
+# text, a p50 that is text or missing) are left out, not a traceback
+ms[1]["ttft_by_request"] += [[[3], 1.0], [3, "x"]]
+ms[1]["ttft_s"] = {"p50": "x"}
+del ms[2]["itl_s"]
+[(_, _, m, _)] = S.median_rounds(val, {"k1-x0.1": {"load": {"rate": 0.1}}})
+assert m["ttft_s"]["p50"] == 1.5 and m["itl_s"]["p50"] == 0.2, m
+assert sorted(m["ttft_by_request"]) == [[0, 2.0], [1, 2.0], [2, 2.0], [4, 2.0], [5, 2.0]], m
 print("median of rounds: as computed by hand")
+# fit_nonneg, by hand: these rows fit best with c at -0.4 (a 1.33, b 2.27);
+# with every cost >= 0, c is dropped and a, b are the fit on them alone
+# (1.33, 2.0); a lone column that fits negative comes out 0
+rows = [{"a": 1, "b": 0, "c": 1, "y": 1}, {"a": 0, "b": 1, "c": 1, "y": 2},
+        {"a": 1, "b": 1, "c": 1, "y": 3}, {"a": 2, "b": 1, "c": 0, "y": 5}]
+f = S.fit(rows, ["a", "b", "c"])
+assert min(f) < 0, f  # unconstrained, c goes negative
+g = S.fit_nonneg(rows, ["a", "b", "c"])
+assert g[2] == 0 and all(x >= 0 for x in g), g
+assert all(abs(x - y) < 1e-9 for x, y in zip(g[:2], S.fit(rows, ["a", "b"]))), g
+assert S.fit_nonneg([{"a": 1, "y": -1}, {"a": 2, "y": -2}], ["a"]) == [0.0]
+print("fit_nonneg: as computed by hand")
 PY
 
 # (1a) plan: the validation's loads as shares of one replica's simulated
@@ -334,8 +347,8 @@ PY
 # streams none from 20 s and the 50 it owes at 25.01 s. Its longest stall is
 # the baseline's last token before then (24.95 - 20 = 4.95 s); it is 50
 # tokens behind at 25.0 s and none at 25.5, the first half second under a
-# tenth of the peak (or at one token): recovered 5.5 s after the fault. Detection: a stage kill
-# 0.5 s (the calibration), a stop the heartbeat timeout; the coordinator's
+# tenth of the peak (or at one token): recovered 5.5 s after the fault.
+# Detection: a stage kill 0.5 s (the calibration), a stop the heartbeat timeout; the coordinator's
 # kill its restart_after + start, its restart its start. (/usr/bin/python3:
 # sa-sim's interpreter, with Debian's matplotlib, which analyze.py imports.)
 /usr/bin/python3 - "$SRC/sim" "$SRC/tools/sa-experiment" <<'PY' || fail "fault times"
@@ -593,23 +606,5 @@ import json, sys
 a, b = (json.load(open(f)) for f in sys.argv[1:])
 assert a["stage"] == b["stage"], (a["stage"], b["stage"])
 assert b["stage"]["per_prompt_token"] > b["stage"]["per_token"] > 0 and b["stage"]["message"] == 0
-PY
-# fit_nonneg, by hand: these rows fit best with c at -0.4 (a 1.33, b 2.27);
-# with every cost >= 0, c is dropped and a, b are the fit on them alone
-# (1.33, 2.0); a lone column that fits negative comes out 0
-/usr/bin/python3 - "$SRC/sim" <<'PY' || fail "fit_nonneg"
-import importlib.machinery, importlib.util, os, sys
-ld = importlib.machinery.SourceFileLoader("sasim", os.path.join(sys.argv[1], "sa-sim"))
-S = importlib.util.module_from_spec(importlib.util.spec_from_loader("sasim", ld))
-ld.exec_module(S)
-rows = [{"a": 1, "b": 0, "c": 1, "y": 1}, {"a": 0, "b": 1, "c": 1, "y": 2},
-        {"a": 1, "b": 1, "c": 1, "y": 3}, {"a": 2, "b": 1, "c": 0, "y": 5}]
-f = S.fit(rows, ["a", "b", "c"])
-assert min(f) < 0, f  # unconstrained, c goes negative
-g = S.fit_nonneg(rows, ["a", "b", "c"])
-assert g[2] == 0 and all(x >= 0 for x in g), g
-assert all(abs(x - y) < 1e-9 for x, y in zip(g[:2], S.fit(rows, ["a", "b"]))), g
-assert S.fit_nonneg([{"a": 1, "y": -1}, {"a": 2, "y": -2}], ["a"]) == [0.0]
-print("fit_nonneg: as computed by hand")
 PY
 echo "PASS"
