@@ -43,20 +43,50 @@ pass "256 MiB frame to the coordinator: ${out%% *}; peak RSS $before -> $after K
 
 # --- many connections: rounds of 3000 with a stranger's key
 "$BIN/sa-keys" gen stranger --role client --dir "$T/evil" >/dev/null
-rss=()
-for round in 1 2 3 4 5; do
+# The coordinator trims its heap every 2 s and ZeroMQ closes the 3000 sessions
+# on its own thread, so RSS comes down some time after a round, sooner or
+# later as the machine is loaded. A round is judged by whether RSS comes back
+# to the first round's level (within 30 s), never by how fast: a leak never
+# comes back.
+settled_rss() { # <limit KiB>: the first reading under the limit, else the last
+  local r i
+  for ((i = 0; i < 60; i++)); do
+    r=$(kib "$CPID" VmRSS)
+    ((r < $1)) && break
+    sleep 0.5
+  done
+  echo "$r"
+}
+flood() {
   probe "$COORD" Flood --connections 3000 --key "$T/evil/stranger.key" \
     --server-key "$KEYS/coordinator.pub" >/dev/null
-  sleep 2.5 # one trim period of the coordinator
-  rss+=("$(kib "$CPID" VmRSS)")
+}
+flood
+first=$(kib "$CPID" VmRSS)
+for ((i = 0; i < 10; i++)); do # the lowest over 5 s (two trim periods)
+  sleep 0.5
+  r=$(kib "$CPID" VmRSS)
+  ((r < first)) && first=$r
 done
-first=${rss[0]}
-if grep -qa __asan_init "$BIN/sa-coordinator"; then
+rss=("$first")
+sanitized=false
+grep -qa __asan_init "$BIN/sa-coordinator" && sanitized=true
+for round in 2 3 4 5; do
+  flood
+  if $sanitized; then
+    sleep 2.5
+    rss+=("$(kib "$CPID" VmRSS)")
+  else
+    rss+=("$(settled_rss $((first + 8192)))")
+  fi
+done
+if $sanitized; then
   # ASan's allocator keeps freed memory in quarantine: RSS says nothing there
   echo "(sanitizer build: RSS ${rss[*]} KiB not judged)"
 else
   for r in "${rss[@]:1}"; do
-    ((r < first + 8192)) || fail "RSS after rounds of 3000 connections: ${rss[*]} KiB (not flat)"
+    ((r < first + 8192)) ||
+      fail "RSS after rounds of 3000 connections: ${rss[*]} KiB (not back within 30 s)"
   done
 fi
 lines=$(grep -c "security: refused" "$T/coordinator.log" || true)
