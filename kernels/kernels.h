@@ -60,7 +60,13 @@ typedef struct {
  *   SA_WQ_Q4_0: wq uint8 [N, K/2]: block b of row n is bytes
  *               [n*K/2 + 16b, +16); element j < 16 of the block is the low
  *               nibble of byte j, element j + 16 its high nibble;
- *               w = d * (nibble - 8). */
+ *               w = d * (nibble - 8).
+ *   SA_WQ_Q4_0_R8: Q4_0 with each group of 8 rows interleaved (made from
+ *               Q4_0 by the backend's pack_q, never stored in a file;
+ *               N % 8 == 0): block b of rows 8g..8g+7 is the 128 bytes at
+ *               (g * K/32 + b) * 128, byte 32k + 4r + i being byte 4k + i
+ *               (k < 4, i < 4) of row 8g + r's Q4_0 block; its 8 scales
+ *               are wd[(g * K/32 + b) * 8 + r]. The same values as Q4_0. */
 #define SA_QK 32
 
 /* KV cache element types (kv_write, attention). A cached row (one token's
@@ -74,7 +80,7 @@ enum { SA_KV_F32 = 0, SA_KV_BF16 = 1, SA_KV_Q8_0 = 2 };
 /* Bytes of one cached row of kv_dim values of kv_type (0 for an unknown
  * type, or a kv_dim the type cannot hold). */
 size_t sa_kv_row_bytes(int kv_type, int kv_dim);
-enum { SA_WQ_Q8_0 = 1, SA_WQ_Q4_0 = 2 };
+enum { SA_WQ_Q8_0 = 1, SA_WQ_Q4_0 = 2, SA_WQ_Q4_0_R8 = 3 };
 
 typedef struct sa_backend_ops {
   const char *name; /* "cpu", "cuda" */
@@ -111,6 +117,12 @@ typedef struct sa_backend_ops {
   int (*matmul_q)(sa_backend_t *be, float *y, const int8_t *xq, const float *xd,
                   int wtype, const void *wq, const uint16_t *wd,
                   const uint16_t *bias, int M, int N, int K, int accumulate);
+  /* Optional (NULL: every layout stays as loaded). Re-lays a quantized
+   * weight in backend memory, in place, into the layout this backend's
+   * matmul_q reads fastest, and returns the wtype to pass from then on
+   * (wtype itself when it keeps the layout; < 0 on error, the weight then
+   * unchanged). A backend reads SA_WQ_Q4_0_R8 only if its pack_q made it. */
+  int (*pack_q)(sa_backend_t *be, int wtype, void *wq, uint16_t *wd, int N, int K);
   /* The q8 blocks of x[M, K] (K % 32 == 0): for each block of 32 of a row,
    * d = max|x| / 127 (fp32 division), q = round-half-even(x * (1 / d))
    * (0 where d = 0); xq int8 [M, K], xd fp32 [M, K/32]. */
@@ -202,6 +214,8 @@ int sa_op_matmul_bf16(sa_backend_t *be, float *y, const float *x, const uint16_t
 int sa_op_matmul_q(sa_backend_t *be, float *y, const int8_t *xq, const float *xd, int wtype,
                    const void *wq, const uint16_t *wd, const uint16_t *bias, int M, int N, int K,
                    int accumulate);
+/* pack_q's checked entry: wtype itself where the backend has no pack_q. */
+int sa_op_pack_q(sa_backend_t *be, int wtype, void *wq, uint16_t *wd, int N, int K);
 int sa_op_quantize_q8(sa_backend_t *be, int8_t *xq, float *xd, const float *x, int M, int K);
 /* Bytes of a quantized W[N, K] of format wtype (the q part; the scales are
  * N * K/32 fp16), or 0 for an unknown format or K % 32 != 0. */

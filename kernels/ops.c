@@ -31,7 +31,7 @@ size_t sa_wq_bytes(int wtype, int N, int K) {
     return 0;
   if (wtype == SA_WQ_Q8_0)
     return (size_t)N * (size_t)K;
-  if (wtype == SA_WQ_Q4_0)
+  if (wtype == SA_WQ_Q4_0 || (wtype == SA_WQ_Q4_0_R8 && N % 8 == 0))
     return (size_t)N * (size_t)K / 2;
   return 0;
 }
@@ -39,8 +39,11 @@ size_t sa_wq_bytes(int wtype, int N, int K) {
 int sa_op_matmul_q(sa_backend_t *be, float *y, const int8_t *xq, const float *xd, int wtype,
                    const void *wq, const uint16_t *wd, const uint16_t *bias, int M, int N, int K,
                    int accumulate) {
-  if (!be || M < 0 || N < 0 || K < 0 || K % SA_QK ||
-      (wtype != SA_WQ_Q8_0 && wtype != SA_WQ_Q4_0))
+  if (!be || M < 0 || N < 0 || K < 0 || K % SA_QK || wtype < SA_WQ_Q8_0 ||
+      wtype > SA_WQ_Q4_0_R8)
+    return SA_EINVAL;
+  /* R8 comes in whole groups of 8 rows, and only from the backend's pack_q */
+  if (wtype == SA_WQ_Q4_0_R8 && (N % 8 || !be->ops->pack_q))
     return SA_EINVAL;
   if ((size_t)M * (size_t)N == 0)
     return 0;
@@ -49,6 +52,16 @@ int sa_op_matmul_q(sa_backend_t *be, float *y, const int8_t *xq, const float *xd
   if (!be->ops->matmul_q)
     return SA_EUNIMPL;
   return be->ops->matmul_q(be, y, xq, xd, wtype, wq, wd, bias, M, N, K, accumulate);
+}
+
+int sa_op_pack_q(sa_backend_t *be, int wtype, void *wq, uint16_t *wd, int N, int K) {
+  int empty = N == 0 || K == 0;
+  if (!be || N < 0 || K < 0 || K % SA_QK || (wtype != SA_WQ_Q8_0 && wtype != SA_WQ_Q4_0) ||
+      (!empty && (!wq || !wd)))
+    return SA_EINVAL;
+  if (!be->ops->pack_q || empty)
+    return wtype;
+  return be->ops->pack_q(be, wtype, wq, wd, N, K);
 }
 
 int sa_op_quantize_q8(sa_backend_t *be, int8_t *xq, float *xd, const float *x, int M, int K) {

@@ -16,7 +16,7 @@
 /* A linear layer's weight W[N, K] in backend memory: bf16, or quantized
  * (kernels.h SA_WQ_*: the q part and the fp16 scales). */
 typedef struct {
-  int type;     /* 0 = bf16, else SA_WQ_Q8_0 / SA_WQ_Q4_0 */
+  int type;     /* 0 = bf16, else SA_WQ_* (Q4_0_R8 once the backend packs) */
   void *w;      /* bf16 [N, K] or the q part */
   uint16_t *wd; /* quantized: scales [N, K/32] */
 } dec_w_t;
@@ -261,6 +261,16 @@ static int load_w(sa_decoder_t *d, const sa_st_t *st, int n_parts, char names[][
     rc = d->be->ops->upload(d->be, out->w, q, (size_t)R * qrow);
   if (!rc)
     rc = d->be->ops->upload(d->be, out->wd, sc, (size_t)R * KB * 2);
+  if (!rc) { /* into the layout the backend reads fastest (kernels.h pack_q) */
+    int t = sa_op_pack_q(d->be, type, out->w, out->wd, (int)R, (int)K);
+    if (t < 0) {
+      snprintf(err, cap, "decoder: cannot re-lay '%s' for the backend: %s", names[0],
+               sa_strerror(t));
+      rc = t;
+    } else {
+      out->type = t;
+    }
+  }
   if (!rc)
     *bytes += (size_t)R * (qrow + KB * 2);
   free(sc);

@@ -69,6 +69,15 @@ static double gemv_s(sa_backend_t *be, int fmt, int N, int K, size_t rot_bytes, 
   double *t = malloc(sizeof(double) * reps);
   int c = 0;
   size_t q_off = fmt == FMT_BF16 ? wb : wb - (size_t)N * (K / 32) * 2;
+  int wtype = fmt == FMT_Q8_0 ? SA_WQ_Q8_0 : SA_WQ_Q4_0;
+  for (int i = 0; i < copies && fmt != FMT_BF16; i++) /* in the layout decode reads */
+    wtype = sa_op_pack_q(be, fmt == FMT_Q8_0 ? SA_WQ_Q8_0 : SA_WQ_Q4_0, w + wb * i,
+                         (uint16_t *)(w + wb * i + q_off), N, K);
+  if (wtype < 0) {
+    free(t);
+    be->ops->free(be, w);
+    return -1;
+  }
   for (int r = -copies; r < reps; r++) { /* first pass warms the pool */
     const uint8_t *wc = w + wb * c;
     c = (c + 1) % copies;
@@ -77,8 +86,8 @@ static double gemv_s(sa_backend_t *be, int fmt, int N, int K, size_t rot_bytes, 
       sa_op_matmul_bf16(be, y, x, (const uint16_t *)wc, NULL, 1, N, K, 0);
     } else {
       sa_op_quantize_q8(be, xq, xd, x, 1, K);
-      sa_op_matmul_q(be, y, xq, xd, fmt == FMT_Q8_0 ? SA_WQ_Q8_0 : SA_WQ_Q4_0, wc,
-                     (const uint16_t *)(wc + q_off), NULL, 1, N, K, 0);
+      sa_op_matmul_q(be, y, xq, xd, wtype, wc, (const uint16_t *)(wc + q_off), NULL, 1, N, K,
+                     0);
     }
     double dt = sa_bench_now() - t0;
     if (r >= 0)

@@ -529,7 +529,10 @@ static int cpu_matmul_q(sa_backend_t *be, float *y, const int8_t *xq, const floa
                         int wtype, const void *wq, const uint16_t *wd, const uint16_t *bias,
                         int M, int N, int K, int accumulate) {
   cpu_t *c = be->impl;
-  mmq_job_t j = {c, c->mmq, y, xq, xd, wtype, wq, wd, bias, M, N, K, accumulate};
+  /* R8 (packed for the AVX2 path) is read by the AVX2 kernel from any
+   * SIMD path the ISA was switched to since, and by the scalar one */
+  sa__mmq_fn fn = wtype == SA_WQ_Q4_0_R8 && c->mmq != mmq_scalar ? sa__mmq_avx2 : c->mmq;
+  mmq_job_t j = {c, fn, y, xq, xd, wtype, wq, wd, bias, M, N, K, accumulate};
   /* each thread's columns in whole 16-row groups, so no group is split. From
    * 16 rows of x on, one range per thread: the AMX-INT8 kernel packs all of
    * x on every call, and at 4 chunks a thread that packing took longer than
@@ -555,6 +558,16 @@ static void quantize_rows(void *p, int lo, int hi, int tid) {
   for (int m = lo; m < hi; m++)
     sa__q8_quantize_row(j->xq + (size_t)m * j->K, j->xd + (size_t)m * (j->K / SA_QK),
                         j->x + (size_t)m * j->K, j->K);
+}
+
+/* Q4_0 goes to R8 where the AVX2 kernel is the quantized path (kernels.h,
+ * quant_avx2.c); the VNNI and AMX kernels read the row-major layouts. */
+static int cpu_pack_q(sa_backend_t *be, int wtype, void *wq, uint16_t *wd, int N, int K) {
+  cpu_t *c = be->impl;
+  if (wtype != SA_WQ_Q4_0 || N % 8 || c->mmq != sa__mmq_avx2)
+    return wtype;
+  int rc = sa__q4_0_pack_r8(wq, wd, N, K);
+  return rc ? rc : SA_WQ_Q4_0_R8;
 }
 
 static int cpu_quantize_q8(sa_backend_t *be, int8_t *xq, float *xd, const float *x, int M,
@@ -1306,6 +1319,7 @@ static const sa_backend_ops_t cpu_ops = {
     .sync = sa__host_sync,
     .matmul_bf16 = cpu_matmul_bf16,
     .matmul_q = cpu_matmul_q,
+    .pack_q = cpu_pack_q,
     .quantize_q8 = cpu_quantize_q8,
     .rmsnorm = cpu_rmsnorm,
     .layernorm = cpu_layernorm,

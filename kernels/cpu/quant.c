@@ -10,9 +10,11 @@
  */
 #include "cpu_impl.h"
 #include "kernels.h"
+#include "sa_error.h"
 #include "tensor.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 void sa__q8_quantize_row(int8_t *q, float *d, const float *x, int K) {
@@ -53,6 +55,15 @@ void sa__kv_q8_read_row(float *dst, const uint8_t *src, int n) {
   }
 }
 
+/* Where byte j (< 16) of block b of row n of an R8 weight lies, and its
+ * scale (kernels.h: SA_WQ_Q4_0_R8). */
+static size_t r8_byte(int n, int b, int j, int KB) {
+  return ((size_t)(n / 8) * KB + b) * 128 + (size_t)(j / 4) * 32 + (size_t)(n % 8) * 4 + j % 4;
+}
+static size_t r8_scale(int n, int b, int KB) {
+  return ((size_t)(n / 8) * KB + b) * 8 + n % 8;
+}
+
 /* The exact integer dot of a q8 activation block with block b of row n. */
 static int32_t block_dot(const int8_t *xb, int wtype, const void *wq, int n, int b, int K) {
   int32_t s = 0;
@@ -63,11 +74,37 @@ static int32_t block_dot(const int8_t *xb, int wtype, const void *wq, int n, int
   } else {
     const uint8_t *w = (const uint8_t *)wq + (size_t)n * (K / 2) + (size_t)b * (SA_QK / 2);
     for (int j = 0; j < SA_QK / 2; j++) {
-      s += (int32_t)xb[j] * ((w[j] & 15) - 8);
-      s += (int32_t)xb[j + SA_QK / 2] * ((w[j] >> 4) - 8);
+      uint8_t v = wtype == SA_WQ_Q4_0 ? w[j] : ((const uint8_t *)wq)[r8_byte(n, b, j, K / SA_QK)];
+      s += (int32_t)xb[j] * ((v & 15) - 8);
+      s += (int32_t)xb[j + SA_QK / 2] * ((v >> 4) - 8);
     }
   }
   return s;
+}
+
+int sa__q4_0_pack_r8(uint8_t *wq, uint16_t *wd, int N, int K) {
+  int KB = K / SA_QK;
+  size_t rb = (size_t)KB * (SA_QK / 2);
+  uint8_t *q = malloc(8 * rb);
+  uint16_t *d = malloc((size_t)8 * KB * 2);
+  if (!q || !d) {
+    free(q);
+    free(d);
+    return SA_ENOMEM;
+  }
+  for (int g = 0; g < N / 8; g++) { /* a group's rows are contiguous in both layouts */
+    memcpy(q, wq + (size_t)g * 8 * rb, 8 * rb);
+    memcpy(d, wd + (size_t)g * 8 * KB, (size_t)8 * KB * 2);
+    for (int r = 0; r < 8; r++)
+      for (int b = 0; b < KB; b++) {
+        for (int j = 0; j < SA_QK / 2; j++)
+          wq[r8_byte(8 * g + r, b, j, KB)] = q[r * rb + (size_t)b * (SA_QK / 2) + j];
+        wd[r8_scale(8 * g + r, b, KB)] = d[(size_t)r * KB + b];
+      }
+  }
+  free(q);
+  free(d);
+  return 0;
 }
 
 void sa__mmq_scalar(float *y, const int8_t *xq, const float *xd, int wtype, const void *wq,
@@ -78,7 +115,8 @@ void sa__mmq_scalar(float *y, const int8_t *xq, const float *xd, int wtype, cons
     for (int n = n0; n < n1; n++) {
       float s = 0.0f;
       for (int b = 0; b < KB; b++) {
-        float c = xd[(size_t)m * KB + b] * sa_f16_to_f32(wd[(size_t)n * KB + b]);
+        size_t sd = wtype == SA_WQ_Q4_0_R8 ? r8_scale(n, b, KB) : (size_t)n * KB + b;
+        float c = xd[(size_t)m * KB + b] * sa_f16_to_f32(wd[sd]);
         s = fmaf((float)block_dot(xq + (size_t)m * K + (size_t)b * SA_QK, wtype, wq, n, b, K),
                  c, s);
       }

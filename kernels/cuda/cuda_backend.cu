@@ -449,6 +449,7 @@ static const sa_backend_ops_t cuda_ops_table = {
     /* sync */ cu_sync,
     /* matmul_bf16 */ cu_matmul_bf16,
     /* matmul_q */ cu_matmul_q,
+    /* pack_q */ NULL, /* the CUDA kernels read the row-major layouts */
     /* quantize_q8 */ cu_quantize_q8,
     /* rmsnorm */ cu_rmsnorm,
     /* layernorm */ cu_layernorm,

@@ -15,7 +15,10 @@
  *  - The largest block sums (x and w at their extremes): no path may wrap.
  *  - Batch invariance: a row's outputs are bit-identical alone or in a
  *    batch of 2..40 rows.
- *  - Bad arguments: K % 32 != 0, an unknown format. */
+ *  - Q4_0 re-laid as R8 by pack_q (the AVX2 path's layout): the same bits
+ *    on every path, alone or in a batch.
+ *  - Bad arguments: K % 32 != 0, an unknown format, R8 that pack_q did not
+ *    make or that is not whole groups of 8 rows. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -217,6 +220,37 @@ static void matmul_q_case(int wtype, int M, int N, int K, int use_bias, int accu
       fail();
     }
   }
+  /* Q4_0 re-laid as R8 by the AVX2 path's pack_q: the same bits on every
+   * path, the ISA switched after packing included */
+  if (wtype == SA_WQ_Q4_0 && N % 8 == 0 && sa_cpu_isa_supported("avx2")) {
+    size_t wb = sa_wq_bytes(wtype, N, K), db = sizeof(uint16_t) * (size_t)N * (K / 32);
+    void *pq = malloc(wb + 1);
+    uint16_t *pd = malloc(db + 2);
+    memcpy(pq, c.wq, wb), memcpy(pd, c.wd, db);
+    assert_int_equal(sa_cpu_set_isa(cpu1, "avx2"), 0);
+    assert_int_equal(sa_op_pack_q(cpu1, wtype, pq, pd, N, K), SA_WQ_Q4_0_R8);
+    assert_true(N * K <= 32 || memcmp(pq, c.wq, wb) != 0); /* re-laid, not left */
+    assert_int_equal(sa_op_matmul_q(ref, y, c.xq, c.xd, SA_WQ_Q4_0_R8, pq, pd, c.bias, M, N,
+                                    K, accumulate),
+                     SA_EINVAL); /* the reference has no pack_q: never reads R8 */
+    for (int ci = 0; ci < N_ISAS * 2; ci++) {
+      sa_backend_t *be = (ci & 1) ? cpu3 : cpu1;
+      if (!sa_cpu_isa_supported(ISAS[ci / 2]))
+        continue;
+      assert_int_equal(sa_cpu_set_isa(be, ISAS[ci / 2]), 0);
+      memcpy(y, c.y0, sizeof(float) * M * N);
+      assert_int_equal(sa_op_matmul_q(be, y, c.xq, c.xd, SA_WQ_Q4_0_R8, pq, pd, c.bias, M, N,
+                                      K, accumulate),
+                       0);
+      for (int i = 0; i < M * N; i++)
+        if (memcmp(&y[i], &yr[i], 4)) {
+          fprintf(stderr, "matmul_q R8 M%d N%d K%d [%s, %d threads]: output %d %.9g != "
+                  "reference %.9g\n", M, N, K, ISAS[ci / 2], be->threads, i, y[i], yr[i]);
+          fail();
+        }
+    }
+    free(pq), free(pd);
+  }
   sa_cpu_set_isa(cpu1, "auto");
   sa_cpu_set_isa(cpu3, "auto");
   free(yr), free(y);
@@ -228,7 +262,9 @@ static void test_matmul_q(void **state) {
   static const int shapes[][3] = {{1, 1, 32},   {1, 17, 64},   {3, 40, 96},  {1, 33, 4864},
                                   {2, 16, 4512}, {5, 31, 160}, {1, 130, 896}, {20, 9, 288},
                                   /* 16+ rows over 3 threads: one column range a thread */
-                                  {40, 200, 1024}};
+                                  {40, 200, 1024},
+                                  /* whole groups of 8 rows (Q4_0 is re-laid as R8 too) */
+                                  {1, 24, 4864}, {3, 8, 896}, {17, 56, 160}};
   for (int wt = SA_WQ_Q8_0; wt <= SA_WQ_Q4_0; wt++)
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
       matmul_q_case(wt, shapes[i][0], shapes[i][1], shapes[i][2], (int)(i & 1), (int)(i / 2 & 1));
@@ -240,17 +276,27 @@ static void test_matmul_q_extremes(void **state) {
   for (int wt = SA_WQ_Q8_0; wt <= SA_WQ_Q4_0; wt++) {
     matmul_q_case(wt, 3, 17, 96, 0, 0);
     matmul_q_case(wt, 2, 9, 4864, 1, 1);
+    matmul_q_case(wt, 2, 24, 4864, 0, 1);
   }
   qcase_extreme = 0;
 }
 
 static void test_matmul_q_batch_invariant(void **state) {
   (void)state;
-  for (int wt = SA_WQ_Q8_0; wt <= SA_WQ_Q4_0; wt++) {
+  for (int wt = SA_WQ_Q8_0; wt <= SA_WQ_Q4_0_R8; wt++) {
     qcase_t c;
-    int M = 40, N = 70, K = 4512;
-    qcase_make(&c, wt, M, N, K, 1);
+    int M = 40, N = wt == SA_WQ_Q4_0_R8 ? 72 : 70, K = 4512;
+    qcase_make(&c, wt == SA_WQ_Q4_0_R8 ? SA_WQ_Q4_0 : wt, M, N, K, 1);
     assert_int_equal(sa_op_quantize_q8(cpu1, c.xq, c.xd, c.x, M, K), 0);
+    if (wt == SA_WQ_Q4_0_R8) {
+      if (!sa_cpu_isa_supported("avx2")) {
+        qcase_free(&c);
+        continue;
+      }
+      assert_int_equal(sa_cpu_set_isa(cpu1, "avx2"), 0);
+      assert_int_equal(sa_op_pack_q(cpu1, SA_WQ_Q4_0, c.wq, c.wd, N, K), wt);
+      assert_int_equal(sa_cpu_set_isa(cpu3, "avx2"), 0);
+    }
     float *all = malloc(sizeof(float) * M * N), *one = malloc(sizeof(float) * N);
     for (int t = 0; t < 2; t++) {
       sa_backend_t *be = t ? cpu3 : cpu1;
@@ -268,6 +314,8 @@ static void test_matmul_q_batch_invariant(void **state) {
     free(all), free(one);
     qcase_free(&c);
   }
+  sa_cpu_set_isa(cpu1, "auto");
+  sa_cpu_set_isa(cpu3, "auto");
 }
 
 static void test_bad_args(void **state) {
@@ -288,6 +336,17 @@ static void test_bad_args(void **state) {
   assert_int_equal(sa_wq_bytes(SA_WQ_Q8_0, 3, 64), 192);
   assert_int_equal(sa_wq_bytes(SA_WQ_Q8_0, 3, 65), 0);
   assert_int_equal(sa_wq_bytes(9, 3, 64), 0);
+  /* R8: whole groups of 8 rows; made only by pack_q, which takes Q8_0 and Q4_0 */
+  assert_int_equal(sa_wq_bytes(SA_WQ_Q4_0_R8, 3, 64), 0);
+  assert_int_equal(sa_wq_bytes(SA_WQ_Q4_0_R8, 8, 64), 256);
+  assert_int_equal(sa_op_matmul_q(cpu1, y, xq, xd, SA_WQ_Q4_0_R8, wq, wd, NULL, 1, 3, 32, 0),
+                   SA_EINVAL);
+  assert_int_equal(sa_op_pack_q(cpu1, SA_WQ_Q4_0_R8, wq, wd, 8, 32), SA_EINVAL);
+  assert_int_equal(sa_op_pack_q(cpu1, SA_WQ_Q4_0, wq, wd, 8, 48), SA_EINVAL);
+  assert_int_equal(sa_op_pack_q(cpu1, SA_WQ_Q4_0, NULL, wd, 8, 32), SA_EINVAL);
+  assert_int_equal(sa_op_pack_q(ref, SA_WQ_Q4_0, wq, wd, 8, 32), SA_WQ_Q4_0); /* no pack_q */
+  assert_int_equal(sa_op_pack_q(cpu1, SA_WQ_Q8_0, wq, wd, 2, 32), SA_WQ_Q8_0);
+  assert_int_equal(sa_op_pack_q(cpu1, SA_WQ_Q4_0, wq, wd, 3, 32), SA_WQ_Q4_0); /* N % 8 */
   fprintf(stderr, "quantized path here: %s\n", sa_cpu_q_isa(cpu1));
 }
 
