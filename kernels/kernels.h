@@ -61,12 +61,13 @@ typedef struct {
  *               [n*K/2 + 16b, +16); element j < 16 of the block is the low
  *               nibble of byte j, element j + 16 its high nibble;
  *               w = d * (nibble - 8).
- *   SA_WQ_Q4_0_R8: Q4_0 with each group of 8 rows interleaved (made from
- *               Q4_0 by the backend's pack_q, never stored in a file;
- *               N % 8 == 0): block b of rows 8g..8g+7 is the 128 bytes at
- *               (g * K/32 + b) * 128, byte 32k + 4r + i being byte 4k + i
- *               (k < 4, i < 4) of row 8g + r's Q4_0 block; its 8 scales
- *               are wd[(g * K/32 + b) * 8 + r]. The same values as Q4_0. */
+ *   SA_WQ_Q8_0_R8, SA_WQ_Q4_0_R8: Q8_0, Q4_0 with each group of 8 rows
+ *               interleaved (made by the backend's pack_q, never stored in
+ *               a file; N % 8 == 0). With B a block's bytes (32, 16),
+ *               block b of rows 8g..8g+7 is the 8B bytes at
+ *               (g * K/32 + b) * 8B, byte 32k + 4r + i being byte 4k + i
+ *               (i < 4) of row 8g + r's block; its 8 scales are
+ *               wd[(g * K/32 + b) * 8 + r]. The same values. */
 #define SA_QK 32
 
 /* KV cache element types (kv_write, attention). A cached row (one token's
@@ -80,7 +81,9 @@ enum { SA_KV_F32 = 0, SA_KV_BF16 = 1, SA_KV_Q8_0 = 2 };
 /* Bytes of one cached row of kv_dim values of kv_type (0 for an unknown
  * type, or a kv_dim the type cannot hold). */
 size_t sa_kv_row_bytes(int kv_type, int kv_dim);
-enum { SA_WQ_Q8_0 = 1, SA_WQ_Q4_0 = 2, SA_WQ_Q4_0_R8 = 3 };
+enum { SA_WQ_Q8_0 = 1, SA_WQ_Q4_0 = 2, SA_WQ_Q4_0_R8 = 3, SA_WQ_Q8_0_R8 = 4 };
+/* Whether a format is one of the interleaved ones (pack_q's). */
+#define SA_WQ_IS_R8(t) ((t) == SA_WQ_Q4_0_R8 || (t) == SA_WQ_Q8_0_R8)
 
 typedef struct sa_backend_ops {
   const char *name; /* "cpu", "cuda" */
@@ -121,7 +124,7 @@ typedef struct sa_backend_ops {
    * weight in backend memory, in place, into the layout this backend's
    * matmul_q reads fastest, and returns the wtype to pass from then on
    * (wtype itself when it keeps the layout; < 0 on error, the weight then
-   * unchanged). A backend reads SA_WQ_Q4_0_R8 only if its pack_q made it. */
+   * unchanged). A backend reads the R8 formats only if its pack_q made them. */
   int (*pack_q)(sa_backend_t *be, int wtype, void *wq, uint16_t *wd, int N, int K);
   /* The q8 blocks of x[M, K] (K % 32 == 0): for each block of 32 of a row,
    * d = max|x| / 127 (fp32 division), q = round-half-even(x * (1 / d))

@@ -29,9 +29,11 @@ int sa_op_matmul_bf16(sa_backend_t *be, float *y, const float *x, const uint16_t
 size_t sa_wq_bytes(int wtype, int N, int K) {
   if (N < 0 || K < 0 || K % SA_QK)
     return 0;
-  if (wtype == SA_WQ_Q8_0)
+  if (SA_WQ_IS_R8(wtype) && N % 8)
+    return 0;
+  if (wtype == SA_WQ_Q8_0 || wtype == SA_WQ_Q8_0_R8)
     return (size_t)N * (size_t)K;
-  if (wtype == SA_WQ_Q4_0 || (wtype == SA_WQ_Q4_0_R8 && N % 8 == 0))
+  if (wtype == SA_WQ_Q4_0 || wtype == SA_WQ_Q4_0_R8)
     return (size_t)N * (size_t)K / 2;
   return 0;
 }
@@ -40,10 +42,10 @@ int sa_op_matmul_q(sa_backend_t *be, float *y, const int8_t *xq, const float *xd
                    const void *wq, const uint16_t *wd, const uint16_t *bias, int M, int N, int K,
                    int accumulate) {
   if (!be || M < 0 || N < 0 || K < 0 || K % SA_QK || wtype < SA_WQ_Q8_0 ||
-      wtype > SA_WQ_Q4_0_R8)
+      wtype > SA_WQ_Q8_0_R8)
     return SA_EINVAL;
   /* R8 comes in whole groups of 8 rows, and only from the backend's pack_q */
-  if (wtype == SA_WQ_Q4_0_R8 && (N % 8 || !be->ops->pack_q))
+  if (SA_WQ_IS_R8(wtype) && (N % 8 || !be->ops->pack_q))
     return SA_EINVAL;
   if ((size_t)M * (size_t)N == 0)
     return 0;

@@ -16,7 +16,7 @@
 /* A linear layer's weight W[N, K] in backend memory: bf16, or quantized
  * (kernels.h SA_WQ_*: the q part and the fp16 scales). */
 typedef struct {
-  int type;     /* 0 = bf16, else SA_WQ_* (Q4_0_R8 once the backend packs) */
+  int type;     /* 0 = bf16, else SA_WQ_* (an R8 one once the backend packs) */
   void *w;      /* bf16 [N, K] or the q part */
   uint16_t *wd; /* quantized: scales [N, K/32] */
 } dec_w_t;

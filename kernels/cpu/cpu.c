@@ -531,7 +531,7 @@ static int cpu_matmul_q(sa_backend_t *be, float *y, const int8_t *xq, const floa
   cpu_t *c = be->impl;
   /* R8 (packed for the AVX2 path) is read by the AVX2 kernel from any
    * SIMD path the ISA was switched to since, and by the scalar one */
-  sa__mmq_fn fn = wtype == SA_WQ_Q4_0_R8 && c->mmq != mmq_scalar ? sa__mmq_avx2 : c->mmq;
+  sa__mmq_fn fn = SA_WQ_IS_R8(wtype) && c->mmq != mmq_scalar ? sa__mmq_avx2 : c->mmq;
   mmq_job_t j = {c, fn, y, xq, xd, wtype, wq, wd, bias, M, N, K, accumulate};
   /* each thread's columns in whole 16-row groups, so no group is split. From
    * 16 rows of x on, one range per thread: the AMX-INT8 kernel packs all of
@@ -560,14 +560,15 @@ static void quantize_rows(void *p, int lo, int hi, int tid) {
                         j->x + (size_t)m * j->K, j->K);
 }
 
-/* Q4_0 goes to R8 where the AVX2 kernel is the quantized path (kernels.h,
- * quant_avx2.c); the VNNI and AMX kernels read the row-major layouts. */
+/* Q8_0 and Q4_0 go to R8 where the AVX2 kernel is the quantized path
+ * (kernels.h, quant_avx2.c); the VNNI and AMX kernels read the row-major
+ * layouts. */
 static int cpu_pack_q(sa_backend_t *be, int wtype, void *wq, uint16_t *wd, int N, int K) {
   cpu_t *c = be->impl;
-  if (wtype != SA_WQ_Q4_0 || N % 8 || c->mmq != sa__mmq_avx2)
+  if (N % 8 || c->mmq != sa__mmq_avx2)
     return wtype;
-  int rc = sa__q4_0_pack_r8(wq, wd, N, K);
-  return rc ? rc : SA_WQ_Q4_0_R8;
+  int rc = sa__q_pack_r8(wtype, wq, wd, N, K);
+  return rc ? rc : wtype == SA_WQ_Q8_0 ? SA_WQ_Q8_0_R8 : SA_WQ_Q4_0_R8;
 }
 
 static int cpu_quantize_q8(sa_backend_t *be, int8_t *xq, float *xd, const float *x, int M,

@@ -151,9 +151,10 @@ void sa__mmq_scalar(float *y, const int8_t *xq, const float *xd, int wtype, cons
 void sa__mmq_avx2(float *y, const int8_t *xq, const float *xd, int wtype, const void *wq,
                   const uint16_t *wd, const uint16_t *bias, int M, int N, int K, int n0, int n1,
                   int accumulate, void *scratch, size_t scratch_bytes);
-/* Re-lays Q4_0 W[N, K] (N % 8 == 0) as SA_WQ_Q4_0_R8, in place (kernels.h);
- * SA_ENOMEM (W unchanged) when a group's copy cannot be allocated. */
-int sa__q4_0_pack_r8(uint8_t *wq, uint16_t *wd, int N, int K);
+/* Re-lays Q8_0 or Q4_0 W[N, K] (N % 8 == 0) as its R8 format, in place
+ * (kernels.h); SA_ENOMEM (W unchanged) when a group's copy cannot be
+ * allocated. */
+int sa__q_pack_r8(int wtype, uint8_t *wq, uint16_t *wd, int N, int K);
 /* Each block's sum of x for rows [0, M) of the q8 rows xq: sx [M, K/32]
  * (Q4_0's -8 comes off as 8 * sum(x); AVX2, quant_avx2.c). */
 void sa__q8_block_sums(int32_t *sx, const int8_t *xq, int M, int K);

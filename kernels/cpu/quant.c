@@ -55,10 +55,10 @@ void sa__kv_q8_read_row(float *dst, const uint8_t *src, int n) {
   }
 }
 
-/* Where byte j (< 16) of block b of row n of an R8 weight lies, and its
- * scale (kernels.h: SA_WQ_Q4_0_R8). */
-static size_t r8_byte(int n, int b, int j, int KB) {
-  return ((size_t)(n / 8) * KB + b) * 128 + (size_t)(j / 4) * 32 + (size_t)(n % 8) * 4 + j % 4;
+/* Where byte j of block b of row n of an R8 weight with blocks of bb bytes
+ * lies, and its scale (kernels.h: SA_WQ_Q8_0_R8, SA_WQ_Q4_0_R8). */
+static size_t r8_byte(int n, int b, int j, int KB, size_t bb) {
+  return ((size_t)(n / 8) * KB + b) * 8 * bb + (size_t)(j / 4) * 32 + (size_t)(n % 8) * 4 + j % 4;
 }
 static size_t r8_scale(int n, int b, int KB) {
   return ((size_t)(n / 8) * KB + b) * 8 + n % 8;
@@ -66,25 +66,28 @@ static size_t r8_scale(int n, int b, int KB) {
 
 /* The exact integer dot of a q8 activation block with block b of row n. */
 static int32_t block_dot(const int8_t *xb, int wtype, const void *wq, int n, int b, int K) {
+  const uint8_t *wb = wq;
   int32_t s = 0;
-  if (wtype == SA_WQ_Q8_0) {
-    const int8_t *w = (const int8_t *)wq + (size_t)n * K + (size_t)b * SA_QK;
-    for (int j = 0; j < SA_QK; j++)
-      s += (int32_t)xb[j] * w[j];
+  if (wtype == SA_WQ_Q8_0 || wtype == SA_WQ_Q8_0_R8) {
+    for (int j = 0; j < SA_QK; j++) {
+      size_t at = wtype == SA_WQ_Q8_0 ? (size_t)n * K + (size_t)b * SA_QK + j
+                                      : r8_byte(n, b, j, K / SA_QK, SA_QK);
+      s += (int32_t)xb[j] * (int8_t)wb[at];
+    }
   } else {
-    const uint8_t *w = (const uint8_t *)wq + (size_t)n * (K / 2) + (size_t)b * (SA_QK / 2);
     for (int j = 0; j < SA_QK / 2; j++) {
-      uint8_t v = wtype == SA_WQ_Q4_0 ? w[j] : ((const uint8_t *)wq)[r8_byte(n, b, j, K / SA_QK)];
-      s += (int32_t)xb[j] * ((v & 15) - 8);
-      s += (int32_t)xb[j + SA_QK / 2] * ((v >> 4) - 8);
+      size_t at = wtype == SA_WQ_Q4_0 ? (size_t)n * (K / 2) + (size_t)b * (SA_QK / 2) + j
+                                      : r8_byte(n, b, j, K / SA_QK, SA_QK / 2);
+      s += (int32_t)xb[j] * ((wb[at] & 15) - 8);
+      s += (int32_t)xb[j + SA_QK / 2] * ((wb[at] >> 4) - 8);
     }
   }
   return s;
 }
 
-int sa__q4_0_pack_r8(uint8_t *wq, uint16_t *wd, int N, int K) {
+int sa__q_pack_r8(int wtype, uint8_t *wq, uint16_t *wd, int N, int K) {
   int KB = K / SA_QK;
-  size_t rb = (size_t)KB * (SA_QK / 2);
+  size_t bb = wtype == SA_WQ_Q8_0 ? SA_QK : SA_QK / 2, rb = (size_t)KB * bb;
   uint8_t *q = malloc(8 * rb);
   uint16_t *d = malloc((size_t)8 * KB * 2);
   if (!q || !d) {
@@ -97,8 +100,8 @@ int sa__q4_0_pack_r8(uint8_t *wq, uint16_t *wd, int N, int K) {
     memcpy(d, wd + (size_t)g * 8 * KB, (size_t)8 * KB * 2);
     for (int r = 0; r < 8; r++)
       for (int b = 0; b < KB; b++) {
-        for (int j = 0; j < SA_QK / 2; j++)
-          wq[r8_byte(8 * g + r, b, j, KB)] = q[r * rb + (size_t)b * (SA_QK / 2) + j];
+        for (size_t j = 0; j < bb; j += 4) /* 4 bytes stay together */
+          memcpy(wq + r8_byte(8 * g + r, b, (int)j, KB, bb), q + r * rb + b * bb + j, 4);
         wd[r8_scale(8 * g + r, b, KB)] = d[(size_t)r * KB + b];
       }
   }
@@ -115,7 +118,7 @@ void sa__mmq_scalar(float *y, const int8_t *xq, const float *xd, int wtype, cons
     for (int n = n0; n < n1; n++) {
       float s = 0.0f;
       for (int b = 0; b < KB; b++) {
-        size_t sd = wtype == SA_WQ_Q4_0_R8 ? r8_scale(n, b, KB) : (size_t)n * KB + b;
+        size_t sd = SA_WQ_IS_R8(wtype) ? r8_scale(n, b, KB) : (size_t)n * KB + b;
         float c = xd[(size_t)m * KB + b] * sa_f16_to_f32(wd[sd]);
         s = fmaf((float)block_dot(xq + (size_t)m * K + (size_t)b * SA_QK, wtype, wq, n, b, K),
                  c, s);

@@ -21,14 +21,17 @@
  *   - s = fma(float(isum), xd[b] · wd[n, b], s) per block, in order; the 8
  *     rows' fp16 scales are turned into fp32 columns [b][8] once per group
  *     of rows (an 8 x 8 transpose of 16-bit lanes, 8 blocks at a time).
- *   - Q4_0_R8 (the layout the CPU backend's pack_q makes of Q4_0 for this
- *     path; kernels.h): a step's 128 bytes are 4 vectors, each holding 4
- *     bytes of every row in the row's own 32-bit lane, so the low and high
- *     nibbles of vector k meet x[4k..4k+3] and x[16+4k..] broadcast to
- *     every lane: 8 vpmaddubsw add up in 16-bit lanes (8 · 2 · 15 · 127 =
- *     30480: exact) and one vpmaddwd by ones leaves the 8 rows' block sums
- *     in row order, with no inserts, no hadd and the scales already fp16
- *     columns. Twice the rate of the row-major step from L1/L2 on a Zen 3.
+ *   - the R8 layouts (what the CPU backend's pack_q makes of Q8_0 and Q4_0
+ *     for this path; kernels.h) hold 4 bytes of every row in the row's own
+ *     32-bit lane of each vector of a step, and the 8 rows' scales as one
+ *     fp16 column, so x's 4 matching bytes broadcast to every lane and
+ *     the lanes end as the 8 rows' block sums in row order, with no
+ *     inserts, no hadd tree and no transpose of scales. Q4_0_R8: 4 vectors,
+ *     whose low and high nibbles meet x[4k..4k+3] and x[16+4k..]; the 8
+ *     vpmaddubsw add up in 16-bit lanes (8 · 2 · 15 · 127 = 30480: exact),
+ *     then one vpmaddwd by ones. Twice the rate of the row-major step from
+ *     L1/L2 on a Zen 3. Q8_0_R8: 8 vectors, each |x| · (w with x's sign)
+ *     by vpmaddubsw and vpmaddwd, added in int32.
  * The format is a constant in each instance of group(), so the row loop
  * unrolls with the 8 sums in registers. The W rows are read once per row
  * of x; on the first, each step prefetches the next group's rows (one
@@ -201,12 +204,15 @@ static inline __attribute__((always_inline)) void group(
   }
 }
 
-/* Groups [g0, g1) of an R8 weight against every row of x (see the top). */
-static void groups_r8(float *y, const int8_t *xq, const float *xd, const uint8_t *wq,
-                      const uint16_t *wd, const uint16_t *bias, int M, int N, int K, int g0,
-                      int g1, int accumulate, const int32_t *sx) {
+/* Groups [g0, g1) of an R8 weight against every row of x (see the top);
+ * wtype is a constant in each caller. */
+static inline __attribute__((always_inline)) void groups_r8(
+    const int wtype, float *y, const int8_t *xq, const float *xd, const uint8_t *wq,
+    const uint16_t *wd, const uint16_t *bias, int M, int N, int K, int g0, int g1,
+    int accumulate, const int32_t *sx) {
   const int KB = K / SA_QK;
-  const size_t gb = (size_t)KB * 128; /* a group's bytes: the next group is gb on */
+  const size_t sb = wtype == SA_WQ_Q8_0_R8 ? 256 : 128; /* a step's bytes */
+  const size_t gb = (size_t)KB * sb; /* a group's: the next group is gb on */
   const __m256i ones = _mm256_set1_epi16(1), nib = _mm256_set1_epi8(15);
   for (int g = g0; g < g1; g++) {
     const uint8_t *wg = wq + (size_t)g * gb;
@@ -216,29 +222,45 @@ static void groups_r8(float *y, const int8_t *xq, const float *xd, const uint8_t
       const float *dr = xd + (size_t)m * KB;
       __m256 s = _mm256_setzero_ps();
       for (int b = 0; b < KB; b++) {
-        const uint8_t *w = wg + (size_t)b * 128;
+        const uint8_t *w = wg + (size_t)b * sb;
         const int8_t *xb = xr + (size_t)b * SA_QK;
         if (m == 0) { /* the next group's step, and a line of its scales every 4 */
-          _mm_prefetch((const char *)w + gb, _MM_HINT_T0);
-          _mm_prefetch((const char *)w + gb + 64, _MM_HINT_T0);
+          for (size_t o = 0; o < sb; o += 64)
+            _mm_prefetch((const char *)w + gb + o, _MM_HINT_T0);
           if (b % 4 == 0)
             _mm_prefetch((const char *)(dg + (size_t)KB * 8 + (size_t)b * 8), _MM_HINT_T0);
         }
-        __m256i acc = _mm256_setzero_si256();
+        __m256i is;
+        if (wtype == SA_WQ_Q8_0_R8) { /* |x| · (w with x's sign), 4 bytes a lane */
+          is = _mm256_setzero_si256();
+#pragma GCC unroll 8
+          for (int k = 0; k < 8; k++) {
+            int32_t x4;
+            memcpy(&x4, xb + 4 * k, 4);
+            __m256i xv = _mm256_set1_epi32(x4);
+            __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 32 * k));
+            is = _mm256_add_epi32(
+                is, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(xv),
+                                                           _mm256_sign_epi8(wv, xv)),
+                                      ones));
+          }
+        } else { /* nibbles · x in 16-bit lanes, then -8 · sum(x) */
+          __m256i acc = _mm256_setzero_si256();
 #pragma GCC unroll 4
-        for (int k = 0; k < 4; k++) {
-          __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 32 * k));
-          int32_t xl, xh;
-          memcpy(&xl, xb + 4 * k, 4);
-          memcpy(&xh, xb + 16 + 4 * k, 4);
-          acc = _mm256_add_epi16(
-              acc, _mm256_add_epi16(
-                       _mm256_maddubs_epi16(_mm256_and_si256(wv, nib), _mm256_set1_epi32(xl)),
-                       _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(wv, 4), nib),
-                                            _mm256_set1_epi32(xh))));
+          for (int k = 0; k < 4; k++) {
+            __m256i wv = _mm256_loadu_si256((const __m256i *)(w + 32 * k));
+            int32_t xl, xh;
+            memcpy(&xl, xb + 4 * k, 4);
+            memcpy(&xh, xb + 16 + 4 * k, 4);
+            acc = _mm256_add_epi16(
+                acc, _mm256_add_epi16(
+                         _mm256_maddubs_epi16(_mm256_and_si256(wv, nib), _mm256_set1_epi32(xl)),
+                         _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(wv, 4), nib),
+                                              _mm256_set1_epi32(xh))));
+          }
+          is = _mm256_sub_epi32(_mm256_madd_epi16(acc, ones),
+                                _mm256_set1_epi32(8 * sx[(size_t)m * KB + b]));
         }
-        __m256i is = _mm256_sub_epi32(_mm256_madd_epi16(acc, ones),
-                                      _mm256_set1_epi32(8 * sx[(size_t)m * KB + b]));
         __m128i d8 = _mm_loadu_si128((const __m128i *)(dg + (size_t)b * 8));
         __m256 c = _mm256_mul_ps(_mm256_set1_ps(dr[b]), _mm256_cvtph_ps(d8));
         s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), c, s);
@@ -276,10 +298,17 @@ void sa__mmq_avx2(float *y, const int8_t *xq, const float *xd, int wtype, const 
     const int8_t *xqc = xq + (size_t)m0 * K;
     const float *xdc = xd + (size_t)m0 * KB;
     float *yc = y + (size_t)m0 * N;
-    if (wtype != SA_WQ_Q8_0)
+    if (wtype == SA_WQ_Q4_0 || wtype == SA_WQ_Q4_0_R8)
       sa__q8_block_sums(sx, xqc, mn, K);
-    if (wtype == SA_WQ_Q4_0_R8) { /* n0 and n1 fall on groups: the caller's ranges */
-      groups_r8(yc, xqc, xdc, wq, wd, bias, mn, N, K, n0 / 8, n1 / 8, accumulate, sx);
+    /* n0 and n1 fall on groups of 8 rows: the caller's ranges are of 16 */
+    if (wtype == SA_WQ_Q8_0_R8) {
+      groups_r8(SA_WQ_Q8_0_R8, yc, xqc, xdc, wq, wd, bias, mn, N, K, n0 / 8, n1 / 8,
+                accumulate, sx);
+      continue;
+    }
+    if (wtype == SA_WQ_Q4_0_R8) {
+      groups_r8(SA_WQ_Q4_0_R8, yc, xqc, xdc, wq, wd, bias, mn, N, K, n0 / 8, n1 / 8,
+                accumulate, sx);
       continue;
     }
     for (int n = n0; n < n1; n += 8) {

@@ -15,8 +15,8 @@
  *  - The largest block sums (x and w at their extremes): no path may wrap.
  *  - Batch invariance: a row's outputs are bit-identical alone or in a
  *    batch of 2..40 rows.
- *  - Q4_0 re-laid as R8 by pack_q (the AVX2 path's layout): the same bits
- *    on every path, alone or in a batch.
+ *  - Q8_0 and Q4_0 re-laid as R8 by pack_q (the AVX2 path's layouts): the
+ *    same bits on every path, alone or in a batch.
  *  - Bad arguments: K % 32 != 0, an unknown format, R8 that pack_q did not
  *    make or that is not whole groups of 8 rows. */
 #include <setjmp.h>
@@ -220,18 +220,19 @@ static void matmul_q_case(int wtype, int M, int N, int K, int use_bias, int accu
       fail();
     }
   }
-  /* Q4_0 re-laid as R8 by the AVX2 path's pack_q: the same bits on every
-   * path, the ISA switched after packing included */
-  if (wtype == SA_WQ_Q4_0 && N % 8 == 0 && sa_cpu_isa_supported("avx2")) {
+  /* re-laid as R8 by the AVX2 path's pack_q: the same bits on every path,
+   * the ISA switched after packing included */
+  int r8 = wtype == SA_WQ_Q8_0 ? SA_WQ_Q8_0_R8 : SA_WQ_Q4_0_R8;
+  if (N % 8 == 0 && sa_cpu_isa_supported("avx2")) {
     size_t wb = sa_wq_bytes(wtype, N, K), db = sizeof(uint16_t) * (size_t)N * (K / 32);
     void *pq = malloc(wb + 1);
     uint16_t *pd = malloc(db + 2);
     memcpy(pq, c.wq, wb), memcpy(pd, c.wd, db);
     assert_int_equal(sa_cpu_set_isa(cpu1, "avx2"), 0);
-    assert_int_equal(sa_op_pack_q(cpu1, wtype, pq, pd, N, K), SA_WQ_Q4_0_R8);
+    assert_int_equal(sa_op_pack_q(cpu1, wtype, pq, pd, N, K), r8);
     assert_true(N * K <= 32 || memcmp(pq, c.wq, wb) != 0); /* re-laid, not left */
-    assert_int_equal(sa_op_matmul_q(ref, y, c.xq, c.xd, SA_WQ_Q4_0_R8, pq, pd, c.bias, M, N,
-                                    K, accumulate),
+    assert_int_equal(sa_op_matmul_q(ref, y, c.xq, c.xd, r8, pq, pd, c.bias, M, N, K,
+                                    accumulate),
                      SA_EINVAL); /* the reference has no pack_q: never reads R8 */
     for (int ci = 0; ci < N_ISAS * 2; ci++) {
       sa_backend_t *be = (ci & 1) ? cpu3 : cpu1;
@@ -239,13 +240,13 @@ static void matmul_q_case(int wtype, int M, int N, int K, int use_bias, int accu
         continue;
       assert_int_equal(sa_cpu_set_isa(be, ISAS[ci / 2]), 0);
       memcpy(y, c.y0, sizeof(float) * M * N);
-      assert_int_equal(sa_op_matmul_q(be, y, c.xq, c.xd, SA_WQ_Q4_0_R8, pq, pd, c.bias, M, N,
-                                      K, accumulate),
+      assert_int_equal(sa_op_matmul_q(be, y, c.xq, c.xd, r8, pq, pd, c.bias, M, N, K,
+                                      accumulate),
                        0);
       for (int i = 0; i < M * N; i++)
         if (memcmp(&y[i], &yr[i], 4)) {
-          fprintf(stderr, "matmul_q R8 M%d N%d K%d [%s, %d threads]: output %d %.9g != "
-                  "reference %.9g\n", M, N, K, ISAS[ci / 2], be->threads, i, y[i], yr[i]);
+          fprintf(stderr, "matmul_q type %d M%d N%d K%d [%s, %d threads]: output %d %.9g != "
+                  "reference %.9g\n", r8, M, N, K, ISAS[ci / 2], be->threads, i, y[i], yr[i]);
           fail();
         }
     }
@@ -283,18 +284,19 @@ static void test_matmul_q_extremes(void **state) {
 
 static void test_matmul_q_batch_invariant(void **state) {
   (void)state;
-  for (int wt = SA_WQ_Q8_0; wt <= SA_WQ_Q4_0_R8; wt++) {
+  for (int wt = SA_WQ_Q8_0; wt <= SA_WQ_Q8_0_R8; wt++) {
     qcase_t c;
-    int M = 40, N = wt == SA_WQ_Q4_0_R8 ? 72 : 70, K = 4512;
-    qcase_make(&c, wt == SA_WQ_Q4_0_R8 ? SA_WQ_Q4_0 : wt, M, N, K, 1);
+    int base = wt == SA_WQ_Q4_0_R8 ? SA_WQ_Q4_0 : wt == SA_WQ_Q8_0_R8 ? SA_WQ_Q8_0 : wt;
+    int M = 40, N = SA_WQ_IS_R8(wt) ? 72 : 70, K = 4512;
+    qcase_make(&c, base, M, N, K, 1);
     assert_int_equal(sa_op_quantize_q8(cpu1, c.xq, c.xd, c.x, M, K), 0);
-    if (wt == SA_WQ_Q4_0_R8) {
+    if (SA_WQ_IS_R8(wt)) {
       if (!sa_cpu_isa_supported("avx2")) {
         qcase_free(&c);
         continue;
       }
       assert_int_equal(sa_cpu_set_isa(cpu1, "avx2"), 0);
-      assert_int_equal(sa_op_pack_q(cpu1, SA_WQ_Q4_0, c.wq, c.wd, N, K), wt);
+      assert_int_equal(sa_op_pack_q(cpu1, base, c.wq, c.wd, N, K), wt);
       assert_int_equal(sa_cpu_set_isa(cpu3, "avx2"), 0);
     }
     float *all = malloc(sizeof(float) * M * N), *one = malloc(sizeof(float) * N);
@@ -339,9 +341,12 @@ static void test_bad_args(void **state) {
   /* R8: whole groups of 8 rows; made only by pack_q, which takes Q8_0 and Q4_0 */
   assert_int_equal(sa_wq_bytes(SA_WQ_Q4_0_R8, 3, 64), 0);
   assert_int_equal(sa_wq_bytes(SA_WQ_Q4_0_R8, 8, 64), 256);
+  assert_int_equal(sa_wq_bytes(SA_WQ_Q8_0_R8, 8, 64), 512);
+  assert_int_equal(sa_wq_bytes(SA_WQ_Q8_0_R8, 12, 64), 0);
   assert_int_equal(sa_op_matmul_q(cpu1, y, xq, xd, SA_WQ_Q4_0_R8, wq, wd, NULL, 1, 3, 32, 0),
                    SA_EINVAL);
   assert_int_equal(sa_op_pack_q(cpu1, SA_WQ_Q4_0_R8, wq, wd, 8, 32), SA_EINVAL);
+  assert_int_equal(sa_op_matmul_q(cpu1, y, xq, xd, 5, wq, wd, NULL, 1, 8, 32, 0), SA_EINVAL);
   assert_int_equal(sa_op_pack_q(cpu1, SA_WQ_Q4_0, wq, wd, 8, 48), SA_EINVAL);
   assert_int_equal(sa_op_pack_q(cpu1, SA_WQ_Q4_0, NULL, wd, 8, 32), SA_EINVAL);
   assert_int_equal(sa_op_pack_q(ref, SA_WQ_Q4_0, wq, wd, 8, 32), SA_WQ_Q4_0); /* no pack_q */
