@@ -69,10 +69,10 @@ static double gemv_s(sa_backend_t *be, int fmt, int N, int K, size_t rot_bytes, 
   double *t = malloc(sizeof(double) * reps);
   int c = 0;
   size_t q_off = fmt == FMT_BF16 ? wb : wb - (size_t)N * (K / 32) * 2;
-  int wtype = fmt == FMT_Q8_0 ? SA_WQ_Q8_0 : SA_WQ_Q4_0;
+  const int stored = fmt == FMT_Q8_0 ? SA_WQ_Q8_0 : SA_WQ_Q4_0;
+  int wtype = stored;
   for (int i = 0; i < copies && fmt != FMT_BF16; i++) /* in the layout decode reads */
-    wtype = sa_op_pack_q(be, fmt == FMT_Q8_0 ? SA_WQ_Q8_0 : SA_WQ_Q4_0, w + wb * i,
-                         (uint16_t *)(w + wb * i + q_off), N, K);
+    wtype = sa_op_pack_q(be, stored, w + wb * i, (uint16_t *)(w + wb * i + q_off), N, K);
   if (wtype < 0) {
     free(t);
     be->ops->free(be, w);

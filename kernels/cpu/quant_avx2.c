@@ -56,6 +56,20 @@
 #define ROW_PF 256
 #define ROW_PF_MIN 4096
 
+/* Row m's outputs n..n+rows-1 from the 8 sums s: y = ((y if accumulate
+ * else 0) + bias) + s, as kernels.h fixes the order. */
+static inline void store_rows(float *yo, __m256 s, const uint16_t *bias, int n, int rows,
+                              int accumulate) {
+  float out[8];
+  _mm256_storeu_ps(out, s);
+  for (int r = 0; r < rows; r++) {
+    float init = accumulate ? yo[r] : 0.0f;
+    if (bias)
+      init += sa_bf16_to_f32(bias[n + r]);
+    yo[r] = init + out[r];
+  }
+}
+
 /* The 8 block sums of rows 0..7 (p[r]: row r's 8 int32 partial sums). */
 static inline __m256i reduce8(const __m256i *p) {
   __m256i h0 = _mm256_hadd_epi32(_mm256_hadd_epi32(p[0], p[1]), _mm256_hadd_epi32(p[2], p[3]));
@@ -193,14 +207,7 @@ static inline __attribute__((always_inline)) void group(
       __m256 c = _mm256_mul_ps(_mm256_set1_ps(dr[b]), _mm256_loadu_ps(sc + (size_t)b * 8));
       s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), c, s);
     }
-    float out[8], *yo = y + (size_t)m * N + n;
-    _mm256_storeu_ps(out, s);
-    for (int r = 0; r < rows; r++) {
-      float init = accumulate ? yo[r] : 0.0f;
-      if (bias)
-        init += sa_bf16_to_f32(bias[n + r]);
-      yo[r] = init + out[r];
-    }
+    store_rows(y + (size_t)m * N + n, s, bias, n, rows, accumulate);
   }
 }
 
@@ -265,14 +272,7 @@ static inline __attribute__((always_inline)) void groups_r8(
         __m256 c = _mm256_mul_ps(_mm256_set1_ps(dr[b]), _mm256_cvtph_ps(d8));
         s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(is), c, s);
       }
-      float out[8], *yo = y + (size_t)m * N + (size_t)g * 8;
-      _mm256_storeu_ps(out, s);
-      for (int r = 0; r < 8; r++) {
-        float init = accumulate ? yo[r] : 0.0f;
-        if (bias)
-          init += sa_bf16_to_f32(bias[g * 8 + r]);
-        yo[r] = init + out[r];
-      }
+      store_rows(y + (size_t)m * N + (size_t)g * 8, s, bias, g * 8, 8, accumulate);
     }
   }
 }

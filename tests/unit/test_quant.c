@@ -169,6 +169,33 @@ static void test_quantize_rows(void **state) {
   qcase_free(&c);
 }
 
+/* Every CPU path this machine has, on 1 and 3 threads, gives the bits yr
+ * for case c with the weight (wq, wd) of format wtype (y: scratch). */
+static void every_path_equals(const qcase_t *c, int wtype, const void *wq, const uint16_t *wd,
+                              int accumulate, const float *yr, float *y) {
+  int M = c->M, N = c->N, K = c->K;
+  for (int ci = 0; ci < N_ISAS * 2; ci++) {
+    sa_backend_t *be = (ci & 1) ? cpu3 : cpu1;
+    if (!sa_cpu_isa_supported(ISAS[ci / 2]))
+      continue;
+    assert_int_equal(sa_cpu_set_isa(be, ISAS[ci / 2]), 0);
+    memcpy(y, c->y0, sizeof(float) * M * N);
+    assert_int_equal(sa_op_matmul_q(be, y, c->xq, c->xd, wtype, wq, wd, c->bias, M, N, K,
+                                    accumulate),
+                     0);
+    if (memcmp(y, yr, sizeof(float) * M * N) != 0) {
+      for (int i = 0; i < M * N; i++)
+        if (memcmp(&y[i], &yr[i], 4)) {
+          fprintf(stderr, "matmul_q type %d M%d N%d K%d [%s/%s, %d threads]: output %d "
+                  "%.9g != reference %.9g\n", wtype, M, N, K, ISAS[ci / 2],
+                  sa_cpu_q_isa(be), be->threads, i, y[i], yr[i]);
+          break;
+        }
+      fail();
+    }
+  }
+}
+
 /* One case: reference vs the independent double sum, then every CPU path
  * bit-identical to the reference. */
 static void matmul_q_case(int wtype, int M, int N, int K, int use_bias, int accumulate) {
@@ -200,26 +227,7 @@ static void matmul_q_case(int wtype, int M, int N, int K, int use_bias, int accu
         fail();
       }
     }
-  for (int ci = 0; ci < N_ISAS * 2; ci++) {
-    sa_backend_t *be = (ci & 1) ? cpu3 : cpu1;
-    if (!sa_cpu_isa_supported(ISAS[ci / 2]))
-      continue;
-    assert_int_equal(sa_cpu_set_isa(be, ISAS[ci / 2]), 0);
-    memcpy(y, c.y0, sizeof(float) * M * N);
-    assert_int_equal(sa_op_matmul_q(be, y, c.xq, c.xd, wtype, c.wq, c.wd, c.bias, M, N, K,
-                                    accumulate),
-                     0);
-    if (memcmp(y, yr, sizeof(float) * M * N) != 0) {
-      for (int i = 0; i < M * N; i++)
-        if (memcmp(&y[i], &yr[i], 4)) {
-          fprintf(stderr, "matmul_q type %d M%d N%d K%d [%s/%s, %d threads]: output %d "
-                  "%.9g != reference %.9g\n", wtype, M, N, K, ISAS[ci / 2],
-                  sa_cpu_q_isa(be), be->threads, i, y[i], yr[i]);
-          break;
-        }
-      fail();
-    }
-  }
+  every_path_equals(&c, wtype, c.wq, c.wd, accumulate, yr, y);
   /* re-laid as R8 by the AVX2 path's pack_q: the same bits on every path,
    * the ISA switched after packing included */
   int r8 = wtype == SA_WQ_Q8_0 ? SA_WQ_Q8_0_R8 : SA_WQ_Q4_0_R8;
@@ -234,22 +242,7 @@ static void matmul_q_case(int wtype, int M, int N, int K, int use_bias, int accu
     assert_int_equal(sa_op_matmul_q(ref, y, c.xq, c.xd, r8, pq, pd, c.bias, M, N, K,
                                     accumulate),
                      SA_EINVAL); /* the reference has no pack_q: never reads R8 */
-    for (int ci = 0; ci < N_ISAS * 2; ci++) {
-      sa_backend_t *be = (ci & 1) ? cpu3 : cpu1;
-      if (!sa_cpu_isa_supported(ISAS[ci / 2]))
-        continue;
-      assert_int_equal(sa_cpu_set_isa(be, ISAS[ci / 2]), 0);
-      memcpy(y, c.y0, sizeof(float) * M * N);
-      assert_int_equal(sa_op_matmul_q(be, y, c.xq, c.xd, r8, pq, pd, c.bias, M, N, K,
-                                      accumulate),
-                       0);
-      for (int i = 0; i < M * N; i++)
-        if (memcmp(&y[i], &yr[i], 4)) {
-          fprintf(stderr, "matmul_q type %d M%d N%d K%d [%s, %d threads]: output %d %.9g != "
-                  "reference %.9g\n", r8, M, N, K, ISAS[ci / 2], be->threads, i, y[i], yr[i]);
-          fail();
-        }
-    }
+    every_path_equals(&c, r8, pq, pd, accumulate, yr, y);
     free(pq), free(pd);
   }
   sa_cpu_set_isa(cpu1, "auto");
