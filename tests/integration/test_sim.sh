@@ -607,4 +607,49 @@ a, b = (json.load(open(f)) for f in sys.argv[1:])
 assert a["stage"] == b["stage"], (a["stage"], b["stage"])
 assert b["stage"]["per_prompt_token"] > b["stage"]["per_token"] > 0 and b["stage"]["message"] == 0
 PY
+# --merge: two calibrations' loads fitted together. One merged with itself
+# fits the same costs as its refit (the same rows twice); two of them give
+# the mean of their bench tables (by hand) and both sets of loads; two of
+# other models, a file that is not a calibration, or --merge with --refit:
+# exit 2, saying why, nothing written
+Z3=$SRC/sim/calibration/cpu-medium-zen3-3.json Z4=$SRC/sim/calibration/cpu-medium-zen3-4p.json
+cp "$Z4" "$T/cal.json"
+"$SIM" calibrate --refit --prompt-term --out "$T/cal.json" >/dev/null || fail "refit zen3-4p"
+"$SIM" calibrate --merge "$Z4" "$Z4" --prompt-term --out "$T/self.json" >/dev/null ||
+  fail "calibrate --merge"
+"$SIM" calibrate --merge "$Z3" "$Z4" --out "$T/both.json" >/dev/null || fail "--merge 3 4"
+python3 - "$T/cal.json" "$T/self.json" "$Z3" "$Z4" "$T/both.json" <<'PY' || fail "--merge"
+import json, sys
+refit, self_, z3, z4, both = (json.load(open(f)) for f in sys.argv[1:])
+for k in ("stage", "coordinator", "encoder"):
+    for f, x in refit[k].items():
+        y = self_[k][f]
+        x, y = (x["factor"], y["factor"]) if isinstance(x, dict) else (x, y)
+        assert abs(x - y) <= 1e-9 * max(abs(x), 1e-12), (k, f, x, y)
+assert both["decode_table"]["step_s"][1][2] == (
+    z3["decode_table"]["step_s"][1][2] + z4["decode_table"]["step_s"][1][2]) / 2
+assert len(both["cluster_runs"]) == len(z3["cluster_runs"]) + len(z4["cluster_runs"])
+assert both["merged_from"] == ["cpu-medium-zen3-3.json", "cpu-medium-zen3-4p.json"]
+assert len([p for p in both["speed"].values() if "step_s" in p]) == 4, both["speed"]
+PY
+merge_bad() {  # $1: what it must say; the rest: sa-sim calibrate's arguments
+  local want=$1; shift
+  set +e
+  "$SIM" calibrate "$@" --out "$T/bad.json" >"$T/out" 2>&1
+  local rc=$?
+  set -e
+  [[ $rc -eq 2 ]] || fail "calibrate $*: exit $rc, want 2: $(cat "$T/out")"
+  grep -q -- "$want" "$T/out" || fail "calibrate $*: '$(cat "$T/out")' does not say '$want'"
+  [[ ! -e $T/bad.json ]] || fail "calibrate $* wrote a calibration"
+}
+python3 - "$Z4" "$T/other.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["model"]["layers"] += 1
+json.dump(c, open(sys.argv[2], "w"))
+PY
+merge_bad "model differ" --merge "$Z4" "$T/other.json"
+echo "[]" >"$T/list.json"
+merge_bad "needs two calibrations" --merge "$Z4" "$T/list.json"
+merge_bad "not allowed with" --merge "$Z4" "$Z4" --refit
 echo "PASS"
