@@ -81,7 +81,8 @@ enum { SA_KV_F32 = 0, SA_KV_BF16 = 1, SA_KV_Q8_0 = 2 };
 /* Bytes of one cached row of kv_dim values of kv_type (0 for an unknown
  * type, or a kv_dim the type cannot hold). */
 size_t sa_kv_row_bytes(int kv_type, int kv_dim);
-enum { SA_WQ_Q8_0 = 1, SA_WQ_Q4_0 = 2, SA_WQ_Q4_0_R8 = 3, SA_WQ_Q8_0_R8 = 4 };
+enum { SA_WQ_Q8_0 = 1, SA_WQ_Q4_0 = 2, SA_WQ_Q4_0_R8 = 3, SA_WQ_Q8_0_R8 = 4,
+       SA_WQ_COUNT_ /* formats, with 0 = bf16 */ };
 /* Whether a format is one of the interleaved ones (pack_q's). */
 #define SA_WQ_IS_R8(t) ((t) == SA_WQ_Q4_0_R8 || (t) == SA_WQ_Q8_0_R8)
 
@@ -223,6 +224,9 @@ int sa_op_quantize_q8(sa_backend_t *be, int8_t *xq, float *xd, const float *x, i
 /* Bytes of a quantized W[N, K] of format wtype (the q part; the scales are
  * N * K/32 fp16), or 0 for an unknown format or K % 32 != 0. */
 size_t sa_wq_bytes(int wtype, int N, int K);
+/* A weight format's name ("bf16" for 0, "q8_0", "q4_0", "q4_0_r8",
+ * "q8_0_r8"; "?" for any other value): static. */
+const char *sa_wq_name(int wtype);
 int sa_op_rmsnorm(sa_backend_t *be, float *y, const float *x, const uint16_t *w, int M, int H,
                   float eps);
 int sa_op_layernorm(sa_backend_t *be, float *y, const float *x, const uint16_t *w,

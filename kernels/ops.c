@@ -38,6 +38,11 @@ size_t sa_wq_bytes(int wtype, int N, int K) {
   return 0;
 }
 
+const char *sa_wq_name(int wtype) {
+  static const char *const names[SA_WQ_COUNT_] = {"bf16", "q8_0", "q4_0", "q4_0_r8", "q8_0_r8"};
+  return wtype >= 0 && wtype < SA_WQ_COUNT_ ? names[wtype] : "?";
+}
+
 int sa_op_matmul_q(sa_backend_t *be, float *y, const int8_t *xq, const float *xd, int wtype,
                    const void *wq, const uint16_t *wd, const uint16_t *bias, int M, int N, int K,
                    int accumulate) {

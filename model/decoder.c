@@ -185,9 +185,9 @@ static int q_type_of(const sa_st_tensor_t *t) {
  * into *out: bf16 (converted from f16/f32 as needed), or quantized when the
  * tensors are (every part in the same format, with its "<name>_scale").
  * Adds the backend bytes to *bytes. */
-static int load_w(sa_decoder_t *d, const sa_st_t *st, int n_parts, char names[][96],
-                  const int64_t *rows, int64_t K, dec_w_t *out, uint16_t *stage, size_t *bytes,
-                  char *err, size_t cap) {
+static int load_w_as(sa_decoder_t *d, const sa_st_t *st, int n_parts, char names[][96],
+                     const int64_t *rows, int64_t K, dec_w_t *out, uint16_t *stage,
+                     size_t *bytes, char *err, size_t cap) {
   const sa_st_tensor_t *t0 = sa_st_find(st, names[0]);
   int type = t0 ? q_type_of(t0) : 0;
   int64_t R = 0;
@@ -274,6 +274,17 @@ static int load_w(sa_decoder_t *d, const sa_st_t *st, int n_parts, char names[][
   if (!rc)
     *bytes += (size_t)R * (qrow + KB * 2);
   free(sc);
+  return rc;
+}
+
+/* load_w_as, counting the matrix under the format it is held in
+ * (sa_decoder_info_t.matrices). */
+static int load_w(sa_decoder_t *d, const sa_st_t *st, int n_parts, char names[][96],
+                  const int64_t *rows, int64_t K, dec_w_t *out, uint16_t *stage, size_t *bytes,
+                  char *err, size_t cap) {
+  int rc = load_w_as(d, st, n_parts, names, rows, K, out, stage, bytes, err, cap);
+  if (!rc && out->type >= 0 && out->type < SA_WQ_COUNT_)
+    d->info.matrices[out->type]++;
   return rc;
 }
 
@@ -433,6 +444,7 @@ int sa_decoder_load(sa_backend_t *be, const char *dir,
     if (head_is_embed) {
       d->lm_head = (dec_w_t){0, d->embed, NULL};
       hbytes = vh * 2;
+      d->info.matrices[0]++;
     } else if ((rc = load_w(d, st, 1, hn, v_rows, d->H, &d->lm_head, stage, &hbytes, err,
                             err_cap))) {
       goto fail;

@@ -86,6 +86,9 @@ typedef struct {
                            embed_bytes when tied) */
   size_t norm_bytes;    /* final norm */
   size_t ws_bytes;      /* workspaces */
+  /* weight matrices (fused ones counted once) held in each in-memory
+   * format: [0] bf16, [SA_WQ_*] quantized, after the backend's pack_q */
+  int matrices[SA_WQ_COUNT_];
 } sa_decoder_info_t;
 
 /* Loads layers [first, last) of the checkpoint in dir (config.json and

@@ -233,6 +233,12 @@ int main(int argc, char **argv) {
   printf("weights read per decode step: %.1f MB (layers %.1f MB + LM head "
          "%.1f MB)\n", wbytes / 1e6, info.layer_bytes / 1e6,
          info.lm_head_bytes / 1e6);
+  printf("weights in memory:");
+  for (int t = 0; t < SA_WQ_COUNT_; t++)
+    if (info.matrices[t])
+      printf(" %d %s", info.matrices[t], sa_wq_name(t));
+  const char *qisa = sa_cpu_q_isa(be);
+  printf(" (matrices; quantized ones on the %s path)\n", qisa[0] ? qisa : be->ops->name);
   printf("KV cache: %s (SA_KV_TYPE), context %d%s\n", sa_kv_type_name(sa_kv_type_default()),
          ctx, ctx > PREFILL_MAX ? " (written with noise, not prefilled)" : "");
 

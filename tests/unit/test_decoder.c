@@ -409,6 +409,11 @@ static void test_mixed_batch_fork_embeds_pipeline(void **state) {
   assert_true(i0.embed_bytes > 0 && i0.lm_head_bytes == 0);
   assert_true(i1.embed_bytes == 0 && i1.lm_head_bytes > 0);
   assert_int_equal(i1.layer_bytes, 2 * i0.layer_bytes);
+  /* qkv, o, gate|up, down a layer, all bf16; the last stage's head too */
+  assert_true(i0.matrices[0] > 0 && i0.matrices[0] % 4 == 0);
+  assert_int_equal(i1.matrices[0], 2 * i0.matrices[0] + 1);
+  for (int t = 1; t < SA_WQ_COUNT_; t++)
+    assert_int_equal(i0.matrices[t] + i1.matrices[t], 0);
 
   /* parent: 21-token prompt */
   enum { TP = 21 };

@@ -344,6 +344,12 @@ static void test_bad_args(void **state) {
   assert_int_equal(sa_op_pack_q(cpu1, SA_WQ_Q4_0, NULL, wd, 8, 32), SA_EINVAL);
   assert_int_equal(sa_op_pack_q(ref, SA_WQ_Q4_0, wq, wd, 8, 32), SA_WQ_Q4_0); /* no pack_q */
   assert_int_equal(sa_op_pack_q(cpu1, SA_WQ_Q8_0, wq, wd, 2, 32), SA_WQ_Q8_0);
+  /* the formats' names (bench-decode prints them) */
+  assert_string_equal(sa_wq_name(0), "bf16");
+  assert_string_equal(sa_wq_name(SA_WQ_Q4_0_R8), "q4_0_r8");
+  assert_string_equal(sa_wq_name(SA_WQ_Q8_0_R8), "q8_0_r8");
+  assert_string_equal(sa_wq_name(SA_WQ_COUNT_), "?");
+  assert_string_equal(sa_wq_name(-1), "?");
   assert_int_equal(sa_op_pack_q(cpu1, SA_WQ_Q4_0, wq, wd, 3, 32), SA_WQ_Q4_0); /* N % 8 */
   fprintf(stderr, "quantized path here: %s\n", sa_cpu_q_isa(cpu1));
 }
