@@ -64,10 +64,10 @@ done
 # (1b) the bracketed rounds (sim/README.md, "Bracketed"): each round against
 # the calibrations before and after it merged, every fit as measured
 # (--no-speed); the committed merges are what --merge makes of the single
-# calibrations; throughput within 15 % on every run, and below saturation
-# both p50 latencies too, but for the one inter-token p50 the README gives
-# (R1's k1-x0.32, +22 %)
-for p in ab bc; do
+# calibrations; throughput within 15 % on every run; below saturation, at
+# least the 16 of the 24 p50 latencies (TTFT, inter-token) the README gives
+# within 15 %
+for p in ab bc cd; do
   "$SIM" calibrate --merge "$SRC/sim/calibration/cpu-medium-zen3-5${p:0:1}.json" \
     "$SRC/sim/calibration/cpu-medium-zen3-5${p:1:1}.json" --prompt-term --no-speed \
     --out "$T/m-$p.json" >/dev/null || fail "merge $p"
@@ -82,20 +82,20 @@ for k in ("stage", "coordinator", "encoder"):
     assert a[k] == b[k], (k, a[k], b[k])
 runs = v["runs"]
 assert len(runs) == 6, len(runs)
-off = lambda r, f: r["simulated"][f]["p50"] / r["measured"][f]["p50"] - 1
-misses = []
 for r in runs:
     m, s = r["measured"]["tokens_per_s"], r["simulated"]["tokens_per_s"]
     assert abs(s / m - 1) <= 0.15, (r["run"], m, s)
-    if not r["saturated"]:
-        assert abs(off(r, "ttft_s")) <= 0.15, (r["run"], off(r, "ttft_s"))
-        if abs(off(r, "itl_s")) > 0.15:
-            misses.append((r["run"], off(r, "itl_s")))
-assert len(misses) <= 1 and all(abs(x) < 0.25 for _, x in misses), misses
-print("%s: %d runs, inter-token p50 past 15 %%: %s" % (sys.argv[3], len(runs), misses))
 PY
     fail "$r bracketed: $(cat "$T/validate-$r.log")"
 done
+python3 - "$T"/v-zen3-5[abc].json <<'PY' || fail "bracketed p50s"
+import json, sys
+off = lambda r, f: r["simulated"][f]["p50"] / r["measured"][f]["p50"] - 1
+p50 = [abs(off(r, f)) for x in sys.argv[1:] for r in json.load(open(x))["runs"]
+       if not r["saturated"] for f in ("ttft_s", "itl_s")]
+assert len(p50) == 24 and sum(e <= 0.15 for e in p50) >= 16, (len(p50), sorted(p50))
+print("bracketed: %d of %d p50s within 15 %%" % (sum(e <= 0.15 for e in p50), len(p50)))
+PY
 if "$SIM" validate --results "$T/none" --out "$T/x.json" 2>"$T/err"; then fail "--results none"; fi
 grep -q "no results folder" "$T/err" || fail "--results none: $(cat "$T/err")"
 
