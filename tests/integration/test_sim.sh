@@ -605,23 +605,30 @@ set -e
 grep -q "WAV clips only" "$T/out" || fail "a non-WAV clip: $(cat "$T/out")"
 # calibrate --refit on a file that is not a calibration, or whose loads lack
 # a figure the fit needs: exit 2, saying so, the file untouched
-refit_bad() {
+calibrate_bad() {  # $1: --out; $2: what it must say; the rest: calibrate's arguments
+  local out=$1 want=$2 had=
+  shift 2
+  [[ -e $out ]] && { cp "$out" "$out.before"; had=1; }
   set +e
-  "$SIM" calibrate --refit --out "$T/cal.json" >"$T/out" 2>&1
+  "$SIM" calibrate "$@" --out "$out" >"$T/out" 2>&1
   local rc=$?
   set -e
-  [[ $rc -eq 2 ]] || fail "calibrate --refit: exit $rc, want 2: $(cat "$T/out")"
-  grep -q -- "$1" "$T/out" || fail "calibrate --refit: '$(cat "$T/out")' does not say '$1'"
-  cmp -s "$T/cal.json" "$T/cal.before" || fail "calibrate --refit wrote a bad calibration"
+  [[ $rc -eq 2 ]] || fail "calibrate $*: exit $rc, want 2: $(cat "$T/out")"
+  grep -q -- "$want" "$T/out" || fail "calibrate $*: '$(cat "$T/out")' does not say '$want'"
+  if [[ $had ]]; then
+    cmp -s "$out" "$out.before" || fail "calibrate $* wrote a bad calibration"
+  else
+    [[ ! -e $out ]] || fail "calibrate $* wrote a calibration"
+  fi
 }
-echo "not json" >"$T/cal.json"; cp "$T/cal.json" "$T/cal.before"; refit_bad "needs a calibration"
+echo "not json" >"$T/cal.json"; calibrate_bad "$T/cal.json" "needs a calibration" --refit
 python3 - "$SRC/sim/calibration/cpu-medium.json" "$T/cal.json" <<'PY'
 import json, sys
 c = json.load(open(sys.argv[1]))
 del c["cluster_runs"][0]["messages"]
 json.dump(c, open(sys.argv[2], "w"))
 PY
-cp "$T/cal.json" "$T/cal.before"; refit_bad "cannot be fitted"
+calibrate_bad "$T/cal.json" "cannot be fitted" --refit
 # and on the committed calibration it gives back the committed costs
 cp "$SRC/sim/calibration/cpu-medium.json" "$T/cal.json"
 "$SIM" calibrate --refit --out "$T/cal.json" >/dev/null || fail "calibrate --refit"
@@ -667,24 +674,21 @@ assert len(both["cluster_runs"]) == len(z3["cluster_runs"]) + len(z4["cluster_ru
 assert both["merged_from"] == ["cpu-medium-zen3-3.json", "cpu-medium-zen3-4p.json"]
 assert len([p for p in both["speed"].values() if "step_s" in p]) == 4, both["speed"]
 PY
-merge_bad() {  # $1: what it must say; the rest: sa-sim calibrate's arguments
-  local want=$1; shift
-  set +e
-  "$SIM" calibrate "$@" --out "$T/bad.json" >"$T/out" 2>&1
-  local rc=$?
-  set -e
-  [[ $rc -eq 2 ]] || fail "calibrate $*: exit $rc, want 2: $(cat "$T/out")"
-  grep -q -- "$want" "$T/out" || fail "calibrate $*: '$(cat "$T/out")' does not say '$want'"
-  [[ ! -e $T/bad.json ]] || fail "calibrate $* wrote a calibration"
-}
 python3 - "$Z4" "$T/other.json" <<'PY'
 import json, sys
 c = json.load(open(sys.argv[1]))
 c["model"]["layers"] += 1
 json.dump(c, open(sys.argv[2], "w"))
 PY
-merge_bad "model differ" --merge "$Z4" "$T/other.json"
+calibrate_bad "$T/bad.json" "model differ" --merge "$Z4" "$T/other.json"
+python3 - "$Z4" "$T/other.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["decode_table"]["step_s"][1].pop()
+json.dump(c, open(sys.argv[2], "w"))
+PY
+calibrate_bad "$T/bad.json" "not contexts x batches" --merge "$Z4" "$T/other.json"
 echo "[]" >"$T/list.json"
-merge_bad "needs two calibrations" --merge "$Z4" "$T/list.json"
-merge_bad "not allowed with" --merge "$Z4" "$Z4" --refit
+calibrate_bad "$T/bad.json" "needs two calibrations" --merge "$Z4" "$T/list.json"
+calibrate_bad "$T/bad.json" "not allowed with" --merge "$Z4" "$Z4" --refit
 echo "PASS"
